@@ -1,0 +1,51 @@
+# RawDrive storage pipeline. `make dev` runs the whole stack, `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= .data
+# Debian packages the media processor and its tests need (ImageMagick with MagickWand,
+# Ghostscript for PDFs, ffmpeg for video posters, dcraw for RAW files).
+DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
+PACKAGES := -e libs/contracts -e 'libs/platform[dev]' \
+	-e services/upload-gateway -e services/commit-verifier \
+	-e services/media-processor -e services/janitor
+PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
+	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
+	-p no:cacheprovider -q
+
+.PHONY: bootstrap system-packages dev test test-unit token schemas clean
+bootstrap: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: $(PYPROJECTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PACKAGES)
+	touch $@
+
+dev: bootstrap
+	$(PY) -m rawdrive_platform.devstack --data $(DATA)
+
+token: bootstrap
+	@$(PY) -m rawdrive_platform.devstack token --data $(DATA)
+
+schemas: bootstrap
+	$(PY) -m rawdrive_contracts.schemas libs/contracts/schemas
+
+test: bootstrap
+	$(PY) -m pytest $(PYTEST_FLAGS) libs services tests/e2e
+
+test-unit: bootstrap
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services
+
+clean:
+	rm -rf $(VENV) $(DATA)

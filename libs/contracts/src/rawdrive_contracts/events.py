@@ -1,0 +1,308 @@
+"""Every event of the storage pipeline: the data carried inside the CloudEvents envelope.
+
+Evolution rules (enforced by tests/test_evolution.py against the released schemas):
+  1. Fields are only ever added, and every added field has a default.
+  2. Consumers ignore fields they do not know (msgspec's default; never forbid unknown fields).
+  3. Renaming, removing or retyping a field, or making one required, is a breaking change:
+     it ships as a new event type (`version` + 1) published beside the old one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+# Always timezone-aware; serialized as RFC 3339.
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True, extra_json_schema={"format": "date-time"})]
+# Cameras often record local time without an offset; such values stay naive rather than guessed.
+CaptureTime = Annotated[
+    datetime, msgspec.Meta(description="When the photo or video was taken; no offset when the camera recorded none")
+]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Kind = Literal["photo", "video", "document"]
+Provider = Literal["r2", "byos"]
+ResumableProtocol = Literal["tus", "s3_multipart"]
+RejectionReason = Literal[
+    "checksum_mismatch", "size_mismatch", "missing_object", "type_mismatch", "storage_error"
+]
+ProcessingFailureReason = Literal[
+    "type_mismatch", "unsupported_content", "decode_failed", "timeout", "storage_error", "internal"
+]
+
+
+class EventSpec(msgspec.Struct, frozen=True):
+    """Where an event lives: `rawdrive.<entity>.<action>.<workspace_id>`, type `com.rawdrive.<entity>.<action>.v<version>`."""
+
+    entity: str
+    action: str
+    version: int = 1
+
+    @property
+    def type(self) -> str:
+        return f"com.rawdrive.{self.entity}.{self.action}.v{self.version}"
+
+
+class EventData(msgspec.Struct, kw_only=True):
+    """Base of every event's data. Every event belongs to exactly one workspace."""
+
+    spec: ClassVar[EventSpec]
+    workspace_id: str
+
+    def identity(self) -> tuple[str, ...]:
+        """What makes two events 'the same decision'; the default event id derives from it."""
+        raise NotImplementedError
+
+    def ce_subject(self) -> str:
+        """The CloudEvents `subject`: the resource the event is about."""
+        raise NotImplementedError
+
+
+class _UploadEvent(EventData, kw_only=True):
+    upload_id: str
+    asset_id: str
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.upload_id,)
+
+    def ce_subject(self) -> str:
+        return f"uploads/{self.upload_id}"
+
+
+class _AssetEvent(EventData, kw_only=True):
+    asset_id: str
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.asset_id,)
+
+    def ce_subject(self) -> str:
+        return f"assets/{self.asset_id}"
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+class UploadSessionCreated(_UploadEvent, kw_only=True):
+    spec = EventSpec("upload", "session_created")
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    sha256: Sha256Hex | None = None
+    resumable_protocol: ResumableProtocol
+    provider: Provider = "r2"
+    storage_profile_ref: str
+    object_key: str
+    expires_at: Timestamp
+    created_by: str
+
+
+class PartRef(msgspec.Struct, kw_only=True):
+    part_number: int
+    etag: str
+
+
+class CommitRequested(_UploadEvent, kw_only=True):
+    """The client says it has uploaded everything; the verifier decides."""
+
+    spec = EventSpec("upload", "commit_requested")
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    resumable_protocol: ResumableProtocol
+    provider: Provider = "r2"
+    storage_profile_ref: str
+    object_key: str
+    # The checksum the client declared, at session creation or commit; None when it gave none.
+    expected_sha256: Sha256Hex | None = None
+    # s3_multipart only: the multipart upload to complete, and the client's part list if given.
+    multipart_upload_id: str | None = None
+    parts: list[PartRef] | None = None
+    requested_by: str
+
+
+class UploadVerified(_UploadEvent, kw_only=True):
+    """The stored object is complete, the declared size and checksum hold: the asset is committed."""
+
+    spec = EventSpec("upload", "verified")
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    sha256: Sha256Hex
+    provider: Provider = "r2"
+    storage_profile_ref: str
+    object_key: str
+    duplicate_of: str | None = None
+    verified_at: Timestamp
+
+
+class UploadRejected(_UploadEvent, kw_only=True):
+    spec = EventSpec("upload", "rejected")
+    reason: RejectionReason
+    detail: str = ""
+    storage_profile_ref: str
+    object_key: str
+    multipart_upload_id: str | None = None
+    expected_size_bytes: int | None = None
+    actual_size_bytes: int | None = None
+    expected_sha256: Sha256Hex | None = None
+    actual_sha256: Sha256Hex | None = None
+
+
+class UploadAborted(_UploadEvent, kw_only=True):
+    spec = EventSpec("upload", "aborted")
+    storage_profile_ref: str
+    object_key: str
+    multipart_upload_id: str | None = None
+    aborted_by: str
+
+
+class UploadExpired(_UploadEvent, kw_only=True):
+    spec = EventSpec("upload", "expired")
+    storage_profile_ref: str
+    object_key: str
+    multipart_upload_id: str | None = None
+    expired_at: Timestamp
+
+
+# -- assets ----------------------------------------------------------------------------------
+
+
+class GpsPosition(msgspec.Struct, kw_only=True):
+    latitude: float
+    longitude: float
+    altitude_m: float | None = None
+
+
+class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One normalized metadata record for every kind; absent values are simply missing."""
+
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens_model: str | None = None
+    taken_at: CaptureTime | None = None
+    gps: GpsPosition | None = None
+    orientation: int | None = None
+    width: int | None = None
+    height: int | None = None
+    exposure_time_s: float | None = None
+    f_number: float | None = None
+    iso: int | None = None
+    focal_length_mm: float | None = None
+    duration_s: float | None = None
+    frame_rate: float | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    page_count: int | None = None
+
+
+class Variant(msgspec.Struct, kw_only=True):
+    key: str
+    width: int
+    height: int
+    mime_type: str = "image/webp"
+    size_bytes: int
+
+
+class Variants(msgspec.Struct, kw_only=True, omit_defaults=True):
+    thumb: Variant | None = None
+    medium: Variant | None = None
+    large: Variant | None = None
+
+
+class AssetCreated(_AssetEvent, kw_only=True):
+    """The external contract: a verified, processed asset other systems may now use."""
+
+    spec = EventSpec("asset", "created")
+    upload_id: str
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    sha256: Sha256Hex
+    kind: Kind
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    taken_at: CaptureTime | None = None
+    metadata: MediaMetadata = msgspec.field(default_factory=MediaMetadata)
+    object_key: str
+    variants: Variants = msgspec.field(default_factory=Variants)
+    provider: Provider = "r2"
+    storage_profile_ref: str
+    duplicate_of: str | None = None
+
+
+class AssetAnalysisRequested(_AssetEvent, kw_only=True):
+    """Hands a processed asset to the AI analysis system."""
+
+    spec = EventSpec("asset", "analysis_requested")
+    kind: Kind
+    mime_type: str
+    object_key: str
+    variants: Variants = msgspec.field(default_factory=Variants)
+    storage_profile_ref: str
+
+
+class AssetProcessingFailed(_AssetEvent, kw_only=True):
+    spec = EventSpec("asset", "processing_failed")
+    upload_id: str
+    reason: ProcessingFailureReason
+    detail: str = ""
+    object_key: str
+    storage_profile_ref: str
+
+
+class AssetDeleted(_AssetEvent, kw_only=True):
+    """Soft delete: the asset disappears from listings and is purged after `purge_after`."""
+
+    spec = EventSpec("asset", "deleted")
+    deleted_by: str
+    deleted_at: Timestamp
+    purge_after: Timestamp
+
+    def identity(self) -> tuple[str, ...]:
+        # An asset may be deleted, restored and deleted again: each deletion is its own event.
+        return (self.asset_id, self.deleted_at.isoformat())
+
+
+class AssetRestored(_AssetEvent, kw_only=True):
+    spec = EventSpec("asset", "restored")
+    restored_by: str
+    restored_at: Timestamp
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.asset_id, self.restored_at.isoformat())
+
+
+class AssetPurged(_AssetEvent, kw_only=True):
+    spec = EventSpec("asset", "purged")
+    purged_at: Timestamp
+    deleted_object_count: int = 0
+    deleted_bytes: int = 0
+
+
+EVENT_TYPES: dict[type[EventData], EventSpec] = {
+    cls: cls.spec
+    for cls in (
+        UploadSessionCreated,
+        CommitRequested,
+        UploadVerified,
+        UploadRejected,
+        UploadAborted,
+        UploadExpired,
+        AssetCreated,
+        AssetAnalysisRequested,
+        AssetProcessingFailed,
+        AssetDeleted,
+        AssetRestored,
+        AssetPurged,
+    )
+}

@@ -1,0 +1,159 @@
+"""Typed settings from RAWDRIVE_* environment variables, checked once at start.
+
+A service declares a msgspec Struct (usually subclassing ``CommonSettings``); each field
+``foo_bar`` is read from ``RAWDRIVE_FOO_BAR`` and converted to the field's type. Every bad or
+missing variable is reported in one ``ConfigError`` so a deploy fails once, not once per typo.
+"""
+
+import enum
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+ENV_PREFIX = "RAWDRIVE_"
+
+
+class Secret:
+    """A string that prints as '***' so it cannot leak through logs, reprs or error messages."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class ConfigError(Exception):
+    """Raised by ``load_settings``; ``problems`` holds one line per bad or missing variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+SettingsT = TypeVar("SettingsT", bound=msgspec.Struct)
+
+
+class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Settings every service shares; a service's own Settings subclasses this."""
+
+    database_url: str
+    s3_bucket: str
+    s3_access_key_id: str
+    s3_secret_access_key: Secret
+    nats_url: str = "nats://127.0.0.1:4222"
+    s3_endpoint: str | None = None  # None: the SDK's own endpoint resolution (AWS)
+    s3_region: str = "auto"
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    health_port: Port = 8081
+    log_level: LogLevel = "INFO"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def load_settings(
+    cls: type[SettingsT], environ: Mapping[str, str] = os.environ
+) -> SettingsT:
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in msgspec.structs.fields(cls):
+        name = env_name(field.name)
+        if name not in environ:
+            if field.required:
+                problems.append(f"{name} is required: expected {describe(field.type)}")
+            continue
+        raw = environ[name]
+        try:
+            values[field.name] = parse_value(raw, field.type)
+        except msgspec.ValidationError as error:
+            shown = "(secret value hidden)" if _is_secret(field.type) else repr(raw)
+            detail = "" if _is_secret(field.type) else f" ({_without_path(error)})"
+            problems.append(f"{name}={shown}: expected {describe(field.type)}{detail}")
+    if problems:
+        raise ConfigError(problems)
+    return cls(**values)
+
+
+def parse_value(raw: str, annotation: Any) -> Any:
+    """Convert one environment string to ``annotation``; raises msgspec.ValidationError."""
+    if raw == "" and _allows_none(annotation):
+        return None
+    if _is_sequence(annotation):
+        items = [item.strip() for item in raw.split(",")] if raw.strip() else []
+        return msgspec.convert(items, annotation, strict=False, dec_hook=_decode_secret)
+    return msgspec.convert(raw, annotation, strict=False, dec_hook=_decode_secret)
+
+
+def describe(annotation: Any) -> str:
+    """What a value of this type looks like, in words an operator can act on."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        base, *metas = args
+        limits = [
+            f"{symbol} {getattr(meta, attr)}"
+            for meta in metas
+            for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if getattr(meta, attr, None) is not None
+        ]
+        return describe(base) + (f" {' and '.join(limits)}" if limits else "")
+    if origin in (typing.Union, types.UnionType):
+        present = [describe(arg) for arg in args if arg is not type(None)]
+        return " or ".join(present) + (" (empty for none)" if _allows_none(annotation) else "")
+    if origin is Literal:
+        return "one of " + ", ".join(str(arg) for arg in args)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in annotation)
+    if _is_sequence(annotation):
+        return f"a comma-separated list, each {describe(args[0]) if args else 'a string'}"
+    return {
+        bool: "true/false/1/0",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Secret: "a secret string",
+    }.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _decode_secret(annotation: type, value: Any) -> Any:
+    if annotation is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is Secret or Secret in typing.get_args(annotation)
+
+
+def _allows_none(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (list, tuple, set, frozenset)
+
+
+def _without_path(error: msgspec.ValidationError) -> str:
+    # msgspec appends " - at `$[0]`" for list items; the variable name already says where.
+    return str(error).split(" - at `")[0]

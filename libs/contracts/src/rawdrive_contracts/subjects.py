@@ -22,7 +22,7 @@ STREAMS: tuple[StreamSpec, ...] = (UPLOADS_STREAM, ASSETS_STREAM)
 def _check_token(value: str) -> str:
     # A subject token must not contain separators or wildcards, or a workspace could
     # publish into (or subscribe to) another's subjects.
-    if not value or any(c in value for c in ".*> \t\r\n"):
+    if not value or any(c in ".*>" or c.isspace() for c in value):
         raise ValueError(f"not a valid subject token: {value!r}")
     return value
 

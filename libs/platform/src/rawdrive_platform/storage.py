@@ -1,0 +1,461 @@
+"""S3 object storage through aioboto3: one client per storage profile, a narrow interface.
+
+A profile is either the managed bucket (Cloudflare R2) or a customer's own bucket ("byos").
+The client config is the one R2 accepts: botocore's default CRC32 checksums are off unless an
+operation requires them, and no checksum header is ever signed into a presigned URL.
+Botocore errors become four exception types so callers can choose retry or reject.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aioboto3
+import aiohttp
+import msgspec
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from rawdrive_platform.config import CommonSettings, Secret
+
+MANAGED_PROFILE_ID = "managed"
+# S3 DeleteObjects takes at most this many keys per request.
+_DELETE_BATCH = 1000
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+_DENIED_CODES = frozenset(
+    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+     "InvalidToken", "AllAccessDisabled", "AccountProblem"}
+)
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+     "ServiceUnavailable", "InternalError", "TooManyRequests", "503", "500"}
+)
+
+
+class StorageError(Exception):
+    """Base of every storage failure; not transient unless it is a StorageUnavailable."""
+
+
+class ObjectMissing(StorageError):
+    """The object or multipart upload does not exist."""
+
+
+class StorageUnavailable(StorageError):
+    """Transient: connection failure, timeout, 5xx or throttling. Retrying may succeed."""
+
+
+class StorageDenied(StorageError):
+    """Credentials rejected or access refused. Retrying will not help."""
+
+
+class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
+    profile_id: str
+    provider: Literal["r2", "byos"]
+    bucket: str
+    access_key_id: str
+    secret_access_key: Secret
+    endpoint: str | None = None  # None: the SDK resolves the AWS endpoint from the region
+    region: str = "auto"
+    key_prefix: str = ""  # see keys.check_key_prefix
+    encryption: Literal["none", "sse_s3", "sse_kms"] = "none"
+    kms_key_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kms_key_id is not None and self.encryption != "sse_kms":
+            raise ValueError("kms_key_id is only meaningful with encryption='sse_kms'")
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    key: str
+    size: int
+    etag: str
+    content_type: str | None
+    last_modified: datetime
+
+
+class UploadedPart(msgspec.Struct, frozen=True):
+    part_number: int
+    etag: str
+    size: int | None = None  # known when listed, not when just uploaded
+
+
+class MultipartUpload(msgspec.Struct, frozen=True):
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+class PresignedRequest(msgspec.Struct, frozen=True):
+    """A URL plus the headers the client must send with it (they are part of the signature)."""
+
+    method: Literal["GET", "PUT"]
+    url: str
+    headers: dict[str, str]
+
+
+def managed_storage_profile(settings: CommonSettings) -> StorageProfile:
+    """The platform's own bucket (R2 in production, SeaweedFS in development)."""
+    return StorageProfile(
+        profile_id=MANAGED_PROFILE_ID,
+        provider="r2",
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+    )
+
+
+def client_config(profile: StorageProfile) -> Config:
+    return Config(
+        signature_version="s3v4",
+        # Custom endpoints (R2, SeaweedFS, MinIO) do not all resolve bucket subdomains.
+        s3={"addressing_style": "path" if profile.endpoint else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=64,
+    )
+
+
+def encryption_params(profile: StorageProfile) -> dict[str, str]:
+    """Boto parameters for PutObject / CreateMultipartUpload that the profile requires."""
+    if profile.encryption == "sse_s3":
+        return {"ServerSideEncryption": "AES256"}
+    if profile.encryption == "sse_kms":
+        params = {"ServerSideEncryption": "aws:kms"}
+        if profile.kms_key_id:
+            params["SSEKMSKeyId"] = profile.kms_key_id
+        return params
+    return {}
+
+
+def encryption_headers(profile: StorageProfile) -> dict[str, str]:
+    """The same requirement as HTTP headers, for a client sending a presigned PUT."""
+    names = {
+        "ServerSideEncryption": "x-amz-server-side-encryption",
+        "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    }
+    return {names[param]: value for param, value in encryption_params(profile).items()}
+
+
+def content_disposition(download_name: str) -> str:
+    """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987)."""
+    fallback = "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_"
+        for ch in download_name
+    )
+    header = f'attachment; filename="{fallback}"'
+    if fallback != download_name:
+        header += f"; filename*=UTF-8''{quote(download_name, safe='')}"
+    return header
+
+
+@contextlib.contextmanager
+def _translated_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as error:
+        raise _from_client_error(error, what) from error
+    except (NoCredentialsError, PartialCredentialsError) as error:
+        raise StorageDenied(f"{what}: {error}") from error
+    except (BotoConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as error:
+        raise StorageUnavailable(f"{what}: {error}") from error
+    except BotoCoreError as error:
+        raise StorageError(f"{what}: {error}") from error
+
+
+def _from_client_error(error: ClientError, what: str) -> StorageError:
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    message = f"{what}: {code or status} {error.response.get('Error', {}).get('Message', '')}"
+    if code in _MISSING_CODES:
+        return ObjectMissing(message)
+    if code in _DENIED_CODES or status == 403:
+        return StorageDenied(message)
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+        return StorageUnavailable(message)
+    return StorageError(message)
+
+
+class Storage:
+    """One bucket through one profile. Open with ``await Storage.open(profile)``; close once."""
+
+    def __init__(self, profile: StorageProfile, client: Any, closer: contextlib.AsyncExitStack):
+        self.profile = profile
+        self._s3 = client
+        self._closer = closer
+
+    @classmethod
+    async def open(cls, profile: StorageProfile) -> "Storage":
+        closer = contextlib.AsyncExitStack()
+        client = await closer.enter_async_context(
+            aioboto3.Session().client(
+                "s3",
+                endpoint_url=profile.endpoint,
+                region_name=profile.region,
+                aws_access_key_id=profile.access_key_id,
+                aws_secret_access_key=profile.secret_access_key.reveal(),
+                config=client_config(profile),
+            )
+        )
+        return cls(profile, client, closer)
+
+    async def close(self) -> None:
+        await self._closer.aclose()
+
+    @property
+    def bucket(self) -> str:
+        return self.profile.bucket
+
+    async def check_bucket(self) -> None:
+        """Raise unless the bucket answers with these credentials (a readiness probe)."""
+        with _translated_errors(f"head bucket {self.bucket}"):
+            await self._s3.head_bucket(Bucket=self.bucket)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with _translated_errors(f"head {key}"):
+                response = await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ObjectMissing:
+            return None
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=response["ETag"].strip('"'),
+            content_type=response.get("ContentType"),
+            last_modified=response["LastModified"],
+        )
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` up to but excluding ``end`` (Python slice bounds, not HTTP's)."""
+        if not 0 <= start < end:
+            raise ValueError(f"empty or negative range {start}..{end}")
+        with _translated_errors(f"get {key} [{start}:{end}]"):
+            response = await self._s3.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+            async with response["Body"] as body:  # releases the connection on any exit
+                return await body.read()
+
+    async def iter_chunks(self, key: str, chunk_size: int = 8 * 1024 * 1024) -> AsyncIterator[bytes]:
+        """Stream an object as ``chunk_size`` pieces (the last may be shorter), one in memory."""
+        with _translated_errors(f"get {key}"):
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
+            stream = response["Body"]
+            async with stream:  # releases the connection even if the consumer stops early
+                chunk = bytearray()
+                while piece := await stream.read(chunk_size - len(chunk)):
+                    chunk += piece
+                    if len(chunk) == chunk_size:
+                        yield bytes(chunk)
+                        chunk.clear()
+                if chunk:
+                    yield bytes(chunk)
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        *,
+        content_disposition: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Store a small object in one request; returns its ETag."""
+        params = {"ContentDisposition": content_disposition} if content_disposition else {}
+        with _translated_errors(f"put {key}"):
+            response = await self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                Metadata=metadata or {},
+                **params,
+                **encryption_params(self.profile),
+            )
+        return response["ETag"].strip('"')
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete in batches; keys that are already gone count as deleted."""
+        pending = list(keys)
+        for start in range(0, len(pending), _DELETE_BATCH):
+            batch = pending[start : start + _DELETE_BATCH]
+            with _translated_errors(f"delete {len(batch)} keys"):
+                response = await self._s3.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+                )
+            failures = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failures:
+                first = failures[0]
+                raise _from_client_error(
+                    ClientError({"Error": first}, "DeleteObjects"),
+                    f"delete {first.get('Key')} (and {len(failures) - 1} more)",
+                )
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        with _translated_errors(f"list {prefix}"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"]
+
+    async def create_multipart(
+        self, key: str, content_type: str, *, metadata: dict[str, str] | None = None
+    ) -> str:
+        """Start a multipart upload; returns its upload id."""
+        with _translated_errors(f"create multipart {key}"):
+            response = await self._s3.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                Metadata=metadata or {},
+                **encryption_params(self.profile),
+            )
+        return response["UploadId"]
+
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, body: bytes
+    ) -> UploadedPart:
+        with _translated_errors(f"upload part {part_number} of {key}"):
+            response = await self._s3.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body
+            )
+        return UploadedPart(part_number=part_number, etag=response["ETag"].strip('"'))
+
+    async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
+        parts: list[UploadedPart] = []
+        paginator = self._s3.get_paginator("list_parts")
+        with _translated_errors(f"list parts of {key}"):
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                parts.extend(
+                    UploadedPart(
+                        part_number=part["PartNumber"],
+                        etag=part["ETag"].strip('"'),
+                        size=part["Size"],
+                    )
+                    for part in page.get("Parts", [])
+                )
+        return parts
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[UploadedPart]
+    ) -> str:
+        """Join the parts (in part-number order) into the object; returns its ETag."""
+        ordered = sorted(parts, key=lambda part: part.part_number)
+        with _translated_errors(f"complete multipart {key}"):
+            response = await self._s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p.part_number, "ETag": f'"{p.etag}"'} for p in ordered]
+                },
+            )
+        return response["ETag"].strip('"')
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort an upload; aborting one that is already gone is not an error."""
+        try:
+            with _translated_errors(f"abort multipart {key}"):
+                await self._s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+        except ObjectMissing:
+            pass
+
+    async def list_multipart_uploads(self, prefix: str) -> AsyncIterator[MultipartUpload]:
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        with _translated_errors(f"list multipart uploads {prefix}"):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    yield MultipartUpload(
+                        key=upload["Key"],
+                        upload_id=upload["UploadId"],
+                        initiated=upload["Initiated"],
+                    )
+
+    async def presign_upload_part(
+        self, key: str, upload_id: str, part_number: int, expires_s: int
+    ) -> PresignedRequest:
+        # SSE-S3/KMS are fixed at CreateMultipartUpload; parts carry no encryption headers.
+        url = await self._presign(
+            "upload_part",
+            {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
+            expires_s,
+        )
+        return PresignedRequest(method="PUT", url=url, headers={})
+
+    async def presign_put(self, key: str, content_type: str, expires_s: int) -> PresignedRequest:
+        """A single-request upload URL; the returned headers are signed and must be sent."""
+        params = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
+        url = await self._presign(
+            "put_object", params | encryption_params(self.profile), expires_s
+        )
+        headers = {"Content-Type": content_type} | encryption_headers(self.profile)
+        return PresignedRequest(method="PUT", url=url, headers=headers)
+
+    async def presign_get(
+        self, key: str, expires_s: int, download_name: str | None = None
+    ) -> str:
+        params = {"Bucket": self.bucket, "Key": key}
+        if download_name is not None:
+            params["ResponseContentDisposition"] = content_disposition(download_name)
+        return await self._presign("get_object", params, expires_s)
+
+    async def _presign(self, operation: str, params: dict[str, Any], expires_s: int) -> str:
+        # R2 accepts 1 s to 7 days; refusing here beats handing out a URL that cannot work.
+        if not 1 <= expires_s <= 7 * 24 * 3600:
+            raise ValueError(f"presigned URLs live 1 s to 7 days, not {expires_s} s")
+        with _translated_errors(f"presign {operation} {params.get('Key')}"):
+            return await self._s3.generate_presigned_url(
+                operation, Params=params, ExpiresIn=expires_s
+            )
+
+
+class StorageRegistry:
+    """Opens one Storage per profile id on first use and closes them all at shutdown."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, Storage] = {}
+        # Replaced clients (rotated credentials) may still serve in-flight calls: close late.
+        self._retired: list[Storage] = []
+        self._lock = asyncio.Lock()
+
+    async def get(self, profile: StorageProfile) -> Storage:
+        current = self._open.get(profile.profile_id)
+        if current is not None and current.profile == profile:
+            return current
+        async with self._lock:
+            current = self._open.get(profile.profile_id)
+            if current is not None and current.profile == profile:
+                return current
+            if current is not None:
+                self._retired.append(current)
+            self._open[profile.profile_id] = storage = await Storage.open(profile)
+            return storage
+
+    async def aclose(self) -> None:
+        storages = [*self._open.values(), *self._retired]
+        self._open.clear()
+        self._retired.clear()
+        for storage in storages:
+            await storage.close()
+
+    async def __aenter__(self) -> "StorageRegistry":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,290 @@
+"""Storage against a real SeaweedFS S3 server (the ``s3_server`` fixture), plus its pure parts."""
+
+import asyncio
+import os
+import socket
+import tracemalloc
+import uuid
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+
+from rawdrive_platform.config import CommonSettings, Secret
+from rawdrive_platform.keys import original_key
+from rawdrive_platform.storage import (
+    ObjectMissing,
+    Storage,
+    StorageDenied,
+    StorageProfile,
+    StorageRegistry,
+    StorageUnavailable,
+    client_config,
+    content_disposition,
+    encryption_headers,
+    managed_storage_profile,
+)
+
+MiB = 1024 * 1024
+
+
+def profile_for(server, **changes) -> StorageProfile:
+    fields = {
+        "profile_id": "managed",
+        "provider": "r2",
+        "endpoint": server.endpoint,
+        "region": server.region,
+        "bucket": server.bucket,
+        "access_key_id": server.access_key_id,
+        "secret_access_key": Secret(server.secret_access_key),
+    }
+    return StorageProfile(**(fields | changes))
+
+
+@pytest.fixture
+async def storage(s3_server):
+    opened = await Storage.open(profile_for(s3_server))
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def key():
+    return original_key(f"ws-{uuid.uuid4().hex}", f"a-{uuid.uuid4().hex}", "photo.jpg")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- pure -----------------------------------------------------------------------------------
+
+
+def test_content_disposition_gives_an_ascii_fallback_and_a_utf8_filename_star():
+    assert content_disposition("plain.jpg") == 'attachment; filename="plain.jpg"'
+    assert content_disposition("Grüße 東京.jpg") == (
+        "attachment; filename=\"Gr__e __.jpg\"; filename*=UTF-8''Gr%C3%BC%C3%9Fe%20%E6%9D%B1%E4%BA%AC.jpg"
+    )
+    assert content_disposition('a"b\\c.jpg').startswith('attachment; filename="a_b_c.jpg"; ')
+
+
+def test_encryption_headers_follow_the_profile():
+    base = {"profile_id": "p", "provider": "byos", "bucket": "b", "access_key_id": "k",
+            "secret_access_key": Secret("s")}
+    assert encryption_headers(StorageProfile(**base)) == {}
+    assert encryption_headers(StorageProfile(**base, encryption="sse_s3")) == {
+        "x-amz-server-side-encryption": "AES256"
+    }
+    assert encryption_headers(StorageProfile(**base, encryption="sse_kms", kms_key_id="k1")) == {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "k1",
+    }
+    with pytest.raises(ValueError):
+        StorageProfile(**base, kms_key_id="k1")
+
+
+def test_client_config_is_r2_safe_and_uses_path_addressing_for_custom_endpoints():
+    config = client_config(StorageProfile(
+        profile_id="p", provider="r2", endpoint="https://acct.r2.cloudflarestorage.com",
+        bucket="b", access_key_id="k", secret_access_key=Secret("s"),
+    ))
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    assert config.signature_version == "s3v4"
+    assert config.s3 == {"addressing_style": "path"}
+
+
+def test_the_managed_profile_comes_from_common_settings():
+    settings = CommonSettings(
+        database_url="postgresql://x", s3_bucket="rawdrive", s3_access_key_id="id",
+        s3_secret_access_key=Secret("s"), s3_endpoint="http://127.0.0.1:8333",
+    )
+    profile = managed_storage_profile(settings)
+    assert (profile.profile_id, profile.provider, profile.bucket, profile.endpoint) == (
+        "managed", "r2", "rawdrive", "http://127.0.0.1:8333",
+    )
+    assert profile.secret_access_key == Secret("s")
+    assert "'***'" in repr(profile)
+
+
+# --- against SeaweedFS ----------------------------------------------------------------------
+
+
+async def test_put_object_reads_back_exactly_by_head_range_and_chunks(storage, key):
+    body = os.urandom(MiB + 123)
+    await storage.put(key, body, "image/jpeg")
+
+    info = await storage.head(key)
+    assert (info.size, info.content_type) == (len(body), "image/jpeg")
+    assert await storage.get_range(key, 10, 20) == body[10:20]
+    assert await storage.get_range(key, len(body) - 5, len(body)) == body[-5:]
+
+    chunks = [chunk async for chunk in storage.iter_chunks(key, chunk_size=256 * 1024)]
+    assert b"".join(chunks) == body
+    assert [len(c) for c in chunks] == [256 * 1024] * 4 + [123]
+
+
+async def test_iter_chunks_streams_a_large_object_in_bounded_memory(storage, key):
+    size = 24 * MiB
+    await storage.put(key, os.urandom(size), "application/octet-stream")
+    tracemalloc.start()
+    try:
+        total = 0
+        async for chunk in storage.iter_chunks(key, chunk_size=MiB):
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size
+    assert peak < 6 * MiB
+
+
+async def test_a_missing_object_is_none_on_head_and_object_missing_on_read(storage, key):
+    assert await storage.head(key) is None
+    with pytest.raises(ObjectMissing):
+        await storage.get_range(key, 0, 1)
+    with pytest.raises(ObjectMissing):
+        [chunk async for chunk in storage.iter_chunks(key)]
+
+
+async def test_delete_removes_a_batch_and_is_idempotent(storage, key):
+    prefix = key.rsplit("/", 1)[0] + "/"
+    keys = [f"{prefix}{n}.bin" for n in range(3)]
+    for each in keys:
+        await storage.put(each, b"x", "application/octet-stream")
+    assert sorted([k async for k in storage.list_keys(prefix)]) == keys
+
+    await storage.delete([*keys, f"{prefix}never-existed.bin"])
+    assert [k async for k in storage.list_keys(prefix)] == []
+    await storage.delete(keys)
+
+
+async def test_multipart_upload_lists_its_parts_and_completes_into_one_object(storage, key):
+    parts_bodies = [os.urandom(5 * MiB), os.urandom(1000)]
+    upload_id = await storage.create_multipart(key, "image/jpeg")
+    uploaded = [
+        await storage.upload_part(key, upload_id, number, body)
+        for number, body in enumerate(parts_bodies, start=1)
+    ]
+
+    listed = await storage.list_parts(key, upload_id)
+    assert [(p.part_number, p.etag, p.size) for p in listed] == [
+        (1, uploaded[0].etag, 5 * MiB), (2, uploaded[1].etag, 1000),
+    ]
+    in_progress = [u async for u in storage.list_multipart_uploads(key)]
+    assert [(u.key, u.upload_id) for u in in_progress] == [(key, upload_id)]
+
+    await storage.complete_multipart(key, upload_id, list(reversed(listed)))
+    assert (await storage.head(key)).size == 5 * MiB + 1000
+    assert await storage.get_range(key, 5 * MiB - 2, 5 * MiB + 2) == (
+        parts_bodies[0][-2:] + parts_bodies[1][:2]
+    )
+    assert [u async for u in storage.list_multipart_uploads(key)] == []
+
+
+async def test_an_aborted_multipart_upload_is_gone_and_aborting_again_is_harmless(storage, key):
+    upload_id = await storage.create_multipart(key, "image/jpeg")
+    await storage.upload_part(key, upload_id, 1, b"abc")
+    await storage.abort_multipart(key, upload_id)
+
+    assert [u async for u in storage.list_multipart_uploads(key)] == []
+    with pytest.raises(ObjectMissing):
+        await storage.list_parts(key, upload_id)
+    await storage.abort_multipart(key, upload_id)
+    assert await storage.head(key) is None
+
+
+async def test_parts_put_through_presigned_urls_by_plain_http_complete_the_upload(storage, key):
+    bodies = [os.urandom(5 * MiB), os.urandom(777)]
+    upload_id = await storage.create_multipart(key, "image/jpeg")
+    async with aiohttp.ClientSession() as http:
+        for number, body in enumerate(bodies, start=1):
+            presigned = await storage.presign_upload_part(key, upload_id, number, expires_s=300)
+            assert "checksum" not in presigned.url.lower()
+            async with http.put(presigned.url, data=body, headers=presigned.headers) as response:
+                assert response.status == 200, await response.text()
+
+    await storage.complete_multipart(key, upload_id, await storage.list_parts(key, upload_id))
+    chunks = [c async for c in storage.iter_chunks(key, chunk_size=MiB)]
+    assert b"".join(chunks) == b"".join(bodies)
+
+
+async def test_a_presigned_put_with_its_signed_headers_stores_the_object(storage, key):
+    presigned = await storage.presign_put(key, "image/png", expires_s=60)
+    async with aiohttp.ClientSession() as http:
+        async with http.put(presigned.url, data=b"png", headers=presigned.headers) as response:
+            assert response.status == 200, await response.text()
+    assert (await storage.head(key)).content_type == "image/png"
+
+
+async def test_a_presigned_get_with_a_non_ascii_name_returns_the_bytes_and_disposition(
+    storage, key
+):
+    body = os.urandom(4096)
+    await storage.put(key, body, "image/jpeg")
+    name = "Grüße aus 東京.jpg"
+    url = await storage.presign_get(key, expires_s=60, download_name=name)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 200
+            assert await response.read() == body
+            assert response.headers["Content-Disposition"] == content_disposition(name)
+
+
+async def test_an_expired_or_tampered_presigned_url_is_refused_with_403(storage, key):
+    await storage.put(key, b"secret bytes", "text/plain")
+    short_lived = await storage.presign_get(key, expires_s=1)
+    valid = await storage.presign_get(key, expires_s=300)
+    parts = urlsplit(valid)
+    other_key_url = urlunsplit(parts._replace(path=parts.path.replace("photo.jpg", "other.jpg")))
+    query = dict(parse_qsl(parts.query))
+    query["X-Amz-Signature"] = query["X-Amz-Signature"][::-1]
+    bad_signature_url = urlunsplit(
+        parts._replace(query="&".join(f"{k}={v}" for k, v in query.items()))
+    )
+    await asyncio.sleep(2.1)
+    async with aiohttp.ClientSession() as http:
+        for url in (short_lived, other_key_url, bad_signature_url):
+            async with http.get(url) as response:
+                assert response.status == 403, url
+        async with http.get(valid) as response:
+            assert response.status == 200
+
+
+async def test_a_wrong_secret_is_storage_denied(s3_server, key):
+    wrong = await Storage.open(profile_for(s3_server, secret_access_key=Secret("wrong")))
+    try:
+        with pytest.raises(StorageDenied):
+            await wrong.head(key)
+        with pytest.raises(StorageDenied):
+            await wrong.put(key, b"x", "text/plain")
+        with pytest.raises(StorageDenied):
+            await wrong.check_bucket()
+    finally:
+        await wrong.close()
+
+
+async def test_an_unreachable_endpoint_is_storage_unavailable(s3_server, key):
+    gone = await Storage.open(
+        profile_for(s3_server, endpoint=f"http://127.0.0.1:{free_port()}")
+    )
+    try:
+        with pytest.raises(StorageUnavailable):
+            await gone.head(key)
+        with pytest.raises(StorageUnavailable):
+            await gone.check_bucket()
+    finally:
+        await gone.close()
+
+
+async def test_the_registry_keeps_one_storage_per_profile_and_reopens_on_rotation(s3_server):
+    async with StorageRegistry() as registry:
+        first = await registry.get(profile_for(s3_server))
+        assert await registry.get(profile_for(s3_server)) is first
+        other = await registry.get(profile_for(s3_server, profile_id="byos-1", provider="byos"))
+        assert other is not first
+        rotated = await registry.get(profile_for(s3_server, access_key_id="rotated"))
+        assert rotated is not first and rotated.profile.access_key_id == "rotated"
+        await first.check_bucket()  # the replaced client still serves in-flight callers

@@ -3,8 +3,8 @@
 Evolution rules (enforced by tests/test_evolution.py against the released schemas):
   1. Fields are only ever added, and every added field has a default.
   2. Consumers ignore fields they do not know (msgspec's default; never forbid unknown fields).
-  3. Renaming, removing or retyping a field, or making one required, is a breaking change:
-     it ships as a new event type (`version` + 1) published beside the old one.
+  3. Renaming, removing or retyping a field, or making one required (or a required one optional),
+     is a breaking change: it ships as a new event type (`version` + 1) published beside the old one.
 """
 
 from __future__ import annotations

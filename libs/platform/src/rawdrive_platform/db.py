@@ -1,0 +1,109 @@
+"""PostgreSQL via asyncpg: one schema per service, versioned migrations applied safely at start.
+
+Each service owns its data in its own schema (`gateway`, `verifier`...); its pool's search_path
+points there, so SQL stays unqualified. Migrations are plain `NNNN_name.sql` files applied in
+order, each in its own transaction, under an advisory lock: several replicas starting at once
+apply each file exactly once. An applied file that was edited afterwards stops the start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
+import asyncpg
+import msgspec
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# The platform's own tables (the outbox) come first in every service schema.
+PLATFORM_MIGRATIONS = files("rawdrive_platform") / "migrations"
+
+
+class Migration(msgspec.Struct, frozen=True):
+    track: str
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def load_migrations(track: str, directory: Traversable) -> list[Migration]:
+    migrations = []
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            migrations.append(Migration(track, int(match[1]), entry.name, entry.read_text()))
+        elif entry.name.endswith(".sql"):
+            raise MigrationError(f"{entry.name}: migration files are named NNNN_snake_case.sql")
+    migrations.sort(key=lambda m: m.version)
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{track}: two migrations share a version")
+    return migrations
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"not a schema name: {schema!r}")
+    return schema
+
+
+async def migrate(dsn: str, schema: str, service_migrations: Traversable) -> list[str]:
+    """Apply the platform's then the service's pending migrations; returns the names applied."""
+    _check_schema(schema)
+    plan = load_migrations("platform", PLATFORM_MIGRATIONS) + load_migrations(schema, service_migrations)
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        # Session-level lock keyed on the schema: concurrent replicas queue here.
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"rawdrive.migrate.{schema}")
+        try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET search_path TO "{schema}"')
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       track text NOT NULL, version int NOT NULL, name text NOT NULL,
+                       checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (track, version))"""
+            )
+            done = {
+                (r["track"], r["version"]): r
+                for r in await conn.fetch("SELECT track, version, name, checksum FROM schema_migrations")
+            }
+            for m in plan:
+                previous = done.get((m.track, m.version))
+                if previous is not None:
+                    if previous["checksum"] != m.checksum:
+                        raise MigrationError(f"{m.track}/{m.name} changed after it was applied; add a new migration instead")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(m.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                        m.track, m.version, m.name, m.checksum,
+                    )
+                applied.append(f"{m.track}/{m.name}")
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"rawdrive.migrate.{schema}")
+    finally:
+        await conn.close()
+    return applied
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": _check_schema(schema), "application_name": f"rawdrive-{schema}"},
+    )

@@ -1,0 +1,113 @@
+"""Transactional outbox: record events in the same transaction as the state change they announce.
+
+`enqueue` runs inside the caller's transaction. The `Relay` publishes pending rows in order and
+deletes each one only after JetStream confirmed it. A relay that dies between the publish and
+the delete republishes the row later under the same `Nats-Msg-Id`, which JetStream drops as a
+duplicate within its window, so consumers see the event once. Several relays may run: rows are
+claimed with `FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.js import JetStreamContext
+
+from rawdrive_contracts import CloudEvent, encode, subject_for
+from rawdrive_platform.bus import MSG_ID_HEADER
+from rawdrive_platform.telemetry import inject_headers
+
+log = logging.getLogger(__name__)
+
+_NOTIFY_CHANNEL = "rawdrive_outbox"
+
+
+async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
+    """Add an event to the outbox; a second enqueue of the same event id is a no-op."""
+    await conn.execute(
+        """INSERT INTO outbox (event_id, subject, payload, headers)
+           VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING""",
+        event.id,
+        subject_for(event.data),
+        encode(event),
+        msgspec.json.encode(inject_headers({})).decode(),
+    )
+    # Delivered at commit, so the relay wakes only for rows it can see.
+    await conn.execute("SELECT pg_notify($1, current_schema())", _NOTIFY_CHANNEL)
+
+
+class Relay:
+    """Publishes the outbox of one schema to JetStream until stopped."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        batch_size: int = 100,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._js = js
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self._pool.acquire()
+        await listener.add_listener(_NOTIFY_CHANNEL, self._on_notify)
+        try:
+            while not stop.is_set():
+                try:
+                    published = await self.publish_pending()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("outbox relay: database unavailable: %r", exc)
+                    published = 0
+                if published:
+                    continue  # more may be waiting
+                self._wake.clear()
+                stopper = asyncio.create_task(stop.wait())
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({stopper, waker}, timeout=self._poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                waker.cancel()
+        finally:
+            try:
+                await listener.remove_listener(_NOTIFY_CHANNEL, self._on_notify)
+            except (asyncpg.InterfaceError, OSError):
+                pass
+            await self._pool.release(listener)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows were published (and removed)."""
+        published = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT seq, event_id, subject, payload, headers FROM outbox
+                   ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self._batch_size,
+            )
+            for row in rows:
+                headers = {**msgspec.json.decode(row["headers"]), MSG_ID_HEADER: row["event_id"]}
+                try:
+                    ack = await self._js.publish(row["subject"], row["payload"], headers=headers, timeout=5)
+                except Exception as exc:  # noqa: BLE001 - any failure: keep the row, retry later
+                    await conn.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
+                        row["seq"], repr(exc)[:500],
+                    )
+                    log.warning("outbox publish failed, will retry", extra={"event_id": row["event_id"], "error": repr(exc)})
+                    break  # keep order: later rows wait for this one
+                if ack.duplicate:
+                    log.info("outbox event was already published", extra={"event_id": row["event_id"]})
+                await conn.execute("DELETE FROM outbox WHERE seq = $1", row["seq"])
+                published += 1
+        return published
+

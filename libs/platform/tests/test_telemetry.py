@@ -23,10 +23,13 @@ from rawdrive_platform.telemetry import (
 
 @pytest.fixture(scope="module")
 def spans():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # setup_telemetry replaces them
     provider = setup_telemetry("telemetry-test", environ={})
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

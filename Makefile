@@ -7,7 +7,7 @@ DATA ?= .data
 # Debian packages the media processor and its tests need (ImageMagick with MagickWand,
 # Ghostscript for PDFs, ffmpeg for video posters, dcraw for RAW files).
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
-PACKAGES := -e libs/contracts -e 'libs/platform[dev]' \
+PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)

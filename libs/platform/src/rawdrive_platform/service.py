@@ -1,0 +1,148 @@
+"""Service lifecycle: wire connections, run workers until SIGTERM, stop in the right order.
+
+A service's `__main__` reads like this:
+
+    async def main(runtime: Runtime) -> None:
+        js = await runtime.jetstream()
+        pool = await runtime.database("verifier", MIGRATIONS)
+        runtime.start(Consumer(js, SPEC, handler).run)
+        runtime.start(Relay(pool, js).run)
+
+    run_service("commit-verifier", Settings, main)
+
+On SIGTERM or SIGINT every worker is told to stop (a consumer finishes the message in hand and
+fetches no more), then connections close in reverse order of opening. A worker that crashes
+stops the whole process with a non-zero exit, so the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from importlib.resources.abc import Traversable
+from typing import TypeVar
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from rawdrive_platform import bus, db
+from rawdrive_platform.config import CommonSettings, ConfigError, load_settings
+from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
+from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
+from rawdrive_platform.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+# Longer than the slowest handler's remaining work after SIGTERM; Kubernetes' grace is longer.
+STOP_TIMEOUT_S = 60.0
+
+
+class Runtime:
+    def __init__(self, name: str, settings: CommonSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.health = Health()
+        self.storages = StorageRegistry()
+        self._exit = AsyncExitStack()
+        self._workers: list[asyncio.Task[None]] = []
+        self._nc: NATS | None = None
+
+    async def jetstream(self) -> JetStreamContext:
+        """Connect to NATS (reconnecting forever) and make sure every stream exists."""
+        if self._nc is None:
+            self._nc = await bus.connect(self.settings.nats_url, name=self.name)
+            self._exit.push_async_callback(self._nc.drain)
+            self.health.add_check("nats", nats_check(self._nc))
+            await bus.provision(self._nc.jetstream(), bus.StreamSettings(replicas=self.settings.stream_replicas))
+        return self._nc.jetstream()
+
+    async def database(self, schema: str, migrations: Traversable) -> asyncpg.Pool:
+        """Apply this service's migrations, then open its pool (search_path = its schema)."""
+        applied = await db.migrate(self.settings.database_url, schema, migrations)
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
+        pool = await db.create_pool(self.settings.database_url, schema)
+        self._exit.push_async_callback(pool.close)
+        self.health.add_check("postgres", postgres_check(pool))
+        return pool
+
+    async def managed_storage(self) -> Storage:
+        """The platform's own bucket; other profiles come from `self.storages` on demand."""
+        storage = await self.storages.get(managed_storage_profile(self.settings))
+        self.health.add_check("s3", s3_check(storage))
+        return storage
+
+    def start(self, worker: Worker, *, name: str | None = None) -> None:
+        self._workers.append(asyncio.create_task(worker(self.stop), name=name or getattr(worker, "__qualname__", None)))
+
+    async def serve_health(self, app: web.Application | None = None, port: int | None = None) -> None:
+        """Serve /livez and /readyz, on `app` (which then serves everything) or on its own."""
+        app = app if app is not None else web.Application()
+        self.health.mount(app)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port or self.settings.health_port).start()
+        self._exit.push_async_callback(runner.cleanup)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        stopper = asyncio.create_task(self.stop.wait())
+        pending = {stopper, *self._workers}
+        log.info("service started", extra={"service": self.name, "workers": len(self._workers)})
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in done if t is not stopper and t.exception() is not None]
+        for task in crashed:
+            log.error("worker crashed", exc_info=task.exception(), extra={"worker": task.get_name()})
+        self.stop.set()
+        stopper.cancel()
+        if self._workers:
+            _, unfinished = await asyncio.wait(self._workers, timeout=STOP_TIMEOUT_S)
+            for task in unfinished:
+                log.warning("worker did not stop in time", extra={"worker": task.get_name()})
+                task.cancel()
+        log.info("service stopped", extra={"service": self.name})
+        return 1 if crashed else 0
+
+    async def aclose(self) -> None:
+        await self._exit.aclose()
+        await self.storages.aclose()
+
+
+def run_service(
+    name: str,
+    settings_type: type[SettingsT],
+    main: Callable[[Runtime], Awaitable[None]],
+) -> None:
+    """The whole life of a service process; exits with its status."""
+    try:
+        settings = load_settings(settings_type)
+    except ConfigError as exc:
+        sys.stderr.write(f"{name}: invalid configuration\n{exc}\n")
+        sys.exit(2)
+    provider = setup_telemetry(name, settings.log_level)
+
+    async def lifecycle() -> int:
+        runtime = Runtime(name, settings)
+        try:
+            await main(runtime)
+            return await runtime.run()
+        finally:
+            await runtime.aclose()
+
+    try:
+        status = asyncio.run(lifecycle())
+    finally:
+        provider.shutdown()
+    sys.exit(status)

@@ -1,0 +1,1 @@
+"""rawdrive_platform"""

@@ -66,6 +66,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     s3_region: str = "auto"
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     health_port: Port = 8081
+    # How long a delivered message may go unacknowledged before another replica gets it; a
+    # live handler extends it while it works, so this bounds recovery after a crash.
+    consumer_ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     log_level: LogLevel = "INFO"
 
 

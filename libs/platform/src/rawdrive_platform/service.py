@@ -5,7 +5,7 @@ A service's `__main__` reads like this:
     async def main(runtime: Runtime) -> None:
         js = await runtime.jetstream()
         pool = await runtime.database("verifier", MIGRATIONS)
-        runtime.start(Consumer(js, SPEC, handler).run)
+        runtime.consume(js, SPEC, handler)
         runtime.start(Relay(pool, js).run)
 
     run_service("commit-verifier", Settings, main)
@@ -27,6 +27,7 @@ from importlib.resources.abc import Traversable
 from typing import TypeVar
 
 import asyncpg
+import msgspec
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -81,6 +82,20 @@ class Runtime:
         storage = await self.storages.get(managed_storage_profile(self.settings))
         self.health.add_check("s3", s3_check(storage))
         return storage
+
+    def consume(
+        self,
+        js: JetStreamContext,
+        spec: bus.ConsumerSpec,
+        handle: bus.EventHandler,
+        *,
+        on_exhausted: bus.ExhaustedHandler | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        """Run a durable consumer as a worker, with the deployment's ack wait."""
+        spec = msgspec.structs.replace(spec, ack_wait_s=self.settings.consumer_ack_wait_s)
+        consumer = bus.Consumer(js, spec, handle, on_exhausted=on_exhausted, concurrency=concurrency)
+        self.start(consumer.run, name=spec.durable)
 
     def start(self, worker: Worker, *, name: str | None = None) -> None:
         self._workers.append(asyncio.create_task(worker(self.stop), name=name or getattr(worker, "__qualname__", None)))

@@ -2,7 +2,6 @@
 
 from importlib.resources import files
 
-from rawdrive_platform.bus import Consumer
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
@@ -18,7 +17,7 @@ async def main(runtime: Runtime) -> None:
     js = await runtime.jetstream()
     pool = await runtime.database("janitor", files("janitor") / "migrations")
     await runtime.managed_storage()
-    runtime.start(Consumer(js, UPLOAD_EVENTS, upload_event_handler(pool)).run, name="upload-events")
+    runtime.consume(js, UPLOAD_EVENTS, upload_event_handler(pool))
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 

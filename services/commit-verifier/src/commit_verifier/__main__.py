@@ -1,20 +1,69 @@
 """python -m commit_verifier: wiring only."""
 
+from functools import partial
 from importlib.resources import files
 
+from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
+from rawdrive_platform.bus import Consumer, ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage
+
+from commit_verifier.handlers import Dependencies, StorageResolver, UnknownProfile, dispatch, dispatch_exhausted
+from commit_verifier.hashing import MiB, ReadSettings
 
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8081
+    # Commit requests verified at once by this replica (each holds up to read_ahead+1 chunks).
+    concurrency: int = 4
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    read_chunk_mib: int = 8
+    read_ahead: int = 2
+
+
+def consumer_spec(settings: Settings) -> ConsumerSpec:
+    # Every replica binds the same durable, so they share the work.
+    return ConsumerSpec(
+        durable="commit-verifier",
+        stream=UPLOADS_STREAM.name,
+        filter_subjects=(subject_filter(CommitRequested.spec),),
+        ack_wait_s=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+    )
+
+
+def profile_resolver(managed: Storage) -> StorageResolver:
+    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
+
+    async def storage_for(ref: str) -> Storage:
+        if ref == MANAGED_PROFILE_ID:
+            return managed
+        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this verifier")
+
+    return storage_for
 
 
 async def main(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
     js = await runtime.jetstream()
     pool = await runtime.database("verifier", files("commit_verifier") / "migrations")
-    await runtime.managed_storage()
+    deps = Dependencies(
+        pool=pool,
+        storage_for=profile_resolver(await runtime.managed_storage()),
+        reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB, read_ahead=settings.read_ahead),
+    )
+    consumer = Consumer(
+        js,
+        consumer_spec(settings),
+        partial(dispatch, deps=deps),
+        on_exhausted=partial(dispatch_exhausted, deps=deps),
+        concurrency=settings.concurrency,
+    )
+    runtime.start(consumer.run, name="commit-requests")
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 

@@ -1,0 +1,135 @@
+"""aiohttp glue between the tus protocol rules and the upload store.
+
+Mount with `app.add_routes(tus_routes(store_for, authorize, max_size=...))`. `authorize(request)`
+belongs to the session layer: it checks the caller and the session and returns a TusTarget, or
+raises its own problem+json errors (401, 404, 410). Everything after that answers with tus status
+codes and short text bodies, because tus clients act on the status alone.
+"""
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from rawdrive_platform.storage import StorageError, StorageUnavailable
+from upload_gateway.tus import protocol
+from upload_gateway.tus.protocol import TusError
+from upload_gateway.tus.store import BodyInterrupted, TusStore, UploadState
+from upload_gateway.tus.target import TusTarget
+
+TUS_PATH = "/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"
+
+Authorize = Callable[[web.Request], Awaitable[TusTarget]]
+StoreFor = Callable[[web.Request], TusStore]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def tus_routes(
+    store_for: StoreFor, authorize: Authorize, *, max_size: int, path: str = TUS_PATH
+) -> list[web.RouteDef]:
+    """OPTIONS (no auth), POST (creation, creation-with-upload), HEAD, PATCH, DELETE on `path`."""
+    handlers = _Handlers(store_for, authorize, max_size)
+    return [
+        web.options(path, _answering_tus_errors(handlers.options)),
+        web.post(path, _answering_tus_errors(handlers.post)),
+        web.head(path, _answering_tus_errors(handlers.head)),
+        web.patch(path, _answering_tus_errors(handlers.patch)),
+        web.delete(path, _answering_tus_errors(handlers.delete)),
+    ]
+
+
+def _answering_tus_errors(handler: Handler) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except TusError as error:
+            return _plain(error.status, str(error), protocol.error_headers(error))
+        except BodyInterrupted as error:  # the client is usually gone; this is for the log
+            return _plain(400, str(error), {"Tus-Resumable": protocol.TUS_VERSION})
+        except StorageUnavailable as error:  # transient: tus clients retry 5xx after a HEAD
+            return _plain(503, f"storage unavailable: {error}", {"Retry-After": "1"})
+        except StorageError as error:
+            return _plain(502, f"storage error: {error}", {})
+
+    return answer
+
+
+def _plain(status: int, text: str, headers: dict[str, str]) -> web.Response:
+    return web.Response(status=status, text=text, headers={"Cache-Control": "no-store"} | headers)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Handlers:
+    def __init__(self, store_for: StoreFor, authorize: Authorize, max_size: int):
+        self._store_for = store_for
+        self._authorize = authorize
+        self._max_size = max_size
+
+    async def options(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=protocol.options_headers(self._max_size))
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        method = protocol.effective_method("POST", request.headers.get("X-HTTP-Method-Override"))
+        if method != "POST":
+            return await {"HEAD": self.head, "PATCH": self.patch, "DELETE": self.delete}[method](request)
+        creation = protocol.parse_creation(request.headers)
+        if creation.length > self._max_size:
+            raise protocol.PastLength(f"Upload-Length passes Tus-Max-Size {self._max_size}")
+        target = await self._authorize(request)
+        protocol.check_not_expired(target.expires_at, _now())
+        store = self._store_for(request)
+        state = await store.create(target, creation)
+        if request.can_read_body:  # creation-with-upload
+            patch = protocol.parse_patch(request.headers, creation=True)
+            state = await self._write(store, target, patch, request)
+        headers = _upload_headers(state) | {"Location": str(request.rel_url)}
+        return web.Response(status=201, headers=headers)
+
+    async def head(self, request: web.Request) -> web.Response:
+        protocol.check_version(request.headers)
+        target = await self._authorize(request)
+        state = await self._store_for(request).state(target.upload_id)
+        if state is None:
+            raise protocol.UploadNotFound("no tus upload was created for this session")
+        if state.completed:
+            await target.on_complete()
+        else:
+            protocol.check_not_expired(target.expires_at, _now())
+        headers = _upload_headers(state)
+        if state.metadata is not None:
+            headers["Upload-Metadata"] = state.metadata
+        return web.Response(status=200, headers=headers)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        patch = protocol.parse_patch(request.headers)
+        target = await self._authorize(request)
+        protocol.check_not_expired(target.expires_at, _now())
+        state = await self._write(self._store_for(request), target, patch, request)
+        return web.Response(status=204, headers=_upload_headers(state))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        protocol.check_version(request.headers)
+        target = await self._authorize(request)
+        await self._store_for(request).terminate(target)
+        return web.Response(status=204, headers={"Tus-Resumable": protocol.TUS_VERSION})
+
+    @staticmethod
+    async def _write(
+        store: TusStore, target: TusTarget, patch: protocol.Patch, request: web.Request
+    ) -> UploadState:
+        try:
+            state = await store.write(target, patch, request.content.read)
+        except BodyInterrupted as cut:
+            await target.on_progress(cut.offset)
+            raise
+        await target.on_progress(state.offset)
+        if state.completed:
+            await target.on_complete()
+        return state
+
+
+def _upload_headers(state: UploadState) -> dict[str, str]:
+    return protocol.upload_headers(state.offset, state.length, state.expires_at)

@@ -1,0 +1,282 @@
+"""The tus upload store: request bodies into one S3 multipart upload, state in PostgreSQL.
+
+Every part is exactly `part_size` bytes except the last (R2 rejects anything else), so bytes
+are gathered into whole parts. Bytes that do not fill a part when a request ends, or is cut,
+are the "tail". The tail lives in PostgreSQL, in the same row as the offset, rather than in a
+separate S3 object: the offset and the bytes it counts then change in one statement, so no crash
+between two writes can leave an offset that claims missing bytes, no second key kind is needed
+under the asset's `original/` prefix, and nothing is left to clean up in the bucket. The cost,
+at most one part of bytea per unaligned request, is what tusd's S3 store pays as an S3 object.
+
+A row changes only after the S3 write it describes succeeded. Each request that changes an
+upload holds a PostgreSQL advisory lock on it for its whole duration, so two gateway instances
+never write the same upload at once; the loser gets UploadLocked (423) at once instead of waiting.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from rawdrive_platform.storage import ObjectMissing, UploadedPart
+from upload_gateway.tus.protocol import (
+    BadRequest,
+    ChecksumMismatch,
+    Creation,
+    PastLength,
+    Patch,
+    UploadLocked,
+    UploadNotFound,
+    check_fits,
+    check_offset,
+)
+from upload_gateway.tus.target import TusTarget
+
+# Read the body in pieces this big: small enough to keep the extra memory negligible, large
+# enough to keep the per-read overhead low.
+READ_SIZE = 256 * 1024
+
+Reader = Callable[[int], Awaitable[bytes]]
+"""`read(n)` returns up to n bytes of the request body, b"" at its end, or raises if it broke."""
+
+
+class UploadState(msgspec.Struct, frozen=True, kw_only=True):
+    upload_id: str
+    offset: int
+    length: int
+    metadata: str | None
+    expires_at: datetime
+    completed: bool
+
+
+class BodyInterrupted(Exception):
+    """The request body broke off; every byte that arrived before is stored."""
+
+    def __init__(self, offset: int):
+        super().__init__(f"request body interrupted; upload kept at offset {offset}")
+        self.offset = offset
+
+
+class _Row(msgspec.Struct, frozen=True, kw_only=True):
+    object_key: str
+    multipart_id: str | None
+    length: int
+    part_size: int
+    part_etags: list[str]
+    offset: int
+    tail: bytes
+
+
+_STATE_COLUMNS = """upload_id, upload_offset AS offset, upload_length AS length, metadata,
+                    expires_at, completed_at IS NOT NULL AS completed"""
+
+
+class TusStore:
+    """Create, write, inspect and terminate tus uploads. One per process; safe to share."""
+
+    def __init__(self, pool: asyncpg.Pool, *, read_size: int = READ_SIZE):
+        self._pool = pool
+        self._read_size = read_size
+
+    async def state(self, upload_id: str) -> UploadState | None:
+        record = await self._pool.fetchrow(
+            f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", upload_id
+        )
+        return None if record is None else UploadState(**record)
+
+    async def create(self, target: TusTarget, creation: Creation) -> UploadState:
+        """Start the upload; creating one that exists already changes nothing (client retries)."""
+        if creation.length != target.size_bytes:
+            raise BadRequest(
+                f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
+            )
+        async with self._locked(target.upload_id) as conn:
+            existing = await self.state(target.upload_id)
+            if existing is not None:
+                return existing
+            storage = target.storage
+            multipart_id = None
+            if creation.length == 0:  # S3 cannot complete a multipart upload without parts
+                await storage.put(target.object_key, b"", target.content_type)
+            else:
+                multipart_id = await storage.create_multipart(target.object_key, target.content_type)
+            record = await conn.fetchrow(
+                f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
+                        upload_length, part_size, metadata, expires_at, completed_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                            CASE WHEN $5 = 0 THEN now() END)
+                    RETURNING {_STATE_COLUMNS}""",
+                target.upload_id, target.workspace_id, target.object_key, multipart_id,
+                creation.length, target.part_size, creation.raw_metadata, target.expires_at,
+            )
+        return UploadState(**record)
+
+    async def write(self, target: TusTarget, patch: Patch, read: Reader) -> UploadState:
+        """Append the body at `patch.offset`; completes the object when the length is reached."""
+        async with self._locked(target.upload_id) as conn:
+            record = await conn.fetchrow(
+                """SELECT object_key, multipart_id, upload_length AS length, part_size,
+                          part_etags, upload_offset AS offset, tail
+                   FROM tus_uploads WHERE upload_id = $1""",
+                target.upload_id,
+            )
+            if record is None:
+                raise UploadNotFound("no tus upload was created for this session")
+            row = _Row(**record)
+            check_offset(patch.offset, row.offset)
+            check_fits(row.offset, patch.content_length, row.length)
+            if patch.checksum is not None:
+                body = await _read_whole(read, patch, limit=row.part_size, offset=row.offset)
+                if not patch.checksum.matches(body):
+                    raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
+                read = _memory_reader(body)
+            if row.multipart_id is not None and row.offset < row.length:
+                await self._stream(conn, target, row, read)
+            record = await conn.fetchrow(
+                f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
+            )
+        return UploadState(**record)
+
+    async def terminate(self, target: TusTarget) -> None:
+        """Abort the multipart upload (or delete the finished object) and forget the upload."""
+        async with self._locked(target.upload_id) as conn:
+            record = await conn.fetchrow(
+                "SELECT object_key, multipart_id, completed_at IS NOT NULL AS completed"
+                " FROM tus_uploads WHERE upload_id = $1",
+                target.upload_id,
+            )
+            if record is None:
+                raise UploadNotFound("no tus upload was created for this session")
+            if record["completed"]:
+                await target.storage.delete([record["object_key"]])
+            else:
+                await target.storage.abort_multipart(record["object_key"], record["multipart_id"])
+            await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
+
+    async def _stream(
+        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, read: Reader
+    ) -> None:
+        storage, key, part_size = target.storage, row.object_key, row.part_size
+        etags = list(row.part_etags)
+        stored = len(etags) * part_size  # bytes in uploaded parts
+        buffer = bytearray(row.tail)
+        tail_is_stored = True
+        while True:
+            # At least 1: with a full final part in hand, one more byte means "past the length".
+            want = max(1, min(self._read_size, part_size - len(buffer)))
+            try:
+                chunk = await read(want)
+            except asyncio.CancelledError:
+                await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+                raise
+            except Exception as error:
+                await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+                raise BodyInterrupted(stored + len(buffer)) from error
+            if not chunk:
+                break
+            if stored + len(buffer) + len(chunk) > row.length:
+                raise PastLength(f"the body runs past Upload-Length {row.length}")
+            buffer += chunk
+            tail_is_stored = False
+            if len(buffer) == part_size and stored + part_size < row.length:
+                # bytearray goes to botocore as is: no second copy of the part in memory.
+                part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, buffer)  # type: ignore[arg-type]
+                etags.append(part.etag)
+                stored += part_size
+                buffer.clear()
+                await conn.execute(
+                    """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
+                              updated_at = now() WHERE upload_id = $1""",
+                    target.upload_id, etags, stored,
+                )
+                tail_is_stored = True
+        if stored + len(buffer) == row.length:
+            await self._finish(conn, target, row, etags, buffer)
+        else:
+            await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+
+    async def _finish(
+        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str],
+        last: bytearray,
+    ) -> None:
+        storage, key = target.storage, row.object_key
+        try:
+            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, last)  # type: ignore[arg-type]
+            etags = [*etags, part.etag]
+            await storage.complete_multipart(key, row.multipart_id, _parts(etags))
+        except ObjectMissing:
+            # A previous attempt completed the object but died before recording it.
+            info = await storage.head(key)
+            if info is None or info.size != row.length:
+                raise
+        # Offset reaches the length only together with completion: HEAD never reports a full
+        # offset for an object that does not exist yet.
+        await conn.execute(
+            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
+                      completed_at = now(), updated_at = now() WHERE upload_id = $1""",
+            target.upload_id, etags,
+        )
+
+    @staticmethod
+    async def _keep_tail(
+        conn: asyncpg.Connection, upload_id: str, stored: int, buffer: bytearray, is_stored: bool
+    ) -> None:
+        if is_stored:
+            return
+        await conn.execute(
+            """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
+               WHERE upload_id = $1""",
+            upload_id, bytes(buffer), stored + len(buffer),
+        )
+
+    @asynccontextmanager
+    async def _locked(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:
+        """Hold a session advisory lock on the upload (any instance) on one connection."""
+        lock = f"rawdrive.tus.{upload_id}"
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock):
+                raise UploadLocked("another request is writing this upload")
+            try:
+                yield conn
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+
+
+def _parts(etags: list[str]) -> list[UploadedPart]:
+    return [UploadedPart(part_number=n, etag=etag) for n, etag in enumerate(etags, start=1)]
+
+
+async def _read_whole(read: Reader, patch: Patch, *, limit: int, offset: int) -> bytearray:
+    """A checksummed body is verified before any of it counts, so it is read into memory whole;
+    `limit` (one part) keeps that bounded. A body cut short is dropped: it cannot be verified."""
+    if patch.content_length is not None and patch.content_length > limit:
+        raise PastLength(f"a PATCH with Upload-Checksum may carry at most {limit} bytes")
+    body = bytearray()
+    while chunk := await _read_or_interrupt(read, limit + 1 - len(body), offset):
+        body += chunk
+        if len(body) > limit:
+            raise PastLength(f"a PATCH with Upload-Checksum may carry at most {limit} bytes")
+    return body
+
+
+async def _read_or_interrupt(read: Reader, size: int, offset: int) -> bytes:
+    try:
+        return await read(min(size, READ_SIZE))
+    except Exception as error:
+        raise BodyInterrupted(offset) from error
+
+
+def _memory_reader(body: bytearray) -> Reader:
+    view = memoryview(body)
+    position = 0
+
+    async def read(size: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position : position + size])
+        position += len(chunk)
+        return chunk
+
+    return read

@@ -134,15 +134,15 @@ def parse_metadata(header: str | None) -> dict[str, str | None]:
         return {}
     result: dict[str, str | None] = {}
     for element in header.split(","):
-        pair = element.strip().split(" ")
-        if len(pair) > 2 or pair[0] == "":
+        key, space, value = element.lstrip().partition(" ")
+        if key == "" or " " in value.strip():
             raise BadRequest(f"Upload-Metadata element {element!r} is not 'key base64value'")
-        key = pair[0]
         if not key.isascii() or not key.isprintable():
             raise BadRequest(f"Upload-Metadata key {key!r} must be printable ASCII")
         if key in result:
             raise BadRequest(f"Upload-Metadata key {key!r} appears twice")
-        result[key] = _decode_metadata_value(key, pair[1]) if len(pair) == 2 else None
+        # "key" has no value; "key " (what tus-js-client sends for "") has an empty one.
+        result[key] = _decode_metadata_value(key, value.strip()) if space else None
     return result
 
 

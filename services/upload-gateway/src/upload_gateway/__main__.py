@@ -2,26 +2,28 @@
 
 from importlib.resources import files
 
-from aiohttp import web
-
-from rawdrive_platform.config import CommonSettings, Secret
+from rawdrive_platform.bus import Consumer
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
+from upload_gateway import verdicts
+from upload_gateway.app import create_app, token_verifier
+from upload_gateway.settings import Settings
+from upload_gateway.uploads import Gateway
 
-
-class Settings(CommonSettings, kw_only=True, frozen=True):
-    http_port: int = 8080
-    public_url: str = "http://127.0.0.1:8080"
-    jwt_secret: Secret | None = None
+MIGRATIONS = files("upload_gateway") / "migrations"
 
 
 async def main(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    tokens = token_verifier(settings)  # refuses to start without a way to check tokens
     js = await runtime.jetstream()
-    pool = await runtime.database("gateway", files("upload_gateway") / "migrations")
-    await runtime.managed_storage()
+    pool = await runtime.database("gateway", MIGRATIONS)
+    storage = await runtime.managed_storage()
     runtime.start(Relay(pool, js).run, name="outbox-relay")
-    app = web.Application()
-    await runtime.serve_health(app, port=runtime.settings.http_port)
+    runtime.start(Consumer(js, verdicts.consumer_spec(), verdicts.handler(pool)).run, name="verdicts")
+    app = create_app(Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens))
+    await runtime.serve_health(app, port=settings.http_port)
 
 
 if __name__ == "__main__":

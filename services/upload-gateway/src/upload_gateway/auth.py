@@ -1,12 +1,98 @@
-"""Bearer tokens for the RawDrive API: HS256 JWTs signed with RAWDRIVE_JWT_SECRET.
+"""Bearer tokens for the RawDrive API, and who may do what.
 
-Claims: `sub` (user id), `iat`, `exp` and `workspaces`, an object mapping each workspace id the
-user may use to their role there: "viewer", "member" or "admin".
+User tokens: JWTs with `sub`, `exp` (both required) and `workspaces`, an object mapping each
+workspace id the user may use to their role there: "viewer", "member" or "admin". Development
+signs them HS256 with RAWDRIVE_JWT_SECRET; production verifies RS256 against the identity
+provider's JWKS (RAWDRIVE_JWT_JWKS_URL). A user token must not carry the upload audience.
+
+Upload tokens: minted here when a session is created, HS256 with the gateway's own secret,
+audience `UPLOAD_AUDIENCE`, bound to one upload and workspace, expiring with the session. They
+open that upload's data routes (tus, parts) and nothing else; a user token is never one.
+
+Access rule: a workspace missing from the token is 404 (existence never leaks); a role below
+the action's minimum is 403.
 """
 
+from __future__ import annotations
+
+import asyncio
 import time
+from datetime import datetime
+from typing import Literal
 
 import jwt
+import msgspec
+
+from upload_gateway.problems import Forbidden, NotFound, Unauthorized
+
+Role = Literal["viewer", "member", "admin"]
+Action = Literal["read", "upload", "delete", "manage_storage"]
+
+ROLE_RANK: dict[Role, int] = {"viewer": 0, "member": 1, "admin": 2}
+# The one table of what each action needs.
+MINIMUM_ROLE: dict[Action, Role] = {
+    "read": "viewer",
+    "upload": "member",
+    "delete": "member",
+    "manage_storage": "admin",
+}
+
+UPLOAD_AUDIENCE = "rawdrive:upload"
+# Clock skew tolerated between the identity provider, gateway replicas and clients.
+LEEWAY_S = 30
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """A verified user: who, and their role in each workspace they belong to."""
+
+    sub: str
+    workspaces: dict[str, Role]
+
+
+class UploadGrant(msgspec.Struct, frozen=True):
+    """A verified upload token: the one upload it opens, for whom."""
+
+    sub: str
+    workspace_id: str
+    upload_id: str
+
+
+class _UserClaims(msgspec.Struct):
+    sub: str
+    exp: int
+    workspaces: dict[str, Role] = {}
+
+
+class _UploadClaims(msgspec.Struct):
+    sub: str
+    exp: int
+    workspace_id: str
+    upload_id: str
+
+
+def require(principal: Principal, workspace_id: str, action: Action) -> Role:
+    role = principal.workspaces.get(workspace_id)
+    if role is None:
+        raise NotFound(f"no workspace {workspace_id!r}")
+    needed = MINIMUM_ROLE[action]
+    if ROLE_RANK[role] < ROLE_RANK[needed]:
+        raise Forbidden(f"{action} needs the {needed} role in this workspace; you are {role}")
+    return role
+
+
+def bearer_token(authorization: str | None) -> str:
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return token.strip()
+
+
+def principal_from_claims(claims: dict[str, object]) -> Principal:
+    try:
+        parsed = msgspec.convert(claims, _UserClaims)
+    except msgspec.ValidationError as error:
+        raise Unauthorized(f"token claims are invalid: {error}") from None
+    return Principal(sub=parsed.sub, workspaces=parsed.workspaces)
 
 
 def mint_dev_token(secret: str, *, sub: str, workspaces: dict[str, str], ttl_s: int) -> str:
@@ -14,3 +100,84 @@ def mint_dev_token(secret: str, *, sub: str, workspaces: dict[str, str], ttl_s: 
     now = int(time.time())
     claims = {"sub": sub, "iat": now, "exp": now + ttl_s, "workspaces": workspaces}
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class TokenVerifier:
+    """Checks user tokens (HS256 secret or RS256 JWKS) and mints and checks upload tokens."""
+
+    def __init__(
+        self,
+        *,
+        upload_secret: str,
+        hs256_secret: str | None = None,
+        jwks_url: str | None = None,
+        audience: str | None = None,
+    ) -> None:
+        if (hs256_secret is None) == (jwks_url is None):
+            raise ValueError("configure exactly one of an HS256 secret and a JWKS URL")
+        self._upload_secret = upload_secret
+        self._hs256_secret = hs256_secret
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self._audience = audience
+
+    async def principal(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        if self._jwks is not None:
+            try:
+                # PyJWKClient fetches with urllib; keep the event loop free while it does.
+                key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
+            except jwt.PyJWTError as error:
+                raise Unauthorized(f"token signing key not found: {error}") from None
+            algorithm = "RS256"
+        else:
+            key, algorithm = self._hs256_secret, "HS256"
+        try:
+            # With no audience configured, PyJWT refuses any token that names one, and with
+            # one configured it must match: either way an upload token never passes here.
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                leeway=LEEWAY_S,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.PyJWTError as error:
+            raise Unauthorized(f"invalid token: {error}") from None
+        return principal_from_claims(claims)
+
+    def mint_upload_token(self, grant: UploadGrant, expires_at: datetime) -> str:
+        claims = {
+            "sub": grant.sub,
+            "aud": UPLOAD_AUDIENCE,
+            "workspace_id": grant.workspace_id,
+            "upload_id": grant.upload_id,
+            "iat": int(time.time()),
+            "exp": int(expires_at.timestamp()),
+        }
+        return jwt.encode(claims, self._upload_secret, algorithm="HS256")
+
+    def upload_grant(self, authorization: str | None) -> UploadGrant:
+        token = bearer_token(authorization)
+        try:
+            claims = jwt.decode(
+                token,
+                self._upload_secret,
+                algorithms=["HS256"],
+                audience=UPLOAD_AUDIENCE,
+                leeway=LEEWAY_S,
+                options={"require": ["sub", "exp", "aud"]},
+            )
+            parsed = msgspec.convert(claims, _UploadClaims)
+        except (jwt.PyJWTError, msgspec.ValidationError) as error:
+            raise Unauthorized(f"invalid upload token: {error}") from None
+        return UploadGrant(sub=parsed.sub, workspace_id=parsed.workspace_id, upload_id=parsed.upload_id)
+
+    def is_upload_token(self, authorization: str | None) -> bool:
+        """Whether the bearer token claims the upload audience (unverified: only picks the check)."""
+        try:
+            claims = jwt.decode(bearer_token(authorization), options={"verify_signature": False})
+        except (jwt.PyJWTError, Unauthorized):
+            return False
+        audience = claims.get("aud")
+        return audience == UPLOAD_AUDIENCE or (isinstance(audience, list) and UPLOAD_AUDIENCE in audience)

@@ -1,0 +1,109 @@
+"""Request and response bodies of the uploads API.
+
+Requests decode strictly (no string-for-number coercion); unknown fields are ignored, so an
+older gateway still serves a newer client, as the event contracts do for consumers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from rawdrive_contracts import Provider, RejectionReason, ResumableProtocol
+from rawdrive_platform.keys import ID_PATTERN
+from upload_gateway.sessions import MAX_PARTS, State
+
+Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN.pattern}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+PartNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)]
+
+
+class CreateUpload(msgspec.Struct, frozen=True, kw_only=True):
+    file_name: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    mime_type: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    size_bytes: Annotated[int, msgspec.Meta(ge=1)]
+    library_id: Id
+    resumable_protocol: ResumableProtocol
+    sha256: Sha256 | None = None
+    folder_id: Id | None = None
+
+
+class UploadCreated(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    upload_id: str
+    asset_id: str
+    provider: Provider
+    upload_url: str
+    headers: dict[str, str]  # send these with every request to upload_url
+    expires_at: datetime
+    part_size: int | None = None  # s3_multipart only
+    part_count: int | None = None
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    reason: RejectionReason
+    detail: str
+
+
+class UploadStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    upload_id: str
+    asset_id: str
+    state: State
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    bytes_received: int
+    resumable_protocol: ResumableProtocol
+    provider: Provider
+    created_at: datetime
+    expires_at: datetime
+    sha256: str | None = None
+    part_size: int | None = None
+    part_count: int | None = None
+    rejection: Rejection | None = None
+
+
+class PartsRequest(msgspec.Struct, frozen=True):
+    part_numbers: Annotated[list[PartNumber], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class PresignedPart(msgspec.Struct, frozen=True):
+    part_number: int
+    method: Literal["PUT"]
+    url: str
+    headers: dict[str, str]  # part of the signature: the PUT must carry exactly these
+
+
+class PresignedParts(msgspec.Struct, frozen=True):
+    parts: list[PresignedPart]
+    expires_at: datetime
+
+
+class UploadedPart(msgspec.Struct, frozen=True):
+    part_number: int
+    etag: str
+    size: int | None
+
+
+class PartList(msgspec.Struct, frozen=True):
+    part_size: int
+    part_count: int
+    parts: list[UploadedPart]
+
+
+class PartEtag(msgspec.Struct, frozen=True):
+    part_number: PartNumber
+    etag: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
+    sha256: Sha256 | None = None
+    # Accepted for clients that send it; the verifier checks the stored object itself.
+    etag: str | None = None
+    parts: Annotated[list[PartEtag], msgspec.Meta(max_length=MAX_PARTS)] | None = None
+
+
+class CommitResult(msgspec.Struct, frozen=True):
+    asset_id: str
+    status: Literal["processing", "verifying"]

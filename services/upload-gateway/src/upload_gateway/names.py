@@ -1,0 +1,19 @@
+"""File names as shown to users; the name inside object keys is rawdrive_platform.keys.safe_filename."""
+
+import unicodedata
+
+from upload_gateway.problems import InvalidRequest
+
+# Control characters cannot be shown, NUL cannot be stored in PostgreSQL text, and lone
+# surrogates (legal in JSON escapes) cannot be encoded as UTF-8 at all.
+_UNPRINTABLE = frozenset({"Cc", "Cs"})
+
+
+def display_name(file_name: str) -> str:
+    """The name as given, NFC, without unprintable characters; refused when nothing remains."""
+    cleaned = "".join(ch for ch in file_name if unicodedata.category(ch) not in _UNPRINTABLE)
+    cleaned = unicodedata.normalize("NFC", cleaned).strip()
+    if not cleaned:
+        raise InvalidRequest("file_name has no printable characters")
+    return cleaned
+

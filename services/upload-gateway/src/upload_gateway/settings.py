@@ -1,0 +1,22 @@
+"""The gateway's RAWDRIVE_* settings (see rawdrive_platform.config)."""
+
+from typing import Annotated
+
+import msgspec
+
+from rawdrive_platform.config import CommonSettings, Port, Secret
+
+
+class Settings(CommonSettings, kw_only=True, frozen=True):
+    http_port: Port = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    # User tokens: HS256 with jwt_secret (development) or RS256 from jwt_jwks_url (production).
+    jwt_secret: Secret | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    # Signs the gateway's own upload tokens; defaults to jwt_secret, required with a JWKS URL.
+    upload_token_secret: Secret | None = None
+    session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 24 * 3600)] = 24 * 3600
+    commit_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
+    # Browser origins allowed by CORS; "*" allows any.
+    cors_origins: tuple[str, ...] = ()

@@ -1,0 +1,325 @@
+"""What each uploads route does: check with the pure core, then perform the effects.
+
+Every state change and the event it implies commit in one transaction through the outbox.
+Storage calls happen outside transactions; where one fails after the row changed (an abort),
+repeating the request repeats the storage call, and the janitor sweeps anything left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from rawdrive_contracts import CommitRequested, PartRef, UploadAborted, UploadSessionCreated, new_event
+from rawdrive_platform import storage as s3
+from rawdrive_platform.keys import original_key, safe_filename
+from rawdrive_platform.outbox import enqueue
+from upload_gateway import api, repository
+from upload_gateway.auth import TokenVerifier, UploadGrant
+from upload_gateway.limits import check_file, essence
+from upload_gateway.names import display_name
+from upload_gateway.problems import (
+    ChecksumMismatch,
+    FieldError,
+    InvalidRequest,
+    InvalidState,
+    StorageError,
+    StorageUnavailable,
+)
+from upload_gateway.sessions import (
+    TRANSITIONS,
+    UploadSession,
+    commit_outcome,
+    effective_state,
+    plan_parts,
+    require_open,
+)
+from upload_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/services/upload-gateway"
+MANAGED_PROFILE_REF = s3.MANAGED_PROFILE_ID
+# R2 presigned URLs live at most 7 days.
+MAX_URL_TTL_S = 7 * 24 * 3600
+# How often a waiting commit looks at its row; the row is the truth across replicas.
+COMMIT_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Everything the routes need: long-lived connections and settings."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    storage: s3.Storage
+    tokens: TokenVerifier
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Storage failures as problems, without bucket names or SDK messages in the detail."""
+    try:
+        yield
+    except s3.StorageUnavailable as error:
+        log.warning("storage unavailable", extra={"operation": what, "error": str(error)})
+        raise StorageUnavailable(f"{what}: storage is unavailable, retry later", headers={"Retry-After": "5"}) from None
+    except s3.StorageError as error:
+        log.error("storage error", extra={"operation": what, "error": str(error)})
+        raise StorageError(f"{what}: storage refused the request") from None
+
+
+def upload_url(settings: Settings, session: UploadSession) -> str:
+    base = f"{settings.public_url.rstrip('/')}/v1/workspaces/{session.workspace_id}/uploads/{session.upload_id}"
+    return f"{base}/tus" if session.resumable_protocol == "tus" else f"{base}/parts"
+
+
+async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+    shown = display_name(request.file_name)
+    file_name = safe_filename(shown)
+    kind = check_file(file_name, request.mime_type, request.size_bytes)
+    mime_type = essence(request.mime_type)
+    now = utcnow()
+    asset_id = str(uuid.uuid4())
+    object_key = original_key(workspace_id, asset_id, file_name)
+    plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
+    multipart_upload_id = None
+    if plan is not None:
+        # Created before the row: a row whose multipart upload failed would be unusable. If the
+        # insert fails instead, the janitor aborts the orphaned multipart upload.
+        with storage_errors("create multipart upload"):
+            multipart_upload_id = await gw.storage.create_multipart(object_key, mime_type)
+    session = UploadSession(
+        upload_id=str(uuid.uuid4()),
+        workspace_id=workspace_id,
+        asset_id=asset_id,
+        library_id=request.library_id,
+        folder_id=request.folder_id,
+        file_name=shown,
+        mime_type=mime_type,
+        kind=kind,
+        size_bytes=request.size_bytes,
+        sha256=request.sha256.lower() if request.sha256 else None,
+        resumable_protocol=request.resumable_protocol,
+        provider=gw.storage.profile.provider,
+        storage_profile_ref=MANAGED_PROFILE_REF,
+        object_key=object_key,
+        multipart_upload_id=multipart_upload_id,
+        part_size=plan.part_size if plan else None,
+        part_count=plan.part_count if plan else None,
+        state="created",
+        bytes_received=0,
+        rejection_reason=None,
+        rejection_detail=None,
+        created_by=sub,
+        created_at=now,
+        expires_at=now + timedelta(seconds=gw.settings.session_ttl_s),
+    )
+    event = UploadSessionCreated(
+        workspace_id=workspace_id,
+        upload_id=session.upload_id,
+        asset_id=asset_id,
+        library_id=session.library_id,
+        folder_id=session.folder_id,
+        file_name=session.file_name,
+        mime_type=mime_type,
+        size_bytes=session.size_bytes,
+        sha256=session.sha256,
+        resumable_protocol=session.resumable_protocol,
+        provider=session.provider,
+        storage_profile_ref=session.storage_profile_ref,
+        object_key=object_key,
+        expires_at=session.expires_at,
+        created_by=sub,
+    )
+    async with gw.pool.acquire() as conn, conn.transaction():
+        await repository.insert(conn, session)
+        await enqueue(conn, new_event(event, source=SOURCE, time=now))
+    token = gw.tokens.mint_upload_token(
+        UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
+    )
+    return api.UploadCreated(
+        upload_id=session.upload_id,
+        asset_id=asset_id,
+        provider=session.provider,
+        upload_url=upload_url(gw.settings, session),
+        headers={"Authorization": f"Bearer {token}"},
+        expires_at=session.expires_at,
+        part_size=session.part_size,
+        part_count=session.part_count,
+    )
+
+
+async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
+    state = effective_state(session, utcnow())
+    received = session.bytes_received
+    if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
+        # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
+        with storage_errors("list parts"):
+            parts = await gw.storage.list_parts(session.object_key, session.multipart_upload_id)
+        received = sum(part.size or 0 for part in parts)
+    return api.UploadStatus(
+        upload_id=session.upload_id,
+        asset_id=session.asset_id,
+        state=state,
+        file_name=session.file_name,
+        mime_type=session.mime_type,
+        size_bytes=session.size_bytes,
+        bytes_received=received,
+        resumable_protocol=session.resumable_protocol,
+        provider=session.provider,
+        created_at=session.created_at,
+        expires_at=session.expires_at,
+        sha256=session.sha256,
+        part_size=session.part_size,
+        part_count=session.part_count,
+        rejection=api.Rejection(session.rejection_reason, session.rejection_detail or "")
+        if session.rejection_reason
+        else None,
+    )
+
+
+async def abort(gw: Gateway, sub: str, session: UploadSession) -> None:
+    """Idempotent: aborting an aborted or expired upload succeeds again (and retries storage)."""
+    async with gw.pool.acquire() as conn, conn.transaction():
+        moved = await repository.apply(conn, session.upload_id, "abort")
+        if moved is not None:
+            event = UploadAborted(
+                workspace_id=session.workspace_id,
+                upload_id=session.upload_id,
+                asset_id=session.asset_id,
+                storage_profile_ref=session.storage_profile_ref,
+                object_key=session.object_key,
+                multipart_upload_id=session.multipart_upload_id,
+                aborted_by=sub,
+            )
+            await enqueue(conn, new_event(event, source=SOURCE))
+        else:
+            current = await repository.get(conn, session.workspace_id, session.upload_id)
+            if current is not None and current.state in ("verifying", "committed"):
+                raise InvalidState(f"upload {session.upload_id} is {current.state}; it can no longer be aborted")
+    if session.multipart_upload_id:
+        with storage_errors("abort multipart upload"):
+            await gw.storage.abort_multipart(session.object_key, session.multipart_upload_id)
+
+
+def _multipart(session: UploadSession) -> tuple[str, int]:
+    if session.resumable_protocol != "s3_multipart" or not session.multipart_upload_id or not session.part_count:
+        raise InvalidState(f"upload {session.upload_id} uses {session.resumable_protocol}, not s3_multipart")
+    return session.multipart_upload_id, session.part_count
+
+
+def _check_part_numbers(numbers: list[int], part_count: int, field: str) -> None:
+    errors = [
+        FieldError(path=f"$.{field}[{index}]", message=f"part {number} is outside 1..{part_count}")
+        for index, number in enumerate(numbers)
+        if number > part_count
+    ]
+    if len(set(numbers)) != len(numbers):
+        errors.append(FieldError(path=f"$.{field}", message="part numbers repeat"))
+    if errors:
+        raise InvalidRequest(f"this upload has {part_count} parts", errors=errors)
+
+
+async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsRequest) -> api.PresignedParts:
+    multipart_upload_id, part_count = _multipart(session)
+    now = utcnow()
+    require_open(session, now)
+    _check_part_numbers(request.part_numbers, part_count, "part_numbers")
+    if await repository.apply(gw.pool, session.upload_id, "receive") is None:
+        current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
+        require_open(current or session, now)
+    # A URL must not outlive its session.
+    ttl_s = max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
+    with storage_errors("presign parts"):
+        presigned = [
+            await gw.storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
+            for number in request.part_numbers
+        ]
+    return api.PresignedParts(
+        parts=[
+            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers)
+            for number, p in zip(request.part_numbers, presigned)
+        ],
+        expires_at=now + timedelta(seconds=ttl_s),
+    )
+
+
+async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
+    multipart_upload_id, part_count = _multipart(session)
+    require_open(session, utcnow())
+    with storage_errors("list parts"):
+        parts = await gw.storage.list_parts(session.object_key, multipart_upload_id)
+    return api.PartList(
+        part_size=session.part_size or 0,
+        part_count=part_count,
+        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in parts],
+    )
+
+
+async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest) -> api.CommitResult:
+    declared = request.sha256.lower() if request.sha256 else None
+    if declared and session.sha256 and declared != session.sha256:
+        raise ChecksumMismatch("the sha256 given at commit differs from the one declared before")
+    if effective_state(session, utcnow()) in TRANSITIONS["commit"].sources:
+        await _request_commit(gw, sub, session, request, declared)
+    return await _await_verdict(gw, session)
+
+
+async def _request_commit(
+    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, declared: str | None
+) -> None:
+    if request.parts is not None:
+        _, part_count = _multipart(session)
+        _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
+    async with gw.pool.acquire() as conn, conn.transaction():
+        moved = await repository.apply(conn, session.upload_id, "commit", sha256=declared)
+        if moved is None:
+            return  # a concurrent commit won; wait for the same verdict
+        event = CommitRequested(
+            workspace_id=moved.workspace_id,
+            upload_id=moved.upload_id,
+            asset_id=moved.asset_id,
+            library_id=moved.library_id,
+            folder_id=moved.folder_id,
+            file_name=moved.file_name,
+            mime_type=moved.mime_type,
+            size_bytes=moved.size_bytes,
+            resumable_protocol=moved.resumable_protocol,
+            provider=moved.provider,
+            storage_profile_ref=moved.storage_profile_ref,
+            object_key=moved.object_key,
+            expected_sha256=moved.sha256,
+            multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
+            parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
+            if request.parts is not None
+            else None,
+            requested_by=sub,
+        )
+        await enqueue(conn, new_event(event, source=SOURCE))
+
+
+async def _await_verdict(gw: Gateway, session: UploadSession) -> api.CommitResult:
+    """Poll the row until the verdict lands or the wait runs out (then: still verifying)."""
+    deadline = time.monotonic() + gw.settings.commit_wait_s
+    while True:
+        current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
+        if current is None:  # deleted under us: nothing sensible to wait for
+            raise InvalidState(f"upload {session.upload_id} no longer exists")
+        if commit_outcome(current, utcnow()) == "verified":
+            return api.CommitResult(asset_id=current.asset_id, status="processing")
+        if time.monotonic() >= deadline:
+            return api.CommitResult(asset_id=current.asset_id, status="verifying")
+        await asyncio.sleep(COMMIT_POLL_S)

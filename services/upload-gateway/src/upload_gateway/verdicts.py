@@ -1,0 +1,57 @@
+"""The gateway's own durable consumer: record the verifier's verdicts and the janitor's expiries.
+
+Each handler applies one state machine event; one that no longer applies (a redelivery, or a
+session already moved on) changes nothing, which makes every handler idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, UploadExpired, UploadRejected, UploadVerified, subject_filter
+from rawdrive_platform.bus import ConsumerSpec, EventHandler
+from upload_gateway import repository
+
+log = logging.getLogger(__name__)
+
+DURABLE = "upload-gateway-verdicts"
+
+
+def consumer_spec(durable: str = DURABLE) -> ConsumerSpec:
+    return ConsumerSpec(
+        durable=durable,
+        stream=UPLOADS_STREAM.name,
+        filter_subjects=tuple(subject_filter(t.spec) for t in (UploadVerified, UploadRejected, UploadExpired)),
+    )
+
+
+async def on_verified(pool: asyncpg.Pool, data: UploadVerified) -> None:
+    if await repository.apply(pool, data.upload_id, "verify") is None:
+        log.info("verified upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
+
+
+async def on_rejected(pool: asyncpg.Pool, data: UploadRejected) -> None:
+    if await repository.apply(pool, data.upload_id, "reject", rejection=(data.reason, data.detail)) is None:
+        log.info("rejected upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
+
+
+async def on_expired(pool: asyncpg.Pool, data: UploadExpired) -> None:
+    await repository.apply(pool, data.upload_id, "expire")
+
+
+HANDLERS: dict[type, Callable[[asyncpg.Pool, Any], Awaitable[None]]] = {
+    UploadVerified: on_verified,
+    UploadRejected: on_rejected,
+    UploadExpired: on_expired,
+}
+
+
+def handler(pool: asyncpg.Pool) -> EventHandler:
+    async def handle(event: CloudEvent[Any]) -> None:
+        await HANDLERS[type(event.data)](pool, event.data)
+
+    return handle

@@ -8,6 +8,7 @@ from rawdrive_platform.service import Runtime, run_service
 from upload_gateway import verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.settings import Settings
+from upload_gateway.tus_session import mount_tus
 from upload_gateway.uploads import Gateway
 
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -22,7 +23,7 @@ async def main(runtime: Runtime) -> None:
     storage = await runtime.managed_storage()
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     runtime.start(Consumer(js, verdicts.consumer_spec(), verdicts.handler(pool)).run, name="verdicts")
-    app = create_app(Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens))
+    app = create_app(Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens), mounts=[mount_tus])
     await runtime.serve_health(app, port=settings.http_port)
 
 

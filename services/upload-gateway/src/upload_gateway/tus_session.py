@@ -1,0 +1,62 @@
+"""The session side of tus: who may send bytes to which upload, and what the session records.
+
+The tus package (protocol, store, routes) knows nothing of sessions or tokens; it calls
+`tus_target(request)` on every authenticated request and gets back the upload it may touch.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from upload_gateway import repository
+from upload_gateway.limits import SIZE_LIMITS
+from upload_gateway.problems import Gone
+from upload_gateway.routes import GATEWAY, authorize_upload
+from upload_gateway.sessions import effective_state, plan_parts, require_open
+from upload_gateway.tus import TusStore, TusTarget, tus_routes
+from upload_gateway.tus.protocol import effective_method
+from upload_gateway.uploads import utcnow
+
+# Requests that only read the upload's progress; every other one changes stored bytes.
+_READ_ONLY = frozenset({"HEAD", "OPTIONS"})
+
+
+async def tus_target(request: web.Request) -> TusTarget:
+    """The upload named by the URL, for a bearer allowed to send its bytes (see
+    routes.authorize_upload). Aborted and expired uploads are gone (410); one that is already
+    verifying or committed can still be asked for its offset but takes no more bytes (409)."""
+    gw = request.config_dict[GATEWAY]
+    session = await authorize_upload(request)
+    now = utcnow()
+    state = effective_state(session, now)
+    if state in ("aborted", "expired"):
+        raise Gone(f"upload {session.upload_id} is {state}")
+    method = effective_method(request.method, request.headers.get("X-HTTP-Method-Override"))
+    if method not in _READ_ONLY:
+        require_open(session, now)
+
+    async def on_progress(offset: int) -> None:
+        await repository.record_progress(gw.pool, session.upload_id, offset)
+
+    async def on_complete() -> None:
+        # Idempotent: once the session is verifying or beyond, nothing moves.
+        await repository.record_progress(gw.pool, session.upload_id, session.size_bytes)
+
+    return TusTarget(
+        upload_id=session.upload_id,
+        workspace_id=session.workspace_id,
+        object_key=session.object_key,
+        content_type=session.mime_type,
+        size_bytes=session.size_bytes,
+        expires_at=session.expires_at,
+        part_size=plan_parts(session.size_bytes).part_size,  # the same rule as s3_multipart
+        storage=gw.storage,
+        on_progress=on_progress,
+        on_complete=on_complete,
+    )
+
+
+def mount_tus(app: web.Application) -> None:
+    """Add the tus endpoint at the session's upload_url (after create_app set GATEWAY)."""
+    store = TusStore(app[GATEWAY].pool)
+    app.add_routes(tus_routes(lambda _: store, tus_target, max_size=max(SIZE_LIMITS.values())))

@@ -1,0 +1,369 @@
+"""The pure core: type table, names, state machine, part plan, access rules, problem table."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import msgspec
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rawdrive_platform.keys import check_filename, safe_filename
+from upload_gateway import problems
+from upload_gateway.auth import (
+    MINIMUM_ROLE,
+    Principal,
+    TokenVerifier,
+    UploadGrant,
+    bearer_token,
+    mint_dev_token,
+    principal_from_claims,
+    require,
+)
+from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
+from upload_gateway.names import display_name
+from upload_gateway.problems import (
+    PROBLEMS,
+    REJECTIONS,
+    ChecksumMismatch,
+    FileTooLarge,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    Unauthorized,
+    UnsupportedType,
+    problem_for,
+)
+from upload_gateway.sessions import (
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    TRANSITIONS,
+    UploadSession,
+    commit_outcome,
+    effective_state,
+    plan_parts,
+    transition,
+)
+
+SECRET = "s" * 32
+UPLOAD_SECRET = "u" * 32
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file_name", "mime_type", "size", "kind"),
+    [
+        ("IMG_0001.JPG", "image/jpeg", 1, "photo"),
+        ("photo.jpeg", "Image/JPEG; charset=binary", 100 * MIB, "photo"),
+        ("a.png", "image/png", 5, "photo"),
+        ("a.webp", "image/webp", 5, "photo"),
+        ("a.heic", "image/heic", 5, "photo"),
+        ("a.heif", "image/heif", 5, "photo"),
+        ("a.cr2", "application/octet-stream", 5, "photo"),
+        ("a.nef", "image/x-nikon-nef", 5, "photo"),
+        ("a.arw", "image/x-sony-arw", 5, "photo"),
+        ("a.raw", "image/x-raw", 5, "photo"),
+        ("clip.mp4", "video/mp4", 500 * MIB, "video"),
+        ("clip.MOV", "video/quicktime", 5, "video"),
+        ("clip.avi", "video/x-msvideo", 5, "video"),
+        ("clip.mkv", "video/x-matroska", 5, "video"),
+        ("doc.pdf", "application/pdf", 50 * MIB, "document"),
+    ],
+)
+def test_an_allowed_type_within_its_limit_is_accepted_as_its_kind(file_name, mime_type, size, kind):
+    assert check_file(file_name, mime_type, size) == kind
+
+
+@pytest.mark.parametrize(
+    ("file_name", "mime_type"),
+    [
+        ("a.gif", "image/gif"),
+        ("a.exe", "application/octet-stream"),
+        ("noextension", "image/jpeg"),
+        (".jpg", "image/jpeg"),
+        ("a.jpg", "image/png"),
+        ("a.png", "image/jpeg"),
+        ("a.mp4", "video/quicktime"),
+        ("a.pdf", "application/octet-stream"),
+        ("a.jpg", "application/octet-stream"),
+        ("a.jpg.exe", "image/jpeg"),
+    ],
+)
+def test_a_disallowed_extension_or_disagreeing_mime_type_is_unsupported(file_name, mime_type):
+    with pytest.raises(UnsupportedType):
+        check_file(file_name, mime_type, 1)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "mime_type", "limit"),
+    [("a.jpg", "image/jpeg", 100 * MIB), ("a.mp4", "video/mp4", 500 * MIB), ("a.pdf", "application/pdf", 50 * MIB)],
+)
+def test_one_byte_past_the_kinds_limit_is_too_large(file_name, mime_type, limit):
+    with pytest.raises(FileTooLarge):
+        check_file(file_name, mime_type, limit + 1)
+
+
+def test_every_extension_has_a_size_limit_and_a_lowercase_mime_type():
+    for extension, file_type in FILE_TYPES.items():
+        assert extension == extension.lower() and file_type.kind in SIZE_LIMITS
+        assert all(m == essence(m) for m in file_type.mime_types)
+
+
+@given(st.text(max_size=80), st.text(max_size=80), st.integers(min_value=1, max_value=2**70))
+def test_any_file_description_is_accepted_or_refused_with_an_upload_error(file_name, mime_type, size):
+    try:
+        assert check_file(file_name, mime_type, size) in SIZE_LIMITS
+    except (UnsupportedType, FileTooLarge):
+        pass
+
+
+def test_extension_is_what_follows_the_last_dot():
+    assert extension_of("a.b.JPG") == "jpg"
+    assert extension_of(".hidden") == ""
+    assert extension_of("none") == ""
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def test_display_names_drop_control_characters_and_lone_surrogates():
+    assert display_name("ho\x00li\x1bday\ud800.jpg") == "holiday.jpg"
+    assert display_name("Cafe\u0301.jpg") == "Caf\u00e9.jpg"
+
+
+def test_a_name_of_only_unprintable_characters_is_an_invalid_request():
+    with pytest.raises(problems.InvalidRequest):
+        display_name("\x00\x01 ")
+
+
+@given(st.text(min_size=1, max_size=400))
+def test_any_display_name_yields_a_key_safe_filename(name):
+    try:
+        shown = display_name(name)
+    except problems.InvalidRequest:
+        return
+    assert check_filename(safe_filename(shown))
+
+
+# -- state machine ---------------------------------------------------------------------------
+
+STATES = ("created", "uploading", "verifying", "committed", "aborted", "expired")
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "target"),
+    [
+        ("created", "receive", "uploading"),
+        ("uploading", "receive", "uploading"),
+        ("created", "commit", "verifying"),
+        ("uploading", "commit", "verifying"),
+        ("verifying", "verify", "committed"),
+        ("verifying", "reject", "aborted"),
+        ("created", "abort", "aborted"),
+        ("uploading", "abort", "aborted"),
+        ("created", "expire", "expired"),
+        ("uploading", "expire", "expired"),
+    ],
+)
+def test_allowed_transitions_reach_their_target(state, event, target):
+    assert transition(state, event) == target
+
+
+@given(st.sampled_from(STATES), st.sampled_from(list(TRANSITIONS)))
+def test_every_other_transition_is_an_invalid_state(state, event):
+    if state in TRANSITIONS[event].sources:
+        assert transition(state, event) == TRANSITIONS[event].target
+    else:
+        with pytest.raises(InvalidState):
+            transition(state, event)
+
+
+def test_finished_sessions_never_move_again():
+    for state in ("committed", "aborted", "expired"):
+        for event in TRANSITIONS:
+            with pytest.raises(InvalidState):
+                transition(state, event)
+
+
+def session(**changes) -> UploadSession:
+    now = datetime.now(UTC)
+    base = dict(
+        upload_id="u1", workspace_id="ws", asset_id="a1", library_id="lib", folder_id=None,
+        file_name="a.jpg", mime_type="image/jpeg", kind="photo", size_bytes=10, sha256=None,
+        resumable_protocol="tus", provider="r2", storage_profile_ref="managed",
+        object_key="workspaces/ws/assets/a1/original/a.jpg", multipart_upload_id=None,
+        part_size=None, part_count=None, state="created", bytes_received=0,
+        rejection_reason=None, rejection_detail=None, created_by="me", created_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    return UploadSession(**(base | changes))
+
+
+def test_an_open_session_past_its_expiry_is_expired_even_before_the_janitor_says_so():
+    now = datetime.now(UTC)
+    assert effective_state(session(expires_at=now), now) == "expired"
+    assert effective_state(session(state="verifying", expires_at=now), now) == "verifying"
+
+
+def test_a_repeated_commit_answers_from_the_recorded_outcome():
+    now = datetime.now(UTC)
+    assert commit_outcome(session(state="committed"), now) == "verified"
+    assert commit_outcome(session(state="verifying"), now) == "verifying"
+    with pytest.raises(ChecksumMismatch):
+        commit_outcome(session(state="aborted", rejection_reason="checksum_mismatch"), now)
+    with pytest.raises(InvalidState):
+        commit_outcome(session(state="aborted"), now)
+    with pytest.raises(problems.Gone):
+        commit_outcome(session(state="expired"), now)
+
+
+# -- part plan -------------------------------------------------------------------------------
+
+
+@given(st.integers(min_value=1, max_value=5 * 1024**4))
+def test_the_part_plan_follows_r2s_rules_for_any_size(size):
+    plan = plan_parts(size)
+    assert plan.part_size >= MIN_PART_SIZE and plan.part_size % MIB == 0
+    assert 1 <= plan.part_count <= MAX_PARTS
+    last = size - plan.part_size * (plan.part_count - 1)
+    assert 0 < last <= plan.part_size
+
+
+def test_part_size_is_8_mib_until_a_file_needs_more_than_ten_thousand_parts():
+    assert plan_parts(500 * MIB).part_size == 8 * MIB
+    assert plan_parts(500 * MIB).part_count == 63
+    assert plan_parts(8 * MIB * MAX_PARTS).part_size == 8 * MIB
+    assert plan_parts(8 * MIB * MAX_PARTS + 1).part_size == 9 * MIB
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "action", "allowed"),
+    [
+        ("viewer", "read", True), ("viewer", "upload", False), ("viewer", "delete", False),
+        ("member", "read", True), ("member", "upload", True), ("member", "delete", True),
+        ("member", "manage_storage", False), ("admin", "manage_storage", True), ("admin", "upload", True),
+    ],
+)
+def test_each_action_needs_its_minimum_role(role, action, allowed):
+    principal = Principal(sub="u", workspaces={"ws": role})
+    if allowed:
+        assert require(principal, "ws", action) == role
+    else:
+        with pytest.raises(Forbidden):
+            require(principal, "ws", action)
+
+
+def test_another_workspace_is_not_found_whatever_the_action():
+    principal = Principal(sub="u", workspaces={"ws": "admin"})
+    for action in MINIMUM_ROLE:
+        with pytest.raises(NotFound):
+            require(principal, "other", action)
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic abc", "token abc"])
+def test_a_missing_or_non_bearer_authorization_is_unauthorized(header):
+    with pytest.raises(Unauthorized):
+        bearer_token(header)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"exp": 1}, {"sub": "u", "exp": 1, "workspaces": {"ws": "owner"}}, {"sub": "u", "exp": 1, "workspaces": ["ws"]}],
+)
+def test_claims_without_sub_or_with_unknown_roles_are_unauthorized(claims):
+    with pytest.raises(Unauthorized):
+        principal_from_claims(claims)
+
+
+def verifier() -> TokenVerifier:
+    return TokenVerifier(upload_secret=UPLOAD_SECRET, hs256_secret=SECRET)
+
+
+async def test_a_dev_token_verifies_to_its_principal():
+    token = mint_dev_token(SECRET, sub="alice", workspaces={"ws": "member"}, ttl_s=60)
+    assert await verifier().principal(f"Bearer {token}") == Principal(sub="alice", workspaces={"ws": "member"})
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        mint_dev_token(SECRET, sub="a", workspaces={}, ttl_s=-120),  # expired past the leeway
+        mint_dev_token("x" * 32, sub="a", workspaces={}, ttl_s=60),  # another key
+        jwt.encode({"sub": "a", "workspaces": {}}, SECRET, algorithm="HS256"),  # no exp
+        jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),  # no sub
+        jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, "", algorithm="none"),
+        "not.a.jwt",
+    ],
+)
+async def test_expired_forged_or_incomplete_user_tokens_are_unauthorized(token):
+    with pytest.raises(Unauthorized):
+        await verifier().principal(f"Bearer {token}")
+
+
+async def test_upload_tokens_and_user_tokens_are_never_each_other():
+    tokens = verifier()
+    grant = UploadGrant(sub="a", workspace_id="ws", upload_id="u1")
+    upload = tokens.mint_upload_token(grant, datetime.now(UTC) + timedelta(hours=1))
+    assert tokens.upload_grant(f"Bearer {upload}") == grant
+    assert tokens.is_upload_token(f"Bearer {upload}")
+    with pytest.raises(Unauthorized):
+        await tokens.principal(f"Bearer {upload}")
+    user = mint_dev_token(SECRET, sub="a", workspaces={"ws": "admin"}, ttl_s=60)
+    assert not tokens.is_upload_token(f"Bearer {user}")
+    with pytest.raises(Unauthorized):
+        tokens.upload_grant(f"Bearer {user}")
+
+
+def test_an_upload_token_expires_with_its_session():
+    tokens = verifier()
+    grant = UploadGrant(sub="a", workspace_id="ws", upload_id="u1")
+    expired = tokens.mint_upload_token(grant, datetime.now(UTC) - timedelta(minutes=5))
+    with pytest.raises(Unauthorized):
+        tokens.upload_grant(f"Bearer {expired}")
+
+
+# -- problem table ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (problems.InvalidRequest("x"), 422, "invalid_request"),
+        (problems.MalformedJson("x"), 400, "invalid_request"),
+        (problems.UnsupportedType("x"), 422, "unsupported_type"),
+        (problems.FileTooLarge("x"), 413, "file_too_large"),
+        (problems.ChecksumMismatch("x"), 422, "checksum_mismatch"),
+        (problems.SizeMismatch("x"), 422, "size_mismatch"),
+        (problems.InvalidState("x"), 409, "invalid_state"),
+        (problems.NotFound("x"), 404, "not_found"),
+        (problems.Unauthorized("x"), 401, "unauthorized"),
+        (problems.Forbidden("x"), 403, "forbidden"),
+        (problems.Gone("x"), 410, "gone"),
+        (problems.StorageError("x"), 502, "storage_error"),
+        (problems.StorageUnavailable("x"), 503, "storage_error"),
+    ],
+)
+def test_each_error_maps_to_its_status_and_code(error, status, code):
+    problem = problem_for(error)
+    assert (problem.status, problem.code, problem.detail) == (status, code, "x")
+    assert problem.type == f"urn:rawdrive:problem:{code}"
+
+
+def test_every_error_class_and_rejection_reason_has_a_status_below_500():
+    assert all(spec.status < 500 or spec.code == "storage_error" for spec in PROBLEMS.values())
+    for reason, error_type in REJECTIONS.items():
+        assert problem_for(problems.rejection_error(reason, "")).code in {reason, "unsupported_type"}
+
+
+def test_a_validation_error_keeps_the_field_path_apart():
+    try:
+        msgspec.convert({"a": "x"}, type=dict[str, int])
+    except msgspec.ValidationError as error:
+        translated = problems.from_validation_error(error)
+    assert translated.errors == [problems.FieldError(path="$[...]", message="Expected `int`, got `str`")]

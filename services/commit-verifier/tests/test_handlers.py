@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -30,7 +32,7 @@ from rawdrive_contracts import (
 )
 from rawdrive_platform import bus, db, deadletter
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection, free_port
+from rawdrive_platform.devstack.servers import NatsServer, S3Connection, free_port
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.storage import Storage, StorageProfile
 
@@ -414,3 +416,91 @@ async def test_a_second_delivery_racing_the_first_announces_one_decision(env: En
     decisions = await env.pool.fetch("SELECT event_id FROM decisions")
     assert len(decisions) == 1 and [r["event_id"] for r in rows] == [decisions[0]["event_id"]]
 
+
+
+async def _wait_for_line(log_file: Path, needle: str, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while needle not in (log_file.read_text() if log_file.exists() else ""):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_verifier_killed_mid_hash_leaves_the_commit_to_another_replica_which_announces_it_once(
+    fresh_database_url: str, s3_server: S3Connection, tmp_path: Path
+):
+    # Its own NATS: the real durable "commit-verifier" then sees only this test's request.
+    nats = NatsServer(tmp_path / "nats")
+    await asyncio.to_thread(nats.start)
+    nc = await bus.connect(nats.url, name="test-crash")
+    js = nc.jetstream()
+    storage = await Storage.open(profile_for(s3_server))
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def replica(name: str) -> tuple[asyncio.subprocess.Process, Path]:
+        log_file = tmp_path / f"{name}.log"
+        environment = os.environ | {
+            "RAWDRIVE_DATABASE_URL": fresh_database_url,
+            "RAWDRIVE_NATS_URL": nats.url,
+            "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
+            "RAWDRIVE_S3_REGION": s3_server.region,
+            "RAWDRIVE_S3_BUCKET": s3_server.bucket,
+            "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
+            "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+            "RAWDRIVE_HEALTH_PORT": str(free_port()),
+            "RAWDRIVE_ACK_WAIT_S": "2",  # a dead replica's message comes back after 2 s
+        }
+        with open(log_file, "wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "commit_verifier", env=environment, stdout=log, stderr=log
+            )
+        processes.append(process)
+        return process, log_file
+
+    try:
+        await bus.provision(js, bus.StreamSettings())
+        workspace = f"ws{uuid.uuid4().hex[:12]}"
+        key = f"workspaces/{workspace}/assets/{uuid.uuid4().hex}/original/clip.mp4"
+        # 300 MiB, generated and uploaded part by part: the test never holds the whole object.
+        upload_id = await storage.create_multipart(key, "video/mp4")
+        digest, refs = hashlib.sha256(), []
+        for number in range(1, 31):
+            part = os.urandom(10 * MiB)
+            digest.update(part)
+            uploaded = await storage.upload_part(key, upload_id, number, part)
+            refs.append(PartRef(part_number=number, etag=uploaded.etag))
+        commit = CommitRequested(
+            workspace_id=workspace, upload_id=uuid.uuid4().hex, asset_id=uuid.uuid4().hex, library_id="lib1",
+            file_name="clip.mp4", mime_type="video/mp4", size_bytes=300 * MiB, resumable_protocol="s3_multipart",
+            storage_profile_ref="managed", object_key=key, multipart_upload_id=upload_id, parts=refs,
+            expected_sha256=digest.hexdigest(), requested_by="user1",
+        )
+
+        first, first_log = await replica("first")
+        await bus.publish(js, new_event(commit, source="test"))
+        await _wait_for_line(first_log, '"message":"hashing"', timeout=30)
+        first.kill()  # SIGKILL, mid-hash
+        await first.wait()
+        conn = await asyncpg.connect(fresh_database_url)
+        try:
+            decided = await conn.fetchval("SELECT count(*) FROM verifier.decisions")
+        finally:
+            await conn.close()
+        assert decided == 0, "the first replica finished before it was killed; the test proved nothing"
+
+        await replica("second")
+        async with asyncio.timeout(40):
+            while not await stored_verdicts(js, workspace):
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # room for a second announcement, if there were one
+        verdicts = await stored_verdicts(js, workspace)
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 30)
+        await storage.close()
+        await nc.close()
+        await asyncio.to_thread(nats.stop)
+    assert len({v.id for v in verdicts}) == len(verdicts) == 1
+    [verified] = verdicts
+    assert isinstance(verified.data, UploadVerified)
+    assert (verified.data.sha256, verified.data.size_bytes) == (digest.hexdigest(), 300 * MiB)

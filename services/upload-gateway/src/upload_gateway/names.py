@@ -4,9 +4,9 @@ import unicodedata
 
 from upload_gateway.problems import InvalidRequest
 
-# Control characters cannot be shown, NUL cannot be stored in PostgreSQL text, and lone
-# surrogates (legal in JSON escapes) cannot be encoded as UTF-8 at all.
-_UNPRINTABLE = frozenset({"Cc", "Cs"})
+# Control characters cannot be shown and NUL cannot be stored in PostgreSQL text. (Lone
+# surrogates never get here: the JSON decoder refuses them as malformed.)
+_UNPRINTABLE = frozenset({"Cc"})
 
 
 def display_name(file_name: str) -> str:

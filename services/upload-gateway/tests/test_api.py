@@ -1,0 +1,425 @@
+"""The uploads API end to end against real PostgreSQL, NATS and S3, through aiohttp's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from rawdrive_contracts import (
+    CommitRequested,
+    UploadAborted,
+    UploadExpired,
+    UploadRejected,
+    UploadSessionCreated,
+    UploadVerified,
+    decode,
+    new_event,
+)
+from rawdrive_platform import bus, db
+from rawdrive_platform.config import Secret
+from rawdrive_platform.storage import Storage, StorageProfile
+from upload_gateway import verdicts
+from upload_gateway.app import create_app, token_verifier
+from upload_gateway.auth import mint_dev_token
+from upload_gateway.settings import Settings
+from upload_gateway.tus_session import mount_tus
+from upload_gateway.uploads import Gateway
+
+SECRET = "integration-secret-" + "x" * 20
+MIGRATIONS = files("upload_gateway") / "migrations"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    gw: Gateway
+    workspace: str
+
+    def user(self, role: str = "member", workspace: str | None = None, ttl_s: int = 600) -> dict[str, str]:
+        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=ttl_s)
+        return {"Authorization": f"Bearer {token}"}
+
+    def path(self, suffix: str = "", workspace: str | None = None) -> str:
+        return f"/v1/workspaces/{workspace or self.workspace}/uploads{suffix}"
+
+    async def create(self, **overrides: object) -> dict:
+        body = {
+            "file_name": "IMG_0001.jpg",
+            "mime_type": "image/jpeg",
+            "size_bytes": 1000,
+            "library_id": "lib1",
+            "resumable_protocol": "tus",
+        } | overrides
+        response = await self.client.post(self.path(), json=body, headers=self.user())
+        assert response.status == 201, await response.text()
+        return await response.json()
+
+    async def outbox(self, data_type: type) -> list:
+        rows = await self.gw.pool.fetch("SELECT payload FROM outbox ORDER BY seq")
+        return [event.data for event in map(decode, (r["payload"] for r in rows)) if isinstance(event.data, data_type)]
+
+
+@pytest.fixture
+async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
+    await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
+    pool = await db.create_pool(fresh_database_url, "gateway")
+    storage = await Storage.open(
+        StorageProfile(
+            profile_id="managed",
+            provider="r2",
+            bucket=s3_server.bucket,
+            access_key_id=s3_server.access_key_id,
+            secret_access_key=Secret(s3_server.secret_access_key),
+            endpoint=s3_server.endpoint,
+            region=s3_server.region,
+        )
+    )
+    settings = Settings(
+        database_url=fresh_database_url,
+        s3_bucket=s3_server.bucket,
+        s3_access_key_id=s3_server.access_key_id,
+        s3_secret_access_key=Secret(s3_server.secret_access_key),
+        s3_endpoint=s3_server.endpoint,
+        nats_url=nats_url,
+        public_url="http://gateway.test",
+        jwt_secret=Secret(SECRET),
+        commit_wait_s=1.5,
+        cors_origins=("https://app.example",),
+    )
+    gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
+    client = TestClient(TestServer(create_app(gw, mounts=[mount_tus])))
+    await client.start_server()
+    try:
+        yield Harness(client=client, gw=gw, workspace=f"ws{uuid.uuid4().hex[:10]}")
+    finally:
+        await client.close()
+        await storage.close()
+        await pool.close()
+
+
+@pytest.fixture
+async def verdict_consumer(harness, nats_url) -> AsyncIterator[bus.JetStreamContext]:
+    """The gateway's verdict consumer running, and a JetStream handle to publish verdicts with."""
+    nc = await bus.connect(nats_url, name="test-gateway")
+    js = nc.jetstream()
+    await bus.provision(js, bus.StreamSettings())
+    stop = asyncio.Event()
+    spec = verdicts.consumer_spec(durable=f"test-gw-{uuid.uuid4().hex[:8]}")
+    task = asyncio.create_task(bus.Consumer(js, spec, verdicts.handler(harness.gw.pool)).run(stop))
+    try:
+        yield js
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await js.delete_consumer(spec.stream, spec.durable)
+        await nc.close()
+
+
+async def problem(response: aiohttp.ClientResponse) -> dict:
+    assert response.content_type == "application/problem+json", await response.text()
+    body = await response.json()
+    assert body["status"] == response.status and body["type"].endswith(body["code"])
+    return body
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+async def test_a_tus_session_gets_an_upload_url_and_upload_token_and_announces_itself(harness):
+    created = await harness.create(file_name="Ho/li\u0000day.JPG", sha256="AB" * 32)
+    assert created["provider"] == "r2"
+    assert created["upload_url"] == f"http://gateway.test{harness.path('/' + created['upload_id'] + '/tus')}"
+    assert created["headers"]["Authorization"].startswith("Bearer ")
+    assert "part_size" not in created and datetime.fromisoformat(created["expires_at"]) > datetime.now(UTC)
+    [event] = await harness.outbox(UploadSessionCreated)
+    assert (event.upload_id, event.asset_id, event.sha256) == (created["upload_id"], created["asset_id"], "ab" * 32)
+    assert event.object_key == f"workspaces/{harness.workspace}/assets/{created['asset_id']}/original/Ho_liday.JPG"
+    assert (event.file_name, event.storage_profile_ref, event.created_by) == ("Ho/liday.JPG", "managed", "alice")
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user("viewer"))).json()
+    assert (shown["state"], shown["bytes_received"], shown["resumable_protocol"]) == ("created", 0, "tus")
+
+
+async def test_an_s3_multipart_session_starts_the_multipart_upload_and_plans_equal_parts(harness):
+    created = await harness.create(resumable_protocol="s3_multipart", file_name="clip.mp4", mime_type="video/mp4", size_bytes=100 * MIB)
+    assert (created["part_size"], created["part_count"]) == (8 * MIB, 13)
+    assert created["upload_url"].endswith(f"/{created['upload_id']}/parts")
+    [event] = await harness.outbox(UploadSessionCreated)
+    uploads = [u async for u in harness.gw.storage.list_multipart_uploads(event.object_key)]
+    assert len(uploads) == 1
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, "invalid_request"),
+    (b"[]", 422, "invalid_request"),
+    (b"", 422, "invalid_request"),
+    (b'{"file_name": "a.jpg"}', 422, "invalid_request"),
+]
+BASE = {"file_name": "a.jpg", "mime_type": "image/jpeg", "size_bytes": 10, "library_id": "lib", "resumable_protocol": "tus"}
+BAD_FIELDS = [
+    ({"size_bytes": 0}, 422, "invalid_request"),
+    ({"size_bytes": -1}, 422, "invalid_request"),
+    ({"size_bytes": "10"}, 422, "invalid_request"),
+    ({"size_bytes": 10.5}, 422, "invalid_request"),
+    ({"size_bytes": True}, 422, "invalid_request"),
+    ({"size_bytes": 2**80}, 413, "file_too_large"),
+    ({"size_bytes": 100 * MIB + 1}, 413, "file_too_large"),
+    ({"sha256": "zz" * 32}, 422, "invalid_request"),
+    ({"sha256": "ab"}, 422, "invalid_request"),
+    ({"resumable_protocol": "ftp"}, 422, "invalid_request"),
+    ({"library_id": "../etc"}, 422, "invalid_request"),
+    ({"library_id": ""}, 422, "invalid_request"),
+    ({"folder_id": "a b"}, 422, "invalid_request"),
+    ({"file_name": ""}, 422, "invalid_request"),
+    ({"file_name": "\u0000\u0001"}, 422, "invalid_request"),
+    ({"file_name": "x" * 2000}, 422, "invalid_request"),
+    ({"file_name": "anim.gif", "mime_type": "image/gif"}, 422, "unsupported_type"),
+    ({"file_name": "a.jpg", "mime_type": "video/mp4"}, 422, "unsupported_type"),
+    ({"file_name": "..", "mime_type": "image/jpeg"}, 422, "unsupported_type"),
+    ({"mime_type": "\ud800"}, 400, "invalid_request"),  # a lone surrogate is not JSON text
+]
+
+
+async def test_every_bad_create_request_is_a_problem_with_its_code_and_never_a_500(harness):
+    cases = BAD_REQUESTS + [
+        (__import__("json").dumps(BASE | change).encode(), status, code) for change, status, code in BAD_FIELDS
+    ]
+    for body, status, code in cases:
+        response = await harness.client.post(
+            harness.path(), data=body, headers=harness.user() | {"Content-Type": "application/json"}
+        )
+        assert response.status == status, (body, await response.text())
+        assert (await problem(response))["code"] == code, body
+    assert await harness.outbox(UploadSessionCreated) == []
+
+
+async def test_a_field_error_names_the_field(harness):
+    response = await harness.client.post(harness.path(), json=BASE | {"size_bytes": "ten"}, headers=harness.user())
+    assert (await problem(response))["errors"][0]["path"] == "$.size_bytes"
+
+
+async def test_unknown_routes_wrong_methods_and_unknown_uploads_are_problems(harness):
+    assert (await problem(await harness.client.get("/v1/nothing", headers=harness.user())))["code"] == "not_found"
+    response = await harness.client.put(harness.path(), headers=harness.user())
+    assert response.status == 405 and (await problem(response))["code"] == "method_not_allowed"
+    unknown = await harness.client.get(harness.path(f"/{uuid.uuid4()}"), headers=harness.user())
+    assert unknown.status == 404 and (await problem(unknown))["code"] == "not_found"
+    odd = await harness.client.get(harness.path("/a.b"), headers=harness.user())
+    assert odd.status == 404
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+async def test_missing_expired_and_tampered_tokens_are_401(harness):
+    token = harness.user()["Authorization"]
+    head, payload, signature = token.removeprefix("Bearer ").split(".")
+    tampered = f"Bearer {head}.{payload}.{signature[:-4]}AAAA"
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": tampered}, harness.user(ttl_s=-300)):
+        response = await harness.client.post(harness.path(), json=BASE, headers=headers)
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await problem(response))["code"] == "unauthorized"
+
+
+async def test_another_workspace_is_404_and_a_viewer_cannot_upload_or_abort(harness):
+    created = await harness.create()
+    outsider = harness.user("admin", workspace="elsewhere")
+    for method, suffix in (("GET", f"/{created['upload_id']}"), ("POST", ""), ("DELETE", f"/{created['upload_id']}")):
+        response = await harness.client.request(method, harness.path(suffix), json=BASE, headers=outsider)
+        assert response.status == 404, (method, suffix)
+    viewer = harness.user("viewer")
+    assert (await harness.client.post(harness.path(), json=BASE, headers=viewer)).status == 403
+    assert (await harness.client.delete(harness.path(f"/{created['upload_id']}"), headers=viewer)).status == 403
+    assert (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=viewer)).status == 200
+
+
+async def test_an_upload_token_opens_only_its_own_uploads_data_routes(harness):
+    mine = await harness.create(resumable_protocol="s3_multipart", size_bytes=10 * MIB)
+    other = await harness.create(resumable_protocol="s3_multipart", size_bytes=10 * MIB)
+    token = mine["headers"]
+    assert (await harness.client.get(harness.path(f"/{mine['upload_id']}/parts"), headers=token)).status == 200
+    assert (await harness.client.get(harness.path(f"/{other['upload_id']}/parts"), headers=token)).status == 404
+    # User routes refuse it, including this upload's own status, abort and commit.
+    for method, suffix in (("POST", ""), ("GET", f"/{mine['upload_id']}"), ("DELETE", f"/{mine['upload_id']}"),
+                           ("POST", f"/{mine['upload_id']}/commit")):
+        response = await harness.client.request(method, harness.path(suffix), json=BASE, headers=token)
+        assert response.status == 401, (method, suffix)
+    # A user token still works on the data routes for a member.
+    assert (await harness.client.get(harness.path(f"/{other['upload_id']}/parts"), headers=harness.user())).status == 200
+
+
+# -- multipart -------------------------------------------------------------------------------
+
+
+async def test_parts_uploaded_through_presigned_urls_are_listed_and_counted(harness):
+    size = 8 * MIB + 1234
+    created = await harness.create(resumable_protocol="s3_multipart", size_bytes=size, file_name="big.png", mime_type="image/png")
+    token = created["headers"]
+    path = harness.path(f"/{created['upload_id']}/parts")
+    bad = await harness.client.post(path, json={"part_numbers": [1, 3]}, headers=token)
+    assert bad.status == 422 and (await problem(bad))["errors"][0]["path"] == "$.part_numbers[1]"
+    signed = await (await harness.client.post(path, json={"part_numbers": [1, 2]}, headers=token)).json()
+    body = os.urandom(size)
+    async with aiohttp.ClientSession() as http:
+        for part in signed["parts"]:
+            start = (part["part_number"] - 1) * created["part_size"]
+            chunk = body[start : start + created["part_size"]]
+            async with http.put(part["url"], data=chunk, headers=part["headers"]) as response:
+                assert response.status == 200, await response.text()
+    listed = await (await harness.client.get(path, headers=token)).json()
+    assert [(p["part_number"], p["size"]) for p in listed["parts"]] == [(1, 8 * MIB), (2, 1234)]
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert (shown["state"], shown["bytes_received"]) == ("uploading", size)
+
+
+async def test_aborting_ends_the_multipart_upload_announces_it_and_is_idempotent(harness):
+    created = await harness.create(resumable_protocol="s3_multipart", size_bytes=6 * MIB)
+    path = harness.path(f"/{created['upload_id']}")
+    assert (await harness.client.delete(path, headers=harness.user())).status == 204
+    assert (await harness.client.delete(path, headers=harness.user())).status == 204
+    [event] = await harness.outbox(UploadAborted)
+    assert (event.upload_id, event.aborted_by) == (created["upload_id"], "alice")
+    assert [u async for u in harness.gw.storage.list_multipart_uploads(event.object_key)] == []
+    assert (await (await harness.client.get(path, headers=harness.user())).json())["state"] == "aborted"
+    late = await harness.client.post(path + "/parts", json={"part_numbers": [1]}, headers=created["headers"])
+    assert late.status == 409 and (await problem(late))["code"] == "invalid_state"
+
+
+# -- commit ----------------------------------------------------------------------------------
+
+
+async def test_two_concurrent_commits_request_verification_exactly_once(harness):
+    created = await harness.create()
+    path = harness.path(f"/{created['upload_id']}/commit")
+    first, second = await asyncio.gather(
+        harness.client.post(path, json={}, headers=harness.user()),
+        harness.client.post(path, json={}, headers=harness.user()),
+    )
+    assert (first.status, second.status) == (202, 202)
+    assert (await first.json()) == {"asset_id": created["asset_id"], "status": "verifying"}
+    [event] = await harness.outbox(CommitRequested)
+    assert (event.upload_id, event.requested_by, event.multipart_upload_id) == (created["upload_id"], "alice", None)
+    aborting = await harness.client.delete(harness.path(f"/{created['upload_id']}"), headers=harness.user())
+    assert aborting.status == 409
+
+
+async def test_a_multipart_commit_carries_the_upload_id_parts_and_declared_checksum(harness):
+    created = await harness.create(resumable_protocol="s3_multipart", size_bytes=10 * MIB, sha256="cd" * 32)
+    path = harness.path(f"/{created['upload_id']}/commit")
+    wrong = await harness.client.post(path, json={"sha256": "ef" * 32}, headers=harness.user())
+    assert wrong.status == 422 and (await problem(wrong))["code"] == "checksum_mismatch"
+    too_many = await harness.client.post(path, json={"parts": [{"part_number": 3, "etag": "x"}]}, headers=harness.user())
+    assert too_many.status == 422
+    parts = [{"part_number": 1, "etag": "e1"}, {"part_number": 2, "etag": "e2"}]
+    assert (await harness.client.post(path, json={"sha256": "CD" * 32, "parts": parts}, headers=harness.user())).status == 202
+    [event] = await harness.outbox(CommitRequested)
+    assert event.expected_sha256 == "cd" * 32 and [p.etag for p in event.parts] == ["e1", "e2"]
+    [session] = await harness.outbox(UploadSessionCreated)
+    assert event.multipart_upload_id is not None and event.object_key == session.object_key
+
+
+def verified(event: CommitRequested) -> UploadVerified:
+    return UploadVerified(
+        workspace_id=event.workspace_id, upload_id=event.upload_id, asset_id=event.asset_id,
+        library_id=event.library_id, file_name=event.file_name, mime_type=event.mime_type,
+        size_bytes=event.size_bytes, sha256="ab" * 32, storage_profile_ref=event.storage_profile_ref,
+        object_key=event.object_key, verified_at=datetime.now(UTC),
+    )
+
+
+async def commit_and_answer(harness: Harness, js, answer) -> tuple[dict, aiohttp.ClientResponse]:
+    """Commit, and when the CommitRequested appears, publish the verifier's answer to NATS."""
+    created = await harness.create()
+    path = harness.path(f"/{created['upload_id']}/commit")
+    pending = asyncio.ensure_future(harness.client.post(path, json={}, headers=harness.user()))
+    while not (requests := await harness.outbox(CommitRequested)):
+        await asyncio.sleep(0.05)
+    await bus.publish(js, new_event(answer(requests[0]), source="/test/verifier"))
+    return created, await pending
+
+
+async def test_a_verified_commit_answers_200_processing_and_so_does_its_repeat(harness, verdict_consumer):
+    created, response = await commit_and_answer(harness, verdict_consumer, verified)
+    assert response.status == 200
+    assert await response.json() == {"asset_id": created["asset_id"], "status": "processing"}
+    again = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), headers=harness.user())
+    assert again.status == 200
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert shown["state"] == "committed"
+
+
+@pytest.mark.parametrize("reason", ["checksum_mismatch", "size_mismatch"])
+async def test_a_rejected_commit_answers_422_with_the_reason_and_so_does_its_repeat(harness, verdict_consumer, reason):
+    def rejected(event: CommitRequested) -> UploadRejected:
+        return UploadRejected(
+            workspace_id=event.workspace_id, upload_id=event.upload_id, asset_id=event.asset_id,
+            reason=reason, detail="the stored object differs", storage_profile_ref="managed", object_key=event.object_key,
+        )
+
+    created, response = await commit_and_answer(harness, verdict_consumer, rejected)
+    assert response.status == 422 and (await problem(response))["code"] == reason
+    again = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), headers=harness.user())
+    assert again.status == 422 and (await problem(again))["code"] == reason
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert shown["state"] == "aborted" and shown["rejection"]["reason"] == reason
+
+
+async def test_an_expiry_from_the_janitor_closes_an_open_session(harness, verdict_consumer):
+    created = await harness.create()
+    [session] = await harness.outbox(UploadSessionCreated)
+    expired = UploadExpired(
+        workspace_id=harness.workspace, upload_id=created["upload_id"], asset_id=created["asset_id"],
+        storage_profile_ref="managed", object_key=session.object_key, expired_at=datetime.now(UTC),
+    )
+    await bus.publish(verdict_consumer, new_event(expired, source="/test/janitor"))
+    path = harness.path(f"/{created['upload_id']}")
+    async with asyncio.timeout(5):
+        while (await (await harness.client.get(path, headers=harness.user())).json())["state"] != "expired":
+            await asyncio.sleep(0.05)
+    late = await harness.client.post(path + "/commit", headers=harness.user())
+    assert late.status == 410 and (await problem(late))["code"] == "gone"
+
+
+# -- tus and browsers ------------------------------------------------------------------------
+
+
+async def test_bytes_sent_over_tus_show_as_received_on_the_session(harness):
+    body = os.urandom(1000)
+    created = await harness.create(sha256=hashlib.sha256(body).hexdigest())
+    tus = {"Tus-Resumable": "1.0.0"} | created["headers"]
+    url = harness.path(f"/{created['upload_id']}/tus")
+    response = await harness.client.post(url, headers=tus | {"Upload-Length": "1000"})
+    assert response.status == 201, await response.text()
+    patch = await harness.client.patch(
+        url, data=body[:400], headers=tus | {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    )
+    assert patch.status == 204, await patch.text()
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert (shown["state"], shown["bytes_received"]) == ("uploading", 400)
+    other = await harness.create()
+    stranger = await harness.client.head(harness.path(f"/{other['upload_id']}/tus"), headers=tus)
+    assert stranger.status == 404
+
+
+async def test_a_browser_preflight_from_an_allowed_origin_may_send_tus_headers_and_read_location(harness):
+    preflight = await harness.client.options(
+        harness.path("/x/tus"),
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PATCH"},
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Upload-Offset" in preflight.headers["Access-Control-Allow-Headers"]
+    created = await harness.client.post(harness.path(), json=BASE, headers=harness.user() | {"Origin": "https://app.example"})
+    assert "Location" in created.headers["Access-Control-Expose-Headers"]
+    foreign = await harness.client.post(harness.path(), json=BASE, headers=harness.user() | {"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in foreign.headers

@@ -6,7 +6,7 @@ CREATE TABLE tus_uploads (
     upload_id     text PRIMARY KEY,
     workspace_id  text NOT NULL,
     object_key    text NOT NULL,
-    multipart_id  text NOT NULL,
+    multipart_id  text,  -- NULL for an empty file, written in one PUT at creation
     upload_length bigint NOT NULL CHECK (upload_length >= 0),
     part_size     bigint NOT NULL CHECK (part_size > 0),
     part_etags    text[] NOT NULL DEFAULT '{}',

@@ -84,7 +84,7 @@ class _Handlers:
         state = await store.create(target, creation)
         if request.can_read_body:  # creation-with-upload
             patch = protocol.parse_patch(request.headers, creation=True)
-            state = await self._write(store, target, patch, request)
+            state = await store.write(target, patch, request.content.read)
         headers = _upload_headers(state) | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
@@ -107,7 +107,7 @@ class _Handlers:
         patch = protocol.parse_patch(request.headers)
         target = await self._authorize(request)
         protocol.check_not_expired(target.expires_at, _now())
-        state = await self._write(self._store_for(request), target, patch, request)
+        state = await self._store_for(request).write(target, patch, request.content.read)
         return web.Response(status=204, headers=_upload_headers(state))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -115,21 +115,6 @@ class _Handlers:
         target = await self._authorize(request)
         await self._store_for(request).terminate(target)
         return web.Response(status=204, headers={"Tus-Resumable": protocol.TUS_VERSION})
-
-    @staticmethod
-    async def _write(
-        store: TusStore, target: TusTarget, patch: protocol.Patch, request: web.Request
-    ) -> UploadState:
-        try:
-            state = await store.write(target, patch, request.content.read)
-        except BodyInterrupted as cut:
-            await target.on_progress(cut.offset)
-            raise
-        await target.on_progress(state.offset)
-        if state.completed:
-            await target.on_complete()
-        return state
-
 
 def _upload_headers(state: UploadState) -> dict[str, str]:
     return protocol.upload_headers(state.offset, state.length, state.expires_at)

@@ -11,6 +11,8 @@ at most one part of bytea per unaligned request, is what tusd's S3 store pays as
 A row changes only after the S3 write it describes succeeded. Each request that changes an
 upload holds a PostgreSQL advisory lock on it for its whole duration, so two gateway instances
 never write the same upload at once; the loser gets UploadLocked (423) at once instead of waiting.
+The target's callbacks run right after each durable change, even when the body was cut (and
+the handler cancelled), so the session layer's byte count never trails what HEAD reports.
 """
 
 import asyncio
@@ -107,11 +109,13 @@ class TusStore:
                 f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
                         upload_length, part_size, metadata, expires_at, completed_at)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                            CASE WHEN $5 = 0 THEN now() END)
+                            CASE WHEN $5::bigint = 0 THEN now() END)
                     RETURNING {_STATE_COLUMNS}""",
                 target.upload_id, target.workspace_id, target.object_key, multipart_id,
                 creation.length, target.part_size, creation.raw_metadata, target.expires_at,
             )
+            if creation.length == 0:
+                await target.on_complete()
         return UploadState(**record)
 
     async def write(self, target: TusTarget, patch: Patch, read: Reader) -> UploadState:
@@ -170,10 +174,10 @@ class TusStore:
             try:
                 chunk = await read(want)
             except asyncio.CancelledError:
-                await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+                await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
                 raise
             except Exception as error:
-                await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+                await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
                 raise BodyInterrupted(stored + len(buffer)) from error
             if not chunk:
                 break
@@ -193,10 +197,11 @@ class TusStore:
                     target.upload_id, etags, stored,
                 )
                 tail_is_stored = True
+                await target.on_progress(stored)
         if stored + len(buffer) == row.length:
             await self._finish(conn, target, row, etags, buffer)
         else:
-            await self._keep_tail(conn, target.upload_id, stored, buffer, tail_is_stored)
+            await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
 
     async def _finish(
         self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str],
@@ -219,18 +224,22 @@ class TusStore:
                       completed_at = now(), updated_at = now() WHERE upload_id = $1""",
             target.upload_id, etags,
         )
+        await target.on_progress(row.length)
+        await target.on_complete()
 
     @staticmethod
     async def _keep_tail(
-        conn: asyncpg.Connection, upload_id: str, stored: int, buffer: bytearray, is_stored: bool
+        conn: asyncpg.Connection, target: TusTarget, stored: int, buffer: bytearray,
+        is_stored: bool,
     ) -> None:
         if is_stored:
             return
         await conn.execute(
             """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
                WHERE upload_id = $1""",
-            upload_id, bytes(buffer), stored + len(buffer),
+            target.upload_id, bytes(buffer), stored + len(buffer),
         )
+        await target.on_progress(stored + len(buffer))
 
     @asynccontextmanager
     async def _locked(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:

@@ -16,9 +16,10 @@ MAX_PARTS = 10_000
 class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     """One authorised upload session, as `authorize(request)` returns it.
 
-    `on_progress(offset)` runs after every request that moved the durable offset;
-    `on_complete()` runs once the object exists at `object_key`, and again on any later request
-    that finds the upload complete, so the session layer must treat it as idempotent.
+    `on_progress(offset)` runs after every durable change of the offset (each part, each kept
+    tail, completion), also when the client cut the body off; `on_complete()` runs once the
+    object exists at `object_key`, and again on any later HEAD that finds the upload complete,
+    so the session layer must treat both as idempotent. Both run while the upload is locked.
     """
 
     upload_id: str

@@ -1,0 +1,134 @@
+"""A minimal gateway for the tus routes: real PostgreSQL and S3, a test `authorize`, and as many
+app instances over the same database as a test wants (to resume on "another instance")."""
+
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from importlib.resources import files
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from rawdrive_platform.config import Secret
+from rawdrive_platform.db import create_pool, migrate
+from rawdrive_platform.keys import original_key
+from rawdrive_platform.storage import Storage, StorageProfile
+from upload_gateway.tus import MIN_PART_SIZE, TusStore, TusTarget, tus_routes
+
+MiB = 1024 * 1024
+MAX_SIZE = 500 * MiB
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTETS = TUS | {"Content-Type": "application/offset+octet-stream"}
+
+
+@dataclass
+class Session:
+    """What the session layer would hold for one upload, plus what the callbacks reported."""
+
+    target: TusTarget
+    progress: list[int] = field(default_factory=list)
+    completions: int = 0
+
+
+class Gateway:
+    """Upload sessions shared by every instance, as the sessions table would be."""
+
+    def __init__(self, storage: Storage, dsn: str):
+        self.storage = storage
+        self.dsn = dsn
+        self.sessions: dict[str, Session] = {}
+        self._runners: list[web.AppRunner] = []
+        self._pools: list = []
+
+    def session(self, size_bytes: int, *, part_size: int = MIN_PART_SIZE, expires_in_s: int = 3600) -> Session:
+        upload_id = uuid.uuid4().hex
+        record = Session(target=None)  # type: ignore[arg-type]  # filled just below
+
+        async def on_progress(offset: int) -> None:
+            record.progress.append(offset)
+
+        async def on_complete() -> None:
+            record.completions += 1
+
+        record.target = TusTarget(
+            upload_id=upload_id,
+            workspace_id="ws-test",
+            object_key=original_key("ws-test", f"a-{upload_id}", "photo.jpg"),
+            content_type="image/jpeg",
+            size_bytes=size_bytes,
+            expires_at=datetime.now(timezone.utc) + timedelta(seconds=expires_in_s),
+            part_size=part_size,
+            storage=self.storage,
+            on_progress=on_progress,
+            on_complete=on_complete,
+        )
+        self.sessions[upload_id] = record
+        return record
+
+    async def instance(self, *, handler_cancellation: bool = False) -> str:
+        """Start one more gateway process-equivalent (own pool, own store); returns its base URL.
+
+        `handler_cancellation` is aiohttp's choice of cancelling a handler whose client went away
+        (off in web.run_app, on in aiohttp's TestServer): the store must keep bytes either way.
+        """
+        pool = await create_pool(self.dsn, "gateway", max_size=20)
+        self._pools.append(pool)
+        store = TusStore(pool)
+
+        async def authorize(request: web.Request) -> TusTarget:
+            record = self.sessions.get(request.match_info["upload_id"])
+            if record is None or record.target.workspace_id != request.match_info["workspace_id"]:
+                raise web.HTTPNotFound(text="no such upload")
+            return record.target
+
+        app = web.Application()
+        app.add_routes(tus_routes(lambda request: store, authorize, max_size=MAX_SIZE))
+        runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
+        await runner.setup()
+        self._runners.append(runner)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def close(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        for pool in self._pools:
+            await pool.close()
+
+
+def tus_url(base: str, session: Session) -> str:
+    target = session.target
+    return f"{base}/v1/workspaces/{target.workspace_id}/uploads/{target.upload_id}/tus"
+
+
+@pytest.fixture(scope="session")
+async def storage(s3_server) -> AsyncIterator[Storage]:
+    opened = await Storage.open(
+        StorageProfile(
+            profile_id="managed", provider="r2", endpoint=s3_server.endpoint,
+            region=s3_server.region, bucket=s3_server.bucket,
+            access_key_id=s3_server.access_key_id,
+            secret_access_key=Secret(s3_server.secret_access_key),
+        )
+    )
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def gateway(storage, fresh_database_url) -> AsyncIterator[Gateway]:
+    await migrate(fresh_database_url, "gateway", files("upload_gateway") / "migrations")
+    gateway = Gateway(storage, fresh_database_url)
+    yield gateway
+    await gateway.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,353 @@
+"""The tus routes against real PostgreSQL and SeaweedFS S3, through HTTP as a client sees them."""
+
+import asyncio
+import base64
+import hashlib
+import os
+from urllib.parse import urlsplit
+
+import pytest
+
+from rawdrive_platform.storage import ObjectMissing
+
+from .conftest import MiB, OCTETS, TUS, tus_url
+
+PART = 5 * MiB
+
+
+async def create(http, url, length, **headers):
+    response = await http.post(url, headers=TUS | {"Upload-Length": str(length)} | headers)
+    assert response.status == 201, await response.text()
+    return response
+
+
+async def patch(http, url, offset, body, **headers):
+    return await http.patch(url, data=body, headers=OCTETS | {"Upload-Offset": str(offset)} | headers)
+
+
+async def offset_of(http, url) -> int:
+    response = await http.head(url, headers=TUS)
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    return int(response.headers["Upload-Offset"])
+
+
+async def object_bytes(storage, key) -> bytes:
+    return b"".join([chunk async for chunk in storage.iter_chunks(key)])
+
+
+async def multipart_id(gateway, session) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
+    try:
+        return await conn.fetchval(
+            "SELECT multipart_id FROM tus_uploads WHERE upload_id = $1", session.target.upload_id
+        )
+    finally:
+        await conn.close()
+
+
+def digest(algorithm: str, body: bytes) -> str:
+    return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, body).digest()).decode()}"
+
+
+async def test_options_announces_the_protocol_without_authorization(gateway, http):
+    base = await gateway.instance()
+    response = await http.options(f"{base}/v1/workspaces/ws-test/uploads/unknown/tus")
+    assert response.status == 204
+    assert response.headers["Tus-Version"] == "1.0.0"
+    assert response.headers["Tus-Extension"] == (
+        "creation,creation-with-upload,termination,checksum,expiration"
+    )
+    assert response.headers["Tus-Checksum-Algorithm"] == "sha1,sha256"
+    assert response.headers["Tus-Max-Size"] == str(500 * MiB)
+
+
+async def test_a_file_sent_in_one_patch_becomes_the_object_at_its_key(gateway, http, storage):
+    data = os.urandom(12 * MiB + 123)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    created = await create(http, url, len(data))
+    assert urlsplit(created.headers["Location"]).path == urlsplit(url).path
+    assert created.headers["Upload-Offset"] == "0" and "GMT" in created.headers["Upload-Expires"]
+
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress == [5 * MiB, 10 * MiB, len(data)] and session.completions == 1
+
+
+async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
+    data = os.urandom(6 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    offset = 0
+    for size in (1, MiB - 1, 2 * MiB, 2 * MiB, MiB + 5):
+        response = await patch(http, url, offset, data[offset : offset + size])
+        assert response.status == 204, await response.text()
+        offset += size
+        assert await offset_of(http, url) == offset
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions >= 1  # again on each later HEAD: the session layer is idempotent
+
+
+async def test_3_mib_chunks_on_5_mib_parts_give_equal_parts_except_the_last(gateway, http, storage):
+    data = os.urandom(13 * MiB + 17)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    offset = 0
+    while offset < len(data):
+        if offset + 3 * MiB >= len(data):  # before the last chunk: the parts so far
+            parts = await storage.list_parts(
+                session.target.object_key, await multipart_id(gateway, session)
+            )
+            assert [part.size for part in parts] == [PART, PART]
+        chunk = data[offset : offset + 3 * MiB]
+        response = await patch(http, url, offset, chunk)
+        assert response.status == 204, await response.text()
+        offset += len(chunk)
+        assert await offset_of(http, url) == offset
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["read-fails", "handler-cancelled"])
+async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_completes_it(
+    gateway, http, storage, cancelled
+):
+    data = os.urandom(11 * MiB)
+    sent = 7 * MiB + 3  # one whole part and a tail
+    session = gateway.session(len(data))
+    first = await gateway.instance(handler_cancellation=cancelled)
+    second = await gateway.instance()
+    url = tus_url(first, session)
+    await create(http, url, len(data))
+
+    split = urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    writer.write(
+        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+    )
+    writer.write(data[:sent])
+    await writer.drain()
+    writer.close()  # the client goes away with the body unfinished
+    await writer.wait_closed()
+
+    other = tus_url(second, session)
+    for _ in range(100):  # the first instance notices the cut on its own schedule
+        if session.progress[-1:] == [sent] and await offset_of(http, other) == sent:
+            break
+        await asyncio.sleep(0.05)
+    assert await offset_of(http, other) == sent
+    assert session.progress == [5 * MiB, sent]
+
+    for _ in range(100):  # the first instance may still hold the lock for a moment
+        response = await patch(http, other, sent, data[sent:])
+        if response.status != 423:
+            break
+        await asyncio.sleep(0.05)
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_patch_at_the_wrong_offset_is_409_and_changes_nothing(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 6 * MiB)
+    assert (await patch(http, url, 0, b"x" * 10)).status == 204
+    response = await patch(http, url, 5, b"y" * 10)
+    assert response.status == 409
+    assert await offset_of(http, url) == 10
+
+
+async def test_another_protocol_version_is_412_and_names_the_supported_one(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 6 * MiB)
+    response = await patch(http, url, 0, b"x", **{"Tus-Resumable": "0.2.2"})
+    assert response.status == 412 and response.headers["Tus-Version"] == "1.0.0"
+    assert (await http.head(url)).status == 412
+
+
+async def test_a_patch_with_another_content_type_is_415(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 6 * MiB)
+    response = await patch(http, url, 0, b"x", **{"Content-Type": "application/octet-stream"})
+    assert response.status == 415
+
+
+async def test_bytes_past_the_declared_length_are_413_with_or_without_content_length(
+    gateway, http, storage
+):
+    data = os.urandom(6 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data + b"!")).status == 413
+    assert await offset_of(http, url) == 0
+
+    async def chunked():  # no Content-Length: the excess is found while streaming
+        yield data[: 4 * MiB]
+        yield data[4 * MiB :] + b"!"
+
+    assert (await patch(http, url, 0, chunked())).status == 413
+    # Whole parts that arrived before the excess stay; the upload goes on from there.
+    offset = await offset_of(http, url)
+    assert offset < len(data) and session.completions == 0
+    assert (await patch(http, url, offset, data[offset:])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_upload_length_must_equal_the_session_size(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    response = await http.post(url, headers=TUS | {"Upload-Length": str(6 * MiB + 1)})
+    assert response.status == 400
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
+async def test_checksummed_patches_apply_when_they_match_and_460_when_not(gateway, http, storage, algorithm):
+    data = os.urandom(6 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    first, rest = data[: 4 * MiB], data[4 * MiB :]
+    ok = await patch(http, url, 0, first, **{"Upload-Checksum": digest(algorithm, first)})
+    assert ok.status == 204
+    bad = await patch(http, url, len(first), rest, **{"Upload-Checksum": digest(algorithm, b"other")})
+    assert bad.status == 460
+    assert await offset_of(http, url) == len(first)
+    ok = await patch(http, url, len(first), rest, **{"Upload-Checksum": digest(algorithm, rest)})
+    assert ok.status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_checksummed_patch_larger_than_a_part_is_refused_before_it_is_read(gateway, http):
+    session = gateway.session(12 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 12 * MiB)
+    body = b"z" * (PART + 1)
+    response = await patch(http, url, 0, body, **{"Upload-Checksum": digest("sha1", body)})
+    assert response.status == 413 and "Upload-Checksum" in await response.text()
+
+
+async def test_an_unsupported_checksum_algorithm_is_400(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 6 * MiB)
+    md5 = base64.b64encode(hashlib.md5(b"x").digest()).decode()
+    assert (await patch(http, url, 0, b"x", **{"Upload-Checksum": f"md5 {md5}"})).status == 400
+
+
+async def test_termination_aborts_the_multipart_upload_and_forgets_the_upload(gateway, http, storage):
+    session = gateway.session(12 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 12 * MiB)
+    assert (await patch(http, url, 0, os.urandom(6 * MiB))).status == 204
+    upload = await multipart_id(gateway, session)
+    response = await http.delete(url, headers=TUS)
+    assert response.status == 204
+    assert (await http.head(url, headers=TUS)).status == 404
+    with pytest.raises(ObjectMissing):
+        await storage.list_parts(session.target.object_key, upload)
+    assert await storage.head(session.target.object_key) is None
+
+
+async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http, storage):
+    data = os.urandom(6 * MiB)
+    session = gateway.session(len(data))
+    first, second = await gateway.instance(), await gateway.instance()
+    await create(http, tus_url(first, session), len(data))
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_body():
+        yield data[:MiB]
+        started.set()
+        await release.wait()
+        yield data[MiB:]
+
+    slow = asyncio.create_task(
+        patch(http, tus_url(first, session), 0, slow_body(), **{"Content-Length": str(len(data))})
+    )
+    await started.wait()
+    await asyncio.sleep(0.2)  # let the server take the lock
+    assert (await patch(http, tus_url(second, session), 0, data)).status == 423
+    release.set()
+    assert (await slow).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_method_override_tunnels_patch_head_and_delete_through_post(gateway, http, storage):
+    data = os.urandom(MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    response = await http.post(
+        url, data=data,
+        headers=OCTETS | {"Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"},
+    )
+    assert response.status == 204 and response.headers["Upload-Offset"] == str(len(data))
+    head = await http.post(url, headers=TUS | {"X-HTTP-Method-Override": "HEAD"})
+    assert head.headers["Upload-Offset"] == str(len(data))
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert (await http.post(url, headers=TUS | {"X-HTTP-Method-Override": "GET"})).status == 400
+
+
+async def test_creation_with_upload_stores_the_first_bytes_and_metadata_comes_back_on_head(
+    gateway, http
+):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    metadata = "filename cGhvdG8uanBn,filetype aW1hZ2UvanBlZw=="
+    response = await http.post(
+        url, data=b"a" * 1000,
+        headers=OCTETS | {"Upload-Length": str(6 * MiB), "Upload-Metadata": metadata},
+    )
+    assert response.status == 201 and response.headers["Upload-Offset"] == "1000"
+    head = await http.head(url, headers=TUS)
+    assert head.headers["Upload-Offset"] == "1000"
+    assert head.headers["Upload-Metadata"] == metadata
+    assert head.headers["Upload-Length"] == str(6 * MiB)
+
+
+async def test_creating_an_existing_upload_again_keeps_its_bytes(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, 6 * MiB)
+    assert (await patch(http, url, 0, b"x" * 100)).status == 204
+    again = await create(http, url, 6 * MiB)
+    assert again.headers["Upload-Offset"] == "100"
+
+
+async def test_malformed_metadata_is_400(gateway, http):
+    session = gateway.session(6 * MiB)
+    url = tus_url(await gateway.instance(), session)
+    response = await http.post(
+        url, headers=TUS | {"Upload-Length": str(6 * MiB), "Upload-Metadata": "a !!!"}
+    )
+    assert response.status == 400
+
+
+async def test_an_expired_upload_is_410_and_an_unknown_one_404(gateway, http):
+    session = gateway.session(6 * MiB, expires_in_s=-1)
+    base = await gateway.instance()
+    assert (await http.post(tus_url(base, session), headers=TUS | {"Upload-Length": str(6 * MiB)})).status == 410
+    fresh = gateway.session(6 * MiB)
+    assert (await http.head(tus_url(base, fresh), headers=TUS)).status == 404  # never created
+    assert (await patch(http, tus_url(base, fresh), 0, b"x")).status == 404
+
+
+async def test_an_empty_file_completes_at_creation(gateway, http, storage):
+    session = gateway.session(0)
+    url = tus_url(await gateway.instance(), session)
+    created = await create(http, url, 0)
+    assert created.headers["Upload-Offset"] == "0"
+    info = await storage.head(session.target.object_key)
+    assert info is not None and info.size == 0
+    assert session.completions == 1

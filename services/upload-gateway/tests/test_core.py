@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import msgspec
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from rawdrive_platform.keys import check_filename, safe_filename
 from upload_gateway import problems

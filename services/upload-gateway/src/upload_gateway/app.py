@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from upload_gateway.auth import TokenVerifier
 from upload_gateway.problems import Handler, problem_middleware
@@ -38,7 +39,7 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     )
 
 
-def cors_middleware(origins: Sequence[str]) -> Callable[[web.Request, Handler], object]:
+def cors_middleware(origins: Sequence[str]) -> Middleware:
     allowed = frozenset(origins)
 
     def cors_headers(origin: str) -> dict[str, str]:

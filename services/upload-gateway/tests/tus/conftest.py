@@ -31,6 +31,7 @@ class Session:
     target: TusTarget
     progress: list[int] = field(default_factory=list)
     completions: int = 0
+    token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
 
 
 class Gateway:
@@ -82,6 +83,8 @@ class Gateway:
             record = self.sessions.get(request.match_info["upload_id"])
             if record is None or record.target.workspace_id != request.match_info["workspace_id"]:
                 raise web.HTTPNotFound(text="no such upload")
+            if record.token and request.headers.get("Authorization") != f"Bearer {record.token}":
+                raise web.HTTPUnauthorized(text="no or wrong token")
             return record.target
 
         app = web.Application()

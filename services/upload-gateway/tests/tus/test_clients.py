@@ -1,0 +1,81 @@
+"""The clients real users have, tuspy and tus-js-client (under Node.js), against the routes.
+
+tus-js-client comes from `js/package-lock.json`; `npm ci` installs it on the first run (the npm
+registry must be reachable then). tuspy must be installed in the venv.
+"""
+
+import asyncio
+import io
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from tusclient.client import TusClient
+
+from .conftest import MiB, tus_url
+
+JS = Path(__file__).parent / "js"
+
+
+async def object_bytes(storage, key) -> bytes:
+    return b"".join([chunk async for chunk in storage.iter_chunks(key)])
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    node = shutil.which("node")
+    assert node, "Node.js is needed to run tus-js-client"
+    if not (JS / "node_modules" / "tus-js-client").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, capture_output=True,
+            timeout=300,
+        )
+    return node
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["plain", "sha1-per-chunk"])
+async def test_tuspy_uploads_a_file_in_chunks_through_the_session_url(gateway, storage, checksum):
+    data = os.urandom(11 * MiB + 7)
+    session = gateway.session(len(data))
+    session.token = uuid.uuid4().hex
+    url = tus_url(await gateway.instance(), session)
+
+    def upload() -> str:
+        client = TusClient(url, headers={"Authorization": f"Bearer {session.token}"})
+        uploader = client.uploader(
+            file_stream=io.BytesIO(data), chunk_size=3 * MiB, upload_checksum=checksum,
+            metadata={"filename": "photo.jpg", "filetype": "image/jpeg"},
+        )
+        uploader.upload()
+        return uploader.url
+
+    uploaded_to = await asyncio.to_thread(upload)
+    assert uploaded_to == url
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions >= 1
+
+
+async def test_tus_js_client_uploads_a_file_as_the_front_end_configures_it(
+    gateway, storage, node, tmp_path
+):
+    data = os.urandom(12 * MiB + 11)
+    session = gateway.session(len(data))
+    session.token = uuid.uuid4().hex
+    url = tus_url(await gateway.instance(), session)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+
+    process = await asyncio.create_subprocess_exec(
+        node, str(JS / "upload.mjs"), url, str(path),
+        json.dumps({"Authorization": f"Bearer {session.token}"}),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["url"] == url
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions >= 1

@@ -1,0 +1,243 @@
+"""Metadata normalisation: what the readers found -> the contracts' one MediaMetadata record.
+
+Sources, by trust: EXIF (our own reader: DateTimeOriginal, GPS, exposure), the decoder's pixel
+size (after orientation), ffprobe for video, Ghostscript's page count for PDFs, and hachoir as the
+fallback for container headers ffprobe cannot open (a header-only Matroska). hachoir's photo
+`creation_date` is the IFD0 *modify* date, so it never becomes a photo's taken_at.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta, timezone
+
+import msgspec
+
+from rawdrive_contracts import GpsPosition, MediaMetadata
+
+from media_processor.exif import ExifTags
+from media_processor.variants import Size
+
+_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+_ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?")
+# Clockwise rotation a viewer applies -> the EXIF orientation that says the same.
+_ROTATION_TO_ORIENTATION = {0: 1, 90: 6, 180: 3, 270: 8}
+
+
+class HachoirFacts(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What hachoir's extractMetadata reported (only the fields we use)."""
+
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    frame_rate: float | None = None
+    creation_date: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+
+
+# -- ffprobe's JSON (-show_format -show_streams), the parts we read ----------------------------
+
+
+class ProbeSideData(msgspec.Struct):
+    rotation: float | None = None
+
+
+class ProbeStream(msgspec.Struct):
+    codec_type: str | None = None
+    codec_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    avg_frame_rate: str | None = None
+    r_frame_rate: str | None = None
+    duration: str | None = None
+    tags: dict[str, str] = {}
+    side_data_list: list[ProbeSideData] = []
+
+
+class ProbeFormat(msgspec.Struct):
+    duration: str | None = None
+    tags: dict[str, str] = {}
+
+
+class Probe(msgspec.Struct):
+    streams: list[ProbeStream] = []
+    format: ProbeFormat = ProbeFormat()
+
+
+def parse_probe(raw: bytes) -> Probe:
+    return msgspec.json.decode(raw, type=Probe)
+
+
+# -- photos -------------------------------------------------------------------------------------
+
+
+def photo_metadata(exif: ExifTags, display: Size | None, hachoir: HachoirFacts | None = None) -> MediaMetadata:
+    fallback = hachoir or HachoirFacts()
+    size = display or _size(fallback.width, fallback.height)
+    return MediaMetadata(
+        camera_make=exif.make or fallback.camera_make,
+        camera_model=exif.model or fallback.camera_model,
+        lens_model=exif.lens_model,
+        taken_at=exif_datetime(exif.date_time_original, exif.offset_time_original)
+        or exif_datetime(exif.date_time_digitized),
+        gps=gps_position(exif),
+        orientation=exif.orientation if exif.orientation in range(1, 9) else None,
+        width=size.width if size else None,
+        height=size.height if size else None,
+        exposure_time_s=_positive(exif.exposure_time),
+        f_number=_positive(exif.f_number),
+        iso=exif.iso if exif.iso else None,
+        focal_length_mm=_positive(exif.focal_length),
+    )
+
+
+def exif_datetime(text: str | None, offset: str | None = None) -> datetime | None:
+    """`2024:05:17 14:32:05` (+ OffsetTime `+02:00`) -> datetime; naive when no offset was stored."""
+    if not text:
+        return None
+    try:
+        value = datetime.strptime(text.strip()[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    match = _OFFSET.match(offset.strip()) if offset else None
+    if match:
+        sign = 1 if match[1] == "+" else -1
+        delta = timedelta(hours=int(match[2]), minutes=int(match[3]))
+        if delta <= timedelta(hours=14):
+            value = value.replace(tzinfo=timezone(sign * delta))
+    return value
+
+
+def gps_position(exif: ExifTags) -> GpsPosition | None:
+    latitude = dms_to_degrees(exif.gps_latitude, exif.gps_latitude_ref, "S", 90)
+    longitude = dms_to_degrees(exif.gps_longitude, exif.gps_longitude_ref, "W", 180)
+    if latitude is None or longitude is None:
+        return None
+    altitude = exif.gps_altitude
+    if altitude is not None and math.isfinite(altitude):
+        altitude = -altitude if exif.gps_altitude_ref == 1 else altitude
+    else:
+        altitude = None
+    return GpsPosition(latitude=latitude, longitude=longitude, altitude_m=altitude)
+
+
+def dms_to_degrees(dms: tuple[float, ...] | None, ref: str | None, negative: str, limit: float) -> float | None:
+    """EXIF degrees/minutes/seconds and its N/S/E/W reference -> signed decimal degrees."""
+    if dms is None or len(dms) != 3 or not all(math.isfinite(v) and v >= 0 for v in dms):
+        return None
+    degrees = dms[0] + dms[1] / 60 + dms[2] / 3600
+    if degrees > limit:
+        return None
+    return round(-degrees if (ref or "").strip().upper() == negative else degrees, 7)
+
+
+# -- videos -------------------------------------------------------------------------------------
+
+
+def video_metadata(probe: Probe | None, hachoir: HachoirFacts | None = None) -> MediaMetadata:
+    fallback = hachoir or HachoirFacts()
+    if probe is None:
+        return MediaMetadata(
+            width=fallback.width,
+            height=fallback.height,
+            duration_s=fallback.duration_s,
+            frame_rate=fallback.frame_rate,
+            taken_at=fallback.creation_date,
+        )
+    video = next((s for s in probe.streams if s.codec_type == "video"), None)
+    audio = next((s for s in probe.streams if s.codec_type == "audio"), None)
+    orientation = _ROTATION_TO_ORIENTATION.get(video_rotation(video)) if video else None
+    size = _size(video.width, video.height) if video else None
+    size = size or _size(fallback.width, fallback.height)
+    if size is not None and orientation in (6, 8):
+        size = Size(size.height, size.width)
+    created = probe.format.tags.get("creation_time") or (video.tags.get("creation_time") if video else None)
+    location = probe.format.tags.get("com.apple.quicktime.location.ISO6709") or probe.format.tags.get("location")
+    return MediaMetadata(
+        taken_at=iso_datetime(created) or fallback.creation_date,
+        gps=iso6709(location),
+        orientation=orientation,
+        width=size.width if size else None,
+        height=size.height if size else None,
+        duration_s=_duration(probe, video) or fallback.duration_s,
+        frame_rate=(_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else None) or fallback.frame_rate,
+        video_codec=video.codec_name if video else None,
+        audio_codec=audio.codec_name if audio else None,
+    )
+
+
+def video_rotation(stream: ProbeStream) -> int:
+    """Clockwise-positive rotation in {0, 90, 180, 270} from the display matrix or `rotate` tag."""
+    for side in stream.side_data_list:
+        if side.rotation is not None and math.isfinite(side.rotation):
+            # The display matrix counts counter-clockwise; the legacy `rotate` tag clockwise.
+            return round(-side.rotation / 90) * 90 % 360
+    try:
+        return round(float(stream.tags.get("rotate", "0")) / 90) * 90 % 360
+    except ValueError:
+        return 0
+
+
+def iso_datetime(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def iso6709(text: str | None) -> GpsPosition | None:
+    """`+51.4169-000.0806/` or `+35.6586+139.7454+035.000/` -> a position."""
+    match = _ISO6709.match(text.strip()) if text else None
+    if not match:
+        return None
+    latitude, longitude = float(match[1]), float(match[2])
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None
+    altitude = float(match[3]) if match[3] else None
+    return GpsPosition(latitude=latitude, longitude=longitude, altitude_m=altitude)
+
+
+def poster_time(duration_s: float | None) -> float:
+    """Where the poster frame is taken: 10% in, or 1 s (at most the middle) for short clips."""
+    if not duration_s or not math.isfinite(duration_s) or duration_s <= 0:
+        return 0.0
+    if duration_s >= 10:
+        return duration_s / 10
+    return min(1.0, duration_s / 2)
+
+
+def _duration(probe: Probe, video: ProbeStream | None) -> float | None:
+    for text in (probe.format.duration, video.duration if video else None):
+        value = _float(text)
+        if value:
+            return value
+    return None
+
+
+def _rate(text: str | None) -> float | None:
+    if not text or "/" not in text:
+        return None
+    num, _, den = text.partition("/")
+    value = _float(num)
+    denominator = _float(den)
+    return round(value / denominator, 3) if value and denominator else None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _size(width: int | None, height: int | None) -> Size | None:
+    return Size(width, height) if width and height and width > 0 and height > 0 else None

@@ -537,13 +537,27 @@ class S3Server(ServerProcess):
         ]
 
     def is_ready(self) -> bool:
-        # Any HTTP answer (403 for anonymous) means the S3 gateway is up; the bucket is the
-        # real test, because the filer and volume server come up a few seconds later.
+        # Any HTTP answer (403 for anonymous) means the S3 gateway is up; the bucket and a
+        # probe object are the real test, because the filer and the volume server (which
+        # holds the bytes, and after a restart must first report its volumes to the master)
+        # come up a few seconds later and until then answer InternalError.
         try:
             urllib.request.urlopen(self.connection.endpoint, timeout=1).close()
         except urllib.error.HTTPError:
             pass
-        return self._create_bucket()
+        return self._create_bucket() and self._probe_round_trip()
+
+    def _probe_round_trip(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = s3_client(self.connection)
+        try:
+            client.put_object(Bucket=self.bucket, Key=".ready-probe", Body=b"ok")
+            ok = client.get_object(Bucket=self.bucket, Key=".ready-probe")["Body"].read() == b"ok"
+            client.delete_object(Bucket=self.bucket, Key=".ready-probe")
+        except (ClientError, BotoCoreError):
+            return False
+        return ok
 
     def _create_bucket(self) -> bool:
         from botocore.exceptions import ClientError

@@ -144,7 +144,7 @@ def run_service(
     try:
         settings = load_settings(settings_type)
     except ConfigError as exc:
-        sys.stderr.write(f"{name}: invalid configuration\n{exc}\n")
+        sys.stderr.write(f"{name}: {exc}\n")
         sys.exit(2)
     provider = setup_telemetry(name, settings.log_level)
 

@@ -186,11 +186,14 @@ class TusStore:
             buffer += chunk
             tail_is_stored = False
             if len(buffer) == part_size and stored + part_size < row.length:
-                # bytearray goes to botocore as is: no second copy of the part in memory.
-                part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, buffer)  # type: ignore[arg-type]
+                # botocore copies a bytearray body: hand it bytes and drop the buffer first, so
+                # one part, not two, is held while the part travels.
+                body = bytes(buffer)
+                buffer.clear()
+                part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, body)
+                del body
                 etags.append(part.etag)
                 stored += part_size
-                buffer.clear()
                 await conn.execute(
                     """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
                               updated_at = now() WHERE upload_id = $1""",
@@ -209,7 +212,7 @@ class TusStore:
     ) -> None:
         storage, key = target.storage, row.object_key
         try:
-            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, last)  # type: ignore[arg-type]
+            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, bytes(last))
             etags = [*etags, part.etag]
             await storage.complete_multipart(key, row.multipart_id, _parts(etags))
         except ObjectMissing:

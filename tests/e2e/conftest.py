@@ -28,8 +28,11 @@ class ServiceProcess:
     def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
         self.module = module
         self.port = free_port()
-        port_var = "RAWDRIVE_HTTP_PORT" if module == "upload_gateway" else "RAWDRIVE_HEALTH_PORT"
-        self.env = {**env, port_var: str(self.port)}
+        if module == "upload_gateway":
+            own = {"RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
+        else:
+            own = {"RAWDRIVE_HEALTH_PORT": str(self.port)}
+        self.env = {**env, **own}
         self.log_path = log_dir / f"{module}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -76,7 +79,7 @@ def service_env(nats_url, fresh_database_url, s3_server) -> dict[str, str]:
         "RAWDRIVE_S3_BUCKET": s3_server.bucket,
         "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
         "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-        "RAWDRIVE_JWT_SECRET": "e2e-secret",
+        "RAWDRIVE_JWT_SECRET": "e2e-secret-of-at-least-thirty-two-bytes",
         "RAWDRIVE_CONSUMER_ACK_WAIT_S": "2",
         "RAWDRIVE_LOG_LEVEL": "INFO",
     }

@@ -40,11 +40,11 @@ class HachoirFacts(msgspec.Struct, kw_only=True, omit_defaults=True):
 # -- ffprobe's JSON (-show_format -show_streams), the parts we read ----------------------------
 
 
-class ProbeSideData(msgspec.Struct):
+class ProbeSideData(msgspec.Struct, frozen=True):
     rotation: float | None = None
 
 
-class ProbeStream(msgspec.Struct):
+class ProbeStream(msgspec.Struct, frozen=True):
     codec_type: str | None = None
     codec_name: str | None = None
     width: int | None = None
@@ -52,17 +52,17 @@ class ProbeStream(msgspec.Struct):
     avg_frame_rate: str | None = None
     r_frame_rate: str | None = None
     duration: str | None = None
-    tags: dict[str, str] = {}
-    side_data_list: list[ProbeSideData] = []
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    side_data_list: tuple[ProbeSideData, ...] = ()
 
 
-class ProbeFormat(msgspec.Struct):
+class ProbeFormat(msgspec.Struct, frozen=True):
     duration: str | None = None
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class Probe(msgspec.Struct):
-    streams: list[ProbeStream] = []
+class Probe(msgspec.Struct, frozen=True):
+    streams: tuple[ProbeStream, ...] = ()
     format: ProbeFormat = ProbeFormat()
 
 

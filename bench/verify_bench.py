@@ -1,0 +1,154 @@
+"""Commit-verifier read+hash throughput against a plain boto3 GET + hashlib loop, same objects, same run.
+
+    .venv/bin/python bench/verify_bench.py [--sizes-mib 100 500] [--rounds 3]
+
+Starts its own SeaweedFS (rawdrive_platform.devstack.servers.S3Server), stores one random object
+per size, then alternates, round after round, two measurements in fresh child processes:
+  - verifier: what the verifier does per commit once storage is resolved: HEAD, then
+    commit_verifier.hashing.sha256_of (8 MiB ranged GETs, 2 read ahead, hashing in a thread);
+  - baseline: boto3 get_object and a loop of 8 MiB reads fed to hashlib.sha256.
+Each child reports its wall time and its own peak RSS (ru_maxrss), so one path's memory
+cannot hide in the other's. Reported: the median of the rounds, MiB/s, and verifier/baseline.
+BENCH_CHUNK_MIB and BENCH_READ_AHEAD (default 8 and 2, the service's defaults) vary the reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1024 * 1024
+CHUNK = 8 * MiB
+
+
+def child_verifier(connection: dict[str, str], key: str) -> str:
+    from rawdrive_platform.config import Secret
+    from rawdrive_platform.storage import Storage, StorageProfile
+
+    from commit_verifier.hashing import MiB, ReadSettings, sha256_of
+
+    reading = ReadSettings(
+        chunk_size=int(os.environ.get("BENCH_CHUNK_MIB", "8")) * MiB,
+        read_ahead=int(os.environ.get("BENCH_READ_AHEAD", "2")),
+    )
+
+    async def run() -> str:
+        storage = await Storage.open(
+            StorageProfile(
+                profile_id="bench", provider="r2", endpoint=connection["endpoint"], region=connection["region"],
+                bucket=connection["bucket"], access_key_id=connection["access_key_id"],
+                secret_access_key=Secret(connection["secret_access_key"]),
+            )
+        )
+        try:
+            info = await storage.head(key)
+            assert info is not None
+            return await sha256_of(storage, key, info.size, reading)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+def child_baseline(connection: dict[str, str], key: str) -> str:
+    from rawdrive_platform.devstack.servers import S3Connection, s3_client
+
+    client = s3_client(S3Connection(**connection))
+    digest = hashlib.sha256()
+    body = client.get_object(Bucket=connection["bucket"], Key=key)["Body"]
+    while chunk := body.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def child(path: str, connection_json: str, key: str) -> None:
+    connection = json.loads(connection_json)
+    # Imports are set-up, not throughput: load them before the clock starts.
+    import aioboto3  # noqa: F401
+    import boto3  # noqa: F401
+
+    run = child_verifier if path == "verifier" else child_baseline
+    started = time.perf_counter()
+    digest = run(connection, key)
+    elapsed = time.perf_counter() - started
+    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"seconds": elapsed, "sha256": digest, "peak_rss_mib": peak_rss_kib / 1024}))
+
+
+def measure(path: str, connection_json: str, key: str) -> dict[str, float | str]:
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", path, connection_json, key],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def store_random_object(client, bucket: str, key: str, size: int) -> str:
+    """Multipart upload of `size` random bytes, 16 MiB at a time; returns the SHA-256."""
+    digest = hashlib.sha256()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts, number, left = [], 1, size
+    while left:
+        body = os.urandom(min(16 * MiB, left))
+        digest.update(body)
+        etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+        number, left = number + 1, left - len(body)
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from rawdrive_platform.devstack.servers import S3Server, s3_client
+
+    base = Path(tempfile.mkdtemp(prefix="verify-bench-"))
+    server = S3Server(base / "s3", access_key_id="bench", secret_access_key="bench-secret-key")
+    server.start()
+    try:
+        connection = server.connection
+        connection_json = json.dumps(vars(connection))
+        client = s3_client(connection)
+        print(f"SeaweedFS at {connection.endpoint}; {args.rounds} rounds, median shown; CPUs: {os.cpu_count()}")
+        print(f"{'size':>8} {'verifier MiB/s':>15} {'baseline MiB/s':>15} {'ratio':>6} {'verifier peak RSS':>18} {'baseline peak RSS':>18}")
+        for size_mib in args.sizes_mib:
+            key = f"bench/{size_mib}mib.bin"
+            expected = store_random_object(client, connection.bucket, key, size_mib * MiB)
+            results: dict[str, list[dict]] = {"verifier": [], "baseline": []}
+            for _ in range(args.rounds):
+                for path in ("verifier", "baseline"):
+                    result = measure(path, connection_json, key)
+                    assert result["sha256"] == expected, f"{path} computed a wrong digest"
+                    results[path].append(result)
+            rate = {p: size_mib / statistics.median(r["seconds"] for r in rs) for p, rs in results.items()}
+            rss = {p: max(r["peak_rss_mib"] for r in rs) for p, rs in results.items()}
+            print(
+                f"{size_mib:>5}MiB {rate['verifier']:>15.0f} {rate['baseline']:>15.0f} "
+                f"{rate['verifier'] / rate['baseline']:>5.2f}x {rss['verifier']:>15.0f}MiB {rss['baseline']:>15.0f}MiB"
+            )
+            client.delete_object(Bucket=connection.bucket, Key=key)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(*sys.argv[2:])
+    else:
+        main()

@@ -1,26 +1,116 @@
-"""python -m janitor: wiring only."""
+"""python -m janitor: the service (wiring only), or `python -m janitor sweep [--dry-run]`, one
+pass of every job printed as JSON (its events go out through the service's outbox relay)."""
 
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from functools import partial
 from importlib.resources import files
 
-from rawdrive_platform.config import CommonSettings
+import asyncpg
+import msgspec
+
+from rawdrive_platform import db
+from rawdrive_platform.config import ConfigError, load_settings
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageRegistry, managed_storage_profile
+from rawdrive_platform.telemetry import setup_json_logging
 
-from janitor.handlers import UPLOAD_EVENTS, upload_event_handler
+from janitor.cleanup import StorageResolver, UnknownProfile
+from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
+from janitor.settings import Settings
+from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
+
+MIGRATIONS = files("janitor") / "migrations"
+# Every workspace's objects in the managed bucket (the root of keys.py's layout).
+MANAGED_SWEEP_PREFIX = "workspaces/"
 
 
-class Settings(CommonSettings, kw_only=True, frozen=True):
-    health_port: int = 8083
+def profile_resolver(managed: Storage) -> StorageResolver:
+    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
+
+    async def storage_for(ref: str) -> Storage:
+        if ref == MANAGED_PROFILE_ID:
+            return managed
+        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this janitor")
+
+    return storage_for
+
+
+def sweep_targets(managed: Storage) -> TargetSource:
+    """The managed bucket's workspaces. Each BYOS profile will add its own bucket, swept
+    under `keys.workspace_prefix(workspace, profile.key_prefix)` and nothing outside it."""
+
+    async def targets() -> list[SweepTarget]:
+        return [SweepTarget(storage=managed, prefix=MANAGED_SWEEP_PREFIX)]
+
+    return targets
+
+
+def build_janitor(settings: Settings, pool: asyncpg.Pool, managed: Storage, *, dry_run: bool) -> Janitor:
+    return Janitor(
+        pool=pool,
+        storage_for=profile_resolver(managed),
+        sweep_targets=sweep_targets(managed),
+        lease=Lease(settings.database_url),
+        thresholds=settings.thresholds(),
+        schedule=settings.schedule(),
+        delete_orphans=settings.janitor_delete_orphans,
+        dry_run=dry_run,
+    )
 
 
 async def main(runtime: Runtime) -> None:
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
     js = await runtime.jetstream()
-    pool = await runtime.database("janitor", files("janitor") / "migrations")
-    await runtime.managed_storage()
-    runtime.consume(js, UPLOAD_EVENTS, upload_event_handler(pool))
+    pool = await runtime.database("janitor", MIGRATIONS)
+    managed = await runtime.managed_storage()
+    deps = Dependencies(pool=pool, storage_for=profile_resolver(managed), dry_run=settings.janitor_dry_run)
+    runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
+    runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
+    runtime.start(build_janitor(settings, pool, managed, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 
 
+async def sweep_once(settings: Settings, *, dry_run: bool) -> int:
+    await db.migrate(settings.database_url, "janitor", MIGRATIONS)
+    pool = await db.create_pool(settings.database_url, "janitor", max_size=2)
+    try:
+        async with StorageRegistry() as storages:
+            managed = await storages.get(managed_storage_profile(settings))
+            janitor = build_janitor(settings, pool, managed, dry_run=dry_run)
+            try:
+                report = await janitor.run_once()
+            finally:
+                await janitor.lease.close()
+    finally:
+        await pool.close()
+    if report is None:
+        sys.stderr.write("janitor: another janitor holds the lease; nothing done\n")
+        return 3
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    return 0
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m janitor sweep", description=__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="print what would go; change nothing")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(Settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"janitor: {exc}\n")
+        return 2
+    setup_json_logging("janitor", settings.log_level)
+    return asyncio.run(sweep_once(settings, dry_run=args.dry_run or settings.janitor_dry_run))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["sweep"]:
+        sys.exit(cli(sys.argv[2:]))
     run_service("janitor", Settings, main)

@@ -1,0 +1,50 @@
+"""Removing bytes from a bucket: every step is idempotent, so a crash anywhere is finished by a rerun."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from rawdrive_platform.storage import ObjectInfo, Storage
+
+from janitor.policy import Reason, Removal, within
+
+
+class UnknownProfile(Exception):
+    """A storage profile this janitor cannot resolve."""
+
+
+# Storage profile ref -> an open Storage; raises UnknownProfile.
+StorageResolver = Callable[[str], Awaitable[Storage]]
+
+
+async def erase_prefix(storage: Storage, prefix: str, reason: Reason, *, dry_run: bool) -> list[Removal]:
+    """Abort every multipart upload and delete every object under `prefix` (unless dry_run).
+
+    Multipart uploads go first, so an upload completed meanwhile leaves an object the listing
+    that follows still finds.
+    """
+    removals = [
+        Removal(reason=reason, bucket=storage.bucket, key=upload.key, multipart_upload_id=upload.upload_id)
+        async for upload in storage.list_multipart_uploads(prefix)
+        if within(upload.key, prefix)
+    ]
+    if not dry_run:
+        for removal in removals:
+            assert removal.multipart_upload_id is not None
+            await storage.abort_multipart(removal.key, removal.multipart_upload_id)
+    objects = await list_objects(storage, prefix)
+    if not dry_run:
+        await storage.delete(info.key for info in objects)
+    return removals + [
+        Removal(reason=reason, bucket=storage.bucket, key=info.key, size_bytes=info.size) for info in objects
+    ]
+
+
+async def list_objects(storage: Storage, prefix: str) -> list[ObjectInfo]:
+    """Keys under `prefix` with their size and age. Storage.list_keys yields keys only, hence a
+    HEAD per key; one gone meanwhile is simply skipped."""
+    found = []
+    async for key in storage.list_keys(prefix):
+        if within(key, prefix) and (info := await storage.head(key)) is not None:
+            found.append(info)
+    return found

@@ -1,0 +1,46 @@
+"""The janitor's configuration: every schedule and threshold is a RAWDRIVE_JANITOR_* variable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import msgspec
+
+from rawdrive_platform.config import CommonSettings
+
+from janitor.policy import Thresholds
+from janitor.sweeps import Schedule
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Settings(CommonSettings, kw_only=True, frozen=True):
+    health_port: int = 8083
+    janitor_expiry_check_interval_s: Seconds = 60.0  # session expiry and asset purge
+    janitor_sweep_interval_s: Seconds = 3600.0  # stale multipart uploads and orphans
+    # Fractional days are fine (tests use seconds' worth); purge also waits for purge_after.
+    janitor_retention_days: NonNegative = 30.0
+    janitor_expiry_grace_s: NonNegative = 300.0
+    janitor_orphan_min_age_hours: NonNegative = 72.0
+    # Off by default: the janitor's tables are built from events, so assets that predate it (or
+    # events it missed) would look orphaned. Report first, then enable.
+    janitor_delete_orphans: bool = False
+    janitor_multipart_min_age_hours: NonNegative = 24.0
+    # Log (and, for `python -m janitor sweep`, print) what would go; remove and announce nothing.
+    janitor_dry_run: bool = False
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            retention=timedelta(days=self.janitor_retention_days),
+            expiry_grace=timedelta(seconds=self.janitor_expiry_grace_s),
+            orphan_min_age=timedelta(hours=self.janitor_orphan_min_age_hours),
+            multipart_min_age=timedelta(hours=self.janitor_multipart_min_age_hours),
+        )
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            expiry_interval_s=self.janitor_expiry_check_interval_s,
+            sweep_interval_s=self.janitor_sweep_interval_s,
+        )

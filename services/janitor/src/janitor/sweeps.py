@@ -1,0 +1,288 @@
+"""The scheduled work: expire stale sessions, purge soft-deleted assets, sweep stale multipart
+uploads and orphaned objects. `policy` decides; this module fetches, acts and counts.
+
+Replicas: a run acts only while holding a PostgreSQL advisory lock (`Lease`), so one janitor acts
+at a time. Crashes: each expiry or purge runs in one transaction that first locks the row and
+re-checks the decision, then removes the bytes (idempotent), then marks the row and enqueues the
+event. A janitor killed anywhere before the commit leaves the row due; the next run repeats the
+removal (finding less or nothing) and commits. Holding the row lock across the removal also
+makes a restore or commit that arrives meanwhile wait, then see the outcome, instead of racing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import asyncpg
+import msgspec
+
+from rawdrive_contracts import AssetPurged, UploadExpired, new_event
+from rawdrive_platform import keys, outbox
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
+
+from janitor import tracking
+from janitor.cleanup import StorageResolver, UnknownProfile, erase_prefix
+from janitor.policy import (
+    Removal,
+    RunReport,
+    Thresholds,
+    TrackedSession,
+    asset_of_key,
+    is_orphan,
+    is_stale_multipart,
+    should_expire,
+    should_purge,
+    within,
+)
+from janitor.tracking import TrackedAsset
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/rawdrive/janitor"
+LEASE_NAME = "rawdrive.janitor.lease"
+# Keys checked against the janitor's tables per query during an orphan sweep.
+_ORPHAN_BATCH = 1000
+
+Job = Literal["expiry", "sweep"]
+ALL_JOBS: tuple[Job, ...] = ("expiry", "sweep")
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    """A bucket to sweep and the prefix the sweep must stay under: `workspaces/` in the managed
+    bucket, `keys.workspace_prefix(ws, profile.key_prefix)` in a workspace's own bucket."""
+
+    storage: Storage
+    prefix: str
+
+
+TargetSource = Callable[[], Awaitable[list[SweepTarget]]]
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True):
+    expiry_interval_s: float  # session expiry and asset purge
+    sweep_interval_s: float  # stale multipart uploads and orphans
+
+
+class Lease:
+    """One janitor acts at a time: a session-level advisory lock on a dedicated connection.
+
+    If the holder dies, PostgreSQL ends its session and the lock is free again at once.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+
+    async def try_acquire(self) -> bool:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn)
+        return await self._conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEASE_NAME)
+
+    async def release(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.execute("SELECT pg_advisory_unlock(hashtext($1))", LEASE_NAME)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+@dataclass
+class Janitor:
+    pool: asyncpg.Pool
+    storage_for: StorageResolver
+    sweep_targets: TargetSource
+    lease: Lease
+    thresholds: Thresholds
+    schedule: Schedule
+    delete_orphans: bool
+    dry_run: bool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run each job at its interval until stopped; the first runs start at once."""
+        loop = asyncio.get_running_loop()
+        intervals = {"expiry": self.schedule.expiry_interval_s, "sweep": self.schedule.sweep_interval_s}
+        next_at: dict[Job, float] = {job: loop.time() for job in ALL_JOBS}
+        try:
+            while not stop.is_set():
+                due = tuple(job for job in ALL_JOBS if next_at[job] <= loop.time())
+                for job in due:
+                    next_at[job] = loop.time() + intervals[job]
+                if due:
+                    try:
+                        await self.run_once(due)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        # The database is away: try again at the next interval.
+                        log.warning("janitor run failed", extra={"jobs": list(due), "error": repr(exc)})
+                        await self.lease.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), max(0.0, min(next_at.values()) - loop.time()))
+        finally:
+            await self.lease.close()
+
+    async def run_once(self, jobs: Iterable[Job] = ALL_JOBS) -> RunReport | None:
+        """One pass of `jobs`; None when another janitor holds the lease. A dry run changes
+        nothing, so it needs no lease."""
+        jobs = tuple(jobs)
+        if not self.dry_run and not await self.lease.try_acquire():
+            log.info("another janitor holds the lease; skipping", extra={"jobs": list(jobs)})
+            return None
+        report = RunReport(dry_run=self.dry_run)
+        try:
+            now = datetime.now(UTC)
+            if "expiry" in jobs:
+                for session in await tracking.sessions_past_expiry(self.pool, now):
+                    if should_expire(session, now, self.thresholds):
+                        async with self._item(report, "expire", session.upload_id):
+                            await self._expire(session, report, now)
+                for asset in await tracking.assets_awaiting_purge(self.pool):
+                    if should_purge(asset.lifecycle, now, self.thresholds):
+                        async with self._item(report, "purge", asset.asset_id):
+                            await self._purge(asset, report, now)
+            if "sweep" in jobs:
+                for target in await self.sweep_targets():
+                    async with self._item(report, "sweep multipart", f"{target.storage.bucket}/{target.prefix}"):
+                        await self._sweep_multipart(target, report, now)
+                    async with self._item(report, "sweep orphans", f"{target.storage.bucket}/{target.prefix}"):
+                        await self._sweep_orphans(target, report, now)
+        finally:
+            if not self.dry_run:
+                await self.lease.release()
+        log.info("janitor run", extra={"jobs": list(jobs), "report": report.counters()})
+        return report
+
+    @contextlib.asynccontextmanager
+    async def _item(self, report: RunReport, action: str, subject: str) -> AsyncIterator[None]:
+        # One failing item (a bucket refusing, an unknown profile) must not stop the others;
+        # it stays due and the next run tries again.
+        try:
+            yield
+        except (StorageError, UnknownProfile, asyncpg.PostgresError) as exc:
+            report.errors += 1
+            log.warning("janitor action failed", extra={"action": action, "subject": subject, "error": repr(exc)})
+
+    # -- expiry and purge --------------------------------------------------------------------
+
+    async def _expire(self, session: TrackedSession, report: RunReport, now: datetime) -> None:
+        storage = await self.storage_for(session.storage_profile_ref)
+        prefix = keys.asset_prefix(session.workspace_id, session.asset_id, storage.profile.key_prefix)
+        if self.dry_run:
+            report.record(await erase_prefix(storage, prefix, "expired_session", dry_run=True))
+            report.sessions_expired += 1
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await tracking.lock_session(conn, session.upload_id)
+            if current is None or not should_expire(current, now, self.thresholds):
+                return  # closed or committed since we looked
+            removals = await erase_prefix(storage, prefix, "expired_session", dry_run=False)
+            await tracking.mark_expired(conn, session.upload_id, now)
+            event = new_event(
+                UploadExpired(
+                    workspace_id=session.workspace_id,
+                    upload_id=session.upload_id,
+                    asset_id=session.asset_id,
+                    storage_profile_ref=session.storage_profile_ref,
+                    object_key=session.object_key,
+                    # The S3 multipart upload aborted at the object key, when this run found one.
+                    multipart_upload_id=next(
+                        (r.multipart_upload_id for r in removals if r.key == session.object_key and r.multipart_upload_id),
+                        None,
+                    ),
+                    expired_at=now,
+                ),
+                source=SOURCE,
+                time=now,
+            )
+            await outbox.enqueue(conn, event)
+        report.record(removals)
+        report.sessions_expired += 1
+        log.info("session expired", extra={"upload_id": session.upload_id, "event_id": event.id, "removed": len(removals)})
+
+    async def _purge(self, asset: TrackedAsset, report: RunReport, now: datetime) -> None:
+        # asset.deleted carries no storage profile; an asset never seen verified is taken to
+        # live in the managed bucket.
+        storage = await self.storage_for(asset.storage_profile_ref or MANAGED_PROFILE_ID)
+        prefix = keys.asset_prefix(asset.workspace_id, asset.asset_id, storage.profile.key_prefix)
+        if self.dry_run:
+            report.record(await erase_prefix(storage, prefix, "purged_asset", dry_run=True))
+            report.assets_purged += 1
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await tracking.lock_asset(conn, asset.asset_id)
+            if current is None or not should_purge(current.lifecycle, now, self.thresholds):
+                return  # restored since we looked
+            removals = await erase_prefix(storage, prefix, "purged_asset", dry_run=False)
+            objects = [r for r in removals if r.multipart_upload_id is None]
+            event = new_event(
+                AssetPurged(
+                    workspace_id=asset.workspace_id,
+                    asset_id=asset.asset_id,
+                    purged_at=now,
+                    # What this run removed: after a crash mid-purge, the rerun counts only the rest.
+                    deleted_object_count=len(objects),
+                    deleted_bytes=sum(r.size_bytes for r in objects),
+                ),
+                source=SOURCE,
+                time=now,
+            )
+            await tracking.mark_purged(conn, asset.asset_id, now, event.id)
+            await outbox.enqueue(conn, event)
+        report.record(removals)
+        report.assets_purged += 1
+        log.info("asset purged", extra={"asset_id": asset.asset_id, "event_id": event.id, "removed": len(removals)})
+
+    # -- safety-net sweeps -------------------------------------------------------------------
+
+    async def _sweep_multipart(self, target: SweepTarget, report: RunReport, now: datetime) -> None:
+        storage, key_prefix = target.storage, target.storage.profile.key_prefix
+        uploads = [u async for u in storage.list_multipart_uploads(target.prefix) if within(u.key, target.prefix)]
+        candidates = {ref.asset_id for u in uploads if (ref := asset_of_key(u.key, key_prefix)) is not None}
+        open_ids = await tracking.open_session_asset_ids(self.pool, candidates)
+        for upload in uploads:
+            if not is_stale_multipart(upload.key, upload.initiated, open_ids, now, self.thresholds, key_prefix):
+                continue
+            if not self.dry_run:
+                await storage.abort_multipart(upload.key, upload.upload_id)
+            report.record([Removal(reason="stale_multipart", bucket=storage.bucket, key=upload.key,
+                                   multipart_upload_id=upload.upload_id)])
+
+    async def _sweep_orphans(self, target: SweepTarget, report: RunReport, now: datetime) -> None:
+        batch: list[str] = []
+        async for key in target.storage.list_keys(target.prefix):
+            if within(key, target.prefix) and asset_of_key(key, target.storage.profile.key_prefix) is not None:
+                batch.append(key)
+            if len(batch) == _ORPHAN_BATCH:
+                await self._remove_orphans(target.storage, batch, report, now)
+                batch = []
+        if batch:
+            await self._remove_orphans(target.storage, batch, report, now)
+
+    async def _remove_orphans(self, storage: Storage, batch: list[str], report: RunReport, now: datetime) -> None:
+        key_prefix = storage.profile.key_prefix
+        refs = {key: ref for key in batch if (ref := asset_of_key(key, key_prefix)) is not None}
+        known = await tracking.known_asset_ids(self.pool, {ref.asset_id for ref in refs.values()})
+        orphans = []
+        for key, ref in refs.items():
+            if ref.asset_id in known:
+                continue  # no HEAD for the common case
+            info = await storage.head(key)
+            if info is not None and is_orphan(key, info.last_modified, known, now, self.thresholds, key_prefix):
+                orphans.append(Removal(reason="orphan", bucket=storage.bucket, key=key, size_bytes=info.size))
+        report.orphans_found += len(orphans)
+        for orphan in orphans:
+            log.info("orphan found", extra={"bucket": orphan.bucket, "key": orphan.key, "size_bytes": orphan.size_bytes,
+                                            "deleting": self.delete_orphans and not self.dry_run})
+        if not self.delete_orphans:
+            report.orphans_kept.extend(orphans)
+            return
+        if not self.dry_run:
+            await storage.delete(orphan.key for orphan in orphans)
+        report.record(orphans)

@@ -1,16 +1,66 @@
 """python -m media_processor: wiring only."""
 
+from functools import partial
+
+from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
+from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.service import Runtime, run_service
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage
+
+from media_processor.handlers import Dependencies, StorageResolver, UnknownProfile, dispatch, dispatch_exhausted
+from media_processor.sandbox import Limits, Sandbox
 
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8082
+    # Assets decoded at once by this replica, each in its own child process.
+    concurrency: int = 2
+    max_deliver: int = 5
+    decode_timeout_s: float = 120.0
+    decode_memory_mib: int = 2048
+    scratch_dir: str | None = None
+
+
+def consumer_spec(settings: Settings) -> ConsumerSpec:
+    # Every replica binds the same durable, so they share the work.
+    return ConsumerSpec(
+        durable="media-processor",
+        stream=UPLOADS_STREAM.name,
+        filter_subjects=(subject_filter(UploadVerified.spec),),
+        max_deliver=settings.max_deliver,
+    )
+
+
+def profile_resolver(managed: Storage) -> StorageResolver:
+    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
+
+    async def storage_for(ref: str) -> Storage:
+        if ref == MANAGED_PROFILE_ID:
+            return managed
+        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this processor")
+
+    return storage_for
 
 
 async def main(runtime: Runtime) -> None:
-    await runtime.jetstream()
-    await runtime.managed_storage()
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    js = await runtime.jetstream()
+    sandbox = Sandbox(Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2))
+    deps = Dependencies(
+        js=js,
+        storage_for=profile_resolver(await runtime.managed_storage()),
+        sandbox=sandbox,
+        scratch_dir=settings.scratch_dir,
+    )
+    runtime.consume(
+        js,
+        consumer_spec(settings),
+        partial(dispatch, deps=deps),
+        on_exhausted=partial(dispatch_exhausted, deps=deps),
+        concurrency=settings.concurrency,
+    )
     await runtime.serve_health()
 
 

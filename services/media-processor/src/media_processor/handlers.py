@@ -1,0 +1,202 @@
+"""What the processor does with each verified upload: check, decode, store variants, announce.
+
+The processor keeps no state. Variants go to fixed keys and events carry ids derived from the
+asset id, so a redelivery after a crash redoes the work onto the same keys and republishes
+events JetStream drops as duplicates. A verdict about the content (type mismatch, undecodable)
+is announced as processing_failed and acked; storage outages are retried (`Transient`), and when
+the retries run out `on_exhausted` announces processing_failed with reason storage_error.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from rawdrive_contracts import (
+    AssetAnalysisRequested,
+    AssetCreated,
+    AssetProcessingFailed,
+    CloudEvent,
+    Kind,
+    ProcessingFailureReason,
+    UploadVerified,
+    Variant,
+    Variants,
+    new_event,
+)
+from rawdrive_platform import bus, keys
+from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
+
+from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
+from media_processor.sandbox import Outcome, Sandbox, Unprocessable
+
+log = logging.getLogger(__name__)
+
+SOURCE = "rawdrive/media-processor"
+VARIANT_FILE = "image.webp"
+
+
+class UnknownProfile(Exception):
+    """The upload names a storage profile this processor cannot resolve."""
+
+
+# Storage profile ref -> an open Storage; raises UnknownProfile.
+StorageResolver = Callable[[str], Awaitable[Storage]]
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    js: JetStreamContext
+    storage_for: StorageResolver
+    sandbox: Sandbox
+    # Where originals are downloaded for decoding (None: the system's temporary folder).
+    scratch_dir: str | None = None
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies) -> None:
+    upload = event.data
+    try:
+        storage = await deps.storage_for(upload.storage_profile_ref)
+    except UnknownProfile as exc:
+        await _announce_failure(deps, upload, "storage_error", str(exc))
+        return
+    try:
+        head = await storage.get_range(upload.object_key, 0, max(1, min(HEAD_BYTES, upload.size_bytes)))
+        family = check(head, upload.mime_type, upload.file_name)
+        with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
+            original = Path(workdir, "original")
+            await _download(storage, upload.object_key, original)
+            outcome = await deps.sandbox.process(str(original), family, workdir)
+            variants = await _store_variants(storage, upload, outcome)
+    except TypeMismatch as exc:
+        await _announce_failure(deps, upload, "type_mismatch", str(exc))
+        return
+    except Unprocessable as exc:
+        log.info("asset not processable", extra={"asset_id": upload.asset_id, "reason": exc.reason})
+        await _announce_failure(deps, upload, exc.reason, exc.detail)
+        return
+    except StorageUnavailable as exc:
+        raise bus.Transient(str(exc)) from exc
+    except StorageError as exc:
+        # Missing object or access refused: retrying cannot help.
+        await _announce_failure(deps, upload, "storage_error", str(exc))
+        return
+    await _announce_created(deps, upload, FORMATS[family].kind, outcome, variants)
+
+
+async def upload_verified_exhausted(
+    event: CloudEvent[UploadVerified], error: BaseException, deps: Dependencies
+) -> None:
+    """Storage stayed unavailable through every delivery: say so, so the asset does not hang."""
+    await _announce_failure(deps, event.data, "storage_error", f"storage unavailable through every retry: {error}")
+
+
+HANDLERS = {UploadVerified: upload_verified}
+EXHAUSTED_HANDLERS = {UploadVerified: upload_verified_exhausted}
+
+
+async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
+    handler = HANDLERS.get(type(event.data))
+    if handler is None:
+        raise bus.Poison(f"media-processor does not handle {event.type}")
+    await handler(event, deps)
+
+
+async def dispatch_exhausted(event: CloudEvent[Any], error: BaseException, deps: Dependencies) -> None:
+    handler = EXHAUSTED_HANDLERS.get(type(event.data))
+    if handler is not None:
+        await handler(event, error, deps)
+
+
+# -- effects -----------------------------------------------------------------------------------
+
+
+async def _download(storage: Storage, key: str, target: Path) -> None:
+    """Stream the object to disk, one chunk in memory at a time."""
+    with target.open("wb") as out:
+        async for chunk in storage.iter_chunks(key):
+            out.write(chunk)
+
+
+async def _store_variants(storage: Storage, upload: UploadVerified, outcome: Outcome) -> Variants:
+    stored: dict[str, Variant] = {}
+    for produced in outcome.variants:
+        key = keys.derived_key(
+            upload.workspace_id, upload.asset_id, produced.name, VARIANT_FILE, storage.profile.key_prefix
+        )
+        body = Path(produced.path).read_bytes()
+        await storage.put(key, body, "image/webp")
+        stored[produced.name] = Variant(key=key, width=produced.width, height=produced.height, size_bytes=len(body))
+    return Variants(**stored)
+
+
+async def _announce_created(
+    deps: Dependencies, upload: UploadVerified, kind: Kind, outcome: Outcome, variants: Variants
+) -> None:
+    metadata = outcome.metadata
+    created = AssetCreated(
+        workspace_id=upload.workspace_id,
+        asset_id=upload.asset_id,
+        upload_id=upload.upload_id,
+        library_id=upload.library_id,
+        folder_id=upload.folder_id,
+        file_name=upload.file_name,
+        mime_type=upload.mime_type,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+        kind=kind,
+        width=metadata.width,
+        height=metadata.height,
+        duration_s=metadata.duration_s,
+        taken_at=metadata.taken_at,
+        metadata=metadata,
+        object_key=upload.object_key,
+        variants=variants,
+        provider=upload.provider,
+        storage_profile_ref=upload.storage_profile_ref,
+        duplicate_of=upload.duplicate_of,
+    )
+    analysis = AssetAnalysisRequested(
+        workspace_id=upload.workspace_id,
+        asset_id=upload.asset_id,
+        kind=kind,
+        mime_type=upload.mime_type,
+        object_key=upload.object_key,
+        variants=variants,
+        storage_profile_ref=upload.storage_profile_ref,
+    )
+    await _publish(deps, created)
+    await _publish(deps, analysis)
+    log.info("asset created", extra={"asset_id": upload.asset_id, "kind": kind})
+
+
+async def _announce_failure(
+    deps: Dependencies, upload: UploadVerified, reason: ProcessingFailureReason, detail: str
+) -> None:
+    failed = AssetProcessingFailed(
+        workspace_id=upload.workspace_id,
+        asset_id=upload.asset_id,
+        upload_id=upload.upload_id,
+        reason=reason,
+        detail=detail[:1000],
+        object_key=upload.object_key,
+        storage_profile_ref=upload.storage_profile_ref,
+    )
+    await _publish(deps, failed)
+    log.info("asset processing failed", extra={"asset_id": upload.asset_id, "reason": reason})
+
+
+async def _publish(deps: Dependencies, data: Any) -> None:
+    try:
+        await bus.publish(deps.js, new_event(data, source=SOURCE))
+    except bus.PublishFailed as exc:
+        raise bus.Transient(str(exc)) from exc

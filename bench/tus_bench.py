@@ -1,0 +1,222 @@
+"""Gateway ingest benchmark: tus through the gateway vs boto3 multipart straight to the same S3.
+
+    .venv/bin/python bench/tus_bench.py [--sizes-mib 100 500] [--concurrency 1 20] [--sessions 400]
+
+Starts its own NATS, PostgreSQL and SeaweedFS (temporary folder, free ports) and a real gateway
+process (`python -m upload_gateway`). For each size and concurrency, in the same run:
+  - baseline: boto3 multipart upload straight into S3, parts of the gateway's part size;
+  - tus: sessions created over the API, then each file sent as 5 MiB PATCHes (tus-js-client's
+    chunk size in the seed), through the gateway into S3.
+Reports MiB/s of each and the ratio (target >= 0.8x), and the gateway's peak RSS (VmHWM of a
+fresh gateway process per scenario) against 80 MiB + 2 x part size x concurrent uploads.
+Then session creation: POST /uploads at concurrency 20 against a trivial aiohttp handler that
+answers 201 with a small JSON body, served the same way (target >= 0.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import boto3
+from botocore.config import Config
+
+from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
+from upload_gateway.auth import mint_dev_token
+from upload_gateway.sessions import plan_parts
+
+MIB = 1024 * 1024
+TUS_CHUNK = 5 * MIB
+JWT_SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
+WORKSPACE = "bench"
+# One random block, rotated per offset: incompressible, and no file needs to exist on disk.
+BLOCK = os.urandom(MIB)
+
+
+def payload(offset: int, length: int) -> bytes:
+    out = bytearray()
+    while len(out) < length:
+        start = (offset + len(out)) % MIB
+        out += BLOCK[start : start + length - len(out)]
+    return bytes(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**env, "RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": self.url}
+        self.process = subprocess.Popen([sys.executable, "-m", "upload_gateway"], env=env,
+                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready; see {log}")
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def s3_baseline(s3: S3Server, size: int, concurrency: int) -> float:
+    conn = s3.connection
+    client = boto3.client(
+        "s3", endpoint_url=conn.endpoint, region_name=conn.region, aws_access_key_id=conn.access_key_id,
+        aws_secret_access_key=conn.secret_access_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, max_pool_connections=64,
+                      request_checksum_calculation="when_required", response_checksum_validation="when_required"),
+    )
+    part_size = plan_parts(size).part_size
+
+    def upload(i: int) -> None:
+        key = f"baseline/{size}/{concurrency}/{i}"
+        upload_id = client.create_multipart_upload(Bucket=conn.bucket, Key=key)["UploadId"]
+        parts = []
+        for number, offset in enumerate(range(0, size, part_size), start=1):
+            body = payload(offset, min(part_size, size - offset))
+            etag = client.upload_part(Bucket=conn.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+            parts.append({"PartNumber": number, "ETag": etag})
+        client.complete_multipart_upload(Bucket=conn.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(upload, range(concurrency)))
+    return size * concurrency / MIB / (time.perf_counter() - started)
+
+
+async def tus_upload(http: aiohttp.ClientSession, base: str, size: int) -> None:
+    request = {"file_name": "bench.jpg", "mime_type": "image/jpeg", "size_bytes": size,
+               "library_id": "lib1", "resumable_protocol": "tus"}
+    async with http.post(f"{base}/v1/workspaces/{WORKSPACE}/uploads", json=request) as response:
+        assert response.status == 201, await response.text()
+        session = await response.json()
+    headers = {**session["headers"], "Tus-Resumable": "1.0.0"}
+    async with http.post(session["upload_url"], headers={**headers, "Upload-Length": str(size)}) as response:
+        assert response.status == 201, await response.text()
+    for offset in range(0, size, TUS_CHUNK):
+        chunk = payload(offset, min(TUS_CHUNK, size - offset))
+        async with http.patch(session["upload_url"], data=chunk, headers={
+            **headers, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}) as response:
+            assert response.status == 204, await response.text()
+
+
+async def tus_run(base: str, token: str, size: int, concurrency: int) -> float:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(tus_upload(http, base, size) for _ in range(concurrency)))
+        return size * concurrency / MIB / (time.perf_counter() - started)
+
+
+async def session_rate(url: str, token: str, count: int, concurrency: int = 20) -> float:
+    body = {"file_name": "a.jpg", "mime_type": "image/jpeg", "size_bytes": 1000, "library_id": "lib1",
+            "resumable_protocol": "tus"}
+    remaining = iter(range(count))
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async def worker() -> None:
+            for _ in remaining:
+                async with http.post(url, json=body) as response:
+                    assert response.status == 201, await response.text()
+                    await response.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return count / (time.perf_counter() - started)
+
+
+TRIVIAL_APP = """
+import sys
+from aiohttp import web
+async def create(request):
+    await request.json()
+    return web.json_response({"upload_id": "u", "asset_id": "a", "provider": "r2"}, status=201)
+app = web.Application()
+app.router.add_post("/v1/workspaces/{ws}/uploads", create)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 20])
+    parser.add_argument("--sessions", type=int, default=400)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tus-bench-") as tmp:
+        work = Path(tmp)
+        nats, postgres, s3 = NatsServer(work / "nats"), PostgresServer(work / "pg"), S3Server(work / "s3", access_key_id="bench", secret_access_key="bench-secret-key")
+        start_all([nats, postgres, s3])
+        conn = s3.connection
+        env = {**os.environ, "RAWDRIVE_NATS_URL": nats.url, "RAWDRIVE_DATABASE_URL": postgres.url,
+               "RAWDRIVE_S3_ENDPOINT": conn.endpoint, "RAWDRIVE_S3_REGION": conn.region,
+               "RAWDRIVE_S3_BUCKET": conn.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": conn.access_key_id,
+               "RAWDRIVE_S3_SECRET_ACCESS_KEY": conn.secret_access_key, "RAWDRIVE_JWT_SECRET": JWT_SECRET,
+               "RAWDRIVE_LOG_LEVEL": "WARNING"}
+        token = mint_dev_token(JWT_SECRET, sub="bench", workspaces={WORKSPACE: "member"}, ttl_s=7200)
+        try:
+            print(f"{'size':>8} {'conc':>4} {'boto3 MiB/s':>12} {'tus MiB/s':>10} {'ratio':>6} "
+                  f"{'gateway peak RSS':>17} {'RSS budget':>11}")
+            for size_mib in args.sizes_mib:
+                size = size_mib * MIB
+                part_size = plan_parts(size).part_size
+                for concurrency in args.concurrency:
+                    baseline = s3_baseline(s3, size, concurrency)
+                    gateway = Gateway(env, work / "gateway.log")
+                    try:
+                        tus = asyncio.run(tus_run(gateway.url, token, size, concurrency))
+                        peak = gateway.peak_rss_mib()
+                    finally:
+                        gateway.stop()
+                    budget = 80 + 2 * part_size / MIB * concurrency
+                    print(f"{size_mib:>6}Mi {concurrency:>4} {baseline:>12.1f} {tus:>10.1f} {tus / baseline:>5.2f}x "
+                          f"{peak:>13.1f} MiB {budget:>7.0f} MiB", flush=True)
+
+            trivial_port = free_port()
+            trivial = subprocess.Popen([sys.executable, "-c", TRIVIAL_APP, str(trivial_port)])
+            gateway = Gateway(env, work / "gateway.log")
+            try:
+                time.sleep(1.0)
+                trivial_url = f"http://127.0.0.1:{trivial_port}/v1/workspaces/{WORKSPACE}/uploads"
+                asyncio.run(session_rate(trivial_url, token, 50))  # warm up both
+                asyncio.run(session_rate(f"{gateway.url}/v1/workspaces/{WORKSPACE}/uploads", token, 50))
+                trivial_rate = asyncio.run(session_rate(trivial_url, token, args.sessions))
+                gateway_rate = asyncio.run(session_rate(f"{gateway.url}/v1/workspaces/{WORKSPACE}/uploads", token, args.sessions))
+            finally:
+                gateway.stop()
+                trivial.terminate()
+                trivial.wait()
+            print(f"session creation: gateway {gateway_rate:.0f}/s, trivial handler {trivial_rate:.0f}/s, "
+                  f"ratio {gateway_rate / trivial_rate:.2f}x")
+        finally:
+            stop_all([nats, postgres, s3])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

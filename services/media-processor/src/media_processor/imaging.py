@@ -37,7 +37,7 @@ from media_processor.metadata import (  # noqa: E402
     video_metadata,
 )
 from media_processor.sandbox import Job, Outcome, Produced, Unprocessable  # noqa: E402
-from media_processor.variants import Size, decode_hint, display_size, plan  # noqa: E402
+from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, plan  # noqa: E402
 
 hachoir.core.config.quiet = True
 
@@ -121,13 +121,13 @@ def _video(job: Job, deadline: float) -> Outcome:
 
 def _pdf(job: Job, deadline: float) -> Outcome:
     pages, box = _pdf_pages(job.path, deadline)
-    dpi = PDF_MIN_DPI
+    dpi: float = PDF_MIN_DPI
     if box is not None and box.long_edge > 0:
-        dpi = min(PDF_MAX_DPI, max(PDF_MIN_DPI, 2560 * 72 // box.long_edge))
+        dpi = min(PDF_MAX_DPI, max(PDF_MIN_DPI, LONG_EDGES[0][1] * 72 / box.long_edge))
     page = Path(job.workdir, "page1.ppm")
     _run(
         ["gs", "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dNOPROMPT", "-dNOINTERPOLATE",
-         "-sDEVICE=ppmraw", f"-r{dpi}", "-dFirstPage=1", "-dLastPage=1",
+         "-sDEVICE=ppmraw", f"-r{dpi:.2f}", "-dFirstPage=1", "-dLastPage=1",
          "-dTextAlphaBits=4", "-dGraphicsAlphaBits=4", f"-sOutputFile={page}", "-f", job.path],
         deadline,
     )

@@ -1,0 +1,210 @@
+"""The processor against real NATS and S3: what other services see after an upload is verified."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from rawdrive_contracts import (
+    UPLOADS_STREAM,
+    AssetAnalysisRequested,
+    AssetCreated,
+    AssetProcessingFailed,
+    CloudEvent,
+    UploadVerified,
+    decode,
+    new_event,
+    subject_filter,
+)
+from rawdrive_platform import bus, keys
+from rawdrive_platform.config import Secret
+from rawdrive_platform.devstack.servers import S3Connection
+from rawdrive_platform.storage import Storage, StorageProfile
+
+from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted, upload_verified
+from media_processor.sandbox import Limits, Sandbox
+
+DATA = Path(__file__).parent / "data"
+
+
+@dataclass
+class Env:
+    js: JetStreamContext
+    storage: Storage
+    sandbox: Sandbox
+    workspace: str
+
+    @property
+    def deps(self) -> Dependencies:
+        return Dependencies(js=self.js, storage_for=self.storage_for, sandbox=self.sandbox)
+
+    async def storage_for(self, ref: str) -> Storage:
+        return self.storage
+
+    async def upload(self, content: bytes, file_name: str, mime_type: str) -> UploadVerified:
+        asset_id = uuid.uuid4().hex
+        key = keys.original_key(self.workspace, asset_id, file_name)
+        await self.storage.put(key, content, mime_type)
+        return UploadVerified(
+            workspace_id=self.workspace,
+            upload_id=uuid.uuid4().hex,
+            asset_id=asset_id,
+            library_id="lib1",
+            file_name=file_name,
+            mime_type=mime_type,
+            size_bytes=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            storage_profile_ref="managed",
+            object_key=key,
+            verified_at=datetime.now(UTC),
+        )
+
+    @contextlib.asynccontextmanager
+    async def processor(self) -> AsyncIterator[None]:
+        """The processor's consumer, running in this process on this workspace's subject."""
+        spec = bus.ConsumerSpec(
+            durable=f"media-{uuid.uuid4().hex[:10]}",
+            stream=UPLOADS_STREAM.name,
+            filter_subjects=(subject_filter(UploadVerified.spec, self.workspace),),
+            ack_wait_s=10.0,
+            backoff_s=(0.2,),
+        )
+        deps = self.deps
+
+        async def handle(event: CloudEvent[Any]) -> None:
+            await dispatch(event, deps)
+
+        async def exhausted(event: CloudEvent[Any], error: BaseException) -> None:
+            await dispatch_exhausted(event, error, deps)
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(bus.Consumer(self.js, spec, handle, on_exhausted=exhausted, concurrency=2).run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    async def announced(self) -> list[CloudEvent[Any]]:
+        found = []
+        sub = await self.js.subscribe(f"rawdrive.asset.*.{self.workspace}", ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.3)
+                except Exception:  # nats' TimeoutError: nothing more stored
+                    break
+                found.append(decode(msg.data))
+        finally:
+            await sub.unsubscribe()
+        return found
+
+    async def wait_announced(self, count: int, timeout: float = 60.0) -> list[CloudEvent[Any]]:
+        async with asyncio.timeout(timeout):
+            while len(found := await self.announced()) < count:
+                await asyncio.sleep(0.2)
+        return found
+
+
+def profile_for(connection: S3Connection) -> StorageProfile:
+    return StorageProfile(
+        profile_id="managed",
+        provider="r2",
+        endpoint=connection.endpoint,
+        region=connection.region,
+        bucket=connection.bucket,
+        access_key_id=connection.access_key_id,
+        secret_access_key=Secret(connection.secret_access_key),
+    )
+
+
+@pytest.fixture
+async def env(nats_url: str, s3_server: S3Connection) -> AsyncIterator[Env]:
+    nc = await bus.connect(nats_url, name="test-media-processor")
+    js = nc.jetstream()
+    await bus.provision(js, bus.StreamSettings())
+    storage = await Storage.open(profile_for(s3_server))
+    try:
+        yield Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=f"ws{uuid.uuid4().hex[:12]}")
+    finally:
+        await storage.close()
+        await nc.close()
+
+
+async def object_bytes(storage: Storage, key: str) -> bytes:
+    return b"".join([chunk async for chunk in storage.iter_chunks(key)])
+
+
+async def test_a_verified_photo_is_announced_with_variants_stored_and_no_gps_in_them(env: Env) -> None:
+    upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
+    async with env.processor():
+        await bus.publish(env.js, new_event(upload, source="test"))
+        created, analysis = sorted(await env.wait_announced(2), key=lambda e: e.type, reverse=True)
+    assert isinstance(created.data, AssetCreated) and isinstance(analysis.data, AssetAnalysisRequested)
+    asset = created.data
+    assert (asset.asset_id, asset.kind, asset.sha256, asset.object_key) == (
+        upload.asset_id, "photo", upload.sha256, upload.object_key,
+    )
+    assert (asset.width, asset.height) == (120, 80)
+    assert asset.taken_at == datetime(2002, 7, 13, 15, 58, 28)
+    assert asset.metadata.gps is not None  # the announcement carries it; the pictures do not
+    for name in ("large", "medium", "thumb"):
+        variant = getattr(asset.variants, name)
+        assert variant.key == keys.derived_key(env.workspace, upload.asset_id, name, "image.webp")
+        body = await object_bytes(env.storage, variant.key)
+        assert body[8:12] == b"WEBP" and len(body) == variant.size_bytes
+        assert b"EXIF" not in body and b"XMP " not in body
+    assert analysis.data.variants == asset.variants
+
+
+async def test_an_executable_named_jpg_fails_as_a_type_mismatch_and_the_next_upload_is_processed(env: Env) -> None:
+    bad = await env.upload(b"MZ\x90\x00\x03" + bytes(2000), "cat.jpg", "image/jpeg")
+    good = await env.upload((DATA / "video_rotated_90.mov").read_bytes(), "clip.mov", "video/quicktime")
+    async with env.processor():
+        await bus.publish(env.js, new_event(bad, source="test"))
+        await bus.publish(env.js, new_event(good, source="test"))
+        events = await env.wait_announced(3)
+    by_asset = {(e.data.asset_id, type(e.data)): e.data for e in events}
+    failed = by_asset[(bad.asset_id, AssetProcessingFailed)]
+    assert failed.reason == "type_mismatch" and failed.upload_id == bad.upload_id
+    video = by_asset[(good.asset_id, AssetCreated)]
+    assert video.kind == "video" and (video.width, video.height) == (720, 1280)
+    assert video.variants.thumb is not None and (video.variants.thumb.width, video.variants.thumb.height) == (180, 320)
+
+
+async def test_an_undecodable_file_fails_with_a_reason_instead_of_retrying(env: Env) -> None:
+    upload = await env.upload((DATA / "exiftool_Nikon.nef").read_bytes(), "DSC_0001.NEF", "application/octet-stream")
+    async with env.processor():
+        await bus.publish(env.js, new_event(upload, source="test"))
+        [event] = await env.wait_announced(1)
+    assert isinstance(event.data, AssetProcessingFailed) and event.data.reason == "decode_failed"
+
+
+async def test_a_missing_original_fails_as_a_storage_error(env: Env) -> None:
+    upload = await env.upload(b"\xff\xd8\xff", "gone.jpg", "image/jpeg")
+    await env.storage.delete([upload.object_key])
+    await upload_verified(new_event(upload, source="test"), env.deps)
+    [event] = await env.announced()
+    assert isinstance(event.data, AssetProcessingFailed) and event.data.reason == "storage_error"
+
+
+async def test_processing_the_same_upload_twice_writes_the_same_keys_and_announces_once(env: Env) -> None:
+    upload = await env.upload((DATA / "png_rgba_alpha.png").read_bytes(), "logo.png", "image/png")
+    event = new_event(upload, source="test")
+    await upload_verified(event, env.deps)
+    first = await env.announced()
+    await upload_verified(event, env.deps)  # a redelivery after a crash before the ack
+    second = await env.announced()
+    assert [e.id for e in second] == [e.id for e in first] and len(first) == 2
+    keys_written = [k async for k in env.storage.list_keys(keys.asset_prefix(env.workspace, upload.asset_id))]
+    assert len(keys_written) == 4  # the original and three variants

@@ -446,7 +446,7 @@ async def test_a_verifier_killed_mid_hash_leaves_the_commit_to_another_replica_w
             "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
             "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
             "RAWDRIVE_HEALTH_PORT": str(free_port()),
-            "RAWDRIVE_ACK_WAIT_S": "2",  # a dead replica's message comes back after 2 s
+            "RAWDRIVE_CONSUMER_ACK_WAIT_S": "2",  # a dead replica's message comes back after 2 s
         }
         with open(log_file, "wb") as log:
             process = await asyncio.create_subprocess_exec(

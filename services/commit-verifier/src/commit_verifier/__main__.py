@@ -4,7 +4,7 @@ from functools import partial
 from importlib.resources import files
 
 from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
-from rawdrive_platform.bus import Consumer, ConsumerSpec
+from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
@@ -18,7 +18,6 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8081
     # Commit requests verified at once by this replica (each holds up to read_ahead+1 chunks).
     concurrency: int = 4
-    ack_wait_s: float = 30.0
     max_deliver: int = 5
     read_chunk_mib: int = 8
     read_ahead: int = 2
@@ -30,7 +29,6 @@ def consumer_spec(settings: Settings) -> ConsumerSpec:
         durable="commit-verifier",
         stream=UPLOADS_STREAM.name,
         filter_subjects=(subject_filter(CommitRequested.spec),),
-        ack_wait_s=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
     )
 
@@ -56,14 +54,13 @@ async def main(runtime: Runtime) -> None:
         storage_for=profile_resolver(await runtime.managed_storage()),
         reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB, read_ahead=settings.read_ahead),
     )
-    consumer = Consumer(
+    runtime.consume(
         js,
         consumer_spec(settings),
         partial(dispatch, deps=deps),
         on_exhausted=partial(dispatch_exhausted, deps=deps),
         concurrency=settings.concurrency,
     )
-    runtime.start(consumer.run, name="commit-requests")
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 

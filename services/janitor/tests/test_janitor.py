@@ -600,3 +600,16 @@ async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env:
     assert len(await env.uploads_under(env.asset_prefix(stale.asset_id))) == 1
     assert await env.keys_under(env.asset_prefix(orphan)) == sorted(orphan_objects)
     assert (await env.tracked(stale.upload_id))["closed_by"] is None
+
+
+async def test_the_lease_admits_one_janitor_and_is_free_again_once_its_holder_dies(env: Env):
+    first, second = Lease(env.dsn), Lease(env.dsn)
+    try:
+        assert await first.try_acquire()
+        assert not await second.try_acquire()
+        assert await env.janitor(lease=second).run_once() is None  # skips: another janitor acts
+        await first.close()  # the holder's session ends, as when its process is killed
+        assert await second.try_acquire()
+    finally:
+        await first.close()
+        await second.close()

@@ -118,7 +118,7 @@ class Janitor:
                     next_at[job] = loop.time() + intervals[job]
                 if due:
                     try:
-                        await self.run_once(due)
+                        await self.run_once(due, stop)
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                         # The database is away: try again at the next interval.
                         log.warning("janitor run failed", extra={"jobs": list(due), "error": repr(exc)})
@@ -128,10 +128,12 @@ class Janitor:
         finally:
             await self.lease.close()
 
-    async def run_once(self, jobs: Iterable[Job] = ALL_JOBS) -> RunReport | None:
+    async def run_once(self, jobs: Iterable[Job] = ALL_JOBS, stop: asyncio.Event | None = None) -> RunReport | None:
         """One pass of `jobs`; None when another janitor holds the lease. A dry run changes
-        nothing, so it needs no lease."""
+        nothing, so it needs no lease. Once `stop` is set, the pass ends after the item in hand:
+        whatever is left stays due for the next run (of any replica)."""
         jobs = tuple(jobs)
+        stopping = stop.is_set if stop is not None else (lambda: False)
         if not self.dry_run and not await self.lease.try_acquire():
             log.info("another janitor holds the lease; skipping", extra={"jobs": list(jobs)})
             return None
@@ -140,19 +142,21 @@ class Janitor:
             now = datetime.now(UTC)
             if "expiry" in jobs:
                 for session in await tracking.sessions_past_expiry(self.pool, now):
-                    if should_expire(session, now, self.thresholds):
+                    if should_expire(session, now, self.thresholds) and not stopping():
                         async with self._item(report, "expire", session.upload_id):
                             await self._expire(session, report, now)
                 for asset in await tracking.assets_awaiting_purge(self.pool):
-                    if should_purge(asset.lifecycle, now, self.thresholds):
+                    if should_purge(asset.lifecycle, now, self.thresholds) and not stopping():
                         async with self._item(report, "purge", asset.asset_id):
                             await self._purge(asset, report, now)
             if "sweep" in jobs:
                 for target in await self.sweep_targets():
+                    if stopping():
+                        break
                     async with self._item(report, "sweep multipart", f"{target.storage.bucket}/{target.prefix}"):
                         await self._sweep_multipart(target, report, now)
                     async with self._item(report, "sweep orphans", f"{target.storage.bucket}/{target.prefix}"):
-                        await self._sweep_orphans(target, report, now)
+                        await self._sweep_orphans(target, report, now, stopping)
         finally:
             if not self.dry_run:
                 await self.lease.release()
@@ -254,23 +258,31 @@ class Janitor:
             report.record([Removal(reason="stale_multipart", bucket=storage.bucket, key=upload.key,
                                    multipart_upload_id=upload.upload_id)])
 
-    async def _sweep_orphans(self, target: SweepTarget, report: RunReport, now: datetime) -> None:
+    async def _sweep_orphans(
+        self, target: SweepTarget, report: RunReport, now: datetime, stopping: Callable[[], bool]
+    ) -> None:
         batch: list[str] = []
         async for key in target.storage.list_keys(target.prefix):
+            if stopping():
+                return
             if within(key, target.prefix) and asset_of_key(key, target.storage.profile.key_prefix) is not None:
                 batch.append(key)
             if len(batch) == _ORPHAN_BATCH:
-                await self._remove_orphans(target.storage, batch, report, now)
+                await self._remove_orphans(target.storage, batch, report, now, stopping)
                 batch = []
         if batch:
-            await self._remove_orphans(target.storage, batch, report, now)
+            await self._remove_orphans(target.storage, batch, report, now, stopping)
 
-    async def _remove_orphans(self, storage: Storage, batch: list[str], report: RunReport, now: datetime) -> None:
+    async def _remove_orphans(
+        self, storage: Storage, batch: list[str], report: RunReport, now: datetime, stopping: Callable[[], bool]
+    ) -> None:
         key_prefix = storage.profile.key_prefix
         refs = {key: ref for key in batch if (ref := asset_of_key(key, key_prefix)) is not None}
         known = await tracking.known_asset_ids(self.pool, {ref.asset_id for ref in refs.values()})
         orphans = []
         for key, ref in refs.items():
+            if stopping():
+                break
             if ref.asset_id in known:
                 continue  # no HEAD for the common case
             info = await storage.head(key)

@@ -15,7 +15,7 @@ PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
 
-.PHONY: bootstrap system-packages dev test test-unit token schemas clean
+.PHONY: bootstrap system-packages dev test test-unit token schemas bench clean
 bootstrap: system-packages $(VENV)/.installed
 
 system-packages:
@@ -46,6 +46,13 @@ test: bootstrap
 
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services
+
+# Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
+bench: bootstrap
+	$(PY) -m pip install -q -e 'services/media-processor[bench]'
+	$(PY) bench/tus_bench.py
+	$(PY) bench/verify_bench.py
+	$(PY) bench/thumbnail_bench.py
 
 clean:
 	rm -rf $(VENV) $(DATA)

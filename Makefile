@@ -15,7 +15,7 @@ PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
 
-.PHONY: bootstrap system-packages dev test test-unit token schemas bench clean
+.PHONY: bootstrap system-packages dev test test-unit lint token schemas bench clean
 bootstrap: system-packages $(VENV)/.installed
 
 system-packages:
@@ -41,8 +41,12 @@ token: bootstrap
 schemas: bootstrap
 	$(PY) -m rawdrive_contracts.schemas libs/contracts/schemas
 
-test: bootstrap
-	$(PY) -m pytest $(PYTEST_FLAGS) libs services tests/e2e
+# Pyflakes' checks (unused names, undefined names) and sorted imports: cheap, and they catch real bugs.
+lint: bootstrap
+	$(VENV)/bin/ruff check --select F,I --target-version py311 --line-length 120 libs services tests bench
+
+test: lint
+	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services tests/e2e
 
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services

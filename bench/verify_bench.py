@@ -33,10 +33,9 @@ CHUNK = 8 * MiB
 
 
 def child_verifier(connection: dict[str, str], key: str) -> str:
+    from commit_verifier.hashing import MiB, ReadSettings, sha256_of
     from rawdrive_platform.config import Secret
     from rawdrive_platform.storage import Storage, StorageProfile
-
-    from commit_verifier.hashing import MiB, ReadSettings, sha256_of
 
     reading = ReadSettings(
         chunk_size=int(os.environ.get("BENCH_CHUNK_MIB", "8")) * MiB,

@@ -3,7 +3,6 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from rawdrive_contracts import (
     EVENT_TYPES,
     AssetAnalysisRequested,

@@ -3,7 +3,6 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from rawdrive_contracts import (
     ASSETS_STREAM,
     EVENT_TYPES,

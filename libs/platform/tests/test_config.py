@@ -4,7 +4,6 @@ from typing import Literal
 
 import msgspec
 import pytest
-
 from rawdrive_platform.config import CommonSettings, ConfigError, Secret, load_settings
 
 REQUIRED = {

@@ -16,7 +16,6 @@ import asyncpg
 import nats
 import psutil
 import pytest
-
 from rawdrive_platform.devstack.servers import (
     NatsServer,
     PostgresServer,

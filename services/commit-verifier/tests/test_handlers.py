@@ -16,8 +16,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from commit_verifier.handlers import (
+    Dependencies,
+    dispatch,
+    dispatch_exhausted,
+)
 from nats.js import JetStreamContext
-
 from rawdrive_contracts import (
     UPLOADS_STREAM,
     CloudEvent,
@@ -34,15 +38,8 @@ from rawdrive_platform import bus, db, deadletter
 from rawdrive_platform.config import Secret
 from rawdrive_platform.devstack.servers import NatsServer, S3Connection, free_port
 from rawdrive_platform.outbox import Relay
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageProfile
-
-from commit_verifier.handlers import (
-    Dependencies,
-    StorageResolver,
-    UnknownProfile,
-    dispatch,
-    dispatch_exhausted,
-)
 
 MiB = 1024 * 1024
 MIGRATIONS = files("commit_verifier") / "migrations"

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
+from commit_verifier.verification import Rejected, Verified, decide, plan_completion, verdict_event
 from hypothesis import given
 from hypothesis import strategies as st
-
 from rawdrive_contracts import CommitRequested, PartRef, UploadRejected, UploadVerified, event_id
 from rawdrive_platform.storage import UploadedPart
-
-from commit_verifier.verification import Rejected, Verified, decide, plan_completion, verdict_event
 
 sizes = st.integers(min_value=0, max_value=5 * 1024**4)
 digests = st.binary(max_size=64).map(lambda b: hashlib.sha256(b).hexdigest())

@@ -19,8 +19,11 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from janitor.__main__ import MIGRATIONS
+from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
+from janitor.policy import RunReport, Thresholds
+from janitor.sweeps import Janitor, Lease, Schedule, SweepTarget
 from nats.js import JetStreamContext
-
 from rawdrive_contracts import (
     AssetDeleted,
     AssetPurged,
@@ -40,13 +43,8 @@ from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.devstack.servers import S3Connection
 from rawdrive_platform.outbox import Relay
+from rawdrive_platform.profiles import StorageResolver
 from rawdrive_platform.storage import Storage, StorageProfile
-
-from janitor.__main__ import MIGRATIONS
-from janitor.cleanup import StorageResolver
-from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
-from janitor.policy import RunReport, Thresholds
-from janitor.sweeps import Janitor, Lease, Schedule, SweepTarget
 
 SHORT = Thresholds(
     retention=timedelta(seconds=1),

@@ -7,8 +7,6 @@ from functools import reduce
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from rawdrive_platform import keys
 from janitor.policy import (
     AssetLifecycle,
     AssetRef,
@@ -26,6 +24,7 @@ from janitor.policy import (
     should_expire,
     should_purge,
 )
+from rawdrive_platform import keys
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TH = Thresholds(

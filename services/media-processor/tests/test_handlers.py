@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted, upload_verified
+from media_processor.sandbox import Limits, Sandbox
 from nats.js import JetStreamContext
-
 from rawdrive_contracts import (
     UPLOADS_STREAM,
     AssetAnalysisRequested,
@@ -30,9 +31,6 @@ from rawdrive_platform import bus, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.devstack.servers import S3Connection
 from rawdrive_platform.storage import Storage, StorageProfile
-
-from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted, upload_verified
-from media_processor.sandbox import Limits, Sandbox
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,7 +14,6 @@ from importlib.resources import files
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
 from rawdrive_contracts import (
     CommitRequested,
     UploadAborted,

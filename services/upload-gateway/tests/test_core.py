@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import msgspec
 import pytest
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from rawdrive_platform.keys import check_filename, safe_filename
 from upload_gateway import problems
 from upload_gateway.auth import (

@@ -7,10 +7,10 @@ from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
+from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
-from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage
 
-from commit_verifier.handlers import Dependencies, StorageResolver, UnknownProfile, dispatch, dispatch_exhausted
+from commit_verifier.handlers import Dependencies, dispatch, dispatch_exhausted
 from commit_verifier.hashing import MiB, ReadSettings
 
 
@@ -33,17 +33,6 @@ def consumer_spec(settings: Settings) -> ConsumerSpec:
     )
 
 
-def profile_resolver(managed: Storage) -> StorageResolver:
-    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
-
-    async def storage_for(ref: str) -> Storage:
-        if ref == MANAGED_PROFILE_ID:
-            return managed
-        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this verifier")
-
-    return storage_for
-
-
 async def main(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
@@ -51,7 +40,7 @@ async def main(runtime: Runtime) -> None:
     pool = await runtime.database("verifier", files("commit_verifier") / "migrations")
     deps = Dependencies(
         pool=pool,
-        storage_for=profile_resolver(await runtime.managed_storage()),
+        storage_for=managed_only(await runtime.managed_storage()),
         reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB, read_ahead=settings.read_ahead),
     )
     runtime.consume(

@@ -9,16 +9,15 @@ stored event (same id) without touching storage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-
 from rawdrive_contracts import CloudEvent, CommitRequested, decode, encode
 from rawdrive_platform import outbox
 from rawdrive_platform.bus import Poison, Transient
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, StorageUnavailable
 
 from commit_verifier.hashing import ReadSettings, sha256_of
@@ -33,14 +32,6 @@ from commit_verifier.verification import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class UnknownProfile(Exception):
-    """The commit names a storage profile this verifier cannot resolve."""
-
-
-# Storage profile ref -> an open Storage; raises UnknownProfile.
-StorageResolver = Callable[[str], Awaitable[Storage]]
 
 
 @dataclass(frozen=True)

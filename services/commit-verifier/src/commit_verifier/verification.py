@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
 from rawdrive_contracts import (
     CloudEvent,
     CommitRequested,

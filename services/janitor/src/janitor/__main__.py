@@ -11,15 +11,14 @@ from importlib.resources import files
 
 import asyncpg
 import msgspec
-
 from rawdrive_platform import db
 from rawdrive_platform.config import ConfigError, load_settings
 from rawdrive_platform.outbox import Relay
+from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
-from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageRegistry, managed_storage_profile
+from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
 from rawdrive_platform.telemetry import setup_json_logging
 
-from janitor.cleanup import StorageResolver, UnknownProfile
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
 from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
@@ -27,17 +26,6 @@ from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 MIGRATIONS = files("janitor") / "migrations"
 # Every workspace's objects in the managed bucket (the root of keys.py's layout).
 MANAGED_SWEEP_PREFIX = "workspaces/"
-
-
-def profile_resolver(managed: Storage) -> StorageResolver:
-    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
-
-    async def storage_for(ref: str) -> Storage:
-        if ref == MANAGED_PROFILE_ID:
-            return managed
-        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this janitor")
-
-    return storage_for
 
 
 def sweep_targets(managed: Storage) -> TargetSource:
@@ -53,7 +41,7 @@ def sweep_targets(managed: Storage) -> TargetSource:
 def build_janitor(settings: Settings, pool: asyncpg.Pool, managed: Storage, *, dry_run: bool) -> Janitor:
     return Janitor(
         pool=pool,
-        storage_for=profile_resolver(managed),
+        storage_for=managed_only(managed),
         sweep_targets=sweep_targets(managed),
         lease=Lease(settings.database_url),
         thresholds=settings.thresholds(),
@@ -69,7 +57,7 @@ async def main(runtime: Runtime) -> None:
     js = await runtime.jetstream()
     pool = await runtime.database("janitor", MIGRATIONS)
     managed = await runtime.managed_storage()
-    deps = Dependencies(pool=pool, storage_for=profile_resolver(managed), dry_run=settings.janitor_dry_run)
+    deps = Dependencies(pool=pool, storage_for=managed_only(managed), dry_run=settings.janitor_dry_run)
     runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
     runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
     runtime.start(build_janitor(settings, pool, managed, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")

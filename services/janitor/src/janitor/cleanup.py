@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from rawdrive_platform.storage import ObjectInfo, Storage
 
 from janitor.policy import Reason, Removal, within
-
-
-class UnknownProfile(Exception):
-    """A storage profile this janitor cannot resolve."""
-
-
-# Storage profile ref -> an open Storage; raises UnknownProfile.
-StorageResolver = Callable[[str], Awaitable[Storage]]
 
 
 async def erase_prefix(storage: Storage, prefix: str, reason: Reason, *, dry_run: bool) -> list[Removal]:

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
-
 from rawdrive_platform import keys
 
 

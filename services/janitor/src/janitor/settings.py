@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Annotated
 
 import msgspec
-
 from rawdrive_platform.config import CommonSettings
 
 from janitor.policy import Thresholds

@@ -21,13 +21,13 @@ from typing import Literal
 
 import asyncpg
 import msgspec
-
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
 from janitor import tracking
-from janitor.cleanup import StorageResolver, UnknownProfile, erase_prefix
+from janitor.cleanup import erase_prefix
 from janitor.policy import (
     Removal,
     RunReport,

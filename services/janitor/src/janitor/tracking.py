@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-
 from rawdrive_contracts import (
     AssetCreated,
     AssetDeleted,
@@ -25,6 +24,7 @@ from rawdrive_contracts import (
     UploadSessionCreated,
     UploadVerified,
 )
+
 from janitor import policy
 from janitor.policy import AssetLifecycle, TrackedSession
 

@@ -5,10 +5,10 @@ from functools import partial
 from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
+from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
-from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage
 
-from media_processor.handlers import Dependencies, StorageResolver, UnknownProfile, dispatch, dispatch_exhausted
+from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
 from media_processor.sandbox import Limits, Sandbox
 
 
@@ -32,17 +32,6 @@ def consumer_spec(settings: Settings) -> ConsumerSpec:
     )
 
 
-def profile_resolver(managed: Storage) -> StorageResolver:
-    """Only the managed bucket for now; bring-your-own-bucket profiles plug in here."""
-
-    async def storage_for(ref: str) -> Storage:
-        if ref == MANAGED_PROFILE_ID:
-            return managed
-        raise UnknownProfile(f"storage profile {ref!r} cannot be resolved by this processor")
-
-    return storage_for
-
-
 async def main(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
@@ -50,7 +39,7 @@ async def main(runtime: Runtime) -> None:
     sandbox = Sandbox(Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2))
     deps = Dependencies(
         js=js,
-        storage_for=profile_resolver(await runtime.managed_storage()),
+        storage_for=managed_only(await runtime.managed_storage()),
         sandbox=sandbox,
         scratch_dir=settings.scratch_dir,
     )

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
-
 from rawdrive_contracts import (
     AssetAnalysisRequested,
     AssetCreated,
@@ -31,6 +29,7 @@ from rawdrive_contracts import (
     new_event,
 )
 from rawdrive_platform import bus, keys
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
 
 from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
@@ -40,14 +39,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = "rawdrive/media-processor"
 VARIANT_FILE = "image.webp"
-
-
-class UnknownProfile(Exception):
-    """The upload names a storage profile this processor cannot resolve."""
-
-
-# Storage profile ref -> an open Storage; raises UnknownProfile.
-StorageResolver = Callable[[str], Awaitable[Storage]]
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ os.environ["MAGICK_CONFIGURE_PATH"] = str(files("media_processor") / "magick")
 import hachoir.core.config  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
+from rawdrive_contracts import MediaMetadata  # noqa: E402
 from wand.exceptions import WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
-
-from rawdrive_contracts import MediaMetadata  # noqa: E402
 
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.magic import FORMATS, sniff  # noqa: E402

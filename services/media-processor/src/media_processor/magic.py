@@ -11,7 +11,6 @@ import struct
 from typing import Literal
 
 import msgspec
-
 from rawdrive_contracts import Kind
 
 Family = Literal["jpeg", "png", "webp", "heif", "cr2", "nef", "arw", "isobmff", "avi", "mkv", "pdf"]

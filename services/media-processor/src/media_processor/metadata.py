@@ -13,7 +13,6 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import msgspec
-
 from rawdrive_contracts import GpsPosition, MediaMetadata
 
 from media_processor.exif import ExifTags

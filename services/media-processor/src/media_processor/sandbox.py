@@ -18,7 +18,6 @@ import signal
 from multiprocessing.connection import Connection
 
 import msgspec
-
 from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
 from media_processor.magic import Family

@@ -18,7 +18,6 @@ from typing import TypeVar
 
 import msgspec
 from aiohttp import web
-
 from rawdrive_contracts import RejectionReason
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from typing import Annotated
 
 import msgspec
-
 from rawdrive_platform.config import CommonSettings, Port, Secret
 
 

@@ -5,8 +5,8 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import (
     BadRequest,

@@ -7,10 +7,9 @@ import os
 from urllib.parse import urlsplit
 
 import pytest
-
 from rawdrive_platform.storage import ObjectMissing
 
-from .conftest import MiB, OCTETS, TUS, tus_url
+from .conftest import OCTETS, TUS, MiB, tus_url
 
 PART = 5 * MiB
 

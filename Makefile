@@ -11,6 +11,7 @@ PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor']
 PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
@@ -43,7 +44,8 @@ schemas: bootstrap
 
 # Pyflakes' checks (unused names, undefined names) and sorted imports: cheap, and they catch real bugs.
 lint: bootstrap
-	$(VENV)/bin/ruff check --select F,I --target-version py311 --line-length 120 libs services tests bench
+	$(VENV)/bin/ruff check --select F,I --target-version py311 --line-length 120 \
+	  --config "lint.isort.known-first-party = $(FIRST_PARTY)" libs services tests bench
 
 test: lint
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services tests/e2e

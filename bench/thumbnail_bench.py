@@ -64,6 +64,7 @@ def worker(kind: str, source: str, outdir: str) -> float:
         imaging.render(source, "jpeg", outdir, jpeg_hint=True)
         return time.perf_counter() - started
     import pyvips
+
     from media_processor.imaging import WEBP_METHOD, WEBP_QUALITY
 
     started = time.perf_counter()

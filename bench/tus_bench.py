@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 import boto3
 from botocore.config import Config
+
 from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.sessions import plan_parts

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+
 from rawdrive_contracts import UPLOADS_STREAM, UploadSessionCreated, new_event
 from rawdrive_platform import bus, db, keys, outbox
 

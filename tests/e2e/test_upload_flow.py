@@ -13,6 +13,7 @@ import os
 
 import aiohttp
 import pytest
+
 from upload_gateway.auth import mint_dev_token
 
 WORKSPACE = "e2e"

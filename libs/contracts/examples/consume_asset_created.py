@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.js.api import ConsumerConfig
+
 from rawdrive_contracts import (
     ASSETS_STREAM,
     AssetCreated,

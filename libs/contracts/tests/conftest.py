@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from rawdrive_contracts import (
     EVENT_TYPES,
     AssetAnalysisRequested,

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rawdrive_contracts import (
     AssetCreated,
     AssetDeleted,

@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import pytest
+
 from rawdrive_contracts.schemas import compatibility_problems, event_schemas, load, release_problems
 
 RELEASED = load(Path(__file__).parents[1] / "released")

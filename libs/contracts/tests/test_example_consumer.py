@@ -7,6 +7,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.errors import BadRequestError
+
 from rawdrive_contracts import ASSETS_STREAM, AssetCreated, CloudEvent, encode, new_event, subject_for
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "consume_asset_created.py"

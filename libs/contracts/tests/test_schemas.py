@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+
 from rawdrive_contracts import encode, new_event
 from rawdrive_contracts.schemas import event_schemas, render
 

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rawdrive_contracts import (
     ASSETS_STREAM,
     EVENT_TYPES,

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+
 from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, new_event, subject_filter
 from rawdrive_platform import bus, deadletter
 

@@ -4,6 +4,7 @@ from typing import Literal
 
 import msgspec
 import pytest
+
 from rawdrive_platform.config import CommonSettings, ConfigError, Secret, load_settings
 
 REQUIRED = {

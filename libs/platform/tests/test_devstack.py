@@ -16,6 +16,7 @@ import asyncpg
 import nats
 import psutil
 import pytest
+
 from rawdrive_platform.devstack.servers import (
     NatsServer,
     PostgresServer,

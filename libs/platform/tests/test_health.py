@@ -5,6 +5,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+
 from rawdrive_platform.config import Secret
 from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
 from rawdrive_platform.storage import Storage, StorageProfile

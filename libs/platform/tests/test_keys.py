@@ -4,6 +4,7 @@ import uuid
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+
 from rawdrive_platform.keys import (
     FALLBACK_FILENAME,
     MAX_FILENAME_BYTES,

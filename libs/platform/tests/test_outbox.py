@@ -7,6 +7,7 @@ import uuid
 
 import asyncpg
 import pytest
+
 from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, decode, new_event, subject_filter
 from rawdrive_platform import bus, db, outbox
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 import pytest
+
 from rawdrive_platform.config import CommonSettings, Secret
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (

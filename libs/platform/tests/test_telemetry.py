@@ -11,6 +11,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from rawdrive_platform.config import Secret
 from rawdrive_platform.telemetry import (
     JsonLogFormatter,

@@ -16,12 +16,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from nats.js import JetStreamContext
+
 from commit_verifier.handlers import (
     Dependencies,
     dispatch,
     dispatch_exhausted,
 )
-from nats.js import JetStreamContext
 from rawdrive_contracts import (
     UPLOADS_STREAM,
     CloudEvent,

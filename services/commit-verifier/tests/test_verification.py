@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
-from commit_verifier.verification import Rejected, Verified, decide, plan_completion, verdict_event
 from hypothesis import given
 from hypothesis import strategies as st
+
+from commit_verifier.verification import Rejected, Verified, decide, plan_completion, verdict_event
 from rawdrive_contracts import CommitRequested, PartRef, UploadRejected, UploadVerified, event_id
 from rawdrive_platform.storage import UploadedPart
 

@@ -19,11 +19,12 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from nats.js import JetStreamContext
+
 from janitor.__main__ import MIGRATIONS
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
 from janitor.policy import RunReport, Thresholds
 from janitor.sweeps import Janitor, Lease, Schedule, SweepTarget
-from nats.js import JetStreamContext
 from rawdrive_contracts import (
     AssetDeleted,
     AssetPurged,

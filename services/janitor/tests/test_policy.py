@@ -7,6 +7,7 @@ from functools import reduce
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from janitor.policy import (
     AssetLifecycle,
     AssetRef,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from media_processor.exif import ExifTags, find_tiff, read_exif
 from media_processor.magic import TypeMismatch, check, declared_families, sniff
 from media_processor.metadata import (

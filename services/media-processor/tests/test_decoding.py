@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from wand.image import Image
+
 from media_processor.magic import Family, sniff
 from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
-from wand.image import Image
 
 DATA = Path(__file__).parent / "data"
 

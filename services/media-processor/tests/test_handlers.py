@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js import JetStreamContext
+
 from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted, upload_verified
 from media_processor.sandbox import Limits, Sandbox
-from nats.js import JetStreamContext
 from rawdrive_contracts import (
     UPLOADS_STREAM,
     AssetAnalysisRequested,

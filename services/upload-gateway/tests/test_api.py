@@ -14,6 +14,7 @@ from importlib.resources import files
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from rawdrive_contracts import (
     CommitRequested,
     UploadAborted,

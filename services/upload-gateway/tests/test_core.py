@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from rawdrive_platform.keys import check_filename, safe_filename
 from upload_gateway import problems
 from upload_gateway.auth import (

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
+
 from rawdrive_contracts import (
     STREAMS,
     CloudEvent,
@@ -34,7 +35,6 @@ from rawdrive_contracts import (
     encode,
     subject_for,
 )
-
 from rawdrive_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import msgspec
 from nats.js import JetStreamContext
-from rawdrive_contracts import CloudEvent, encode, subject_for
 
+from rawdrive_contracts import CloudEvent, encode, subject_for
 from rawdrive_platform.bus import MSG_ID_HEADER
 from rawdrive_platform.telemetry import inject_headers
 

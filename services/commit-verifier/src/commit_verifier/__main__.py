@@ -3,15 +3,14 @@
 from functools import partial
 from importlib.resources import files
 
+from commit_verifier.handlers import Dependencies, dispatch, dispatch_exhausted
+from commit_verifier.hashing import MiB, ReadSettings
 from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
-
-from commit_verifier.handlers import Dependencies, dispatch, dispatch_exhausted
-from commit_verifier.hashing import MiB, ReadSettings
 
 
 class Settings(CommonSettings, kw_only=True, frozen=True):

@@ -14,11 +14,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from rawdrive_contracts import CloudEvent, CommitRequested, decode, encode
-from rawdrive_platform import outbox
-from rawdrive_platform.bus import Poison, Transient
-from rawdrive_platform.profiles import StorageResolver, UnknownProfile
-from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, StorageUnavailable
 
 from commit_verifier.hashing import ReadSettings, sha256_of
 from commit_verifier.verification import (
@@ -30,6 +25,11 @@ from commit_verifier.verification import (
     precheck,
     verdict_event,
 )
+from rawdrive_contracts import CloudEvent, CommitRequested, decode, encode
+from rawdrive_platform import outbox
+from rawdrive_platform.bus import Poison, Transient
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
+from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import hashlib
 from collections import deque
 
 import msgspec
+
 from rawdrive_platform.storage import Storage, StorageUnavailable
 
 MiB = 1024 * 1024

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+
 from rawdrive_contracts import (
     CloudEvent,
     CommitRequested,

@@ -11,6 +11,10 @@ from importlib.resources import files
 
 import asyncpg
 import msgspec
+
+from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
+from janitor.settings import Settings
+from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 from rawdrive_platform import db
 from rawdrive_platform.config import ConfigError, load_settings
 from rawdrive_platform.outbox import Relay
@@ -18,10 +22,6 @@ from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
 from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
 from rawdrive_platform.telemetry import setup_json_logging
-
-from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
-from janitor.settings import Settings
-from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 
 MIGRATIONS = files("janitor") / "migrations"
 # Every workspace's objects in the managed bucket (the root of keys.py's layout).

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from rawdrive_platform.storage import ObjectInfo, Storage
-
 from janitor.policy import Reason, Removal, within
+from rawdrive_platform.storage import ObjectInfo, Storage
 
 
 async def erase_prefix(storage: Storage, prefix: str, reason: Reason, *, dry_run: bool) -> list[Removal]:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
+from janitor import tracking
+from janitor.cleanup import erase_prefix
 from rawdrive_contracts import (
     ASSETS_STREAM,
     UPLOADS_STREAM,
@@ -31,9 +34,6 @@ from rawdrive_contracts import (
 from rawdrive_platform import keys
 from rawdrive_platform.bus import ConsumerSpec, Poison
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
-
-from janitor import tracking
-from janitor.cleanup import erase_prefix
 
 log = logging.getLogger(__name__)
 

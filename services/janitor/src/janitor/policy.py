@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import msgspec
+
 from rawdrive_platform import keys
 
 

@@ -6,10 +6,10 @@ from datetime import timedelta
 from typing import Annotated
 
 import msgspec
-from rawdrive_platform.config import CommonSettings
 
 from janitor.policy import Thresholds
 from janitor.sweeps import Schedule
+from rawdrive_platform.config import CommonSettings
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]

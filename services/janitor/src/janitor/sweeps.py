@@ -21,10 +21,6 @@ from typing import Literal
 
 import asyncpg
 import msgspec
-from rawdrive_contracts import AssetPurged, UploadExpired, new_event
-from rawdrive_platform import keys, outbox
-from rawdrive_platform.profiles import StorageResolver, UnknownProfile
-from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
 from janitor import tracking
 from janitor.cleanup import erase_prefix
@@ -41,6 +37,10 @@ from janitor.policy import (
     within,
 )
 from janitor.tracking import TrackedAsset
+from rawdrive_contracts import AssetPurged, UploadExpired, new_event
+from rawdrive_platform import keys, outbox
+from rawdrive_platform.profiles import StorageResolver, UnknownProfile
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import asyncpg
 import msgspec
+
+from janitor import policy
+from janitor.policy import AssetLifecycle, TrackedSession
 from rawdrive_contracts import (
     AssetCreated,
     AssetDeleted,
@@ -24,9 +27,6 @@ from rawdrive_contracts import (
     UploadSessionCreated,
     UploadVerified,
 )
-
-from janitor import policy
-from janitor.policy import AssetLifecycle, TrackedSession
 
 CLOSING_EVENTS = (UploadVerified, UploadRejected, UploadAborted, UploadExpired)
 

@@ -2,14 +2,13 @@
 
 from functools import partial
 
+from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
+from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
-
-from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
-from media_processor.sandbox import Limits, Sandbox
 
 
 class Settings(CommonSettings, kw_only=True, frozen=True):

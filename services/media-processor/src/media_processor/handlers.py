@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
+
+from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
+from media_processor.sandbox import Outcome, Sandbox, Unprocessable
 from rawdrive_contracts import (
     AssetAnalysisRequested,
     AssetCreated,
@@ -31,9 +34,6 @@ from rawdrive_contracts import (
 from rawdrive_platform import bus, keys
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
-
-from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
-from media_processor.sandbox import Outcome, Sandbox, Unprocessable
 
 log = logging.getLogger(__name__)
 

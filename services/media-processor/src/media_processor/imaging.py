@@ -21,7 +21,6 @@ os.environ["MAGICK_CONFIGURE_PATH"] = str(files("media_processor") / "magick")
 import hachoir.core.config  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
-from rawdrive_contracts import MediaMetadata  # noqa: E402
 from wand.exceptions import WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
@@ -37,6 +36,7 @@ from media_processor.metadata import (  # noqa: E402
 )
 from media_processor.sandbox import Job, Outcome, Produced, Unprocessable  # noqa: E402
 from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, plan  # noqa: E402
+from rawdrive_contracts import MediaMetadata  # noqa: E402
 
 hachoir.core.config.quiet = True
 

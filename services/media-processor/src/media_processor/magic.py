@@ -11,6 +11,7 @@ import struct
 from typing import Literal
 
 import msgspec
+
 from rawdrive_contracts import Kind
 
 Family = Literal["jpeg", "png", "webp", "heif", "cr2", "nef", "arw", "isobmff", "avi", "mkv", "pdf"]

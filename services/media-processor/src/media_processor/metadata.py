@@ -13,10 +13,10 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import msgspec
-from rawdrive_contracts import GpsPosition, MediaMetadata
 
 from media_processor.exif import ExifTags
 from media_processor.variants import Size
+from rawdrive_contracts import GpsPosition, MediaMetadata
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 _ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?")

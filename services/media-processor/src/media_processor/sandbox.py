@@ -18,10 +18,10 @@ import signal
 from multiprocessing.connection import Connection
 
 import msgspec
-from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
 from media_processor.magic import Family
 from media_processor.variants import VariantName
+from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
 # The module the forkserver imports once; it sets MAGICK_CONFIGURE_PATH before importing Wand.
 _IMAGING = "media_processor.imaging"

@@ -5,7 +5,6 @@ from importlib.resources import files
 from rawdrive_platform.bus import Consumer
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
-
 from upload_gateway import verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.settings import Settings

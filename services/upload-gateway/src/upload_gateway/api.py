@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
+
 from rawdrive_contracts import Provider, RejectionReason, ResumableProtocol
 from rawdrive_platform.keys import ID_PATTERN
-
 from upload_gateway.sessions import MAX_PARTS, State
 
 Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN.pattern}$")]

@@ -9,8 +9,8 @@ the RAW extensions also accept it; every other extension needs its own type.
 from __future__ import annotations
 
 import msgspec
-from rawdrive_contracts import Kind
 
+from rawdrive_contracts import Kind
 from upload_gateway.problems import FileTooLarge, UnsupportedType
 
 MIB = 1024 * 1024

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import msgspec
 from aiohttp import web
+
 from rawdrive_contracts import RejectionReason
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import msgspec
-from rawdrive_contracts import RejectionReason
 
+from rawdrive_contracts import RejectionReason
 from upload_gateway.sessions import TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import msgspec
 from aiohttp import web
-from rawdrive_platform.keys import ID_PATTERN
 
+from rawdrive_platform.keys import ID_PATTERN
 from upload_gateway import api, repository, uploads
 from upload_gateway.auth import Action, Principal, require
 from upload_gateway.problems import NotFound, decode_body

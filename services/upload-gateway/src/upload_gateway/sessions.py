@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Literal
 
 import msgspec
-from rawdrive_contracts import Kind, Provider, RejectionReason, ResumableProtocol
 
+from rawdrive_contracts import Kind, Provider, RejectionReason, ResumableProtocol
 from upload_gateway.problems import Gone, InvalidState, UploadError, rejection_error
 
 State = Literal["created", "uploading", "verifying", "committed", "aborted", "expired"]

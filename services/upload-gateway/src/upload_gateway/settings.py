@@ -3,6 +3,7 @@
 from typing import Annotated
 
 import msgspec
+
 from rawdrive_platform.config import CommonSettings, Port, Secret
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+
 from rawdrive_contracts import CommitRequested, PartRef, UploadAborted, UploadSessionCreated, new_event
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
 from rawdrive_platform.outbox import enqueue
-
 from upload_gateway import api, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+
 from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, UploadExpired, UploadRejected, UploadVerified, subject_filter
 from rawdrive_platform.bus import ConsumerSpec, EventHandler
-
 from upload_gateway import repository
 
 log = logging.getLogger(__name__)

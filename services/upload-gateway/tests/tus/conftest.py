@@ -11,6 +11,7 @@ from importlib.resources import files
 import aiohttp
 import pytest
 from aiohttp import web
+
 from rawdrive_platform.config import Secret
 from rawdrive_platform.db import create_pool, migrate
 from rawdrive_platform.keys import original_key

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import (
     BadRequest,

@@ -7,6 +7,7 @@ import os
 from urllib.parse import urlsplit
 
 import pytest
+
 from rawdrive_platform.storage import ObjectMissing
 
 from .conftest import OCTETS, TUS, MiB, tus_url

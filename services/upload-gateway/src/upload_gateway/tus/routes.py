@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 from aiohttp import web
-from rawdrive_platform.storage import StorageError, StorageUnavailable
 
+from rawdrive_platform.storage import StorageError, StorageUnavailable
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import TusError
 from upload_gateway.tus.store import BodyInterrupted, TusStore, UploadState

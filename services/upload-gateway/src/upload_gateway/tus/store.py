@@ -22,8 +22,8 @@ from datetime import datetime
 
 import asyncpg
 import msgspec
-from rawdrive_platform.storage import ObjectMissing, UploadedPart
 
+from rawdrive_platform.storage import ObjectMissing, UploadedPart
 from upload_gateway.tus.protocol import (
     BadRequest,
     ChecksumMismatch,

@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import msgspec
+
 from rawdrive_platform.storage import Storage
 
 # R2 (and S3) refuse parts below 5 MiB except the last, and more than 10,000 parts.

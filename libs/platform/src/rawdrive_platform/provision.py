@@ -1,0 +1,108 @@
+"""python -m rawdrive_platform.provision: create/update the JetStream streams and apply service
+migrations once, before a rollout (the Kubernetes provisioning Job runs this).
+
+    python -m rawdrive_platform.provision --streams --migrate gateway=upload_gateway
+    python -m rawdrive_platform.provision --migrate verifier=commit_verifier
+
+`--migrate SCHEMA=PACKAGE` applies the platform's and `files(PACKAGE) / "migrations"` to SCHEMA,
+exactly as the service does at start (under the same advisory lock), so running it first only
+moves a failing migration out of the rollout. Reads RAWDRIVE_NATS_URL, RAWDRIVE_STREAM_REPLICAS
+and RAWDRIVE_DATABASE_URL (required with --migrate). Prints one JSON line of what it did.
+Exit status: 0 done, 2 bad arguments or configuration, 1 anything else failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from importlib.resources import files
+from typing import Annotated
+
+import msgspec
+
+from rawdrive_platform import bus, db
+from rawdrive_platform.config import ConfigError, LogLevel, load_settings
+from rawdrive_platform.telemetry import setup_json_logging
+
+log = logging.getLogger("rawdrive_platform.provision")
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str | None = None
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    log_level: LogLevel = "INFO"
+
+
+class Target(msgspec.Struct, frozen=True):
+    schema: str
+    package: str
+
+
+class Report(msgspec.Struct):
+    streams: list[str] = msgspec.field(default_factory=list)
+    migrations: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
+def parse_target(text: str) -> Target:
+    schema, sep, package = text.partition("=")
+    if not sep or not schema or not package:
+        raise argparse.ArgumentTypeError(f"expected SCHEMA=PACKAGE, got {text!r}")
+    return Target(schema, package)
+
+
+def migrations_of(package: str):
+    importlib.import_module(package)  # a clear ModuleNotFoundError when the image lacks it
+    return files(package) / "migrations"
+
+
+async def provision(settings: Settings, *, streams: bool, targets: list[Target]) -> Report:
+    report = Report()
+    if streams:
+        nc = await bus.connect(settings.nats_url, name="rawdrive-provision")
+        try:
+            await bus.provision(nc.jetstream(), bus.StreamSettings(replicas=settings.stream_replicas))
+        finally:
+            await nc.close()
+        report.streams = [spec.name for spec in (*bus.STREAMS, bus.DEADLETTER_STREAM)]
+        log.info("streams provisioned", extra={"streams": report.streams, "replicas": settings.stream_replicas})
+    for target in targets:
+        assert settings.database_url is not None
+        applied = await db.migrate(settings.database_url, target.schema, migrations_of(target.package))
+        report.migrations[target.schema] = applied
+        log.info("migrations applied", extra={"schema": target.schema, "migrations": applied})
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rawdrive_platform.provision", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", action="store_true", help="create or update every stream")
+    parser.add_argument("--migrate", metavar="SCHEMA=PACKAGE", type=parse_target, action="append", default=[],
+                        help="apply PACKAGE's migrations to SCHEMA (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.streams and not args.migrate:
+        parser.error("nothing to do: give --streams and/or --migrate")
+    try:
+        settings = load_settings(Settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"provision: {exc}\n")
+        return 2
+    if args.migrate and settings.database_url is None:
+        sys.stderr.write("provision: RAWDRIVE_DATABASE_URL is required with --migrate\n")
+        return 2
+    setup_json_logging("provision", settings.log_level)
+    try:
+        report = asyncio.run(provision(settings, streams=args.streams, targets=args.migrate))
+    except Exception:
+        log.exception("provisioning failed")
+        return 1
+    sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -612,3 +612,20 @@ async def test_the_lease_admits_one_janitor_and_is_free_again_once_its_holder_di
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_deletion_seen_before_its_asset_purges_the_bucket_the_deletion_names(env: Env):
+    asset = uuid.uuid4().hex
+    objects = await env.stored_asset(asset)
+    asked: list[str] = []
+
+    async def storage_for(ref: str) -> Storage:
+        asked.append(ref)
+        return env.storage
+
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    deletion = msgspec.structs.replace(env.deleted(asset, at), storage_profile_ref="byos-ws1")
+    await dispatch(new_event(deletion, source="/test"), Dependencies(pool=env.pool, storage_for=storage_for))
+    report = await env.janitor(storage_for=storage_for).run_once(["expiry"])
+    assert report is not None and report.assets_purged == 1
+    assert asked == ["byos-ws1"] and env.storage.deleted.keys() >= set(objects)

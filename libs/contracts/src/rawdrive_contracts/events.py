@@ -267,6 +267,8 @@ class AssetDeleted(_AssetEvent, kw_only=True):
     deleted_by: str
     deleted_at: Timestamp
     purge_after: Timestamp
+    # Which bucket the purge empties; events released before this field meant the managed one.
+    storage_profile_ref: str = "managed"
 
     def identity(self) -> tuple[str, ...]:
         # An asset may be deleted, restored and deleted again: each deletion is its own event.

@@ -19,8 +19,6 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8083
     janitor_expiry_check_interval_s: Seconds = 60.0  # session expiry and asset purge
     janitor_sweep_interval_s: Seconds = 3600.0  # stale multipart uploads and orphans
-    # Fractional days are fine (tests use seconds' worth); purge also waits for purge_after.
-    janitor_retention_days: NonNegative = 30.0
     janitor_expiry_grace_s: NonNegative = 300.0
     janitor_orphan_min_age_hours: NonNegative = 72.0
     # Off by default: the janitor's tables are built from events, so assets that predate it (or
@@ -32,7 +30,8 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
-            retention=timedelta(days=self.janitor_retention_days),
+            # The shared RAWDRIVE_RETENTION_DAYS; purge also waits for each asset's purge_after.
+            retention=timedelta(days=self.retention_days),
             expiry_grace=timedelta(seconds=self.janitor_expiry_grace_s),
             orphan_min_age=timedelta(hours=self.janitor_orphan_min_age_hours),
             multipart_min_age=timedelta(hours=self.janitor_multipart_min_age_hours),

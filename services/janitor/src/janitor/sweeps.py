@@ -211,8 +211,8 @@ class Janitor:
         log.info("session expired", extra={"upload_id": session.upload_id, "event_id": event.id, "removed": len(removals)})
 
     async def _purge(self, asset: TrackedAsset, report: RunReport, now: datetime) -> None:
-        # asset.deleted carries no storage profile; an asset never seen verified is taken to
-        # live in the managed bucket.
+        # Only a restore seen alone leaves the profile unknown; those assets are not deleted,
+        # so this fallback is for rows written before asset.deleted named its profile.
         storage = await self.storage_for(asset.storage_profile_ref or MANAGED_PROFILE_ID)
         prefix = keys.asset_prefix(asset.workspace_id, asset.asset_id, storage.profile.key_prefix)
         if self.dry_run:

@@ -123,6 +123,7 @@ async def asset_deleted(pool: asyncpg.Pool, event: CloudEvent[AssetDeleted]) -> 
     await _update_lifecycle(
         pool, data.workspace_id, data.asset_id,
         lambda state: policy.on_deleted(state, data.deleted_at, data.purge_after),
+        storage_profile_ref=data.storage_profile_ref,
     )
 
 
@@ -133,11 +134,17 @@ async def asset_restored(pool: asyncpg.Pool, event: CloudEvent[AssetRestored]) -
     )
 
 
-async def _update_lifecycle(pool: asyncpg.Pool, workspace_id: str, asset_id: str, change) -> None:
+async def _update_lifecycle(
+    pool: asyncpg.Pool, workspace_id: str, asset_id: str, change, *, storage_profile_ref: str | None = None
+) -> None:
     async with pool.acquire() as conn, conn.transaction():
+        # A deletion names the bucket too: it fills the profile in when the deletion came first,
+        # and never overrides what upload.verified or asset.created said.
         await conn.execute(
-            "INSERT INTO tracked_assets (asset_id, workspace_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            asset_id, workspace_id,
+            """INSERT INTO tracked_assets (asset_id, workspace_id, storage_profile_ref) VALUES ($1, $2, $3)
+               ON CONFLICT (asset_id) DO UPDATE
+               SET storage_profile_ref = COALESCE(tracked_assets.storage_profile_ref, EXCLUDED.storage_profile_ref)""",
+            asset_id, workspace_id, storage_profile_ref,
         )
         asset = await lock_asset(conn, asset_id)
         assert asset is not None  # inserted above, in this transaction

@@ -1,0 +1,242 @@
+"""The asset catalogue's pure core: what the events say about an asset, and the status it follows.
+
+The read model keeps one record of facts per asset, one field per kind of fact (described,
+processed, failed, deleted, restored, purged), never a status that events overwrite. Every event
+becomes a record holding only its own fact, and `merge` combines two records field by field:
+each field keeps the later of two facts by the event's own time, so merging is associative,
+commutative and idempotent. Redelivered or reordered events therefore leave the same record,
+and `status_of` derives the status from that record alone. No I/O here.
+
+Cursors for listings are here too: keyset positions on (created_at, asset_id), opaque to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from rawdrive_contracts import (
+    AssetCreated,
+    AssetDeleted,
+    AssetProcessingFailed,
+    AssetPurged,
+    AssetRestored,
+    CloudEvent,
+    Kind,
+    MediaMetadata,
+    ProcessingFailureReason,
+    Provider,
+    UploadVerified,
+    Variants,
+)
+from rawdrive_contracts.events import CaptureTime, Timestamp
+
+Status = Literal["processing", "available", "failed", "deleted"]
+# A purged asset is gone for clients; the row stays so late events cannot bring it back.
+RecordStatus = Literal["processing", "available", "failed", "deleted", "purged"]
+STATUSES: tuple[Status, ...] = ("processing", "available", "failed", "deleted")
+# What a listing shows when no status is asked for: deleted assets are in the trash.
+LISTED_BY_DEFAULT: tuple[Status, ...] = ("processing", "available", "failed")
+
+
+class Description(msgspec.Struct, frozen=True, kw_only=True):
+    """What the file is and where it lives; the verifier's word beats the processor's copy."""
+
+    upload_id: str
+    library_id: str
+    folder_id: str | None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+    sha256: str
+    object_key: str
+    storage_profile_ref: str
+    provider: Provider
+    # 2: from upload.verified, 1: from asset.created. Equal ranks come from the same producer
+    # and so say the same; the rank keeps the merge order-free when they would not.
+    rank: int
+
+
+class Processed(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    kind: Kind
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+    taken_at: CaptureTime | None = None
+    metadata: MediaMetadata = msgspec.field(default_factory=MediaMetadata)
+    variants: Variants = msgspec.field(default_factory=Variants)
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    reason: ProcessingFailureReason
+    detail: str = ""
+
+
+class Deletion(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    purge_after: datetime
+    by: str
+
+
+class AssetFacts(msgspec.Struct, frozen=True, kw_only=True):
+    asset_id: str
+    workspace_id: str
+    description: Description | None = None
+    verified_at: datetime | None = None
+    processed: Processed | None = None
+    failure: Failure | None = None
+    deletion: Deletion | None = None  # the latest deletion
+    restored_at: datetime | None = None  # the latest restore
+    purged_at: datetime | None = None
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """A catalogue row: the facts, and when the catalogue first heard of the asset (the key
+    listings sort by, fixed at insertion so a page boundary never moves)."""
+
+    created_at: datetime
+    facts: AssetFacts
+
+
+class MergeConflict(ValueError):
+    """Two records about one asset id disagree on its workspace: never the same asset."""
+
+
+def _later(a: Any, b: Any, key: str = "at") -> Any:
+    if a is None or b is None:
+        return a if b is None else b
+    ka, kb = getattr(a, key), getattr(b, key)
+    if ka != kb:
+        return a if ka > kb else b
+    # Same time: the same event seen twice, unless a producer lies; pick one canonically.
+    return a if msgspec.json.encode(a) >= msgspec.json.encode(b) else b
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return a if b is None else b if a is None else max(a, b)
+
+
+def merge(a: AssetFacts, b: AssetFacts) -> AssetFacts:
+    if (a.asset_id, a.workspace_id) != (b.asset_id, b.workspace_id):
+        raise MergeConflict(f"asset {b.asset_id} of {b.workspace_id} is recorded under {a.workspace_id}")
+    return AssetFacts(
+        asset_id=a.asset_id,
+        workspace_id=a.workspace_id,
+        description=_later(a.description, b.description, key="rank"),
+        verified_at=_latest(a.verified_at, b.verified_at),
+        processed=_later(a.processed, b.processed),
+        failure=_later(a.failure, b.failure),
+        deletion=_later(a.deletion, b.deletion),
+        restored_at=_latest(a.restored_at, b.restored_at),
+        purged_at=_latest(a.purged_at, b.purged_at),
+    )
+
+
+def status_of(facts: AssetFacts) -> RecordStatus | None:
+    """None while nothing says what the file is (only a deletion or a failure arrived so far)."""
+    if facts.purged_at is not None:
+        return "purged"
+    if facts.description is None:
+        return None
+    deletion = facts.deletion
+    if deletion is not None and (facts.restored_at is None or facts.restored_at < deletion.at):
+        return "deleted"
+    processed, failure = facts.processed, facts.failure
+    # A failure older than the success is stale (a retry succeeded); a newer one stands.
+    if processed is not None and (failure is None or processed.at >= failure.at):
+        return "available"
+    if failure is not None:
+        return "failed"
+    return "processing"
+
+
+def facts_of(event: CloudEvent[Any]) -> AssetFacts:
+    """The one fact an event states. Facts without a time of their own take the envelope's."""
+    data = event.data
+    base = {"asset_id": data.asset_id, "workspace_id": data.workspace_id}
+    match data:
+        case UploadVerified():
+            return AssetFacts(**base, description=_description(data, rank=2), verified_at=data.verified_at)
+        case AssetCreated():
+            processed = Processed(
+                at=event.time,
+                kind=data.kind,
+                width=data.width,
+                height=data.height,
+                duration_s=data.duration_s,
+                taken_at=data.taken_at,
+                metadata=data.metadata,
+                variants=data.variants,
+            )
+            return AssetFacts(**base, description=_description(data, rank=1), processed=processed)
+        case AssetProcessingFailed():
+            return AssetFacts(**base, failure=Failure(at=event.time, reason=data.reason, detail=data.detail))
+        case AssetDeleted():
+            deletion = Deletion(at=data.deleted_at, purge_after=data.purge_after, by=data.deleted_by)
+            return AssetFacts(**base, deletion=deletion)
+        case AssetRestored():
+            return AssetFacts(**base, restored_at=data.restored_at)
+        case AssetPurged():
+            return AssetFacts(**base, purged_at=data.purged_at)
+    raise TypeError(f"the catalogue does not follow {event.type}")
+
+
+def _description(data: UploadVerified | AssetCreated, *, rank: int) -> Description:
+    return Description(
+        upload_id=data.upload_id,
+        library_id=data.library_id,
+        folder_id=data.folder_id,
+        file_name=data.file_name,
+        mime_type=data.mime_type,
+        size_bytes=data.size_bytes,
+        sha256=data.sha256,
+        object_key=data.object_key,
+        storage_profile_ref=data.storage_profile_ref,
+        provider=data.provider,
+        rank=rank,
+    )
+
+
+# -- what a client may do ------------------------------------------------------------------------
+
+RestoreOutcome = Literal["restore", "not_deleted", "retention_over"]
+
+
+def restore_outcome(facts: AssetFacts, now: datetime) -> RestoreOutcome:
+    """Restoring is possible until the promised purge time; one that is not deleted stays as is."""
+    if status_of(facts) != "deleted":
+        return "not_deleted"
+    assert facts.deletion is not None
+    return "restore" if now < facts.deletion.purge_after else "retention_over"
+
+
+# -- listing cursors -----------------------------------------------------------------------------
+
+
+class Position(msgspec.Struct, frozen=True, array_like=True):
+    """Where a page ended: the last row's sort key. Rows are listed newest first."""
+
+    created_at: Timestamp
+    asset_id: str
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def encode_cursor(position: Position) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(position)).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> Position:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return msgspec.json.decode(raw, type=Position)
+    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise InvalidCursor("the cursor is not one this API handed out") from None

@@ -28,16 +28,19 @@ _NOTIFY_CHANNEL = "rawdrive_outbox"
 
 async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
     """Add an event to the outbox; a second enqueue of the same event id is a no-op."""
+    # One statement, one round trip: the row, and a wake-up for the relay that PostgreSQL
+    # delivers at commit, so the relay wakes only for rows it can see.
     await conn.execute(
-        """INSERT INTO outbox (event_id, subject, payload, headers)
-           VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING""",
+        """WITH queued AS (
+               INSERT INTO outbox (event_id, subject, payload, headers)
+               VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING)
+           SELECT pg_notify($5, current_schema())""",
         event.id,
         subject_for(event.data),
         encode(event),
         msgspec.json.encode(inject_headers({})).decode(),
+        _NOTIFY_CHANNEL,
     )
-    # Delivered at commit, so the relay wakes only for rows it can see.
-    await conn.execute("SELECT pg_notify($1, current_schema())", _NOTIFY_CHANNEL)
 
 
 class Relay:
@@ -87,7 +90,7 @@ class Relay:
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows were published (and removed)."""
-        published = 0
+        published: list[int] = []
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT seq, event_id, subject, payload, headers FROM outbox
@@ -107,7 +110,7 @@ class Relay:
                     break  # keep order: later rows wait for this one
                 if ack.duplicate:
                     log.info("outbox event was already published", extra={"event_id": row["event_id"]})
-                await conn.execute("DELETE FROM outbox WHERE seq = $1", row["seq"])
-                published += 1
-        return published
-
+                published.append(row["seq"])
+            if published:
+                await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", published)
+        return len(published)

@@ -353,7 +353,7 @@ async def test_an_empty_file_completes_at_creation(gateway, http, storage):
     assert session.completions == 1
 
 
-async def test_memory_stays_near_one_part_whatever_the_patch_size(gateway, http, storage):
+async def test_memory_is_bounded_by_parts_whatever_the_patch_size(gateway, http, storage):
     import tracemalloc
 
     data = os.urandom(26 * MiB)
@@ -372,7 +372,7 @@ async def test_memory_stays_near_one_part_whatever_the_patch_size(gateway, http,
     finally:
         tracemalloc.stop()
     assert response.status == 204
-    # One part buffered, its bytes copy for botocore for a moment, plus this process's client:
-    # bounded by parts, not by the 26 MiB body.
-    assert peak < 3 * PART, f"peak {peak / MiB:.1f} MiB for {PART // MiB} MiB parts"
+    # One part in flight to S3 while the next fills, the joined copy of a full part for a
+    # moment, plus this process's client: bounded by parts, not by the 26 MiB body.
+    assert peak < 4 * PART, f"peak {peak / MiB:.1f} MiB for {PART // MiB} MiB parts"
     assert await object_bytes(storage, session.target.object_key) == data

@@ -163,56 +163,52 @@ class TusStore:
     async def _stream(
         self, conn: asyncpg.Connection, target: TusTarget, row: _Row, read: Reader
     ) -> None:
-        storage, key, part_size = target.storage, row.object_key, row.part_size
-        etags = list(row.part_etags)
-        stored = len(etags) * part_size  # bytes in uploaded parts
-        buffer = bytearray(row.tail)
+        """Read the body into whole parts; each full part uploads while the next one fills.
+
+        At most one part is in flight and one is filling: memory stays near two parts per
+        upload whatever the client's chunk size, and reading never waits for S3 to answer.
+        """
+        parts = _PartWriter(conn, target, row)
+        chunks: list[bytes] = [row.tail] if row.tail else []
+        buffered = len(row.tail)  # bytes after the last part handed to S3
         tail_is_stored = True
         while True:
             # At least 1: with a full final part in hand, one more byte means "past the length".
-            want = max(1, min(self._read_size, part_size - len(buffer)))
+            want = max(1, min(self._read_size, row.part_size - buffered))
             try:
                 chunk = await read(want)
             except asyncio.CancelledError:
-                await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
+                await parts.settle_and_keep(chunks, buffered, tail_is_stored)
                 raise
             except Exception as error:
-                await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
-                raise BodyInterrupted(stored + len(buffer)) from error
+                offset = await parts.settle_and_keep(chunks, buffered, tail_is_stored)
+                raise BodyInterrupted(offset) from error
             if not chunk:
                 break
-            if stored + len(buffer) + len(chunk) > row.length:
+            if parts.handed + buffered + len(chunk) > row.length:
+                await parts.settle()
                 raise PastLength(f"the body runs past Upload-Length {row.length}")
-            buffer += chunk
+            chunks.append(chunk)
+            buffered += len(chunk)
             tail_is_stored = False
-            if len(buffer) == part_size and stored + part_size < row.length:
-                # botocore copies a bytearray body: hand it bytes and drop the buffer first, so
-                # one part, not two, is held while the part travels.
-                body = bytes(buffer)
-                buffer.clear()
-                part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, body)
-                del body
-                etags.append(part.etag)
-                stored += part_size
-                await conn.execute(
-                    """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
-                              updated_at = now() WHERE upload_id = $1""",
-                    target.upload_id, etags, stored,
-                )
-                tail_is_stored = True
-                await target.on_progress(stored)
-        if stored + len(buffer) == row.length:
-            await self._finish(conn, target, row, etags, buffer)
-        else:
-            await self._keep_tail(conn, target, stored, buffer, tail_is_stored)
+            if buffered == row.part_size and parts.handed + buffered < row.length:
+                await parts.settle()  # frees the previous part before this one is joined
+                parts.start(b"".join(chunks))
+                chunks.clear()
+                buffered = 0
+        await parts.settle()
+        if parts.stored + buffered == row.length:
+            await self._finish(conn, target, row, parts.etags, b"".join(chunks))
+        elif not tail_is_stored:
+            await _keep_tail(conn, target, parts.stored, b"".join(chunks))
 
     async def _finish(
         self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str],
-        last: bytearray,
+        last: bytes,
     ) -> None:
         storage, key = target.storage, row.object_key
         try:
-            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, bytes(last))
+            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, last)
             etags = [*etags, part.etag]
             await storage.complete_multipart(key, row.multipart_id, _parts(etags))
         except ObjectMissing:
@@ -230,20 +226,6 @@ class TusStore:
         await target.on_progress(row.length)
         await target.on_complete()
 
-    @staticmethod
-    async def _keep_tail(
-        conn: asyncpg.Connection, target: TusTarget, stored: int, buffer: bytearray,
-        is_stored: bool,
-    ) -> None:
-        if is_stored:
-            return
-        await conn.execute(
-            """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
-               WHERE upload_id = $1""",
-            target.upload_id, bytes(buffer), stored + len(buffer),
-        )
-        await target.on_progress(stored + len(buffer))
-
     @asynccontextmanager
     async def _locked(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:
         """Hold a session advisory lock on the upload (any instance) on one connection."""
@@ -255,6 +237,65 @@ class TusStore:
                 yield conn
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+
+
+class _PartWriter:
+    """Uploads full parts one at a time in the background and records each once S3 has it."""
+
+    def __init__(self, conn: asyncpg.Connection, target: TusTarget, row: _Row) -> None:
+        self._conn = conn
+        self._target = target
+        self._row = row
+        self.etags = list(row.part_etags)
+        self._in_flight: asyncio.Task[UploadedPart] | None = None
+
+    @property
+    def stored(self) -> int:
+        """Bytes in parts S3 confirmed and the row records."""
+        return len(self.etags) * self._row.part_size
+
+    @property
+    def handed(self) -> int:
+        """Bytes in parts recorded or on their way to S3."""
+        return self.stored + (self._row.part_size if self._in_flight is not None else 0)
+
+    def start(self, body: bytes) -> None:
+        row = self._row
+        upload = self._target.storage.upload_part(row.object_key, row.multipart_id, len(self.etags) + 1, body)
+        self._in_flight = asyncio.ensure_future(upload)
+
+    async def settle(self) -> None:
+        """Wait for the part in flight, then record it: the row changes only after S3 did."""
+        if self._in_flight is None:
+            return
+        task, self._in_flight = self._in_flight, None
+        part = await asyncio.shield(task)  # a cancelled request still lets its part land
+        self.etags.append(part.etag)
+        await self._conn.execute(
+            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
+                      updated_at = now() WHERE upload_id = $1""",
+            self._target.upload_id, self.etags, self.stored,
+        )
+        await self._target.on_progress(self.stored)
+
+    async def settle_and_keep(self, chunks: list[bytes], buffered: int, tail_is_stored: bool) -> int:
+        """After a broken body: record the part in flight, keep the rest as the tail; the offset."""
+        try:
+            await self.settle()
+        except Exception:  # noqa: BLE001 - the part did not land: the bytes after it cannot count
+            return self.stored
+        if not tail_is_stored:
+            await _keep_tail(self._conn, self._target, self.stored, b"".join(chunks))
+        return self.stored + buffered
+
+
+async def _keep_tail(conn: asyncpg.Connection, target: TusTarget, stored: int, tail: bytes) -> None:
+    await conn.execute(
+        """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
+           WHERE upload_id = $1""",
+        target.upload_id, tail, stored + len(tail),
+    )
+    await target.on_progress(stored + len(tail))
 
 
 def _parts(etags: list[str]) -> list[UploadedPart]:

@@ -73,6 +73,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # How long a soft-deleted asset can be restored before it is purged: the gateway promises
     # it (purge_after), the janitor keeps it. Fractions are fine (tests use seconds' worth).
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Opens bring-your-own-bucket credentials (32 bytes, base64); without it only the managed
+    # bucket resolves. Every service that touches BYOS objects needs the same key.
+    storage_master_key: Secret | None = None
 
 
 def env_name(field_name: str) -> str:

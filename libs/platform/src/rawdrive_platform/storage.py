@@ -30,6 +30,7 @@ from botocore.exceptions import (
 from rawdrive_platform.config import CommonSettings, Secret
 
 MANAGED_PROFILE_ID = "managed"
+Encryption = Literal["none", "sse_s3", "sse_kms"]
 # S3 DeleteObjects takes at most this many keys per request.
 _DELETE_BATCH = 1000
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
@@ -68,7 +69,7 @@ class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str | None = None  # None: the SDK resolves the AWS endpoint from the region
     region: str = "auto"
     key_prefix: str = ""  # see keys.check_key_prefix
-    encryption: Literal["none", "sse_s3", "sse_kms"] = "none"
+    encryption: Encryption = "none"
     kms_key_id: str | None = None
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ Default ports (override with the flags below):
 
 `python -m rawdrive_platform.devstack token --data .data [--workspace dev --role admin
 --sub dev-user --ttl 86400]` prints a development JWT signed with the secret in DATA/env.
-Credentials (S3 keys, JWT secret) are generated on first start and kept in DATA/env.
+Credentials (S3 keys, JWT secret, storage master key) are generated on first start and kept in DATA/env.
 """
 
 from __future__ import annotations
@@ -41,9 +41,16 @@ from rawdrive_platform.devstack.servers import (
     start_all,
     stop_all,
 )
+from rawdrive_platform.profiles import MasterKey
 
 SERVICES = ("upload_gateway", "commit_verifier", "media_processor", "janitor")
-PERSISTED_SECRETS = ("RAWDRIVE_S3_ACCESS_KEY_ID", "RAWDRIVE_S3_SECRET_ACCESS_KEY", "RAWDRIVE_JWT_SECRET")
+PERSISTED_SECRETS = (
+    "RAWDRIVE_S3_ACCESS_KEY_ID",
+    "RAWDRIVE_S3_SECRET_ACCESS_KEY",
+    "RAWDRIVE_JWT_SECRET",
+    # Seals BYOS credentials: a new one would make every saved storage profile unreadable.
+    "RAWDRIVE_STORAGE_MASTER_KEY",
+)
 
 
 class Shutdown(Exception):
@@ -104,6 +111,7 @@ def load_or_create_secrets(data: Path) -> dict[str, str]:
         "RAWDRIVE_S3_ACCESS_KEY_ID": "dev" + secrets.token_hex(8),
         "RAWDRIVE_S3_SECRET_ACCESS_KEY": secrets.token_hex(20),
         "RAWDRIVE_JWT_SECRET": secrets.token_hex(32),
+        "RAWDRIVE_STORAGE_MASTER_KEY": MasterKey.generate(),
     }
     return {key: known.get(key) or generated[key] for key in PERSISTED_SECRETS}
 
@@ -128,6 +136,7 @@ def stack_settings(
         "RAWDRIVE_S3_ACCESS_KEY_ID": creds["RAWDRIVE_S3_ACCESS_KEY_ID"],
         "RAWDRIVE_S3_SECRET_ACCESS_KEY": creds["RAWDRIVE_S3_SECRET_ACCESS_KEY"],
         "RAWDRIVE_JWT_SECRET": creds["RAWDRIVE_JWT_SECRET"],
+        "RAWDRIVE_STORAGE_MASTER_KEY": creds["RAWDRIVE_STORAGE_MASTER_KEY"],
         "RAWDRIVE_LOG_LEVEL": args.log_level,
     }
 

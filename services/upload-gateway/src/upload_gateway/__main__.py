@@ -8,6 +8,7 @@ from rawdrive_platform.service import Runtime, run_service
 from upload_gateway import verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.settings import Settings
+from upload_gateway.storage_profile_routes import mount_storage_profiles
 from upload_gateway.tus_session import mount_tus
 from upload_gateway.uploads import Gateway
 
@@ -21,9 +22,11 @@ async def main(runtime: Runtime) -> None:
     js = await runtime.jetstream()
     pool = await runtime.database("gateway", MIGRATIONS)
     storage = await runtime.managed_storage()
+    profiles = await runtime.storage_resolver()
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     runtime.start(Consumer(js, verdicts.consumer_spec(), verdicts.handler(pool)).run, name="verdicts")
-    app = create_app(Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens), mounts=[mount_tus])
+    gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
+    app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles])
     await runtime.serve_health(app, port=settings.http_port)
 
 

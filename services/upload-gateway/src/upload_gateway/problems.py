@@ -115,6 +115,14 @@ class StorageUnavailable(StorageError):
     """Object storage is unreachable or throttling; retry later."""
 
 
+class StorageProfileRejected(UploadError):
+    """A storage profile failed its live check (access, bucket, endpoint, encryption)."""
+
+
+class StorageProfilesDisabled(StorageError):
+    """This deployment has no storage master key, so it cannot keep BYOS credentials."""
+
+
 class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
@@ -148,6 +156,8 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     BodyTooLarge: ProblemSpec(413, "body_too_large", "Request body too large"),
     StorageError: ProblemSpec(502, "storage_error", "Storage error"),
     StorageUnavailable: ProblemSpec(503, "storage_error", "Storage unavailable"),
+    StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
+    StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 

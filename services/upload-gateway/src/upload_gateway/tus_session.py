@@ -15,7 +15,7 @@ from upload_gateway.routes import GATEWAY, authorize_upload
 from upload_gateway.sessions import effective_state, plan_parts, require_open
 from upload_gateway.tus import TusStore, TusTarget, tus_routes
 from upload_gateway.tus.protocol import effective_method
-from upload_gateway.uploads import utcnow
+from upload_gateway.uploads import storage_for, utcnow
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
@@ -50,7 +50,7 @@ async def tus_target(request: web.Request) -> TusTarget:
         size_bytes=session.size_bytes,
         expires_at=session.expires_at,
         part_size=plan_parts(session.size_bytes).part_size,  # the same rule as s3_multipart
-        storage=gw.storage,
+        storage=await storage_for(gw, session.storage_profile_ref),
         on_progress=on_progress,
         on_complete=on_complete,
     )

@@ -22,7 +22,8 @@ from rawdrive_contracts import CommitRequested, PartRef, UploadAborted, UploadSe
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
 from rawdrive_platform.outbox import enqueue
-from upload_gateway import api, repository
+from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
+from upload_gateway import api, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
@@ -47,7 +48,6 @@ from upload_gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCE = "/services/upload-gateway"
-MANAGED_PROFILE_REF = s3.MANAGED_PROFILE_ID
 # R2 presigned URLs live at most 7 days.
 MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
@@ -62,6 +62,8 @@ class Gateway:
     pool: asyncpg.Pool
     storage: s3.Storage
     tokens: TokenVerifier
+    # Resolves storage_profile_refs and publishes BYOS profiles; None: the managed bucket only.
+    profiles: ProfileResolver | None = None
 
 
 def utcnow() -> datetime:
@@ -81,6 +83,17 @@ def storage_errors(what: str) -> Iterator[None]:
         raise StorageError(f"{what}: storage refused the request") from None
 
 
+async def storage_for(gw: Gateway, ref: str) -> s3.Storage:
+    """The bucket behind a session's storage_profile_ref, or a problem when it cannot be opened."""
+    resolve = gw.profiles or managed_only(gw.storage)
+    try:
+        with storage_errors("open storage profile"):
+            return await resolve(ref)
+    except UnknownProfile as error:
+        log.error("storage profile cannot be resolved", extra={"ref": ref, "error": str(error)})
+        raise StorageError("the workspace's storage profile cannot be opened") from None
+
+
 def upload_url(settings: Settings, session: UploadSession) -> str:
     base = f"{settings.public_url.rstrip('/')}/v1/workspaces/{session.workspace_id}/uploads/{session.upload_id}"
     return f"{base}/tus" if session.resumable_protocol == "tus" else f"{base}/parts"
@@ -93,14 +106,18 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
     mime_type = essence(request.mime_type)
     now = utcnow()
     asset_id = str(uuid.uuid4())
-    object_key = original_key(workspace_id, asset_id, file_name)
+    # The workspace's active profile decides the bucket and the key prefix; the session keeps
+    # its ref, so a later profile change does not move an upload in flight.
+    profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
+    storage = await storage_for(gw, profile_ref)
+    object_key = original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix)
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
     multipart_upload_id = None
     if plan is not None:
         # Created before the row: a row whose multipart upload failed would be unusable. If the
         # insert fails instead, the janitor aborts the orphaned multipart upload.
         with storage_errors("create multipart upload"):
-            multipart_upload_id = await gw.storage.create_multipart(object_key, mime_type)
+            multipart_upload_id = await storage.create_multipart(object_key, mime_type)
     session = UploadSession(
         upload_id=str(uuid.uuid4()),
         workspace_id=workspace_id,
@@ -113,8 +130,8 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         size_bytes=request.size_bytes,
         sha256=request.sha256.lower() if request.sha256 else None,
         resumable_protocol=request.resumable_protocol,
-        provider=gw.storage.profile.provider,
-        storage_profile_ref=MANAGED_PROFILE_REF,
+        provider=storage.profile.provider,
+        storage_profile_ref=profile_ref,
         object_key=object_key,
         multipart_upload_id=multipart_upload_id,
         part_size=plan.part_size if plan else None,
@@ -167,8 +184,9 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
     received = session.bytes_received
     if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
+        storage = await storage_for(gw, session.storage_profile_ref)
         with storage_errors("list parts"):
-            parts = await gw.storage.list_parts(session.object_key, session.multipart_upload_id)
+            parts = await storage.list_parts(session.object_key, session.multipart_upload_id)
         received = sum(part.size or 0 for part in parts)
     return api.UploadStatus(
         upload_id=session.upload_id,
@@ -211,8 +229,9 @@ async def abort(gw: Gateway, sub: str, session: UploadSession) -> None:
             if current is not None and current.state in ("verifying", "committed"):
                 raise InvalidState(f"upload {session.upload_id} is {current.state}; it can no longer be aborted")
     if session.multipart_upload_id:
+        storage = await storage_for(gw, session.storage_profile_ref)
         with storage_errors("abort multipart upload"):
-            await gw.storage.abort_multipart(session.object_key, session.multipart_upload_id)
+            await storage.abort_multipart(session.object_key, session.multipart_upload_id)
 
 
 def _multipart(session: UploadSession) -> tuple[str, int]:
@@ -243,9 +262,10 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
         require_open(current or session, now)
     # A URL must not outlive its session.
     ttl_s = max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
+    storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("presign parts"):
         presigned = [
-            await gw.storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
+            await storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
             for number in request.part_numbers
         ]
     return api.PresignedParts(
@@ -260,8 +280,9 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
 async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
     multipart_upload_id, part_count = _multipart(session)
     require_open(session, utcnow())
+    storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("list parts"):
-        parts = await gw.storage.list_parts(session.object_key, multipart_upload_id)
+        parts = await storage.list_parts(session.object_key, multipart_upload_id)
     return api.PartList(
         part_size=session.part_size or 0,
         part_count=part_count,

@@ -1,0 +1,196 @@
+"""Bring-your-own-bucket storage profiles: check, publish, activate, show, remove.
+
+A PUT is checked cheapest first: the fields (no I/O; the key prefix must hold the workspace id),
+then a live check against the customer's bucket with the given credentials (head the bucket; put,
+read back and delete a probe object under the prefix, with the profile's SSE parameters), then
+the profile is published, credentials sealed, under a fresh ref (rawdrive_platform.profiles) and
+becomes the workspace's active profile. New sessions use the active profile; open sessions keep
+the ref they started with. Secrets go only into the sealed record: responses, logs and events
+carry the ref and a masked key id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from rawdrive_platform import storage as s3
+from rawdrive_platform.config import Secret
+from rawdrive_platform.keys import InvalidKeyPart, check_key_prefix
+from rawdrive_platform.profiles import ProfileResolver, mask_key_id, new_profile_ref
+from upload_gateway import api, profile_store
+from upload_gateway.problems import (
+    FieldError,
+    InvalidRequest,
+    StorageProfileRejected,
+    StorageProfilesDisabled,
+)
+from upload_gateway.profile_store import ActiveProfile
+from upload_gateway.uploads import Gateway, storage_errors, utcnow
+
+log = logging.getLogger(__name__)
+
+PROBE_BODY = b"rawdrive storage profile check\n"
+# Fields a managed_r2 request must leave out: the platform owns that bucket's settings.
+_BYOS_ONLY = ("bucket", "endpoint", "key_prefix", "credentials", "kms_key_id")
+
+
+# -- pure -------------------------------------------------------------------------------------
+
+
+def check_request(workspace_id: str, request: api.PutStorageProfile) -> list[FieldError]:
+    """Every field problem at once, before any I/O."""
+    if request.mode == "managed_r2":
+        errors = [
+            FieldError(path=f"$.{name}", message="managed_r2 takes no bring-your-own-bucket settings")
+            for name in _BYOS_ONLY
+            if getattr(request, name) not in (None, "")
+        ]
+        if request.encryption != "none":
+            errors.append(FieldError(path="$.encryption", message="the managed bucket's encryption is not configurable"))
+        return errors
+    errors = []
+    if request.bucket is None:
+        errors.append(FieldError(path="$.bucket", message="byos_s3 needs a bucket"))
+    if request.credentials is None:
+        errors.append(FieldError(path="$.credentials", message="byos_s3 needs access_key_id and secret_access_key"))
+    if request.key_prefix == "":
+        errors.append(FieldError(path="$.key_prefix", message=f"the key prefix must contain the workspace id {workspace_id!r}"))
+    else:
+        try:
+            check_key_prefix(request.key_prefix, workspace_id)
+        except InvalidKeyPart as error:
+            errors.append(FieldError(path="$.key_prefix", message=str(error)))
+    if request.kms_key_id is not None and request.encryption != "sse_kms":
+        errors.append(FieldError(path="$.kms_key_id", message="kms_key_id is only meaningful with encryption sse_kms"))
+    return errors
+
+
+def byos_profile(ref: str, request: api.PutStorageProfile) -> s3.StorageProfile:
+    assert request.bucket is not None and request.credentials is not None  # check_request passed
+    return s3.StorageProfile(
+        profile_id=ref,
+        provider="byos",
+        bucket=request.bucket,
+        endpoint=request.endpoint.rstrip("/") if request.endpoint else None,
+        region=request.region,
+        key_prefix=request.key_prefix,
+        encryption=request.encryption,
+        kms_key_id=request.kms_key_id,
+        access_key_id=request.credentials.access_key_id,
+        secret_access_key=Secret(request.credentials.secret_access_key),
+    )
+
+
+def check_failure(step: str, error: s3.StorageError) -> FieldError:
+    """What a failed live-check step means, in words an admin can act on (no SDK text)."""
+    if isinstance(error, s3.StorageDenied):
+        return FieldError(
+            path="$.credentials",
+            message=f"{step}: access denied / signature mismatch: check the access key id and secret, "
+            "and that the policy grants this bucket and prefix",
+        )
+    if isinstance(error, s3.ObjectMissing) and step == "head bucket":
+        return FieldError(path="$.bucket", message=f"{step}: bucket not found at this endpoint and region")
+    if isinstance(error, s3.StorageUnavailable):
+        return FieldError(path="$.endpoint", message=f"{step}: endpoint unreachable (connection failed, timed out or 5xx)")
+    return FieldError(path="$", message=f"{step}: the store refused the request")
+
+
+def view(profile: ActiveProfile | None) -> api.StorageProfileView:
+    if profile is None:
+        return api.StorageProfileView(mode="managed_r2", provider="r2", encryption="none")
+    return api.StorageProfileView(
+        mode=profile.mode,
+        provider="byos",
+        encryption=profile.encryption,
+        credentials_ref=profile.ref,
+        bucket=profile.bucket,
+        endpoint=profile.endpoint,
+        region=profile.region,
+        key_prefix=profile.key_prefix,
+        kms_key_id=profile.kms_key_id,
+        access_key_id_masked=profile.masked_key_id,
+        created_by=profile.created_by,
+        created_at=profile.created_at,
+    )
+
+
+# -- effects ----------------------------------------------------------------------------------
+
+
+async def live_check(profile: s3.StorageProfile) -> None:
+    """Head the bucket, then put, read back and delete a probe under the prefix; raises
+    StorageProfileRejected naming the step that failed and why."""
+    probe_key = f"{profile.key_prefix}rawdrive-profile-check-{uuid.uuid4().hex}"
+    storage = await s3.Storage.open(profile)
+    step = "head bucket"
+    try:
+        await storage.check_bucket()
+        step = "put probe object"
+        await storage.put(probe_key, PROBE_BODY, "text/plain")
+        step = "get probe object"
+        if await storage.get_range(probe_key, 0, len(PROBE_BODY)) != PROBE_BODY:
+            raise StorageProfileRejected("get probe object: the bucket returned different bytes than were put")
+        step = "delete probe object"
+        await storage.delete([probe_key])
+    except s3.StorageError as error:
+        log.info(
+            "storage profile check failed",
+            extra={"ref": profile.profile_id, "bucket": profile.bucket, "step": step, "error": str(error)},
+        )
+        failure = check_failure(step, error)
+        raise StorageProfileRejected(f"the storage profile was not saved: {failure.message}", errors=[failure]) from None
+    finally:
+        await storage.close()
+
+
+def _resolver(gw: Gateway) -> ProfileResolver:
+    if gw.profiles is None or not gw.profiles.can_seal:
+        raise StorageProfilesDisabled("this deployment has no storage master key; bring-your-own-bucket is off")
+    return gw.profiles
+
+
+async def save(gw: Gateway, sub: str, workspace_id: str, request: api.PutStorageProfile) -> api.StorageProfileView:
+    errors = check_request(workspace_id, request)
+    if errors:
+        raise InvalidRequest("the storage profile is invalid", errors=errors)
+    if request.mode == "managed_r2":
+        await remove(gw, workspace_id)
+        return view(None)
+    resolver = _resolver(gw)
+    profile = byos_profile(new_profile_ref(workspace_id), request)
+    await live_check(profile)
+    now = utcnow()
+    with storage_errors("publish storage profile"):
+        await resolver.publish(profile, workspace_id, now)
+    active = ActiveProfile(
+        workspace_id=workspace_id,
+        ref=profile.profile_id,
+        mode="byos_s3",
+        bucket=profile.bucket,
+        endpoint=profile.endpoint,
+        region=profile.region,
+        key_prefix=profile.key_prefix,
+        encryption=profile.encryption,
+        kms_key_id=profile.kms_key_id,
+        masked_key_id=mask_key_id(profile.access_key_id),
+        created_by=sub,
+        created_at=now,
+    )
+    await profile_store.activate(gw.pool, active)
+    log.info(
+        "storage profile activated",
+        extra={"workspace_id": workspace_id, "ref": active.ref, "bucket": active.bucket, "key_id": active.masked_key_id},
+    )
+    return view(active)
+
+
+async def show(gw: Gateway, workspace_id: str) -> api.StorageProfileView:
+    return view(await profile_store.get(gw.pool, workspace_id))
+
+
+async def remove(gw: Gateway, workspace_id: str) -> None:
+    """Back to the managed bucket for new sessions; idempotent."""
+    await profile_store.deactivate(gw.pool, workspace_id)
+    log.info("storage profile removed; new sessions use the managed bucket", extra={"workspace_id": workspace_id})

@@ -1,0 +1,339 @@
+"""Bring-your-own-bucket storage profiles end to end: real PostgreSQL, NATS (profiles KV), the
+managed SeaweedFS and a second SeaweedFS with its own credentials as the customer's bucket."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from rawdrive_contracts import UploadSessionCreated, decode
+from rawdrive_platform import bus, db
+from rawdrive_platform.config import Secret
+from rawdrive_platform.devstack.servers import S3Connection, S3Server, s3_client
+from rawdrive_platform.profiles import (
+    PROFILES_BUCKET,
+    MasterKey,
+    ProfileResolver,
+    UnknownProfile,
+    profile_bucket,
+)
+from rawdrive_platform.storage import StorageRegistry, managed_storage_profile
+from upload_gateway.app import create_app, token_verifier
+from upload_gateway.auth import mint_dev_token
+from upload_gateway.settings import Settings
+from upload_gateway.storage_profile_routes import mount_storage_profiles
+from upload_gateway.tus_session import mount_tus
+from upload_gateway.uploads import Gateway
+
+SECRET = "profiles-secret-" + "x" * 24
+MIGRATIONS = files("upload_gateway") / "migrations"
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture(scope="session")
+def byos(start_s3_server) -> Iterator[S3Server]:
+    """The customer's bucket: another SeaweedFS, its own credentials, SSE-S3 enabled (a KEK)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WEED_S3_SSE_KEK", secrets.token_hex(32))  # read by weed at start only
+        server = start_s3_server(bucket="byob")
+    yield server
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    gw: Gateway
+    workspace: str
+    master_key: str
+    nc: Any
+    responses: list[bytes]
+
+    def user(self, role: str = "admin", workspace: str | None = None) -> dict[str, str]:
+        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=600)
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def profile_path(self) -> str:
+        return f"/v1/workspaces/{self.workspace}/storage-profile"
+
+    async def call(self, method: str, path: str, *, role: str = "admin", **kwargs: Any) -> tuple[int, Any]:
+        response = await self.client.request(method, path, headers=self.user(role), **kwargs)
+        raw = await response.read()
+        self.responses.append(raw)
+        return response.status, (msgspec.json.decode(raw) if raw else None)
+
+    async def put_profile(self, body: dict, role: str = "admin") -> tuple[int, Any]:
+        return await self.call("PUT", self.profile_path, role=role, json=body)
+
+    async def create_upload(self, **overrides: Any) -> dict:
+        body = {
+            "file_name": "IMG_0001.jpg",
+            "mime_type": "image/jpeg",
+            "size_bytes": 1000,
+            "library_id": "lib1",
+            "resumable_protocol": "tus",
+        } | overrides
+        status, created = await self.call("POST", f"/v1/workspaces/{self.workspace}/uploads", role="member", json=body)
+        assert status == 201, created
+        return created
+
+    async def tus_upload(self, created: dict, body: bytes) -> None:
+        url = f"/v1/workspaces/{self.workspace}/uploads/{created['upload_id']}/tus"
+        headers = TUS | created["headers"]
+        response = await self.client.post(url, headers=headers | {"Upload-Length": str(len(body))})
+        assert response.status == 201, await response.text()
+        patch = await self.client.patch(
+            url, data=body, headers=headers | {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        )
+        assert patch.status == 204, await patch.text()
+
+    async def events(self) -> list[bytes]:
+        return [row["payload"] for row in await self.gw.pool.fetch("SELECT payload FROM outbox ORDER BY seq")]
+
+
+def byos_body(conn: S3Connection, workspace: str, **overrides: Any) -> dict:
+    return {
+        "mode": "byos_s3",
+        "bucket": conn.bucket,
+        "endpoint": conn.endpoint,
+        "region": conn.region,
+        "key_prefix": f"rawdrive/{workspace}/",
+        "credentials": {"access_key_id": conn.access_key_id, "secret_access_key": conn.secret_access_key},
+    } | overrides
+
+
+@pytest.fixture
+async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
+    await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
+    pool = await db.create_pool(fresh_database_url, "gateway")
+    master_key = MasterKey.generate()
+    settings = Settings(
+        database_url=fresh_database_url,
+        s3_bucket=s3_server.bucket,
+        s3_access_key_id=s3_server.access_key_id,
+        s3_secret_access_key=Secret(s3_server.secret_access_key),
+        s3_endpoint=s3_server.endpoint,
+        s3_region=s3_server.region,
+        nats_url=nats_url,
+        public_url="http://gateway.test",
+        jwt_secret=Secret(SECRET),
+        storage_master_key=Secret(master_key),
+    )
+    nc = await bus.connect(nats_url, name="test-profiles")
+    storages = StorageRegistry()
+    managed = await storages.get(managed_storage_profile(settings))
+    kv = await profile_bucket(nc.jetstream(), replicas=1)
+    profiles = ProfileResolver(managed, storages, kv, MasterKey.from_secret(Secret(master_key)))
+    gw = Gateway(settings=settings, pool=pool, storage=managed, tokens=token_verifier(settings), profiles=profiles)
+    client = TestClient(TestServer(create_app(gw, mounts=[mount_tus, mount_storage_profiles])))
+    await client.start_server()
+    try:
+        yield Harness(client, gw, f"ws{uuid.uuid4().hex[:10]}", master_key, nc, [])
+    finally:
+        await client.close()
+        await storages.aclose()
+        await nc.close()
+        await pool.close()
+
+
+def keys_under(conn: S3Connection, prefix: str) -> list[str]:
+    listed = s3_client(conn).list_objects_v2(Bucket=conn.bucket, Prefix=prefix)
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+async def test_a_prefix_without_the_workspace_id_is_refused_before_any_io(harness, byos):
+    # The endpoint is unreachable: had any I/O happened, the reason would be the endpoint.
+    body = byos_body(byos.connection, harness.workspace, key_prefix="rawdrive/other-ws/", endpoint="http://127.0.0.1:9")
+    status, problem = await harness.put_profile(body)
+    assert (status, problem["code"]) == (422, "invalid_request")
+    assert [e["path"] for e in problem["errors"]] == ["$.key_prefix"]
+    assert "must contain the workspace id" in problem["errors"][0]["message"]
+
+
+async def test_a_wrong_secret_is_refused_as_access_denied(harness, byos):
+    conn = byos.connection
+    body = byos_body(conn, harness.workspace, credentials={"access_key_id": conn.access_key_id, "secret_access_key": "wrong" * 8})
+    status, problem = await harness.put_profile(body)
+    assert (status, problem["code"]) == (422, "storage_profile_rejected")
+    assert "access denied / signature" in problem["detail"]
+    assert problem["errors"][0]["path"] == "$.credentials"
+
+
+async def test_a_missing_bucket_is_refused_as_bucket_not_found(harness, byos):
+    status, problem = await harness.put_profile(byos_body(byos.connection, harness.workspace, bucket="no-such-bucket"))
+    assert (status, problem["code"]) == (422, "storage_profile_rejected")
+    assert "bucket not found" in problem["detail"]
+
+
+async def test_an_unreachable_endpoint_is_refused_as_unreachable(harness, byos):
+    status, problem = await harness.put_profile(byos_body(byos.connection, harness.workspace, endpoint="http://127.0.0.1:9"))
+    assert (status, problem["code"]) == (422, "storage_profile_rejected")
+    assert "endpoint unreachable" in problem["detail"]
+
+
+async def test_a_refused_profile_changes_nothing(harness, byos):
+    await harness.put_profile(byos_body(byos.connection, harness.workspace, bucket="no-such-bucket"))
+    status, shown = await harness.call("GET", harness.profile_path)
+    assert (status, shown["mode"], shown["provider"]) == (200, "managed_r2", "r2")
+    assert (await harness.create_upload())["provider"] == "r2"
+
+
+async def test_only_admins_manage_the_storage_profile(harness, byos):
+    body = byos_body(byos.connection, harness.workspace)
+    for role in ("viewer", "member"):
+        for method in ("PUT", "GET", "DELETE"):
+            status, problem = await harness.call(method, harness.profile_path, role=role, json=body)
+            assert (status, problem["code"]) == (403, "forbidden"), (role, method)
+    other = "/v1/workspaces/ws-not-mine/storage-profile"
+    status, _ = await harness.call("GET", other)
+    assert status == 404
+
+
+# -- an accepted profile ----------------------------------------------------------------------
+
+
+async def test_an_accepted_profile_receives_new_uploads_under_its_prefix_and_other_services_resolve_it(
+    harness, byos, s3_server, nats_url
+):
+    conn = byos.connection
+    status, saved = await harness.put_profile(byos_body(conn, harness.workspace))
+    assert status == 200, saved
+    ref = saved["credentials_ref"]
+    assert saved["mode"] == "byos_s3" and saved["provider"] == "byos"
+    assert saved["access_key_id_masked"] == f"{conn.access_key_id[:4]}…{conn.access_key_id[-4:]}"
+    assert "credentials" not in saved
+    status, shown = await harness.call("GET", harness.profile_path)
+    assert shown == saved
+
+    created = await harness.create_upload()
+    assert created["provider"] == "byos"
+    body = os.urandom(1000)
+    await harness.tus_upload(created, body)
+
+    prefix = f"rawdrive/{harness.workspace}/workspaces/{harness.workspace}/assets/{created['asset_id']}/original/"
+    assert keys_under(conn, prefix) == [prefix + "IMG_0001.jpg"]
+    assert s3_client(conn).get_object(Bucket=conn.bucket, Key=prefix + "IMG_0001.jpg")["Body"].read() == body
+    assert keys_under(s3_server, f"workspaces/{harness.workspace}/") == []
+    assert keys_under(conn, f"rawdrive/{harness.workspace}/rawdrive-profile-check") == []  # probe cleaned up
+    event = next(e.data for e in map(decode, await harness.events()) if isinstance(e.data, UploadSessionCreated))
+    assert (event.provider, event.storage_profile_ref, event.object_key) == ("byos", ref, prefix + "IMG_0001.jpg")
+
+    # The verifier's side: another process, the same KV bucket and master key, nothing cached.
+    other_nc = await bus.connect(nats_url, name="test-verifier")
+    try:
+        kv = await other_nc.jetstream().key_value(PROFILES_BUCKET)
+        async with StorageRegistry() as storages:
+            resolver = ProfileResolver(harness.gw.storage, storages, kv, MasterKey.from_secret(Secret(harness.master_key)))
+            storage = await resolver(ref)
+            assert (storage.bucket, storage.profile.provider, storage.profile.key_prefix) == (
+                "byob", "byos", f"rawdrive/{harness.workspace}/"
+            )
+            assert (await storage.head(event.object_key)).size == 1000
+            wrong = ProfileResolver(harness.gw.storage, storages, kv, MasterKey.from_secret(Secret(MasterKey.generate())))
+            with pytest.raises(UnknownProfile, match="does not open"):
+                await wrong(ref)
+            with pytest.raises(UnknownProfile, match="never published"):
+                await resolver(f"byos-{harness.workspace}-{uuid.uuid4().hex}")
+    finally:
+        await other_nc.close()
+
+
+async def test_removing_the_profile_returns_new_uploads_to_the_managed_bucket_while_old_ones_keep_theirs(harness, byos):
+    conn = byos.connection
+    await harness.put_profile(byos_body(conn, harness.workspace))
+    before = await harness.create_upload()
+    status, _ = await harness.call("DELETE", harness.profile_path)
+    assert status == 204
+    status, shown = await harness.call("GET", harness.profile_path)
+    assert shown == {"mode": "managed_r2", "provider": "r2", "encryption": "none"}
+    after = await harness.create_upload()
+    assert (before["provider"], after["provider"]) == ("byos", "r2")
+    await harness.tus_upload(before, b"x" * 1000)  # still lands in the customer's bucket
+    assert keys_under(conn, f"rawdrive/{harness.workspace}/workspaces/{harness.workspace}/assets/{before['asset_id']}/")
+
+
+async def test_a_multipart_session_under_byos_signs_part_urls_for_the_customers_bucket(harness, byos):
+    conn = byos.connection
+    await harness.put_profile(byos_body(conn, harness.workspace))
+    created = await harness.create_upload(resumable_protocol="s3_multipart", size_bytes=6 * 1024 * 1024)
+    path = f"/v1/workspaces/{harness.workspace}/uploads/{created['upload_id']}/parts"
+    response = await harness.client.post(path, json={"part_numbers": [1]}, headers=created["headers"])
+    part = (await response.json())["parts"][0]
+    assert part["url"].startswith(f"{conn.endpoint}/{conn.bucket}/rawdrive/{harness.workspace}/")
+    async with aiohttp.ClientSession() as http:
+        async with http.put(part["url"], data=b"p" * (5 * 1024 * 1024), headers=part["headers"]) as put:
+            assert put.status == 200, await put.text()
+    listed = await (await harness.client.get(path, headers=created["headers"])).json()
+    assert [p["part_number"] for p in listed["parts"]] == [1]
+
+
+async def test_an_sse_s3_profile_is_checked_with_encryption_and_its_objects_are_encrypted(harness, byos):
+    conn = byos.connection
+    status, saved = await harness.put_profile(byos_body(conn, harness.workspace, encryption="sse_s3"))
+    assert (status, saved["encryption"]) == (200, "sse_s3"), saved
+    created = await harness.create_upload(size_bytes=10)
+    await harness.tus_upload(created, b"0123456789")
+    [key] = keys_under(conn, f"rawdrive/{harness.workspace}/workspaces/")
+    assert s3_client(conn).head_object(Bucket=conn.bucket, Key=key).get("ServerSideEncryption") == "AES256"
+
+
+async def test_an_sse_kms_profile_against_a_store_without_kms_is_refused_at_the_put_step(harness, byos):
+    body = byos_body(byos.connection, harness.workspace, encryption="sse_kms", kms_key_id="alias/rawdrive")
+    status, problem = await harness.put_profile(body)
+    assert (status, problem["code"]) == (422, "storage_profile_rejected")
+    assert problem["detail"].startswith("the storage profile was not saved: put probe object")
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+async def test_credentials_never_appear_in_responses_logs_events_or_the_stored_record(harness, byos, caplog):
+    caplog.set_level(logging.DEBUG)
+    conn = byos.connection
+    await harness.put_profile(byos_body(conn, harness.workspace, bucket="no-such-bucket"))  # a failure path
+    wrong = {"access_key_id": conn.access_key_id, "secret_access_key": "bad-" + conn.secret_access_key}
+    await harness.put_profile(byos_body(conn, harness.workspace, credentials=wrong))
+    status, saved = await harness.put_profile(byos_body(conn, harness.workspace))
+    assert status == 200
+    await harness.call("GET", harness.profile_path)
+    created = await harness.create_upload()
+    await harness.tus_upload(created, b"y" * 1000)
+
+    secret = conn.secret_access_key.encode()
+    record = await (await harness.nc.jetstream().key_value(PROFILES_BUCKET)).get(saved["credentials_ref"])
+    for blob in [*harness.responses, *await harness.events(), record.value]:
+        assert secret not in blob and b"bad-" not in blob
+        assert conn.access_key_id.encode() not in blob
+    for entry in caplog.records:
+        text = str(entry.__dict__)
+        assert conn.secret_access_key not in text and "bad-" + conn.secret_access_key not in text
+        if not entry.name.startswith(("botocore", "aiobotocore", "urllib3")):  # SDK debug shows Credential=<key id>
+            assert conn.access_key_id not in text, entry.name
+
+
+async def test_without_a_master_key_a_byos_profile_is_refused_and_sessions_stay_managed(harness, byos):
+    gw = dataclasses.replace(harness.gw, profiles=None)
+    client = TestClient(TestServer(create_app(gw, mounts=[mount_tus, mount_storage_profiles])))
+    await client.start_server()
+    try:
+        response = await client.put(harness.profile_path, json=byos_body(byos.connection, harness.workspace), headers=harness.user())
+        problem = await response.json()
+        assert (response.status, problem["code"]) == (503, "storage_error")
+        assert "no storage master key" in problem["detail"]
+    finally:
+        await client.close()

@@ -15,7 +15,6 @@ BENCH_CHUNK_MIB and BENCH_READ_AHEAD (default 8 and 2, the service's defaults) v
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import uvloop
 
 MiB = 1024 * 1024
 CHUNK = 8 * MiB
@@ -57,7 +58,7 @@ def child_verifier(connection: dict[str, str], key: str) -> str:
         finally:
             await storage.close()
 
-    return asyncio.run(run())
+    return uvloop.run(run())  # the loop the service runs on (rawdrive_platform.service)
 
 
 def child_baseline(connection: dict[str, str], key: str) -> str:

@@ -9,7 +9,6 @@ from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.outbox import Relay
-from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
 
 
@@ -39,7 +38,7 @@ async def main(runtime: Runtime) -> None:
     pool = await runtime.database("verifier", files("commit_verifier") / "migrations")
     deps = Dependencies(
         pool=pool,
-        storage_for=managed_only(await runtime.managed_storage()),
+        storage_for=await runtime.storage_resolver(),
         reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB, read_ahead=settings.read_ahead),
     )
     runtime.consume(

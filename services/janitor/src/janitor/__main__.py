@@ -15,12 +15,12 @@ import msgspec
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
 from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
-from rawdrive_platform import db
+from rawdrive_platform import bus, db
 from rawdrive_platform.config import ConfigError, load_settings
 from rawdrive_platform.outbox import Relay
-from rawdrive_platform.profiles import managed_only
+from rawdrive_platform.profiles import StorageResolver, profile_resolver
 from rawdrive_platform.service import Runtime, run_service
-from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
+from rawdrive_platform.storage import Storage, StorageRegistry
 from rawdrive_platform.telemetry import setup_json_logging
 
 MIGRATIONS = files("janitor") / "migrations"
@@ -38,10 +38,12 @@ def sweep_targets(managed: Storage) -> TargetSource:
     return targets
 
 
-def build_janitor(settings: Settings, pool: asyncpg.Pool, managed: Storage, *, dry_run: bool) -> Janitor:
+def build_janitor(
+    settings: Settings, pool: asyncpg.Pool, managed: Storage, storage_for: StorageResolver, *, dry_run: bool
+) -> Janitor:
     return Janitor(
         pool=pool,
-        storage_for=managed_only(managed),
+        storage_for=storage_for,
         sweep_targets=sweep_targets(managed),
         lease=Lease(settings.database_url),
         thresholds=settings.thresholds(),
@@ -57,10 +59,11 @@ async def main(runtime: Runtime) -> None:
     js = await runtime.jetstream()
     pool = await runtime.database("janitor", MIGRATIONS)
     managed = await runtime.managed_storage()
-    deps = Dependencies(pool=pool, storage_for=managed_only(managed), dry_run=settings.janitor_dry_run)
+    storage_for = await runtime.storage_resolver()
+    deps = Dependencies(pool=pool, storage_for=storage_for, dry_run=settings.janitor_dry_run)
     runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
     runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
-    runtime.start(build_janitor(settings, pool, managed, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
+    runtime.start(build_janitor(settings, pool, managed, storage_for, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 
@@ -68,15 +71,18 @@ async def main(runtime: Runtime) -> None:
 async def sweep_once(settings: Settings, *, dry_run: bool) -> int:
     await db.migrate(settings.database_url, "janitor", MIGRATIONS)
     pool = await db.create_pool(settings.database_url, "janitor", max_size=2)
+    # NATS only for the profiles KV: BYOS sessions resolve here exactly as in the service.
+    nc = await bus.connect(settings.nats_url, name="janitor-sweep")
     try:
         async with StorageRegistry() as storages:
-            managed = await storages.get(managed_storage_profile(settings))
-            janitor = build_janitor(settings, pool, managed, dry_run=dry_run)
+            storage_for = await profile_resolver(nc.jetstream(), settings, storages)
+            janitor = build_janitor(settings, pool, storage_for.managed, storage_for, dry_run=dry_run)
             try:
                 report = await janitor.run_once()
             finally:
                 await janitor.lease.close()
     finally:
+        await nc.close()
         await pool.close()
     if report is None:
         sys.stderr.write("janitor: another janitor holds the lease; nothing done\n")

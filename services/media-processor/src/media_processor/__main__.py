@@ -7,7 +7,6 @@ from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
-from rawdrive_platform.profiles import managed_only
 from rawdrive_platform.service import Runtime, run_service
 
 
@@ -38,7 +37,7 @@ async def main(runtime: Runtime) -> None:
     sandbox = Sandbox(Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2))
     deps = Dependencies(
         js=js,
-        storage_for=managed_only(await runtime.managed_storage()),
+        storage_for=await runtime.storage_resolver(),
         sandbox=sandbox,
         scratch_dir=settings.scratch_dir,
     )

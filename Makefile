@@ -47,7 +47,13 @@ lint: bootstrap
 	$(VENV)/bin/ruff check --select F,I --target-version py311 --line-length 120 \
 	  --config "lint.isort.known-first-party = $(FIRST_PARTY)" libs services tests bench
 
-test: lint
+# Dockerfiles (hadolint), image locks, and every kustomize overlay rendered, schema-checked
+# offline and policy-checked; then the check's own tests (it must fail on bad manifests).
+deploy-check: bootstrap
+	$(PY) deploy/k8s/check/deploy_check.py
+	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
+
+test: lint deploy-check
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services tests/e2e
 
 test-unit: bootstrap

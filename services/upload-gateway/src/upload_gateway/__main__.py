@@ -5,7 +5,7 @@ from importlib.resources import files
 from rawdrive_platform.bus import Consumer
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
-from upload_gateway import verdicts
+from upload_gateway import asset_events, verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profile_routes import mount_storage_profiles
@@ -25,6 +25,7 @@ async def main(runtime: Runtime) -> None:
     profiles = await runtime.storage_resolver()
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     runtime.start(Consumer(js, verdicts.consumer_spec(), verdicts.handler(pool)).run, name="verdicts")
+    runtime.consume(js, asset_events.consumer_spec(), asset_events.handler(pool))
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
     app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles])
     await runtime.serve_health(app, port=settings.http_port)

@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from upload_gateway import assets
 from upload_gateway.auth import TokenVerifier
+from upload_gateway.openapi import mount, mount_openapi
 from upload_gateway.problems import Handler, problem_middleware
 from upload_gateway.routes import GATEWAY, add_routes
 from upload_gateway.settings import Settings
@@ -79,6 +81,8 @@ def create_app(
     app = web.Application(middlewares=[cors_middleware(gateway.settings.cors_origins), problem_middleware])
     app[GATEWAY] = gateway
     add_routes(app)
-    for mount in mounts:
-        mount(app)
+    mount(app, assets.ROUTES)
+    for mount_more in mounts:
+        mount_more(app)
+    mount_openapi(app)
     return app

@@ -26,7 +26,7 @@ import msgspec
 from upload_gateway.problems import Forbidden, NotFound, Unauthorized
 
 Role = Literal["viewer", "member", "admin"]
-Action = Literal["read", "upload", "delete", "manage_storage"]
+Action = Literal["read", "upload", "delete", "restore", "manage_storage"]
 
 ROLE_RANK: dict[Role, int] = {"viewer": 0, "member": 1, "admin": 2}
 # The one table of what each action needs.
@@ -34,6 +34,7 @@ MINIMUM_ROLE: dict[Action, Role] = {
     "read": "viewer",
     "upload": "member",
     "delete": "member",
+    "restore": "member",
     "manage_storage": "admin",
 }
 

@@ -94,6 +94,10 @@ class Gone(UploadError):
     """The upload expired."""
 
 
+class RetentionOver(UploadError):
+    """The asset was deleted longer ago than the retention period: it can no longer be restored."""
+
+
 class Unauthorized(UploadError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="rawdrive"'})
@@ -151,6 +155,7 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     NotFound: ProblemSpec(404, "not_found", "Not found"),
     MethodNotAllowed: ProblemSpec(405, "method_not_allowed", "Method not allowed"),
     Gone: ProblemSpec(410, "gone", "Upload expired"),
+    RetentionOver: ProblemSpec(410, "retention_over", "Retention period over"),
     Unauthorized: ProblemSpec(401, "unauthorized", "Unauthorized"),
     Forbidden: ProblemSpec(403, "forbidden", "Forbidden"),
     BodyTooLarge: ProblemSpec(413, "body_too_large", "Request body too large"),

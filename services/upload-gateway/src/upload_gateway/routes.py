@@ -12,6 +12,7 @@ from aiohttp import web
 from rawdrive_platform.keys import ID_PATTERN
 from upload_gateway import api, repository, uploads
 from upload_gateway.auth import Action, Principal, require
+from upload_gateway.openapi import Operation, Reply, Route, mount
 from upload_gateway.problems import NotFound, decode_body
 from upload_gateway.sessions import UploadSession
 from upload_gateway.uploads import Gateway
@@ -106,10 +107,71 @@ async def commit(request: web.Request) -> web.Response:
     return _json(result, status=200 if result.status == "processing" else 202)
 
 
+_SESSION_PROBLEMS = (401, 403, 404, 409, 410, 502, 503)
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        Operation(
+            method="POST", path=PREFIX, operation_id="createUpload", tag="uploads",
+            summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
+            body=api.CreateUpload,
+            replies=(Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),),
+            problems=(400, 401, 403, 404, 413, 422, 502, 503),
+        ),
+        create,
+    ),
+    Route(
+        Operation(
+            method="GET", path=PREFIX + "/{upload_id}", operation_id="getUpload", tag="uploads",
+            summary="The session's state and the bytes received so far",
+            replies=(Reply(200, "The session", api.UploadStatus),),
+            problems=(401, 403, 404, 502, 503),
+        ),
+        show,
+    ),
+    Route(
+        Operation(
+            method="DELETE", path=PREFIX + "/{upload_id}", operation_id="abortUpload", tag="uploads",
+            summary="Abort the upload (idempotent)",
+            replies=(Reply(204, "Aborted"),),
+            problems=(401, 403, 404, 409, 502, 503),
+        ),
+        delete,
+    ),
+    Route(
+        Operation(
+            method="POST", path=PREFIX + "/{upload_id}/parts", operation_id="presignParts", tag="uploads",
+            auth="upload", summary="Presigned PUT URLs for S3 multipart parts",
+            body=api.PartsRequest,
+            replies=(Reply(200, "One URL per part; send the headers given", api.PresignedParts),),
+            problems=(400, 422, *_SESSION_PROBLEMS),
+        ),
+        presign_parts,
+    ),
+    Route(
+        Operation(
+            method="GET", path=PREFIX + "/{upload_id}/parts", operation_id="listParts", tag="uploads",
+            auth="upload", summary="The parts storage holds so far",
+            replies=(Reply(200, "The stored parts", api.PartList),),
+            problems=_SESSION_PROBLEMS,
+        ),
+        list_parts,
+    ),
+    Route(
+        Operation(
+            method="POST", path=PREFIX + "/{upload_id}/commit", operation_id="commitUpload", tag="uploads",
+            summary="Everything is uploaded: verify it and make it an asset",
+            body=api.CommitRequest,
+            replies=(
+                Reply(200, "Verified: the asset is processing", api.CommitResult),
+                Reply(202, "Still verifying: ask again (commit is idempotent)", api.CommitResult),
+            ),
+            problems=(400, 413, 422, *_SESSION_PROBLEMS),
+        ),
+        commit,
+    ),
+)
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(PREFIX, create)
-    app.router.add_get(PREFIX + "/{upload_id}", show)
-    app.router.add_delete(PREFIX + "/{upload_id}", delete)
-    app.router.add_post(PREFIX + "/{upload_id}/parts", presign_parts)
-    app.router.add_get(PREFIX + "/{upload_id}/parts", list_parts)
-    app.router.add_post(PREFIX + "/{upload_id}/commit", commit)
+    mount(app, ROUTES)

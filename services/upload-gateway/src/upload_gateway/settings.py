@@ -18,5 +18,7 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     upload_token_secret: Secret | None = None
     session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 24 * 3600)] = 24 * 3600
     commit_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
+    # Lifetime of the download and variant URLs the assets API hands out.
+    asset_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 15 * 60
     # Browser origins allowed by CORS; "*" allows any.
     cors_origins: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from upload_gateway import repository
 from upload_gateway.limits import SIZE_LIMITS
+from upload_gateway.openapi import TUS_OPERATIONS, document
 from upload_gateway.problems import Gone
 from upload_gateway.routes import GATEWAY, authorize_upload
 from upload_gateway.sessions import effective_state, plan_parts, require_open
@@ -60,3 +61,4 @@ def mount_tus(app: web.Application) -> None:
     """Add the tus endpoint at the session's upload_url (after create_app set GATEWAY)."""
     store = TusStore(app[GATEWAY].pool)
     app.add_routes(tus_routes(lambda _: store, tus_target, max_size=max(SIZE_LIMITS.values())))
+    document(app, TUS_OPERATIONS)

@@ -1,4 +1,5 @@
-"""The gateway's own durable consumer: record the verifier's verdicts and the janitor's expiries.
+"""The gateway's own durable consumer on RAWDRIVE_UPLOADS: record the verifier's verdicts and the
+janitor's expiries; a verified upload also enters the asset catalogue.
 
 Each handler applies one state machine event; one that no longer applies (a redelivery, or a
 session already moved on) changes nothing, which makes every handler idempotent.
@@ -14,7 +15,7 @@ import asyncpg
 
 from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, UploadExpired, UploadRejected, UploadVerified, subject_filter
 from rawdrive_platform.bus import ConsumerSpec, EventHandler
-from upload_gateway import repository
+from upload_gateway import asset_events, repository
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,23 @@ def consumer_spec(durable: str = DURABLE) -> ConsumerSpec:
     )
 
 
-async def on_verified(pool: asyncpg.Pool, data: UploadVerified) -> None:
+async def on_verified(pool: asyncpg.Pool, event: CloudEvent[UploadVerified]) -> None:
+    data = event.data
     if await repository.apply(pool, data.upload_id, "verify") is None:
         log.info("verified upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
+    # The asset enters the catalogue (processing) whatever the session row says: it may come
+    # from another replica's session, or the row may have moved on in a redelivery.
+    await asset_events.record(pool, event)
 
 
-async def on_rejected(pool: asyncpg.Pool, data: UploadRejected) -> None:
+async def on_rejected(pool: asyncpg.Pool, event: CloudEvent[UploadRejected]) -> None:
+    data = event.data
     if await repository.apply(pool, data.upload_id, "reject", rejection=(data.reason, data.detail)) is None:
         log.info("rejected upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
 
 
-async def on_expired(pool: asyncpg.Pool, data: UploadExpired) -> None:
-    await repository.apply(pool, data.upload_id, "expire")
+async def on_expired(pool: asyncpg.Pool, event: CloudEvent[UploadExpired]) -> None:
+    await repository.apply(pool, event.data.upload_id, "expire")
 
 
 HANDLERS: dict[type, Callable[[asyncpg.Pool, Any], Awaitable[None]]] = {
@@ -52,6 +58,6 @@ HANDLERS: dict[type, Callable[[asyncpg.Pool, Any], Awaitable[None]]] = {
 
 def handler(pool: asyncpg.Pool) -> EventHandler:
     async def handle(event: CloudEvent[Any]) -> None:
-        await HANDLERS[type(event.data)](pool, event.data)
+        await HANDLERS[type(event.data)](pool, event)
 
     return handle

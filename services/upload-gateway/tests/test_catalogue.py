@@ -1,0 +1,444 @@
+"""The assets API against real PostgreSQL, NATS and S3: the catalogue follows the events, pages
+stay stable, URLs fetch the right bytes under the right names, and every route checks roles."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from nats.js import JetStreamContext
+
+from rawdrive_contracts import (
+    AssetCreated,
+    AssetDeleted,
+    AssetProcessingFailed,
+    AssetPurged,
+    AssetRestored,
+    CloudEvent,
+    EventData,
+    UploadVerified,
+    Variant,
+    Variants,
+    decode,
+    new_event,
+)
+from rawdrive_platform import bus, db, keys
+from rawdrive_platform.config import Secret
+from rawdrive_platform.health import Health
+from rawdrive_platform.outbox import Relay
+from rawdrive_platform.storage import Storage, StorageProfile
+from upload_gateway import asset_events, catalogue_store, verdicts
+from upload_gateway.app import create_app, token_verifier
+from upload_gateway.auth import mint_dev_token
+from upload_gateway.catalogue import facts_of
+from upload_gateway.openapi import OPERATIONS
+from upload_gateway.settings import Settings
+from upload_gateway.tus_session import mount_tus
+from upload_gateway.uploads import Gateway
+
+SECRET = "catalogue-secret-" + "x" * 20
+MIGRATIONS = files("upload_gateway") / "migrations"
+NON_ASCII_NAME = "Ünïcødé 写真 «1».jpg"
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    gw: Gateway
+    js: JetStreamContext
+    workspace: str
+
+    def user(self, role: str = "member", workspace: str | None = None) -> dict[str, str]:
+        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=600)
+        return {"Authorization": f"Bearer {token}"}
+
+    def path(self, suffix: str = "", workspace: str | None = None) -> str:
+        return f"/v1/workspaces/{workspace or self.workspace}/assets{suffix}"
+
+    async def get(self, asset_id: str, role: str = "viewer") -> aiohttp.ClientResponse:
+        return await self.client.get(self.path(f"/{asset_id}"), headers=self.user(role))
+
+    async def publish(self, data: EventData, *, time: datetime | None = None, id: str | None = None) -> CloudEvent[Any]:
+        event = new_event(data, source="/test", time=time, id=id)
+        await bus.publish(self.js, event)
+        return event
+
+    async def status(self, asset_id: str) -> str | None:
+        response = await self.get(asset_id)
+        return (await response.json())["status"] if response.status == 200 else None
+
+    async def until_status(self, asset_id: str, wanted: str | None) -> None:
+        async with asyncio.timeout(10):
+            while await self.status(asset_id) != wanted:
+                await asyncio.sleep(0.05)
+
+    def verified(self, asset_id: str, **changes: Any) -> UploadVerified:
+        fields = dict(
+            workspace_id=self.workspace, upload_id=f"u-{asset_id}", asset_id=asset_id, library_id="lib1",
+            file_name=NON_ASCII_NAME, mime_type="image/jpeg", size_bytes=11, sha256=hashlib.sha256(b"hello world").hexdigest(),
+            storage_profile_ref="managed", object_key=keys.original_key(self.workspace, asset_id, NON_ASCII_NAME),
+            verified_at=datetime.now(UTC),
+        )
+        return UploadVerified(**(fields | changes))
+
+    def created(self, asset_id: str, variants: Variants | None = None) -> AssetCreated:
+        v = self.verified(asset_id)
+        return AssetCreated(
+            workspace_id=v.workspace_id, asset_id=asset_id, upload_id=v.upload_id, library_id=v.library_id,
+            file_name=v.file_name, mime_type=v.mime_type, size_bytes=v.size_bytes, sha256=v.sha256, kind="photo",
+            width=4000, height=3000, taken_at=datetime(2024, 7, 1, 12, 30), object_key=v.object_key,
+            storage_profile_ref="managed", variants=variants or Variants(),
+        )
+
+    async def announced(self, event_type: type[EventData]) -> list[Any]:
+        """Every event of this type in its stream for this workspace."""
+        spec = event_type.spec
+        sub = await self.js.subscribe(f"rawdrive.{spec.entity}.{spec.action}.{self.workspace}", ordered_consumer=True)
+        found = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.3)
+                except Exception:  # nats' TimeoutError: nothing more stored
+                    break
+                found.append(decode(msg.data).data)
+        finally:
+            await sub.unsubscribe()
+        return found
+
+
+def _scoped(spec: bus.ConsumerSpec, workspace: str) -> bus.ConsumerSpec:
+    # Only this test's workspace: the streams hold every other test's events too.
+    return msgspec.structs.replace(
+        spec,
+        durable=f"{spec.durable}-{uuid.uuid4().hex[:8]}",
+        filter_subjects=tuple(f.removesuffix("*") + workspace for f in spec.filter_subjects),
+        backoff_s=(0.2,),
+    )
+
+
+@pytest.fixture
+async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
+    await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
+    pool = await db.create_pool(fresh_database_url, "gateway")
+    storage = await Storage.open(
+        StorageProfile(
+            profile_id="managed", provider="r2", bucket=s3_server.bucket, access_key_id=s3_server.access_key_id,
+            secret_access_key=Secret(s3_server.secret_access_key), endpoint=s3_server.endpoint, region=s3_server.region,
+        )
+    )
+    settings = Settings(
+        database_url=fresh_database_url, s3_bucket=s3_server.bucket, s3_access_key_id=s3_server.access_key_id,
+        s3_secret_access_key=Secret(s3_server.secret_access_key), s3_endpoint=s3_server.endpoint, nats_url=nats_url,
+        public_url="http://gateway.test", jwt_secret=Secret(SECRET), asset_url_ttl_s=120,
+    )
+    gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
+    app = create_app(gw, mounts=[mount_tus])
+    Health().mount(app)  # as Runtime.serve_health does in __main__
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    nc = await bus.connect(nats_url, name="test-catalogue")
+    js = nc.jetstream()
+    await bus.provision(js, bus.StreamSettings())
+    workspace = f"ws{uuid.uuid4().hex[:10]}"
+    stop = asyncio.Event()
+    specs = [
+        (_scoped(asset_events.consumer_spec(), workspace), asset_events.handler(pool)),
+        (_scoped(verdicts.consumer_spec(), workspace), verdicts.handler(pool)),
+    ]
+    tasks = [asyncio.create_task(bus.Consumer(js, spec, handle).run(stop)) for spec, handle in specs]
+    try:
+        yield Harness(client=client, gw=gw, js=js, workspace=workspace)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        for spec, _ in specs:
+            await js.delete_consumer(spec.stream, spec.durable)
+        await nc.close()
+        await client.close()
+        await storage.close()
+        await pool.close()
+
+
+async def problem(response: aiohttp.ClientResponse) -> dict:
+    assert response.content_type == "application/problem+json", await response.text()
+    return await response.json()
+
+
+# -- the catalogue follows the events --------------------------------------------------------------
+
+
+async def test_an_asset_goes_processing_available_deleted_restored_and_purged_as_the_events_say(harness):
+    asset = str(uuid.uuid4())
+    await harness.publish(harness.verified(asset))
+    await harness.until_status(asset, "processing")
+    shown = await (await harness.get(asset)).json()
+    assert (shown["file_name"], shown["size_bytes"], shown["library_id"]) == (NON_ASCII_NAME, 11, "lib1")
+    assert "kind" not in shown and "variants" not in shown
+
+    await harness.publish(harness.created(asset))
+    await harness.until_status(asset, "available")
+    shown = await (await harness.get(asset)).json()
+    assert (shown["kind"], shown["width"], shown["height"], shown["taken_at"]) == ("photo", 4000, 3000, "2024-07-01T12:30:00")
+
+    t = datetime.now(UTC)
+    deletion = AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="bob", deleted_at=t,
+                            purge_after=t + timedelta(days=1))
+    await harness.publish(deletion)
+    await harness.until_status(asset, "deleted")
+    assert (await (await harness.get(asset)).json())["purge_after"] == (t + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+
+    await harness.publish(AssetRestored(workspace_id=harness.workspace, asset_id=asset, restored_by="bob",
+                                        restored_at=t + timedelta(seconds=1)))
+    await harness.until_status(asset, "available")
+    await harness.publish(AssetPurged(workspace_id=harness.workspace, asset_id=asset, purged_at=t + timedelta(seconds=2)))
+    await harness.until_status(asset, None)
+    assert (await harness.get(asset)).status == 404
+    listed = await (await harness.client.get(harness.path("?status=available"), headers=harness.user("viewer"))).json()
+    assert listed["items"] == []
+
+
+async def test_redelivered_and_out_of_order_events_end_in_the_state_their_times_say(harness):
+    early_created, stale_failure, trash = (str(uuid.uuid4()) for _ in range(3))
+    t = datetime.now(UTC)
+    # asset.created overtakes upload.verified; both delivered twice (new ids: JetStream would
+    # drop the same id, a consumer's redelivery would not).
+    for _ in range(2):
+        await harness.publish(harness.created(early_created), id=str(uuid.uuid4()))
+        await harness.publish(harness.verified(early_created), id=str(uuid.uuid4()))
+    # A failure from an earlier attempt arrives after the success.
+    await harness.publish(harness.verified(stale_failure))
+    await harness.publish(harness.created(stale_failure), time=t)
+    failure = AssetProcessingFailed(workspace_id=harness.workspace, asset_id=stale_failure, upload_id="u",
+                                    reason="timeout", object_key="k", storage_profile_ref="managed")
+    await harness.publish(failure, time=t - timedelta(seconds=5))
+    # The restore arrives before the deletion it undoes, then a later deletion arrives.
+    await harness.publish(harness.verified(trash))
+    await harness.publish(AssetRestored(workspace_id=harness.workspace, asset_id=trash, restored_by="b",
+                                        restored_at=t + timedelta(seconds=2)))
+    for deleted_at in (t + timedelta(seconds=1), t + timedelta(seconds=3), t + timedelta(seconds=1)):
+        await harness.publish(AssetDeleted(workspace_id=harness.workspace, asset_id=trash, deleted_by="b",
+                                           deleted_at=deleted_at, purge_after=deleted_at + timedelta(days=1)))
+    await harness.until_status(early_created, "available")
+    await harness.until_status(stale_failure, "available")
+    await harness.until_status(trash, "deleted")
+    shown = await (await harness.get(trash)).json()
+    assert shown["deleted_at"].startswith((t + timedelta(seconds=3)).isoformat()[:19])
+    [row] = await harness.gw.pool.fetch("SELECT count(*) FROM assets WHERE asset_id = $1", early_created)
+    assert row[0] == 1
+
+
+# -- listing ---------------------------------------------------------------------------------------
+
+
+async def _record(harness: Harness, data: EventData) -> None:
+    await catalogue_store.record(harness.gw.pool, facts_of(new_event(data, source="/test")))
+
+
+async def test_pages_neither_repeat_nor_skip_while_new_assets_arrive(harness):
+    before = [str(uuid.uuid4()) for _ in range(23)]
+    for asset in before:
+        await _record(harness, harness.verified(asset))
+    seen: list[str] = []
+    cursor = None
+    added = 0
+    while True:
+        query = f"?limit=5{'&cursor=' + cursor if cursor else ''}"
+        page = await (await harness.client.get(harness.path(query), headers=harness.user("viewer"))).json()
+        seen += [item["asset_id"] for item in page["items"]]
+        # Others keep uploading while we page: two new assets per page, and one of ours changes.
+        for _ in range(2):
+            await _record(harness, harness.verified(str(uuid.uuid4())))
+            added += 1
+        await _record(harness, harness.created(before[len(seen) % len(before)]))
+        if not (cursor := page["next_cursor"]):
+            break
+    assert len(seen) == len(set(seen)), "an asset was listed twice"
+    assert seen == [a for a in reversed(before)], "every asset older than the first page, newest first"
+    everything = await (await harness.client.get(harness.path("?limit=100"), headers=harness.user())).json()
+    assert len(everything["items"]) == len(before) + added and everything["next_cursor"] is None
+
+
+async def test_listings_filter_by_library_folder_and_status_and_hide_deleted_by_default(harness):
+    a, b, c = (str(uuid.uuid4()) for _ in range(3))
+    await _record(harness, harness.verified(a, library_id="holiday", folder_id="beach"))
+    await _record(harness, harness.verified(b, library_id="holiday"))
+    await _record(harness, harness.verified(c))
+    await _record(harness, harness.created(c))
+    t = datetime.now(UTC)
+    await _record(harness, AssetDeleted(workspace_id=harness.workspace, asset_id=b, deleted_by="x", deleted_at=t,
+                                        purge_after=t + timedelta(days=1)))
+
+    async def ids(query: str) -> set[str]:
+        response = await harness.client.get(harness.path(query), headers=harness.user("viewer"))
+        assert response.status == 200, await response.text()
+        return {item["asset_id"] for item in (await response.json())["items"]}
+
+    assert await ids("") == {a, c}
+    assert await ids("?library_id=holiday") == {a}
+    assert await ids("?library_id=holiday&status=deleted") == {b}
+    assert await ids("?folder_id=beach") == {a}
+    assert await ids("?status=available") == {c}
+    for bad, path in (("?limit=0", "$.limit"), ("?limit=101", "$.limit"), ("?status=gone", "$.status"),
+                      ("?cursor=not-ours", "$.cursor"), ("?limit=ten", "$.limit")):
+        response = await harness.client.get(harness.path(bad), headers=harness.user("viewer"))
+        assert response.status == 422, bad
+        assert (await problem(response))["errors"][0]["path"] == path
+
+
+# -- URLs --------------------------------------------------------------------------------------------
+
+
+async def test_variant_and_download_urls_fetch_the_stored_bytes_under_the_original_name(harness):
+    asset = str(uuid.uuid4())
+    original = b"original bytes \xff\x00"
+    thumb_key = keys.derived_key(harness.workspace, asset, "thumb", "thumb.webp")
+    large_key = keys.derived_key(harness.workspace, asset, "large", "large.webp")
+    verified_event = harness.verified(asset, size_bytes=len(original))
+    await harness.gw.storage.put(verified_event.object_key, original, "image/jpeg")
+    await harness.gw.storage.put(thumb_key, b"thumb", "image/webp")
+    await harness.gw.storage.put(large_key, b"large!", "image/webp")
+    variants = Variants(thumb=Variant(key=thumb_key, width=320, height=240, size_bytes=5),
+                        large=Variant(key=large_key, width=2560, height=1920, size_bytes=6))
+    await _record(harness, verified_event)
+    await _record(harness, harness.created(asset, variants))
+
+    shown = await (await harness.get(asset)).json()
+    assert set(shown["variants"]) == {"thumb", "large"} and shown["urls_expire_at"]
+    async with aiohttp.ClientSession() as http:
+        for name, body in (("thumb", b"thumb"), ("large", b"large!")):
+            async with http.get(shown["variants"][name]["url"]) as response:
+                assert (response.status, await response.read()) == (200, body)
+        redirect = await harness.client.get(harness.path(f"/{asset}/download"), headers=harness.user("viewer"),
+                                            allow_redirects=False)
+        assert redirect.status == 302 and redirect.headers["Cache-Control"] == "no-store"
+        async with http.get(redirect.headers["Location"]) as response:
+            assert (response.status, await response.read()) == (200, original)
+            disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith('attachment; filename="')
+    encoded = re.search(r"filename\*=UTF-8''(\S+)", disposition)
+    assert encoded and urllib.parse.unquote(encoded[1]) == NON_ASCII_NAME
+    assert disposition.split('filename="')[1].split('"')[0].isascii()
+
+
+# -- delete and restore ------------------------------------------------------------------------------
+
+
+async def test_delete_announces_the_deletion_and_restore_undoes_it_within_retention(harness):
+    asset = str(uuid.uuid4())
+    await _record(harness, harness.verified(asset))
+    await _record(harness, harness.created(asset))
+    path = harness.path(f"/{asset}")
+    assert (await harness.client.delete(path, headers=harness.user("member"))).status == 204
+    assert (await harness.client.delete(path, headers=harness.user("member"))).status == 204  # idempotent
+    shown = await (await harness.get(asset)).json()
+    assert shown["status"] == "deleted"
+    purge_after = datetime.fromisoformat(shown["purge_after"])
+    assert timedelta(days=29.9) < purge_after - datetime.fromisoformat(shown["deleted_at"]) <= timedelta(days=30)
+
+    restored = await harness.client.post(path + "/restore", headers=harness.user("member"))
+    assert restored.status == 200 and (await restored.json())["status"] == "available"
+    again = await harness.client.post(path + "/restore", headers=harness.user("member"))
+    assert again.status == 200  # nothing to undo: still fine
+
+    await Relay(harness.gw.pool, harness.js).publish_pending()
+    [deleted] = await harness.announced(AssetDeleted)
+    assert (deleted.asset_id, deleted.deleted_by, deleted.storage_profile_ref) == (asset, "alice", "managed")
+    assert deleted.purge_after == purge_after
+    [restore] = await harness.announced(AssetRestored)
+    assert restore.asset_id == asset and restore.restored_at > deleted.deleted_at
+    # The consumer sees the gateway's own events and lands where the API already is.
+    await asyncio.sleep(0.5)
+    assert await harness.status(asset) == "available"
+
+
+async def test_restoring_after_the_retention_period_is_refused_with_410(harness):
+    asset = str(uuid.uuid4())
+    await _record(harness, harness.verified(asset))
+    t = datetime.now(UTC) - timedelta(days=31)
+    await _record(harness, AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="x",
+                                        deleted_at=t, purge_after=t + timedelta(days=30)))
+    response = await harness.client.post(harness.path(f"/{asset}/restore"), headers=harness.user("admin"))
+    assert response.status == 410 and (await problem(response))["code"] == "retention_over"
+    assert await harness.status(asset) == "deleted"
+
+
+# -- access ------------------------------------------------------------------------------------------
+
+ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "", "viewer"),
+    ("GET", "/{asset}", "viewer"),
+    ("GET", "/{asset}/download", "viewer"),
+    ("DELETE", "/{asset}", "member"),
+    ("POST", "/{asset}/restore", "member"),
+]
+RANK = {"viewer": 0, "member": 1, "admin": 2}
+
+
+@pytest.mark.parametrize(("method", "suffix", "needed"), ROUTES)
+async def test_every_assets_route_checks_the_token_the_role_and_the_workspace(harness, method, suffix, needed):
+    asset = str(uuid.uuid4())
+    await _record(harness, harness.verified(asset))
+    await harness.gw.storage.put(harness.verified(asset).object_key, b"x", "image/jpeg")
+    path = harness.path(suffix.format(asset=asset))
+
+    async def call(headers: dict[str, str]) -> aiohttp.ClientResponse:
+        return await harness.client.request(method, path, headers=headers, allow_redirects=False)
+
+    assert (await call({})).status == 401
+    assert (await call({"Authorization": "Bearer nope"})).status == 401
+    other = await call(harness.user("admin", workspace="elsewhere"))
+    assert other.status == 404 and (await problem(other))["code"] == "not_found"
+    for role in ("viewer", "member", "admin"):
+        response = await call(harness.user(role))
+        if RANK[role] < RANK[needed]:
+            assert response.status == 403 and (await problem(response))["code"] == "forbidden", role
+        else:
+            assert response.status in (200, 204, 302), (role, await response.text())
+
+
+async def test_an_unknown_or_malformed_asset_id_is_404(harness):
+    for asset in (str(uuid.uuid4()), "a.b", "x" * 65):
+        response = await harness.get(asset)
+        assert response.status == 404 and (await problem(response))["code"] == "not_found"
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------------
+
+
+async def test_every_served_route_is_in_the_openapi_document_with_its_schemas(harness):
+    response = await harness.client.get("/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    served = set()
+    for route in harness.client.app.router.routes():
+        path = route.resource.canonical if route.resource else ""
+        served.add((route.method, path))
+    # aiohttp answers HEAD for a GET route on its own (add_get); the GET's entry covers it.
+    implied = {("HEAD", path) for method, path in served if method == "GET"} - documented
+    assert served - implied - documented == set()
+    assert documented - served == set(), "documented routes that are not served"
+    listing = document["paths"]["/v1/workspaces/{workspace_id}/assets"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"workspace_id", "cursor", "limit", "library_id",
+                                                          "folder_id", "status"}
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/AssetPage"}
+    assert document["components"]["securitySchemes"]["userToken"]["scheme"] == "bearer"
+    assert "Problem" in document["components"]["schemas"]
+    tus_patch = document["paths"]["/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"]["patch"]
+    assert {"Upload-Offset", "Tus-Resumable", "Upload-Checksum"} <= {p["name"] for p in tus_patch["parameters"]}
+    assert len(harness.client.app[OPERATIONS]) == len({(o.method, o.path) for o in harness.client.app[OPERATIONS]})
+

@@ -45,6 +45,7 @@ from upload_gateway.auth import mint_dev_token
 from upload_gateway.catalogue import facts_of
 from upload_gateway.openapi import OPERATIONS
 from upload_gateway.settings import Settings
+from upload_gateway.storage_profile_routes import mount_storage_profiles
 from upload_gateway.tus_session import mount_tus
 from upload_gateway.uploads import Gateway
 
@@ -145,7 +146,7 @@ async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harn
         public_url="http://gateway.test", jwt_secret=Secret(SECRET), asset_url_ttl_s=120,
     )
     gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
-    app = create_app(gw, mounts=[mount_tus])
+    app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])  # what __main__ mounts
     Health().mount(app)  # as Runtime.serve_health does in __main__
     client = TestClient(TestServer(app))
     await client.start_server()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from upload_gateway import api, storage_profiles
+from upload_gateway.openapi import Operation, Reply, Route, mount
 from upload_gateway.problems import decode_body
 from upload_gateway.routes import GATEWAY, _json, _user
 
@@ -28,7 +29,39 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+_PROBLEMS = (401, 403, 404, 503)
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        Operation(
+            method="PUT", path=PATH, operation_id="putStorageProfile", tag="storage-profile",
+            summary="Save the workspace's storage profile after a live check of the bucket (admin)",
+            body=api.PutStorageProfile,
+            replies=(Reply(200, "Saved; credentials are never returned", api.StorageProfileView),),
+            problems=(400, 413, 422, 502, *_PROBLEMS),
+        ),
+        put,
+    ),
+    Route(
+        Operation(
+            method="GET", path=PATH, operation_id="getStorageProfile", tag="storage-profile",
+            summary="The workspace's storage profile, credentials masked (admin)",
+            replies=(Reply(200, "The active profile", api.StorageProfileView),),
+            problems=_PROBLEMS,
+        ),
+        get,
+    ),
+    Route(
+        Operation(
+            method="DELETE", path=PATH, operation_id="deleteStorageProfile", tag="storage-profile",
+            summary="Back to the managed bucket for new uploads (admin)",
+            replies=(Reply(204, "Removed"),),
+            problems=_PROBLEMS,
+        ),
+        delete,
+    ),
+)
+
+
 def mount_storage_profiles(app: web.Application) -> None:
-    app.router.add_put(PATH, put)
-    app.router.add_get(PATH, get)
-    app.router.add_delete(PATH, delete)
+    mount(app, ROUTES)

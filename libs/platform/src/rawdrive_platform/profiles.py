@@ -25,7 +25,7 @@ from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, InvalidKeyError, KeyNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, InvalidKeyError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from rawdrive_platform.config import CommonSettings, Secret
@@ -205,6 +205,7 @@ class ProfileResolver:
         self._kv = kv
         self._key = master_key
         self._profiles: dict[str, StorageProfile] = {}
+        self._workspaces: dict[str, str] = {}  # ref -> workspace id, from the records read
 
     @property
     def managed(self) -> Storage:
@@ -232,6 +233,26 @@ class ProfileResolver:
         except _NATS_DOWN as error:
             raise StorageUnavailable(f"publish storage profile {record.ref}: {error!r}") from error
 
+    async def published(self) -> list[tuple[str, StorageProfile]]:
+        """Every published profile this key opens, with its workspace id (for sweeps)."""
+        if self._key is None:
+            return []
+        try:
+            refs = await self._kv.keys()
+        except NoKeysError:
+            return []
+        except _NATS_DOWN as error:
+            raise StorageUnavailable(f"list storage profiles: {error!r}") from error
+        found = []
+        for ref in refs:
+            try:
+                profile = self._profiles.get(ref) or await self._load(ref)
+            except UnknownProfile:
+                continue  # sealed with another key, or unreadable: not ours to sweep
+            self._profiles[ref] = profile
+            found.append((self._workspaces[ref], profile))
+        return found
+
     async def _load(self, ref: str) -> StorageProfile:
         if self._key is None:
             raise UnknownProfile(f"storage profile {ref!r}: no storage master key is configured")
@@ -247,6 +268,7 @@ class ProfileResolver:
             raise UnknownProfile(f"storage profile {ref!r} is unreadable: {error}") from None
         if record.ref != ref:
             raise UnknownProfile(f"storage profile {ref!r} holds the record of {record.ref!r}")
+        self._workspaces[ref] = record.workspace_id
         return open_profile(record, self._key)
 
 

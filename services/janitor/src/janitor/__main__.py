@@ -15,12 +15,12 @@ import msgspec
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
 from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
-from rawdrive_platform import bus, db
+from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import ConfigError, load_settings
 from rawdrive_platform.outbox import Relay
-from rawdrive_platform.profiles import StorageResolver, profile_resolver
+from rawdrive_platform.profiles import ProfileResolver, profile_resolver
 from rawdrive_platform.service import Runtime, run_service
-from rawdrive_platform.storage import Storage, StorageRegistry
+from rawdrive_platform.storage import StorageRegistry
 from rawdrive_platform.telemetry import setup_json_logging
 
 MIGRATIONS = files("janitor") / "migrations"
@@ -28,23 +28,30 @@ MIGRATIONS = files("janitor") / "migrations"
 MANAGED_SWEEP_PREFIX = "workspaces/"
 
 
-def sweep_targets(managed: Storage) -> TargetSource:
-    """The managed bucket's workspaces. Each BYOS profile will add its own bucket, swept
-    under `keys.workspace_prefix(workspace, profile.key_prefix)` and nothing outside it."""
+def sweep_targets(profiles: ProfileResolver) -> TargetSource:
+    """The managed bucket's workspaces, and each workspace's own bucket only under
+    `keys.workspace_prefix(workspace, profile.key_prefix)`: nothing outside it is ours."""
 
     async def targets() -> list[SweepTarget]:
-        return [SweepTarget(storage=managed, prefix=MANAGED_SWEEP_PREFIX)]
+        found = [SweepTarget(storage=profiles.managed, prefix=MANAGED_SWEEP_PREFIX)]
+        seen = set()
+        for workspace_id, profile in await profiles.published():
+            prefix = keys.workspace_prefix(workspace_id, profile.key_prefix)
+            # Every saved version gets a ref; versions on one bucket and prefix are one target.
+            scope = (profile.endpoint, profile.bucket, prefix)
+            if scope not in seen:
+                seen.add(scope)
+                found.append(SweepTarget(storage=await profiles(profile.profile_id), prefix=prefix))
+        return found
 
     return targets
 
 
-def build_janitor(
-    settings: Settings, pool: asyncpg.Pool, managed: Storage, storage_for: StorageResolver, *, dry_run: bool
-) -> Janitor:
+def build_janitor(settings: Settings, pool: asyncpg.Pool, profiles: ProfileResolver, *, dry_run: bool) -> Janitor:
     return Janitor(
         pool=pool,
-        storage_for=storage_for,
-        sweep_targets=sweep_targets(managed),
+        storage_for=profiles,
+        sweep_targets=sweep_targets(profiles),
         lease=Lease(settings.database_url),
         thresholds=settings.thresholds(),
         schedule=settings.schedule(),
@@ -58,12 +65,11 @@ async def main(runtime: Runtime) -> None:
     assert isinstance(settings, Settings)
     js = await runtime.jetstream()
     pool = await runtime.database("janitor", MIGRATIONS)
-    managed = await runtime.managed_storage()
     storage_for = await runtime.storage_resolver()
     deps = Dependencies(pool=pool, storage_for=storage_for, dry_run=settings.janitor_dry_run)
     runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
     runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
-    runtime.start(build_janitor(settings, pool, managed, storage_for, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
+    runtime.start(build_janitor(settings, pool, storage_for, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
     runtime.start(Relay(pool, js).run, name="outbox-relay")
     await runtime.serve_health()
 
@@ -76,7 +82,7 @@ async def sweep_once(settings: Settings, *, dry_run: bool) -> int:
     try:
         async with StorageRegistry() as storages:
             storage_for = await profile_resolver(nc.jetstream(), settings, storages)
-            janitor = build_janitor(settings, pool, storage_for.managed, storage_for, dry_run=dry_run)
+            janitor = build_janitor(settings, pool, storage_for, dry_run=dry_run)
             try:
                 report = await janitor.run_once()
             finally:

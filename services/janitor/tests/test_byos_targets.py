@@ -1,0 +1,65 @@
+"""The janitor sweeps each workspace's own bucket only under that workspace's prefix, found
+through the same published profiles (JetStream KV, sealed with the master key) the gateway
+writes. Real NATS and a second S3 server with its own credentials."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from janitor.__main__ import MANAGED_SWEEP_PREFIX, sweep_targets
+from rawdrive_platform import bus
+from rawdrive_platform.config import Secret
+from rawdrive_platform.profiles import MasterKey, ProfileResolver, new_profile_ref, profile_bucket
+from rawdrive_platform.storage import StorageProfile, StorageRegistry
+
+
+def byos_profile(workspace: str, connection, key_prefix: str) -> StorageProfile:
+    return StorageProfile(
+        profile_id=new_profile_ref(workspace),
+        provider="byos",
+        bucket=connection.bucket,
+        endpoint=connection.endpoint,
+        region=connection.region,
+        key_prefix=key_prefix,
+        access_key_id=connection.access_key_id,
+        secret_access_key=Secret(connection.secret_access_key),
+    )
+
+
+async def test_each_published_profile_is_swept_once_under_its_workspace_prefix(nats_url, s3_server, start_s3_server):
+    customer = start_s3_server(bucket=f"cust{uuid.uuid4().hex[:8]}").connection
+    nc = await bus.connect(nats_url, name="janitor-byos-test")
+    key = MasterKey(b"m" * 32)
+    try:
+        kv = await profile_bucket(nc.jetstream(), replicas=1)
+        async with StorageRegistry() as storages:
+            managed = await storages.get(
+                StorageProfile(
+                    profile_id="managed", provider="r2", bucket=s3_server.bucket, endpoint=s3_server.endpoint,
+                    region=s3_server.region, access_key_id=s3_server.access_key_id,
+                    secret_access_key=Secret(s3_server.secret_access_key),
+                )
+            )
+            publisher = ProfileResolver(managed, storages, kv, key)
+            first, second = f"ws{uuid.uuid4().hex[:8]}", f"ws{uuid.uuid4().hex[:8]}"
+            now = datetime.now(UTC)
+            # The first workspace saved its profile twice (two refs, one bucket and prefix).
+            await publisher.publish(byos_profile(first, customer, f"tenants/{first}/"), first, now)
+            await publisher.publish(byos_profile(first, customer, f"tenants/{first}/"), first, now)
+            await publisher.publish(byos_profile(second, customer, f"{second}/media/"), second, now)
+
+            # Another process: a fresh resolver that knows only the KV bucket and the key.
+            janitor_view = ProfileResolver(managed, storages, kv, key)
+            targets = await sweep_targets(janitor_view)()
+            prefixes = sorted(t.prefix for t in targets if t.storage is not managed)
+            managed_targets = [t for t in targets if t.storage is managed]
+
+            # Without the master key no customer bucket is opened, so none is swept.
+            keyless = await sweep_targets(ProfileResolver(managed, storages, kv, None))()
+    finally:
+        await nc.close()
+    assert [t.prefix for t in managed_targets] == [MANAGED_SWEEP_PREFIX]
+    ours = [p for p in prefixes if first in p or second in p]
+    assert ours == sorted([f"tenants/{first}/workspaces/{first}/", f"{second}/media/workspaces/{second}/"])
+    assert [t.prefix for t in keyless] == [MANAGED_SWEEP_PREFIX]

@@ -123,6 +123,8 @@ class CommitRequested(_UploadEvent, kw_only=True):
     multipart_upload_id: str | None = None
     parts: list[PartRef] | None = None
     requested_by: str
+    # From the gateway's file type table, for the verifier's metrics; None from older gateways.
+    kind: Kind | None = None
 
 
 class UploadVerified(_UploadEvent, kw_only=True):

@@ -141,13 +141,22 @@ async def provision(js: JetStreamContext, settings: StreamSettings) -> None:
 
 
 async def publish(js: JetStreamContext, event: CloudEvent[Any], *, headers: dict[str, str] | None = None) -> bool:
-    """Publish and wait for the stream's ack. Returns False when JetStream dropped it as a duplicate."""
-    all_headers = {MSG_ID_HEADER: event.id, **(headers if headers is not None else inject_headers({}))}
-    try:
-        ack = await js.publish(subject_for(event.data), encode(event), headers=all_headers, timeout=5)
-    except (NatsTimeoutError, ConnectionClosedError, NoServersError, BadRequestError, asyncio.TimeoutError) as exc:
-        raise PublishFailed(f"{event.type} {event.id}: {exc!r}") from exc
-    return not ack.duplicate
+    """Publish and wait for the stream's ack. Returns False when JetStream dropped it as a duplicate.
+
+    The publish is a PRODUCER span; the consumers' spans continue from it (its context travels in
+    the headers unless the caller passes its own)."""
+    subject = subject_for(event.data)
+    with tracer.start_as_current_span(
+        f"publish {event.type}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject, "messaging.message.id": event.id},
+    ):
+        all_headers = {MSG_ID_HEADER: event.id, **(headers if headers is not None else inject_headers({}))}
+        try:
+            ack = await js.publish(subject, encode(event), headers=all_headers, timeout=5)
+        except (NatsTimeoutError, ConnectionClosedError, NoServersError, BadRequestError, asyncio.TimeoutError) as exc:
+            raise PublishFailed(f"{event.type} {event.id}: {exc!r}") from exc
+        return not ack.duplicate
 
 
 async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:

@@ -70,6 +70,8 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # live handler extends it while it works, so this bounds recovery after a crash.
     consumer_ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     log_level: LogLevel = "INFO"
+    # How often the Runtime samples the gauges on /metrics (consumer lag, dead letters, outbox).
+    metrics_sample_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     # How long a soft-deleted asset can be restored before it is purged: the gateway promises
     # it (purge_after), the janitor keeps it. Fractions are fine (tests use seconds' worth).
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0

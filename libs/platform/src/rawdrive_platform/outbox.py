@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, encode, subject_for
 from rawdrive_platform.bus import MSG_ID_HEADER
-from rawdrive_platform.telemetry import inject_headers
+from rawdrive_platform.telemetry import stored_context
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
         event.id,
         subject_for(event.data),
         encode(event),
-        msgspec.json.encode(inject_headers({})).decode(),
+        stored_context(),
         _NOTIFY_CHANNEL,
     )
 

@@ -6,13 +6,16 @@ A service's `__main__` reads like this:
         js = await runtime.jetstream()
         pool = await runtime.database("verifier", MIGRATIONS)
         runtime.consume(js, SPEC, handler)
-        runtime.start(Relay(pool, js).run)
+        runtime.relay(pool, js)
 
     run_service("commit-verifier", Settings, main)
 
 On SIGTERM or SIGINT every worker is told to stop (a consumer finishes the message in hand and
 fetches no more), then connections close in reverse order of opening. A worker that crashes
 stops the whole process with a non-zero exit, so the orchestrator restarts it.
+
+The health port also serves `/metrics`; the Runtime samples the lag and dead letters of every
+consumer it runs and the backlog of every outbox it relays (`metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
+from functools import partial
 from importlib.resources.abc import Traversable
 from typing import TypeVar
 
@@ -35,9 +39,10 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from rawdrive_platform import bus, db
+from rawdrive_platform import bus, db, metrics
 from rawdrive_platform.config import CommonSettings, ConfigError, load_settings
 from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
+from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import ProfileResolver, profile_resolver
 from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
 from rawdrive_platform.telemetry import setup_telemetry
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
 Worker = Callable[[asyncio.Event], Awaitable[None]]
+# Reads one source (a consumer's info, an outbox count) into its gauges.
+Sampler = Callable[[], Awaitable[None]]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 # Longer than the slowest handler's remaining work after SIGTERM; Kubernetes' grace is longer.
@@ -61,6 +68,7 @@ class Runtime:
         self.storages = StorageRegistry()
         self._exit = AsyncExitStack()
         self._workers: list[asyncio.Task[None]] = []
+        self._samplers: dict[str, Sampler] = {}
         self._nc: NATS | None = None
         self._resolver: ProfileResolver | None = None
 
@@ -106,24 +114,44 @@ class Runtime:
         on_exhausted: bus.ExhaustedHandler | None = None,
         concurrency: int = 1,
     ) -> None:
-        """Run a durable consumer as a worker, with the deployment's ack wait."""
+        """Run a durable consumer as a worker, with the deployment's ack wait; its lag and dead
+        letters are sampled for /metrics."""
         spec = msgspec.structs.replace(spec, ack_wait_s=self.settings.consumer_ack_wait_s)
         consumer = bus.Consumer(js, spec, handle, on_exhausted=on_exhausted, concurrency=concurrency)
         self.start(consumer.run, name=spec.durable)
+        self._samplers[f"consumer {spec.durable}"] = partial(metrics.sample_consumer, js, spec.stream, spec.durable)
+
+    def relay(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
+        """Run the outbox relay of `pool`'s schema as a worker; its backlog is sampled for /metrics."""
+        self.start(Relay(pool, js).run, name="outbox-relay")
+        self._samplers["outbox"] = partial(metrics.sample_outbox, pool)
 
     def start(self, worker: Worker, *, name: str | None = None) -> None:
         self._workers.append(asyncio.create_task(worker(self.stop), name=name or getattr(worker, "__qualname__", None)))
 
     async def serve_health(self, app: web.Application | None = None, port: int | None = None) -> None:
-        """Serve /livez and /readyz, on `app` (which then serves everything) or on its own."""
+        """Serve /livez, /readyz and /metrics, on `app` (which then serves everything) or on its own."""
         app = app if app is not None else web.Application()
         self.health.mount(app)
+        metrics.mount(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port or self.settings.health_port).start()
         self._exit.push_async_callback(runner.cleanup)
 
+    async def _sample(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for name, sample in self._samplers.items():
+                try:
+                    await sample()
+                except Exception as exc:  # noqa: BLE001 - a gauge left stale must not stop the service
+                    log.warning("metrics sample failed", extra={"sampler": name, "error": repr(exc)})
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.metrics_sample_interval_s)
+
     async def run(self) -> int:
+        if self._samplers:
+            self.start(self._sample, name="metrics-sampler")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)

@@ -68,6 +68,16 @@ def extract_context(headers: Mapping[str, str] | None) -> Context:
     return propagate.extract(dict(headers or {}))
 
 
+def stored_context() -> str:
+    """The current trace context as text, to keep with a row whose later work continues the trace."""
+    return msgspec.json.encode(inject_headers()).decode()
+
+
+def restored_context(stored: str | None) -> Context:
+    """The trace context `stored_context` kept (an empty one for None: a new trace starts)."""
+    return extract_context(msgspec.json.decode(stored, type=dict[str, str]) if stored else None)
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, service, trace ids, extras."""
 

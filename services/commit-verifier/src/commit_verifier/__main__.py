@@ -8,7 +8,6 @@ from commit_verifier.hashing import MiB, ReadSettings
 from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
 from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
-from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
 
 
@@ -48,7 +47,7 @@ async def main(runtime: Runtime) -> None:
         on_exhausted=partial(dispatch_exhausted, deps=deps),
         concurrency=settings.concurrency,
     )
-    runtime.start(Relay(pool, js).run, name="outbox-relay")
+    runtime.relay(pool, js)
     await runtime.serve_health()
 
 

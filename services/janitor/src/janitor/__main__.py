@@ -17,7 +17,6 @@ from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import ConfigError, load_settings
-from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import ProfileResolver, profile_resolver
 from rawdrive_platform.service import Runtime, run_service
 from rawdrive_platform.storage import StorageRegistry
@@ -70,7 +69,7 @@ async def main(runtime: Runtime) -> None:
     runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
     runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
     runtime.start(build_janitor(settings, pool, storage_for, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
-    runtime.start(Relay(pool, js).run, name="outbox-relay")
+    runtime.relay(pool, js)
     await runtime.serve_health()
 
 

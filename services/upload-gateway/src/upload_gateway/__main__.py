@@ -2,8 +2,6 @@
 
 from importlib.resources import files
 
-from rawdrive_platform.bus import Consumer
-from rawdrive_platform.outbox import Relay
 from rawdrive_platform.service import Runtime, run_service
 from upload_gateway import asset_events, verdicts
 from upload_gateway.app import create_app, token_verifier
@@ -23,8 +21,8 @@ async def main(runtime: Runtime) -> None:
     pool = await runtime.database("gateway", MIGRATIONS)
     storage = await runtime.managed_storage()
     profiles = await runtime.storage_resolver()
-    runtime.start(Relay(pool, js).run, name="outbox-relay")
-    runtime.start(Consumer(js, verdicts.consumer_spec(), verdicts.handler(pool)).run, name="verdicts")
+    runtime.relay(pool, js)
+    runtime.consume(js, verdicts.consumer_spec(), verdicts.handler(pool))
     runtime.consume(js, asset_events.consumer_spec(), asset_events.handler(pool))
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
     app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles])

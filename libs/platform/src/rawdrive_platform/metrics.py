@@ -1,0 +1,127 @@
+"""Every Prometheus metric of the pipeline, defined here once so names and labels live in one place.
+
+Each service process serves them at `/metrics` on its health port (the gateway: on its API
+port), mounted by `Runtime.serve_health`. Counters and histograms count what this process did;
+the gauges are sampled by `Runtime` every RAWDRIVE_METRICS_SAMPLE_INTERVAL_S from JetStream and
+PostgreSQL. Labels take values from small fixed sets (kinds, reasons, protocols, consumer
+names), never workspace, upload or asset ids, so a series count does not grow with traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+import asyncpg
+from aiohttp import web
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+from rawdrive_platform.bus import DEADLETTER_STREAM
+
+# The label of a duration whose kind was never learnt (a type mismatch, an unknown profile).
+UNKNOWN_KIND = "unknown"
+# A small photo takes well under a second; a 500 MiB video about a minute to hash or decode.
+_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# -- uploads (prometheus_client appends _total to counters) -------------------------------------
+UPLOADS_STARTED = Counter(
+    "rawdrive_uploads_started", "Upload sessions opened (gateway)", ["protocol"]
+)
+UPLOADS_COMPLETED = Counter(
+    "rawdrive_uploads_completed", "Uploads verified and committed as assets (verifier)", ["kind"]
+)
+UPLOADS_REJECTED = Counter(
+    "rawdrive_uploads_rejected", "Commits the verifier rejected (verifier)", ["reason"]
+)
+UPLOADS_EXPIRED = Counter(
+    "rawdrive_uploads_expired", "Upload sessions expired before their commit (janitor)"
+)
+INGESTED_BYTES = Counter(
+    "rawdrive_ingested_bytes",
+    # Verified sizes rather than bytes through the gateway: S3 multipart parts bypass it.
+    "Bytes of verified uploads, counted once each at verification, whatever the protocol (verifier)",
+    ["kind"],
+)
+VERIFICATION_SECONDS = Histogram(
+    "rawdrive_verification_seconds",
+    "Time to complete, measure and hash one commit and record the decision (verifier)",
+    ["kind"],
+    buckets=_SECONDS_BUCKETS,
+)
+PROCESSING_SECONDS = Histogram(
+    "rawdrive_processing_seconds",
+    "Time to check, decode and store the variants of one verified upload (processor)",
+    ["kind"],
+    buckets=_SECONDS_BUCKETS,
+)
+
+# -- queues (sampled) -------------------------------------------------------------------------
+CONSUMER_PENDING = Gauge(
+    "rawdrive_consumer_pending_messages",
+    "Messages a durable consumer has yet to finish: num_pending + num_ack_pending, the JetStream "
+    "consumer lag KEDA scales the verifier and the processor on",
+    ["stream", "consumer"],
+)
+DEAD_LETTERS = Gauge(
+    "rawdrive_consumer_dead_letters",
+    "Messages of this consumer waiting in RAWDRIVE_DEADLETTER (terminated or out of deliveries)",
+    ["stream", "consumer"],
+)
+OUTBOX_PENDING = Gauge(
+    "rawdrive_outbox_pending_rows", "Outbox rows of this service not yet published to JetStream"
+)
+
+# -- janitor ----------------------------------------------------------------------------------
+JANITOR_DELETED_OBJECTS = Counter(
+    "rawdrive_janitor_deleted_objects", "Objects the janitor deleted", ["reason"]
+)
+JANITOR_DELETED_BYTES = Counter(
+    "rawdrive_janitor_deleted_bytes", "Bytes of the objects the janitor deleted", ["reason"]
+)
+JANITOR_ABORTED_MULTIPART = Counter(
+    "rawdrive_janitor_aborted_multipart_uploads", "Incomplete multipart uploads the janitor aborted", ["reason"]
+)
+
+
+class Stopwatch:
+    """Observes the seconds a `with` block took into `histogram`, under the kind known by its end
+    (set `.kind` inside the block once it is learnt). A block that raised is not observed: the
+    delivery is retried, and the histogram holds the work that finished."""
+
+    def __init__(self, histogram: Histogram, kind: str = UNKNOWN_KIND) -> None:
+        self.kind = kind
+        self._histogram = histogram
+        self._started = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self._histogram.labels(kind=self.kind).observe(time.perf_counter() - self._started)
+
+
+async def sample_consumer(js: JetStreamContext, stream: str, durable: str) -> None:
+    """Set the consumer's lag and dead-letter gauges from the server's view."""
+    info = await js.consumer_info(stream, durable)
+    CONSUMER_PENDING.labels(stream=stream, consumer=durable).set((info.num_pending or 0) + (info.num_ack_pending or 0))
+    # Advisory subjects end in <stream>.<consumer>; the per-subject counts of the filter are ours.
+    dead = await js.stream_info(DEADLETTER_STREAM.name, subjects_filter=f"$JS.EVENT.ADVISORY.CONSUMER.*.{stream}.{durable}")
+    DEAD_LETTERS.labels(stream=stream, consumer=durable).set(sum((dead.state.subjects or {}).values()))
+
+
+async def sample_outbox(pool: asyncpg.Pool) -> None:
+    OUTBOX_PENDING.set(await pool.fetchval("SELECT count(*) FROM outbox"))
+
+
+async def _serve(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def mount(app: web.Application) -> None:
+    """Add /metrics (Prometheus text format) to an app that has not started yet."""
+    app.router.add_get("/metrics", _serve)

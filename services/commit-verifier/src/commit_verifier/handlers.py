@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
 
 from commit_verifier.hashing import ReadSettings, sha256_of
 from commit_verifier.verification import (
@@ -28,10 +29,19 @@ from commit_verifier.verification import (
 from rawdrive_contracts import CloudEvent, CommitRequested, decode, encode
 from rawdrive_platform import outbox
 from rawdrive_platform.bus import Poison, Transient
+from rawdrive_platform.metrics import (
+    INGESTED_BYTES,
+    UNKNOWN_KIND,
+    UPLOADS_COMPLETED,
+    UPLOADS_REJECTED,
+    VERIFICATION_SECONDS,
+    Stopwatch,
+)
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,16 @@ async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencie
     if await _announce_decided(deps.pool, commit.upload_id):
         log.info("already decided, decision republished", extra={"upload_id": commit.upload_id})
         return
-    try:
-        storage = await deps.storage_for(commit.storage_profile_ref)
-    except UnknownProfile as exc:
-        verdict: Verdict = Rejected(reason="storage_error", detail=str(exc))
-    else:
-        verdict = await _inspect(storage, commit, deps.reading)
-    await _record(deps.pool, commit, verdict)
+    kind = commit.kind or UNKNOWN_KIND
+    attributes = {"rawdrive.upload_id": commit.upload_id, "rawdrive.kind": kind}
+    with tracer.start_as_current_span("verify upload", attributes=attributes), Stopwatch(VERIFICATION_SECONDS, kind):
+        try:
+            storage = await deps.storage_for(commit.storage_profile_ref)
+        except UnknownProfile as exc:
+            verdict: Verdict = Rejected(reason="storage_error", detail=str(exc))
+        else:
+            verdict = await _inspect(storage, commit, deps.reading)
+        await _record(deps.pool, commit, verdict)
 
 
 async def commit_exhausted(event: CloudEvent[CommitRequested], error: BaseException, deps: Dependencies) -> None:
@@ -179,6 +192,12 @@ async def _record(pool: asyncpg.Pool, commit: CommitRequested, verdict: Verdict)
             await _reannounce(conn, commit.upload_id)
             return
         await outbox.enqueue(conn, event)
+    # Counted once per decision this replica committed: redeliveries and lost races return above.
+    if isinstance(verdict, Verified):
+        UPLOADS_COMPLETED.labels(kind=commit.kind or UNKNOWN_KIND).inc()
+        INGESTED_BYTES.labels(kind=commit.kind or UNKNOWN_KIND).inc(verdict.size)
+    else:
+        UPLOADS_REJECTED.labels(reason=verdict.reason).inc()
     log.info(
         "decided",
         extra={"upload_id": commit.upload_id, "event_id": event.id, "outcome": event.type,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from janitor.policy import Reason, Removal, within
+from rawdrive_platform.metrics import JANITOR_ABORTED_MULTIPART, JANITOR_DELETED_BYTES, JANITOR_DELETED_OBJECTS
 from rawdrive_platform.storage import ObjectInfo, Storage
 
 
@@ -21,12 +24,25 @@ async def erase_prefix(storage: Storage, prefix: str, reason: Reason, *, dry_run
         for removal in removals:
             assert removal.multipart_upload_id is not None
             await storage.abort_multipart(removal.key, removal.multipart_upload_id)
-    objects = await list_objects(storage, prefix)
-    if not dry_run:
-        await storage.delete(info.key for info in objects)
-    return removals + [
-        Removal(reason=reason, bucket=storage.bucket, key=info.key, size_bytes=info.size) for info in objects
+        count_removed(removals)
+    objects = [
+        Removal(reason=reason, bucket=storage.bucket, key=info.key, size_bytes=info.size)
+        for info in await list_objects(storage, prefix)
     ]
+    if not dry_run:
+        await storage.delete(removal.key for removal in objects)
+        count_removed(objects)
+    return removals + objects
+
+
+def count_removed(removals: Iterable[Removal]) -> None:
+    """Count what was actually removed (never a dry run's findings) in the janitor's metrics."""
+    for removal in removals:
+        if removal.multipart_upload_id is not None:
+            JANITOR_ABORTED_MULTIPART.labels(reason=removal.reason).inc()
+        else:
+            JANITOR_DELETED_OBJECTS.labels(reason=removal.reason).inc()
+            JANITOR_DELETED_BYTES.labels(reason=removal.reason).inc(removal.size_bytes)
 
 
 async def list_objects(storage: Storage, prefix: str) -> list[ObjectInfo]:

@@ -174,7 +174,7 @@ class Removal(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RunReport(msgspec.Struct, kw_only=True):
-    """What one run did; logged as JSON (the counters become metrics in a later issue)."""
+    """What one run did; logged as JSON. The metrics count removals as they happen (cleanup.count_removed)."""
 
     dry_run: bool
     sessions_expired: int = 0

@@ -23,7 +23,7 @@ import asyncpg
 import msgspec
 
 from janitor import tracking
-from janitor.cleanup import erase_prefix
+from janitor.cleanup import count_removed, erase_prefix
 from janitor.policy import (
     Removal,
     RunReport,
@@ -39,6 +39,7 @@ from janitor.policy import (
 from janitor.tracking import TrackedAsset
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
+from rawdrive_platform.metrics import UPLOADS_EXPIRED
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
@@ -208,6 +209,7 @@ class Janitor:
             await outbox.enqueue(conn, event)
         report.record(removals)
         report.sessions_expired += 1
+        UPLOADS_EXPIRED.inc()
         log.info("session expired", extra={"upload_id": session.upload_id, "event_id": event.id, "removed": len(removals)})
 
     async def _purge(self, asset: TrackedAsset, report: RunReport, now: datetime) -> None:
@@ -253,10 +255,12 @@ class Janitor:
         for upload in uploads:
             if not is_stale_multipart(upload.key, upload.initiated, open_ids, now, self.thresholds, key_prefix):
                 continue
+            removal = Removal(reason="stale_multipart", bucket=storage.bucket, key=upload.key,
+                              multipart_upload_id=upload.upload_id)
             if not self.dry_run:
                 await storage.abort_multipart(upload.key, upload.upload_id)
-            report.record([Removal(reason="stale_multipart", bucket=storage.bucket, key=upload.key,
-                                   multipart_upload_id=upload.upload_id)])
+                count_removed([removal])
+            report.record([removal])
 
     async def _sweep_orphans(
         self, target: SweepTarget, report: RunReport, now: datetime, stopping: Callable[[], bool]
@@ -297,4 +301,5 @@ class Janitor:
             return
         if not self.dry_run:
             await storage.delete(orphan.key for orphan in orphans)
+            count_removed(orphans)
         report.record(orphans)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
+from opentelemetry import trace
 
 from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
 from media_processor.sandbox import Outcome, Sandbox, Unprocessable
@@ -32,10 +33,12 @@ from rawdrive_contracts import (
     new_event,
 )
 from rawdrive_platform import bus, keys
+from rawdrive_platform.metrics import PROCESSING_SECONDS, Stopwatch
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 SOURCE = "rawdrive/media-processor"
 VARIANT_FILE = "image.webp"
@@ -55,33 +58,41 @@ class Dependencies:
 
 async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies) -> None:
     upload = event.data
-    try:
-        storage = await deps.storage_for(upload.storage_profile_ref)
-    except UnknownProfile as exc:
-        await _announce_failure(deps, upload, "storage_error", str(exc))
-        return
-    try:
-        head = await storage.get_range(upload.object_key, 0, max(1, min(HEAD_BYTES, upload.size_bytes)))
-        family = check(head, upload.mime_type, upload.file_name)
-        with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
-            original = Path(workdir, "original")
-            await _download(storage, upload.object_key, original)
-            outcome = await deps.sandbox.process(str(original), family, workdir)
-            variants = await _store_variants(storage, upload, outcome)
-    except TypeMismatch as exc:
-        await _announce_failure(deps, upload, "type_mismatch", str(exc))
-        return
-    except Unprocessable as exc:
-        log.info("asset not processable", extra={"asset_id": upload.asset_id, "reason": exc.reason})
-        await _announce_failure(deps, upload, exc.reason, exc.detail)
-        return
-    except StorageUnavailable as exc:
-        raise bus.Transient(str(exc)) from exc
-    except StorageError as exc:
-        # Missing object or access refused: retrying cannot help.
-        await _announce_failure(deps, upload, "storage_error", str(exc))
-        return
-    await _announce_created(deps, upload, FORMATS[family].kind, outcome, variants)
+    # The span covers the publish of the outcome; the stopwatch learns the kind from the magic bytes.
+    attributes = {"rawdrive.asset_id": upload.asset_id}
+    with (
+        tracer.start_as_current_span("process upload", attributes=attributes) as span,
+        Stopwatch(PROCESSING_SECONDS) as stopwatch,
+    ):
+        try:
+            storage = await deps.storage_for(upload.storage_profile_ref)
+        except UnknownProfile as exc:
+            await _announce_failure(deps, upload, "storage_error", str(exc))
+            return
+        try:
+            head = await storage.get_range(upload.object_key, 0, max(1, min(HEAD_BYTES, upload.size_bytes)))
+            family = check(head, upload.mime_type, upload.file_name)
+            stopwatch.kind = FORMATS[family].kind
+            span.set_attribute("rawdrive.kind", stopwatch.kind)
+            with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
+                original = Path(workdir, "original")
+                await _download(storage, upload.object_key, original)
+                outcome = await deps.sandbox.process(str(original), family, workdir)
+                variants = await _store_variants(storage, upload, outcome)
+        except TypeMismatch as exc:
+            await _announce_failure(deps, upload, "type_mismatch", str(exc))
+            return
+        except Unprocessable as exc:
+            log.info("asset not processable", extra={"asset_id": upload.asset_id, "reason": exc.reason})
+            await _announce_failure(deps, upload, exc.reason, exc.detail)
+            return
+        except StorageUnavailable as exc:
+            raise bus.Transient(str(exc)) from exc
+        except StorageError as exc:
+            # Missing object or access refused: retrying cannot help.
+            await _announce_failure(deps, upload, "storage_error", str(exc))
+            return
+        await _announce_created(deps, upload, FORMATS[family].kind, outcome, variants)
 
 
 async def upload_verified_exhausted(

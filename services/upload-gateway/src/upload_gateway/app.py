@@ -1,4 +1,4 @@
-"""The gateway's aiohttp application: routes, problem+json errors and CORS."""
+"""The gateway's aiohttp application: routes, problem+json errors, CORS and request tracing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from upload_gateway.openapi import mount, mount_openapi
 from upload_gateway.problems import Handler, problem_middleware
 from upload_gateway.routes import GATEWAY, add_routes
 from upload_gateway.settings import Settings
+from upload_gateway.tracing import tracing_middleware
 from upload_gateway.uploads import Gateway
 
 # What a browser may send and read: the uploads API plus the tus protocol's headers.
@@ -78,7 +79,9 @@ def create_app(
     gateway: Gateway, *, mounts: Sequence[Callable[[web.Application], None]] = ()
 ) -> web.Application:
     """The whole HTTP API; `mounts` add more routes (the tus endpoint) before it starts."""
-    app = web.Application(middlewares=[cors_middleware(gateway.settings.cors_origins), problem_middleware])
+    # Tracing outermost: its span covers the CORS and problem answers too.
+    middlewares = [tracing_middleware(gateway.pool), cors_middleware(gateway.settings.cors_origins), problem_middleware]
+    app = web.Application(middlewares=middlewares)
     app[GATEWAY] = gateway
     add_routes(app)
     mount(app, assets.ROUTES)

@@ -73,6 +73,8 @@ class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
     created_by: str
     created_at: datetime
     expires_at: datetime
+    # The trace every request about this upload continues (tracing.py); None: start new ones.
+    trace_context: str | None = None
 
 
 def effective_state(session: UploadSession, now: datetime) -> State:

@@ -21,8 +21,10 @@ import asyncpg
 from rawdrive_contracts import CommitRequested, PartRef, UploadAborted, UploadSessionCreated, new_event
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
+from rawdrive_platform.metrics import UPLOADS_STARTED
 from rawdrive_platform.outbox import enqueue
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
+from rawdrive_platform.telemetry import stored_context
 from upload_gateway import api, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
@@ -143,6 +145,8 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         created_by=sub,
         created_at=now,
         expires_at=now + timedelta(seconds=gw.settings.session_ttl_s),
+        # This request's span becomes the parent of every later request about the upload.
+        trace_context=stored_context(),
     )
     event = UploadSessionCreated(
         workspace_id=workspace_id,
@@ -164,6 +168,7 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
     async with gw.pool.acquire() as conn, conn.transaction():
         await repository.insert(conn, session)
         await enqueue(conn, new_event(event, source=SOURCE, time=now))
+    UPLOADS_STARTED.labels(protocol=session.resumable_protocol).inc()
     token = gw.tokens.mint_upload_token(
         UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
     )
@@ -328,6 +333,7 @@ async def _request_commit(
             if request.parts is not None
             else None,
             requested_by=sub,
+            kind=moved.kind,
         )
         await enqueue(conn, new_event(event, source=SOURCE))
 

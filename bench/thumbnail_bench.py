@@ -1,12 +1,15 @@
 """Thumbnail benchmark: our Wand pipeline against libvips on the same inputs, in the same run.
 
-    .venv/bin/python bench/thumbnail_bench.py [--rounds 3]
+    .venv/bin/python bench/thumbnail_bench.py [--rounds 5]
 
 Needs the `bench` extra of the media processor (pyvips). Inputs are generated into bench/.work/:
 a 24 MP JPEG (6000x4000), a 20 s 1080p H.264 video and a 3-page PDF. Each measurement of a
-picture pipeline runs in a fresh process, so its peak RSS (from wait4) is that pipeline's alone;
-the time is measured inside that process around the work (imports excluded). The service's cost
-per asset, fork from the preloaded forkserver included, is measured through the Sandbox.
+picture pipeline runs in a fresh process, so its peak RSS and CPU time (from wait4) are that
+pipeline's alone; the time is measured inside that process around the work (imports excluded):
+for both, decode + three resizes + three WebP encodes. Both may use every core (ImageMagick's
+OpenMP, libvips' worker threads); CPU seconds show what that costs. The machine is shared, so
+compare the two only within one run, from medians. The service's cost per asset, fork from the
+preloaded forkserver included, is measured through the Sandbox.
 """
 
 from __future__ import annotations
@@ -76,8 +79,8 @@ def worker(kind: str, source: str, outdir: str) -> float:
     return time.perf_counter() - started
 
 
-def measure(kind: str, source: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one run in a fresh process."""
+def measure(kind: str, source: Path) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MiB, CPU seconds of the whole process) of one run in a fresh process."""
     with tempfile.TemporaryDirectory() as outdir:
         process = subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, str(source), outdir], stdout=subprocess.PIPE
@@ -87,7 +90,7 @@ def measure(kind: str, source: Path) -> tuple[float, float]:
         _, status, usage = os.wait4(process.pid, 0)
         if status != 0:
             raise SystemExit(f"{kind} worker failed with status {status}")
-    return float(output), usage.ru_maxrss / 1024
+    return float(output), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 async def sandboxed(source: Path, family: str) -> float:
@@ -104,22 +107,23 @@ async def sandboxed(source: Path, family: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "SOURCE", "OUTDIR"))
     args = parser.parse_args()
     if args.worker:
         print(worker(*args.worker))
         return
     inputs = prepare()
-    results: dict[str, list[tuple[float, float]]] = {"wand": [], "vips": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"wand": [], "vips": []}
     for _ in range(args.rounds):
         for kind in results:  # interleaved, so load on the machine hits both alike
             results[kind].append(measure(kind, inputs["photo"]))
-    median = {kind: statistics.median(t for t, _ in runs) for kind, runs in results.items()}
+    median = {kind: statistics.median(t for t, _, _ in runs) for kind, runs in results.items()}
     for kind, runs in results.items():
-        times = ", ".join(f"{t:.2f}" for t, _ in runs)
+        times = ", ".join(f"{t:.2f}" for t, _, _ in runs)
         print(f"24 MP JPEG -> 2560/1280/320 WebP  {kind:5s} median {median[kind]:.2f} s  "
-              f"(runs {times})  peak RSS {max(r for _, r in runs):.0f} MiB")
+              f"(runs {times})  peak RSS {max(r for _, r, _ in runs):.0f} MiB  "
+              f"CPU median {statistics.median(c for _, _, c in runs):.2f} s (process, imports included)")
     print(f"ratio wand/vips: {median['wand'] / median['vips']:.2f}x (target <= 1.3x)")
     print(f"service path (sandbox: fork + metadata + variants), 24 MP JPEG: {asyncio.run(sandboxed(inputs['photo'], 'jpeg')):.2f} s")
     print(f"1080p 20 s video poster + variants (sandbox): {asyncio.run(sandboxed(inputs['video'], 'isobmff')):.2f} s")

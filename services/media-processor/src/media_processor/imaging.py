@@ -43,9 +43,13 @@ hachoir.core.config.quiet = True
 WEBP_QUALITY = 80
 # libwebp's effort (0 fast .. 6 small). 4 is libwebp's and libvips' default.
 WEBP_METHOD = 4
-# Triangle (bilinear, support widened by the scale factor) costs about half of Lanczos here and
-# is indistinguishable at these reductions; each step is at most ~4x.
-RESIZE_FILTER = "triangle"
+# The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
+# exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
+# half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2
+# average, sharper than Triangle's 4-pixel support. The last, small step (medium -> thumb) is
+# cheap, so it gets Lanczos. Measured against a Lanczos resize of the full decode (SSIM after WebP
+# encoding): equal to Triangle for `large`, better for `medium` and `thumb`.
+FINAL_FILTER = "lanczos"
 # An embedded RAW preview at least this large is good enough for every variant but `large`.
 PREVIEW_MIN_LONG_EDGE = 1280
 # PDF pages render so that their long edge is about the largest variant, within these bounds.
@@ -173,10 +177,14 @@ def render(
             display = display_size(stored, orientation)
             produced = []
             current = img
-            for variant in plan(Size(img.width, img.height)):
+            variants = plan(Size(img.width, img.height))
+            for variant in variants:
                 scaled = current.clone()
                 if (scaled.width, scaled.height) != (variant.size.width, variant.size.height):
-                    scaled.resize(variant.size.width, variant.size.height, filter=RESIZE_FILTER)
+                    if variant is variants[-1]:
+                        scaled.resize(variant.size.width, variant.size.height, filter=FINAL_FILTER)
+                    else:
+                        scaled.scale(variant.size.width, variant.size.height)
                 scaled.compression_quality = WEBP_QUALITY
                 scaled.options["webp:method"] = str(WEBP_METHOD)
                 out = Path(workdir, f"{variant.name}.webp")

@@ -295,6 +295,19 @@ async def test_aborting_ends_the_multipart_upload_announces_it_and_is_idempotent
     assert late.status == 409 and (await problem(late))["code"] == "invalid_state"
 
 
+async def test_a_tus_termination_aborts_the_session_and_announces_it(harness):
+    created = await harness.create(size_bytes=6 * MIB)
+    tus = {"Tus-Resumable": "1.0.0"} | created["headers"]
+    url = harness.path(f"/{created['upload_id']}/tus")
+    assert (await harness.client.post(url, headers=tus | {"Upload-Length": str(6 * MIB)})).status == 201
+    assert (await harness.client.delete(url, headers=tus)).status == 204
+    [event] = await harness.outbox(UploadAborted)
+    assert (event.upload_id, event.aborted_by) == (created["upload_id"], "alice")
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert shown["state"] == "aborted"
+    assert (await harness.client.head(url, headers=tus)).status == 410
+
+
 # -- commit ----------------------------------------------------------------------------------
 
 

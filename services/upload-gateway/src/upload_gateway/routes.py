@@ -52,10 +52,10 @@ async def _session(request: web.Request, workspace_id: str) -> UploadSession:
     return session
 
 
-async def authorize_upload(request: web.Request) -> UploadSession:
-    """The session named by the URL, if the bearer may send its data; raises an UploadError
-    (401 bad token, 404 unknown upload or a token for another upload or workspace, 403 a
-    viewer). Works from the main app or a sub-app (reads `request.config_dict`)."""
+async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
+    """The bearer's subject and the session named by the URL, if the bearer may send its data;
+    raises an UploadError (401 bad token, 404 unknown upload or a token for another upload or
+    workspace, 403 a viewer). Works from the main app or a sub-app (reads `request.config_dict`)."""
     gw = request.config_dict[GATEWAY]
     workspace_id, upload_id = _path_ids(request)
     authorization = request.headers.get("Authorization")
@@ -63,9 +63,12 @@ async def authorize_upload(request: web.Request) -> UploadSession:
         grant = gw.tokens.upload_grant(authorization)
         if (grant.workspace_id, grant.upload_id) != (workspace_id, upload_id):
             raise NotFound(f"no upload {upload_id!r} for this token")
+        sub = grant.sub
     else:
-        require(await gw.tokens.principal(authorization), workspace_id, "upload")
-    return await _session(request, workspace_id)
+        principal = await gw.tokens.principal(authorization)
+        require(principal, workspace_id, "upload")
+        sub = principal.sub
+    return sub, await _session(request, workspace_id)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -89,13 +92,13 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def presign_parts(request: web.Request) -> web.Response:
-    session = await authorize_upload(request)
+    _, session = await authorize_upload(request)
     body = await decode_body(request, api.PartsRequest)
     return _json(await uploads.presign_parts(request.config_dict[GATEWAY], session, body))
 
 
 async def list_parts(request: web.Request) -> web.Response:
-    session = await authorize_upload(request)
+    _, session = await authorize_upload(request)
     return _json(await uploads.list_parts(request.config_dict[GATEWAY], session))
 
 

@@ -16,7 +16,7 @@ from upload_gateway.routes import GATEWAY, authorize_upload
 from upload_gateway.sessions import effective_state, plan_parts, require_open
 from upload_gateway.tus import TusStore, TusTarget, tus_routes
 from upload_gateway.tus.protocol import effective_method
-from upload_gateway.uploads import storage_for, utcnow
+from upload_gateway.uploads import abort, storage_for, utcnow
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
@@ -27,7 +27,7 @@ async def tus_target(request: web.Request) -> TusTarget:
     routes.authorize_upload). Aborted and expired uploads are gone (410); one that is already
     verifying or committed can still be asked for its offset but takes no more bytes (409)."""
     gw = request.config_dict[GATEWAY]
-    session = await authorize_upload(request)
+    sub, session = await authorize_upload(request)
     now = utcnow()
     state = effective_state(session, now)
     if state in ("aborted", "expired"):
@@ -43,6 +43,10 @@ async def tus_target(request: web.Request) -> TusTarget:
         # Idempotent: once the session is verifying or beyond, nothing moves.
         await repository.record_progress(gw.pool, session.upload_id, session.size_bytes)
 
+    async def on_terminate() -> None:
+        # tus termination is the client abandoning the upload: the session ends as a DELETE would.
+        await abort(gw, sub, session)
+
     return TusTarget(
         upload_id=session.upload_id,
         workspace_id=session.workspace_id,
@@ -54,6 +58,7 @@ async def tus_target(request: web.Request) -> TusTarget:
         storage=await storage_for(gw, session.storage_profile_ref),
         on_progress=on_progress,
         on_complete=on_complete,
+        on_terminate=on_terminate,
     )
 
 

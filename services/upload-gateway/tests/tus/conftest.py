@@ -31,6 +31,7 @@ class Session:
     target: TusTarget
     progress: list[int] = field(default_factory=list)
     completions: int = 0
+    terminations: int = 0
     token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
 
 
@@ -54,6 +55,9 @@ class Gateway:
         async def on_complete() -> None:
             record.completions += 1
 
+        async def on_terminate() -> None:
+            record.terminations += 1
+
         record.target = TusTarget(
             upload_id=upload_id,
             workspace_id="ws-test",
@@ -65,6 +69,7 @@ class Gateway:
             storage=self.storage,
             on_progress=on_progress,
             on_complete=on_complete,
+            on_terminate=on_terminate,
         )
         self.sessions[upload_id] = record
         return record

@@ -257,6 +257,7 @@ async def test_termination_aborts_the_multipart_upload_and_forgets_the_upload(ga
     with pytest.raises(ObjectMissing):
         await storage.list_parts(session.target.object_key, upload)
     assert await storage.head(session.target.object_key) is None
+    assert session.terminations == 1
 
 
 async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http, storage):

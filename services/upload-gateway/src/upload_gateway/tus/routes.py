@@ -114,6 +114,7 @@ class _Handlers:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
         await self._store_for(request).terminate(target)
+        await target.on_terminate()
         return web.Response(status=204, headers={"Tus-Resumable": protocol.TUS_VERSION})
 
 def _upload_headers(state: UploadState) -> dict[str, str]:

@@ -20,6 +20,7 @@ class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     tail, completion), also when the client cut the body off; `on_complete()` runs once the
     object exists at `object_key`, and again on any later HEAD that finds the upload complete,
     so the session layer must treat both as idempotent. Both run while the upload is locked.
+    `on_terminate()` runs after a termination removed the stored bytes and the upload's state.
     """
 
     upload_id: str
@@ -32,6 +33,7 @@ class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     storage: Storage
     on_progress: Callable[[int], Awaitable[None]]
     on_complete: Callable[[], Awaitable[None]]
+    on_terminate: Callable[[], Awaitable[None]]
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:

@@ -18,7 +18,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -217,7 +217,7 @@ class Consumer:
                 msgs = await sub.fetch(1, timeout=1.0)
             except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
-            except (ConnectionClosedError, NoServersError) as exc:
+            except (ConnectionClosedError, NoServersError, NoRespondersError) as exc:
                 log.warning("fetch failed, retrying: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -278,7 +278,8 @@ class Consumer:
         # which is safe, but a confirmed one lets us count work exactly.
         try:
             await msg.ack_sync(timeout=5.0)
-        except (NatsTimeoutError, asyncio.TimeoutError, ConnectionClosedError):
+        # No responders: the server restarts and JetStream is not back yet (the ack is lost).
+        except (NatsTimeoutError, asyncio.TimeoutError, ConnectionClosedError, NoRespondersError):
             log.warning("ack not confirmed; the message may be redelivered", extra={"subject": msg.subject})
 
     async def _keep_alive(self, msg: Msg) -> None:

@@ -65,6 +65,8 @@ async def list_dead_letters(js: JetStreamContext) -> list[DeadLetter]:
         info = await js.stream_info(DEADLETTER_STREAM.name)
     except NotFoundError:
         return []
+    if info.state.messages == 0:
+        return []  # an empty stream reports first_seq 0, and get_msg(0) is a bad request
     letters = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         try:

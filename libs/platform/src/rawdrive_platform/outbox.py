@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -27,20 +28,37 @@ _NOTIFY_CHANNEL = "rawdrive_outbox"
 
 
 async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
-    """Add an event to the outbox; a second enqueue of the same event id is a no-op."""
-    # One statement, one round trip: the row, and a wake-up for the relay that PostgreSQL
-    # delivers at commit, so the relay wakes only for rows it can see.
-    await conn.execute(
-        """WITH queued AS (
-               INSERT INTO outbox (event_id, subject, payload, headers)
-               VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (event_id) DO NOTHING)
-           SELECT pg_notify($5, current_schema())""",
-        event.id,
-        subject_for(event.data),
-        encode(event),
-        stored_context(),
-        _NOTIFY_CHANNEL,
+    """Add an event to the outbox inside the caller's transaction; a second enqueue of the same
+    event id is a no-op."""
+    await change_with_events(conn, None, (), [event])
+
+
+async def change_with_events(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    change: str | None,
+    args: Sequence[Any],
+    events: Sequence[CloudEvent[Any]],
+) -> None:
+    """One statement, so one round trip and atomic without an explicit transaction: `change` (an
+    INSERT or UPDATE using $1..$n for `args`), the outbox rows of `events`, and a wake-up for the
+    relay that PostgreSQL delivers at commit, so the relay wakes only for rows it can see.
+
+    The events are recorded whatever `change` matched: use it for changes that either happen
+    or fail (an insert), and an explicit transaction for conditional ones.
+    """
+    params: list[Any] = list(args)
+    rows = []
+    for event in events:
+        n = len(params)
+        rows.append(f"(${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}::jsonb)")
+        params += [event.id, subject_for(event.data), encode(event), stored_context()]
+    params.append(_NOTIFY_CHANNEL)
+    parts = [f"change AS ({change})"] if change else []
+    parts.append(
+        "queued AS (INSERT INTO outbox (event_id, subject, payload, headers) "
+        f"VALUES {', '.join(rows)} ON CONFLICT (event_id) DO NOTHING)"
     )
+    await conn.execute(f"WITH {', '.join(parts)} SELECT pg_notify(${len(params)}, current_schema())", *params)
 
 
 class Relay:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import msgspec
 
-from rawdrive_contracts import RejectionReason
+from rawdrive_contracts import CloudEvent, RejectionReason
+from rawdrive_platform.outbox import change_with_events
 from upload_gateway.sessions import TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))
@@ -15,13 +18,13 @@ def _session(row: asyncpg.Record | None) -> UploadSession | None:
     return None if row is None else msgspec.convert(dict(row), UploadSession)
 
 
-async def insert(conn: asyncpg.Connection, session: UploadSession) -> None:
+_INSERT = f"INSERT INTO upload_sessions ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
+
+
+async def insert(pool: asyncpg.Pool, session: UploadSession, created: CloudEvent[Any]) -> None:
+    """The new session and the event announcing it, in one statement (one round trip)."""
     values = msgspec.structs.asdict(session)
-    placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    await conn.execute(
-        f"INSERT INTO upload_sessions ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-        *(values[column] for column in _COLUMNS),
-    )
+    await change_with_events(pool, _INSERT, [values[column] for column in _COLUMNS], [created])
 
 
 async def get(

@@ -18,7 +18,13 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from rawdrive_contracts import CommitRequested, PartRef, UploadAborted, UploadSessionCreated, new_event
+from rawdrive_contracts import (
+    CommitRequested,
+    PartRef,
+    UploadAborted,
+    UploadSessionCreated,
+    new_event,
+)
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
 from rawdrive_platform.metrics import UPLOADS_STARTED
@@ -165,9 +171,7 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         expires_at=session.expires_at,
         created_by=sub,
     )
-    async with gw.pool.acquire() as conn, conn.transaction():
-        await repository.insert(conn, session)
-        await enqueue(conn, new_event(event, source=SOURCE, time=now))
+    await repository.insert(gw.pool, session, new_event(event, source=SOURCE, time=now))
     UPLOADS_STARTED.labels(protocol=session.resumable_protocol).inc()
     token = gw.tokens.mint_upload_token(
         UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at

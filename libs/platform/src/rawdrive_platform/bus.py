@@ -22,7 +22,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 
 from rawdrive_contracts import (
@@ -217,7 +217,8 @@ class Consumer:
                 msgs = await sub.fetch(1, timeout=1.0)
             except (NatsTimeoutError, asyncio.TimeoutError):
                 continue
-            except (ConnectionClosedError, NoServersError, NoRespondersError) as exc:
+            # Service unavailable: JetStream is still starting after a server restart.
+            except (ConnectionClosedError, NoServersError, NoRespondersError, ServiceUnavailableError) as exc:
                 log.warning("fetch failed, retrying: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
@@ -279,7 +280,8 @@ class Consumer:
         try:
             await msg.ack_sync(timeout=5.0)
         # No responders: the server restarts and JetStream is not back yet (the ack is lost).
-        except (NatsTimeoutError, asyncio.TimeoutError, ConnectionClosedError, NoRespondersError):
+        except (NatsTimeoutError, asyncio.TimeoutError, ConnectionClosedError, NoRespondersError,
+                ServiceUnavailableError):
             log.warning("ack not confirmed; the message may be redelivered", extra={"subject": msg.subject})
 
     async def _keep_alive(self, msg: Msg) -> None:

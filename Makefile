@@ -56,6 +56,13 @@ deploy-check: bootstrap
 test: lint deploy-check
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services tests/e2e
 
+# Fault injection at the issue's full size: 200 uploads while every service is killed in turn and
+# NATS, PostgreSQL and S3 restart, then two replicas of everything (60 uploads; make test runs 30).
+.PHONY: test-resilience
+test-resilience: bootstrap
+	RAWDRIVE_E2E_RESILIENCE_UPLOADS=200 RAWDRIVE_E2E_REPLICA_UPLOADS=60 \
+	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_resilience.py
+
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services
 

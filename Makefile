@@ -69,9 +69,7 @@ test-unit: bootstrap
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap
 	$(PY) -m pip install -q -e 'services/media-processor[bench]'
-	$(PY) bench/tus_bench.py
-	$(PY) bench/verify_bench.py
-	$(PY) bench/thumbnail_bench.py
+	$(PY) bench/run_all.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DATA)

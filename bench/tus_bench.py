@@ -1,6 +1,6 @@
 """Gateway ingest benchmark: tus through the gateway vs boto3 multipart straight to the same S3.
 
-    .venv/bin/python bench/tus_bench.py [--sizes-mib 100 500] [--concurrency 1 20] [--sessions 400]
+    .venv/bin/python bench/tus_bench.py [--sizes-mib 100 500] [--concurrency 1 20] [--sessions 400] [--json PATH]
 
 Starts its own NATS, PostgreSQL and SeaweedFS (temporary folder, free ports) and a real gateway
 process (`python -m upload_gateway`). For each size and concurrency, in the same run:
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -195,7 +196,9 @@ def main() -> int:
     parser.add_argument("--sizes-mib", type=int, nargs="*", default=[100, 500])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--sessions", type=int, default=400)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here (for run_all.py)")
     args = parser.parse_args()
+    figures: list[dict] = []
 
     with tempfile.TemporaryDirectory(prefix="tus-bench-") as tmp:
         work = Path(tmp)
@@ -225,6 +228,10 @@ def main() -> int:
                     budget = 80 + 2 * part_size / MIB * concurrency
                     print(f"{size_mib:>6}Mi {concurrency:>4} {baseline:>12.1f} {tus:>10.1f} {tus / baseline:>5.2f}x "
                           f"{peak:>13.1f} MiB {budget:>7.0f} MiB", flush=True)
+                    figures.append(figure(f"tus ingest {size_mib} MiB x {concurrency} (vs boto3 multipart)", "MiB/s",
+                                          tus, baseline, ">= 0.8x", tus / baseline >= 0.8))
+                    figures.append(figure(f"gateway peak RSS, {size_mib} MiB x {concurrency}", "MiB", peak, None,
+                                          f"<= {budget:.0f} MiB", peak <= budget))
 
             gateway = Gateway(env, work / "gateway.log")
             try:
@@ -235,9 +242,21 @@ def main() -> int:
             print(f"session creation: gateway {ours:.0f}/s (median of 3 x {args.sessions}, concurrency 20)")
             for name, rate in rates.items():
                 print(f"  vs {name} {rate:.0f}/s: {ours / rate:.2f}x")
+            default = rates["trivial (default loop)"]
+            figures.append(figure("session creation, concurrency 20 (vs trivial aiohttp handler)", "sessions/s",
+                                  ours, default, ">= 0.5x", ours / default >= 0.5))
         finally:
             stop_all([nats, postgres, s3])
+    if args.json:
+        args.json.write_text(json.dumps({"bench": "tus_bench", "figures": figures}, indent=2))
     return 0
+
+
+def figure(name: str, unit: str, ours: float, baseline: float | None, target: str, met: bool | None) -> dict:
+    """One row of bench/RESULTS.md (the shape every benchmark's --json uses)."""
+    return {"figure": name, "unit": unit, "ours": round(ours, 2),
+            "baseline": None if baseline is None else round(baseline, 2),
+            "ratio": None if baseline is None else round(ours / baseline, 3), "target": target, "met": met}
 
 
 if __name__ == "__main__":

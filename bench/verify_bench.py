@@ -1,6 +1,6 @@
 """Commit-verifier read+hash throughput against a plain boto3 GET + hashlib loop, same objects, same run.
 
-    .venv/bin/python bench/verify_bench.py [--sizes-mib 100 500] [--rounds 3]
+    .venv/bin/python bench/verify_bench.py [--sizes-mib 100 500] [--rounds 3] [--json PATH]
 
 Starts its own SeaweedFS (rawdrive_platform.devstack.servers.S3Server), stores one random object
 per size, then alternates, round after round, two measurements in fresh child processes:
@@ -113,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here (for run_all.py)")
     args = parser.parse_args()
+    figures: list[dict] = []
 
     from rawdrive_platform.devstack.servers import S3Server, s3_client
 
@@ -141,10 +143,19 @@ def main() -> None:
                 f"{size_mib:>5}MiB {rate['verifier']:>15.0f} {rate['baseline']:>15.0f} "
                 f"{rate['verifier'] / rate['baseline']:>5.2f}x {rss['verifier']:>15.0f}MiB {rss['baseline']:>15.0f}MiB"
             )
+            ratio = rate["verifier"] / rate["baseline"]
+            figures.append({"figure": f"verify read + SHA-256, {size_mib} MiB (vs boto3 GET + hashlib)", "unit": "MiB/s",
+                            "ours": round(rate["verifier"], 1), "baseline": round(rate["baseline"], 1),
+                            "ratio": round(ratio, 3), "target": ">= 0.9x", "met": ratio >= 0.9})
+            figures.append({"figure": f"verifier peak RSS, {size_mib} MiB", "unit": "MiB",
+                            "ours": round(rss["verifier"], 1), "baseline": round(rss["baseline"], 1),
+                            "ratio": round(rss["verifier"] / rss["baseline"], 3), "target": "", "met": None})
             client.delete_object(Bucket=connection.bucket, Key=key)
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"bench": "verify_bench", "figures": figures}, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ LOGS = WORK / "logs"
 # name -> (script, full arguments, quick arguments)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "tus_bench": ("tus_bench.py", [], ["--sizes-mib", "20", "--concurrency", "1", "4", "--sessions", "100"]),
-    "tus_vs_node": ("tus_vs_node.py", [], ["--sizes-mib", "20", "--concurrency", "1", "4", "--rounds", "1"]),
+    "tus_vs_node": ("tus_vs_node.py", [], ["--sizes-mib", "50", "--concurrency", "1", "4", "--rounds", "1"]),
     "verify_bench": ("verify_bench.py", [], ["--sizes-mib", "20", "--rounds", "1"]),
     "thumbnail_bench": ("thumbnail_bench.py", [], ["--rounds", "1"]),
     "load": ("load.py", [], ["--uploads", "8", "--single-rounds", "3"]),

@@ -227,7 +227,7 @@ async def single_photo(uploader: Uploader, arrivals: Arrivals, photo: bytes,
     return latencies, verified
 
 
-async def batch(uploader: Uploader, arrivals: Arrivals, big: bytes, count: int) -> dict:
+async def batch(uploader: Uploader, arrivals: Arrivals, big: bytes, count: int, upload_timeout_s: float) -> dict:
     errors: list[str] = []
     commits: dict[str, float] = {}
     bytes_done = 0
@@ -237,10 +237,14 @@ async def batch(uploader: Uploader, arrivals: Arrivals, big: bytes, count: int) 
         nonlocal bytes_done, last_patch
         body = unique(big, f"load-{i}-{uuid.uuid4().hex}")
         try:
-            session = await uploader.send(body, f"IMG_{i:04d}.JPG")
+            # A stalled upload is an error, not a hang: the client gives up as a user's would.
+            async with asyncio.timeout(upload_timeout_s):
+                session = await uploader.send(body, f"IMG_{i:04d}.JPG")
             last_patch = max(last_patch, time.perf_counter())
             bytes_done += len(body)
             commits[session["asset_id"]] = await uploader.commit(session)
+        except TimeoutError:
+            errors.append(f"upload {i}: session + tus not done after {upload_timeout_s:.0f} s (stalled)")
         except Exception as error:  # counted and reported, the batch goes on
             errors.append(f"upload {i}: {error!r}"[:300])
 
@@ -299,13 +303,19 @@ async def run(args: argparse.Namespace, env: dict[str, str], log_dir: Path, inpu
             stop = asyncio.Event()
             sampling = asyncio.create_task(sampler.run(stop))
             big = inputs["big"].read_bytes()
-            outcome = await batch(uploader, arrivals, big, args.uploads)
+            outcome = await batch(uploader, arrivals, big, args.uploads, args.upload_timeout)
             stop.set()
             await sampling
     finally:
         await arrivals.close()
-        for service in services.values():
-            service.stop()
+        stop_problems = []
+        for module, service in services.items():
+            try:
+                service.stop()
+            except subprocess.TimeoutExpired:
+                stop_problems.append(f"{module} did not stop within 30 s of SIGTERM; killed")
+                service.kill()
+    outcome["errors"] += stop_problems
     outcome["single"] = single
     outcome["single_verified"] = single_verified
     outcome["photo_mib"] = len(photo) / MIB
@@ -320,6 +330,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--uploads", type=int, default=50)
     parser.add_argument("--single-rounds", type=int, default=5)
+    parser.add_argument("--upload-timeout", type=float, default=180.0,
+                        help="seconds one upload (session + tus) may take before it counts as an error")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here (for run_all.py)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the services' logs here")
     args = parser.parse_args()

@@ -88,10 +88,11 @@ def _raw(job: Job, deadline: float) -> Outcome:
     picture = _usable_preview(preview) if extracted.returncode == 0 else None
     if picture is None:
         # No preview worth using: a real decode (half size is still >= every variant for
-        # cameras above 10 MP, at a quarter of the work), white balance as shot.
+        # cameras above 10 MP, at a quarter of the work), white balance as shot. `-t 0`: dcraw
+        # would otherwise rotate by the RAW's orientation itself, and render() rotates again.
         decoded = Path(job.workdir, "decoded.ppm")
         with decoded.open("wb") as out:
-            result = _run(["dcraw", "-c", "-w", "-h", job.path], deadline, stdout=out, check=False)
+            result = _run(["dcraw", "-c", "-w", "-h", "-t", "0", job.path], deadline, stdout=out, check=False)
         errors = result.stderr.decode("utf-8", "replace")
         if result.returncode != 0 or any(marker in errors for marker in _DCRAW_ERRORS):
             raise Unprocessable("decode_failed", f"dcraw: {errors.strip() or 'no picture'}")
@@ -234,8 +235,8 @@ _DCRAW_SIZE = re.compile(r"Output size:\s+(\d+) x (\d+)")
 
 
 def _raw_size(path: str, deadline: float) -> Size | None:
-    """The sensor picture's size as dcraw would output it (before orientation)."""
-    result = _run(["dcraw", "-i", "-v", path], deadline, check=False)
+    """The sensor picture's size as dcraw would output it (before orientation: `-t 0`)."""
+    result = _run(["dcraw", "-i", "-v", "-t", "0", path], deadline, check=False)
     match = _DCRAW_SIZE.search(result.stdout.decode("utf-8", "replace"))
     return Size(int(match[1]), int(match[2])) if match else None
 

@@ -252,20 +252,18 @@ class Storage:
             async with response["Body"] as body:  # releases the connection on any exit
                 return await body.read()
 
-    async def iter_chunks(self, key: str, chunk_size: int = 8 * 1024 * 1024) -> AsyncIterator[bytes]:
-        """Stream an object as ``chunk_size`` pieces (the last may be shorter), one in memory."""
+    async def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """Stream an object in pieces of at most ``chunk_size`` bytes, as they arrive.
+
+        One GET, no re-assembly into fixed sizes: each piece is handed on as the socket
+        delivered it (copying pieces together cost more than the network here), so memory
+        stays near one piece whatever the object's size.
+        """
         with _translated_errors(f"get {key}"):
             response = await self._s3.get_object(Bucket=self.bucket, Key=key)
-            stream = response["Body"]
-            async with stream:  # releases the connection even if the consumer stops early
-                chunk = bytearray()
-                while piece := await stream.read(chunk_size - len(chunk)):
-                    chunk += piece
-                    if len(chunk) == chunk_size:
-                        yield bytes(chunk)
-                        chunk.clear()
-                if chunk:
-                    yield bytes(chunk)
+            async with response["Body"] as body:  # releases the connection even on early exit
+                async for piece in body.content.iter_chunked(chunk_size):
+                    yield piece
 
     async def put(
         self,

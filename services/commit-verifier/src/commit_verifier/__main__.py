@@ -13,11 +13,10 @@ from rawdrive_platform.service import Runtime, run_service
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8081
-    # Commit requests verified at once by this replica (each holds up to read_ahead+1 chunks).
+    # Commit requests verified at once by this replica (each holds about one read piece).
     concurrency: int = 4
     max_deliver: int = 5
-    read_chunk_mib: int = 8
-    read_ahead: int = 2
+    read_chunk_mib: int = 1
 
 
 def consumer_spec(settings: Settings) -> ConsumerSpec:
@@ -38,7 +37,7 @@ async def main(runtime: Runtime) -> None:
     deps = Dependencies(
         pool=pool,
         storage_for=await runtime.storage_resolver(),
-        reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB, read_ahead=settings.read_ahead),
+        reading=ReadSettings(chunk_size=settings.read_chunk_mib * MiB),
     )
     runtime.consume(
         js,

@@ -6,6 +6,7 @@ The tus package (protocol, store, routes) knows nothing of sessions or tokens; i
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
 from upload_gateway import repository
@@ -36,12 +37,12 @@ async def tus_target(request: web.Request) -> TusTarget:
     if method not in _READ_ONLY:
         require_open(session, now)
 
-    async def on_progress(offset: int) -> None:
-        await repository.record_progress(gw.pool, session.upload_id, offset)
+    async def on_progress(conn: asyncpg.Connection, offset: int) -> None:
+        await repository.record_progress(conn, session.upload_id, offset)
 
-    async def on_complete() -> None:
+    async def on_complete(conn: asyncpg.Connection) -> None:
         # Idempotent: once the session is verifying or beyond, nothing moves.
-        await repository.record_progress(gw.pool, session.upload_id, session.size_bytes)
+        await repository.record_progress(conn, session.upload_id, session.size_bytes)
 
     async def on_terminate() -> None:
         # tus termination is the client abandoning the upload: the session ends as a DELETE would.

@@ -49,10 +49,10 @@ class Gateway:
         upload_id = uuid.uuid4().hex
         record = Session(target=None)  # type: ignore[arg-type]  # filled just below
 
-        async def on_progress(offset: int) -> None:
+        async def on_progress(conn, offset: int) -> None:
             record.progress.append(offset)
 
-        async def on_complete() -> None:
+        async def on_complete(conn) -> None:
             record.completions += 1
 
         async def on_terminate() -> None:

@@ -91,11 +91,12 @@ class _Handlers:
     async def head(self, request: web.Request) -> web.Response:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
-        state = await self._store_for(request).state(target.upload_id)
+        store = self._store_for(request)
+        state = await store.state(target.upload_id)
         if state is None:
             raise protocol.UploadNotFound("no tus upload was created for this session")
         if state.completed:
-            await target.on_complete()
+            await store.confirm_complete(target)
         else:
             protocol.check_not_expired(target.expires_at, _now())
         headers = _upload_headers(state)

@@ -115,7 +115,7 @@ class TusStore:
                 creation.length, target.part_size, creation.raw_metadata, target.expires_at,
             )
             if creation.length == 0:
-                await target.on_complete()
+                await target.on_complete(conn)
         return UploadState(**record)
 
     async def write(self, target: TusTarget, patch: Patch, read: Reader) -> UploadState:
@@ -143,6 +143,12 @@ class TusStore:
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )
         return UploadState(**record)
+
+    async def confirm_complete(self, target: TusTarget) -> None:
+        """Tell the session layer again that a finished upload is complete (a HEAD after a lost
+        answer); it records idempotently."""
+        async with self._pool.acquire() as conn:
+            await target.on_complete(conn)
 
     async def terminate(self, target: TusTarget) -> None:
         """Abort the multipart upload (or delete the finished object) and forget the upload."""
@@ -223,8 +229,8 @@ class TusStore:
                       completed_at = now(), updated_at = now() WHERE upload_id = $1""",
             target.upload_id, etags,
         )
-        await target.on_progress(row.length)
-        await target.on_complete()
+        await target.on_progress(conn, row.length)
+        await target.on_complete(conn)
 
     @asynccontextmanager
     async def _locked(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:
@@ -276,7 +282,7 @@ class _PartWriter:
                       updated_at = now() WHERE upload_id = $1""",
             self._target.upload_id, self.etags, self.stored,
         )
-        await self._target.on_progress(self.stored)
+        await self._target.on_progress(self._conn, self.stored)
 
     async def settle_and_keep(self, chunks: list[bytes], buffered: int, tail_is_stored: bool) -> int:
         """After a broken body: record the part in flight, keep the rest as the tail; the offset."""
@@ -295,7 +301,7 @@ async def _keep_tail(conn: asyncpg.Connection, target: TusTarget, stored: int, t
            WHERE upload_id = $1""",
         target.upload_id, tail, stored + len(tail),
     )
-    await target.on_progress(stored + len(tail))
+    await target.on_progress(conn, stored + len(tail))
 
 
 def _parts(etags: list[str]) -> list[UploadedPart]:

@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import asyncpg
 import msgspec
 
 from rawdrive_platform.storage import Storage
@@ -16,10 +17,12 @@ MAX_PARTS = 10_000
 class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     """One authorised upload session, as `authorize(request)` returns it.
 
-    `on_progress(offset)` runs after every durable change of the offset (each part, each kept
-    tail, completion), also when the client cut the body off; `on_complete()` runs once the
+    `on_progress(conn, offset)` runs after every durable change of the offset (each part, each
+    kept tail, completion), also when the client cut the body off; `on_complete(conn)` runs once the
     object exists at `object_key`, and again on any later HEAD that finds the upload complete,
-    so the session layer must treat both as idempotent. Both run while the upload is locked.
+    so the session layer must treat both as idempotent. Both run while the upload is locked and
+    get the connection holding the lock: recording on it never waits for a second connection
+    from a pool that every active upload's lock may have exhausted.
     `on_terminate()` runs after a termination removed the stored bytes and the upload's state.
     """
 
@@ -31,8 +34,8 @@ class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
     part_size: int
     storage: Storage
-    on_progress: Callable[[int], Awaitable[None]]
-    on_complete: Callable[[], Awaitable[None]]
+    on_progress: Callable[[asyncpg.Connection, int], Awaitable[None]]
+    on_complete: Callable[[asyncpg.Connection], Awaitable[None]]
     on_terminate: Callable[[], Awaitable[None]]
 
     def __post_init__(self) -> None:

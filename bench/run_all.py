@@ -35,6 +35,10 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "verify_bench": ("verify_bench.py", [], ["--sizes-mib", "20", "--rounds", "1"]),
     "thumbnail_bench": ("thumbnail_bench.py", [], ["--rounds", "1"]),
     "load": ("load.py", [], ["--uploads", "8", "--single-rounds", "3"]),
+    # The same batch with at most 8 uploads in flight: the pipeline's figures even while 50 at once
+    # stall the gateway (every PATCH holds a pool connection and asks for a second one; pool of 10).
+    "load_8_at_a_time": ("load.py", ["--concurrency", "8", "--single-rounds", "0"],
+                         ["--uploads", "8", "--concurrency", "4", "--single-rounds", "0"]),
 }
 
 

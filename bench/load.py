@@ -373,8 +373,11 @@ def main() -> int:
     conc = args.concurrency or n
     print(f"batch: {n} tus uploads of {outcome['big_mib']:.1f} MiB JPEGs, {conc} at a time, "
           f"{outcome['committed']} committed")
-    print(f"  throughput: {upload_rate:.1f} MiB/s until the last PATCH ({outcome['upload_seconds']:.1f} s), "
-          f"{e2e_rate:.1f} MiB/s until the last asset.created ({outcome['total_seconds']:.1f} s)")
+    if outcome["bytes"]:
+        print(f"  throughput: {upload_rate:.1f} MiB/s until the last PATCH ({outcome['upload_seconds']:.1f} s), "
+              f"{e2e_rate:.1f} MiB/s until the last asset.created ({outcome['total_seconds']:.1f} s)")
+    else:
+        print("  throughput: none (no upload finished)")
     if lat:
         print(f"  commit -> asset.created: p50 {percentile(lat, 50):.2f} s, p95 {percentile(lat, 95):.2f} s, "
               f"p99 {percentile(lat, 99):.2f} s, max {max(lat):.2f} s ({len(lat)} assets)")

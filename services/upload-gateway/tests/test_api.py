@@ -425,27 +425,34 @@ async def test_bytes_sent_over_tus_show_as_received_on_the_session(harness):
 
 
 async def test_more_concurrent_tus_uploads_than_pool_connections_all_complete(harness):
-    # Each PATCH holds a pool connection for its upload's lock; recording progress must not
-    # need a second one, or a full pool deadlocks (seen at 50 concurrent uploads).
+    # Each tus request holds a pool connection for its upload's lock; nothing it does while
+    # locked may need a second one, or a full pool deadlocks (seen at 50 concurrent uploads).
     size = 6 * MIB  # one 5 MiB part and a tail: progress is recorded mid-body
-    uploads = [await harness.create(size_bytes=size) for _ in range(14)]  # the pool holds 10
+    uploads = [await harness.create(size_bytes=size) for _ in range(40)]  # the pool holds 10
+
+    def tus(created: dict) -> tuple[dict, str]:
+        return {"Tus-Resumable": "1.0.0"} | created["headers"], harness.path(f"/{created['upload_id']}/tus")
+
+    async def create(created: dict) -> int:
+        headers, url = tus(created)
+        return (await harness.client.post(url, headers=headers | {"Upload-Length": str(size)})).status
 
     async def send(created: dict) -> int:
-        tus = {"Tus-Resumable": "1.0.0"} | created["headers"]
-        url = harness.path(f"/{created['upload_id']}/tus")
-        assert (await harness.client.post(url, headers=tus | {"Upload-Length": str(size)})).status == 201
+        headers, url = tus(created)
 
         async def slow_body():
             for _ in range(6):
                 yield os.urandom(MIB)
                 await asyncio.sleep(0.2)  # keep every upload's lock held at the same time
 
-        headers = tus | {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
-                         "Content-Length": str(size)}
+        headers |= {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+                    "Content-Length": str(size)}
         return (await harness.client.patch(url, data=slow_body(), headers=headers)).status
 
-    statuses = await asyncio.wait_for(asyncio.gather(*(send(u) for u in uploads)), 90)
-    assert statuses == [204] * len(uploads)
+    created = await asyncio.wait_for(asyncio.gather(*(create(u) for u in uploads)), 60)
+    assert created == [201] * len(uploads)
+    sent = await asyncio.wait_for(asyncio.gather(*(send(u) for u in uploads[:14])), 90)
+    assert sent == [204] * 14
     shown = await (await harness.client.get(harness.path(f"/{uploads[0]['upload_id']}"), headers=harness.user())).json()
     assert shown["bytes_received"] == size
 

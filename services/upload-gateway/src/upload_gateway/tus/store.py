@@ -83,8 +83,10 @@ class TusStore:
         self._pool = pool
         self._read_size = read_size
 
-    async def state(self, upload_id: str) -> UploadState | None:
-        record = await self._pool.fetchrow(
+    async def state(self, upload_id: str, conn: asyncpg.Connection | None = None) -> UploadState | None:
+        """The upload's state; inside a locked request pass its connection (the pool may be
+        exhausted by every active upload's lock)."""
+        record = await (conn or self._pool).fetchrow(
             f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", upload_id
         )
         return None if record is None else UploadState(**record)
@@ -96,7 +98,7 @@ class TusStore:
                 f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
             )
         async with self._locked(target.upload_id) as conn:
-            existing = await self.state(target.upload_id)
+            existing = await self.state(target.upload_id, conn)
             if existing is not None:
                 return existing
             storage = target.storage

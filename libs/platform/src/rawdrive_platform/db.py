@@ -16,6 +16,14 @@ from importlib.resources.abc import Traversable
 import asyncpg
 import msgspec
 
+# What asyncpg raises while PostgreSQL restarts or a connection breaks: retry later. It includes
+# InternalClientError, seen when a pool connection broke mid-reset during a server restart.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # The platform's own tables (the outbox) come first in every service schema.

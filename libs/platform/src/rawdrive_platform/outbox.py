@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, encode, subject_for
 from rawdrive_platform.bus import MSG_ID_HEADER
+from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.telemetry import stored_context
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Relay:
             while not stop.is_set():
                 try:
                     published = await self.publish_pending()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except DATABASE_DOWN as exc:
                     log.warning("outbox relay: database unavailable: %r", exc)
                     published = 0
                 if published:

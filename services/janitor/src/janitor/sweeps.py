@@ -39,6 +39,7 @@ from janitor.policy import (
 from janitor.tracking import TrackedAsset
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
+from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.metrics import UPLOADS_EXPIRED
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
@@ -120,7 +121,7 @@ class Janitor:
                 if due:
                     try:
                         await self.run_once(due, stop)
-                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    except DATABASE_DOWN as exc:
                         # The database is away: try again at the next interval.
                         log.warning("janitor run failed", extra={"jobs": list(due), "error": repr(exc)})
                         await self.lease.close()

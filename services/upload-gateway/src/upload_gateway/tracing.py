@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.telemetry import extract_context, restored_context
 from upload_gateway import repository
 from upload_gateway.problems import Handler
@@ -36,7 +37,7 @@ async def _parent(pool: asyncpg.Pool, request: web.Request) -> Context:
     if workspace_id is not None and upload_id is not None:
         try:
             stored = await repository.trace_context(pool, workspace_id, upload_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_DOWN as exc:
             # The handler meets the same outage and answers for it; the span just starts alone.
             log.warning("trace context lookup failed", extra={"upload_id": upload_id, "error": repr(exc)})
             stored = None

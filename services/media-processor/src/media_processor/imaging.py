@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
@@ -40,9 +41,13 @@ from rawdrive_contracts import MediaMetadata  # noqa: E402
 
 hachoir.core.config.quiet = True
 
-WEBP_QUALITY = 80
-# libwebp's effort (0 fast .. 6 small). 4 is libwebp's and libvips' default.
-WEBP_METHOD = 4
+# libwebp's effort (0 fast .. 6 small) and quality. Method 2 skips the rate-distortion mode search
+# of methods 3+ and encodes a 2560 px variant in about 0.2 s instead of 0.6 s (method 4, the
+# default). At the same quality it loses a little (SSIM -0.003..-0.005), so quality goes from 80 to
+# 82: measured with ffmpeg against the unencoded variant, SSIM and PSNR are then equal or better
+# than method 4 at 80 on a real phone photo, a 12 MP and a 24 MP JPEG; the files are 13-23% larger.
+WEBP_QUALITY = 82
+WEBP_METHOD = 2
 # The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2
@@ -50,6 +55,8 @@ WEBP_METHOD = 4
 # cheap, so it gets Lanczos. Measured against a Lanczos resize of the full decode (SSIM after WebP
 # encoding): equal to Triangle for `large`, better for `medium` and `thumb`.
 FINAL_FILTER = "lanczos"
+# Threads encoding variants beside the one that scales them: one per core of the target machine.
+ENCODE_THREADS = 2
 # An embedded RAW preview at least this large is good enough for every variant but `large`.
 PREVIEW_MIN_LONG_EDGE = 1280
 # PDF pages render so that their long edge is about the largest variant, within these bounds.
@@ -176,29 +183,52 @@ def render(
                 img.transform_colorspace("srgb")
             img.strip()  # EXIF (GPS), XMP, ICC, comments: nothing travels into a derivative
             display = display_size(stored, orientation)
-            produced = []
-            current = img
-            variants = plan(Size(img.width, img.height))
-            for variant in variants:
-                scaled = current.clone()
-                if (scaled.width, scaled.height) != (variant.size.width, variant.size.height):
-                    if variant is variants[-1]:
-                        scaled.resize(variant.size.width, variant.size.height, filter=FINAL_FILTER)
-                    else:
-                        scaled.scale(variant.size.width, variant.size.height)
-                scaled.compression_quality = WEBP_QUALITY
-                scaled.options["webp:method"] = str(WEBP_METHOD)
-                out = Path(workdir, f"{variant.name}.webp")
-                scaled.save(filename=f"webp:{out}")
-                produced.append(Produced(name=variant.name, path=str(out), width=scaled.width, height=scaled.height))
-                if current is not img:
-                    current.close()
-                current = scaled
-            if current is not img:
-                current.close()
+            produced = _variants(img, workdir)
     except WandException as exc:
         raise Unprocessable("decode_failed", f"ImageMagick: {exc}") from None
     return tuple(produced), display
+
+
+def _variants(img: Image, workdir: str) -> tuple[Produced, ...]:
+    """Scale the cascade on this thread; encode each variant on another as soon as it exists.
+
+    WebP encoding is the largest cost after the decode, and libwebp runs with the GIL released
+    (Wand calls it through ctypes), so `large` encodes on one core while `medium` and `thumb` are
+    scaled and encoded on the other, instead of the two taking turns. Every thread works on its
+    own image (ImageMagick shares pixels between clones copy-on-write).
+    """
+    variants = plan(Size(img.width, img.height))
+    images: list[Image] = []
+    encodes: list[Future[None]] = []
+    produced: list[Produced] = []
+    try:
+        with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as encoders:
+            current = img
+            for variant in variants:
+                current = current.clone()
+                images.append(current)
+                if (current.width, current.height) != (variant.size.width, variant.size.height):
+                    if variant is variants[-1]:
+                        current.resize(variant.size.width, variant.size.height, filter=FINAL_FILTER)
+                    else:
+                        current.scale(variant.size.width, variant.size.height)
+                out = Path(workdir, f"{variant.name}.webp")
+                encoded = current.clone()  # the encoder's own copy: the next variant is scaled from `current`
+                images.append(encoded)
+                encodes.append(encoders.submit(_encode, encoded, out))
+                produced.append(Produced(name=variant.name, path=str(out), width=current.width, height=current.height))
+            for encode in encodes:
+                encode.result()  # an encoder's WandException surfaces here
+    finally:
+        for image in images:
+            image.close()
+    return tuple(produced)
+
+
+def _encode(img: Image, out: Path) -> None:
+    img.compression_quality = WEBP_QUALITY
+    img.options["webp:method"] = str(WEBP_METHOD)
+    img.save(filename=f"webp:{out}")
 
 
 _ORIENTATIONS = (

@@ -18,10 +18,12 @@ from upload_gateway.auth import (
     Principal,
     TokenVerifier,
     UploadGrant,
+    VerifiedTokens,
     bearer_token,
     mint_dev_token,
     principal_from_claims,
     require,
+    sign_hs256,
 )
 from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.names import display_name
@@ -47,6 +49,7 @@ from upload_gateway.sessions import (
     plan_parts,
     transition,
 )
+from upload_gateway.tus_session import tus_part_size
 
 SECRET = "s" * 32
 UPLOAD_SECRET = "u" * 32
@@ -240,6 +243,11 @@ def test_part_size_is_8_mib_until_a_file_needs_more_than_ten_thousand_parts():
     assert plan_parts(8 * MIB * MAX_PARTS + 1).part_size == 9 * MIB
 
 
+def test_tus_parts_match_the_front_ends_5_mib_chunks_until_a_file_needs_bigger_parts():
+    assert tus_part_size(500 * MIB) == 5 * MIB
+    assert tus_part_size(5 * MIB * MAX_PARTS + 1) == 6 * MIB
+
+
 # -- access ----------------------------------------------------------------------------------
 
 
@@ -319,6 +327,56 @@ async def test_upload_tokens_and_user_tokens_are_never_each_other():
     assert not tokens.is_upload_token(f"Bearer {user}")
     with pytest.raises(Unauthorized):
         tokens.upload_grant(f"Bearer {user}")
+
+
+def test_an_upload_token_is_a_standard_hs256_jwt_of_its_claims():
+    claims = {"sub": "a", "aud": "rawdrive:upload", "workspace_id": "ws", "upload_id": "u1", "iat": 1, "exp": 2**40}
+    token = sign_hs256(claims, UPLOAD_SECRET.encode())
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    assert jwt.decode(token, UPLOAD_SECRET, algorithms=["HS256"], audience="rawdrive:upload") == claims
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, "v" * 32, algorithms=["HS256"], audience="rawdrive:upload")
+
+
+ALICE = Principal(sub="alice", workspaces={"ws": "member"})
+
+
+def test_a_verified_token_is_remembered_until_its_exp_and_never_past_it():
+    cache = VerifiedTokens(max_age_s=300)
+    cache.put("t", ALICE, exp=1060, now=1000)
+    assert cache.get("t", now=1059.9) == ALICE
+    assert cache.get("t", now=1060) is None
+    assert cache.get("t", now=1000) is None  # gone once expired
+    assert cache.get("other", now=1000) is None
+
+
+def test_a_verified_token_is_remembered_at_most_max_age_and_an_expired_one_not_at_all():
+    cache = VerifiedTokens(max_age_s=300)
+    cache.put("long", ALICE, exp=10_000, now=1000)
+    assert cache.get("long", now=1299) == ALICE
+    assert cache.get("long", now=1300) is None
+    cache.put("stale", ALICE, exp=999, now=1000)  # verified within the leeway, already past exp
+    assert len(cache) == 0
+
+
+def test_the_verified_token_cache_is_bounded_oldest_out_first():
+    cache = VerifiedTokens(capacity=2)
+    for token in ("a", "b", "c"):
+        cache.put(token, ALICE, exp=2000, now=1000)
+    assert [cache.get(t, now=1000) for t in ("a", "b", "c")] == [None, ALICE, ALICE]
+    assert len(cache) == 2
+
+
+async def test_a_remembered_token_still_verifies_and_a_tampered_copy_does_not():
+    tokens = verifier()
+    token = mint_dev_token(SECRET, sub="alice", workspaces={"ws": "member"}, ttl_s=60)
+    assert await tokens.principal(f"Bearer {token}") == await tokens.principal(f"Bearer {token}") == ALICE
+    # The remembered token's signature on claims that make alice an admin: not a hit, refused.
+    header, _, signature = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False}) | {"workspaces": {"ws": "admin"}}
+    forged = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")[1]
+    with pytest.raises(Unauthorized):
+        await tokens.principal(f"Bearer {header}.{forged}.{signature}")
 
 
 def test_an_upload_token_expires_with_its_session():

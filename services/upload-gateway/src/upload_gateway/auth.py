@@ -16,9 +16,12 @@ the action's minimum is 403.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jwt
 import msgspec
@@ -41,6 +44,11 @@ MINIMUM_ROLE: dict[Action, Role] = {
 UPLOAD_AUDIENCE = "rawdrive:upload"
 # Clock skew tolerated between the identity provider, gateway replicas and clients.
 LEEWAY_S = 30
+# Verified user tokens remembered (see VerifiedTokens): how many, and for how long at most, which
+# matches PyJWKClient's key-set lifespan, so a key withdrawn from the JWKS stops working as soon
+# as it would without the cache.
+VERIFIED_CAPACITY = 4096
+VERIFIED_MAX_AGE_S = 300.0
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -96,6 +104,64 @@ def principal_from_claims(claims: dict[str, object]) -> Principal:
     return Principal(sub=parsed.sub, workspaces=parsed.workspaces)
 
 
+class _Verified(NamedTuple):
+    principal: Principal
+    until: float  # epoch seconds
+
+
+class VerifiedTokens:
+    """User tokens already verified, and their principals, until the token's `exp` (never past
+    it) or `max_age_s` after verification, whichever is first.
+
+    A client sends the same token with every request; checking its signature and parsing its
+    claims each time was a tenth of the gateway's time per session created. Keyed by the whole
+    token, so only a byte-identical token (same signature) is ever a hit. Failures are never
+    kept. Bounded: when full, the oldest entry goes. Pure: the caller passes the clock.
+    """
+
+    def __init__(self, capacity: int = VERIFIED_CAPACITY, max_age_s: float = VERIFIED_MAX_AGE_S) -> None:
+        self._capacity = capacity
+        self._max_age_s = max_age_s
+        self._entries: dict[str, _Verified] = {}
+
+    def get(self, token: str, now: float) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if now >= entry.until:
+            del self._entries[token]
+            return None
+        return entry.principal
+
+    def put(self, token: str, principal: Principal, exp: float, now: float) -> None:
+        until = min(exp, now + self._max_age_s)
+        if until <= now:
+            return
+        self._entries.pop(token, None)
+        while len(self._entries) >= self._capacity:
+            del self._entries[next(iter(self._entries))]  # dicts keep insertion order: oldest first
+        self._entries[token] = _Verified(principal, until)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _b64url(raw: bytes) -> bytes:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+
+# The JOSE header of every upload token (RFC 7515/7519), encoded once.
+_HS256_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
+
+
+def sign_hs256(claims: dict[str, object], secret: bytes) -> str:
+    """An HS256 JWT of `claims`: what jwt.encode makes, without its per-call key checks (PEM
+    sniffing, key-length warnings), which cost more than the signature itself."""
+    signing_input = _HS256_HEADER + b"." + _b64url(msgspec.json.encode(claims))
+    signature = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + _b64url(signature)).decode("ascii")
+
+
 def mint_dev_token(secret: str, *, sub: str, workspaces: dict[str, str], ttl_s: int) -> str:
     """A token for development and tests; production tokens come from the identity provider."""
     now = int(time.time())
@@ -117,12 +183,18 @@ class TokenVerifier:
         if (hs256_secret is None) == (jwks_url is None):
             raise ValueError("configure exactly one of an HS256 secret and a JWKS URL")
         self._upload_secret = upload_secret
+        self._upload_key = upload_secret.encode()
         self._hs256_secret = hs256_secret
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._audience = audience
+        self._verified = VerifiedTokens()
 
     async def principal(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
+        now = time.time()
+        known = self._verified.get(token, now)
+        if known is not None:
+            return known
         if self._jwks is not None:
             try:
                 # PyJWKClient fetches with urllib; keep the event loop free while it does.
@@ -145,7 +217,9 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise Unauthorized(f"invalid token: {error}") from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        self._verified.put(token, principal, float(claims["exp"]), now)
+        return principal
 
     def mint_upload_token(self, grant: UploadGrant, expires_at: datetime) -> str:
         claims = {
@@ -156,7 +230,7 @@ class TokenVerifier:
             "iat": int(time.time()),
             "exp": int(expires_at.timestamp()),
         }
-        return jwt.encode(claims, self._upload_secret, algorithm="HS256")
+        return sign_hs256(claims, self._upload_key)
 
     def upload_grant(self, authorization: str | None) -> UploadGrant:
         token = bearer_token(authorization)

@@ -36,7 +36,7 @@ from botocore.config import Config
 
 from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.sessions import plan_parts
+from upload_gateway.tus_session import tus_part_size
 
 MIB = 1024 * 1024
 TUS_CHUNK = 5 * MIB
@@ -95,7 +95,7 @@ def s3_baseline(s3: S3Server, size: int, concurrency: int) -> float:
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, max_pool_connections=64,
                       request_checksum_calculation="when_required", response_checksum_validation="when_required"),
     )
-    part_size = plan_parts(size).part_size
+    part_size = tus_part_size(size)
 
     def upload(i: int) -> None:
         key = f"baseline/{size}/{concurrency}/{i}"
@@ -216,7 +216,7 @@ def main() -> int:
                   f"{'gateway peak RSS':>17} {'RSS budget':>11}")
             for size_mib in args.sizes_mib:
                 size = size_mib * MIB
-                part_size = plan_parts(size).part_size
+                part_size = tus_part_size(size)
                 for concurrency in args.concurrency:
                     baseline = s3_baseline(s3, size, concurrency)
                     gateway = Gateway(env, work / "gateway.log")

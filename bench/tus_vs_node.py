@@ -34,7 +34,7 @@ from tus_bench import JWT_SECRET, MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, fr
 
 from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.sessions import plan_parts
+from upload_gateway.tus_session import tus_part_size
 
 NODE_DIR = Path(__file__).parent / "tus_node_baseline"
 
@@ -149,7 +149,7 @@ def main() -> int:
                   f"{'node peak RSS':>14} {'gateway peak RSS':>17}")
             for size_mib in args.sizes_mib:
                 size = size_mib * MIB
-                part_size = plan_parts(size).part_size
+                part_size = tus_part_size(size)
                 for concurrency in args.concurrency:
                     gateway = Gateway(env, work / "gateway.log")
                     node = NodeTus(s3, part_size, work / "node.log")

@@ -15,6 +15,7 @@ from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (
     ObjectMissing,
     Storage,
+    StorageError,
     StorageDenied,
     StorageProfile,
     StorageRegistry,
@@ -22,6 +23,7 @@ from rawdrive_platform.storage import (
     client_config,
     content_disposition,
     encryption_headers,
+    error_from_response,
     managed_storage_profile,
 )
 
@@ -182,6 +184,44 @@ async def test_multipart_upload_lists_its_parts_and_completes_into_one_object(st
         parts_bodies[0][-2:] + parts_bodies[1][:2]
     )
     assert [u async for u in storage.list_multipart_uploads(key)] == []
+
+
+async def test_a_streamed_part_is_sent_as_its_body_produces_it_and_a_short_one_leaves_nothing(storage, key):
+    whole, short = os.urandom(5 * MiB), os.urandom(3 * MiB)
+    upload_id = await storage.create_multipart(key, "image/jpeg")
+    produced = asyncio.Event()
+
+    async def body(data: bytes, then_stop: bool = False):
+        for start in range(0, len(data), MiB):
+            yield data[start : start + MiB]
+            if start == MiB:
+                produced.set()
+                await asyncio.sleep(0)
+        if then_stop:
+            raise ConnectionResetError("the client went away")
+
+    part = await storage.stream_part(key, upload_id, 1, len(whole), body(whole))
+    assert produced.is_set()
+    with pytest.raises((StorageError, ConnectionResetError, aiohttp.ClientError)):
+        await storage.stream_part(key, upload_id, 2, 5 * MiB, body(short, then_stop=True))
+
+    assert [(p.part_number, p.etag, p.size) for p in await storage.list_parts(key, upload_id)] == [
+        (1, part.etag, 5 * MiB)
+    ]
+    await storage.complete_multipart(key, upload_id, [part])
+    assert await storage.get_range(key, 0, 5 * MiB) == whole
+
+
+def test_an_s3_error_answer_maps_to_the_same_exceptions_as_botocore_errors():
+    def xml(code: str) -> str:
+        return f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>m</Message></Error>"
+
+    assert isinstance(error_from_response(404, xml("NoSuchUpload"), "put"), ObjectMissing)
+    assert isinstance(error_from_response(403, xml("SignatureDoesNotMatch"), "put"), StorageDenied)
+    assert isinstance(error_from_response(503, xml("SlowDown"), "put"), StorageUnavailable)
+    assert isinstance(error_from_response(502, "<html>bad gateway</html>", "put"), StorageUnavailable)
+    refused = error_from_response(400, xml("EntityTooSmall"), "put part 1")
+    assert type(refused) is StorageError and "EntityTooSmall" in str(refused)
 
 
 async def test_an_aborted_multipart_upload_is_gone_and_aborting_again_is_harmless(storage, key):

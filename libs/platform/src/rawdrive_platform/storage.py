@@ -8,7 +8,8 @@ Botocore errors become four exception types so callers can choose retry or rejec
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -42,6 +43,9 @@ _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
      "ServiceUnavailable", "InternalError", "TooManyRequests", "503", "500"}
 )
+_XML_ERROR_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+# A streamed part's URL only has to outlive the one request that sends it.
+_STREAMED_PART_URL_S = 15 * 60
 
 
 class StorageError(Exception):
@@ -182,7 +186,18 @@ def _translated_errors(what: str) -> Iterator[None]:
 def _from_client_error(error: ClientError, what: str) -> StorageError:
     code = str(error.response.get("Error", {}).get("Code", ""))
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    message = f"{what}: {code or status} {error.response.get('Error', {}).get('Message', '')}"
+    detail = error.response.get("Error", {}).get("Message", "")
+    return _classified(code, status, f"{what}: {code or status} {detail}")
+
+
+def error_from_response(status: int, body: str, what: str) -> StorageError:
+    """The exception for an S3 error answer to a request we sent ourselves (an XML body)."""
+    found = _XML_ERROR_CODE.search(body)
+    code = found.group(1) if found else str(status)
+    return _classified(code, status, f"{what}: {code} (HTTP {status})")
+
+
+def _classified(code: str, status: int, message: str) -> StorageError:
     if code in _MISSING_CODES:
         return ObjectMissing(message)
     if code in _DENIED_CODES or status == 403:
@@ -195,10 +210,17 @@ def _from_client_error(error: ClientError, what: str) -> StorageError:
 class Storage:
     """One bucket through one profile. Open with ``await Storage.open(profile)``; close once."""
 
-    def __init__(self, profile: StorageProfile, client: Any, closer: contextlib.AsyncExitStack):
+    def __init__(
+        self,
+        profile: StorageProfile,
+        client: Any,
+        closer: contextlib.AsyncExitStack,
+        http: aiohttp.ClientSession | None = None,
+    ):
         self.profile = profile
         self._s3 = client
         self._closer = closer
+        self._http = http  # for requests whose body streams in as it arrives
 
     @classmethod
     async def open(cls, profile: StorageProfile) -> "Storage":
@@ -213,7 +235,12 @@ class Storage:
                 config=client_config(profile),
             )
         )
-        return cls(profile, client, closer)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64),
+            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),
+        )
+        closer.push_async_callback(http.close)
+        return cls(profile, client, closer, http)
 
     async def close(self) -> None:
         await self._closer.aclose()
@@ -335,6 +362,27 @@ class Storage:
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body
             )
         return UploadedPart(part_number=part_number, etag=response["ETag"].strip('"'))
+
+    async def stream_part(
+        self, key: str, upload_id: str, part_number: int, size: int, body: AsyncIterable[bytes]
+    ) -> UploadedPart:
+        """Upload a part of exactly `size` bytes while `body` is still producing them.
+
+        botocore signs a body's SHA-256 before sending it, so it must hold the whole part
+        first; a presigned URL (UNSIGNED-PAYLOAD) lets the bytes go out as they arrive
+        instead. A body that stops short, or a cancelled call, aborts the request: S3 keeps
+        nothing of an incomplete part.
+        """
+        what = f"stream part {part_number} of {key}"
+        if self._http is None:
+            raise StorageError(f"{what}: this Storage was opened without an HTTP session")
+        request = await self.presign_upload_part(key, upload_id, part_number, _STREAMED_PART_URL_S)
+        headers = {**request.headers, "Content-Length": str(size)}
+        with _translated_errors(what):
+            async with self._http.put(request.url, data=body, headers=headers) as response:
+                if response.status != 200:
+                    raise error_from_response(response.status, await response.text(), what)
+                return UploadedPart(part_number=part_number, etag=response.headers["ETag"].strip('"'))
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         parts: list[UploadedPart] = []

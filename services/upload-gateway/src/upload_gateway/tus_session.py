@@ -21,6 +21,8 @@ from upload_gateway.uploads import abort, storage_for, utcnow
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
+# The seed front end's tus-js-client chunkSize (and S3's smallest part but the last).
+TUS_CHUNK_SIZE = 5 * 1024 * 1024
 
 
 async def tus_target(request: web.Request) -> TusTarget:
@@ -55,12 +57,19 @@ async def tus_target(request: web.Request) -> TusTarget:
         content_type=session.mime_type,
         size_bytes=session.size_bytes,
         expires_at=session.expires_at,
-        part_size=plan_parts(session.size_bytes).part_size,  # the same rule as s3_multipart
+        part_size=tus_part_size(session.size_bytes),
         storage=await storage_for(gw, session.storage_profile_ref),
         on_progress=on_progress,
         on_complete=on_complete,
         on_terminate=on_terminate,
     )
+
+
+def tus_part_size(size_bytes: int) -> int:
+    """5 MiB parts where the file allows: the chunkSize our front end gives tus-js-client, so
+    each PATCH fills exactly one part and streams straight on to S3; a PATCH that ends inside
+    a part leaves its bytes as a tail in PostgreSQL, written and read back once more."""
+    return plan_parts(size_bytes, preferred=TUS_CHUNK_SIZE).part_size
 
 
 def mount_tus(app: web.Application) -> None:

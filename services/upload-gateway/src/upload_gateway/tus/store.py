@@ -17,13 +17,13 @@ the handler cancelled), so the session layer's byte count never trails what HEAD
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 
 import asyncpg
 import msgspec
 
-from rawdrive_platform.storage import ObjectMissing, UploadedPart
+from rawdrive_platform.storage import ObjectMissing, StorageError, UploadedPart
 from upload_gateway.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -134,13 +134,14 @@ class TusStore:
             row = _Row(**record)
             check_offset(patch.offset, row.offset)
             check_fits(row.offset, patch.content_length, row.length)
+            declared = patch.content_length
             if patch.checksum is not None:
                 body = await _read_whole(read, patch, limit=row.part_size, offset=row.offset)
                 if not patch.checksum.matches(body):
                     raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
-                read = _memory_reader(body)
+                read, declared = _memory_reader(body), len(body)
             if row.multipart_id is not None and row.offset < row.length:
-                await self._stream(conn, target, row, read)
+                await self._stream(conn, target, row, read, declared)
             record = await conn.fetchrow(
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )
@@ -169,55 +170,57 @@ class TusStore:
             await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
 
     async def _stream(
-        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, read: Reader
+        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, read: Reader,
+        declared: int | None,
     ) -> None:
-        """Read the body into whole parts; each full part uploads while the next one fills.
+        """Send the body on into S3 parts as it arrives.
 
-        At most one part is in flight and one is filling: memory stays near two parts per
-        upload whatever the client's chunk size, and reading never waits for S3 to answer.
+        A part starts uploading as soon as this body (its `declared` length) is known to fill it;
+        its bytes stream to S3 while the client is still sending them, and the part is recorded
+        once S3 answered. Bytes of a part that this body cannot fill are gathered and kept as
+        the tail. Memory stays within one part being gathered plus one being sent per upload.
         """
         parts = _PartWriter(conn, target, row)
-        chunks: list[bytes] = [row.tail] if row.tail else []
-        buffered = len(row.tail)  # bytes after the last part handed to S3
+        body_end = None if declared is None else row.offset + declared
+        position = row.offset  # the upload offset of the next byte to arrive
+        pending: list[bytes] = [row.tail] if row.tail else []  # bytes since the last whole part
         tail_is_stored = True
         while True:
-            # At least 1: with a full final part in hand, one more byte means "past the length".
-            want = max(1, min(self._read_size, row.part_size - buffered))
+            start = parts.handed
+            end = min(start + row.part_size, row.length)  # the part these bytes belong to
+            if not parts.feeding and start < end and (position == end or (body_end or 0) >= end):
+                await parts.begin(end - start, pending)
+            # At least 1: with the final byte in hand, one more byte means "past the length".
+            want = max(1, min(self._read_size, end - position))
             try:
                 chunk = await read(want)
             except asyncio.CancelledError:
-                await parts.settle_and_keep(chunks, buffered, tail_is_stored)
+                await parts.keep_after_break(pending, tail_is_stored)
                 raise
             except Exception as error:
-                offset = await parts.settle_and_keep(chunks, buffered, tail_is_stored)
+                offset = await parts.keep_after_break(pending, tail_is_stored)
                 raise BodyInterrupted(offset) from error
             if not chunk:
                 break
-            if parts.handed + buffered + len(chunk) > row.length:
+            if position + len(chunk) > row.length:
+                await parts.abandon()
                 await parts.settle()
                 raise PastLength(f"the body runs past Upload-Length {row.length}")
-            chunks.append(chunk)
-            buffered += len(chunk)
+            position += len(chunk)
+            pending.append(chunk)
             tail_is_stored = False
-            if buffered == row.part_size and parts.handed + buffered < row.length:
-                await parts.settle()  # frees the previous part before this one is joined
-                parts.start(b"".join(chunks))
-                chunks.clear()
-                buffered = 0
+            if parts.feeding and parts.feed(chunk):
+                pending.clear()  # the whole part is on its way to S3
+        await parts.abandon()  # a body that ended before filling the part it fed
         await parts.settle()
-        if parts.stored + buffered == row.length:
-            await self._finish(conn, target, row, parts.etags, b"".join(chunks))
+        if parts.handed == row.length:
+            await self._finish(conn, target, row, parts.etags)
         elif not tail_is_stored:
-            await _keep_tail(conn, target, parts.stored, b"".join(chunks))
+            await _keep_tail(conn, target, parts.stored, b"".join(pending))
 
-    async def _finish(
-        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str],
-        last: bytes,
-    ) -> None:
+    async def _finish(self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str]) -> None:
         storage, key = target.storage, row.object_key
         try:
-            part = await storage.upload_part(key, row.multipart_id, len(etags) + 1, last)
-            etags = [*etags, part.etag]
             await storage.complete_multipart(key, row.multipart_id, _parts(etags))
         except ObjectMissing:
             # A previous attempt completed the object but died before recording it.
@@ -247,38 +250,93 @@ class TusStore:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
 
 
+class _PartFeed:
+    """The bytes of one part, handed from the request body to the upload streaming them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.missing = size
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue a chunk; True once the part is whole."""
+        self._queue.put_nowait(chunk)
+        self.missing -= len(chunk)
+        if self.missing == 0:
+            self._queue.put_nowait(None)
+        return self.missing == 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._queue.get()) is not None:
+            yield chunk
+
+
 class _PartWriter:
-    """Uploads full parts one at a time in the background and records each once S3 has it."""
+    """Streams parts to S3 one after another and records each in the row once S3 has it.
+
+    At most two parts are open: one being fed from the body and, before it, one fully sent
+    whose answer is awaited (`settle`) before the next part starts, so parts are recorded in
+    order and the row never counts a part S3 does not have.
+    """
 
     def __init__(self, conn: asyncpg.Connection, target: TusTarget, row: _Row) -> None:
         self._conn = conn
         self._target = target
         self._row = row
         self.etags = list(row.part_etags)
-        self._in_flight: asyncio.Task[UploadedPart] | None = None
+        self.handed = self.stored  # bytes in parts recorded or wholly sent
+        self._sent: asyncio.Task[UploadedPart] | None = None  # wholly sent, answer awaited
+        self._feed: _PartFeed | None = None
+        self._feeding: asyncio.Task[UploadedPart] | None = None
 
     @property
     def stored(self) -> int:
         """Bytes in parts S3 confirmed and the row records."""
-        return len(self.etags) * self._row.part_size
+        return min(len(self.etags) * self._row.part_size, self._row.length)
 
     @property
-    def handed(self) -> int:
-        """Bytes in parts recorded or on their way to S3."""
-        return self.stored + (self._row.part_size if self._in_flight is not None else 0)
+    def feeding(self) -> bool:
+        return self._feed is not None
 
-    def start(self, body: bytes) -> None:
+    async def begin(self, size: int, pending: list[bytes]) -> None:
+        """Start streaming the next part of `size` bytes, beginning with `pending`."""
+        await self.settle()
         row = self._row
-        upload = self._target.storage.upload_part(row.object_key, row.multipart_id, len(self.etags) + 1, body)
-        self._in_flight = asyncio.ensure_future(upload)
+        self._feed = _PartFeed(size)
+        self._feeding = asyncio.ensure_future(self._target.storage.stream_part(
+            row.object_key, row.multipart_id, len(self.etags) + 1, size, self._feed.chunks()
+        ))
+        for chunk in pending:
+            if self.feed(chunk):
+                pending.clear()
+
+    def feed(self, chunk: bytes) -> bool:
+        """Send a chunk of the part being fed; True once that part is whole."""
+        assert self._feed is not None
+        if not self._feed.put(chunk):
+            return False
+        self.handed += self._feed.size
+        self._sent, self._feeding, self._feed = self._feeding, None, None
+        return True
+
+    async def abandon(self) -> None:
+        """Drop the part being fed: its bytes are still in the caller's pending list."""
+        if self._feeding is None:
+            return
+        task, self._feeding, self._feed = self._feeding, None, None
+        task.cancel()
+        with suppress(asyncio.CancelledError, StorageError):
+            await task
 
     async def settle(self) -> None:
-        """Wait for the part in flight, then record it: the row changes only after S3 did."""
-        if self._in_flight is None:
+        """Wait for the sent part's answer, then record it: the row changes only after S3 did."""
+        if self._sent is None:
             return
-        task, self._in_flight = self._in_flight, None
+        task, self._sent = self._sent, None
         part = await asyncio.shield(task)  # a cancelled request still lets its part land
         self.etags.append(part.etag)
+        if self.stored == self._row.length:
+            return  # the final part: completion records it with the object
         await self._conn.execute(
             """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
                       updated_at = now() WHERE upload_id = $1""",
@@ -286,15 +344,17 @@ class _PartWriter:
         )
         await self._target.on_progress(self._conn, self.stored)
 
-    async def settle_and_keep(self, chunks: list[bytes], buffered: int, tail_is_stored: bool) -> int:
-        """After a broken body: record the part in flight, keep the rest as the tail; the offset."""
+    async def keep_after_break(self, pending: list[bytes], tail_is_stored: bool) -> int:
+        """After a broken body: record the part sent, keep the rest as the tail; the offset."""
+        await self.abandon()
         try:
             await self.settle()
         except Exception:  # noqa: BLE001 - the part did not land: the bytes after it cannot count
             return self.stored
+        tail = b"".join(pending)
         if not tail_is_stored:
-            await _keep_tail(self._conn, self._target, self.stored, b"".join(chunks))
-        return self.stored + buffered
+            await _keep_tail(self._conn, self._target, self.stored, tail)
+        return self.stored + len(tail)
 
 
 async def _keep_tail(conn: asyncpg.Connection, target: TusTarget, stored: int, tail: bytes) -> None:

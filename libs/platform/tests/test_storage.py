@@ -15,8 +15,8 @@ from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (
     ObjectMissing,
     Storage,
-    StorageError,
     StorageDenied,
+    StorageError,
     StorageProfile,
     StorageRegistry,
     StorageUnavailable,

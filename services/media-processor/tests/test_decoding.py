@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,3 +225,16 @@ async def test_a_variant_that_cannot_be_written_fails_the_decode_with_a_reason(s
         await decode(sandbox, DATA / "mei_Samsung_SM-J327T1.jpg", tmp_path / "missing")
     assert failure.value.reason == "decode_failed"
     assert "large.webp" in failure.value.detail
+
+
+def test_start_leaves_a_forkserver_that_has_loaded_imagemagick() -> None:
+    # In a fresh interpreter: in this one an earlier test may have started the forkserver already.
+    script = (
+        "from pathlib import Path\n"
+        "from media_processor.sandbox import Sandbox\n"
+        "Sandbox().start()\n"
+        "children = [c for t in Path('/proc/self/task').iterdir() for c in (t / 'children').read_text().split()]\n"
+        "print(any('MagickWand' in Path(f'/proc/{c}/maps').read_text() for c in children))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "True"

@@ -1,5 +1,6 @@
 """python -m media_processor: wiring only."""
 
+import asyncio
 from functools import partial
 
 from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
@@ -35,6 +36,7 @@ async def main(runtime: Runtime) -> None:
     assert isinstance(settings, Settings)
     js = await runtime.jetstream()
     sandbox = Sandbox(Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2))
+    await asyncio.to_thread(sandbox.start)  # before consuming: the first asset gets a warm forkserver
     deps = Dependencies(
         js=js,
         storage_for=await runtime.storage_resolver(),

@@ -9,6 +9,7 @@ the retries run out `on_exhausted` announces processing_failed with reason stora
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
-from media_processor.sandbox import Outcome, Sandbox, Unprocessable
+from media_processor.sandbox import Outcome, Produced, Sandbox, Unprocessable
 from rawdrive_contracts import (
     AssetAnalysisRequested,
     AssetCreated,
@@ -130,14 +131,24 @@ async def _download(storage: Storage, key: str, target: Path) -> None:
 
 
 async def _store_variants(storage: Storage, upload: UploadVerified, outcome: Outcome) -> Variants:
-    stored: dict[str, Variant] = {}
-    for produced in outcome.variants:
+    """Put every variant at once: three round trips to S3 overlap instead of adding up."""
+
+    async def store(produced: Produced) -> Variant:
         key = keys.derived_key(
             upload.workspace_id, upload.asset_id, produced.name, VARIANT_FILE, storage.profile.key_prefix
         )
         body = Path(produced.path).read_bytes()
         await storage.put(key, body, "image/webp")
-        stored[produced.name] = Variant(key=key, width=produced.width, height=produced.height, size_bytes=len(body))
+        return Variant(key=key, width=produced.width, height=produced.height, size_bytes=len(body))
+
+    # Wait for all of them before raising, so no put is left running unobserved; the first
+    # failure is the one the handler judges (StorageUnavailable is retried, StorageError is not).
+    results = await asyncio.gather(*(store(p) for p in outcome.variants), return_exceptions=True)
+    stored: dict[str, Variant] = {}
+    for produced, result in zip(outcome.variants, results, strict=True):
+        if isinstance(result, BaseException):
+            raise result
+        stored[produced.name] = result
     return Variants(**stored)
 
 

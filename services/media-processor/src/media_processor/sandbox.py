@@ -72,6 +72,16 @@ class Sandbox:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload([_IMAGING])
 
+    def start(self) -> None:
+        """Start the forkserver now and wait until it serves (blocking; about a second).
+
+        Otherwise the first asset after a start pays for the forkserver and its import of Wand.
+        A child that does nothing proves the server is up with its preload done.
+        """
+        child = self._context.Process(target=_ready, daemon=True)
+        child.start()
+        child.join()
+
     async def process(self, path: str, family: Family, workdir: str) -> Outcome:
         job = Job(path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9)
         return await asyncio.to_thread(self._run, job)
@@ -105,6 +115,10 @@ def _kill_group(pid: int | None) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _ready() -> None:
+    """The child Sandbox.start() forks: the forkserver has served it, nothing else to do."""
 
 
 def _child(sender: Connection, job: Job, limits: Limits) -> None:

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from importlib.resources import files
 
 import aiohttp
+import asyncpg
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -27,10 +29,13 @@ from rawdrive_contracts import (
 )
 from rawdrive_platform import bus, db
 from rawdrive_platform.config import Secret
+from rawdrive_platform.outbox import OutboxRow, outbox_row
 from rawdrive_platform.storage import Storage, StorageProfile
-from upload_gateway import verdicts
+from upload_gateway import api, profile_store, repository, uploads, verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
+from upload_gateway.profile_store import ActiveProfile
+from upload_gateway.sessions import UploadSession
 from upload_gateway.settings import Settings
 from upload_gateway.tus_session import mount_tus
 from upload_gateway.uploads import Gateway
@@ -157,6 +162,53 @@ async def test_an_s3_multipart_session_starts_the_multipart_upload_and_plans_equ
     [event] = await harness.outbox(UploadSessionCreated)
     uploads = [u async for u in harness.gw.storage.list_multipart_uploads(event.object_key)]
     assert len(uploads) == 1
+
+
+def new_session(harness: Harness, **changes: object) -> tuple[UploadSession, OutboxRow]:
+    """A session and its created event as create_session makes them, with `changes` applied."""
+    request = api.CreateUpload(
+        file_name="a.jpg", mime_type="image/jpeg", size_bytes=10, library_id="lib1", resumable_protocol="tus"
+    )
+    session, event = uploads.new_session(
+        "alice", harness.workspace, request, kind="photo", storage=harness.gw.storage, profile_ref="managed",
+        multipart_upload_id=None, asset_id=str(uuid.uuid4()), now=datetime.now(UTC), ttl_s=3600, trace_context="{}",
+    )  # fmt: skip
+    return msgspec.structs.replace(session, **changes), outbox_row(new_event(event, source="test"), "{}")
+
+
+async def stored_ids(harness: Harness) -> tuple[set[str], set[str]]:
+    """Upload ids of the session rows, and of the UploadSessionCreated events in the outbox."""
+    rows = await harness.gw.pool.fetch("SELECT upload_id FROM upload_sessions")
+    return {r["upload_id"] for r in rows}, {e.upload_id for e in await harness.outbox(UploadSessionCreated)}
+
+
+async def test_concurrent_creations_each_commit_their_row_and_exactly_one_event(harness):
+    created = await asyncio.gather(*(harness.create() for _ in range(30)))
+    ids = {c["upload_id"] for c in created}
+    assert len(ids) == 30
+    assert await stored_ids(harness) == (ids, ids)
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_creation_not_the_others_written_with_it(harness):
+    writer = repository.SessionWriter(harness.gw.pool)
+    good, bad = new_session(harness), new_session(harness, sha256="not-hex")  # breaks the table's CHECK
+    # Both wait together, so they share one statement first.
+    results = await asyncio.gather(writer.insert(*good), writer.insert(*bad), return_exceptions=True)
+    assert results[0] is True and isinstance(results[1], asyncpg.CheckViolationError)
+    assert await stored_ids(harness) == ({good[0].upload_id}, {good[0].upload_id})
+
+
+async def test_a_session_under_a_profile_no_longer_active_writes_neither_row_nor_event(harness):
+    # Another replica made a BYOS profile active; this session still names the managed bucket.
+    await profile_store.activate(harness.gw.pool, ActiveProfile(
+        workspace_id=harness.workspace, ref="byos-ref", mode="byos_s3", bucket="b", endpoint=None, region="r",
+        key_prefix=f"p/{harness.workspace}/", encryption="none", kms_key_id=None, masked_key_id="AK…YZ",
+        created_by="bob", created_at=datetime.now(UTC),
+    ))  # fmt: skip
+    stale, current = new_session(harness), new_session(harness, storage_profile_ref="byos-ref")
+    writer = repository.SessionWriter(harness.gw.pool)
+    assert await asyncio.gather(writer.insert(*stale), writer.insert(*current)) == [False, True]
+    assert await stored_ids(harness) == ({current[0].upload_id}, {current[0].upload_id})
 
 
 BAD_REQUESTS = [

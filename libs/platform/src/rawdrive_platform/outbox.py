@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -60,6 +60,55 @@ async def change_with_events(
         f"VALUES {', '.join(rows)} ON CONFLICT (event_id) DO NOTHING)"
     )
     await conn.execute(f"WITH {', '.join(parts)} SELECT pg_notify(${len(params)}, current_schema())", *params)
+
+
+class OutboxRow(NamedTuple):
+    """An event as its outbox row. Made where the event is (`outbox_row`), so it carries that
+    place's trace context even when another task writes it."""
+
+    event_id: str
+    subject: str
+    payload: bytes
+    headers: str  # JSON: the trace context
+
+
+def outbox_row(event: CloudEvent[Any], trace_context: str | None = None) -> OutboxRow:
+    """`trace_context`: the current one (`stored_context()`) if the caller has it already."""
+    return OutboxRow(event.id, subject_for(event.data), encode(event), trace_context or stored_context())
+
+
+async def insert_with_rows(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    change: str,
+    args: Sequence[Any],
+    rows: Sequence[tuple[str, OutboxRow]],
+) -> list[str]:
+    """One statement for many changes at once: `change` (an INSERT or UPDATE using $1..$n for
+    `args`, ending `RETURNING <key>`), then the outbox rows whose key it returned, then a wake-up
+    for the relay (delivered at commit). Returns the keys `change` returned: a row it skipped
+    (a guard in its WHERE) records no events. Atomic: one statement is one transaction.
+    """
+    n = len(args)
+    keys, event_ids, subjects, payloads, headers = [], [], [], [], []
+    for key, row in rows:
+        keys.append(key)
+        event_ids.append(row.event_id)
+        subjects.append(row.subject)
+        payloads.append(row.payload)
+        headers.append(row.headers)
+    records = await conn.fetch(
+        f"""WITH change AS ({change}),
+        queued AS (
+            INSERT INTO outbox (event_id, subject, payload, headers)
+            SELECT e.event_id, e.subject, e.payload, e.headers::jsonb
+              FROM unnest(${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::bytea[], ${n + 5}::text[])
+                   AS e(key, event_id, subject, payload, headers)
+             WHERE e.key IN (SELECT * FROM change)
+            ON CONFLICT (event_id) DO NOTHING)
+        SELECT c.*, pg_notify(${n + 6}, current_schema()) FROM change c""",
+        *args, keys, event_ids, subjects, payloads, headers, _NOTIFY_CHANNEL,
+    )
+    return [record[0] for record in records]
 
 
 class Relay:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
 
-from rawdrive_contracts import CloudEvent, RejectionReason
-from rawdrive_platform.outbox import change_with_events
+from rawdrive_contracts import RejectionReason
+from rawdrive_platform.outbox import OutboxRow, insert_with_rows
+from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from upload_gateway.sessions import TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))
@@ -18,13 +20,93 @@ def _session(row: asyncpg.Record | None) -> UploadSession | None:
     return None if row is None else msgspec.convert(dict(row), UploadSession)
 
 
-_INSERT = f"INSERT INTO upload_sessions ({', '.join(_COLUMNS)}) VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
+# New sessions arrive as one JSON array ($1), typed by the table's own row type. A row is kept
+# only if its storage_profile_ref is still its workspace's active profile (no storage_profiles
+# row: the managed one, $2), read in the same snapshot as the insert.
+_INSERT = f"""INSERT INTO upload_sessions ({', '.join(_COLUMNS)})
+    SELECT {', '.join(f'r.{column}' for column in _COLUMNS)}
+      FROM json_populate_recordset(NULL::upload_sessions, $1::json) AS r
+     WHERE r.storage_profile_ref = COALESCE(
+               (SELECT p.ref FROM storage_profiles p WHERE p.workspace_id = r.workspace_id), $2)
+    RETURNING upload_id"""
+# Row-specific failures (a CHECK, a duplicate id, a value PostgreSQL refuses): worth retrying the
+# other rows of a batch alone. Anything else (the database is down) fails the whole batch.
+_ROW_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 
-async def insert(pool: asyncpg.Pool, session: UploadSession, created: CloudEvent[Any]) -> None:
-    """The new session and the event announcing it, in one statement (one round trip)."""
-    values = msgspec.structs.asdict(session)
-    await change_with_events(pool, _INSERT, [values[column] for column in _COLUMNS], [created])
+async def insert_many(
+    conn: asyncpg.Connection | asyncpg.Pool, sessions: Sequence[tuple[UploadSession, OutboxRow]]
+) -> set[str]:
+    """New sessions and the events announcing them, in one statement (one round trip). Returns
+    the upload ids written; a session whose profile is no longer its workspace's active one is
+    not, nor is its event."""
+    rows = msgspec.json.encode([session for session, _ in sessions]).decode()
+    keyed = [(session.upload_id, created) for session, created in sessions]
+    return set(await insert_with_rows(conn, _INSERT, [rows, MANAGED_PROFILE_ID], keyed))
+
+
+class SessionWriter:
+    """Group commit for new sessions: the inserts that arrive while one statement is in flight
+    go together in the next (`insert_many`), in one statement and one transaction.
+
+    Each session creation waits for its own commit, so a 201 still means its row and event are
+    durable. What concurrent requests share is the round trip and the pool's reset of the
+    connection, which were most of a creation's cost; alone, a request waits no longer than
+    before. One row's failure (a constraint) fails only its own request: the batch is then
+    written a row at a time.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_batch: int = 100) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._pending: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def insert(self, session: UploadSession, created: OutboxRow) -> bool:
+        """Commit the session and its event; False (nothing written) when the session's
+        storage_profile_ref is no longer its workspace's active profile."""
+        written = asyncio.get_running_loop().create_future()
+        self._pending.append((session, created, written))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="session-writer")
+        return await written
+
+    async def _flush(self) -> None:
+        batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                await self._write(batch)
+        except BaseException:  # cancelled at shutdown: no waiter may hang
+            _fail(batch + self._pending, RuntimeError("the session writer stopped"))
+            self._pending = []
+            raise
+        finally:
+            self._flusher = None
+
+    async def _write(self, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                inserted = await insert_many(conn, [(session, created) for session, created, _ in batch])
+        except _ROW_ERRORS as error:
+            if len(batch) == 1:
+                _fail(batch, error)
+            else:
+                for item in batch:
+                    await self._write([item])
+            return
+        except Exception as error:  # noqa: BLE001 - every waiter gets the failure as its own
+            _fail(batch, error)
+            return
+        for session, _, written in batch:
+            if not written.done():  # its request may have been cancelled meanwhile
+                written.set_result(session.upload_id in inserted)
+
+
+def _fail(batch: Sequence[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]], error: BaseException) -> None:
+    for *_, written in batch:
+        if not written.done():
+            written.set_exception(error)
 
 
 async def get(

@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 
 import asyncpg
 
 from rawdrive_contracts import (
     CommitRequested,
+    Kind,
     PartRef,
     UploadAborted,
     UploadSessionCreated,
@@ -28,8 +30,9 @@ from rawdrive_contracts import (
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
 from rawdrive_platform.metrics import UPLOADS_STARTED
-from rawdrive_platform.outbox import enqueue
+from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
+from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
 from upload_gateway import api, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
@@ -60,6 +63,10 @@ SOURCE = "/services/upload-gateway"
 MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
+# Workspaces whose last seen active storage profile a gateway remembers (see create_session).
+KNOWN_PROFILES = 10_000
+# Tries to insert a session under the workspace's active profile while it keeps changing.
+PROFILE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,16 @@ class Gateway:
     tokens: TokenVerifier
     # Resolves storage_profile_refs and publishes BYOS profiles; None: the managed bucket only.
     profiles: ProfileResolver | None = None
+
+    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
+    @cached_property
+    def session_writer(self) -> repository.SessionWriter:
+        return repository.SessionWriter(self.pool)
+
+    @cached_property
+    def known_profiles(self) -> dict[str, str]:
+        """workspace_id -> the storage_profile_ref last seen active: a guess, checked at insert."""
+        return {}
 
 
 def utcnow() -> datetime:
@@ -107,25 +124,24 @@ def upload_url(settings: Settings, session: UploadSession) -> str:
     return f"{base}/tus" if session.resumable_protocol == "tus" else f"{base}/parts"
 
 
-async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+def new_session(
+    sub: str,
+    workspace_id: str,
+    request: api.CreateUpload,
+    *,
+    kind: Kind,
+    storage: s3.Storage,
+    profile_ref: str,
+    multipart_upload_id: str | None,
+    asset_id: str,
+    now: datetime,
+    ttl_s: int,
+    trace_context: str,
+) -> tuple[UploadSession, UploadSessionCreated]:
+    """The session row and the event announcing it (pure; `kind` is what check_file found)."""
     shown = display_name(request.file_name)
     file_name = safe_filename(shown)
-    kind = check_file(file_name, request.mime_type, request.size_bytes)
-    mime_type = essence(request.mime_type)
-    now = utcnow()
-    asset_id = str(uuid.uuid4())
-    # The workspace's active profile decides the bucket and the key prefix; the session keeps
-    # its ref, so a later profile change does not move an upload in flight.
-    profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
-    storage = await storage_for(gw, profile_ref)
-    object_key = original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix)
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
-    multipart_upload_id = None
-    if plan is not None:
-        # Created before the row: a row whose multipart upload failed would be unusable. If the
-        # insert fails instead, the janitor aborts the orphaned multipart upload.
-        with storage_errors("create multipart upload"):
-            multipart_upload_id = await storage.create_multipart(object_key, mime_type)
     session = UploadSession(
         upload_id=str(uuid.uuid4()),
         workspace_id=workspace_id,
@@ -133,14 +149,14 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         library_id=request.library_id,
         folder_id=request.folder_id,
         file_name=shown,
-        mime_type=mime_type,
+        mime_type=essence(request.mime_type),
         kind=kind,
         size_bytes=request.size_bytes,
         sha256=request.sha256.lower() if request.sha256 else None,
         resumable_protocol=request.resumable_protocol,
         provider=storage.profile.provider,
         storage_profile_ref=profile_ref,
-        object_key=object_key,
+        object_key=original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix),
         multipart_upload_id=multipart_upload_id,
         part_size=plan.part_size if plan else None,
         part_count=plan.part_count if plan else None,
@@ -150,9 +166,8 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         rejection_detail=None,
         created_by=sub,
         created_at=now,
-        expires_at=now + timedelta(seconds=gw.settings.session_ttl_s),
-        # This request's span becomes the parent of every later request about the upload.
-        trace_context=stored_context(),
+        expires_at=now + timedelta(seconds=ttl_s),
+        trace_context=trace_context,
     )
     event = UploadSessionCreated(
         workspace_id=workspace_id,
@@ -161,24 +176,77 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         library_id=session.library_id,
         folder_id=session.folder_id,
         file_name=session.file_name,
-        mime_type=mime_type,
+        mime_type=session.mime_type,
         size_bytes=session.size_bytes,
         sha256=session.sha256,
         resumable_protocol=session.resumable_protocol,
         provider=session.provider,
         storage_profile_ref=session.storage_profile_ref,
-        object_key=object_key,
+        object_key=session.object_key,
         expires_at=session.expires_at,
         created_by=sub,
     )
-    await repository.insert(gw.pool, session, new_event(event, source=SOURCE, time=now))
+    return session, event
+
+
+def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str) -> None:
+    """Keep the workspace's last seen active profile; the oldest entry goes past KNOWN_PROFILES."""
+    known.pop(workspace_id, None)
+    if len(known) >= KNOWN_PROFILES:
+        del known[next(iter(known))]
+    known[workspace_id] = profile_ref
+
+
+async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+    file_name = safe_filename(display_name(request.file_name))
+    kind = check_file(file_name, request.mime_type, request.size_bytes)  # refuse before any effect
+    mime_type = essence(request.mime_type)
+    multipart = request.resumable_protocol == "s3_multipart"
+    # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
+    # change does not move an upload in flight. A tus session guesses the profile this gateway
+    # saw last and the insert checks the guess in the same statement (one round trip instead
+    # of two); a wrong guess writes nothing and is retried with the profile read afresh. A
+    # multipart session reads it first: it creates the multipart upload in that bucket before
+    # its row exists.
+    if multipart:
+        profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
+    else:
+        profile_ref = gw.known_profiles.get(workspace_id, MANAGED_PROFILE_ID)
+    # This request's span becomes the parent of every later request about the upload.
+    trace_context = stored_context()
+    for _ in range(PROFILE_ATTEMPTS):
+        storage = await storage_for(gw, profile_ref)
+        now = utcnow()
+        asset_id = str(uuid.uuid4())
+        multipart_upload_id = None
+        if multipart:
+            # Created before the row: a row whose multipart upload failed would be unusable. If the
+            # insert fails instead, the janitor aborts the orphaned multipart upload.
+            object_key = original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix)
+            with storage_errors("create multipart upload"):
+                multipart_upload_id = await storage.create_multipart(object_key, mime_type)
+        session, event = new_session(
+            sub, workspace_id, request, kind=kind, storage=storage, profile_ref=profile_ref,
+            multipart_upload_id=multipart_upload_id, asset_id=asset_id, now=now,
+            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
+        )  # fmt: skip
+        created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
+        if await gw.session_writer.insert(session, created):
+            break
+        # The workspace's profile changed since this gateway last saw it.
+        profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
+    else:
+        raise StorageUnavailable(
+            "the workspace's storage profile is changing; retry", headers={"Retry-After": "1"}
+        )
+    remember_profile(gw.known_profiles, workspace_id, profile_ref)
     UPLOADS_STARTED.labels(protocol=session.resumable_protocol).inc()
     token = gw.tokens.mint_upload_token(
         UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
     )
     return api.UploadCreated(
         upload_id=session.upload_id,
-        asset_id=asset_id,
+        asset_id=session.asset_id,
         provider=session.provider,
         upload_url=upload_url(gw.settings, session),
         headers={"Authorization": f"Bearer {token}"},

@@ -1,8 +1,8 @@
 """The tus upload store: request bodies into one S3 multipart upload, state in PostgreSQL.
 
-Every part is exactly `part_size` bytes except the last (R2 rejects anything else), so bytes
-are gathered into whole parts. Bytes that do not fill a part when a request ends, or is cut,
-are the "tail". The tail lives in PostgreSQL, in the same row as the offset, rather than in a
+Every part is exactly `part_size` bytes except the last (R2 rejects anything else). A part
+streams on to S3 while its bytes arrive, once the request's declared length is known to fill
+it; bytes that do not fill a part when a request ends, or is cut, are the "tail". The tail lives in PostgreSQL, in the same row as the offset, rather than in a
 separate S3 object: the offset and the bytes it counts then change in one statement, so no crash
 between two writes can leave an offset that claims missing bytes, no second key kind is needed
 under the asset's `original/` prefix, and nothing is left to clean up in the bucket. The cost,

@@ -207,3 +207,46 @@ async def test_processing_the_same_upload_twice_writes_the_same_keys_and_announc
     assert [e.id for e in second] == [e.id for e in first] and len(first) == 2
     keys_written = [k async for k in env.storage.list_keys(keys.asset_prefix(env.workspace, upload.asset_id))]
     assert len(keys_written) == 4  # the original and three variants
+
+
+class CountingReads:
+    """The storage, counting the GETs of originals and the bytes they delivered."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.gets = 0
+        self.bytes_read = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
+        self.gets += 1
+        data = await self._storage.get_range(key, start, end)
+        self.bytes_read += len(data)
+        return data
+
+    async def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        self.gets += 1
+        async for chunk in self._storage.iter_chunks(key, chunk_size):
+            self.bytes_read += len(chunk)
+            yield chunk
+
+
+async def test_an_original_is_read_with_one_get_and_a_mislabelled_one_is_not_downloaded(env: Env) -> None:
+    counting = CountingReads(env.storage)
+
+    async def storage_for(ref: str) -> Storage:
+        return counting  # type: ignore[return-value]
+
+    deps = Dependencies(js=env.js, storage_for=storage_for, sandbox=env.sandbox)
+    photo = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "IMG_0001.JPG", "image/jpeg")
+    await upload_verified(new_event(photo, source="test"), deps)
+    assert counting.gets == 1  # the magic bytes are judged from the download's own first bytes
+
+    counting.gets = counting.bytes_read = 0
+    disguised = await env.upload(b"MZ\x90\x00\x03" + bytes(8 * 1024 * 1024), "setup.jpg", "image/jpeg")
+    await upload_verified(new_event(disguised, source="test"), deps)
+    failed = [e.data for e in await env.announced() if isinstance(e.data, AssetProcessingFailed)]
+    assert [f.reason for f in failed] == ["type_mismatch"]
+    assert counting.bytes_read < 2 * 1024 * 1024  # its head and at most one more piece, not 8 MiB

@@ -10,6 +10,7 @@ the retries run out `on_exhausted` announces processing_failed with reason stora
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from media_processor.magic import FORMATS, HEAD_BYTES, TypeMismatch, check
+from media_processor.magic import FORMATS, HEAD_BYTES, Family, TypeMismatch, check
 from media_processor.sandbox import Outcome, Produced, Sandbox, Unprocessable
 from rawdrive_contracts import (
     AssetAnalysisRequested,
@@ -71,13 +72,11 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             await _announce_failure(deps, upload, "storage_error", str(exc))
             return
         try:
-            head = await storage.get_range(upload.object_key, 0, max(1, min(HEAD_BYTES, upload.size_bytes)))
-            family = check(head, upload.mime_type, upload.file_name)
-            stopwatch.kind = FORMATS[family].kind
-            span.set_attribute("rawdrive.kind", stopwatch.kind)
             with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
                 original = Path(workdir, "original")
-                await _download(storage, upload.object_key, original)
+                family = await _download_checked(storage, upload, original)
+                stopwatch.kind = FORMATS[family].kind
+                span.set_attribute("rawdrive.kind", stopwatch.kind)
                 outcome = await deps.sandbox.process(str(original), family, workdir)
                 variants = await _store_variants(storage, upload, outcome)
         except TypeMismatch as exc:
@@ -123,11 +122,29 @@ async def dispatch_exhausted(event: CloudEvent[Any], error: BaseException, deps:
 # -- effects -----------------------------------------------------------------------------------
 
 
-async def _download(storage: Storage, key: str, target: Path) -> None:
-    """Stream the object to disk, one chunk in memory at a time."""
+async def _download_checked(storage: Storage, upload: UploadVerified, target: Path) -> Family:
+    """Stream the object to disk, one chunk in memory at a time, after checking its magic bytes.
+
+    One GET: the first HEAD_BYTES are judged before anything is written, and on a mismatch the
+    stream is closed there, so a mislabelled file is never downloaded (a separate ranged GET
+    first would cost a round trip on every asset).
+    """
+    head = bytearray()
+    family: Family | None = None
     with target.open("wb") as out:
-        async for chunk in storage.iter_chunks(key):
-            out.write(chunk)
+        async with contextlib.aclosing(storage.iter_chunks(upload.object_key)) as chunks:
+            async for chunk in chunks:
+                if family is not None:
+                    out.write(chunk)
+                    continue
+                head += chunk
+                if len(head) >= HEAD_BYTES:
+                    family = check(bytes(head[:HEAD_BYTES]), upload.mime_type, upload.file_name)
+                    out.write(head)
+        if family is None:  # the whole object is shorter than HEAD_BYTES
+            family = check(bytes(head), upload.mime_type, upload.file_name)
+            out.write(head)
+    return family
 
 
 async def _store_variants(storage: Storage, upload: UploadVerified, outcome: Outcome) -> Variants:

@@ -326,3 +326,16 @@ async def test_the_registry_keeps_one_storage_per_profile_and_reopens_on_rotatio
         rotated = await registry.get(profile_for(s3_server, access_key_id="rotated"))
         assert rotated is not first and rotated.profile.access_key_id == "rotated"
         await first.check_bucket()  # the replaced client still serves in-flight callers
+
+
+async def test_each_further_profile_costs_a_client_not_another_copy_of_the_s3_model(s3_server, storage):
+    # `storage` has loaded the model already; a copy of it is about 10 MiB of Python objects.
+    tracemalloc.start()
+    try:
+        more = [await Storage.open(profile_for(s3_server, profile_id=f"byos-{n}")) for n in range(3)]
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    for opened in more:
+        await opened.close()
+    assert grown < 3 * MiB, f"{grown / MiB:.1f} MiB for three more profiles"

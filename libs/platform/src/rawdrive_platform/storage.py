@@ -8,6 +8,7 @@ Botocore errors become four exception types so callers can choose retry or rejec
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -207,6 +208,13 @@ def _classified(code: str, status: int, message: str) -> StorageError:
     return StorageError(message)
 
 
+@functools.cache
+def _boto_session() -> aioboto3.Session:
+    """One session for every client in the process: its loader parses the S3 model (about
+    13 MiB of Python objects) once, where a session per Storage kept a copy per profile."""
+    return aioboto3.Session()
+
+
 class Storage:
     """One bucket through one profile. Open with ``await Storage.open(profile)``; close once."""
 
@@ -226,7 +234,7 @@ class Storage:
     async def open(cls, profile: StorageProfile) -> "Storage":
         closer = contextlib.AsyncExitStack()
         client = await closer.enter_async_context(
-            aioboto3.Session().client(
+            _boto_session().client(
                 "s3",
                 endpoint_url=profile.endpoint,
                 region_name=profile.region,

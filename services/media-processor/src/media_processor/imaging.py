@@ -41,13 +41,14 @@ from rawdrive_contracts import MediaMetadata  # noqa: E402
 
 hachoir.core.config.quiet = True
 
-# libwebp's effort (0 fast .. 6 small) and quality. Method 2 skips the rate-distortion mode search
-# of methods 3+ and encodes a 2560 px variant in about 0.2 s instead of 0.6 s (method 4, the
-# default). At the same quality it loses a little (SSIM -0.003..-0.005), so quality goes from 80 to
-# 82: measured with ffmpeg against the unencoded variant, SSIM and PSNR are then equal or better
-# than method 4 at 80 on a real phone photo, a 12 MP and a 24 MP JPEG; the files are 13-23% larger.
-WEBP_QUALITY = 82
-WEBP_METHOD = 2
+# libwebp's effort (0 fast .. 6 small) and quality. The large encode is on the critical path of
+# every photo: method 4 (the default) takes ~0.55 s CPU for a 2560 px variant, method 0 ~0.12 s.
+# Method 0 does the least rate-distortion search, so it needs a higher quality for the same fidelity: at 83,
+# measured with ffmpeg against the unencoded variant (large and medium of a real phone photo, a
+# 12 MP and a 24 MP JPEG), SSIM and PSNR are equal or better than method 4 at 80 everywhere
+# (at 82 the 12 MP large falls short). The price is bytes: +21-38% for those variants.
+WEBP_QUALITY = 83
+WEBP_METHOD = 0
 # The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2

@@ -13,10 +13,10 @@ from rawdrive_platform.service import Runtime, run_service
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
     health_port: int = 8081
-    # Commit requests verified at once by this replica (each holds about one read piece).
+    # Commit requests verified at once by this replica (each holds two read pieces).
     concurrency: int = 4
     max_deliver: int = 5
-    read_chunk_mib: int = 1
+    read_chunk_mib: int = 4  # see commit_verifier.hashing
 
 
 def consumer_spec(settings: Settings) -> ConsumerSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -196,6 +197,36 @@ async def test_a_row_the_database_refuses_fails_only_its_own_creation_not_the_ot
     results = await asyncio.gather(writer.insert(*good), writer.insert(*bad), return_exceptions=True)
     assert results[0] is True and isinstance(results[1], asyncpg.CheckViolationError)
     assert await stored_ids(harness) == ({good[0].upload_id}, {good[0].upload_id})
+
+
+class GatedPool:
+    """The real pool, except that giving a connection back waits for `gate` (after saying so)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.releasing, self.gate = pool, asyncio.Event(), asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        async with self.pool.acquire() as conn:
+            yield conn
+            self.releasing.set()
+            await self.gate.wait()
+
+
+async def test_a_creation_arriving_while_the_writer_gives_its_connection_back_is_still_written(harness):
+    pool = GatedPool(harness.gw.pool)
+    writer = repository.SessionWriter(pool)  # type: ignore[arg-type]
+    first, second = new_session(harness), new_session(harness)
+    writing_first = asyncio.create_task(writer.insert(*first))
+    await pool.releasing.wait()  # the first is committed; its batch is over
+    writing_second = asyncio.create_task(writer.insert(*second))
+    await asyncio.sleep(0)
+    assert len(writer._pending) == 1  # queued behind the flusher that is finishing
+    pool.gate.set()
+    # The bound only turns a stranded insert (it would wait forever) into a failure.
+    assert await asyncio.wait_for(asyncio.gather(writing_first, writing_second), 60) == [True, True]
+    ids = {first[0].upload_id, second[0].upload_id}
+    assert await stored_ids(harness) == (ids, ids)
 
 
 async def test_a_session_under_a_profile_no_longer_active_writes_neither_row_nor_event(harness):

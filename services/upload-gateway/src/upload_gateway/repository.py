@@ -32,6 +32,8 @@ _INSERT = f"""INSERT INTO upload_sessions ({', '.join(_COLUMNS)})
 # Row-specific failures (a CHECK, a duplicate id, a value PostgreSQL refuses): worth retrying the
 # other rows of a batch alone. Anything else (the database is down) fails the whole batch.
 _ROW_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+# A connection that cannot take the next batch.
+_CONNECTION_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError)
 
 
 async def insert_many(
@@ -74,9 +76,17 @@ class SessionWriter:
     async def _flush(self) -> None:
         batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
         try:
+            # One connection for a whole burst of batches: the pool resets a connection on
+            # release (another round trip), so release it only once nothing is waiting. The
+            # outer loop: inserts that arrived during that release are this flusher's too.
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                await self._write(batch)
+                async with self._pool.acquire() as conn:
+                    while self._pending:
+                        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                        await self._write(conn, batch)
+        except Exception as error:  # noqa: BLE001 - no connection: every waiter gets the failure
+            _fail(batch + self._pending, error)
+            self._pending = []
         except BaseException:  # cancelled at shutdown: no waiter may hang
             _fail(batch + self._pending, RuntimeError("the session writer stopped"))
             self._pending = []
@@ -84,17 +94,20 @@ class SessionWriter:
         finally:
             self._flusher = None
 
-    async def _write(self, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]) -> None:
+    async def _write(
+        self, conn: asyncpg.Connection, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]
+    ) -> None:
         try:
-            async with self._pool.acquire() as conn:
-                inserted = await insert_many(conn, [(session, created) for session, created, _ in batch])
+            inserted = await insert_many(conn, [(session, created) for session, created, _ in batch])
         except _ROW_ERRORS as error:
             if len(batch) == 1:
                 _fail(batch, error)
             else:
                 for item in batch:
-                    await self._write([item])
+                    await self._write(conn, [item])
             return
+        except _CONNECTION_ERRORS:
+            raise  # the connection is broken: _flush fails this batch and everything waiting
         except Exception as error:  # noqa: BLE001 - every waiter gets the failure as its own
             _fail(batch, error)
             return

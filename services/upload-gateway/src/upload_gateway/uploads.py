@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import get_args
 
 import asyncpg
 
@@ -23,6 +24,7 @@ from rawdrive_contracts import (
     CommitRequested,
     Kind,
     PartRef,
+    ResumableProtocol,
     UploadAborted,
     UploadSessionCreated,
     new_event,
@@ -63,6 +65,8 @@ SOURCE = "/services/upload-gateway"
 MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
+# The counter's children, looked up once rather than by label on every creation.
+_STARTED = {protocol: UPLOADS_STARTED.labels(protocol=protocol) for protocol in get_args(ResumableProtocol)}
 # Workspaces whose last seen active storage profile a gateway remembers (see create_session).
 KNOWN_PROFILES = 10_000
 # Tries to insert a session under the workspace's active profile while it keeps changing.
@@ -240,7 +244,7 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
             "the workspace's storage profile is changing; retry", headers={"Retry-After": "1"}
         )
     remember_profile(gw.known_profiles, workspace_id, profile_ref)
-    UPLOADS_STARTED.labels(protocol=session.resumable_protocol).inc()
+    _STARTED[session.resumable_protocol].inc()
     token = gw.tokens.mint_upload_token(
         UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
     )

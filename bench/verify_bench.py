@@ -10,7 +10,7 @@ per size, then alternates, round after round, two measurements in fresh child pr
 Before its clock each child makes its clients and reads a small warm-up object through its own
 path (a running verifier's clients and connections are warm; making the blocking client that
 Storage.iter_chunks reads with costs about 25 ms once per profile and process, 10% of a 100 MiB
-read here). Each child reports its wall time and its own peak RSS (ru_maxrss), so one path's
+read here). Each child reports its wall time and its own peak RSS (VmHWM), so one path's
 memory cannot hide in the other's. Reported: the median of the rounds, MiB/s, and verifier/baseline.
 BENCH_CHUNK_MIB sets the piece read and hashed at once (default: the service's, ReadSettings).
 """
@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -89,8 +88,14 @@ def child(path: str, connection_json: str, key: str) -> None:
 
     run = child_verifier if path == "verifier" else child_baseline
     digest, elapsed = run(connection, key)  # each times its own per-commit work, clients made
-    peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"seconds": elapsed, "sha256": digest, "peak_rss_mib": peak_rss_kib / 1024}))
+    print(json.dumps({"seconds": elapsed, "sha256": digest, "peak_rss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries that across exec, so a child
+    reported the bench parent's peak (both paths showed the same 85 or 99 MiB)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def measure(path: str, connection_json: str, key: str) -> dict[str, float | str]:

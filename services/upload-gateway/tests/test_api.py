@@ -170,9 +170,11 @@ def new_session(harness: Harness, **changes: object) -> tuple[UploadSession, Out
     request = api.CreateUpload(
         file_name="a.jpg", mime_type="image/jpeg", size_bytes=10, library_id="lib1", resumable_protocol="tus"
     )
+    asset_id = str(uuid.uuid4())
     session, event = uploads.new_session(
-        "alice", harness.workspace, request, kind="photo", storage=harness.gw.storage, profile_ref="managed",
-        multipart_upload_id=None, asset_id=str(uuid.uuid4()), now=datetime.now(UTC), ttl_s=3600, trace_context="{}",
+        "alice", harness.workspace, request, uploads.check_new_file(request), storage=harness.gw.storage,
+        profile_ref="managed", asset_id=asset_id, object_key=f"workspaces/{harness.workspace}/{asset_id}/a.jpg",
+        multipart_upload_id=None, now=datetime.now(UTC), ttl_s=3600, trace_context="{}",
     )  # fmt: skip
     return msgspec.structs.replace(session, **changes), outbox_row(new_event(event, source="test"), "{}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -27,6 +28,7 @@ from upload_gateway.auth import (
 )
 from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.names import display_name
+from upload_gateway.uploads import new_id
 from upload_gateway.problems import (
     PROBLEMS,
     REJECTIONS,
@@ -288,6 +290,14 @@ def test_a_missing_or_non_bearer_authorization_is_unauthorized(header):
 def test_claims_without_sub_or_with_unknown_roles_are_unauthorized(claims):
     with pytest.raises(Unauthorized):
         principal_from_claims(claims)
+
+
+def test_new_ids_are_random_version_4_uuids_in_their_canonical_text():
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
 def verifier() -> TokenVerifier:

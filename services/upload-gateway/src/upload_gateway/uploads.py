@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import get_args
 
 import asyncpg
+import msgspec
 
 from rawdrive_contracts import (
     CommitRequested,
@@ -128,39 +129,64 @@ def upload_url(settings: Settings, session: UploadSession) -> str:
     return f"{base}/tus" if session.resumable_protocol == "tus" else f"{base}/parts"
 
 
+class NewFile(msgspec.Struct, frozen=True):
+    """What a create request says about its file, checked and normalised."""
+
+    shown: str  # the name as the client gave it, for display
+    file_name: str  # safe for an object key
+    kind: Kind
+    mime_type: str
+
+
+def check_new_file(request: api.CreateUpload) -> NewFile:
+    """The file a create request describes, or UnsupportedType / FileTooLarge."""
+    shown = display_name(request.file_name)
+    file_name = safe_filename(shown)
+    kind = check_file(file_name, request.mime_type, request.size_bytes)
+    return NewFile(shown, file_name, kind, essence(request.mime_type))
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, as str(uuid.uuid4()) gives, in a fifth of its time."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_session(
     sub: str,
     workspace_id: str,
     request: api.CreateUpload,
+    file: NewFile,
     *,
-    kind: Kind,
     storage: s3.Storage,
     profile_ref: str,
-    multipart_upload_id: str | None,
     asset_id: str,
+    object_key: str,
+    multipart_upload_id: str | None,
     now: datetime,
     ttl_s: int,
     trace_context: str,
 ) -> tuple[UploadSession, UploadSessionCreated]:
-    """The session row and the event announcing it (pure; `kind` is what check_file found)."""
-    shown = display_name(request.file_name)
-    file_name = safe_filename(shown)
+    """The session row and the event announcing it (pure)."""
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
     session = UploadSession(
-        upload_id=str(uuid.uuid4()),
+        upload_id=new_id(),
         workspace_id=workspace_id,
         asset_id=asset_id,
         library_id=request.library_id,
         folder_id=request.folder_id,
-        file_name=shown,
-        mime_type=essence(request.mime_type),
-        kind=kind,
+        file_name=file.shown,
+        mime_type=file.mime_type,
+        kind=file.kind,
         size_bytes=request.size_bytes,
         sha256=request.sha256.lower() if request.sha256 else None,
         resumable_protocol=request.resumable_protocol,
         provider=storage.profile.provider,
         storage_profile_ref=profile_ref,
-        object_key=original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix),
+        object_key=object_key,
         multipart_upload_id=multipart_upload_id,
         part_size=plan.part_size if plan else None,
         part_count=plan.part_count if plan else None,
@@ -202,9 +228,7 @@ def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str)
 
 
 async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
-    file_name = safe_filename(display_name(request.file_name))
-    kind = check_file(file_name, request.mime_type, request.size_bytes)  # refuse before any effect
-    mime_type = essence(request.mime_type)
+    file = check_new_file(request)  # refuse before any effect
     multipart = request.resumable_protocol == "s3_multipart"
     # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
     # change does not move an upload in flight. A tus session guesses the profile this gateway
@@ -221,17 +245,17 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
     for _ in range(PROFILE_ATTEMPTS):
         storage = await storage_for(gw, profile_ref)
         now = utcnow()
-        asset_id = str(uuid.uuid4())
+        asset_id = new_id()
+        object_key = original_key(workspace_id, asset_id, file.file_name, key_prefix=storage.profile.key_prefix)
         multipart_upload_id = None
         if multipart:
             # Created before the row: a row whose multipart upload failed would be unusable. If the
             # insert fails instead, the janitor aborts the orphaned multipart upload.
-            object_key = original_key(workspace_id, asset_id, file_name, key_prefix=storage.profile.key_prefix)
             with storage_errors("create multipart upload"):
-                multipart_upload_id = await storage.create_multipart(object_key, mime_type)
+                multipart_upload_id = await storage.create_multipart(object_key, file.mime_type)
         session, event = new_session(
-            sub, workspace_id, request, kind=kind, storage=storage, profile_ref=profile_ref,
-            multipart_upload_id=multipart_upload_id, asset_id=asset_id, now=now,
+            sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
+            object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
             ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
         )  # fmt: skip
         created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)

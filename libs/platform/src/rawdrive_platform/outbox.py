@@ -5,6 +5,12 @@ deletes each one only after JetStream confirmed it. A relay that dies between th
 the delete republishes the row later under the same `Nats-Msg-Id`, which JetStream drops as a
 duplicate within its window, so consumers see the event once. Several relays may run: rows are
 claimed with `FOR UPDATE SKIP LOCKED`.
+
+A batch is sent in order without waiting for each ack, then the acks are awaited together: one
+write for the batch rather than a write and a wake-up per event. So when one row fails, rows
+sent after it in the same batch may be stored before it (they are deleted once confirmed, so
+they are not sent again); after a failure the relay sends one row at a time until a row goes
+through, so a row that keeps failing holds back every later one, as a sequential relay would.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from rawdrive_contracts import CloudEvent, encode, subject_for
 from rawdrive_platform.bus import MSG_ID_HEADER
@@ -26,6 +34,8 @@ from rawdrive_platform.telemetry import stored_context
 log = logging.getLogger(__name__)
 
 _NOTIFY_CHANNEL = "rawdrive_outbox"
+# How long the relay waits for JetStream to confirm a batch.
+PUBLISH_TIMEOUT_S = 5.0
 
 
 async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
@@ -127,6 +137,7 @@ class Relay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
+        self._failing = False  # the last batch had a failure: send one row at a time
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self._pool.acquire()
@@ -163,22 +174,49 @@ class Relay:
             rows = await conn.fetch(
                 """SELECT seq, event_id, subject, payload, headers FROM outbox
                    ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED""",
-                self._batch_size,
+                1 if self._failing else self._batch_size,
             )
-            for row in rows:
-                headers = {**msgspec.json.decode(row["headers"]), MSG_ID_HEADER: row["event_id"]}
-                try:
-                    ack = await self._js.publish(row["subject"], row["payload"], headers=headers, timeout=5)
-                except Exception as exc:  # noqa: BLE001 - any failure: keep the row, retry later
-                    await conn.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
-                        row["seq"], repr(exc)[:500],
-                    )
-                    log.warning("outbox publish failed, will retry", extra={"event_id": row["event_id"], "error": repr(exc)})
-                    break  # keep order: later rows wait for this one
-                if ack.duplicate:
-                    log.info("outbox event was already published", extra={"event_id": row["event_id"]})
-                published.append(row["seq"])
+            outcomes = await self._publish(rows)
+            self._failing = False
+            for row, outcome in zip(rows, outcomes):
+                if isinstance(outcome, PubAck):
+                    if outcome.duplicate:
+                        log.info("outbox event was already published", extra={"event_id": row["event_id"]})
+                    published.append(row["seq"])
+                    continue
+                self._failing = True
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
+                    row["seq"], repr(outcome)[:500],
+                )
+                log.warning("outbox publish failed, will retry", extra={"event_id": row["event_id"], "error": repr(outcome)})
             if published:
                 await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", published)
         return len(published)
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[PubAck | BaseException]:
+        """Each row's ack or why it failed, in row order."""
+        sent: list[asyncio.Future[PubAck]] = []
+        unsent: BaseException | None = None
+        for row in rows:
+            headers = {**msgspec.json.decode(row["headers"]), MSG_ID_HEADER: row["event_id"]}
+            try:
+                sent.append(await self._js.publish_async(row["subject"], row["payload"], headers=headers))
+            except Exception as exc:  # noqa: BLE001 - not even sent (disconnected): it and the rest wait
+                unsent = exc
+                break
+        if sent:
+            # One timer for the batch: asyncio.wait_for per ack cost more than the publish.
+            await asyncio.wait(sent, timeout=PUBLISH_TIMEOUT_S)
+        outcomes: list[PubAck | BaseException] = []
+        for ack in sent:
+            if not ack.done():
+                ack.cancel()  # frees its slot in the client's pending publishes
+                outcomes.append(NatsTimeoutError())
+            elif ack.cancelled():
+                outcomes.append(asyncio.CancelledError())
+            else:
+                outcomes.append(ack.exception() or ack.result())
+        if unsent is not None:
+            outcomes += [unsent] * (len(rows) - len(outcomes))
+        return outcomes

@@ -28,7 +28,6 @@ from upload_gateway.auth import (
 )
 from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.names import display_name
-from upload_gateway.uploads import new_id
 from upload_gateway.problems import (
     PROBLEMS,
     REJECTIONS,
@@ -52,6 +51,7 @@ from upload_gateway.sessions import (
     transition,
 )
 from upload_gateway.tus_session import tus_part_size
+from upload_gateway.uploads import new_id
 
 SECRET = "s" * 32
 UPLOAD_SECRET = "u" * 32

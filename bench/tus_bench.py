@@ -114,7 +114,7 @@ def s3_baseline(s3: S3Server, size: int, concurrency: int) -> float:
 
 
 async def tus_upload(http: aiohttp.ClientSession, base: str, size: int) -> None:
-    request = {"file_name": "bench.jpg", "mime_type": "image/jpeg", "size_bytes": size,
+    request = {"file_name": "bench.mp4", "mime_type": "video/mp4", "size_bytes": size,  # videos: up to 500 MiB
                "library_id": "lib1", "resumable_protocol": "tus"}
     async with http.post(f"{base}/v1/workspaces/{WORKSPACE}/uploads", json=request) as response:
         assert response.status == 201, await response.text()

@@ -97,7 +97,7 @@ async def send_tus(http: aiohttp.ClientSession, create_url: str, size: int, head
 
 
 async def upload_gateway(http: aiohttp.ClientSession, base: str, size: int) -> None:
-    request = {"file_name": "bench.jpg", "mime_type": "image/jpeg", "size_bytes": size,
+    request = {"file_name": "bench.mp4", "mime_type": "video/mp4", "size_bytes": size,  # videos: up to 500 MiB
                "library_id": "lib1", "resumable_protocol": "tus"}
     async with http.post(f"{base}/v1/workspaces/{WORKSPACE}/uploads", json=request) as response:
         assert response.status == 201, await response.text()

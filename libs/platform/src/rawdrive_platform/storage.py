@@ -232,16 +232,20 @@ def _blocking_session() -> botocore.session.Session:
     return session
 
 
+def _client_args(profile: "StorageProfile") -> dict[str, Any]:
+    """How a profile becomes an S3 client, the same for the async and the blocking one."""
+    return {
+        "endpoint_url": profile.endpoint,
+        "region_name": profile.region,
+        "aws_access_key_id": profile.access_key_id,
+        "aws_secret_access_key": profile.secret_access_key.reveal(),
+        "config": client_config(profile),
+    }
+
+
 def _new_blocking_client(profile: "StorageProfile") -> Any:
     with _blocking_client_lock:
-        return _blocking_session().create_client(
-            "s3",
-            endpoint_url=profile.endpoint,
-            region_name=profile.region,
-            aws_access_key_id=profile.access_key_id,
-            aws_secret_access_key=profile.secret_access_key.reveal(),
-            config=client_config(profile),
-        )
+        return _blocking_session().create_client("s3", **_client_args(profile))
 
 
 @contextlib.contextmanager
@@ -288,16 +292,7 @@ class Storage:
     @classmethod
     async def open(cls, profile: StorageProfile) -> "Storage":
         closer = contextlib.AsyncExitStack()
-        client = await closer.enter_async_context(
-            _boto_session().client(
-                "s3",
-                endpoint_url=profile.endpoint,
-                region_name=profile.region,
-                aws_access_key_id=profile.access_key_id,
-                aws_secret_access_key=profile.secret_access_key.reveal(),
-                config=client_config(profile),
-            )
-        )
+        client = await closer.enter_async_context(_boto_session().client("s3", **_client_args(profile)))
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),

@@ -1,4 +1,4 @@
-"""Migrations and the transactional outbox against real PostgreSQL and NATS."""
+"""Migrations, the transactional outbox and its relay against real PostgreSQL and NATS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, decode, new_event, subject_filter
+from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, decode, new_event, subject_filter, subject_for
 from rawdrive_platform import bus, db, outbox
 
 
@@ -176,3 +176,48 @@ async def test_a_consumer_in_another_process_sees_an_outbox_event_once_after_red
     # Delivered twice (the forced redelivery), but one stored copy despite two publishes.
     assert handled == [event.id, event.id]
     assert await stored_events(js, workspace) == [event.id]
+
+# -- the relay when a publish fails: the rows confirmed go, the failed one stays with its error,
+# and while it keeps failing it holds back every later row.
+
+# No stream captures this subject: JetStream answers a publish to it with "no responders".
+NO_STREAM = "rawdrive.nowhere.test"
+
+
+async def add(pool, workspace: str, subject: str | None = None) -> str:
+    """An outbox row for a new event, to `subject` (default: the event's own); its event id."""
+    event = new_event(aborted(workspace), source="test")
+    row = outbox.outbox_row(event)
+    await pool.execute(
+        "INSERT INTO outbox (event_id, subject, payload, headers) VALUES ($1, $2, $3, $4::jsonb)",
+        row.event_id, subject or subject_for(event.data), row.payload, row.headers,
+    )  # fmt: skip
+    return event.id
+
+
+async def pending(pool) -> list[tuple[str, int, bool]]:
+    rows = await pool.fetch("SELECT event_id, attempts, last_error IS NOT NULL AS failed FROM outbox ORDER BY seq")
+    return [(r["event_id"], r["attempts"], r["failed"]) for r in rows]
+
+
+async def test_a_failed_row_stays_with_its_error_and_holds_back_later_rows_until_it_goes_through(outbox_env):
+    pool, js = outbox_env
+    workspace = f"ws{uuid.uuid4().hex[:10]}"
+    first, stuck, third = await add(pool, workspace), await add(pool, workspace, NO_STREAM), await add(pool, workspace)
+    relay = outbox.Relay(pool, js)
+    # One batch: the rows JetStream confirmed are removed, the failed one stays.
+    assert await relay.publish_pending() == 2
+    assert await pending(pool) == [(stuck, 1, True)]
+
+    # While it fails, nothing after it goes out.
+    later = await add(pool, workspace)
+    assert await relay.publish_pending() == 0
+    assert await pending(pool) == [(stuck, 2, True), (later, 0, False)]
+
+    # Once it goes through, so does the rest, in order.
+    subject = await pool.fetchval("SELECT subject FROM outbox WHERE event_id = $1", later)
+    await pool.execute("UPDATE outbox SET subject = $2 WHERE event_id = $1", stuck, subject)
+    assert await relay.publish_pending() == 1  # alone: the last batch had a failure
+    assert await relay.publish_pending() == 1
+    assert await pending(pool) == []
+    assert await stored_events(js, workspace) == [first, third, stuck, later]

@@ -30,22 +30,20 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
+from bench_stack import JWT_SECRET, bench_stack
 
-from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
 from upload_gateway.auth import mint_dev_token
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 MIB = 1024 * 1024
 TUS_CHUNK = 5 * MIB
-JWT_SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
 SERVICES = ("commit_verifier", "media_processor", "janitor", "upload_gateway")
 CREATED = "com.rawdrive.asset.created.v1"
 VERIFIED = "com.rawdrive.upload.verified.v1"
@@ -348,21 +346,10 @@ def main() -> int:
     args = parser.parse_args()
     inputs = prepare()
     print(f"load average at start {os.getloadavg()[0]:.2f}; CPUs {os.cpu_count()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
-        work = Path(tmp)
-        nats, postgres = NatsServer(work / "nats"), PostgresServer(work / "pg")
-        s3 = S3Server(work / "s3", access_key_id="bench", secret_access_key="bench-secret-key")
-        start_all([nats, postgres, s3])
-        conn = s3.connection
-        env = {**os.environ, "RAWDRIVE_NATS_URL": nats.url, "RAWDRIVE_DATABASE_URL": postgres.url,
-               "RAWDRIVE_S3_ENDPOINT": conn.endpoint, "RAWDRIVE_S3_REGION": conn.region,
-               "RAWDRIVE_S3_BUCKET": conn.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": conn.access_key_id,
-               "RAWDRIVE_S3_SECRET_ACCESS_KEY": conn.secret_access_key, "RAWDRIVE_JWT_SECRET": JWT_SECRET,
-               "RAWDRIVE_LOG_LEVEL": "WARNING"}
+    with bench_stack("load-bench-") as (work, _, env):
         try:
             outcome = asyncio.run(run(args, env, work / "logs", inputs))
         finally:
-            stop_all([nats, postgres, s3])
             if args.keep_logs:
                 subprocess.run(["cp", "-r", str(work / "logs"), str(args.keep_logs)], check=False)
 

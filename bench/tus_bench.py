@@ -24,7 +24,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +31,15 @@ from pathlib import Path
 
 import aiohttp
 import boto3
+from bench_stack import JWT_SECRET, bench_stack
 from botocore.config import Config
 
-from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
+from rawdrive_platform.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.tus_session import tus_part_size
 
 MIB = 1024 * 1024
 TUS_CHUNK = 5 * MIB
-JWT_SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
 WORKSPACE = "bench"
 # One random block, rotated per offset: incompressible, and no file needs to exist on disk.
 BLOCK = os.urandom(MIB)
@@ -200,53 +199,41 @@ def main() -> int:
     args = parser.parse_args()
     figures: list[dict] = []
 
-    with tempfile.TemporaryDirectory(prefix="tus-bench-") as tmp:
-        work = Path(tmp)
-        nats, postgres, s3 = NatsServer(work / "nats"), PostgresServer(work / "pg"), S3Server(work / "s3", access_key_id="bench", secret_access_key="bench-secret-key")
-        start_all([nats, postgres, s3])
-        conn = s3.connection
-        env = {**os.environ, "RAWDRIVE_NATS_URL": nats.url, "RAWDRIVE_DATABASE_URL": postgres.url,
-               "RAWDRIVE_S3_ENDPOINT": conn.endpoint, "RAWDRIVE_S3_REGION": conn.region,
-               "RAWDRIVE_S3_BUCKET": conn.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": conn.access_key_id,
-               "RAWDRIVE_S3_SECRET_ACCESS_KEY": conn.secret_access_key, "RAWDRIVE_JWT_SECRET": JWT_SECRET,
-               "RAWDRIVE_LOG_LEVEL": "WARNING"}
+    with bench_stack("tus-bench-") as (work, s3, env):
         token = mint_dev_token(JWT_SECRET, sub="bench", workspaces={WORKSPACE: "member"}, ttl_s=7200)
-        try:
-            print(f"{'size':>8} {'conc':>4} {'boto3 MiB/s':>12} {'tus MiB/s':>10} {'ratio':>6} "
-                  f"{'gateway peak RSS':>17} {'RSS budget':>11}")
-            for size_mib in args.sizes_mib:
-                size = size_mib * MIB
-                part_size = tus_part_size(size)
-                for concurrency in args.concurrency:
-                    baseline = s3_baseline(s3, size, concurrency)
-                    gateway = Gateway(env, work / "gateway.log")
-                    try:
-                        tus = asyncio.run(tus_run(gateway.url, token, size, concurrency))
-                        peak = gateway.peak_rss_mib()
-                    finally:
-                        gateway.stop()
-                    budget = 80 + 2 * part_size / MIB * concurrency
-                    print(f"{size_mib:>6}Mi {concurrency:>4} {baseline:>12.1f} {tus:>10.1f} {tus / baseline:>5.2f}x "
-                          f"{peak:>13.1f} MiB {budget:>7.0f} MiB", flush=True)
-                    figures.append(figure(f"tus ingest {size_mib} MiB x {concurrency} (vs boto3 multipart)", "MiB/s",
-                                          tus, baseline, ">= 0.8x", tus / baseline >= 0.8))
-                    figures.append(figure(f"gateway peak RSS, {size_mib} MiB x {concurrency}", "MiB", peak, None,
-                                          f"<= {budget:.0f} MiB", peak <= budget))
+        print(f"{'size':>8} {'conc':>4} {'boto3 MiB/s':>12} {'tus MiB/s':>10} {'ratio':>6} "
+              f"{'gateway peak RSS':>17} {'RSS budget':>11}")
+        for size_mib in args.sizes_mib:
+            size = size_mib * MIB
+            part_size = tus_part_size(size)
+            for concurrency in args.concurrency:
+                baseline = s3_baseline(s3, size, concurrency)
+                gateway = Gateway(env, work / "gateway.log")
+                try:
+                    tus = asyncio.run(tus_run(gateway.url, token, size, concurrency))
+                    peak = gateway.peak_rss_mib()
+                finally:
+                    gateway.stop()
+                budget = 80 + 2 * part_size / MIB * concurrency
+                print(f"{size_mib:>6}Mi {concurrency:>4} {baseline:>12.1f} {tus:>10.1f} {tus / baseline:>5.2f}x "
+                      f"{peak:>13.1f} MiB {budget:>7.0f} MiB", flush=True)
+                figures.append(figure(f"tus ingest {size_mib} MiB x {concurrency} (vs boto3 multipart)", "MiB/s",
+                                      tus, baseline, ">= 0.8x", tus / baseline >= 0.8))
+                figures.append(figure(f"gateway peak RSS, {size_mib} MiB x {concurrency}", "MiB", peak, None,
+                                      f"<= {budget:.0f} MiB", peak <= budget))
 
-            gateway = Gateway(env, work / "gateway.log")
-            try:
-                rates = session_rates(gateway.url, token, args.sessions)
-            finally:
-                gateway.stop()
-            ours = rates.pop("gateway")
-            print(f"session creation: gateway {ours:.0f}/s (median of 3 x {args.sessions}, concurrency 20)")
-            for name, rate in rates.items():
-                print(f"  vs {name} {rate:.0f}/s: {ours / rate:.2f}x")
-            default = rates["trivial (default loop)"]
-            figures.append(figure("session creation, concurrency 20 (vs trivial aiohttp handler)", "sessions/s",
-                                  ours, default, ">= 0.5x", ours / default >= 0.5))
+        gateway = Gateway(env, work / "gateway.log")
+        try:
+            rates = session_rates(gateway.url, token, args.sessions)
         finally:
-            stop_all([nats, postgres, s3])
+            gateway.stop()
+        ours = rates.pop("gateway")
+        print(f"session creation: gateway {ours:.0f}/s (median of 3 x {args.sessions}, concurrency 20)")
+        for name, rate in rates.items():
+            print(f"  vs {name} {rate:.0f}/s: {ours / rate:.2f}x")
+        default = rates["trivial (default loop)"]
+        figures.append(figure("session creation, concurrency 20 (vs trivial aiohttp handler)", "sessions/s",
+                              ours, default, ">= 0.5x", ours / default >= 0.5))
     if args.json:
         args.json.write_text(json.dumps({"bench": "tus_bench", "figures": figures}, indent=2))
     return 0

@@ -23,16 +23,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
-from tus_bench import JWT_SECRET, MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, payload
+from bench_stack import JWT_SECRET, bench_stack
+from tus_bench import MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, payload
 
-from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
+from rawdrive_platform.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.tus_session import tus_part_size
 
@@ -131,48 +131,35 @@ def main() -> int:
     npm_ci()
     figures: list[dict] = []
 
-    with tempfile.TemporaryDirectory(prefix="tus-vs-node-") as tmp:
-        work = Path(tmp)
-        nats, postgres = NatsServer(work / "nats"), PostgresServer(work / "pg")
-        s3 = S3Server(work / "s3", access_key_id="bench", secret_access_key="bench-secret-key")
-        start_all([nats, postgres, s3])
-        conn = s3.connection
-        env = {**os.environ, "RAWDRIVE_NATS_URL": nats.url, "RAWDRIVE_DATABASE_URL": postgres.url,
-               "RAWDRIVE_S3_ENDPOINT": conn.endpoint, "RAWDRIVE_S3_REGION": conn.region,
-               "RAWDRIVE_S3_BUCKET": conn.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": conn.access_key_id,
-               "RAWDRIVE_S3_SECRET_ACCESS_KEY": conn.secret_access_key, "RAWDRIVE_JWT_SECRET": JWT_SECRET,
-               "RAWDRIVE_LOG_LEVEL": "WARNING"}
+    with bench_stack("tus-vs-node-") as (work, s3, env):
         token = mint_dev_token(JWT_SECRET, sub="bench", workspaces={WORKSPACE: "member"}, ttl_s=7200)
-        try:
-            print(f"{args.rounds} rounds, medians; CPUs: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
-            print(f"{'size':>8} {'conc':>4} {'part':>6} {'@tus/server MiB/s':>18} {'gateway MiB/s':>14} {'ratio':>6} "
-                  f"{'node peak RSS':>14} {'gateway peak RSS':>17}")
-            for size_mib in args.sizes_mib:
-                size = size_mib * MIB
-                part_size = tus_part_size(size)
-                for concurrency in args.concurrency:
-                    gateway = Gateway(env, work / "gateway.log")
-                    node = NodeTus(s3, part_size, work / "node.log")
-                    samples: dict[str, list[float]] = {"gateway": [], "node": []}
-                    try:
-                        for round_ in range(args.rounds):
-                            order = ("node", "gateway") if round_ % 2 == 0 else ("gateway", "node")
-                            for kind in order:
-                                target = gateway.url if kind == "gateway" else node.url
-                                samples[kind].append(asyncio.run(run(kind, target, token, size, concurrency)))
-                        rss = {"gateway": gateway.peak_rss_mib(), "node": peak_rss_mib(node.process.pid)}
-                    finally:
-                        gateway.stop()
-                        node.stop()
-                    ours, theirs = statistics.median(samples["gateway"]), statistics.median(samples["node"])
-                    print(f"{size_mib:>6}Mi {concurrency:>4} {part_size // MIB:>4}Mi {theirs:>18.1f} {ours:>14.1f} "
-                          f"{ours / theirs:>5.2f}x {rss['node']:>10.0f} MiB {rss['gateway']:>13.0f} MiB", flush=True)
-                    figures.append(figure(f"tus ingest {size_mib} MiB x {concurrency} (vs @tus/server + s3-store)",
-                                          "MiB/s", ours, theirs, ">= 1.5x", ours / theirs >= 1.5))
-                    figures.append(figure(f"peak RSS, tus {size_mib} MiB x {concurrency}: gateway vs node", "MiB",
-                                          rss["gateway"], rss["node"], "", None))
-        finally:
-            stop_all([nats, postgres, s3])
+        print(f"{args.rounds} rounds, medians; CPUs: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
+        print(f"{'size':>8} {'conc':>4} {'part':>6} {'@tus/server MiB/s':>18} {'gateway MiB/s':>14} {'ratio':>6} "
+              f"{'node peak RSS':>14} {'gateway peak RSS':>17}")
+        for size_mib in args.sizes_mib:
+            size = size_mib * MIB
+            part_size = tus_part_size(size)
+            for concurrency in args.concurrency:
+                gateway = Gateway(env, work / "gateway.log")
+                node = NodeTus(s3, part_size, work / "node.log")
+                samples: dict[str, list[float]] = {"gateway": [], "node": []}
+                try:
+                    for round_ in range(args.rounds):
+                        order = ("node", "gateway") if round_ % 2 == 0 else ("gateway", "node")
+                        for kind in order:
+                            target = gateway.url if kind == "gateway" else node.url
+                            samples[kind].append(asyncio.run(run(kind, target, token, size, concurrency)))
+                    rss = {"gateway": gateway.peak_rss_mib(), "node": peak_rss_mib(node.process.pid)}
+                finally:
+                    gateway.stop()
+                    node.stop()
+                ours, theirs = statistics.median(samples["gateway"]), statistics.median(samples["node"])
+                print(f"{size_mib:>6}Mi {concurrency:>4} {part_size // MIB:>4}Mi {theirs:>18.1f} {ours:>14.1f} "
+                      f"{ours / theirs:>5.2f}x {rss['node']:>10.0f} MiB {rss['gateway']:>13.0f} MiB", flush=True)
+                figures.append(figure(f"tus ingest {size_mib} MiB x {concurrency} (vs @tus/server + s3-store)",
+                                      "MiB/s", ours, theirs, ">= 1.5x", ours / theirs >= 1.5))
+                figures.append(figure(f"peak RSS, tus {size_mib} MiB x {concurrency}: gateway vs node", "MiB",
+                                      rss["gateway"], rss["node"], "", None))
     if args.json:
         args.json.write_text(json.dumps({"bench": "tus_vs_node", "figures": figures}, indent=2))
     return 0

@@ -2,6 +2,7 @@ import asyncio
 import io
 import logging
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -25,7 +26,7 @@ from rawdrive_platform.telemetry import (
 def spans():
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level  # setup_telemetry replaces them
-    provider = setup_telemetry("telemetry-test", environ={})
+    provider = setup_telemetry("telemetry-test", environ={}, record_spans=True)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
@@ -136,3 +137,32 @@ async def test_spans_are_exported_over_otlp_http_when_the_endpoint_is_configured
     [log] = [msgspec.json.decode(line) for line in stderr.decode().splitlines()]
     assert (log["message"], log["service"]) == ("hello", "exporting-service")
     assert len(log["trace_id"]) == 32
+
+
+UNEXPORTED_SERVICE = textwrap.dedent("""
+    import logging, sys
+    from opentelemetry import trace
+    from rawdrive_platform.telemetry import inject_headers, setup_telemetry
+    setup_telemetry("quiet-service")
+    with trace.get_tracer("t").start_as_current_span("work") as span:
+        logging.getLogger("svc").info("hello")
+        sys.stdout.write(f"{span.is_recording()} {inject_headers()['traceparent']}")
+""")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "recording", "sampled"), [(None, "False", 0), ("parentbased_always_on", "True", 1)]
+)
+def test_without_an_exporter_spans_are_unrecorded_but_still_carry_trace_ids(sampler, recording, sampled):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    if sampler is not None:
+        env["OTEL_TRACES_SAMPLER"] = sampler
+    process = subprocess.run([sys.executable, "-c", UNEXPORTED_SERVICE], env=env, capture_output=True, timeout=60)
+    assert process.returncode == 0, process.stderr.decode()
+    is_recording, traceparent = process.stdout.decode().split()
+    [log] = [msgspec.json.decode(line) for line in process.stderr.decode().splitlines()]
+    assert is_recording == recording
+    _, trace_id, span_id, trace_flags = traceparent.split("-")
+    assert (log["trace_id"], log["span_id"]) == (trace_id, span_id)
+    assert int(trace_flags, 16) & 1 == sampled  # W3C's sampled flag: recorded upstream or not

@@ -27,7 +27,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level  # setup_telemetry replaces them
     exporter = InMemorySpanExporter()
-    setup_telemetry("tracing-test", environ={}).add_span_processor(SimpleSpanProcessor(exporter))
+    setup_telemetry("tracing-test", environ={}, record_spans=True).add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
     root.handlers[:], root.level = handlers, level
 

@@ -193,9 +193,9 @@ async def test_concurrent_creations_each_commit_their_row_and_exactly_one_event(
 
 
 async def test_a_row_the_database_refuses_fails_only_its_own_creation_not_the_others_written_with_it(harness):
-    writer = repository.SessionWriter(harness.gw.pool)
+    writer = repository.SessionWriter(harness.gw.pool, max_in_flight=1)
     good, bad = new_session(harness), new_session(harness, sha256="not-hex")  # breaks the table's CHECK
-    # Both wait together, so they share one statement first.
+    # Both wait together for the one statement in flight, so they share one statement first.
     results = await asyncio.gather(writer.insert(*good), writer.insert(*bad), return_exceptions=True)
     assert results[0] is True and isinstance(results[1], asyncpg.CheckViolationError)
     assert await stored_ids(harness) == ({good[0].upload_id}, {good[0].upload_id})
@@ -217,7 +217,7 @@ class GatedPool:
 
 async def test_a_creation_arriving_while_the_writer_gives_its_connection_back_is_still_written(harness):
     pool = GatedPool(harness.gw.pool)
-    writer = repository.SessionWriter(pool)  # type: ignore[arg-type]
+    writer = repository.SessionWriter(pool, max_in_flight=1)  # type: ignore[arg-type]
     first, second = new_session(harness), new_session(harness)
     writing_first = asyncio.create_task(writer.insert(*first))
     await pool.releasing.wait()  # the first is committed; its batch is over
@@ -229,6 +229,35 @@ async def test_a_creation_arriving_while_the_writer_gives_its_connection_back_is
     assert await asyncio.wait_for(asyncio.gather(writing_first, writing_second), 60) == [True, True]
     ids = {first[0].upload_id, second[0].upload_id}
     assert await stored_ids(harness) == (ids, ids)
+
+
+class CountingPool:
+    """The real pool, counting the connections held at once."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.held, self.most_held = pool, 0, 0
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        async with self.pool.acquire() as conn:
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+            try:
+                yield conn
+            finally:
+                self.held -= 1
+
+
+async def test_up_to_max_in_flight_statements_run_at_once_and_every_creation_is_written(harness):
+    pool = CountingPool(harness.gw.pool)
+    # One row per statement: every insert needs a statement of its own, so both flushers stay busy.
+    writer = repository.SessionWriter(pool, max_batch=1, max_in_flight=2)  # type: ignore[arg-type]
+    sessions = [new_session(harness) for _ in range(8)]
+    assert await asyncio.gather(*(writer.insert(*session) for session in sessions)) == [True] * 8
+    assert pool.most_held == 2
+    ids = {session.upload_id for session, _ in sessions}
+    assert await stored_ids(harness) == (ids, ids)
+    assert not writer._flushers  # none left behind once nothing waits
 
 
 async def test_a_session_under_a_profile_no_longer_active_writes_neither_row_nor_event(harness):

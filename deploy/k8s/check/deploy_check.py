@@ -43,6 +43,8 @@ INGRESS_STREAMING = {
     "nginx.ingress.kubernetes.io/proxy-request-buffering": "off",
     "nginx.ingress.kubernetes.io/proxy-body-size": "0",
 }
+# What the gateway Ingress may route: the API, not the /metrics and probes on the same port.
+INGRESS_PUBLIC_PATHS = {("/v1", "Prefix"), ("/openapi.json", "Exact")}
 
 POLICY = """\
 pod: not hostNetwork/hostPID/hostIPC; no hostPath volume; runAsNonRoot; runAsUser not 0;
@@ -51,7 +53,7 @@ container (init too): not privileged; allowPrivilegeEscalation false; readOnlyRo
      true; capabilities drop ALL, add nothing; cpu and memory requests and limits; an image
      with a tag or digest, tag not `latest`
 long-running workloads: liveness and readiness probes; terminationGracePeriodSeconds > STOP_TIMEOUT_S
-gateway Ingress: request buffering off, no body-size cap"""
+gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,11 +244,19 @@ def ingress_findings(obj: dict[str, Any]) -> list[str]:
     if obj.get("kind") != "Ingress" or obj["metadata"].get("name") != "upload-gateway":
         return []
     annotations = obj["metadata"].get("annotations") or {}
-    return [
+    out = [
         f"{name_of(obj)}: {key} is {annotations.get(key)!r}, uploads need {value!r}"
         for key, value in INGRESS_STREAMING.items()
         if annotations.get(key) != value
     ]
+    for rule in obj["spec"].get("rules") or []:
+        for path in (rule.get("http") or {}).get("paths") or []:
+            if (path.get("path"), path.get("pathType")) not in INGRESS_PUBLIC_PATHS:
+                out.append(f"{name_of(obj)}: routes {path.get('pathType')} {path.get('path')!r}, beyond the "
+                           "public API (/v1, /openapi.json): /metrics and the probes would be public")
+    if obj["spec"].get("defaultBackend"):
+        out.append(f"{name_of(obj)}: a defaultBackend routes every path, /metrics and the probes too")
+    return out
 
 
 def policy_findings(objects: list[dict[str, Any]]) -> list[str]:

@@ -94,6 +94,17 @@ def test_an_ingress_that_buffers_uploads_fails(k8s, capsys):
     assert "proxy-request-buffering is 'on'" in capsys.readouterr().out
 
 
+def test_an_ingress_that_routes_everything_to_the_gateway_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/rules/0/http/paths/0/path
+          value: /
+        """, "{kind: Ingress, name: upload-gateway}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    assert "routes Prefix '/', beyond the public API" in capsys.readouterr().out
+
+
 def test_schema_errors_and_unknown_kinds_fail(k8s, capsys):
     add_patch(k8s, """
         - op: replace

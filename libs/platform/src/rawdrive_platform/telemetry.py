@@ -3,7 +3,7 @@
 Spans go to an OTLP/HTTP collector only when the standard OTEL_EXPORTER_OTLP_ENDPOINT or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. Otherwise they are started unrecorded: they still
 carry trace ids to the logs and NATS headers, but cost no attributes, copies or garbage that
-nobody would read (recording was a sixth of a session creation's CPU). Setting the standard
+nobody would read (a request's span: ~37 us recorded, ~10 us not). Setting the standard
 OTEL_TRACES_SAMPLER records them anyway, sampled as it says. Trace context crosses NATS as W3C
 headers.
 """

@@ -14,8 +14,10 @@ from rawdrive_platform.profiles import (
     MasterKey,
     UnknownProfile,
     mask_key_id,
+    master_key,
     new_profile_ref,
     open_profile,
+    reseal_record,
     seal_profile,
 )
 from rawdrive_platform.storage import Storage, StorageProfile, encryption_headers, encryption_params
@@ -65,6 +67,48 @@ def test_a_master_key_that_is_not_32_bytes_of_base64_is_refused_without_echoing_
 def test_a_generated_master_key_is_accepted_and_never_printed():
     key = MasterKey.from_secret(Secret(MasterKey.generate()))
     assert repr(key) == "MasterKey('***')"
+
+
+# -- master key rotation -------------------------------------------------------------------------
+
+OLD, NEW, OTHER = b"o" * 32, b"n" * 32, b"x" * 32
+
+
+def test_during_a_rotation_old_records_open_and_new_ones_are_sealed_under_the_new_key_only():
+    profile = byos()
+    old_record = seal_profile(profile, "ws1", MasterKey(OLD), NOW)
+    rotating = MasterKey(NEW, previous=[OTHER, OLD])
+    assert open_profile(old_record, rotating) == profile
+    new_record = seal_profile(profile, "ws1", rotating, NOW)
+    assert open_profile(new_record, MasterKey(NEW)) == profile
+    with pytest.raises(UnknownProfile):
+        open_profile(new_record, MasterKey(OLD))
+
+
+def test_reseal_moves_a_record_to_the_current_key_leaves_current_ones_and_refuses_strangers():
+    profile = byos()
+    rotating = MasterKey(NEW, previous=[OLD])
+    resealed = reseal_record(seal_profile(profile, "ws1", MasterKey(OLD), NOW), rotating)
+    assert resealed is not None
+    assert open_profile(resealed, MasterKey(NEW)) == profile  # the old key is no longer needed
+    assert resealed.ref == profile.profile_id and resealed.masked_key_id == "AKIA…WXYZ"
+    assert reseal_record(resealed, rotating) is None
+    with pytest.raises(UnknownProfile):
+        reseal_record(seal_profile(profile, "ws1", MasterKey(OTHER), NOW), rotating)
+
+
+def test_previous_keys_are_read_comma_separated_and_a_bad_one_is_named_never_echoed():
+    new, old, other = (MasterKey.generate() for _ in range(3))
+    key = master_key(Secret(new), Secret(f" {old}, {other} ,"))
+    assert key is not None
+    record = seal_profile(byos(), "ws1", MasterKey.from_secret(Secret(other)), NOW)
+    assert open_profile(record, key).bucket == "customer-bucket"
+    with pytest.raises(ValueError, match="RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS") as caught:
+        master_key(Secret(new), Secret(f"{old},c2hvcnQ="))
+    assert old not in str(caught.value) and "c2hvcnQ=" not in str(caught.value)
+    with pytest.raises(ValueError, match="needs RAWDRIVE_STORAGE_MASTER_KEY"):
+        master_key(None, Secret(old))
+    assert master_key(None, None) is None
 
 
 def test_short_key_ids_are_masked_to_their_last_two_characters():

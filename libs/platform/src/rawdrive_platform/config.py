@@ -78,6 +78,8 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Opens bring-your-own-bucket credentials (32 bytes, base64); without it only the managed
     # bucket resolves. Every service that touches BYOS objects needs the same key.
     storage_master_key: Secret | None = None
+    # During a rotation: the keys replaced, comma-separated; they open credentials, never seal.
+    storage_previous_master_keys: Secret | None = None
 
 
 def env_name(field_name: str) -> str:

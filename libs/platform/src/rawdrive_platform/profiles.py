@@ -6,6 +6,11 @@ bring-your-own-bucket profile version that the gateway published in the JetStrea
 AES-256-GCM under the master key (RAWDRIVE_STORAGE_MASTER_KEY), with the ref as associated data
 so a record copied under another ref does not open. A ref is never reused: a changed profile gets
 a new ref, so uploads started under the old one still resolve it.
+
+Rotating the master key: give every service the new key and the old one in
+RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS (previous keys open, never seal), run `reseal_profiles`
+(`python -m rawdrive_platform.provision --reseal-profiles`), then drop the old key. Re-sealing
+rewrites a record's ciphertext only; its ref and what it resolves to stay the same.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import base64
 import binascii
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import msgspec
@@ -25,7 +30,14 @@ from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, InvalidKeyError, KeyNotFoundError, NoKeysError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    InvalidKeyError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
 from rawdrive_platform.config import CommonSettings, Secret
@@ -65,23 +77,26 @@ def managed_only(managed: Storage) -> StorageResolver:
 
 
 class MasterKey:
-    """The AES-256-GCM key that seals profile credentials. Never printed."""
+    """The AES-256-GCM keys that seal profile credentials: the current key seals and opens;
+    previous keys, kept while a rotation is under way, only open. Never printed."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_current", "_previous")
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != MASTER_KEY_BYTES:
-            raise ValueError(f"the storage master key must be {MASTER_KEY_BYTES} bytes, not {len(key)}")
-        self._aead = AESGCM(key)
+    def __init__(self, key: bytes, previous: Sequence[bytes] = ()) -> None:
+        if any(len(k) != MASTER_KEY_BYTES for k in (key, *previous)):
+            raise ValueError(f"a storage master key must be {MASTER_KEY_BYTES} bytes")
+        self._current = AESGCM(key)
+        self._previous = tuple(AESGCM(k) for k in previous)
 
     @classmethod
-    def from_secret(cls, secret: Secret) -> MasterKey:
-        """From RAWDRIVE_STORAGE_MASTER_KEY: 32 bytes, standard base64."""
-        try:
-            key = base64.b64decode(secret.reveal(), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("RAWDRIVE_STORAGE_MASTER_KEY is not valid base64") from None
-        return cls(key)
+    def from_secret(cls, secret: Secret, previous: Secret | None = None) -> MasterKey:
+        """From RAWDRIVE_STORAGE_MASTER_KEY (32 bytes, standard base64) and, during a rotation,
+        RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS (keys of the same form, comma-separated)."""
+        olds = [text for text in previous.reveal().split(",") if text.strip()] if previous else []
+        return cls(
+            _decode_key(secret.reveal(), "RAWDRIVE_STORAGE_MASTER_KEY"),
+            [_decode_key(text, "RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS") for text in olds],
+        )
 
     @classmethod
     def generate(cls) -> str:
@@ -90,14 +105,38 @@ class MasterKey:
 
     def seal(self, plaintext: bytes, associated: bytes) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, associated)
+        return nonce + self._current.encrypt(nonce, plaintext, associated)
 
     def open(self, sealed: bytes, associated: bytes) -> bytes:
-        """Raises InvalidTag for another key, another ref or tampered bytes."""
-        return self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated)
+        """Raises InvalidTag when no key opens it (another key, another ref, tampered bytes)."""
+        for aead in (self._current, *self._previous):
+            try:
+                return aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated)
+            except InvalidTag:
+                continue
+        raise InvalidTag
+
+    def reseal(self, sealed: bytes, associated: bytes) -> bytes | None:
+        """`sealed` sealed anew under the current key; None if it already is. Raises InvalidTag
+        when no key opens it."""
+        try:
+            self._current.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated)
+            return None
+        except InvalidTag:
+            return self.seal(self.open(sealed, associated), associated)
 
     def __repr__(self) -> str:
         return "MasterKey('***')"
+
+
+def _decode_key(text: str, variable: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{variable} is not valid base64") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(f"{variable}: a key must be {MASTER_KEY_BYTES} bytes, not {len(key)}")
+    return key
 
 
 class _Credentials(msgspec.Struct, frozen=True):
@@ -182,7 +221,7 @@ async def profile_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue:
     config = js_api.KeyValueConfig(
         bucket=PROFILES_BUCKET,
         description="RawDrive BYOS storage profiles; credentials sealed with the master key",
-        history=1,  # every version has its own key; a key is written once
+        history=1,  # every version has its own key: written once, and rewritten only to reseal
         storage=js_api.StorageType.FILE,
         replicas=replicas,
     )
@@ -237,14 +276,8 @@ class ProfileResolver:
         """Every published profile this key opens, with its workspace id (for sweeps)."""
         if self._key is None:
             return []
-        try:
-            refs = await self._kv.keys()
-        except NoKeysError:
-            return []
-        except _NATS_DOWN as error:
-            raise StorageUnavailable(f"list storage profiles: {error!r}") from error
         found = []
-        for ref in refs:
+        for ref in await _published_refs(self._kv):
             try:
                 profile = self._profiles.get(ref) or await self._load(ref)
             except UnknownProfile:
@@ -256,25 +289,116 @@ class ProfileResolver:
     async def _load(self, ref: str) -> StorageProfile:
         if self._key is None:
             raise UnknownProfile(f"storage profile {ref!r}: no storage master key is configured")
-        try:
-            entry = await self._kv.get(ref)
-        except (KeyNotFoundError, InvalidKeyError):
-            raise UnknownProfile(f"storage profile {ref!r} was never published") from None
-        except _NATS_DOWN as error:
-            raise StorageUnavailable(f"read storage profile {ref}: {error!r}") from error
-        try:
-            record = msgspec.json.decode(entry.value or b"", type=ProfileRecord)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise UnknownProfile(f"storage profile {ref!r} is unreadable: {error}") from None
-        if record.ref != ref:
-            raise UnknownProfile(f"storage profile {ref!r} holds the record of {record.ref!r}")
+        record, _ = await _read_record(self._kv, ref)
         self._workspaces[ref] = record.workspace_id
         return open_profile(record, self._key)
 
 
+async def _published_refs(kv: KeyValue, attempts: int = 5) -> list[str]:
+    """Every published ref. nats-py's `keys()` now and then answers before the first key has
+    arrived (here: 3 listings of 300 came back empty); the bucket's message count, one per ref
+    (refs are never deleted), tells such a listing, which is then asked again."""
+    refs: list[str] = []
+    expected = 0
+    try:
+        for _ in range(attempts):
+            expected = (await kv.status()).values
+            try:
+                refs = await kv.keys()
+            except NoKeysError:
+                refs = []
+            if len(refs) >= expected:
+                return refs
+    except _NATS_DOWN as error:
+        raise StorageUnavailable(f"list storage profiles: {error!r}") from error
+    raise StorageUnavailable(f"the storage profile bucket listed {len(refs)} of its {expected} records")
+
+
+async def _read_record(kv: KeyValue, ref: str) -> tuple[ProfileRecord, int]:
+    """The record published under `ref` and its KV revision; UnknownProfile if there is none
+    or it is unreadable."""
+    try:
+        entry = await kv.get(ref)
+    except (KeyNotFoundError, InvalidKeyError):
+        raise UnknownProfile(f"storage profile {ref!r} was never published") from None
+    except _NATS_DOWN as error:
+        raise StorageUnavailable(f"read storage profile {ref}: {error!r}") from error
+    try:
+        record = msgspec.json.decode(entry.value or b"", type=ProfileRecord)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise UnknownProfile(f"storage profile {ref!r} is unreadable: {error}") from None
+    if record.ref != ref:
+        raise UnknownProfile(f"storage profile {ref!r} holds the record of {record.ref!r}")
+    return record, entry.revision or 0
+
+
+def reseal_record(record: ProfileRecord, key: MasterKey) -> ProfileRecord | None:
+    """The record with its credentials sealed under the current key; None if they already are.
+    UnknownProfile when none of the keys opens it."""
+    try:
+        sealed = key.reseal(record.sealed_credentials, record.ref.encode())
+    except (InvalidTag, ValueError):
+        raise UnknownProfile(f"storage profile {record.ref!r} does not open with any configured master key") from None
+    return None if sealed is None else msgspec.structs.replace(record, sealed_credentials=sealed)
+
+
+class ResealReport(msgspec.Struct):
+    resealed: list[str] = msgspec.field(default_factory=list)  # refs now under the current key
+    current: int = 0  # records that already were
+    unopened: list[str] = msgspec.field(default_factory=list)  # refs no configured key opens
+
+
+async def reseal_profiles(kv: KeyValue, key: MasterKey) -> ResealReport:
+    """Seal every published profile under the current master key, so previous keys can go.
+
+    Safe beside running services and safe to repeat: a record is replaced only if nobody wrote
+    it since it was read, and it resolves to the same profile after. `unopened` lists records
+    no configured key opens: drop no key while it is not empty.
+    """
+    report = ResealReport()
+    for ref in await _published_refs(kv):
+        try:
+            rewritten = await _reseal_one(kv, key, ref)
+        except UnknownProfile:
+            report.unopened.append(ref)
+            continue
+        if rewritten:
+            report.resealed.append(ref)
+        else:
+            report.current += 1
+    return report
+
+
+async def _reseal_one(kv: KeyValue, key: MasterKey, ref: str, attempts: int = 3) -> bool:
+    """Whether the record under `ref` had to be rewritten to be under the current key."""
+    for _ in range(attempts):
+        record, revision = await _read_record(kv, ref)
+        resealed = reseal_record(record, key)
+        if resealed is None:
+            return False
+        try:
+            await kv.update(ref, msgspec.json.encode(resealed), last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            continue  # written since we read it (another reseal): look again
+        except _NATS_DOWN as error:
+            raise StorageUnavailable(f"reseal storage profile {ref}: {error!r}") from error
+    raise StorageUnavailable(f"storage profile {ref} changed {attempts} times while being resealed")
+
+
+def master_key(current: Secret | None, previous: Secret | None) -> MasterKey | None:
+    """RAWDRIVE_STORAGE_MASTER_KEY with any RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS; None when
+    neither is set. ValueError (naming the variable, never the value) when they are malformed."""
+    if current is None:
+        if previous is not None:
+            raise ValueError("RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS needs RAWDRIVE_STORAGE_MASTER_KEY")
+        return None
+    return MasterKey.from_secret(current, previous)
+
+
 async def profile_resolver(js: JetStreamContext, settings: CommonSettings, storages: StorageRegistry) -> ProfileResolver:
     """The resolver every service uses, from its settings (master key optional)."""
-    key = MasterKey.from_secret(settings.storage_master_key) if settings.storage_master_key else None
+    key = master_key(settings.storage_master_key, settings.storage_previous_master_keys)
     managed = await storages.get(managed_storage_profile(settings))
     kv = await profile_bucket(js, replicas=settings.stream_replicas)
     return ProfileResolver(managed, storages, kv, key)

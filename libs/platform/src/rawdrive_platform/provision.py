@@ -7,7 +7,14 @@ migrations once, before a rollout (the Kubernetes provisioning Job runs this).
 `--migrate SCHEMA=PACKAGE` applies the platform's and `files(PACKAGE) / "migrations"` to SCHEMA,
 exactly as the service does at start (under the same advisory lock), so running it first only
 moves a failing migration out of the rollout. Reads RAWDRIVE_NATS_URL, RAWDRIVE_STREAM_REPLICAS
-and RAWDRIVE_DATABASE_URL (required with --migrate). Prints one JSON line of what it did.
+and RAWDRIVE_DATABASE_URL (required with --migrate).
+
+`--reseal-profiles` is the middle step of a master key rotation (rawdrive_platform.profiles):
+every published BYOS profile is sealed anew under RAWDRIVE_STORAGE_MASTER_KEY, opened with it or
+one of RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS. A profile no key opens fails the run (status 1),
+since dropping a key then would lose it.
+
+Prints one JSON line of what it did.
 Exit status: 0 done, 2 bad arguments or configuration, 1 anything else failed.
 """
 
@@ -24,7 +31,8 @@ from typing import Annotated
 import msgspec
 
 from rawdrive_platform import bus, db
-from rawdrive_platform.config import ConfigError, LogLevel, load_settings
+from rawdrive_platform.config import ConfigError, LogLevel, Secret, load_settings
+from rawdrive_platform.profiles import MasterKey, ResealReport, master_key, profile_bucket, reseal_profiles
 from rawdrive_platform.telemetry import setup_json_logging
 
 log = logging.getLogger("rawdrive_platform.provision")
@@ -35,6 +43,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str | None = None
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     log_level: LogLevel = "INFO"
+    storage_master_key: Secret | None = None
+    storage_previous_master_keys: Secret | None = None
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -45,6 +55,7 @@ class Target(msgspec.Struct, frozen=True):
 class Report(msgspec.Struct):
     streams: list[str] = msgspec.field(default_factory=list)
     migrations: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    profiles: ResealReport | None = None
 
 
 def parse_target(text: str) -> Target:
@@ -59,16 +70,24 @@ def migrations_of(package: str):
     return files(package) / "migrations"
 
 
-async def provision(settings: Settings, *, streams: bool, targets: list[Target]) -> Report:
+async def provision(
+    settings: Settings, *, streams: bool, targets: list[Target], reseal_with: MasterKey | None = None
+) -> Report:
     report = Report()
-    if streams:
+    if streams or reseal_with is not None:
         nc = await bus.connect(settings.nats_url, name="rawdrive-provision")
         try:
-            await bus.provision(nc.jetstream(), bus.StreamSettings(replicas=settings.stream_replicas))
+            js = nc.jetstream()
+            if streams:
+                await bus.provision(js, bus.StreamSettings(replicas=settings.stream_replicas))
+                report.streams = [spec.name for spec in (*bus.STREAMS, bus.DEADLETTER_STREAM)]
+                log.info("streams provisioned", extra={"streams": report.streams, "replicas": settings.stream_replicas})
+            if reseal_with is not None:
+                kv = await profile_bucket(js, replicas=settings.stream_replicas)
+                report.profiles = await reseal_profiles(kv, reseal_with)
+                log.info("storage profiles resealed", extra=msgspec.structs.asdict(report.profiles))
         finally:
             await nc.close()
-        report.streams = [spec.name for spec in (*bus.STREAMS, bus.DEADLETTER_STREAM)]
-        log.info("streams provisioned", extra={"streams": report.streams, "replicas": settings.stream_replicas})
     for target in targets:
         assert settings.database_url is not None
         applied = await db.migrate(settings.database_url, target.schema, migrations_of(target.package))
@@ -83,24 +102,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", action="store_true", help="create or update every stream")
     parser.add_argument("--migrate", metavar="SCHEMA=PACKAGE", type=parse_target, action="append", default=[],
                         help="apply PACKAGE's migrations to SCHEMA (repeatable)")
+    parser.add_argument("--reseal-profiles", action="store_true",
+                        help="seal every BYOS storage profile under the current master key")
     args = parser.parse_args(argv)
-    if not args.streams and not args.migrate:
-        parser.error("nothing to do: give --streams and/or --migrate")
+    if not (args.streams or args.migrate or args.reseal_profiles):
+        parser.error("nothing to do: give --streams, --migrate and/or --reseal-profiles")
     try:
         settings = load_settings(Settings)
-    except ConfigError as exc:
+        key = master_key(settings.storage_master_key, settings.storage_previous_master_keys)
+    except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"provision: {exc}\n")
         return 2
     if args.migrate and settings.database_url is None:
         sys.stderr.write("provision: RAWDRIVE_DATABASE_URL is required with --migrate\n")
         return 2
+    if args.reseal_profiles and key is None:
+        sys.stderr.write("provision: RAWDRIVE_STORAGE_MASTER_KEY is required with --reseal-profiles\n")
+        return 2
     setup_json_logging("provision", settings.log_level)
     try:
-        report = asyncio.run(provision(settings, streams=args.streams, targets=args.migrate))
+        report = asyncio.run(provision(
+            settings, streams=args.streams, targets=args.migrate, reseal_with=key if args.reseal_profiles else None
+        ))
     except Exception:
         log.exception("provisioning failed")
         return 1
     sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    if report.profiles is not None and report.profiles.unopened:
+        log.error("storage profiles that no configured master key opens: keep the key that sealed them",
+                  extra={"refs": report.profiles.unopened})
+        return 1
     return 0
 
 

@@ -43,7 +43,7 @@ from rawdrive_platform import bus, db, metrics
 from rawdrive_platform.config import CommonSettings, ConfigError, load_settings
 from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
 from rawdrive_platform.outbox import Relay
-from rawdrive_platform.profiles import ProfileResolver, profile_resolver
+from rawdrive_platform.profiles import ProfileResolver, master_key, profile_resolver
 from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
 from rawdrive_platform.telemetry import setup_telemetry
 
@@ -202,7 +202,9 @@ def run_service(
     """The whole life of a service process; exits with its status."""
     try:
         settings = load_settings(settings_type)
-    except ConfigError as exc:
+        # Malformed master keys stop the start here, named, rather than at the first BYOS upload.
+        master_key(settings.storage_master_key, settings.storage_previous_master_keys)
+    except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         sys.exit(2)
     provider = setup_telemetry(name, settings.log_level)

@@ -27,7 +27,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
+
+from rawdrive_platform.config import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent  # the venv's bin: hadolint and kubectl come from its wheels
@@ -36,9 +39,10 @@ K8S_VERSIONS = ("1.30.0", "1.37.0")
 CUSTOM_RESOURCES = {("keda.sh/v1alpha1", "ScaledObject"), ("postgresql.cnpg.io/v1", "Cluster")}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
-# rawdrive_platform.service.STOP_TIMEOUT_S: workers get this long after SIGTERM; the pod's
-# grace must exceed it or Kubernetes kills a handler the platform would have let finish.
-STOP_TIMEOUT_S = 60
+# Workers get RAWDRIVE_STOP_TIMEOUT_S after SIGTERM (this default unless a workload's env sets
+# it); the pod's grace must exceed it or Kubernetes kills a handler the platform would let finish.
+STOP_TIMEOUT_VARIABLE = "RAWDRIVE_STOP_TIMEOUT_S"
+DEFAULT_STOP_TIMEOUT_S = next(f.default for f in msgspec.structs.fields(CommonSettings) if f.name == "stop_timeout_s")
 INGRESS_STREAMING = {
     "nginx.ingress.kubernetes.io/proxy-request-buffering": "off",
     "nginx.ingress.kubernetes.io/proxy-body-size": "0",
@@ -52,7 +56,8 @@ pod: not hostNetwork/hostPID/hostIPC; no hostPath volume; runAsNonRoot; runAsUse
 container (init too): not privileged; allowPrivilegeEscalation false; readOnlyRootFilesystem
      true; capabilities drop ALL, add nothing; cpu and memory requests and limits; an image
      with a tag or digest, tag not `latest`
-long-running workloads: liveness and readiness probes; terminationGracePeriodSeconds > STOP_TIMEOUT_S
+long-running workloads: liveness and readiness probes; terminationGracePeriodSeconds > the app
+     container's RAWDRIVE_STOP_TIMEOUT_S (env, or the ConfigMaps it reads, or the default)
 gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only"""
 
 
@@ -185,7 +190,22 @@ def _containers(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{key[:-1]} {container.get('name')}", container
 
 
-def workload_findings(obj: dict[str, Any]) -> list[str]:
+def stop_timeout_s(spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> float:
+    """RAWDRIVE_STOP_TIMEOUT_S as the first container sees it: `env` over `envFrom` ConfigMaps
+    (a later source over an earlier one, as Kubernetes does), else the platform's default."""
+    container = (spec.get("containers") or [{}])[0]
+    value = None
+    for source in container.get("envFrom") or []:
+        ref = source.get("configMapRef")
+        if ref is not None:
+            value = config_maps.get(ref.get("name"), {}).get(STOP_TIMEOUT_VARIABLE, value)
+    for entry in container.get("env") or []:
+        if entry.get("name") == STOP_TIMEOUT_VARIABLE and "value" in entry:
+            value = entry["value"]
+    return float(value) if value is not None else DEFAULT_STOP_TIMEOUT_S
+
+
+def workload_findings(obj: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> list[str]:
     spec = pod_spec(obj)
     if spec is None:
         return []
@@ -202,8 +222,9 @@ def workload_findings(obj: dict[str, Any]) -> list[str]:
         out.append(f"{where}: pod runAsUser is 0 (root)")
     if kind in LONG_RUNNING:
         grace = spec.get("terminationGracePeriodSeconds", 30)
-        if grace <= STOP_TIMEOUT_S:
-            out.append(f"{where}: terminationGracePeriodSeconds {grace} <= STOP_TIMEOUT_S {STOP_TIMEOUT_S}")
+        stop = stop_timeout_s(spec, config_maps)
+        if grace <= stop:
+            out.append(f"{where}: terminationGracePeriodSeconds {grace} <= {STOP_TIMEOUT_VARIABLE} {stop:g}")
     for label, c in _containers(spec):
         at = f"{where} {label}"
         sc = c.get("securityContext") or {}
@@ -260,7 +281,8 @@ def ingress_findings(obj: dict[str, Any]) -> list[str]:
 
 
 def policy_findings(objects: list[dict[str, Any]]) -> list[str]:
-    return [f for obj in objects for f in (*workload_findings(obj), *ingress_findings(obj))]
+    config_maps = {obj["metadata"]["name"]: obj.get("data") or {} for obj in objects if obj["kind"] == "ConfigMap"}
+    return [f for obj in objects for f in (*workload_findings(obj, config_maps), *ingress_findings(obj))]
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,7 +80,21 @@ def test_a_host_namespace_no_probes_and_short_grace_fail(k8s, capsys):
     out = capsys.readouterr().out
     assert "FAIL prod: Deployment/media-processor: hostNetwork is true" in out
     assert "FAIL prod: Deployment/media-processor container app: no livenessProbe" in out
-    assert "terminationGracePeriodSeconds 30 <= STOP_TIMEOUT_S 60" in out
+    # Its ConfigMap gives it 150 s to finish a decode after SIGTERM.
+    assert "terminationGracePeriodSeconds 30 <= RAWDRIVE_STOP_TIMEOUT_S 150" in out
+
+
+def test_a_stop_timeout_raised_past_the_grace_period_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: add
+          path: /spec/template/spec/containers/0/env/-
+          value: {name: RAWDRIVE_STOP_TIMEOUT_S, value: "200"}
+        """, "{kind: Deployment, name: commit-verifier}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: Deployment/commit-verifier: terminationGracePeriodSeconds 120 <= RAWDRIVE_STOP_TIMEOUT_S 200" in out
+    assert "Deployment/janitor" not in out
 
 
 def test_an_ingress_that_buffers_uploads_fails(k8s, capsys):

@@ -69,6 +69,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # How long a delivered message may go unacknowledged before another replica gets it; a
     # live handler extends it while it works, so this bounds recovery after a crash.
     consumer_ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # After SIGTERM: how long workers may finish what they hold, and then in-flight HTTP
+    # requests; longer than the slowest handling, shorter than the pod's grace period.
+    stop_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     log_level: LogLevel = "INFO"
     # How often the Runtime samples the gauges on /metrics (consumer lag, dead letters, outbox).
     metrics_sample_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0

@@ -56,8 +56,8 @@ Sampler = Callable[[], Awaitable[None]]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
-# Longer than the slowest handler's remaining work after SIGTERM; Kubernetes' grace is longer.
-STOP_TIMEOUT_S = 60.0
+# How long workers cancelled at the stop timeout get to unwind.
+_CANCELLED_UNWIND_S = 5.0
 
 
 class Runtime:
@@ -135,7 +135,7 @@ class Runtime:
         app = app if app is not None else web.Application()
         self.health.mount(app)
         metrics.mount(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_TIMEOUT_S)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.stop_timeout_s)
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port or self.settings.health_port).start()
         self._exit.push_async_callback(runner.cleanup)
@@ -166,10 +166,14 @@ class Runtime:
         self.stop.set()
         stopper.cancel()
         if self._workers:
-            _, unfinished = await asyncio.wait(self._workers, timeout=STOP_TIMEOUT_S)
+            _, unfinished = await asyncio.wait(self._workers, timeout=self.settings.stop_timeout_s)
             for task in unfinished:
                 log.warning("worker did not stop in time", extra={"worker": task.get_name()})
                 task.cancel()
+            if unfinished:
+                # Their cleanup (releasing a connection, nak'ing a message) runs before aclose
+                # closes what it needs.
+                await asyncio.wait(unfinished, timeout=_CANCELLED_UNWIND_S)
         log.info("service stopped", extra={"service": self.name})
         return 1 if crashed else 0
 

@@ -233,3 +233,12 @@ def test_reason_of_an_advisory_without_one_says_what_happened():
     assert deadletter.reason_of("max_deliveries", "", 5) == "not acknowledged after 5 deliveries"
     assert deadletter.reason_of("terminated", "boom", 1) == "boom"
 
+
+
+async def test_closing_or_draining_our_own_connection_logs_no_disconnect_warning(nats_url, caplog):
+    for finish in ("close", "drain"):
+        nc = await bus.connect(nats_url, name="test-clean-close")
+        with caplog.at_level("WARNING", logger="rawdrive_platform.bus"):
+            caplog.clear()
+            await getattr(nc, finish)()
+        assert not [r for r in caplog.records if r.getMessage() == "nats disconnected"], finish

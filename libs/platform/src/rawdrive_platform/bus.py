@@ -89,8 +89,11 @@ ExhaustedHandler = Callable[[CloudEvent[Any], BaseException], Awaitable[None]]
 
 async def connect(url: str, *, name: str) -> NATS:
     """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile."""
+    client: NATS | None = None
 
     async def on_disconnect() -> None:
+        if client is not None and client.is_closed:
+            return  # our own close or drain at shutdown, not an outage to warn about
         log.warning("nats disconnected", extra={"nats_url": url})
 
     async def on_reconnect() -> None:
@@ -99,7 +102,7 @@ async def connect(url: str, *, name: str) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
-    return await nats.connect(
+    client = await nats.connect(
         servers=[url],
         name=name,
         max_reconnect_attempts=-1,
@@ -110,6 +113,7 @@ async def connect(url: str, *, name: str) -> NATS:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    return client
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: StreamSettings) -> None:

@@ -28,6 +28,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import boto3
@@ -168,22 +169,39 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 
-def session_rates(gateway_url: str, token: str, count: int, rounds: int = 3) -> dict[str, float]:
-    """Median sessions/s of the gateway and both trivial handlers, measured in turns."""
-    servers, urls = [], {"gateway": f"{gateway_url}/v1/workspaces/{WORKSPACE}/uploads"}
+class SessionFigures(NamedTuple):
+    rate: float  # sessions/s, median of the rounds
+    server_cpu_us: float  # CPU the server process spent per session, median of the rounds
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def session_rates(gateway: Gateway, token: str, count: int, rounds: int = 3) -> dict[str, SessionFigures]:
+    """The gateway's and both trivial handlers' sessions/s and server CPU per session, measured
+    in turns. The CPU figure does not depend on how much of the machine the client and the
+    servers behind the gateway take, which the rates do."""
+    servers: list[subprocess.Popen[bytes]] = []
+    targets = {"gateway": (f"{gateway.url}/v1/workspaces/{WORKSPACE}/uploads", gateway.process.pid)}
     for loop in ("default", "uvloop"):
         port = free_port()
         servers.append(subprocess.Popen([sys.executable, "-c", TRIVIAL_APP, str(port), loop]))
-        urls[f"trivial ({loop} loop)"] = f"http://127.0.0.1:{port}/v1/workspaces/{WORKSPACE}/uploads"
+        targets[f"trivial ({loop} loop)"] = (f"http://127.0.0.1:{port}/v1/workspaces/{WORKSPACE}/uploads", servers[-1].pid)
     try:
         time.sleep(1.5)
-        for url in urls.values():
+        for url, _ in targets.values():
             asyncio.run(session_rate(url, token, 100))  # warm up
-        samples: dict[str, list[float]] = {name: [] for name in urls}
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        cpu_us: dict[str, list[float]] = {name: [] for name in targets}
         for _ in range(rounds):
-            for name, url in urls.items():
-                samples[name].append(asyncio.run(session_rate(url, token, count)))
-        return {name: statistics.median(values) for name, values in samples.items()}
+            for name, (url, pid) in targets.items():
+                before = process_cpu_s(pid)
+                rates[name].append(asyncio.run(session_rate(url, token, count)))
+                cpu_us[name].append((process_cpu_s(pid) - before) * 1e6 / count)
+        return {name: SessionFigures(statistics.median(rates[name]), statistics.median(cpu_us[name])) for name in targets}
     finally:
         for server in servers:
             server.terminate()
@@ -224,16 +242,20 @@ def main() -> int:
 
         gateway = Gateway(env, work / "gateway.log")
         try:
-            rates = session_rates(gateway.url, token, args.sessions)
+            measured = session_rates(gateway, token, args.sessions)
         finally:
             gateway.stop()
-        ours = rates.pop("gateway")
-        print(f"session creation: gateway {ours:.0f}/s (median of 3 x {args.sessions}, concurrency 20)")
-        for name, rate in rates.items():
-            print(f"  vs {name} {rate:.0f}/s: {ours / rate:.2f}x")
-        default = rates["trivial (default loop)"]
+        ours = measured.pop("gateway")
+        print(f"session creation: gateway {ours.rate:.0f}/s, {ours.server_cpu_us:.0f} us server CPU per session "
+              f"(medians of 3 x {args.sessions}, concurrency 20)")
+        for name, theirs in measured.items():
+            print(f"  vs {name} {theirs.rate:.0f}/s: {ours.rate / theirs.rate:.2f}x; "
+                  f"{theirs.server_cpu_us:.0f} us server CPU per session")
+        default = measured["trivial (default loop)"]
         figures.append(figure("session creation, concurrency 20 (vs trivial aiohttp handler)", "sessions/s",
-                              ours, default, ">= 0.5x", ours / default >= 0.5))
+                              ours.rate, default.rate, ">= 0.5x", ours.rate / default.rate >= 0.5))
+        figures.append(figure("server CPU per session created (vs trivial aiohttp handler)", "us",
+                              ours.server_cpu_us, default.server_cpu_us, "none (explains the rate)", None))
     if args.json:
         args.json.write_text(json.dumps({"bench": "tus_bench", "figures": figures}, indent=2))
     return 0

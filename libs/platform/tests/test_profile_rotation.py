@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from rawdrive_platform.profiles import (
     seal_profile,
 )
 from rawdrive_platform.storage import StorageProfile
+from rawdrive_platform.testing import run_module
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
@@ -159,12 +159,7 @@ async def test_a_listing_that_ends_before_the_first_key_is_asked_again_not_taken
 
 
 def run_provision(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("RAWDRIVE_")}
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "rawdrive_platform.provision", *args],
-        env=environ, capture_output=True, text=True, timeout=120,
-    )
+    return run_module("rawdrive_platform.provision", *args, **env)
 
 
 async def test_provision_reseal_profiles_rotates_the_key_and_fails_while_a_profile_would_be_lost(tmp_path: Path):
@@ -216,13 +211,12 @@ def test_reseal_without_a_usable_key_exits_2_naming_the_variable(env, message):
 
 
 def test_a_service_with_a_malformed_previous_key_refuses_to_start_naming_it():
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAWDRIVE_")}
-    env.update({
-        "RAWDRIVE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "RAWDRIVE_NATS_URL": "nats://127.0.0.1:1",
-        "RAWDRIVE_S3_BUCKET": "b", "RAWDRIVE_S3_ACCESS_KEY_ID": "a", "RAWDRIVE_S3_SECRET_ACCESS_KEY": "s",
-        "RAWDRIVE_STORAGE_MASTER_KEY": MasterKey.generate(), "RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS": "not base64!",
-    })  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "janitor"], env=env, capture_output=True, text=True, timeout=60)
+    result = run_module(
+        "janitor",
+        RAWDRIVE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", RAWDRIVE_NATS_URL="nats://127.0.0.1:1",
+        RAWDRIVE_S3_BUCKET="b", RAWDRIVE_S3_ACCESS_KEY_ID="a", RAWDRIVE_S3_SECRET_ACCESS_KEY="s",
+        RAWDRIVE_STORAGE_MASTER_KEY=MasterKey.generate(), RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS="not base64!",
+    )  # fmt: skip
     assert result.returncode == 2
     assert "RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS is not valid base64" in result.stderr
     assert "not base64!" not in result.stderr

@@ -4,9 +4,7 @@ process with only RAWDRIVE_* in its environment (as in the pod)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import asyncpg
 import pytest
@@ -14,15 +12,11 @@ import pytest
 from rawdrive_contracts import STREAMS
 from rawdrive_platform import bus
 from rawdrive_platform.bus import DEADLETTER_STREAM
+from rawdrive_platform.testing import run_module
 
 
 def run_provision(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("RAWDRIVE_")}
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "rawdrive_platform.provision", *args],
-        env=environ, capture_output=True, text=True, timeout=120,
-    )
+    return run_module("rawdrive_platform.provision", *args, **env)
 
 
 async def test_streams_and_every_service_schema_are_provisioned_and_a_rerun_is_a_no_op(nats_url, fresh_database_url):

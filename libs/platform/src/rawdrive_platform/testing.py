@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -221,3 +223,12 @@ def start_s3_server() -> Iterator[Callable[..., S3Server]]:
     finally:
         stop_all(started)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def run_module(module: str, *args: str, timeout_s: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` as a child process whose only RAWDRIVE_* settings are `env`, as in
+    a pod: none leak in from the test run's own environment. Output captured as text."""
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("RAWDRIVE_")}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=environ | env, capture_output=True, text=True, timeout=timeout_s
+    )

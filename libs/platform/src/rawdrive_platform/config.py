@@ -81,7 +81,8 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Opens bring-your-own-bucket credentials (32 bytes, base64); without it only the managed
     # bucket resolves. Every service that touches BYOS objects needs the same key.
     storage_master_key: Secret | None = None
-    # During a rotation: the keys replaced, comma-separated; they open credentials, never seal.
+    # During a rotation: more keys, comma-separated, that open credentials but never seal (the
+    # old key, and the new one before it becomes current; deploy/k8s/README.md has the steps).
     storage_previous_master_keys: Secret | None = None
 
 

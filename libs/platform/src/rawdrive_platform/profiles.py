@@ -7,10 +7,12 @@ AES-256-GCM under the master key (RAWDRIVE_STORAGE_MASTER_KEY), with the ref as 
 so a record copied under another ref does not open. A ref is never reused: a changed profile gets
 a new ref, so uploads started under the old one still resolve it.
 
-Rotating the master key: give every service the new key and the old one in
-RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS (previous keys open, never seal), run `reseal_profiles`
-(`python -m rawdrive_platform.provision --reseal-profiles`), then drop the old key. Re-sealing
-rewrites a record's ciphertext only; its ref and what it resolves to stay the same.
+Rotating the master key (deploy/k8s/README.md has the steps): keys in
+RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS open but never seal, so every service can open records
+sealed under the old key and the new one while the change rolls out; `reseal_profiles`
+(`python -m rawdrive_platform.provision --reseal-profiles`) then seals every record under the
+current key, and the old key can go. Re-sealing rewrites a record's ciphertext only; its ref and
+what it resolves to stay the same.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def managed_only(managed: Storage) -> StorageResolver:
 
 class MasterKey:
     """The AES-256-GCM keys that seal profile credentials: the current key seals and opens;
-    previous keys, kept while a rotation is under way, only open. Never printed."""
+    the others, kept while a rotation is under way, only open. Never printed."""
 
     __slots__ = ("_current", "_previous")
 

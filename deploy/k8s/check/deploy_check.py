@@ -222,7 +222,11 @@ def workload_findings(obj: dict[str, Any], config_maps: dict[str, dict[str, str]
         out.append(f"{where}: pod runAsUser is 0 (root)")
     if kind in LONG_RUNNING:
         grace = spec.get("terminationGracePeriodSeconds", 30)
-        stop = stop_timeout_s(spec, config_maps)
+        try:
+            stop = stop_timeout_s(spec, config_maps)
+        except ValueError as error:
+            out.append(f"{where}: {STOP_TIMEOUT_VARIABLE} is not a number of seconds ({error})")
+            stop = DEFAULT_STOP_TIMEOUT_S
         if grace <= stop:
             out.append(f"{where}: terminationGracePeriodSeconds {grace} <= {STOP_TIMEOUT_VARIABLE} {stop:g}")
     for label, c in _containers(spec):

@@ -84,16 +84,21 @@ def test_a_host_namespace_no_probes_and_short_grace_fail(k8s, capsys):
     assert "terminationGracePeriodSeconds 30 <= RAWDRIVE_STOP_TIMEOUT_S 150" in out
 
 
-def test_a_stop_timeout_raised_past_the_grace_period_fails(k8s, capsys):
+def test_a_stop_timeout_raised_past_the_grace_period_or_not_a_number_fails(k8s, capsys):
     add_patch(k8s, """
         - op: add
           path: /spec/template/spec/containers/0/env/-
           value: {name: RAWDRIVE_STOP_TIMEOUT_S, value: "200"}
-        """, "{kind: Deployment, name: commit-verifier}")
+        """, "{kind: Deployment, name: commit-verifier}", ("""
+        - op: add
+          path: /spec/template/spec/containers/0/env/-
+          value: {name: RAWDRIVE_STOP_TIMEOUT_S, value: "soon"}
+        """, "{kind: Deployment, name: media-processor}"))
 
     assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
     out = capsys.readouterr().out
     assert "FAIL prod: Deployment/commit-verifier: terminationGracePeriodSeconds 120 <= RAWDRIVE_STOP_TIMEOUT_S 200" in out
+    assert "FAIL prod: Deployment/media-processor: RAWDRIVE_STOP_TIMEOUT_S is not a number of seconds" in out
     assert "Deployment/janitor" not in out
 
 

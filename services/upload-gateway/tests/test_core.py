@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rawdrive_platform.config import load_settings
 from rawdrive_platform.keys import check_filename, safe_filename
 from upload_gateway import problems
+from upload_gateway.app import token_verifier
 from upload_gateway.auth import (
     MINIMUM_ROLE,
     Principal,
@@ -50,6 +52,7 @@ from upload_gateway.sessions import (
     plan_parts,
     transition,
 )
+from upload_gateway.settings import Settings
 from upload_gateway.tus_session import tus_part_size
 from upload_gateway.uploads import new_id
 
@@ -395,6 +398,44 @@ def test_an_upload_token_expires_with_its_session():
     expired = tokens.mint_upload_token(grant, datetime.now(UTC) - timedelta(minutes=5))
     with pytest.raises(Unauthorized):
         tokens.upload_grant(f"Bearer {expired}")
+
+
+def test_after_a_secret_rotation_old_upload_tokens_still_open_their_upload_and_new_ones_use_the_new_secret():
+    old_secret, new_secret = "o" * 48, "n" * 48
+    grant = UploadGrant(sub="a", workspace_id="ws", upload_id="u1")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    before = TokenVerifier(upload_secret=old_secret, hs256_secret=SECRET).mint_upload_token(grant, later)
+    rotated = TokenVerifier(upload_secret=new_secret, hs256_secret=SECRET, previous_upload_secrets=[old_secret])
+
+    assert rotated.upload_grant(f"Bearer {before}") == grant
+    after = rotated.mint_upload_token(grant, later)
+    assert TokenVerifier(upload_secret=new_secret, hs256_secret=SECRET).upload_grant(f"Bearer {after}") == grant
+    with pytest.raises(Unauthorized):  # minted under the new secret only
+        TokenVerifier(upload_secret=old_secret, hs256_secret=SECRET).upload_grant(f"Bearer {after}")
+    # Without the old secret, the tokens minted before no longer open anything.
+    with pytest.raises(Unauthorized):
+        TokenVerifier(upload_secret=new_secret, hs256_secret=SECRET).upload_grant(f"Bearer {before}")
+    # An expired token signed with the old secret stays refused, and so does a stranger's.
+    expired = TokenVerifier(upload_secret=old_secret, hs256_secret=SECRET).mint_upload_token(
+        grant, datetime.now(UTC) - timedelta(minutes=5)
+    )
+    stranger = TokenVerifier(upload_secret="s" * 48, hs256_secret=SECRET).mint_upload_token(grant, later)
+    for token in (expired, stranger):
+        with pytest.raises(Unauthorized):
+            rotated.upload_grant(f"Bearer {token}")
+
+
+def test_previous_upload_secrets_are_read_comma_separated_from_the_settings():
+    settings = load_settings(Settings, {
+        "RAWDRIVE_DATABASE_URL": "postgresql://x@127.0.0.1/x", "RAWDRIVE_S3_BUCKET": "b",
+        "RAWDRIVE_S3_ACCESS_KEY_ID": "a", "RAWDRIVE_S3_SECRET_ACCESS_KEY": "s", "RAWDRIVE_JWT_SECRET": SECRET,
+        "RAWDRIVE_UPLOAD_TOKEN_SECRET": "n" * 48, "RAWDRIVE_UPLOAD_TOKEN_PREVIOUS_SECRETS": f" {'o' * 48}, {'p' * 48} ,",
+    })  # fmt: skip
+    grant = UploadGrant(sub="a", workspace_id="ws", upload_id="u1")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for old_secret in ("o" * 48, "p" * 48):
+        token = TokenVerifier(upload_secret=old_secret, hs256_secret=SECRET).mint_upload_token(grant, later)
+        assert token_verifier(settings).upload_grant(f"Bearer {token}") == grant
 
 
 # -- problem table ---------------------------------------------------------------------------

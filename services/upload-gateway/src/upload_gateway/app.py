@@ -34,11 +34,13 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     upload_secret = settings.upload_token_secret or settings.jwt_secret
     if upload_secret is None:
         raise ValueError("set RAWDRIVE_UPLOAD_TOKEN_SECRET (or RAWDRIVE_JWT_SECRET in development)")
+    previous = settings.upload_token_previous_secrets
     return TokenVerifier(
         upload_secret=upload_secret.reveal(),
         hs256_secret=None if settings.jwt_jwks_url else user_secret,
         jwks_url=settings.jwt_jwks_url,
         audience=settings.jwt_audience,
+        previous_upload_secrets=[s.strip() for s in previous.reveal().split(",") if s.strip()] if previous else (),
     )
 
 

@@ -7,7 +7,10 @@ provider's JWKS (RAWDRIVE_JWT_JWKS_URL). A user token must not carry the upload 
 
 Upload tokens: minted here when a session is created, HS256 with the gateway's own secret,
 audience `UPLOAD_AUDIENCE`, bound to one upload and workspace, expiring with the session. They
-open that upload's data routes (tus, parts) and nothing else; a user token is never one.
+open that upload's data routes (tus, parts) and nothing else; a user token is never one. To
+rotate the secret without breaking uploads in flight, the replaced one goes to
+RAWDRIVE_UPLOAD_TOKEN_PREVIOUS_SECRETS: it still verifies, never signs, until the longest session
+minted under it has expired.
 
 Access rule: a workspace missing from the token is 404 (existence never leaks); a role below
 the action's minimum is 403.
@@ -20,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -179,10 +183,12 @@ class TokenVerifier:
         hs256_secret: str | None = None,
         jwks_url: str | None = None,
         audience: str | None = None,
+        previous_upload_secrets: Sequence[str] = (),
     ) -> None:
         if (hs256_secret is None) == (jwks_url is None):
             raise ValueError("configure exactly one of an HS256 secret and a JWKS URL")
-        self._upload_secret = upload_secret
+        # The first signs; all verify (the others only during a rotation).
+        self._upload_secrets = (upload_secret, *previous_upload_secrets)
         self._upload_key = upload_secret.encode()
         self._hs256_secret = hs256_secret
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
@@ -235,18 +241,32 @@ class TokenVerifier:
     def upload_grant(self, authorization: str | None) -> UploadGrant:
         token = bearer_token(authorization)
         try:
-            claims = jwt.decode(
-                token,
-                self._upload_secret,
-                algorithms=["HS256"],
-                audience=UPLOAD_AUDIENCE,
-                leeway=LEEWAY_S,
-                options={"require": ["sub", "exp", "aud"]},
-            )
+            claims = self._upload_claims(token)
             parsed = msgspec.convert(claims, _UploadClaims)
         except (jwt.PyJWTError, msgspec.ValidationError) as error:
             raise Unauthorized(f"invalid upload token: {error}") from None
         return UploadGrant(sub=parsed.sub, workspace_id=parsed.workspace_id, upload_id=parsed.upload_id)
+
+    def _upload_claims(self, token: str) -> dict[str, object]:
+        """The claims, checked against each upload secret in turn; only a signature that no
+        secret matches moves on to the next (an expired token fails at once)."""
+        for secret in self._upload_secrets[:-1]:
+            try:
+                return self._decode_upload_token(token, secret)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_upload_token(token, self._upload_secrets[-1])
+
+    @staticmethod
+    def _decode_upload_token(token: str, secret: str) -> dict[str, object]:
+        return jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=UPLOAD_AUDIENCE,
+            leeway=LEEWAY_S,
+            options={"require": ["sub", "exp", "aud"]},
+        )
 
     def is_upload_token(self, authorization: str | None) -> bool:
         """Whether the bearer token claims the upload audience (unverified: only picks the check)."""

@@ -16,6 +16,8 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     jwt_audience: str | None = None
     # Signs the gateway's own upload tokens; defaults to jwt_secret, required with a JWKS URL.
     upload_token_secret: Secret | None = None
+    # During a rotation: the replaced secrets, comma-separated; they verify upload tokens, never sign.
+    upload_token_previous_secrets: Secret | None = None
     session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 24 * 3600)] = 24 * 3600
     commit_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
     # Lifetime of the download and variant URLs the assets API hands out.

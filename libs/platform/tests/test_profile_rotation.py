@@ -162,6 +162,7 @@ def run_provision(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return run_module("rawdrive_platform.provision", *args, **env)
 
 
+@pytest.mark.servers  # starts a NATS of its own
 async def test_provision_reseal_profiles_rotates_the_key_and_fails_while_a_profile_would_be_lost(tmp_path: Path):
     # A NATS of its own: the command walks the whole shared profile bucket.
     nats = NatsServer(tmp_path / "nats")

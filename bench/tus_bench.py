@@ -77,10 +77,7 @@ class Gateway:
         raise RuntimeError(f"gateway not ready; see {log}")
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
+        return peak_rss_mib(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -167,6 +164,14 @@ app.router.add_post("/v1/workspaces/{ws}/uploads", create)
 loop = asyncio.new_event_loop() if sys.argv[2] == "default" else uvloop.new_event_loop()
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop)
 """
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
 
 
 class SessionFigures(NamedTuple):

@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 from bench_stack import JWT_SECRET, bench_stack
-from tus_bench import MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, payload
+from tus_bench import MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, payload, peak_rss_mib
 
 from rawdrive_platform.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
@@ -48,13 +48,6 @@ def npm_ci() -> None:
     if npm is None:
         raise SystemExit("npm is needed for the @tus/server baseline")
     subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
 
 
 class NodeTus:

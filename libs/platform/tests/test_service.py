@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rawdrive_platform.config import CommonSettings, Secret, load_settings
+from rawdrive_platform.config import CommonSettings, load_settings
 from rawdrive_platform.service import Runtime
 
 REQUIRED = {
@@ -18,10 +18,7 @@ REQUIRED = {
 
 
 def settings(stop_timeout_s: float) -> CommonSettings:
-    return CommonSettings(
-        database_url="postgresql://nobody@127.0.0.1:1/none", s3_bucket="b", s3_access_key_id="a",
-        s3_secret_access_key=Secret("s"), stop_timeout_s=stop_timeout_s,
-    )  # fmt: skip
+    return load_settings(CommonSettings, REQUIRED | {"RAWDRIVE_STOP_TIMEOUT_S": str(stop_timeout_s)})
 
 
 def test_the_stop_timeout_comes_from_the_environment_and_defaults_to_a_minute():

@@ -65,7 +65,8 @@ def test_removing_a_field_is_a_problem():
 
 def test_removing_a_field_of_a_nested_struct_is_a_problem():
     problems = problems_after(lambda defs: defs["Variant"]["properties"].pop("width"))
-    assert set(problems) == {f"data.variants.{size}.width: removed" for size in ("thumb", "medium", "large")}
+    variants = ("thumb", "medium", "large", "motion", "motion_poster")
+    assert set(problems) == {f"data.variants.{name}.width: removed" for name in variants}
 
 
 def test_retyping_a_field_is_a_problem():

@@ -30,6 +30,8 @@ RejectionReason = Literal[
 ProcessingFailureReason = Literal[
     "type_mismatch", "unsupported_content", "decode_failed", "timeout", "storage_error", "internal"
 ]
+# Where taken_at's UTC offset came from (see MediaMetadata.taken_at_zone_source).
+TakenAtZoneSource = Literal["exif_offset", "container", "container_utc", "gps_derived", "none"]
 
 
 class EventSpec(msgspec.Struct, frozen=True):
@@ -182,15 +184,37 @@ class GpsPosition(msgspec.Struct, kw_only=True):
     altitude_m: float | None = None
 
 
+class MotionPhoto(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A still photo carrying a short video (Google / Samsung motion photo): `variants.motion`."""
+
+    # Where in the video the still was taken (XMP MotionPhotoPresentationTimestampUs).
+    presentation_timestamp_us: int | None = None
+    duration_s: float | None = None
+    video_codec: str | None = None
+
+
 class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One normalized metadata record for every kind; absent values are simply missing."""
 
     camera_make: str | None = None
     camera_model: str | None = None
     lens_model: str | None = None
+    # The firmware or OS that wrote the file (EXIF Software, QuickTime software, Android version).
+    software: str | None = None
     taken_at: CaptureTime | None = None
+    taken_at_zone_source: Annotated[
+        TakenAtZoneSource,
+        msgspec.Meta(
+            description="Where taken_at's offset came from: exif_offset (OffsetTimeOriginal), container "
+            "(the video's local creation date with its offset), container_utc (only the UTC moment is "
+            "recorded: taken_at is in UTC, the local offset is unknown), gps_derived (local clock "
+            "compared with the GPS UTC time stamp), none (no offset: taken_at is the camera's clock)"
+        ),
+    ] | None = None
     gps: GpsPosition | None = None
     orientation: int | None = None
+    # Videos: the clockwise turn a player applies (display matrix), 0, 90, 180 or 270.
+    rotation_deg: int | None = None
     width: int | None = None
     height: int | None = None
     exposure_time_s: float | None = None
@@ -201,7 +225,12 @@ class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     frame_rate: float | None = None
     video_codec: str | None = None
     audio_codec: str | None = None
+    bit_rate_bps: int | None = None
     page_count: int | None = None
+    # Apple Live Photo: the HEIC/JPEG and its MOV carry the same identifier (MakerNote tag 17,
+    # QuickTime com.apple.quicktime.content.identifier); link the two assets by it.
+    content_identifier: str | None = None
+    motion_photo: MotionPhoto | None = None
 
 
 class Variant(msgspec.Struct, kw_only=True):
@@ -216,6 +245,9 @@ class Variants(msgspec.Struct, kw_only=True, omit_defaults=True):
     thumb: Variant | None = None
     medium: Variant | None = None
     large: Variant | None = None
+    # A motion photo's embedded video as it was stored (video/mp4), and a WebP poster of it.
+    motion: Variant | None = None
+    motion_poster: Variant | None = None
 
 
 class AssetCreated(_AssetEvent, kw_only=True):

@@ -17,7 +17,7 @@ _MAX_ENTRIES = 1024
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
 _TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
 
-_IFD0 = {0x010F: "make", 0x0110: "model", 0x0112: "orientation"}
+_IFD0 = {0x010F: "make", 0x0110: "model", 0x0112: "orientation", 0x0131: "software"}
 _EXIF_IFD = {
     0x829A: "exposure_time",
     0x829D: "f_number",
@@ -25,6 +25,7 @@ _EXIF_IFD = {
     0x9003: "date_time_original",
     0x9004: "date_time_digitized",
     0x9011: "offset_time_original",
+    0x9012: "offset_time_digitized",
     0x920A: "focal_length",
     0xA434: "lens_model",
 }
@@ -35,10 +36,15 @@ _GPS_IFD = {
     0x0004: "gps_longitude",
     0x0005: "gps_altitude_ref",
     0x0006: "gps_altitude",
+    0x0007: "gps_time_stamp",
+    0x001D: "gps_date_stamp",
 }
-_EXIF_POINTER, _GPS_POINTER = 0x8769, 0x8825
+_EXIF_POINTER, _GPS_POINTER, _MAKER_NOTE = 0x8769, 0x8825, 0x927C
+# Apple's MakerNote: this header, the byte order at 12, an IFD at 14, offsets from its start.
+_APPLE_MAKER_NOTE = b"Apple iOS\x00"
+_APPLE_CONTENT_IDENTIFIER = 0x0011
 
-Value = str | int | float | tuple[float, ...] | None
+Value = str | int | float | bytes | tuple[float, ...] | None
 
 
 class ExifTags(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -46,11 +52,13 @@ class ExifTags(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     make: str | None = None
     model: str | None = None
+    software: str | None = None
     lens_model: str | None = None
     orientation: int | None = None
     date_time_original: str | None = None
     date_time_digitized: str | None = None
     offset_time_original: str | None = None
+    offset_time_digitized: str | None = None
     exposure_time: float | None = None
     f_number: float | None = None
     iso: int | None = None
@@ -61,14 +69,19 @@ class ExifTags(msgspec.Struct, kw_only=True, omit_defaults=True):
     gps_longitude: tuple[float, ...] | None = None
     gps_altitude_ref: int | None = None
     gps_altitude: float | None = None
+    gps_time_stamp: tuple[float, ...] | None = None  # UTC hours, minutes, seconds of the fix
+    gps_date_stamp: str | None = None  # UTC date of the fix, `YYYY:MM:DD`
+    content_identifier: str | None = None  # Apple MakerNote tag 17: the Live Photo's pairing id
 
 
 _FIELD_TYPES: dict[str, type] = {
-    "make": str, "model": str, "lens_model": str, "orientation": int, "date_time_original": str,
-    "date_time_digitized": str, "offset_time_original": str, "exposure_time": float,
+    "make": str, "model": str, "software": str, "lens_model": str, "orientation": int,
+    "date_time_original": str, "date_time_digitized": str, "offset_time_original": str,
+    "offset_time_digitized": str, "exposure_time": float,
     "f_number": float, "iso": int, "focal_length": float, "gps_latitude_ref": str,
     "gps_latitude": tuple, "gps_longitude_ref": str, "gps_longitude": tuple,
-    "gps_altitude_ref": int, "gps_altitude": float,
+    "gps_altitude_ref": int, "gps_altitude": float, "gps_time_stamp": tuple, "gps_date_stamp": str,
+    "content_identifier": str,
 }
 
 
@@ -107,7 +120,18 @@ def read_exif(tiff: memoryview | bytes) -> ExifTags:
             for sub_tag, sub_value in _read_ifd(buf, order, value, visited).items():
                 if sub_tag in names:
                     found[names[sub_tag]] = sub_value
+                elif sub_tag == _MAKER_NOTE and isinstance(sub_value, bytes):
+                    found["content_identifier"] = apple_content_identifier(sub_value)
     return _typed(found)
+
+
+def apple_content_identifier(maker_note: bytes) -> str | None:
+    """Tag 17 of an Apple MakerNote (its IFD is a TIFF IFD whose offsets start at the note)."""
+    if not maker_note.startswith(_APPLE_MAKER_NOTE) or maker_note[12:14] not in (b"MM", b"II"):
+        return None
+    order = ">" if maker_note[12:14] == b"MM" else "<"
+    value = _read_ifd(maker_note, order, 14, set()).get(_APPLE_CONTENT_IDENTIFIER)
+    return value if isinstance(value, str) else None
 
 
 def _typed(found: dict[str, Value]) -> ExifTags:
@@ -157,7 +181,9 @@ def _decode(raw: bytes, order: str, kind: int, n: int) -> Value:
         if any(v != v for v in values):  # a zero denominator: the value is unknown
             return None
         return values[0] if n == 1 else values
-    codes = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 7: "B"}
+    if kind == 7:  # UNDEFINED: opaque bytes (a MakerNote)
+        return raw
+    codes = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}
     if kind not in codes:
         return None
     ints = struct.unpack(f"{order}{n}{codes[kind]}", raw)

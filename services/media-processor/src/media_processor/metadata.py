@@ -4,6 +4,11 @@ Sources, by trust: EXIF (our own reader: DateTimeOriginal, GPS, exposure), the d
 size (after orientation), ffprobe for video, Ghostscript's page count for PDFs, and hachoir as the
 fallback for container headers ffprobe cannot open (a header-only Matroska). hachoir's photo
 `creation_date` is the IFD0 *modify* date, so it never becomes a photo's taken_at.
+
+taken_at keeps the local clock with the offset the file recorded, and `taken_at_zone_source`
+says where that offset came from; with none recorded the value stays naive ("none") rather
+than being passed off as UTC. Phone videos fill the same fields as photos from their QuickTime
+keys (iPhone) or `com.android.*` / `location` tags (Android), as ffprobe reports them.
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ import msgspec
 
 from media_processor.exif import ExifTags
 from media_processor.variants import Size
-from rawdrive_contracts import GpsPosition, MediaMetadata
+from rawdrive_contracts import GpsPosition, MediaMetadata, TakenAtZoneSource
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 _ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?")
 # Clockwise rotation a viewer applies -> the EXIF orientation that says the same.
 _ROTATION_TO_ORIENTATION = {0: 1, 90: 6, 180: 3, 270: 8}
+# A GPS-derived offset: local clock minus the fix's UTC time, a whole quarter hour (every zone
+# is one) give or take this much, since the fix may be a little older than the shutter.
+_GPS_FIX_SLACK = timedelta(minutes=3)
+_QUARTER_HOUR = timedelta(minutes=15)
+_MAX_OFFSET = timedelta(hours=14)
+# QuickTime keys of an iPhone, then Android's, then the classic ©mak/©mod/©xyz atoms.
+_MAKE_KEYS = ("com.apple.quicktime.make", "com.android.manufacturer", "make")
+_MODEL_KEYS = ("com.apple.quicktime.model", "com.android.model", "model")
+_LOCATION_KEYS = ("com.apple.quicktime.location.ISO6709", "location")
+_LOCAL_CREATION_KEY = "com.apple.quicktime.creationdate"  # local time with its offset
+_CONTENT_IDENTIFIER_KEY = "com.apple.quicktime.content.identifier"
 
 
 class HachoirFacts(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -51,12 +67,14 @@ class ProbeStream(msgspec.Struct, frozen=True):
     avg_frame_rate: str | None = None
     r_frame_rate: str | None = None
     duration: str | None = None
+    bit_rate: str | None = None
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     side_data_list: tuple[ProbeSideData, ...] = ()
 
 
 class ProbeFormat(msgspec.Struct, frozen=True):
     duration: str | None = None
+    bit_rate: str | None = None
     tags: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -75,12 +93,14 @@ def parse_probe(raw: bytes) -> Probe:
 def photo_metadata(exif: ExifTags, display: Size | None, hachoir: HachoirFacts | None = None) -> MediaMetadata:
     fallback = hachoir or HachoirFacts()
     size = display or _size(fallback.width, fallback.height)
+    taken_at, zone_source = photo_taken_at(exif)
     return MediaMetadata(
         camera_make=exif.make or fallback.camera_make,
         camera_model=exif.model or fallback.camera_model,
         lens_model=exif.lens_model,
-        taken_at=exif_datetime(exif.date_time_original, exif.offset_time_original)
-        or exif_datetime(exif.date_time_digitized),
+        software=exif.software,
+        taken_at=taken_at,
+        taken_at_zone_source=zone_source,
         gps=gps_position(exif),
         orientation=exif.orientation if exif.orientation in range(1, 9) else None,
         width=size.width if size else None,
@@ -89,7 +109,50 @@ def photo_metadata(exif: ExifTags, display: Size | None, hachoir: HachoirFacts |
         f_number=_positive(exif.f_number),
         iso=exif.iso if exif.iso else None,
         focal_length_mm=_positive(exif.focal_length),
+        content_identifier=exif.content_identifier,
     )
+
+
+def photo_taken_at(exif: ExifTags) -> tuple[datetime | None, TakenAtZoneSource | None]:
+    """DateTimeOriginal with OffsetTimeOriginal (else DateTimeDigitized with its own offset).
+
+    Never OffsetTime (0x9010, the modify date's offset) nor the modify date itself. Without a
+    recorded offset, the GPS time stamp may tell it; otherwise the clock stays naive.
+    """
+    for text, offset in (
+        (exif.date_time_original, exif.offset_time_original),
+        (exif.date_time_digitized, exif.offset_time_digitized),
+    ):
+        value = exif_datetime(text, offset)
+        if value is None:
+            continue
+        if value.tzinfo is not None:
+            return value, "exif_offset"
+        zone = gps_offset(value, exif.gps_date_stamp, exif.gps_time_stamp)
+        if zone is not None:
+            return value.replace(tzinfo=zone), "gps_derived"
+        return value, "none"
+    return None, None
+
+
+def gps_offset(local: datetime, date_stamp: str | None, time_stamp: tuple[float, ...] | None) -> timezone | None:
+    """The UTC offset that turns the GPS fix's UTC time into the camera's local clock, if any."""
+    if not date_stamp or time_stamp is None or len(time_stamp) != 3:
+        return None
+    hours, minutes, seconds = time_stamp
+    if not (0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61):
+        return None
+    try:
+        day = datetime.strptime(date_stamp.strip()[:10], "%Y:%m:%d")
+    except ValueError:
+        return None
+    utc = day + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    difference = local - utc
+    quarters = round(difference / _QUARTER_HOUR)
+    offset = quarters * _QUARTER_HOUR
+    if abs(difference - offset) > _GPS_FIX_SLACK or abs(offset) > _MAX_OFFSET:
+        return None
+    return timezone(offset)
 
 
 def exif_datetime(text: str | None, offset: str | None = None) -> datetime | None:
@@ -144,27 +207,65 @@ def video_metadata(probe: Probe | None, hachoir: HachoirFacts | None = None) -> 
             duration_s=fallback.duration_s,
             frame_rate=fallback.frame_rate,
             taken_at=fallback.creation_date,
+            # hachoir hands over a naive date whatever the container meant by it.
+            taken_at_zone_source="none" if fallback.creation_date else None,
         )
     video = next((s for s in probe.streams if s.codec_type == "video"), None)
     audio = next((s for s in probe.streams if s.codec_type == "audio"), None)
-    orientation = _ROTATION_TO_ORIENTATION.get(video_rotation(video)) if video else None
+    rotation = video_rotation(video) if video else None
+    orientation = _ROTATION_TO_ORIENTATION.get(rotation) if rotation is not None else None
     size = _size(video.width, video.height) if video else None
     size = size or _size(fallback.width, fallback.height)
     if size is not None and orientation in (6, 8):
         size = Size(size.height, size.width)
-    created = probe.format.tags.get("creation_time") or (video.tags.get("creation_time") if video else None)
-    location = probe.format.tags.get("com.apple.quicktime.location.ISO6709") or probe.format.tags.get("location")
+    # Container-level keys first; a stream's own tags only where the container has none.
+    tags = {**(video.tags if video else {}), **probe.format.tags}
+    taken_at, zone_source = video_taken_at(tags)
+    if taken_at is None and fallback.creation_date is not None:
+        taken_at, zone_source = fallback.creation_date, "none"
     return MediaMetadata(
-        taken_at=iso_datetime(created) or fallback.creation_date,
-        gps=iso6709(location),
+        camera_make=_first(tags, _MAKE_KEYS),
+        camera_model=_first(tags, _MODEL_KEYS),
+        software=video_software(tags),
+        taken_at=taken_at,
+        taken_at_zone_source=zone_source,
+        gps=iso6709(_first(tags, _LOCATION_KEYS)),
         orientation=orientation,
+        rotation_deg=rotation,
         width=size.width if size else None,
         height=size.height if size else None,
         duration_s=_duration(probe, video) or fallback.duration_s,
         frame_rate=(_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else None) or fallback.frame_rate,
         video_codec=video.codec_name if video else None,
         audio_codec=audio.codec_name if audio else None,
+        bit_rate_bps=_bit_rate(probe.format.bit_rate) or (_bit_rate(video.bit_rate) if video else None),
+        content_identifier=_first(tags, (_CONTENT_IDENTIFIER_KEY,)),
     )
+
+
+def video_taken_at(tags: dict[str, str]) -> tuple[datetime | None, TakenAtZoneSource | None]:
+    """The iPhone's local creation date with its offset, else the container's UTC creation time.
+
+    QuickTime's `creation_time` (mvhd) is the UTC moment with no word on the local offset, so it
+    is reported in UTC as `container_utc`, never as the local clock.
+    """
+    local = iso_datetime(tags.get(_LOCAL_CREATION_KEY))
+    if local is not None:
+        return local, "container" if local.tzinfo is not None else "none"
+    moment = iso_datetime(tags.get("creation_time"))
+    if moment is None or moment.year < 1971:  # an unset mvhd date (0: 1904, or the Unix epoch)
+        return None, None
+    if moment.tzinfo is None:
+        return moment, "none"
+    return moment.astimezone(timezone.utc), "container_utc"
+
+
+def video_software(tags: dict[str, str]) -> str | None:
+    apple = _first(tags, ("com.apple.quicktime.software",))
+    if apple:
+        return apple
+    android = _first(tags, ("com.android.version",))
+    return f"Android {android}" if android else None
 
 
 def video_rotation(stream: ProbeStream) -> int:
@@ -207,6 +308,19 @@ def poster_time(duration_s: float | None) -> float:
     if duration_s >= 10:
         return duration_s / 10
     return min(1.0, duration_s / 2)
+
+
+def _first(tags: dict[str, str], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = tags.get(key, "").strip()
+        if value:
+            return value[:200]
+    return None
+
+
+def _bit_rate(text: str | None) -> int | None:
+    value = _float(text)
+    return round(value) if value else None
 
 
 def _duration(probe: Probe, video: ProbeStream | None) -> float | None:

@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 SOURCE = "rawdrive/media-processor"
-VARIANT_FILE = "image.webp"
+# The file name under each variant's key, by what the variant is: WebP pictures, and a motion
+# photo's video stored as it came.
+VARIANT_FILES = {"image/webp": "image.webp", "video/mp4": "video.mp4"}
 
 
 @dataclass(frozen=True)
@@ -148,15 +150,18 @@ async def _download_checked(storage: Storage, upload: UploadVerified, target: Pa
 
 
 async def _store_variants(storage: Storage, upload: UploadVerified, outcome: Outcome) -> Variants:
-    """Put every variant at once: three round trips to S3 overlap instead of adding up."""
+    """Put every variant at once: the round trips to S3 overlap instead of adding up."""
 
     async def store(produced: Produced) -> Variant:
         key = keys.derived_key(
-            upload.workspace_id, upload.asset_id, produced.name, VARIANT_FILE, storage.profile.key_prefix
+            upload.workspace_id, upload.asset_id, produced.name, VARIANT_FILES[produced.mime_type],
+            storage.profile.key_prefix,
         )
         body = Path(produced.path).read_bytes()
-        await storage.put(key, body, "image/webp")
-        return Variant(key=key, width=produced.width, height=produced.height, size_bytes=len(body))
+        await storage.put(key, body, produced.mime_type)
+        return Variant(
+            key=key, width=produced.width, height=produced.height, mime_type=produced.mime_type, size_bytes=len(body)
+        )
 
     # Wait for all of them before raising, so no put is left running unobserved; the first
     # failure is the one the handler judges (StorageUnavailable is retried, StorageError is not).

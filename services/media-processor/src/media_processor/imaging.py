@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ["MAGICK_CONFIGURE_PATH"] = str(files("media_processor") / "magick")
 
 import hachoir.core.config  # noqa: E402
+import msgspec  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
 from wand.exceptions import WandException  # noqa: E402
@@ -35,9 +36,10 @@ from media_processor.metadata import (  # noqa: E402
     poster_time,
     video_metadata,
 )
+from media_processor.motion import locate_video  # noqa: E402
 from media_processor.sandbox import Job, Outcome, Produced, Unprocessable  # noqa: E402
-from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, plan  # noqa: E402
-from rawdrive_contracts import MediaMetadata  # noqa: E402
+from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
+from rawdrive_contracts import MediaMetadata, MotionPhoto  # noqa: E402
 
 hachoir.core.config.quiet = True
 
@@ -69,7 +71,7 @@ def process(job: Job) -> Outcome:
     deadline = time.monotonic() + job.timeout_s
     route = FORMATS[job.family].route
     if route == "image":
-        return _photo(job)
+        return with_motion_video(_photo(job), job, deadline)
     if route == "raw":
         return _raw(job, deadline)
     if route == "video":
@@ -152,6 +154,67 @@ def _pdf(job: Job, deadline: float) -> Outcome:
         raise Unprocessable("decode_failed", "Ghostscript rendered no page")
     variants, _ = render(str(page), "ppm", job.workdir, jpeg_hint=False)
     return Outcome(metadata=MediaMetadata(page_count=pages), variants=variants)
+
+
+# -- motion photos: motion.py finds the appended video; stored as it is, with a poster -----------
+
+# The poster's long edge: the motion video is a preview, a medium-sized poster is enough.
+MOTION_POSTER_LONG_EDGE = LONG_EDGES[1][1]
+
+
+def with_motion_video(outcome: Outcome, job: Job, deadline: float) -> Outcome:
+    """Add a motion photo's video (`motion`, video/mp4) and its poster, and say so in the metadata.
+
+    A video the XMP claims but ffprobe cannot read or ffmpeg cannot decode leaves the photo as
+    an ordinary one: the still is what the user took.
+    """
+    if job.family not in ("jpeg", "heif"):
+        return outcome
+    data = Path(job.path).read_bytes()
+    embedded = locate_video(data, job.family)
+    if embedded is None:
+        return outcome
+    video = Path(job.workdir, "motion.mp4")
+    video.write_bytes(data[embedded.start : embedded.end])
+    del data
+    probe = _ffprobe(str(video), "mov", deadline)
+    facts = video_metadata(probe) if probe is not None else None
+    if facts is None or facts.width is None or facts.height is None:
+        return outcome
+    timestamp = embedded.presentation_timestamp_us
+    poster = _motion_poster(video, timestamp / 1e6 if timestamp is not None else poster_time(facts.duration_s), deadline)
+    if poster is None:
+        return outcome
+    motion = Produced(name="motion", path=str(video), width=facts.width, height=facts.height, mime_type="video/mp4")
+    about = MotionPhoto(presentation_timestamp_us=timestamp, duration_s=facts.duration_s, video_codec=facts.video_codec)
+    metadata = msgspec.structs.replace(outcome.metadata, motion_photo=about)
+    return msgspec.structs.replace(outcome, metadata=metadata, variants=(*outcome.variants, motion, poster))
+
+
+def _motion_poster(video: Path, at: float, deadline: float) -> Produced | None:
+    frame = video.with_name("motion-poster.ppm")
+    for seek in dict.fromkeys((at, 0.0)):  # a timestamp past the end: the first frame instead
+        _run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-threads", "2", "-protocol_whitelist", "file",
+             "-ss", f"{seek:.3f}", "-f", "mov", "-i", str(video),
+             "-frames:v", "1", "-an", "-sn", "-dn", "-f", "image2", "-c:v", "ppm", "-y", str(frame)],
+            deadline,
+            check=False,
+        )
+        if frame.exists() and frame.stat().st_size > 0:
+            break
+    else:
+        return None
+    out = video.with_name("motion-poster.webp")
+    try:
+        with Image(filename=f"ppm:{frame}[0]") as img:
+            size = fit(Size(img.width, img.height), MOTION_POSTER_LONG_EDGE)
+            img.scale(size.width, size.height)
+            img.strip()
+            _encode(img.clone(), out)
+    except WandException:
+        return None
+    return Produced(name="motion_poster", path=str(out), width=size.width, height=size.height)
 
 
 # -- ImageMagick -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from media_processor.magic import Family
-from media_processor.variants import VariantName
+from media_processor.variants import ExtraVariantName, VariantName
 from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
 # The module the forkserver imports once; it sets MAGICK_CONFIGURE_PATH before importing Wand.
@@ -42,10 +42,11 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Produced(msgspec.Struct, frozen=True, kw_only=True):
-    name: VariantName
+    name: VariantName | ExtraVariantName
     path: str
     width: int
     height: int
+    mime_type: str = "image/webp"
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):

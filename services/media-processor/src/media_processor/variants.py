@@ -11,6 +11,8 @@ from typing import Literal
 import msgspec
 
 VariantName = Literal["large", "medium", "thumb"]
+# A motion photo's embedded video and its poster (motion.py, imaging.with_motion_video).
+ExtraVariantName = Literal["motion", "motion_poster"]
 
 # Largest first: each variant is made from the one before it, which is cheaper than the original.
 LONG_EDGES: tuple[tuple[VariantName, int], ...] = (("large", 2560), ("medium", 1280), ("thumb", 320))

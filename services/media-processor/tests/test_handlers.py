@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import struct
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -250,3 +252,37 @@ async def test_an_original_is_read_with_one_get_and_a_mislabelled_one_is_not_dow
     failed = [e.data for e in await env.announced() if isinstance(e.data, AssetProcessingFailed)]
     assert [f.reason for f in failed] == ["type_mismatch"]
     assert counting.bytes_read < 2 * 1024 * 1024  # its head and at most one more piece, not 8 MiB
+
+
+async def test_a_motion_photos_video_is_stored_as_mp4_beside_the_pictures_and_announced(
+    env: Env, tmp_path: Path
+) -> None:
+    still, clip = tmp_path / "still.jpg", tmp_path / "clip.mp4"
+    for args in (
+        ["-f", "lavfi", "-i", "testsrc=size=640x480:rate=1", "-frames:v", "1", str(still)],
+        ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
+    ):
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, timeout=60)
+    video = clip.read_bytes()
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:GCamera="http://ns.google.com/photos/1.0/camera/" GCamera:MicroVideo="1" '
+        f'GCamera:MicroVideoOffset="{len(video)}"/></rdf:RDF></x:xmpmeta>'
+    ).encode()
+    app1 = b"http://ns.adobe.com/xap/1.0/\x00" + xmp
+    jpeg = still.read_bytes()
+    content = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:] + video
+    upload = await env.upload(content, "MVIMG_20240517_123205.jpg", "image/jpeg")
+    async with env.processor():
+        await bus.publish(env.js, new_event(upload, source="test"))
+        created = next(e for e in await env.wait_announced(2) if isinstance(e.data, AssetCreated))
+    asset = created.data
+    assert (asset.width, asset.height) == (640, 480)  # the still is the asset
+    motion, poster = asset.variants.motion, asset.variants.motion_poster
+    assert motion is not None and poster is not None
+    assert motion.key == keys.derived_key(env.workspace, upload.asset_id, "motion", "video.mp4")
+    assert (motion.mime_type, motion.width, motion.height, motion.size_bytes) == ("video/mp4", 320, 240, len(video))
+    assert await object_bytes(env.storage, motion.key) == video
+    assert poster.key == keys.derived_key(env.workspace, upload.asset_id, "motion_poster", "image.webp")
+    assert (await object_bytes(env.storage, poster.key))[8:12] == b"WEBP"
+    assert asset.metadata.motion_photo is not None and asset.metadata.motion_photo.video_codec == "h264"

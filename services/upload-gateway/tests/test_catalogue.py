@@ -28,6 +28,7 @@ from rawdrive_contracts import (
     AssetRestored,
     CloudEvent,
     EventData,
+    MediaMetadata,
     UploadVerified,
     Variant,
     Variants,
@@ -443,3 +444,51 @@ async def test_every_served_route_is_in_the_openapi_document_with_its_schemas(ha
     assert {"Upload-Offset", "Tus-Resumable", "Upload-Checksum"} <= {p["name"] for p in tus_patch["parameters"]}
     assert len(harness.client.app[OPERATIONS]) == len({(o.method, o.path) for o in harness.client.app[OPERATIONS]})
 
+
+
+# -- Live Photos and motion photos -----------------------------------------------------------------
+
+
+async def test_a_live_photos_still_and_video_show_each_other_whichever_arrived_first(harness):
+    video, still, copy = (str(uuid.uuid4()) for _ in range(3))
+    live = MediaMetadata(content_identifier="5A7C1E2B-3D4F-4A6B-8C9D-0E1F2A3B4C5D")
+
+    async def arrive(asset_id: str, kind: str) -> None:
+        await harness.publish(harness.verified(asset_id))
+        created = msgspec.structs.replace(harness.created(asset_id), kind=kind, metadata=live)
+        await harness.publish(created)
+        await harness.until_status(asset_id, "available")
+
+    async def paired(asset_id: str) -> str | None:
+        return (await (await harness.get(asset_id)).json()).get("paired_with")
+
+    await arrive(video, "video")  # the MOV first: nothing to pair with yet
+    assert await paired(video) is None
+    await arrive(still, "photo")
+    assert (await paired(still), await paired(video)) == (video, still)
+    listed = await (await harness.client.get(harness.path(), headers=harness.user("viewer"))).json()
+    assert {item["asset_id"]: item.get("paired_with") for item in listed["items"]} == {video: still, still: video}
+
+    await arrive(copy, "photo")  # the still uploaded again: the video keeps its first partner
+    assert (await paired(copy), await paired(video)) == (video, still)
+
+    deleted = await harness.client.delete(harness.path(f"/{still}"), headers=harness.user("member"))
+    assert deleted.status == 204
+    assert await paired(video) == copy  # a still in the trash is no partner
+
+
+async def test_a_motion_photos_video_and_poster_get_links_like_the_other_variants(harness):
+    asset = str(uuid.uuid4())
+    motion_key = keys.derived_key(harness.workspace, asset, "motion", "video.mp4")
+    poster_key = keys.derived_key(harness.workspace, asset, "motion_poster", "image.webp")
+    variants = Variants(
+        motion=Variant(key=motion_key, width=1440, height=1080, mime_type="video/mp4", size_bytes=2_000_000),
+        motion_poster=Variant(key=poster_key, width=1280, height=960, size_bytes=90_000),
+    )
+    await harness.publish(harness.verified(asset))
+    await harness.publish(harness.created(asset, variants))
+    await harness.until_status(asset, "available")
+    shown = (await (await harness.get(asset)).json())["variants"]
+    assert (shown["motion"]["mime_type"], shown["motion"]["width"]) == ("video/mp4", 1440)
+    assert urllib.parse.urlsplit(shown["motion"]["url"]).path.endswith("/derived/motion/video.mp4")
+    assert shown["motion_poster"]["mime_type"] == "image/webp"

@@ -37,6 +37,8 @@ class VariantLinks(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     thumb: VariantLink | None = None
     medium: VariantLink | None = None
     large: VariantLink | None = None
+    motion: VariantLink | None = None  # a motion photo's video (video/mp4)
+    motion_poster: VariantLink | None = None
 
 
 class ProcessingFailure(msgspec.Struct, frozen=True):
@@ -65,6 +67,9 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     variants: VariantLinks | None = None
     urls_expire_at: datetime | None = None
     failure: ProcessingFailure | None = None  # status failed
+    paired_with: Annotated[
+        str, msgspec.Meta(description="the other half of an Apple Live Photo (same metadata.content_identifier)")
+    ] | None = None
     deleted_at: datetime | None = None  # status deleted: restorable until purge_after
     purge_after: datetime | None = None
 

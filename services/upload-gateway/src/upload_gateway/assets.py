@@ -77,7 +77,8 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
 
         stored = processed.variants
         variants = asset_api.VariantLinks(
-            thumb=await link(stored.thumb), medium=await link(stored.medium), large=await link(stored.large)
+            thumb=await link(stored.thumb), medium=await link(stored.medium), large=await link(stored.large),
+            motion=await link(stored.motion), motion_poster=await link(stored.motion_poster),
         )
     return asset_api.Asset(
         asset_id=facts.asset_id,
@@ -101,6 +102,7 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         failure=asset_api.ProcessingFailure(facts.failure.reason, facts.failure.detail)
         if status == "failed" and facts.failure
         else None,
+        paired_with=entry.paired_with,
         deleted_at=deletion.at if status == "deleted" and deletion else None,
         purge_after=deletion.purge_after if status == "deleted" and deletion else None,
     )
@@ -208,7 +210,7 @@ async def _change(gw: Gateway, principal: Principal, workspace_id: str, asset_id
         merged = merge(facts, change)
         await catalogue_store.save(conn, merged)
         await enqueue(conn, new_event(event, source=SOURCE, time=now))
-    return Entry(created_at=entry.created_at, facts=merged)
+    return Entry(created_at=entry.created_at, facts=merged, paired_with=entry.paired_with)
 
 
 _ASSET_PROBLEMS = (401, 403, 404, 502, 503)

@@ -102,6 +102,13 @@ class Entry(msgspec.Struct, frozen=True):
 
     created_at: datetime
     facts: AssetFacts
+    # The other half of a Live Photo (same content identifier, the other kind), found on read.
+    paired_with: str | None = None
+
+
+def content_identifier(facts: AssetFacts) -> str | None:
+    """What links a Live Photo's still and video: set by the processor from MakerNote / QuickTime."""
+    return facts.processed.metadata.content_identifier if facts.processed is not None else None
 
 
 class MergeConflict(ValueError):

@@ -16,12 +16,22 @@ from upload_gateway.catalogue import (
     Position,
     Processed,
     Status,
+    content_identifier,
     merge,
     status_of,
 )
 
 _FACT_TYPES = {"description": Description, "processed": Processed, "failure": Failure, "deletion": Deletion}
 _COLUMNS = "asset_id, workspace_id, created_at, description, verified_at, processed, failure, deletion, restored_at, purged_at"
+# The other asset of the workspace with the same content identifier and the other kind (a Live
+# Photo's still for its video, and back), not in the trash; the first one if a pair was uploaded
+# twice. Looked up on read, so the pair shows on both whichever arrived first.
+_PAIRED_WITH = """(SELECT p.asset_id FROM assets p
+                    WHERE p.workspace_id = a.workspace_id AND p.content_identifier = a.content_identifier
+                      AND p.asset_id <> a.asset_id AND p.status NOT IN ('deleted', 'purged')
+                      AND p.processed->>'kind' IS DISTINCT FROM a.processed->>'kind'
+                    ORDER BY p.created_at, p.asset_id LIMIT 1) AS paired_with"""
+_READ = f"{_COLUMNS}, {_PAIRED_WITH}"
 
 
 def _json(value: msgspec.Struct | None) -> str | None:
@@ -40,13 +50,13 @@ def _entry(row: asyncpg.Record) -> Entry:
             for name, type_ in _FACT_TYPES.items()
         },
     )
-    return Entry(created_at=row["created_at"], facts=facts)
+    return Entry(created_at=row["created_at"], facts=facts, paired_with=row.get("paired_with"))
 
 
 async def lock(conn: asyncpg.Connection, workspace_id: str, asset_id: str) -> Entry | None:
     """The row, locked until the transaction ends; None if this workspace has no such asset."""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM assets WHERE asset_id = $1 AND workspace_id = $2 FOR UPDATE", asset_id, workspace_id
+        f"SELECT {_READ} FROM assets a WHERE asset_id = $1 AND workspace_id = $2 FOR UPDATE OF a", asset_id, workspace_id
     )
     return None if row is None else _entry(row)
 
@@ -57,7 +67,7 @@ async def save(conn: asyncpg.Connection, facts: AssetFacts) -> None:
         """UPDATE assets
               SET status = $2, library_id = $3, folder_id = $4, description = $5::jsonb, verified_at = $6,
                   processed = $7::jsonb, failure = $8::jsonb, deletion = $9::jsonb, restored_at = $10,
-                  purged_at = $11, updated_at = now()
+                  purged_at = $11, content_identifier = $12, updated_at = now()
             WHERE asset_id = $1""",
         facts.asset_id,
         status_of(facts),
@@ -70,6 +80,7 @@ async def save(conn: asyncpg.Connection, facts: AssetFacts) -> None:
         _json(facts.deletion),
         facts.restored_at,
         facts.purged_at,
+        content_identifier(facts),
     )
 
 
@@ -93,7 +104,7 @@ async def record(pool: asyncpg.Pool, facts: AssetFacts) -> AssetFacts:
 async def get(pool: asyncpg.Pool, workspace_id: str, asset_id: str) -> Entry | None:
     """A visible asset: described and not purged."""
     row = await pool.fetchrow(
-        f"""SELECT {_COLUMNS} FROM assets
+        f"""SELECT {_READ} FROM assets a
             WHERE asset_id = $1 AND workspace_id = $2 AND status IS NOT NULL AND status <> 'purged'""",
         asset_id,
         workspace_id,
@@ -114,7 +125,7 @@ async def page(
     """Up to `limit` entries, newest first, strictly after `after` (a keyset: rows inserted
     meanwhile sort before the cursor and never shift the pages still to come)."""
     rows = await pool.fetch(
-        f"""SELECT {_COLUMNS} FROM assets
+        f"""SELECT {_READ} FROM assets a
             WHERE workspace_id = $1 AND status = ANY($2::text[])
               AND ($3::text IS NULL OR library_id = $3)
               AND ($4::text IS NULL OR folder_id = $4)

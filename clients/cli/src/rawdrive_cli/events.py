@@ -21,7 +21,7 @@ from rawdrive_contracts.subjects import SUBJECT_ROOT, StreamSpec
 
 STREAM_BY_ENTITY: dict[str, StreamSpec] = {"asset": ASSETS_STREAM, "upload": UPLOADS_STREAM}
 # Fields of event data worth a place on a readable line, in this order.
-DETAIL_FIELDS = ("file_name", "kind", "size_bytes", "reason", "detail", "deleted_by", "purge_after")
+DETAIL_FIELDS = ("file_name", "kind", "size_bytes", "duplicate_of", "reason", "detail", "deleted_by", "purge_after")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

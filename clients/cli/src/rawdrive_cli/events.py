@@ -111,8 +111,12 @@ async def tail(
                 subject, stream=stream_of(subject).name, ordered_consumer=True, config=config, cb=on_message,
             )
             subscriptions.append(subscription)
-            if not follow and (await subscription.consumer_info()).num_pending == 0:
-                caught_up.add(subject)
+            if not follow:
+                # A push consumer hands messages out at once, so "nothing pending" alone may mean
+                # "all in our queue"; nothing pending and nothing delivered means nothing matched.
+                info = await subscription.consumer_info()
+                if info.num_pending == 0 and not info.delivered.consumer_seq:
+                    caught_up.add(subject)
         # Without --follow, the messages up to now, merged by event time.
         held: list[tuple[datetime, bytes, str]] = []
         while follow or len(caught_up) < len(subjects):

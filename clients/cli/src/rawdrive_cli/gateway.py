@@ -106,7 +106,9 @@ class _Problem(msgspec.Struct):
 
 
 class Gateway:
-    def __init__(self, base_url: str, token: str, workspace: str) -> None:
+    def __init__(self, base_url: str, token: str, workspace: str, *, retries: bool = True) -> None:
+        # Uploads ride out a gateway restart; a one-shot command answers at once instead.
+        self.retries = retries
         self.base_url = base_url.rstrip("/")
         self.workspace = workspace
         self._auth = {"Authorization": f"Bearer {token}"}
@@ -137,7 +139,7 @@ class Gateway:
         body: Body | None = None, length: int | None = None, expect: tuple[int, ...] = (200,), retry: bool = True,
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """One request, retried on transient failures when it is safe to repeat."""
-        attempts = len(RETRY_PAUSES_S) + 1 if retry else 1
+        attempts = len(RETRY_PAUSES_S) + 1 if retry and self.retries else 1
         for attempt in range(attempts):
             try:
                 sent = dict(headers if headers is not None else self._auth)

@@ -59,8 +59,8 @@ def _token(cfg: configuration.Config) -> str:
     )
 
 
-def _gateway(cfg: configuration.Config) -> Gateway:
-    return Gateway(cfg.gateway_url, _token(cfg), cfg.workspace)
+def _gateway(cfg: configuration.Config, *, retries: bool) -> Gateway:
+    return Gateway(cfg.gateway_url, _token(cfg), cfg.workspace, retries=retries)
 
 
 def _json_line(value: Any) -> None:
@@ -88,7 +88,7 @@ async def cmd_upload(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with UploadState(cfg.state_file) as state:
-        async with _gateway(cfg) as gateway:
+        async with _gateway(cfg, retries=True) as gateway:
             await gateway.check_access()
             with Progress(*columns, console=err, disable=args.json or args.quiet, transient=True) as progress:
                 total = progress.add_task(f"[bold]total[/] ({len(selection.files)} files)", total=total_bytes)
@@ -101,7 +101,7 @@ async def cmd_upload(args: argparse.Namespace) -> int:
                     if args.json:
                         _json_line(outcome)
                     else:
-                        progress.console.print(_outcome_line(outcome))
+                        out.print(_outcome_line(outcome))  # above the bars: Progress redirects stdout
                     return outcome
 
                 outcomes += await asyncio.gather(*(one(candidate) for candidate in selection.files))
@@ -202,7 +202,7 @@ async def cmd_token(args: argparse.Namespace) -> int:
 
 async def cmd_assets(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    async with _gateway(cfg) as gateway:
+    async with _gateway(cfg, retries=False) as gateway:
         try:
             return await _assets(args, cfg, gateway)
         except GatewayProblem as problem:

@@ -32,7 +32,6 @@ ASSET_POLL_S = 0.5
 # Asset states after which waiting is over.
 SETTLED = {"available", "failed", "deleted"}
 
-Result = Literal["available", "failed", "processing", "deleted"]
 
 
 class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):

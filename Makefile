@@ -9,9 +9,9 @@ DATA ?= .data
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
 PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
-	-e services/media-processor -e services/janitor
-PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
-FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor']
+	-e services/media-processor -e services/janitor -e clients/cli
+PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml)
+FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor', 'rawdrive_cli']
 PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
@@ -45,7 +45,7 @@ schemas: bootstrap
 # Pyflakes' checks (unused names, undefined names) and sorted imports: cheap, and they catch real bugs.
 lint: bootstrap
 	$(VENV)/bin/ruff check --select F,I --target-version py311 --line-length 120 \
-	  --config "lint.isort.known-first-party = $(FIRST_PARTY)" libs services tests bench
+	  --config "lint.isort.known-first-party = $(FIRST_PARTY)" libs services clients tests bench
 
 # Dockerfiles (hadolint), image locks, and every kustomize overlay rendered, schema-checked
 # offline and policy-checked; then the check's own tests (it must fail on bad manifests).
@@ -54,7 +54,7 @@ deploy-check: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
 
 test: lint deploy-check
-	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services tests/e2e
+	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/e2e
 
 # Fault injection at the issue's full size: 200 uploads while every service is killed in turn and
 # NATS, PostgreSQL and S3 restart, then two replicas of everything (60 uploads; make test runs 30).
@@ -64,7 +64,7 @@ test-resilience: bootstrap
 	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_resilience.py
 
 test-unit: bootstrap
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients
 
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap

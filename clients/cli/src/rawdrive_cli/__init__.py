@@ -1,0 +1,1 @@
+"""The `rawdrive` command line tool."""

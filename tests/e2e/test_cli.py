@@ -1,0 +1,267 @@
+"""The `rawdrive` command as a user runs it: a subprocess against the whole pipeline (every service
+a process, real NATS, PostgreSQL and SeaweedFS), configured only through RAWDRIVE_* variables.
+
+Covered: a folder of photos and a video uploaded and shown available with thumbnails, a rerun
+that sends nothing, S3 multipart with parallel parts, kill -9 mid-upload and a rerun that resumes
+from the gateway's offset, a file over the limit reported while the others go on, a bad token
+and an unreachable gateway as one line each, `events` (following and catching up) showing
+asset.created, the assets commands, development tokens and the dead-letter commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "rawdrive_cli"]
+MIB = 1024 * 1024
+MIXED = ("exiftool_GPS.jpg", "png_rgba_alpha.png", "heic_generated.heic", "mei_with-gps.mp4")
+
+
+@pytest.fixture(scope="module")
+async def world(module_service_env, tmp_path_factory, pipeline_opener):
+    async for pipeline, client in pipeline_opener(module_service_env, tmp_path_factory.mktemp("cli")):
+        yield pipeline, client
+
+
+def cli_env(pipeline, home: Path, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAWDRIVE_")}
+    env.update({
+        "HOME": str(home),
+        "RAWDRIVE_ENV_FILE": str(home / "no-env-file"),  # never the developer's .data/env
+        "RAWDRIVE_PUBLIC_URL": pipeline.base_url,
+        "RAWDRIVE_TOKEN": pipeline.token,
+        "RAWDRIVE_WORKSPACE": pipeline.workspace,
+        "RAWDRIVE_NATS_URL": pipeline.env["RAWDRIVE_NATS_URL"],
+        "RAWDRIVE_STATE_FILE": str(home / "state.json"),
+    })
+    env.update(overrides)
+    return env
+
+
+async def run(env: dict[str, str], *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    def call() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], env=env, cwd=env["HOME"], capture_output=True, text=True,
+                              timeout=timeout_s)
+
+    return await asyncio.to_thread(call)
+
+
+def outcomes(result: subprocess.CompletedProcess[str]) -> dict[str, dict]:
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return {Path(line["file"]).name: line for line in lines}
+
+
+def noise_jpeg(path: Path, width: int, height: int) -> Path:
+    """A photo-sized JPEG that does not compress away (random noise, as sensor noise would)."""
+    subprocess.run(["convert", "-size", f"{width}x{height}", "xc:gray", "+noise", "Random", "-quality", "95",
+                    str(path)], check=True, timeout=120)
+    return path
+
+
+async def test_a_folder_of_photos_and_a_video_becomes_available_assets_and_a_rerun_sends_nothing(
+    world, tmp_path, media_dir
+):
+    pipeline, client = world
+    folder = tmp_path / "Pictures"
+    (folder / "2024").mkdir(parents=True)
+    for name in MIXED:
+        shutil.copy(media_dir / name, folder / "2024" / name)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: skipped, not a failure
+    env = cli_env(pipeline, tmp_path)
+
+    result = await run(env, "upload", "--json", "--jobs", "3", str(folder))
+    assert result.returncode == 0, result.stderr + result.stdout
+    seen = outcomes(result)
+    assert set(seen) == set(MIXED)
+    for name, outcome in seen.items():
+        assert outcome["state"] == "available", outcome
+        assert outcome["thumb_url"].startswith("http"), outcome
+        status, asset = await client.asset(outcome["asset_id"])
+        assert status == 200 and asset["file_name"] == name
+        assert asset["sha256"] == hashlib.sha256((media_dir / name).read_bytes()).hexdigest()
+    _, video = await client.asset(seen["mei_with-gps.mp4"]["asset_id"])
+    assert video["kind"] == "video" and set(video["variants"]) == {"thumb", "medium", "large"}
+
+    again = await run(env, "upload", "--json", str(folder))
+    assert again.returncode == 0, again.stderr
+    assert {name: (o["skipped"], o["asset_id"]) for name, o in outcomes(again).items()} == {
+        name: ("already_uploaded", o["asset_id"]) for name, o in seen.items()
+    }
+
+
+async def test_s3_multipart_sends_parallel_parts_straight_to_storage(world, tmp_path):
+    pipeline, client = world
+    photo = noise_jpeg(tmp_path / "big.jpg", 4000, 3000)  # more than one 8 MiB part
+    assert photo.stat().st_size > 8 * MIB
+    result = await run(cli_env(pipeline, tmp_path), "upload", "--json", "--protocol", "s3", "--part-jobs", "2",
+                       str(photo))
+    assert result.returncode == 0, result.stderr + result.stdout
+    [outcome] = outcomes(result).values()
+    assert (outcome["protocol"], outcome["state"]) == ("s3_multipart", "available"), outcome
+    _, asset = await client.asset(outcome["asset_id"])
+    assert asset["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert asset["size_bytes"] == photo.stat().st_size
+
+
+async def test_killed_mid_upload_the_same_command_resumes_from_the_gateways_offset(world, tmp_path):
+    pipeline, client = world
+    photo = noise_jpeg(tmp_path / "resume.jpg", 4000, 3000)
+    size = photo.stat().st_size
+    env = cli_env(pipeline, tmp_path)
+    state_file = Path(env["RAWDRIVE_STATE_FILE"])
+    command = [*CLI, "upload", "--json", "--protocol", "tus", "--limit-rate", "2M", str(photo)]
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Kill it once the state file records a confirmed offset (the first 5 MiB PATCH), before the end.
+    deadline = time.monotonic() + 120
+    recorded = None
+    while time.monotonic() < deadline and first.poll() is None:
+        if state_file.exists():
+            entries = list(json.loads(state_file.read_text()).values())
+            if entries and entries[0].get("offset", 0) > 0:
+                recorded = entries[0]
+                break
+        await asyncio.sleep(0.05)
+    assert recorded is not None, f"no offset recorded; exit {first.poll()}: {first.stderr.read() if first.stderr else ''}"
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    assert 0 < recorded["offset"] < size
+
+    result = await run(env, "upload", "--json", "--protocol", "tus", str(photo))
+    assert result.returncode == 0, result.stderr + result.stdout
+    [outcome] = outcomes(result).values()
+    assert outcome["upload_id"] == recorded["upload_id"] and outcome["asset_id"] == recorded["asset_id"]
+    assert recorded["offset"] <= outcome["resumed_from"] < size
+    assert outcome["state"] == "available", outcome
+    _, asset = await client.asset(outcome["asset_id"])
+    assert asset["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+
+
+async def test_a_file_over_the_limit_is_reported_and_the_others_are_uploaded(world, tmp_path, media_dir):
+    pipeline, _ = world
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(media_dir / "exiftool_GPS.jpg", folder / "small.jpg")
+    with open(folder / "huge.jpg", "wb") as huge:  # 101 MiB, past the 100 MiB photo limit
+        huge.truncate(101 * MIB)
+    (folder / "notes.txt").write_text("not a photo")
+    result = await run(cli_env(pipeline, tmp_path, COLUMNS="300"), "upload", "--quiet", str(folder))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 files: 1 available, 2 failed" in result.stdout
+    failures = result.stdout[result.stdout.index("Failed"):]
+    assert "huge.jpg" in failures and "file_too_large" in failures and "at most 100 MiB" in failures
+    assert "notes.txt" in failures and "unsupported_type" in failures
+    assert "small.jpg" not in failures
+
+
+async def test_a_bad_token_and_an_unreachable_gateway_each_say_in_one_line_what_to_do(world, tmp_path, media_dir):
+    pipeline, _ = world
+    photo = media_dir / "exiftool_GPS.jpg"
+    bad = await run(cli_env(pipeline, tmp_path, RAWDRIVE_TOKEN="not-a-token"), "upload", str(photo))
+    assert bad.returncode == 2
+    [line] = bad.stderr.strip().splitlines()
+    assert line.startswith("rawdrive: the gateway refused the token") and "rawdrive token" in line
+
+    down = await run(cli_env(pipeline, tmp_path, RAWDRIVE_PUBLIC_URL="http://127.0.0.1:9"), "assets", "ls")
+    assert down.returncode == 2
+    [line] = down.stderr.strip().splitlines()
+    assert "cannot reach the gateway at http://127.0.0.1:9" in line and "make dev" in line
+
+    none = await run(cli_env(pipeline, tmp_path, RAWDRIVE_TOKEN=""), "assets", "ls")
+    assert none.returncode == 2 and "no token" in none.stderr
+
+
+async def test_events_show_asset_created_live_and_when_catching_up(world, tmp_path, media_dir):
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path)
+    follower = subprocess.Popen([*CLI, "events", "--follow", "--json", "--since", "1m"], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        photo = tmp_path / "events.png"
+        shutil.copy(media_dir / "png_rgba_alpha.png", photo)
+        result = await run(env, "upload", "--json", str(photo))
+        assert result.returncode == 0, result.stderr
+        asset_id = outcomes(result)["events.png"]["asset_id"]
+
+        def created_line() -> dict:
+            assert follower.stdout is not None
+            for line in follower.stdout:
+                event = json.loads(line)
+                if event["type"] == "com.rawdrive.asset.created.v1" and event["data"]["asset_id"] == asset_id:
+                    return event
+            raise AssertionError(f"events ended: {follower.stderr.read() if follower.stderr else ''}")
+
+        event = await asyncio.wait_for(asyncio.to_thread(created_line), timeout=60)
+        assert event["data"]["file_name"] == "events.png"
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+    caught_up = await run(env, "events", "--since", "10m", "--subject", "asset.created")
+    assert caught_up.returncode == 0, caught_up.stderr
+    assert asset_id in caught_up.stdout, caught_up.stdout + caught_up.stderr
+    [line] = [line for line in caught_up.stdout.splitlines() if asset_id in line]
+    assert " asset.created " in line and "file_name=events.png" in line and "kind=photo" in line
+    # Uploads are there too by default, in time order: session_created before verified.
+    lines = (await run(env, "events", "--since", "10m")).stdout.splitlines()
+    mine = [line.split()[1] for line in lines if f"asset={asset_id}" in line]
+    assert mine.index("upload.session_created") < mine.index("upload.verified") < mine.index("asset.created")
+
+
+async def test_assets_can_be_listed_downloaded_deleted_and_restored(world, tmp_path, media_dir):
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path)
+    photo = tmp_path / "keep.jpg"
+    shutil.copy(media_dir / "jpeg_orientation_6.jpg", photo)
+    asset_id = outcomes(await run(env, "upload", "--json", str(photo)))["keep.jpg"]["asset_id"]
+
+    listed = [json.loads(line) for line in (await run(env, "assets", "ls", "--json")).stdout.splitlines()]
+    assert asset_id in {item["asset_id"] for item in listed}
+    saved = await run(env, "assets", "download", asset_id, "-o", str(tmp_path / "copy.jpg"))
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "copy.jpg").read_bytes() == photo.read_bytes()
+
+    removed = await run(env, "assets", "rm", asset_id)
+    assert removed.returncode == 0 and f"rawdrive assets restore {asset_id}" in removed.stdout
+    listed = [json.loads(line) for line in (await run(env, "assets", "ls", "--json")).stdout.splitlines()]
+    assert asset_id not in {item.get("asset_id") for item in listed}
+    restored = await run(env, "assets", "restore", asset_id, "--json")
+    assert json.loads(restored.stdout)["status"] == "available"
+
+    missing = await run(env, "assets", "get", "no-such-asset")
+    assert missing.returncode == 2 and "rawdrive assets ls" in missing.stderr
+
+
+async def test_a_development_token_opens_the_workspace_with_its_role(world, tmp_path, media_dir):
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path, RAWDRIVE_TOKEN="", RAWDRIVE_JWT_SECRET=pipeline.env["RAWDRIVE_JWT_SECRET"])
+    viewer = (await run(env, "token", "--role", "viewer", "--ttl", "600")).stdout.strip()
+    as_viewer = cli_env(pipeline, tmp_path, RAWDRIVE_TOKEN=viewer)
+    assert (await run(as_viewer, "assets", "ls")).returncode == 0
+    refused = await run(as_viewer, "upload", "--json", str(media_dir / "exiftool_GPS.jpg"))
+    assert refused.returncode == 1
+    assert "forbidden" in outcomes(refused)["exiftool_GPS.jpg"]["reason"]
+    # No token at all but the dev stack's secret: one is minted for the workspace (admin).
+    assert (await run(env, "upload", "--json", str(media_dir / "exiftool_GPS.jpg"))).returncode == 0
+    assert "RAWDRIVE_JWT_SECRET" in (await run(cli_env(pipeline, tmp_path), "token")).stderr
+
+
+async def test_dead_letters_are_listed_and_an_unknown_one_is_refused(world, tmp_path):
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path)
+    listed = await run(env, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    for line in listed.stdout.splitlines():
+        assert {"seq", "kind", "stream", "reason"} <= set(json.loads(line))
+    shown = await run(env, "dlq", "show", "999999999")
+    assert shown.returncode == 2 and "rawdrive dlq list" in shown.stderr

@@ -3,7 +3,9 @@
 Mount with `app.add_routes(tus_routes(store_for, authorize, max_size=...))`. `authorize(request)`
 belongs to the session layer: it checks the caller and the session and returns a TusTarget, or
 raises its own problem+json errors (401, 404, 410). Everything after that answers with tus status
-codes and short text bodies, because tus clients act on the status alone.
+codes and short text bodies, because tus clients act on the status alone; storage failures are
+answered as the rest of the API answers them (problems.from_storage_error: 503 with Retry-After
+"storage unavailable, retry", or 502), never with storage's own text.
 """
 
 from collections.abc import Awaitable, Callable
@@ -11,7 +13,8 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from rawdrive_platform.storage import StorageError, StorageUnavailable
+from rawdrive_platform.storage import StorageError
+from upload_gateway.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import TusError
 from upload_gateway.tus.store import BodyInterrupted, TusStore, UploadState
@@ -46,10 +49,9 @@ def _answering_tus_errors(handler: Handler) -> Handler:
             return _plain(error.status, str(error), protocol.error_headers(error))
         except BodyInterrupted as error:  # the client is usually gone; this is for the log
             return _plain(400, str(error), {"Tus-Resumable": protocol.TUS_VERSION})
-        except StorageUnavailable as error:  # transient: tus clients retry 5xx after a HEAD
-            return _plain(503, f"storage unavailable: {error}", {"Retry-After": "1"})
-        except StorageError as error:
-            return _plain(502, f"storage error: {error}", {})
+        except StorageError as error:  # tus clients retry a 5xx after a HEAD
+            failure = from_storage_error(error, f"tus {request.method}")
+            return problem_response(problem_for(failure), failure.headers)
 
     return answer
 

@@ -177,6 +177,11 @@ def parse_creation(headers: Mapping[str, str]) -> Creation:
     return Creation(length=length, metadata=parse_metadata(raw), raw_metadata=raw or None)
 
 
+def session_creation(length: int) -> Creation:
+    """The creation a first PATCH implies when no POST came: the session's length, no metadata."""
+    return Creation(length=length, metadata={}, raw_metadata=None)
+
+
 def parse_patch(headers: Mapping[str, str], *, creation: bool = False) -> Patch:
     """A PATCH, or the body of a creation-with-upload POST (offset 0, no Upload-Offset)."""
     check_version(headers)

@@ -5,28 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from upload_gateway import assets
 from upload_gateway.auth import TokenVerifier
+from upload_gateway.cors import cors_middleware
 from upload_gateway.openapi import mount, mount_openapi
-from upload_gateway.problems import Handler, problem_middleware
+from upload_gateway.problems import problem_middleware
 from upload_gateway.routes import GATEWAY, add_routes
 from upload_gateway.settings import Settings
 from upload_gateway.tracing import tracing_middleware
 from upload_gateway.uploads import Gateway
-
-# What a browser may send and read: the uploads API plus the tus protocol's headers.
-CORS_ALLOW_HEADERS = (
-    "Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, "
-    "Upload-Checksum, Upload-Defer-Length, Upload-Concat, X-HTTP-Method-Override, X-Requested-With"
-)
-CORS_EXPOSE_HEADERS = (
-    "Location, Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata, Upload-Defer-Length, "
-    "Upload-Concat, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm"
-)
-CORS_ALLOW_METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
-CORS_MAX_AGE_S = "86400"
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -42,39 +30,6 @@ def token_verifier(settings: Settings) -> TokenVerifier:
         audience=settings.jwt_audience,
         previous_upload_secrets=[s.strip() for s in previous.reveal().split(",") if s.strip()] if previous else (),
     )
-
-
-def cors_middleware(origins: Sequence[str]) -> Middleware:
-    allowed = frozenset(origins)
-
-    def cors_headers(origin: str) -> dict[str, str]:
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS}
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is None or not ("*" in allowed or origin in allowed):
-            return await handler(request)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            # A preflight, not a tus OPTIONS (which carries no Access-Control-Request-Method).
-            return web.Response(
-                status=204,
-                headers={
-                    **cors_headers(origin),
-                    "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
-                    "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
-                    "Access-Control-Max-Age": CORS_MAX_AGE_S,
-                },
-            )
-        try:
-            response = await handler(request)
-        except web.HTTPException as error:  # a response raised by a handler still needs them
-            error.headers.update(cors_headers(origin))
-            raise
-        response.headers.update(cors_headers(origin))
-        return response
-
-    return cors
 
 
 def create_app(

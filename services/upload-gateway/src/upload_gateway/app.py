@@ -1,4 +1,4 @@
-"""The gateway's aiohttp application: routes, problem+json errors, CORS and request tracing."""
+"""The gateway's aiohttp application: routes, problem+json errors, CORS, request tracing and the access log."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from upload_gateway import assets
+from upload_gateway.access import access_middleware
 from upload_gateway.auth import TokenVerifier
 from upload_gateway.cors import cors_middleware
 from upload_gateway.openapi import mount, mount_openapi
@@ -36,8 +37,14 @@ def create_app(
     gateway: Gateway, *, mounts: Sequence[Callable[[web.Application], None]] = ()
 ) -> web.Application:
     """The whole HTTP API; `mounts` add more routes (the tus endpoint) before it starts."""
-    # Tracing outermost: its span covers the CORS and problem answers too.
-    middlewares = [tracing_middleware(gateway.pool), cors_middleware(gateway.settings.cors_origins), problem_middleware]
+    # The access log outermost: it times and counts everything. Then tracing: its span covers the
+    # CORS and problem answers too.
+    middlewares = [
+        access_middleware,
+        tracing_middleware(gateway.pool),
+        cors_middleware(gateway.settings.cors_origins),
+        problem_middleware,
+    ]
     app = web.Application(middlewares=middlewares)
     app[GATEWAY] = gateway
     add_routes(app)

@@ -139,6 +139,7 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
         assert env["RAWDRIVE_NATS_URL"] == f"nats://127.0.0.1:{ports['--nats-port']}"
         assert env["RAWDRIVE_S3_ENDPOINT"] == f"http://127.0.0.1:{ports['--s3-port']}"
         assert env["RAWDRIVE_JWT_SECRET"]
+        assert env["RAWDRIVE_CORS_ORIGINS"] == "http://localhost:*,http://127.0.0.1:*"  # front-end dev servers
         assert all(tcp_port_answers(port) for port in ports.values())
 
         stack.send_signal(signal.SIGINT)

@@ -56,6 +56,16 @@ PROCESSING_SECONDS = Histogram(
     buckets=_SECONDS_BUCKETS,
 )
 
+# -- gateway HTTP ------------------------------------------------------------------------------
+HTTP_REQUEST_SECONDS = Histogram(
+    "rawdrive_http_request_duration_seconds",
+    # route is the pattern (/v1/workspaces/{workspace_id}/uploads), "unmatched" for unknown paths.
+    "API requests by route, method and status: _count counts them; the time is until the handler "
+    "answered (for a tus PATCH, including its body) (gateway)",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
 # -- queues (sampled) -------------------------------------------------------------------------
 CONSUMER_PENDING = Gauge(
     "rawdrive_consumer_pending_messages",

@@ -31,9 +31,16 @@ from upload_gateway.catalogue import (
     status_of,
 )
 from upload_gateway.openapi import Operation, Reply, Route
-from upload_gateway.problems import FieldError, InvalidRequest, NotFound, RetentionOver, from_validation_error
+from upload_gateway.problems import (
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    RetentionOver,
+    from_validation_error,
+    storage_errors,
+)
 from upload_gateway.routes import GATEWAY, _json, _user
-from upload_gateway.uploads import SOURCE, Gateway, storage_errors, storage_for, utcnow
+from upload_gateway.uploads import SOURCE, Gateway, storage_for, utcnow
 
 PREFIX = "/v1/workspaces/{workspace_id}/assets"
 

@@ -105,14 +105,16 @@ _TUS_ERRORS = (
     Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
     Reply(423, "Another request is writing this upload", str, "text/plain"),
     Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
-    Reply(502, "Storage refused", str, "text/plain"),
-    Reply(503, "Storage unavailable; retry", str, "text/plain", headers=("Retry-After",)),
+    # Storage failures are answered as everywhere else in the API (problems.from_storage_error).
+    Reply(502, "Storage refused", Problem, PROBLEM_CONTENT_TYPE),
+    Reply(503, "Storage unavailable; retry after Retry-After seconds", Problem, PROBLEM_CONTENT_TYPE,
+          headers=("Retry-After",)),
 )
 _OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")
 _TUS_NOTE = (
     f"tus {tus.TUS_VERSION} (https://tus.io/protocols/resumable-upload), extensions "
     f"{', '.join(tus.TUS_EXTENSIONS)}; checksums {', '.join(tus.CHECKSUM_ALGORITHMS)}. Protocol errors are "
-    "text/plain with the tus status; authentication errors are problem+json. Send the headers "
+    "text/plain with the tus status; authentication and storage errors are problem+json. Send the headers "
     "the session's `headers` field gave (the upload token)."
 )
 TUS_OPERATIONS = (

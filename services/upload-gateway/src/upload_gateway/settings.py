@@ -6,6 +6,9 @@ import msgspec
 
 from rawdrive_platform.config import CommonSettings, Port, Secret
 
+# An origin has no path: `https://app.example.com`, `http://localhost:3000`; see cors.origin_allowed.
+CorsOrigin = Annotated[str, msgspec.Meta(pattern=r"^(\*|https?://[^/\s*:]+(:([0-9]{1,5}|\*))?)$")]
+
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
     http_port: Port = 8080
@@ -22,5 +25,5 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     commit_wait_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
     # Lifetime of the download and variant URLs the assets API hands out.
     asset_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 15 * 60
-    # Browser origins allowed by CORS; "*" allows any.
-    cors_origins: tuple[str, ...] = ()
+    # Browser origins allowed by CORS: exact origins, "*" for any, "scheme://host:*" for any port.
+    cors_origins: tuple[CorsOrigin, ...] = ()

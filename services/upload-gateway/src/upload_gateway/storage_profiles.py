@@ -24,9 +24,10 @@ from upload_gateway.problems import (
     InvalidRequest,
     StorageProfileRejected,
     StorageProfilesDisabled,
+    storage_errors,
 )
 from upload_gateway.profile_store import ActiveProfile
-from upload_gateway.uploads import Gateway, storage_errors, utcnow
+from upload_gateway.uploads import Gateway, utcnow
 
 log = logging.getLogger(__name__)
 

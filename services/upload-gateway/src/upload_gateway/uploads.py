@@ -8,11 +8,9 @@ repeating the request repeats the storage call, and the janitor sweeps anything 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -48,6 +46,7 @@ from upload_gateway.problems import (
     InvalidState,
     StorageError,
     StorageUnavailable,
+    storage_errors,
 )
 from upload_gateway.sessions import (
     TRANSITIONS,
@@ -98,19 +97,6 @@ class Gateway:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def storage_errors(what: str) -> Iterator[None]:
-    """Storage failures as problems, without bucket names or SDK messages in the detail."""
-    try:
-        yield
-    except s3.StorageUnavailable as error:
-        log.warning("storage unavailable", extra={"operation": what, "error": str(error)})
-        raise StorageUnavailable(f"{what}: storage is unavailable, retry later", headers={"Retry-After": "5"}) from None
-    except s3.StorageError as error:
-        log.error("storage error", extra={"operation": what, "error": str(error)})
-        raise StorageError(f"{what}: storage refused the request") from None
 
 
 async def storage_for(gw: Gateway, ref: str) -> s3.Storage:

@@ -253,7 +253,8 @@ async def test_termination_aborts_the_multipart_upload_and_forgets_the_upload(ga
     upload = await multipart_id(gateway, session)
     response = await http.delete(url, headers=TUS)
     assert response.status == 204
-    assert (await http.head(url, headers=TUS)).status == 404
+    head = await http.head(url, headers=TUS)  # nothing kept (the session layer answers 410 then)
+    assert (head.status, head.headers["Upload-Offset"]) == (200, "0")
     with pytest.raises(ObjectMissing):
         await storage.list_parts(session.target.object_key, upload)
     assert await storage.head(session.target.object_key) is None
@@ -335,13 +336,20 @@ async def test_malformed_metadata_is_400(gateway, http):
     assert response.status == 400
 
 
-async def test_an_expired_upload_is_410_and_an_unknown_one_404(gateway, http):
+async def test_an_expired_upload_is_410_and_one_never_created_is_the_session_upload_at_0(gateway, http, storage):
     session = gateway.session(6 * MiB, expires_in_s=-1)
     base = await gateway.instance()
     assert (await http.post(tus_url(base, session), headers=TUS | {"Upload-Length": str(6 * MiB)})).status == 410
-    fresh = gateway.session(6 * MiB)
-    assert (await http.head(tus_url(base, fresh), headers=TUS)).status == 404  # never created
-    assert (await patch(http, tus_url(base, fresh), 0, b"x")).status == 404
+    assert (await http.head(tus_url(base, session), headers=TUS)).status == 410
+    # The URL is the upload before any POST: HEAD says 0 of the session's length, PATCH at 0 works.
+    fresh = gateway.session(6)
+    head = await http.head(tus_url(base, fresh), headers=TUS)
+    assert (head.status, head.headers["Upload-Offset"], head.headers["Upload-Length"]) == (200, "0", "6")
+    assert (await patch(http, tus_url(base, fresh), 3, b"xyz")).status == 409
+    assert (await patch(http, tus_url(base, fresh), 0, b"abc")).status == 204
+    assert (await patch(http, tus_url(base, fresh), 3, b"def")).status == 204
+    assert await object_bytes(storage, fresh.target.object_key) == b"abcdef"
+    assert fresh.completions == 1
 
 
 async def test_an_empty_file_completes_at_creation(gateway, http, storage):

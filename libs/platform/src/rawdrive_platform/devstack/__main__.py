@@ -53,6 +53,9 @@ PERSISTED_SECRETS = (
 )
 
 
+DEV_CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
+
+
 class Shutdown(Exception):
     """Raised in the main thread by SIGINT/SIGTERM so every `finally` runs."""
 
@@ -138,6 +141,8 @@ def stack_settings(
         "RAWDRIVE_JWT_SECRET": creds["RAWDRIVE_JWT_SECRET"],
         "RAWDRIVE_STORAGE_MASTER_KEY": creds["RAWDRIVE_STORAGE_MASTER_KEY"],
         "RAWDRIVE_LOG_LEVEL": args.log_level,
+        # Any port of the local hosts front-end dev servers run on; set it in the environment to change.
+        "RAWDRIVE_CORS_ORIGINS": os.environ.get("RAWDRIVE_CORS_ORIGINS", DEV_CORS_ORIGINS),
     }
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from rawdrive_platform.storage import StorageError, StorageUnavailable
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import TusError
@@ -84,7 +85,8 @@ class _Handlers:
         state = await store.create(target, creation)
         if request.can_read_body:  # creation-with-upload
             patch = protocol.parse_patch(request.headers, creation=True)
-            state = await store.write(target, patch, request.content.read)
+            with UPLOADS_IN_FLIGHT.track_inprogress():
+                state = await store.write(target, patch, request.content.read)
         headers = _upload_headers(state) | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
@@ -108,7 +110,8 @@ class _Handlers:
         patch = protocol.parse_patch(request.headers)
         target = await self._authorize(request)
         protocol.check_not_expired(target.expires_at, _now())
-        state = await self._store_for(request).write(target, patch, request.content.read)
+        with UPLOADS_IN_FLIGHT.track_inprogress():
+            state = await self._store_for(request).write(target, patch, request.content.read)
         return web.Response(status=204, headers=_upload_headers(state))
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@
    packages) to install in a fresh venv here, and its Kubernetes rules are mostly these.
 6. NetworkPolicies (`network_findings`): exactly the traffic deploy/k8s/README.md promises.
 7. Alert rules: `promtool check rules` and `promtool test rules` (Debian's prometheus package)
-   on the PrometheusRule of each overlay that renders one, with monitoring/alerts.test.yaml.
+   on the PrometheusRule of each overlay that renders one, with components/monitoring/alerts.test.yaml.
 
 Exit status 0 when everything passes, 1 with one line per finding otherwise.
 """
@@ -553,8 +553,34 @@ def network_findings(objects: list[dict[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # 7. Alert rules
 
-ALERT_TESTS = HERE.parent / "monitoring/alerts.test.yaml"
+ALERT_TESTS = HERE.parent / "components/monitoring/alerts.test.yaml"
+LAG_ALERT = "RawdriveConsumerLagAtScaleLimit"
 RULES_FILE = "rawdrive-alerts.rules.yaml"  # the name alerts.test.yaml's rule_files expects
+
+
+def lag_alert_findings(objects: list[dict[str, Any]]) -> list[str]:
+    """The lag alert fires where each KEDA-scaled consumer outgrows its ScaledObject: at
+    lagThreshold x maxReplicaCount, written as such, so a changed ScaledObject must change it."""
+    rules = [obj for obj in objects if obj.get("kind") == "PrometheusRule"]
+    if not rules:
+        return []
+    expressions = " ".join(
+        " ".join(str(rule.get("expr", "")).split())
+        for obj in rules for group in obj["spec"].get("groups") or [] for rule in group.get("rules") or []
+        if rule.get("alert") == LAG_ALERT
+    )
+    out = []
+    for obj in objects:
+        if obj.get("kind") != "ScaledObject":
+            continue
+        for trigger in obj["spec"].get("triggers") or []:
+            if trigger.get("type") != "nats-jetstream":
+                continue
+            meta = trigger.get("metadata") or {}
+            expected = f'consumer="{meta.get("consumer")}"}}) > {meta.get("lagThreshold")} * {obj["spec"].get("maxReplicaCount")}'
+            if expected not in expressions:
+                out.append(f"{name_of(obj)}: no {LAG_ALERT} rule fires at its limit (an expr with `{expected}`)")
+    return out
 
 
 def promtool_findings(objects: list[dict[str, Any]], tests: Path = ALERT_TESTS) -> tuple[list[str], int]:
@@ -593,7 +619,7 @@ def check_overlays(overlays: Iterable[Path]) -> tuple[list[str], list[str]]:
         schema, custom = schema_findings(objects)
         promtool, groups = promtool_findings(objects)
         findings += [f"{label}: {f}" for f in (*schema, *policy_findings(objects, label not in TAGGED_IMAGE_OVERLAYS),
-                                               *network_findings(objects), *promtool)]
+                                               *network_findings(objects), *lag_alert_findings(objects), *promtool)]
         notes.append(f"{label}: {len(objects)} objects rendered, schemas checked for Kubernetes "
                      f"{' and '.join(K8S_VERSIONS)}; against vendored CRD schemas: {', '.join(custom) or 'none'}; "
                      f"alert rule groups tested by promtool: {groups}")

@@ -228,6 +228,43 @@ def test_a_nats_value_the_chart_does_not_have_fails(k8s, capsys):
     assert "ANYTHING" not in out  # env is free-form
 
 
+def test_an_alert_rule_promtool_rejects_or_whose_unit_test_fails_is_reported(k8s, capsys):
+    rules = k8s / "components/monitoring/alerts.yaml"
+    text = rules.read_text()
+    # A syntax error in one rule, and the dead-letter alert waiting longer than its test expects.
+    text = text.replace("expr: max by (namespace, pod) (rawdrive_outbox_oldest_row_age_seconds) > 300",
+                        "expr: max by (namespace, pod) (rawdrive_outbox_oldest_row_age_seconds > 300")
+    rules.write_text(text.replace("for: 5m", "for: 30m", 1))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: promtool check rules:" in out
+    assert "FAIL prod: promtool test rules:" in out
+
+
+def test_an_alert_test_expecting_what_the_rule_does_not_do_fails(k8s, capsys):
+    rules = k8s / "components/monitoring/alerts.yaml"
+    rules.write_text(rules.read_text().replace("for: 5m", "for: 30m", 1))
+    findings, groups = deploy_check.promtool_findings(deploy_check.render(k8s / "overlays/prod"),
+                                                      tests=deploy_check.ALERT_TESTS)
+    assert groups == 2
+    assert any("RawdriveDeadLetters" in f for f in findings), findings
+
+
+def test_a_scaledobject_whose_limit_the_lag_alert_does_not_follow_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/maxReplicaCount
+          value: 12
+        """, "{kind: ScaledObject, name: commit-verifier}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ('FAIL prod: ScaledObject/commit-verifier: no RawdriveConsumerLagAtScaleLimit rule fires at its limit '
+            '(an expr with `consumer="commit-verifier"}) > 8 * 12`)') in out
+    assert "ScaledObject/media-processor: no" not in out
+
+
 def test_an_ingress_that_buffers_uploads_fails(k8s, capsys):
     add_patch(k8s, """
         - op: replace

@@ -265,6 +265,32 @@ def test_a_scaledobject_whose_limit_the_lag_alert_does_not_follow_fails(k8s, cap
     assert "ScaledObject/media-processor: no" not in out
 
 
+def test_an_httproute_routing_everything_or_cutting_uploads_sooner_than_the_ingress_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/rules/0/matches/0/path/value
+          value: /
+        - op: replace
+          path: /spec/rules/0/timeouts/request
+          value: 15s
+        - op: remove
+          path: /spec/rules/0/timeouts/backendRequest
+        """, "{kind: HTTPRoute, name: upload-gateway}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: HTTPRoute/upload-gateway: routes PathPrefix '/', beyond the public API" in out
+    assert "FAIL prod: HTTPRoute/upload-gateway: rule 0 timeouts.request is '15s', not the Ingress's proxy-read-timeout (3600s)" in out
+    assert "FAIL prod: HTTPRoute/upload-gateway: rule 0 timeouts.backendRequest is None" in out
+
+
+def test_gateway_api_durations_are_read_as_the_spec_writes_them():
+    assert deploy_check._seconds("3600s") == deploy_check._seconds("1h") == deploy_check._seconds("59m60s") == 3600
+    assert deploy_check._seconds("500ms") == 0.5
+    with pytest.raises(ValueError):
+        deploy_check._seconds("1 hour")
+
+
 def test_an_ingress_that_buffers_uploads_fails(k8s, capsys):
     add_patch(k8s, """
         - op: replace

@@ -7,6 +7,8 @@ DATA ?= .data
 # Debian packages the media processor and its tests need (ImageMagick with MagickWand,
 # Ghostscript for PDFs, ffmpeg for video posters, dcraw for RAW files).
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
+# Only for `make deploy-check`: promtool (in Debian's prometheus package) tests the alert rules.
+DEPLOY_CHECK_DEBIAN_PACKAGES := prometheus
 PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor -e clients/cli
@@ -16,16 +18,24 @@ PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
 
-.PHONY: bootstrap system-packages dev test test-unit lint token schemas bench clean
+.PHONY: bootstrap system-packages deploy-check-packages dev test test-unit lint token schemas bench clean
 bootstrap: system-packages $(VENV)/.installed
 
-system-packages:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# $(call install-debian-packages,PACKAGES): apt-get install those not installed yet.
+define install-debian-packages
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+system-packages:
+	$(call install-debian-packages,$(DEBIAN_PACKAGES))
+
+deploy-check-packages:
+	$(call install-debian-packages,$(DEPLOY_CHECK_DEBIAN_PACKAGES))
 
 $(VENV)/.installed: $(PYPROJECTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +58,9 @@ lint: bootstrap
 	  --config "lint.isort.known-first-party = $(FIRST_PARTY)" libs services clients tests bench
 
 # Dockerfiles (hadolint), image locks, and every kustomize overlay rendered, schema-checked
-# offline and policy-checked; then the check's own tests (it must fail on bad manifests).
-deploy-check: bootstrap
+# offline and policy-checked, the alert rules' promtool tests; then the check's own tests (it
+# must fail on bad manifests).
+deploy-check: bootstrap deploy-check-packages
 	$(PY) deploy/k8s/check/deploy_check.py
 	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
 

@@ -35,6 +35,7 @@ from rawdrive_contracts import (
     encode,
     subject_for,
 )
+from rawdrive_platform.config import DEFAULT_STREAM_MAX_BYTES
 from rawdrive_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
     max_age_s: float = 14 * 24 * 3600
     duplicate_window_s: float = 120.0
+    max_bytes: int = DEFAULT_STREAM_MAX_BYTES  # each stream
+
+
+def discard_policy(spec: StreamSpec) -> js_api.DiscardPolicy:
+    """What a stream does at max_bytes. A work stream refuses new events: the publisher gets an
+    error and retries (outbox rows wait, a consumer's delivery is redelivered), so nothing a
+    consumer has not read yet is deleted. The dead-letter stream drops its oldest reports: the
+    server's advisories cannot be retried, and the originals stay in their own streams."""
+    return js_api.DiscardPolicy.OLD if spec.name == DEADLETTER_STREAM.name else js_api.DiscardPolicy.NEW
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +135,8 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Stream
         num_replicas=settings.replicas,
         max_age=settings.max_age_s,
         duplicate_window=settings.duplicate_window_s,
+        max_bytes=settings.max_bytes,
+        discard=discard_policy(spec),
     )
     try:
         await js.stream_info(spec.name)

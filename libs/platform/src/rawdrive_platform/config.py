@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 ENV_PREFIX = "RAWDRIVE_"
+# The most bytes each JetStream stream keeps (RAWDRIVE_STREAM_MAX_BYTES). JetStream reserves it in
+# the server's file store, so it must fit there: 1 GiB suits a laptop; production sets its own.
+DEFAULT_STREAM_MAX_BYTES = 1 << 30
 
 
 class Secret:
@@ -65,6 +68,7 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     s3_endpoint: str | None = None  # None: the SDK's own endpoint resolution (AWS)
     s3_region: str = "auto"
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    stream_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = DEFAULT_STREAM_MAX_BYTES
     health_port: Port = 8081
     # How long a delivered message may go unacknowledged before another replica gets it; a
     # live handler extends it while it works, so this bounds recovery after a crash.

@@ -79,7 +79,8 @@ class Runtime:
             self._nc = await bus.connect(self.settings.nats_url, name=self.name)
             self._exit.push_async_callback(self._nc.drain)
             self.health.add_check("nats", nats_check(self._nc))
-            await bus.provision(self._nc.jetstream(), bus.StreamSettings(replicas=self.settings.stream_replicas))
+            await bus.provision(self._nc.jetstream(), bus.StreamSettings(
+                replicas=self.settings.stream_replicas, max_bytes=self.settings.stream_max_bytes))
         return self._nc.jetstream()
 
     async def database(self, schema: str, migrations: Traversable) -> asyncpg.Pool:

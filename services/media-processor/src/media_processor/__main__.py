@@ -3,6 +3,8 @@
 import asyncio
 from functools import partial
 
+import msgspec
+
 from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
 from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
@@ -21,14 +23,17 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     scratch_dir: str | None = None
 
 
+# Every replica binds the same durable, so they share the work. The provisioning Job creates it
+# before the first start (python -m rawdrive_platform.provision --consumers media_processor.__main__:CONSUMER).
+CONSUMER = ConsumerSpec(
+    durable="media-processor",
+    stream=UPLOADS_STREAM.name,
+    filter_subjects=(subject_filter(UploadVerified.spec),),
+)
+
+
 def consumer_spec(settings: Settings) -> ConsumerSpec:
-    # Every replica binds the same durable, so they share the work.
-    return ConsumerSpec(
-        durable="media-processor",
-        stream=UPLOADS_STREAM.name,
-        filter_subjects=(subject_filter(UploadVerified.spec),),
-        max_deliver=settings.max_deliver,
-    )
+    return msgspec.structs.replace(CONSUMER, max_deliver=settings.max_deliver)
 
 
 async def main(runtime: Runtime) -> None:

@@ -35,7 +35,7 @@ from rawdrive_contracts import (
     new_event,
 )
 from rawdrive_platform import bus, keys
-from rawdrive_platform.metrics import PROCESSING_SECONDS, Stopwatch
+from rawdrive_platform.metrics import PROCESSING_FAILED, PROCESSING_SECONDS, Stopwatch
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
 
@@ -227,6 +227,7 @@ async def _announce_failure(
         storage_profile_ref=upload.storage_profile_ref,
     )
     await _publish(deps, failed)
+    PROCESSING_FAILED.labels(reason=reason).inc()
     log.info("asset processing failed", extra={"asset_id": upload.asset_id, "reason": reason})
 
 

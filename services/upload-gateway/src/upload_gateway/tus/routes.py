@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from rawdrive_platform.storage import StorageError
 from upload_gateway.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.tus import protocol
@@ -90,7 +91,8 @@ class _Handlers:
         state = await store.create(target, creation)
         if request.can_read_body:  # creation-with-upload
             patch = protocol.parse_patch(request.headers, creation=True)
-            state = await store.write(target, patch, request.content.read)
+            with UPLOADS_IN_FLIGHT.track_inprogress():
+                state = await store.write(target, patch, request.content.read)
         headers = _upload_headers(state) | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
@@ -120,7 +122,8 @@ class _Handlers:
             # A client that took the URL as its upload URL skipped the POST (create is idempotent);
             # the offset check then answers as for any upload at 0.
             await store.create(target, protocol.session_creation(target.size_bytes))
-        state = await store.write(target, patch, request.content.read)
+        with UPLOADS_IN_FLIGHT.track_inprogress():
+            state = await store.write(target, patch, request.content.read)
         return web.Response(status=204, headers=_upload_headers(state))
 
     async def delete(self, request: web.Request) -> web.Response:

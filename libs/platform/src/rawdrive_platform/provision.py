@@ -6,7 +6,9 @@ migrations once, before a rollout (the Kubernetes provisioning Job runs this).
 
 `--migrate SCHEMA=PACKAGE` applies the platform's and `files(PACKAGE) / "migrations"` to SCHEMA,
 exactly as the service does at start (under the same advisory lock), so running it first only
-moves a failing migration out of the rollout. Reads RAWDRIVE_NATS_URL, RAWDRIVE_STREAM_REPLICAS
+moves a failing migration out of the rollout. `--streams` also creates the storage-profile KV
+bucket. Reads RAWDRIVE_NATS_URL with the provisioning identity's RAWDRIVE_NATS_USER and
+RAWDRIVE_NATS_PASSWORD (or RAWDRIVE_NATS_CREDS; rawdrive_platform.busauth), RAWDRIVE_STREAM_REPLICAS
 and RAWDRIVE_DATABASE_URL (required with --migrate).
 
 `--reseal-profiles` is the middle step of a master key rotation (rawdrive_platform.profiles):
@@ -31,15 +33,21 @@ from typing import Annotated
 import msgspec
 
 from rawdrive_platform import bus, db
-from rawdrive_platform.config import ConfigError, LogLevel, Secret, load_settings
-from rawdrive_platform.profiles import MasterKey, ResealReport, master_key, profile_bucket, reseal_profiles
+from rawdrive_platform.config import ConfigError, LogLevel, NatsSettings, Secret, load_settings
+from rawdrive_platform.profiles import (
+    PROFILES_BUCKET,
+    MasterKey,
+    ResealReport,
+    master_key,
+    profile_bucket,
+    reseal_profiles,
+)
 from rawdrive_platform.telemetry import setup_json_logging
 
 log = logging.getLogger("rawdrive_platform.provision")
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    nats_url: str = "nats://127.0.0.1:4222"
+class Settings(NatsSettings, kw_only=True, frozen=True):
     database_url: str | None = None
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     log_level: LogLevel = "INFO"
@@ -54,6 +62,7 @@ class Target(msgspec.Struct, frozen=True):
 
 class Report(msgspec.Struct):
     streams: list[str] = msgspec.field(default_factory=list)
+    kv_buckets: list[str] = msgspec.field(default_factory=list)
     migrations: dict[str, list[str]] = msgspec.field(default_factory=dict)
     profiles: ResealReport | None = None
 
@@ -75,12 +84,15 @@ async def provision(
 ) -> Report:
     report = Report()
     if streams or reseal_with is not None:
-        nc = await bus.connect(settings.nats_url, name="rawdrive-provision")
+        nc = await bus.connect(settings, name="rawdrive-provision")
         try:
             js = nc.jetstream()
             if streams:
                 await bus.provision(js, bus.StreamSettings(replicas=settings.stream_replicas))
                 report.streams = [spec.name for spec in (*bus.STREAMS, bus.DEADLETTER_STREAM)]
+                # The services may read the profile bucket, never create it (busauth).
+                await profile_bucket(js, replicas=settings.stream_replicas)
+                report.kv_buckets = [PROFILES_BUCKET]
                 log.info("streams provisioned", extra={"streams": report.streams, "replicas": settings.stream_replicas})
             if reseal_with is not None:
                 kv = await profile_bucket(js, replicas=settings.stream_replicas)
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(Settings)
         key = master_key(settings.storage_master_key, settings.storage_previous_master_keys)
+        bus.auth_options(settings)
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"provision: {exc}\n")
         return 2

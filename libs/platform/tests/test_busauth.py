@@ -14,6 +14,7 @@ import pytest
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig
+
 from rawdrive_contracts import (
     ASSETS_STREAM,
     UPLOADS_STREAM,

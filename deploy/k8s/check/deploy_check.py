@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from rawdrive_platform import busauth
 from rawdrive_platform.config import CommonSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -58,7 +59,10 @@ container (init too): not privileged; allowPrivilegeEscalation false; readOnlyRo
      with a tag or digest, tag not `latest`
 long-running workloads: liveness and readiness probes; terminationGracePeriodSeconds > the app
      container's RAWDRIVE_STOP_TIMEOUT_S (env, or the ConfigMaps it reads, or the default)
-gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only"""
+gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only
+NATS: every Deployment's app container connects as a user of rawdrive_platform.busauth
+     (RAWDRIVE_NATS_USER) with that user's key of Secret rawdrive-nats; nats/values.yaml's
+     users, permissions and password variables are busauth's table, rendered"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,9 +288,45 @@ def ingress_findings(obj: dict[str, Any]) -> list[str]:
     return out
 
 
+def nats_identity_findings(obj: dict[str, Any]) -> list[str]:
+    """A container that names a NATS user names one of busauth's, with that user's password; every
+    long-running workload's app container names one (NATS refuses anonymous clients)."""
+    spec = pod_spec(obj)
+    if spec is None:
+        return []
+    out = []
+    for label, container in _containers(spec):
+        env = {entry.get("name"): entry for entry in container.get("env") or []}
+        user = (env.get("RAWDRIVE_NATS_USER") or {}).get("value")
+        if user is None:
+            if obj["kind"] in LONG_RUNNING and label == f"container {spec['containers'][0].get('name')}":
+                out.append(f"{name_of(obj)} {label}: no RAWDRIVE_NATS_USER (NATS refuses anonymous clients)")
+            continue
+        if user not in busauth.USERS:
+            out.append(f"{name_of(obj)} {label}: RAWDRIVE_NATS_USER {user!r} is not a busauth identity")
+        ref = ((env.get("RAWDRIVE_NATS_PASSWORD") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if (ref.get("name"), ref.get("key")) != ("rawdrive-nats", user):
+            out.append(f"{name_of(obj)} {label}: RAWDRIVE_NATS_PASSWORD is not key {user!r} of Secret rawdrive-nats")
+    return out
+
+
 def policy_findings(objects: list[dict[str, Any]]) -> list[str]:
     config_maps = {obj["metadata"]["name"]: obj.get("data") or {} for obj in objects if obj["kind"] == "ConfigMap"}
-    return [f for obj in objects for f in (*workload_findings(obj, config_maps), *ingress_findings(obj))]
+    return [f for obj in objects
+            for f in (*workload_findings(obj, config_maps), *ingress_findings(obj), *nats_identity_findings(obj))]
+
+
+def nats_values_findings(values_file: Path) -> list[str]:
+    """The NATS chart's users, permissions and password variables are busauth's table, rendered."""
+    values = yaml.safe_load(values_file.read_text()) or {}
+    expected = busauth.helm_values()
+    regenerate = "differs from rawdrive_platform.busauth (print it with `python -m rawdrive_platform.busauth`)"
+    out = []
+    if ((values.get("config") or {}).get("merge") or {}).get("authorization") != expected["config"]["merge"]["authorization"]:
+        out.append(f"{values_file.name}: config.merge.authorization {regenerate}")
+    if ((values.get("container") or {}).get("env") or {}) != expected["container"]["env"]:
+        out.append(f"{values_file.name}: container.env {regenerate}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         findings += lock_findings()
     overlays = sorted(p for p in (args.k8s / "overlays").iterdir() if (p / "kustomization.yaml").exists())
     overlay_findings, notes = check_overlays(overlays)
-    findings += overlay_findings
+    findings += overlay_findings + nats_values_findings(args.k8s / "nats/values.yaml")
     for note in notes:
         print(f"deploy-check: {note}")
     for finding in findings:

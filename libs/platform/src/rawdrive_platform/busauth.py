@@ -266,3 +266,28 @@ class BusUsers(msgspec.Struct, frozen=True):
 
     def config(self) -> str:
         return server_config(self.passwords, superuser=self.superuser)
+
+
+def helm_values() -> dict:
+    """The part of deploy/k8s/nats/values.yaml this table decides: the users and permissions, and
+    the server container's password variables, each from the Secret `rawdrive-nats-users` in the
+    NATS namespace (one key per user, the same passwords as `rawdrive-nats` in RawDrive's)."""
+    return {
+        "config": {"merge": {"authorization": helm_authorization()}},
+        "container": {"env": {
+            password_variable(user): {"valueFrom": {"secretKeyRef": {"name": "rawdrive-nats-users", "key": user}}}
+            for user in USERS
+        }},
+    }
+
+
+def main() -> None:
+    """`python -m rawdrive_platform.busauth`: print `helm_values()` as YAML, to paste into
+    deploy/k8s/nats/values.yaml after changing the table."""
+    import yaml
+
+    print(yaml.safe_dump(helm_values(), sort_keys=False, width=200), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -29,8 +29,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The session's NATS identities (rawdrive_platform.testing.NatsIdentities), set by the autouse
+# fixture below; None when this file is loaded outside pytest (bench/), whose NATS has no users.
+NATS_IDENTITIES = None
+
+
+def nats_user_of(module: str) -> str:
+    """The busauth identity a service runs as: its package name with dashes."""
+    return module.replace("_", "-")
+
+
 class ServiceProcess:
-    """One service (`python -m <module>`) with its own health port and log file."""
+    """One service (`python -m <module>`) with its own health port and log file, connecting to
+    NATS as its own identity, with exactly the permissions it has in production."""
 
     def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
         self.module = module
@@ -39,7 +50,8 @@ class ServiceProcess:
             own = {"RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
         else:
             own = {"RAWDRIVE_HEALTH_PORT": str(self.port)}
-        self.env = {**env, **own}
+        identity = NATS_IDENTITIES.env(nats_user_of(module)) if NATS_IDENTITIES is not None else {}
+        self.env = {**env, **identity, **own}
         self.log_path = log_dir / f"{module}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -75,11 +87,20 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _services_have_their_own_nats_identity(nats_identities):
+    global NATS_IDENTITIES
+    NATS_IDENTITIES = nats_identities
+    yield
+    NATS_IDENTITIES = None
+
+
 @pytest.fixture
-def service_env(nats_url, fresh_database_url, s3_server) -> dict[str, str]:
+def service_env(nats_identities, fresh_database_url, s3_server) -> dict[str, str]:
+    """What every service gets; ServiceProcess adds the NATS identity of the one it starts."""
     return {
         **os.environ,
-        "RAWDRIVE_NATS_URL": nats_url,
+        "RAWDRIVE_NATS_URL": nats_identities.url,
         "RAWDRIVE_DATABASE_URL": fresh_database_url,
         "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
         "RAWDRIVE_S3_REGION": s3_server.region,
@@ -394,7 +415,7 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def module_service_env(nats_url, database_url, s3_server) -> Iterator[dict[str, str]]:
+def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dict[str, str]]:
     """Like service_env, but for a whole module: its own database and its own bucket, so the
     janitor's sweeps see only this module's objects."""
     from rawdrive_platform.devstack.servers import create_database, drop_database, s3_client
@@ -407,7 +428,7 @@ def module_service_env(nats_url, database_url, s3_server) -> Iterator[dict[str, 
     try:
         yield {
             **os.environ,
-            "RAWDRIVE_NATS_URL": nats_url,
+            "RAWDRIVE_NATS_URL": nats_identities.url,
             "RAWDRIVE_DATABASE_URL": _with_database(database_url, name),
             "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
             "RAWDRIVE_S3_REGION": s3_server.region,
@@ -433,7 +454,9 @@ async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1):
         for _ in range(replicas):
             for module in SERVICES:
                 pipeline.start(module)
-        pipeline.events = await consume_asset_events(env["RAWDRIVE_NATS_URL"], workspace, stop)
+        # Another team's consumer: its identity is theirs to define, so the test's superuser here.
+        outside_url = NATS_IDENTITIES.superuser_url if NATS_IDENTITIES is not None else env["RAWDRIVE_NATS_URL"]
+        pipeline.events = await consume_asset_events(outside_url, workspace, stop)
         headers = {"Authorization": f"Bearer {pipeline.token}"}
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(pipeline.base_url, headers=headers, timeout=timeout) as http:

@@ -38,6 +38,7 @@ import msgspec
 import yaml
 from nats.aio.client import DEFAULT_DRAIN_TIMEOUT
 
+from rawdrive_platform import busauth
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.service import _CANCELLED_UNWIND_S
 
@@ -96,7 +97,10 @@ autoscaled Deployments (HPA or KEDA): no spec.replicas; KEDA ScaledObjects: a fa
 gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only
 gateway HTTPRoute: routes /v1 and /openapi.json only, request and backend timeouts equal to the
      Ingress's proxy-read-timeout
-NetworkPolicies: NETWORK_CLAIMS (default deny; only the listed ingress and egress, with ports)"""
+NetworkPolicies: NETWORK_CLAIMS (default deny; only the listed ingress and egress, with ports)
+NATS: every Deployment's app container connects as a user of rawdrive_platform.busauth
+     (RAWDRIVE_NATS_USER) with that user's key of Secret rawdrive-nats; nats/values.yaml's
+     users, permissions and password variables are busauth's table, rendered"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +456,7 @@ def policy_findings(objects: list[dict[str, Any]], digest_required: bool = False
     findings = [
         f for obj in objects
         for f in (*workload_findings(obj, config_maps, digest_required), *ingress_findings(obj),
-                  *httproute_findings(obj, upload_timeout_s))
+                  *httproute_findings(obj, upload_timeout_s), *nats_identity_findings(obj))
     ]
     return findings + autoscaling_findings(objects)
 
@@ -604,6 +608,42 @@ def promtool_findings(objects: list[dict[str, Any]], tests: Path = ALERT_TESTS) 
     return findings, len(groups)
 
 
+def nats_identity_findings(obj: dict[str, Any]) -> list[str]:
+    """A container that names a NATS user names one of busauth's, with that user's password; every
+    long-running workload's app container names one (NATS refuses anonymous clients)."""
+    spec = pod_spec(obj)
+    if spec is None:
+        return []
+    out = []
+    for label, container in _containers(spec):
+        env = {entry.get("name"): entry for entry in container.get("env") or []}
+        user = (env.get("RAWDRIVE_NATS_USER") or {}).get("value")
+        if user is None:
+            if obj["kind"] in LONG_RUNNING and label == f"container {spec['containers'][0].get('name')}":
+                out.append(f"{name_of(obj)} {label}: no RAWDRIVE_NATS_USER (NATS refuses anonymous clients)")
+            continue
+        if user not in busauth.USERS:
+            out.append(f"{name_of(obj)} {label}: RAWDRIVE_NATS_USER {user!r} is not a busauth identity")
+        ref = ((env.get("RAWDRIVE_NATS_PASSWORD") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if (ref.get("name"), ref.get("key")) != ("rawdrive-nats", user):
+            out.append(f"{name_of(obj)} {label}: RAWDRIVE_NATS_PASSWORD is not key {user!r} of Secret rawdrive-nats")
+    return out
+
+
+def nats_users_findings(values_file: Path) -> list[str]:
+    """The NATS chart's users, permissions and password variables are busauth's table, rendered."""
+    values = yaml.safe_load(values_file.read_text()) or {}
+    expected = busauth.helm_values()
+    regenerate = "differs from rawdrive_platform.busauth (print it with `python -m rawdrive_platform.busauth`)"
+    out = []
+    if ((values.get("config") or {}).get("merge") or {}).get("authorization") != expected["config"]["merge"]["authorization"]:
+        out.append(f"{values_file.name}: config.merge.authorization {regenerate}")
+    env = (values.get("container") or {}).get("env") or {}
+    if {name: env.get(name) for name in expected["container"]["env"]} != expected["container"]["env"]:
+        out.append(f"{values_file.name}: container.env {regenerate}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -639,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
                                      yaml.safe_load(NATS_CHART_VALUES.read_text()))
     overlays = sorted(p for p in (args.k8s / "overlays").iterdir() if (p / "kustomization.yaml").exists())
     overlay_findings, notes = check_overlays(overlays)
-    findings += overlay_findings
+    findings += overlay_findings + nats_users_findings(args.k8s / NATS_VALUES)
     for note in notes:
         print(f"deploy-check: {note}")
     for finding in findings:

@@ -363,3 +363,25 @@ def test_a_lock_missing_a_dependency_or_outside_its_range_fails(tmp_path):
     assert "services/demo/requirements.lock: msgspec (from libs/contracts) is locked at 0.18.0, outside >=0.19" in findings
     assert "services/demo/requirements.lock: nats-py has no --hash" in findings
     assert "services/demo/requirements.lock: wand (from services/demo) is not locked; rerun deploy/k8s/images/lock.py" in findings
+
+
+def test_nats_values_that_drift_from_the_busauth_table_fail(k8s, capsys):
+    values = k8s / "nats/values.yaml"
+    # A hand-widened permission: the processor may now forge verdicts.
+    values.write_text(values.read_text().replace("- rawdrive.asset.created.*", "- rawdrive.asset.created.*\n            - rawdrive.upload.verified.*", 1))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    assert "values.yaml: config.merge.authorization differs from rawdrive_platform.busauth" in capsys.readouterr().out
+
+
+def test_a_service_connecting_as_another_identity_or_anonymously_fails(k8s, capsys):
+    processor, janitor = k8s / "base/media-processor.yaml", k8s / "base/janitor.yaml"
+    user = "            - name: RAWDRIVE_NATS_USER\n              value: {}\n"
+    processor.write_text(processor.read_text().replace(user.format("media-processor"), user.format("provision")))
+    janitor.write_text(janitor.read_text().replace(user.format("janitor"), ""))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ("Deployment/media-processor container app: RAWDRIVE_NATS_PASSWORD is not key 'provision' "
+            "of Secret rawdrive-nats") in out
+    assert "Deployment/janitor container app: no RAWDRIVE_NATS_USER" in out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +37,8 @@ from rawdrive_contracts import (
     encode,
     subject_for,
 )
-from rawdrive_platform.config import DEFAULT_STREAM_MAX_BYTES
+from rawdrive_platform import busauth
+from rawdrive_platform.config import DEFAULT_STREAM_MAX_BYTES, NatsSettings
 from rawdrive_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -97,8 +100,49 @@ EventHandler = Callable[[CloudEvent[Any]], Awaitable[None]]
 ExhaustedHandler = Callable[[CloudEvent[Any], BaseException], Awaitable[None]]
 
 
-async def connect(url: str, *, name: str) -> NATS:
-    """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile."""
+def redact_url(url: str) -> str:
+    """The URL without any user:password, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+def auth_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py's connect options for the settings' identity and TLS. ValueError (naming the
+    variables, never a value) when they contradict each other."""
+    options: dict[str, Any] = {}
+    if settings.nats_creds is not None:
+        if settings.nats_user is not None or settings.nats_password is not None:
+            raise ValueError("RAWDRIVE_NATS_CREDS excludes RAWDRIVE_NATS_USER and RAWDRIVE_NATS_PASSWORD")
+        options["user_credentials"] = settings.nats_creds
+    elif (settings.nats_user is None) != (settings.nats_password is None):
+        raise ValueError("RAWDRIVE_NATS_USER and RAWDRIVE_NATS_PASSWORD go together")
+    elif settings.nats_user is not None and settings.nats_password is not None:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password.reveal()
+        # Replies come back under this identity's own prefix (busauth: the only one it may read).
+        options["inbox_prefix"] = busauth.inbox_prefix(settings.nats_user)
+    if settings.nats_tls_ca is not None:
+        if not settings.nats_url.startswith("tls://"):
+            raise ValueError("RAWDRIVE_NATS_TLS_CA needs a tls:// RAWDRIVE_NATS_URL")
+        options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    return options
+
+
+async def connect(target: str | NatsSettings, *, name: str) -> NATS:
+    """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile.
+
+    `target` is a URL (which may carry user:password, as test fixtures' do) or the settings,
+    which name the identity (RAWDRIVE_NATS_USER...) as well."""
+    settings = NatsSettings(nats_url=target) if isinstance(target, str) else target
+    options = auth_options(settings)
+    url = redact_url(settings.nats_url)
+    if settings.nats_user is None and settings.nats_creds is None:
+        user = urllib.parse.urlsplit(settings.nats_url).username
+        if user:
+            options["inbox_prefix"] = busauth.inbox_prefix(urllib.parse.unquote(user))
     client: NATS | None = None
 
     async def on_disconnect() -> None:
@@ -110,10 +154,11 @@ async def connect(url: str, *, name: str) -> NATS:
         log.info("nats reconnected", extra={"nats_url": url})
 
     async def on_error(exc: Exception) -> None:
+        # A permissions violation lands here: the publish or request it refused then times out.
         log.warning("nats error: %s", exc)
 
     client = await nats.connect(
-        servers=[url],
+        servers=[settings.nats_url],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -122,6 +167,7 @@ async def connect(url: str, *, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        **options,
     )
     return client
 
@@ -220,7 +266,12 @@ class Consumer:
         self._concurrency = concurrency
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_consumer(self._js, self._spec)
+        try:
+            await ensure_consumer(self._js, self._spec)
+        except NotFoundError as exc:
+            raise RuntimeError(
+                f"stream {self._spec.stream} does not exist: run `python -m rawdrive_platform.provision --streams`"
+            ) from exc
         sub = await self._js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream)
         try:
             await asyncio.gather(*(self._worker(sub, stop) for _ in range(self._concurrency)))

@@ -57,18 +57,28 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 SettingsT = TypeVar("SettingsT", bound=msgspec.Struct)
 
 
-class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
+class NatsSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """How to reach NATS and who to be there (rawdrive_platform.busauth lists the users).
+    `tls://` URLs use TLS with the system's CAs, or `nats_tls_ca` when set."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: Secret | None = None
+    # A NATS credentials file (JWT + nkey seed), instead of user and password.
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
+
+
+class CommonSettings(NatsSettings, kw_only=True, frozen=True):
     """Settings every service shares; a service's own Settings subclasses this."""
 
     database_url: str
     s3_bucket: str
     s3_access_key_id: str
     s3_secret_access_key: Secret
-    nats_url: str = "nats://127.0.0.1:4222"
     s3_endpoint: str | None = None  # None: the SDK's own endpoint resolution (AWS)
     s3_region: str = "auto"
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
-    stream_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = DEFAULT_STREAM_MAX_BYTES
     health_port: Port = 8081
     # How long a delivered message may go unacknowledged before another replica gets it; a
     # live handler extends it while it works, so this bounds recovery after a crash.

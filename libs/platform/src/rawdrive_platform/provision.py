@@ -6,14 +6,16 @@ migrations once, before a rollout (the Kubernetes provisioning Job runs this).
         --migrate verifier=commit_verifier
 
 `--streams` creates or updates every stream (RAWDRIVE_STREAM_REPLICAS, RAWDRIVE_STREAM_MAX_BYTES)
-as every service does at start. `--consumers MODULE:NAME` creates the durable consumer NAME names
+and the storage-profile KV bucket: the services may not (rawdrive_platform.busauth). `--consumers MODULE:NAME` creates the durable consumer NAME names
 in MODULE (a ConsumerSpec, or a function returning one when called without arguments) if it does
 not exist yet; an existing one is left as its service configured it. So a consumer exists before
 its service first starts: KEDA reads its lag, not "no consumer" (which it would count as the
 whole stream). `--migrate SCHEMA=PACKAGE` applies the platform's and `files(PACKAGE) /
 "migrations"` to SCHEMA, exactly as the service does at start (under the same advisory lock), so
-running it first only moves a failing migration out of the rollout. Reads RAWDRIVE_NATS_URL,
-RAWDRIVE_CONSUMER_ACK_WAIT_S and RAWDRIVE_DATABASE_URL (required with --migrate).
+running it first only moves a failing migration out of the rollout. Reads RAWDRIVE_NATS_URL with
+the provisioning identity's RAWDRIVE_NATS_USER and RAWDRIVE_NATS_PASSWORD (or RAWDRIVE_NATS_CREDS;
+rawdrive_platform.busauth), RAWDRIVE_CONSUMER_ACK_WAIT_S and RAWDRIVE_DATABASE_URL (required with
+--migrate).
 
 `--reseal-profiles` is the middle step of a master key rotation (rawdrive_platform.profiles):
 every published BYOS profile is sealed anew under RAWDRIVE_STORAGE_MASTER_KEY, opened with it or
@@ -41,15 +43,28 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from rawdrive_platform import bus, db
-from rawdrive_platform.config import DEFAULT_STREAM_MAX_BYTES, ConfigError, LogLevel, Secret, load_settings
-from rawdrive_platform.profiles import MasterKey, ResealReport, master_key, profile_bucket, reseal_profiles
+from rawdrive_platform.config import (
+    DEFAULT_STREAM_MAX_BYTES,
+    ConfigError,
+    LogLevel,
+    NatsSettings,
+    Secret,
+    load_settings,
+)
+from rawdrive_platform.profiles import (
+    PROFILES_BUCKET,
+    MasterKey,
+    ResealReport,
+    master_key,
+    profile_bucket,
+    reseal_profiles,
+)
 from rawdrive_platform.telemetry import setup_json_logging
 
 log = logging.getLogger("rawdrive_platform.provision")
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    nats_url: str = "nats://127.0.0.1:4222"
+class Settings(NatsSettings, kw_only=True, frozen=True):
     database_url: str | None = None
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     stream_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = DEFAULT_STREAM_MAX_BYTES
@@ -66,6 +81,7 @@ class Target(msgspec.Struct, frozen=True):
 
 class Report(msgspec.Struct):
     streams: list[str] = msgspec.field(default_factory=list)
+    kv_buckets: list[str] = msgspec.field(default_factory=list)
     # Durable consumers created by this run, and those that already existed (left as they are).
     consumers: dict[str, list[str]] = msgspec.field(default_factory=dict)
     migrations: dict[str, list[str]] = msgspec.field(default_factory=dict)
@@ -119,13 +135,16 @@ async def provision(
 ) -> Report:
     report = Report()
     if streams or consumers or reseal_with is not None:
-        nc = await bus.connect(settings.nats_url, name="rawdrive-provision")
+        nc = await bus.connect(settings, name="rawdrive-provision")
         try:
             js = nc.jetstream()
             if streams:
                 await bus.provision(js, bus.StreamSettings(replicas=settings.stream_replicas,
                                                            max_bytes=settings.stream_max_bytes))
                 report.streams = [spec.name for spec in (*bus.STREAMS, bus.DEADLETTER_STREAM)]
+                # The services may read the profile bucket, never create it (busauth).
+                await profile_bucket(js, replicas=settings.stream_replicas)
+                report.kv_buckets = [PROFILES_BUCKET]
                 log.info("streams provisioned", extra={"streams": report.streams, "replicas": settings.stream_replicas,
                                                        "max_bytes": settings.stream_max_bytes})
             for spec in consumers:
@@ -165,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(Settings)
         key = master_key(settings.storage_master_key, settings.storage_previous_master_keys)
+        bus.auth_options(settings)
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"provision: {exc}\n")
         return 2

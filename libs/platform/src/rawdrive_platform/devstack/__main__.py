@@ -14,6 +14,9 @@ Default ports (override with the flags below):
 `python -m rawdrive_platform.devstack token --data .data [--workspace dev --role admin
 --sub dev-user --ttl 86400]` prints a development JWT signed with the secret in DATA/env.
 Credentials (S3 keys, JWT secret, storage master key) are generated on first start and kept in DATA/env.
+NATS refuses anonymous clients and runs the permissions of rawdrive_platform.busauth: every
+service connects as its own user, with a password generated at each start; DATA/env holds the
+provisioning identity's (streams, dead letters), for tools run from another shell.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from rawdrive_platform.busauth import PROVISION, BusUsers
 from rawdrive_platform.devstack.servers import (
     NatsServer,
     PostgresServer,
@@ -129,9 +133,11 @@ def write_env_file(path: Path, settings: dict[str, str]) -> None:
 def stack_settings(
     args: argparse.Namespace, nats: NatsServer, postgres: PostgresServer, s3: S3Server, creds: dict[str, str]
 ) -> dict[str, str]:
+    assert nats.users is not None
     return {
         "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{args.http_port}",
         "RAWDRIVE_NATS_URL": nats.url,
+        **nats.users.env(PROVISION),
         "RAWDRIVE_DATABASE_URL": postgres.url,
         "RAWDRIVE_S3_ENDPOINT": s3.connection.endpoint,
         "RAWDRIVE_S3_REGION": s3.connection.region,
@@ -150,9 +156,10 @@ def stack_settings(
 # Services
 
 
-def start_service(module: str, port: int, settings: dict[str, str], logs: Path) -> ServiceProcess:
+def start_service(module: str, port: int, settings: dict[str, str], logs: Path, nats_users: BusUsers) -> ServiceProcess:
     port_variable = "RAWDRIVE_HTTP_PORT" if module == "upload_gateway" else "RAWDRIVE_HEALTH_PORT"
-    environment = os.environ | settings | {port_variable: str(port)}
+    # Its own NATS identity (busauth: the package name with dashes), not the provisioning one.
+    environment = os.environ | settings | nats_users.env(module.replace("_", "-")) | {port_variable: str(port)}
     log_file = logs / f"{module}.log"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
@@ -230,7 +237,8 @@ def run_stack(args: argparse.Namespace) -> int:
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     creds = load_or_create_secrets(data)
-    nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port, log_file=logs / "nats.log")
+    nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port, log_file=logs / "nats.log",
+                      users=BusUsers.generate())
     postgres = PostgresServer(data / "postgres", port=args.pg_port, log_file=logs / "postgres.log")
     s3 = S3Server(
         data / "seaweedfs",
@@ -256,7 +264,7 @@ def run_stack(args: argparse.Namespace) -> int:
             service_ports = [args.http_port] + [args.health_port_base + i for i in range(len(SERVICES) - 1)]
             print(f"starting services; their output goes to {logs}/<service>.log", flush=True)
             for module, port in zip(SERVICES, service_ports):
-                services.append(start_service(module, port, settings, logs))
+                services.append(start_service(module, port, settings, logs, nats.users))  # type: ignore[arg-type]
             wait_services_ready(services, args.ready_timeout)
         print_summary(data, settings, args.no_services)
         watch(servers, services)

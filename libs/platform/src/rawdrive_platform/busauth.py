@@ -179,7 +179,8 @@ def permissions(who: Identity) -> Permissions:
             publish=(
                 f"{JS_API}.>",
                 f"$KV.{PROFILES_BUCKET}.>",  # re-sealing profiles
-                f"$JS.FC.KV_{PROFILES_BUCKET}.>",
+                # Flow control of its ordered consumers: re-sealing's KV watch, `rawdrive events`.
+                "$JS.FC.>",
                 f"{SUBJECT_ROOT}.>",  # replaying a dead letter republishes the original
             ),
             subscribe=subscribe,

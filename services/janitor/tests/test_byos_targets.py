@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from janitor.__main__ import MANAGED_SWEEP_PREFIX, sweep_targets
 from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
+from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.profiles import MasterKey, ProfileResolver, new_profile_ref, profile_bucket
 from rawdrive_platform.storage import StorageProfile, StorageRegistry
+
+LOOPBACK = loopback_endpoint_policy("http://127.0.0.1:*")
 
 
 def byos_profile(workspace: str, connection, key_prefix: str) -> StorageProfile:
@@ -24,6 +27,7 @@ def byos_profile(workspace: str, connection, key_prefix: str) -> StorageProfile:
         key_prefix=key_prefix,
         access_key_id=connection.access_key_id,
         secret_access_key=Secret(connection.secret_access_key),
+        endpoint_policy=LOOPBACK,
     )
 
 
@@ -41,7 +45,7 @@ async def test_each_published_profile_is_swept_once_under_its_workspace_prefix(n
                     secret_access_key=Secret(s3_server.secret_access_key),
                 )
             )
-            publisher = ProfileResolver(managed, storages, kv, key)
+            publisher = ProfileResolver(managed, storages, kv, key, LOOPBACK)
             first, second = f"ws{uuid.uuid4().hex[:8]}", f"ws{uuid.uuid4().hex[:8]}"
             now = datetime.now(UTC)
             # The first workspace saved its profile twice (two refs, one bucket and prefix).
@@ -50,13 +54,13 @@ async def test_each_published_profile_is_swept_once_under_its_workspace_prefix(n
             await publisher.publish(byos_profile(second, customer, f"{second}/media/"), second, now)
 
             # Another process: a fresh resolver that knows only the KV bucket and the key.
-            janitor_view = ProfileResolver(managed, storages, kv, key)
+            janitor_view = ProfileResolver(managed, storages, kv, key, LOOPBACK)
             targets = await sweep_targets(janitor_view)()
             prefixes = sorted(t.prefix for t in targets if t.storage is not managed)
             managed_targets = [t for t in targets if t.storage is managed]
 
             # Without the master key no customer bucket is opened, so none is swept.
-            keyless = await sweep_targets(ProfileResolver(managed, storages, kv, None))()
+            keyless = await sweep_targets(ProfileResolver(managed, storages, kv, None, LOOPBACK))()
     finally:
         await nc.close()
     assert [t.prefix for t in managed_targets] == [MANAGED_SWEEP_PREFIX]

@@ -42,7 +42,7 @@ from rawdrive_contracts import (
 )
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection
+from rawdrive_platform.devstack.servers import S3Connection, loopback_endpoint_policy
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import StorageResolver
 from rawdrive_platform.storage import Storage, StorageProfile
@@ -60,7 +60,7 @@ def profile_for(connection: S3Connection, profile_id: str = "managed", key_prefi
         profile_id=profile_id, provider="r2" if profile_id == "managed" else "byos",
         endpoint=connection.endpoint, region=connection.region, bucket=connection.bucket,
         access_key_id=connection.access_key_id, secret_access_key=Secret(connection.secret_access_key),
-        key_prefix=key_prefix,
+        key_prefix=key_prefix, endpoint_policy=loopback_endpoint_policy(connection.endpoint),
     )
 
 

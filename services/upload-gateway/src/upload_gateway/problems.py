@@ -127,6 +127,10 @@ class StorageProfilesDisabled(StorageError):
     """This deployment has no storage master key, so it cannot keep BYOS credentials."""
 
 
+class RateLimited(UploadError):
+    """Too many requests of this kind for now; `Retry-After` says when to try again."""
+
+
 class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
@@ -163,6 +167,7 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageUnavailable: ProblemSpec(503, "storage_error", "Storage unavailable"),
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
+    RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 
 from rawdrive_platform.devstack.servers import (
+    LOOPBACK_NETWORK,
     NatsServer,
     PostgresServer,
     S3Server,
@@ -138,6 +139,11 @@ def stack_settings(
         "RAWDRIVE_JWT_SECRET": creds["RAWDRIVE_JWT_SECRET"],
         "RAWDRIVE_STORAGE_MASTER_KEY": creds["RAWDRIVE_STORAGE_MASTER_KEY"],
         "RAWDRIVE_LOG_LEVEL": args.log_level,
+        # A bring-your-own-bucket profile may point at this stack's own S3 (plain http on
+        # loopback), and only there: every other private or plain-http endpoint stays refused.
+        "RAWDRIVE_BYOS_ALLOWED_ENDPOINTS": s3.connection.endpoint,
+        "RAWDRIVE_BYOS_ALLOWED_NETWORKS": LOOPBACK_NETWORK,
+        "RAWDRIVE_BYOS_ALLOW_HTTP": "true",
     }
 
 

@@ -48,22 +48,31 @@ async def test_each_published_profile_is_swept_once_under_its_workspace_prefix(n
             publisher = ProfileResolver(managed, storages, kv, key, LOOPBACK)
             first, second = f"ws{uuid.uuid4().hex[:8]}", f"ws{uuid.uuid4().hex[:8]}"
             now = datetime.now(UTC)
+            abandoned = f"ws{uuid.uuid4().hex[:8]}"
             # The first workspace saved its profile twice (two refs, one bucket and prefix).
-            await publisher.publish(byos_profile(first, customer, f"tenants/{first}/"), first, now)
-            await publisher.publish(byos_profile(first, customer, f"tenants/{first}/"), first, now)
-            await publisher.publish(byos_profile(second, customer, f"{second}/media/"), second, now)
+            profiles = [
+                (first, byos_profile(first, customer, f"tenants/{first}/")),
+                (first, byos_profile(first, customer, f"tenants/{first}/")),
+                (second, byos_profile(second, customer, f"{second}/media/")),
+                (abandoned, byos_profile(abandoned, customer, f"{abandoned}/")),  # named by nothing
+            ]
+            for workspace, profile in profiles:
+                await publisher.publish(profile, workspace, now)
+
+            async def referenced() -> set[str]:  # what the janitor's tables name
+                return {profile.profile_id for workspace, profile in profiles if workspace != abandoned}
 
             # Another process: a fresh resolver that knows only the KV bucket and the key.
             janitor_view = ProfileResolver(managed, storages, kv, key, LOOPBACK)
-            targets = await sweep_targets(janitor_view)()
+            targets = await sweep_targets(janitor_view, referenced)()
             prefixes = sorted(t.prefix for t in targets if t.storage is not managed)
             managed_targets = [t for t in targets if t.storage is managed]
 
             # Without the master key no customer bucket is opened, so none is swept.
-            keyless = await sweep_targets(ProfileResolver(managed, storages, kv, None, LOOPBACK))()
+            keyless = await sweep_targets(ProfileResolver(managed, storages, kv, None, LOOPBACK), referenced)()
     finally:
         await nc.close()
     assert [t.prefix for t in managed_targets] == [MANAGED_SWEEP_PREFIX]
-    ours = [p for p in prefixes if first in p or second in p]
+    ours = [p for p in prefixes if first in p or second in p or abandoned in p]
     assert ours == sorted([f"tenants/{first}/workspaces/{first}/", f"{second}/media/workspaces/{second}/"])
     assert [t.prefix for t in keyless] == [MANAGED_SWEEP_PREFIX]

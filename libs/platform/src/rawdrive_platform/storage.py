@@ -19,6 +19,7 @@ import ipaddress
 import re
 import socket
 import threading
+import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -367,7 +368,10 @@ def encryption_headers(profile: StorageProfile) -> dict[str, str]:
 
 
 def content_disposition(download_name: str) -> str:
-    """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987)."""
+    """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987).
+    Control and format characters (U+202E and kin, in names stored before they were refused)
+    never reach the header: a browser would show the name reordered."""
+    download_name = "".join(ch for ch in download_name if unicodedata.category(ch) not in ("Cc", "Cf"))
     fallback = "".join(
         ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_"
         for ch in download_name

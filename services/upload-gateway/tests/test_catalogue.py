@@ -443,3 +443,17 @@ async def test_every_served_route_is_in_the_openapi_document_with_its_schemas(ha
     assert {"Upload-Offset", "Tus-Resumable", "Upload-Checksum"} <= {p["name"] for p in tus_patch["parameters"]}
     assert len(harness.client.app[OPERATIONS]) == len({(o.method, o.path) for o in harness.client.app[OPERATIONS]})
 
+
+
+async def test_a_failed_asset_shows_a_fixed_text_not_the_workers_detail(harness):
+    asset = str(uuid.uuid4())
+    key = f"workspaces/{harness.workspace}/assets/{asset}/original/secret-plans.pdf"
+    await harness.publish(harness.verified(asset))
+    await harness.publish(AssetProcessingFailed(
+        workspace_id=harness.workspace, asset_id=asset, upload_id="u", reason="decode_failed", object_key=key,
+        storage_profile_ref="managed",
+        detail=f"gs exited with 1: GPL Ghostscript 10.0: Unrecoverable error in /tmp/scratch/{key} %PDF-1.7 \x89PNG",
+    ))
+    await harness.until_status(asset, "failed")
+    shown = await (await harness.get(asset)).json()
+    assert shown["failure"] == {"reason": "decode_failed", "detail": "the file could not be decoded"}

@@ -98,6 +98,12 @@ class CommonSettings(NatsSettings, kw_only=True, frozen=True):
     # During a rotation: more keys, comma-separated, that open credentials but never seal (the
     # old key, and the new one before it becomes current; deploy/k8s/README.md has the steps).
     storage_previous_master_keys: Secret | None = None
+    # Bring-your-own-bucket endpoints (rawdrive_platform.storage.check_endpoint): glob patterns
+    # of `scheme://host[:port]` allowed beside AWS and R2; networks (CIDR) a customer's endpoint
+    # may resolve into despite being private (development: the local S3); http (development).
+    byos_allowed_endpoints: tuple[str, ...] = ()
+    byos_allowed_networks: tuple[str, ...] = ()
+    byos_allow_http: bool = False
 
 
 def env_name(field_name: str) -> str:

@@ -210,3 +210,14 @@ async def open_session_asset_ids(pool: asyncpg.Pool, candidates: Collection[str]
         list(candidates),
     )
     return {row["asset_id"] for row in rows}
+
+
+async def referenced_profile_refs(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    """Storage profile refs some object may still live under: an open session's, or an asset's
+    that is not purged. Only these customer buckets are worth sweeping."""
+    rows = await conn.fetch(
+        """SELECT storage_profile_ref FROM tracked_uploads WHERE closed_by IS NULL
+           UNION SELECT storage_profile_ref FROM tracked_assets
+                 WHERE storage_profile_ref IS NOT NULL AND purged_at IS NULL"""
+    )
+    return {row["storage_profile_ref"] for row in rows}

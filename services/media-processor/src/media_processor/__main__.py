@@ -14,6 +14,8 @@ from rawdrive_platform.service import Runtime, run_service
 
 
 class Settings(CommonSettings, kw_only=True, frozen=True):
+    # The processor keeps no state of its own: it needs no database (and so holds no URL to one).
+    database_url: str | None = None  # type: ignore[assignment]
     health_port: int = 8082
     # Assets decoded at once by this replica, each in its own child process.
     concurrency: int = 2
@@ -40,7 +42,10 @@ async def main(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
     js = await runtime.jetstream()
-    sandbox = Sandbox(Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2))
+    sandbox = Sandbox(
+        Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2),
+        temp_dir=settings.scratch_dir,
+    )
     await asyncio.to_thread(sandbox.start)  # before consuming: the first asset gets a warm forkserver
     deps = Dependencies(
         js=js,

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from upload_gateway import assets
 from upload_gateway.access import access_middleware
-from upload_gateway.auth import TokenVerifier
+from upload_gateway.auth import TokenVerifier, derived_upload_secret
 from upload_gateway.cors import cors_middleware
 from upload_gateway.openapi import mount, mount_openapi
 from upload_gateway.problems import problem_middleware
@@ -20,15 +20,19 @@ from upload_gateway.uploads import Gateway
 
 def token_verifier(settings: Settings) -> TokenVerifier:
     user_secret = settings.jwt_secret.reveal() if settings.jwt_secret else None
-    upload_secret = settings.upload_token_secret or settings.jwt_secret
-    if upload_secret is None:
+    if settings.upload_token_secret is not None:
+        upload_secret = settings.upload_token_secret.reveal()
+    elif user_secret is not None:
+        upload_secret = derived_upload_secret(user_secret)
+    else:
         raise ValueError("set RAWDRIVE_UPLOAD_TOKEN_SECRET (or RAWDRIVE_JWT_SECRET in development)")
     previous = settings.upload_token_previous_secrets
     return TokenVerifier(
-        upload_secret=upload_secret.reveal(),
+        upload_secret=upload_secret,
         hs256_secret=None if settings.jwt_jwks_url else user_secret,
         jwks_url=settings.jwt_jwks_url,
         audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
         previous_upload_secrets=[s.strip() for s in previous.reveal().split(",") if s.strip()] if previous else (),
     )
 

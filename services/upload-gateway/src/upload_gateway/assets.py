@@ -32,6 +32,7 @@ from upload_gateway.catalogue import (
 )
 from upload_gateway.openapi import Operation, Reply, Route
 from upload_gateway.problems import (
+    PROCESSING_FAILURE_TEXTS,
     FieldError,
     InvalidRequest,
     NotFound,
@@ -106,7 +107,7 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         metadata=processed.metadata if processed else None,
         variants=variants,
         urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
-        failure=asset_api.ProcessingFailure(facts.failure.reason, facts.failure.detail)
+        failure=asset_api.ProcessingFailure(facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason])
         if status == "failed" and facts.failure
         else None,
         paired_with=entry.paired_with,

@@ -219,6 +219,16 @@ def mint_dev_token(secret: str, *, sub: str, workspaces: dict[str, str], ttl_s: 
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+# HS256 secrets shorter than SHA-256's output can be guessed offline from one token (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+
+
+def derived_upload_secret(user_secret: str) -> str:
+    """The upload token secret when none is configured: a key of its own, derived from the user
+    token secret, so an upload token's key never verifies a user token and vice versa."""
+    return hmac.new(user_secret.encode(), b"rawdrive upload tokens", hashlib.sha256).hexdigest()
+
+
 class TokenVerifier:
     """Checks user tokens (HS256 secret or RS256 JWKS) and mints and checks upload tokens."""
 
@@ -229,16 +239,24 @@ class TokenVerifier:
         hs256_secret: str | None = None,
         jwks_url: str | None = None,
         audience: str | None = None,
+        issuer: str | None = None,
         previous_upload_secrets: Sequence[str] = (),
     ) -> None:
         if (hs256_secret is None) == (jwks_url is None):
             raise ValueError("configure exactly one of an HS256 secret and a JWKS URL")
+        if jwks_url is not None and (issuer is None or audience is None):
+            # An identity provider signs tokens for many applications: only iss and aud say ours.
+            raise ValueError("a JWKS URL needs the issuer and the audience (RAWDRIVE_JWT_ISSUER, RAWDRIVE_JWT_AUDIENCE)")
+        for secret in (hs256_secret, upload_secret, *previous_upload_secrets):
+            if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"a token secret must be at least {MIN_SECRET_BYTES} bytes")
         # The first signs; all verify (the others only during a rotation).
         self._upload_secrets = (upload_secret, *previous_upload_secrets)
         self._upload_key = upload_secret.encode()
         self._hs256_secret = hs256_secret
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._audience = audience
+        self._issuer = issuer
         self._verified = VerifiedTokens()
 
     async def principal(self, authorization: str | None) -> Principal:
@@ -269,8 +287,9 @@ class TokenVerifier:
                 key,
                 algorithms=[algorithm],
                 audience=self._audience,
+                issuer=self._issuer,
                 leeway=LEEWAY_S,
-                options={"require": ["sub", "exp"]},
+                options={"require": ["sub", "exp", *(["iss"] if self._issuer else [])]},
             )
         except jwt.PyJWTError as error:
             raise token_refusal(error, "user") from None

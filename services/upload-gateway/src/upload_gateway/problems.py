@@ -26,7 +26,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from rawdrive_contracts import RejectionReason
+from rawdrive_contracts import ProcessingFailureReason, RejectionReason
 from rawdrive_platform import storage as s3
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,10 @@ class StorageProfilesDisabled(StorageError):
     """This deployment has no storage master key, so it cannot keep BYOS credentials."""
 
 
+class RateLimited(UploadError):
+    """Too many requests of this kind for now; `Retry-After` says when to try again."""
+
+
 class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
@@ -181,6 +185,7 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageUnavailable: ProblemSpec(503, "storage_error", "Storage unavailable"),
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
+    RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 
@@ -213,8 +218,28 @@ def problem_for(error: UploadError) -> Problem:
     )
 
 
-def rejection_error(reason: RejectionReason, detail: str) -> UploadError:
-    return REJECTIONS[reason](detail or f"the upload was rejected: {reason}")
+# What clients are told about a rejection or a failed processing: one fixed text per reason. The
+# workers' own details (object keys, S3 messages, the content's first bytes, a decoder's stderr)
+# stay in events, the database and the logs.
+REJECTION_TEXTS: dict[RejectionReason, str] = {
+    "checksum_mismatch": "the stored bytes' SHA-256 differs from the one the client declared",
+    "size_mismatch": "the stored size differs from the declared size_bytes",
+    "missing_object": "the upload is missing (no object, or a part never uploaded)",
+    "type_mismatch": "the content is not of the type its name and mime type declare",
+    "storage_error": "the storage could not be read to verify the upload",
+}
+PROCESSING_FAILURE_TEXTS: dict[ProcessingFailureReason, str] = {
+    "type_mismatch": "the content is not of the type its name and mime type declare",
+    "unsupported_content": "the file's content is of a kind that is not processed",
+    "decode_failed": "the file could not be decoded",
+    "timeout": "decoding the file took too long",
+    "storage_error": "the stored file could not be read or its variants written",
+    "internal": "processing failed",
+}
+
+
+def rejection_error(reason: RejectionReason) -> UploadError:
+    return REJECTIONS[reason](f"the upload was rejected: {REJECTION_TEXTS[reason]}")
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:

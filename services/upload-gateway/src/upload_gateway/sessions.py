@@ -113,7 +113,7 @@ def commit_outcome(session: UploadSession, now: datetime) -> CommitOutcome:
 
 def rejected(session: UploadSession) -> UploadError:
     assert session.rejection_reason is not None
-    return rejection_error(session.rejection_reason, session.rejection_detail or "")
+    return rejection_error(session.rejection_reason)
 
 
 # -- multipart part plan (Cloudflare R2's rules are the strictest we serve) -------------------

@@ -16,8 +16,10 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     # User tokens: HS256 with jwt_secret (development) or RS256 from jwt_jwks_url (production).
     jwt_secret: Secret | None = None
     jwt_jwks_url: str | None = None
-    jwt_audience: str | None = None
-    # Signs the gateway's own upload tokens; defaults to jwt_secret, required with a JWKS URL.
+    jwt_audience: str | None = None  # required with a JWKS URL
+    jwt_issuer: str | None = None  # required with a JWKS URL
+    # Signs the gateway's own upload tokens; by default a key derived from jwt_secret, required
+    # with a JWKS URL.
     upload_token_secret: Secret | None = None
     # During a rotation: the replaced secrets, comma-separated; they verify upload tokens, never sign.
     upload_token_previous_secrets: Secret | None = None

@@ -40,6 +40,7 @@ from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
 from upload_gateway.problems import (
+    REJECTION_TEXTS,
     ChecksumMismatch,
     FieldError,
     InvalidRequest,
@@ -294,7 +295,7 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
         sha256=session.sha256,
         part_size=session.part_size,
         part_count=session.part_count,
-        rejection=api.Rejection(session.rejection_reason, session.rejection_detail or "")
+        rejection=api.Rejection(session.rejection_reason, REJECTION_TEXTS[session.rejection_reason])
         if session.rejection_reason
         else None,
     )

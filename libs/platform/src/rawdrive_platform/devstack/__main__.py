@@ -36,6 +36,7 @@ from types import FrameType
 
 from rawdrive_platform.busauth import PROVISION, BusUsers
 from rawdrive_platform.devstack.servers import (
+    LOOPBACK_NETWORK,
     NatsServer,
     PostgresServer,
     S3Server,
@@ -149,6 +150,11 @@ def stack_settings(
         "RAWDRIVE_LOG_LEVEL": args.log_level,
         # Any port of the local hosts front-end dev servers run on; set it in the environment to change.
         "RAWDRIVE_CORS_ORIGINS": os.environ.get("RAWDRIVE_CORS_ORIGINS", DEV_CORS_ORIGINS),
+        # A bring-your-own-bucket profile may point at this stack's own S3 (plain http on
+        # loopback), and only there: every other private or plain-http endpoint stays refused.
+        "RAWDRIVE_BYOS_ALLOWED_ENDPOINTS": s3.connection.endpoint,
+        "RAWDRIVE_BYOS_ALLOWED_NETWORKS": LOOPBACK_NETWORK,
+        "RAWDRIVE_BYOS_ALLOW_HTTP": "true",
     }
 
 

@@ -27,11 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from rawdrive_platform.busauth import BusUsers
+from rawdrive_platform.storage import EndpointPolicy
 
 GRPC_PORT_OFFSET = 10000  # SeaweedFS and its gRPC servers: every HTTP port p also takes p+10000
 LOOPBACK = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 POSTGRES_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+# The dev stack's and tests' servers listen here; their own S3 is allowed as a customer bucket.
+LOOPBACK_NETWORK = "127.0.0.1/32"
+
+
+def loopback_endpoint_policy(*endpoints: str) -> EndpointPolicy:
+    """The policy that lets a bring-your-own-bucket profile use these loopback S3 endpoints
+    (http, 127.0.0.1), as the dev stack allows its own S3; nothing else private is allowed."""
+    return EndpointPolicy(allowed_endpoints=endpoints, allowed_networks=(LOOPBACK_NETWORK,), allow_http=True)
 
 
 class ServerStartError(RuntimeError):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
-from upload_gateway.auth import TokenVerifier, UploadGrant
+from upload_gateway.auth import TokenVerifier, UploadGrant, derived_upload_secret
 
 from .conftest import LIVE_SECRET
 
@@ -131,7 +131,8 @@ async def test_an_upload_token_on_a_user_route_says_it_opens_only_its_upload(liv
 async def test_an_expired_upload_token_is_told_to_open_a_new_session(live_gateway):
     session = await live_gateway.open_session(1000)
     grant = UploadGrant(sub="alice", workspace_id=live_gateway.workspace, upload_id=session["upload_id"])
-    expired = TokenVerifier(upload_secret=LIVE_SECRET, hs256_secret=LIVE_SECRET).mint_upload_token(
+    # The gateway signs upload tokens with a key derived from the JWT secret unless given its own.
+    expired = TokenVerifier(upload_secret=derived_upload_secret(LIVE_SECRET), hs256_secret=LIVE_SECRET).mint_upload_token(
         grant, datetime.now(UTC) - timedelta(hours=1)
     )
     parts = session["upload_url"].removesuffix("/tus") + "/parts"

@@ -46,8 +46,12 @@ $(VENV)/.installed: $(PYPROJECTS)
 dev: bootstrap
 	$(PY) -m rawdrive_platform.devstack --data $(DATA)
 
+# `make token WORKSPACE=acme ROLE=viewer`: a token for another workspace or role (viewer, member,
+# admin). Set here, not with ?=, so a WORKSPACE in the environment (CI sets one) is not taken.
+WORKSPACE := dev
+ROLE := admin
 token: bootstrap
-	@$(PY) -m rawdrive_platform.devstack token --data $(DATA)
+	@$(PY) -m rawdrive_platform.devstack token --data $(DATA) --workspace $(WORKSPACE) --role $(ROLE)
 
 schemas: bootstrap
 	$(PY) -m rawdrive_contracts.schemas libs/contracts/schemas

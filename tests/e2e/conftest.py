@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from rawdrive_platform.testing import node_for
 
 
 def free_port() -> int:
@@ -338,11 +339,7 @@ class Client:
         await asyncio.to_thread(upload)
 
     async def send_tus_js(self, session: dict, body: bytes, tmp: Path) -> None:
-        node = shutil.which("node")
-        assert node, "Node.js is needed to run tus-js-client"
-        if not (TUS_JS / "node_modules" / "tus-js-client").is_dir():
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=TUS_JS, check=True,
-                           capture_output=True, timeout=300)
+        node = node_for(TUS_JS)
         path = tmp / f"tusjs-{uuid.uuid4().hex}"
         path.write_bytes(body)
         process = await asyncio.create_subprocess_exec(

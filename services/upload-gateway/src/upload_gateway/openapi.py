@@ -20,6 +20,7 @@ from aiohttp import web
 
 from rawdrive_platform.health import ReadinessReport
 from rawdrive_platform.keys import ID_PATTERN
+from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS
 from upload_gateway.problems import PROBLEM_CONTENT_TYPE, Problem
 from upload_gateway.tus import protocol as tus
 from upload_gateway.tus.routes import TUS_PATH
@@ -176,6 +177,25 @@ OPENAPI_ROUTE_OPERATION = Operation(
 
 # -- the document ----------------------------------------------------------------------------------
 
+
+def accepted_files() -> str:
+    """What createUpload accepts, rendered from the limits table (the one place it is decided)."""
+    lines = [
+        "Accepted files: the extension of `file_name` picks the kind and the allowed `mime_type`s; "
+        "another extension or type is 422 `unsupported_type`, a file over its kind's limit is 413 "
+        "`file_too_large`.",
+        "",
+    ]
+    for kind, limit in SIZE_LIMITS.items():
+        types = "; ".join(
+            f".{extension} ({', '.join(sorted(file_type.mime_types))})"
+            for extension, file_type in FILE_TYPES.items()
+            if file_type.kind == kind
+        )
+        lines.append(f"- {kind}, at most {limit // MIB} MiB ({limit} bytes): {types}")
+    return "\n".join(lines)
+
+
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{name}"
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
@@ -198,7 +218,7 @@ def build(operations: Iterable[Operation], *, title: str = "RawDrive API", versi
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of, components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": accepted_files()},
         "paths": paths,
         "components": {
             "schemas": components,

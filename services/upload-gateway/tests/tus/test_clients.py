@@ -8,13 +8,13 @@ import asyncio
 import io
 import json
 import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from tusclient.client import TusClient
+
+from rawdrive_platform.testing import node_for
 
 from .conftest import MiB, tus_url
 
@@ -27,14 +27,7 @@ async def object_bytes(storage, key) -> bytes:
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    node = shutil.which("node")
-    assert node, "Node.js is needed to run tus-js-client"
-    if not (JS / "node_modules" / "tus-js-client").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, capture_output=True,
-            timeout=300,
-        )
-    return node
+    return node_for(JS)
 
 
 @pytest.mark.parametrize("checksum", [False, True], ids=["plain", "sha1-per-chunk"])

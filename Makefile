@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= .data
 # Debian packages the media processor and its tests need (ImageMagick with MagickWand,
-# Ghostscript for PDFs, ffmpeg for video posters, dcraw for RAW files).
-DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
+# Ghostscript for PDFs, ffmpeg for video posters; RAW files go through LibRaw, which the rawpy wheel bundles).
+DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg
 PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor

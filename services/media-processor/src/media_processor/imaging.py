@@ -10,7 +10,7 @@ JPEG, PNG, WebP, HEIC or PPM.
 Every route first compares the picture size the file declares (dimensions.py for images, LibRaw
 for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
 
-Damaged files (decided per case; README "Damaged files"): damage a decoder works around (a JPEG
+Damaged files (decided per case; consumers read it in libs/contracts/README.md): damage a decoder works around (a JPEG
 cut short or with corrupt data, which libjpeg fills in grey; a video frame ffmpeg decoded with
 errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
 user's own, stored intact, and most of the picture is there; damage no decoder works around (a

@@ -98,7 +98,7 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         metadata=processed.metadata if processed else None,
         variants=variants,
         urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
-        failure=asset_api.ProcessingFailure(facts.failure.reason, facts.failure.detail)
+        failure=asset_api.ProcessingFailure(facts.failure.reason, facts.failure.detail, facts.failure.cause)
         if status == "failed" and facts.failure
         else None,
         deleted_at=deletion.at if status == "deleted" and deletion else None,

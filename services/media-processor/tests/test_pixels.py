@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from wand.color import Color
 from wand.image import Image
 
-from media_processor.dimensions import PixelLimits, declared_size, excess
+from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile
 from media_processor.imaging import decode_warning
 from media_processor.magic import Family, sniff
 from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
@@ -336,6 +336,24 @@ async def test_a_wide_gamut_picture_is_converted_to_srgb_before_its_profile_is_s
         found = colours(variant.path)
         assert all(close(f, e) for f, e in zip(found, expected)), (variant.name, found, expected)
         assert not any(close(f, p, 15) for f, p in zip(found, PATCHES))
+
+
+async def test_a_wide_gamut_heic_is_converted_although_imagemagick_reads_no_profile_from_heic(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # The same patches, 1200x400, encoded by heif-enc with the Adobe RGB profile in a `colr`
+    # box, as iPhones carry Display P3. ImageMagick 6 ignores that box; the processor reads it.
+    source = DATA / "heic_adobergb_patches.heic"
+    outcome = await decode(sandbox, source, tmp_path)
+    expected = [adobe_to_srgb(c) for c in PATCHES]
+    for variant in outcome.variants:
+        found = colours(variant.path)
+        assert all(close(f, e) for f, e in zip(found, expected)), (variant.name, found, expected)
+
+
+def test_the_icc_profile_of_a_heic_is_found_in_its_container() -> None:
+    assert heif_icc_profile((DATA / "heic_adobergb_patches.heic").read_bytes()) == ADOBE_RGB
+    assert heif_icc_profile((DATA / "heic_generated.heic").read_bytes()) is None
 
 
 async def test_an_untagged_picture_keeps_its_numbers(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ shrink-on-load would make of it: a few KB can declare a gigapixel picture. RAW f
 reads their headers) and video streams (ffprobe) are measured by the decoding routes, against
 the same limits. None means "not found": the decoder then judges (and ImageMagick's policy has
 its own, lower caps on what it decodes).
+
+Also HEIF's embedded ICC profile (`colr` of type `prof`/`rICC`): ImageMagick 6's HEIC coder
+ignores it, and an iPhone's Display P3 photo would otherwise pass as sRGB.
 """
 
 from __future__ import annotations
@@ -131,12 +134,8 @@ def _boxes(data: memoryview, start: int, end: int) -> Iterator[tuple[bytes, int,
         at += size
 
 
-def _heif(data: memoryview) -> Size | None:
-    """The largest `ispe` (image spatial extents) of any item: the primary picture or its grid.
-
-    Taking the largest is conservative: a file cannot hide a huge item behind a small primary one.
-    """
-    largest: Size | None = None
+def _heif_properties(data: memoryview) -> Iterator[tuple[bytes, int, int]]:
+    """Every item property (meta > iprp > ipco > *) of a HEIF file: (type, body start, end)."""
     for kind, start, end in _boxes(data, 0, len(data)):
         if kind != b"meta":
             continue
@@ -144,11 +143,31 @@ def _heif(data: memoryview) -> Size | None:
             if child != b"iprp":
                 continue
             for container, inner, inner_end in _boxes(data, body, child_end):
-                if container != b"ipco":
-                    continue
-                for prop, prop_body, _ in _boxes(data, inner, inner_end):
-                    if prop == b"ispe":
-                        width, height = struct.unpack_from(">II", data, prop_body + 4)
-                        if largest is None or width * height > largest.width * largest.height:
-                            largest = Size(width, height)
+                if container == b"ipco":
+                    yield from _boxes(data, inner, inner_end)
+
+
+def heif_icc_profile(data: bytes | memoryview) -> bytes | None:
+    """The ICC profile a HEIF file carries for its pictures (the first `colr` holding one)."""
+    view = memoryview(data)
+    try:
+        for prop, body, end in _heif_properties(view):
+            if prop == b"colr" and bytes(view[body : body + 4]) in (b"prof", b"rICC") and end - body > 132:
+                return bytes(view[body + 4 : end])
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def _heif(data: memoryview) -> Size | None:
+    """The largest `ispe` (image spatial extents) of any item: the primary picture or its grid.
+
+    Taking the largest is conservative: a file cannot hide a huge item behind a small primary one.
+    """
+    largest: Size | None = None
+    for prop, body, _ in _heif_properties(data):
+        if prop == b"ispe":
+            width, height = struct.unpack_from(">II", data, body + 4)
+            if largest is None or width * height > largest.width * largest.height:
+                largest = Size(width, height)
     return largest

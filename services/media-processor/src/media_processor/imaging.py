@@ -45,7 +45,7 @@ from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
-from media_processor.dimensions import PixelLimits, declared_size, excess  # noqa: E402
+from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.magic import FORMATS, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
@@ -130,7 +130,9 @@ def _photo(job: Job) -> Outcome:
     refuse_oversized(stored, job.pixels, job.family)
     exif = _exif(job.path, job.family)
     hint = stored if job.family == "jpeg" else None
-    rendered = render(job.path, coder, job.workdir, stored=hint)
+    # ImageMagick 6 reads no ICC profile from HEIC: hand it the one the container carries.
+    profile = heif_icc_profile(Path(job.path).read_bytes()) if job.family == "heif" else None
+    rendered = render(job.path, coder, job.workdir, stored=hint, profile=profile)
     return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), rendered.warnings), variants=rendered.variants)
 
 
@@ -218,13 +220,20 @@ def _pdf(job: Job, deadline: float) -> Outcome:
 
 
 def render(
-    path: str, coder: str, workdir: str, *, stored: Size | None = None, orientation: int | None = None
+    path: str,
+    coder: str,
+    workdir: str,
+    *,
+    stored: Size | None = None,
+    orientation: int | None = None,
+    profile: bytes | None = None,
 ) -> Rendered:
     """Decode frame 0 with the named coder; write every variant as stripped sRGB WebP.
 
     `stored` is the picture's size from its header, given for JPEG only: libjpeg then decodes at
     the smallest 1/2, 1/4 or 1/8 scale still at least as large as the largest variant. The
-    `orientation` overrides the picture's own (a RAW preview is oriented by the RAW's EXIF).
+    `orientation` overrides the picture's own (a RAW preview is oriented by the RAW's EXIF), and
+    `profile` is the ICC profile when the coder cannot read it from the file (HEIC).
     """
     source = f"{coder}:{path}[0]"
     try:
@@ -240,7 +249,7 @@ def render(
                 img.orientation = _ORIENTATIONS[orientation - 1]  # type: ignore[operator]
             orientation = _orientation_number(img.orientation)
             img.auto_orient()
-            profile = img.profiles["icc"]
+            profile = img.profiles["icc"] or profile
             if profile is None and img.colorspace not in ("srgb", "rgb", "gray"):
                 img.transform_colorspace("srgb")  # CMYK without a profile: ImageMagick's formula
             img.strip()  # EXIF (GPS), XMP, ICC, comments: nothing travels into a derivative

@@ -110,6 +110,15 @@ def heic_declaring(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def mov_declaring(width: int, height: int) -> bytes:
+    """The committed 2 s MOV (1280x720 stored) with its video track header declaring another size."""
+    data = bytearray((DATA / "video_rotated_90.mov").read_bytes())
+    at = data.find(b"tkhd") + 4  # the box body; version 0: width and height at 76 and 80
+    assert data[at] == 0
+    data[at + 76 : at + 84] = struct.pack(">II", width << 16, height << 16)
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     ("family", "data", "size"),
     [
@@ -122,6 +131,8 @@ def heic_declaring(width: int, height: int) -> bytes:
         ("webp", webp_declaring("VP8X", 100000, 90000), Size(100000, 90000)),
         ("heif", (DATA / "heic_generated.heic").read_bytes(), Size(1280, 960)),
         ("heif", heic_declaring(70000, 60000), Size(70000, 60000)),
+        ("isobmff", (DATA / "mei_with-gps.mp4").read_bytes(), Size(1920, 1080)),
+        ("isobmff", mov_declaring(30000, 30000), Size(30000, 30000)),
     ],
 )
 def test_headers_declare_their_picture_size(family: str, data: bytes, size: Size) -> None:
@@ -134,9 +145,9 @@ def test_a_jpeg_frame_header_after_large_app_segments_is_found() -> None:
     assert declared_size(data, "jpeg") == Size(2576, 1932)
 
 
-@given(st.binary(max_size=300), st.sampled_from(["jpeg", "png", "webp", "heif"]))
+@given(st.binary(max_size=300), st.sampled_from(["jpeg", "png", "webp", "heif", "isobmff"]))
 def test_reading_a_declared_size_from_arbitrary_bytes_never_raises(data: bytes, family: str) -> None:
-    for prefix in (b"", b"\xff\xd8", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"\x00\x00\x00\x10meta"):
+    for prefix in (b"", b"\xff\xd8", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"\x00\x00\x00\x10meta", b"\x00\x00\x00\x10moov"):
         declared_size(prefix + data, family)
 
 
@@ -164,6 +175,7 @@ GIGAPIXEL_FILES: dict[str, tuple[Family, bytes]] = {
     "webp_vp8l_16384x16384.webp": ("webp", webp_declaring("VP8L", 16384, 16384)),
     "webp_vp8x_100000x90000.webp": ("webp", webp_declaring("VP8X", 100000, 90000)),
     "heic_70000x60000.heic": ("heif", heic_declaring(70000, 60000)),
+    "mov_30000x30000.mov": ("isobmff", mov_declaring(30000, 30000)),
 }
 
 
@@ -172,7 +184,7 @@ async def test_a_small_file_declaring_a_gigapixel_picture_is_refused_before_deco
     sandbox: Sandbox, name: str, tmp_path: Path
 ) -> None:
     family, content = GIGAPIXEL_FILES[name]
-    assert len(content) < 20_000
+    assert len(content) < 25_000
     with pytest.raises(Unprocessable) as failure:
         await decode(sandbox, written(tmp_path, name, content), tmp_path, family)
     assert (failure.value.reason, failure.value.cause) == ("unsupported_content", "too_many_pixels")

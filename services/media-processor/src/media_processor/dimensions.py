@@ -1,10 +1,10 @@
 """Declared picture sizes, read from headers before any pixel is decoded, and the limits on them.
 
-Pure parsing of the bytes of a file: JPEG's SOF, PNG's IHDR, WebP's VP8 / VP8L / VP8X header and
-HEIF's `ispe` properties. A file whose declared size is above the limits is refused whatever
-shrink-on-load would make of it: a few KB can declare a gigapixel picture. RAW files (LibRaw
-reads their headers) and video streams (ffprobe) are measured by the decoding routes, against
-the same limits. None means "not found": the decoder then judges (and ImageMagick's policy has
+Pure parsing of the bytes of a file: JPEG's SOF, PNG's IHDR, WebP's VP8 / VP8L / VP8X header,
+HEIF's `ispe` properties and MP4/MOV track headers (`tkhd`). A file whose declared size is above
+the limits is refused whatever shrink-on-load would make of it: a few KB can declare a gigapixel
+picture. RAW files (LibRaw reads their headers) and Matroska/AVI streams (ffprobe) are measured
+by the decoding routes, against the same limits. None means "not found": the decoder then judges (and ImageMagick's policy has
 its own, lower caps on what it decodes).
 
 Also HEIF's embedded ICC profile (`colr` of type `prof`/`rICC`): ImageMagick 6's HEIC coder
@@ -56,6 +56,8 @@ def declared_size(data: bytes | memoryview, family: str) -> Size | None:
             return _webp(view)
         if family == "heif":
             return _heif(view)
+        if family == "isobmff":
+            return _tracks(view)
     except (struct.error, IndexError, ValueError):
         return None
     return None
@@ -170,4 +172,26 @@ def _heif(data: memoryview) -> Size | None:
             width, height = struct.unpack_from(">II", data, body + 4)
             if largest is None or width * height > largest.width * largest.height:
                 largest = Size(width, height)
+    return largest
+
+
+def _tracks(data: memoryview) -> Size | None:
+    """The largest track size an MP4/MOV declares (tkhd width and height, 16.16 fixed point).
+
+    Top-level boxes are walked by their headers, so a `moov` after a large `mdat` costs nothing.
+    """
+    largest: Size | None = None
+    for kind, start, end in _boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        for trak, body, trak_end in _boxes(data, start, end):
+            if trak != b"trak":
+                continue
+            for header, at, _ in _boxes(data, body, trak_end):
+                if header != b"tkhd":
+                    continue
+                width, height = struct.unpack_from(">II", data, at + (88 if data[at] == 1 else 76))
+                size = Size(width >> 16, height >> 16)
+                if largest is None or size.width * size.height > largest.width * largest.height:
+                    largest = size
     return largest

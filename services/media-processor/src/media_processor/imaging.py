@@ -142,11 +142,11 @@ def _raw(job: Job) -> Outcome:
     Half size is still at least as large as every variant for cameras above 10 MP, at a quarter
     of the work; white balance as shot; no rotation by LibRaw (render() orients by the EXIF).
     """
-    exif = _exif(job.path, job.family)
     try:
         with rawpy.imread(job.path) as raw:
             sizes = raw.sizes  # from the headers: nothing is unpacked yet
             refuse_oversized(Size(sizes.raw_width, sizes.raw_height), job.pixels, f"{job.family} sensor")
+            exif = _exif(job.path, job.family)
             sensor = Size(sizes.width, sizes.height)
             orientation = exif.orientation if exif.orientation in range(1, 9) else _FLIP_TO_ORIENTATION.get(sizes.flip)
             picture = _raw_preview(raw, job)
@@ -169,6 +169,8 @@ def _raw(job: Job) -> Outcome:
 def _video(job: Job, deadline: float) -> Outcome:
     demuxer = FORMATS[job.family].demuxer
     assert demuxer is not None
+    # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
+    refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")
     probe = _ffprobe(job.path, demuxer, deadline)
     metadata = video_metadata(probe, None if probe is not None else _hachoir(job.path))
     stream = next((s for s in probe.streams if s.codec_type == "video"), None) if probe is not None else None

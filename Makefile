@@ -68,6 +68,8 @@ test-unit: bootstrap
 
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap
+	@dpkg -s libvips42 >/dev/null 2>&1 || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends libvips42; }
 	$(PY) -m pip install -q -e 'services/media-processor[bench]'
 	$(PY) bench/run_all.py $(BENCH_FLAGS)
 

@@ -334,8 +334,16 @@ def _orientation_number(name: str) -> int | None:
 # -- readers ----------------------------------------------------------------------------------
 
 
+# Where EXIF can be, by family: a JPEG's APP1 comes before its frame, a TIFF RAW's IFDs before
+# its preview and sensor data. Reading (and copying) all of a 50 MB RAW for them cost ~0.1 s.
+_EXIF_WITHIN = {"jpeg": 2 * 1024**2, "cr2": 4 * 1024**2, "nef": 4 * 1024**2, "arw": 4 * 1024**2,
+                "dng": 4 * 1024**2}
+
+
 def _exif(path: str, family: str) -> ExifTags:
-    tiff = find_tiff(Path(path).read_bytes(), family)
+    with open(path, "rb") as file:
+        data = file.read(_EXIF_WITHIN.get(family, -1))
+    tiff = find_tiff(data, family)
     return read_exif(tiff) if tiff is not None else ExifTags()
 
 

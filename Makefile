@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA ?= .data
 # Debian packages the media processor and its tests need (ImageMagick with MagickWand,
-# Ghostscript for PDFs, ffmpeg for video posters, dcraw for RAW files).
-DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg dcraw
+# Ghostscript for PDFs, ffmpeg for video posters; RAW files go through LibRaw, which the rawpy wheel bundles).
+DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg
 # Only for `make deploy-check`: promtool (in Debian's prometheus package) tests the alert rules.
 DEPLOY_CHECK_DEBIAN_PACKAGES := prometheus
 PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
@@ -83,6 +83,8 @@ test-unit: bootstrap
 
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap
+	@dpkg -s libvips42 >/dev/null 2>&1 || { sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends libvips42; }
 	$(PY) -m pip install -q -e 'services/media-processor[bench]'
 	$(PY) bench/run_all.py $(BENCH_FLAGS)
 

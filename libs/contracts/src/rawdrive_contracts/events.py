@@ -193,6 +193,16 @@ class MotionPhoto(msgspec.Struct, kw_only=True, omit_defaults=True):
     video_codec: str | None = None
 
 
+class DecodeWarning(msgspec.Struct, frozen=True, kw_only=True):
+    """Damage a decoder met and worked around: the asset is usable, but not what was shot."""
+
+    # An open set, so a new code is not a breaking change; consumers treat unknown codes alike.
+    # truncated: the data ends before the picture does (the rest is filled in grey);
+    # corrupt_data: damaged data the decoder skipped or concealed.
+    code: str
+    detail: str = ""  # the decoder's own words
+
+
 class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One normalized metadata record for every kind; absent values are simply missing."""
 
@@ -221,6 +231,8 @@ class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     f_number: float | None = None
     iso: int | None = None
     focal_length_mm: float | None = None
+    # Present only on damaged files that still gave a picture (see DecodeWarning).
+    warnings: tuple[DecodeWarning, ...] = ()
     duration_s: float | None = None
     frame_rate: float | None = None
     video_codec: str | None = None
@@ -292,6 +304,11 @@ class AssetProcessingFailed(_AssetEvent, kw_only=True):
     detail: str = ""
     object_key: str
     storage_profile_ref: str
+    # A finer cause within `reason`, an open set (a new one is not a breaking change, unlike a
+    # new `reason`): too_many_pixels (reason unsupported_content: declared dimensions above the
+    # processor's limits, refused before decoding), corrupt_content (reason decode_failed: the
+    # data is damaged beyond what the decoder can work around).
+    cause: str | None = None
 
 
 class AssetDeleted(_AssetEvent, kw_only=True):

@@ -107,7 +107,9 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         metadata=processed.metadata if processed else None,
         variants=variants,
         urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
-        failure=asset_api.ProcessingFailure(facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason])
+        failure=asset_api.ProcessingFailure(
+            facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason], facts.failure.cause
+        )
         if status == "failed" and facts.failure
         else None,
         paired_with=entry.paired_with,

@@ -92,7 +92,7 @@ class _Handlers:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
         store = self._store_for(request)
-        state = await store.state(target.upload_id)
+        state = await store.held(target)
         if state is None:
             raise protocol.UploadNotFound("no tus upload was created for this session")
         if state.completed:

@@ -177,6 +177,21 @@ async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_up
     assert await object_bytes(storage, session.target.object_key) == data
 
 
+async def test_bytes_kept_as_the_tail_outlive_a_lost_multipart_upload_that_held_no_part_yet(gateway, http, storage):
+    data = os.urandom(6 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[: 2 * MiB])).status == 204  # all of it a tail in PostgreSQL
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)
+
+    assert await offset_of(http, url) == 2 * MiB
+    assert await multipart_id(gateway, session) != lost
+    assert (await patch(http, url, 2 * MiB, data[2 * MiB :])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
 async def test_a_patch_that_meets_a_lost_multipart_upload_is_409_and_head_then_says_where_to_resume(
     gateway, http, storage
 ):

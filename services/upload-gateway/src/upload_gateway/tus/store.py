@@ -272,11 +272,13 @@ class TusStore:
                 kept.append(etag)
             if len(kept) == len(row.part_etags):
                 return row.offset  # storage holds every recorded part; the tail is ours
-        offset = len(kept) * row.part_size
+        # The tail (in PostgreSQL) still counts when every part before it survived: no part yet.
+        tail = row.tail if len(kept) == len(row.part_etags) else b""
+        offset = len(kept) * row.part_size + len(tail)
         await conn.execute(
-            """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = '', upload_offset = $4,
+            """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = $4, upload_offset = $5,
                       updated_at = now() WHERE upload_id = $1""",
-            target.upload_id, multipart_id, kept, offset,
+            target.upload_id, multipart_id, kept, tail, offset,
         )
         await target.on_progress(conn, offset)
         return offset

@@ -30,6 +30,7 @@ from rawdrive_contracts import (
     AssetPurged,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     EventData,
     UploadAborted,
@@ -300,6 +301,37 @@ async def test_a_committed_session_is_left_to_the_verifier_even_past_its_expiry(
         report = await env.janitor().run_once(["expiry"])
     assert report is not None and report.sessions_expired == 0
     assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+
+
+async def test_a_refused_commit_keeps_the_bytes_and_the_session_expires_again_once_abandoned(env: Env):
+    session = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
+    commit = CommitRequested(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, library_id="lib1",
+        file_name=session.file_name, mime_type=session.mime_type, size_bytes=session.size_bytes,
+        resumable_protocol="s3_multipart", storage_profile_ref="managed", object_key=session.object_key,
+        requested_by="user1", attempts_left=2,
+    )
+    refused = CommitRefused(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, attempt=1,
+        attempts_left=2, reason="checksum_mismatch", storage_profile_ref="managed", object_key=session.object_key,
+    )
+    committed = "SELECT commit_requested_at IS NOT NULL FROM tracked_uploads WHERE upload_id = $1"
+    async with env.consuming():
+        await env.publish(session)
+        multipart_id = await env.partial_upload(session)
+        await env.publish(commit)
+        await wait_for(lambda: env.pool.fetchval(committed, session.upload_id))
+        await env.publish(refused)
+
+        async def reopened() -> bool:
+            return await env.pool.fetchval(committed, session.upload_id) is False
+
+        await wait_for(reopened)
+        assert (await env.tracked(session.upload_id))["closed_by"] is None  # a refusal deletes nothing
+        assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+        report = await env.janitor().run_once(["expiry"])
+    assert report is not None and report.sessions_expired == 1
+    assert await env.uploads_under(env.asset_prefix(session.asset_id)) == []
 
 
 # -- rejected and aborted uploads ---------------------------------------------------------------

@@ -127,6 +127,15 @@ class CommitRequested(_UploadEvent, kw_only=True):
     requested_by: str
     # From the gateway's file type table, for the verifier's metrics; None from older gateways.
     kind: Kind | None = None
+    # The client's n-th commit of this upload; each attempt is decided once.
+    attempt: int = 1
+    # Further commits the client may make if this one fails its checksum; 0 (also from older
+    # gateways): a mismatch is final and the upload is rejected.
+    attempts_left: int = 0
+
+    def identity(self) -> tuple[str, ...]:
+        # Attempt 1 keeps the id it always had; every later attempt is a request of its own.
+        return (self.upload_id,) if self.attempt == 1 else (self.upload_id, f"attempt-{self.attempt}")
 
 
 class UploadVerified(_UploadEvent, kw_only=True):
@@ -157,6 +166,26 @@ class UploadRejected(_UploadEvent, kw_only=True):
     actual_size_bytes: int | None = None
     expected_sha256: Sha256Hex | None = None
     actual_sha256: Sha256Hex | None = None
+
+
+class CommitRefused(_UploadEvent, kw_only=True):
+    """One commit attempt failed its checksum, but the stored bytes are kept: the client may commit
+    again (`attempts_left` more times) or abort. Unlike `upload.rejected`, nothing is deleted."""
+
+    spec = EventSpec("upload", "commit_refused")
+    attempt: int
+    attempts_left: int
+    reason: RejectionReason
+    detail: str = ""
+    storage_profile_ref: str
+    object_key: str
+    expected_size_bytes: int | None = None
+    actual_size_bytes: int | None = None
+    expected_sha256: Sha256Hex | None = None
+    actual_sha256: Sha256Hex | None = None
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.upload_id, f"attempt-{self.attempt}")
 
 
 class UploadAborted(_UploadEvent, kw_only=True):
@@ -349,6 +378,7 @@ EVENT_TYPES: dict[type[EventData], EventSpec] = {
         CommitRequested,
         UploadVerified,
         UploadRejected,
+        CommitRefused,
         UploadAborted,
         UploadExpired,
         AssetCreated,

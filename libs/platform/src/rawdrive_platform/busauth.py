@@ -35,6 +35,7 @@ from rawdrive_contracts import (
     AssetProcessingFailed,
     AssetPurged,
     AssetRestored,
+    CommitRefused,
     CommitRequested,
     EventSpec,
     UploadAborted,
@@ -92,7 +93,7 @@ IDENTITIES: tuple[Identity, ...] = (
     ),
     Identity(
         user="commit-verifier",
-        publishes=_specs(UploadVerified, UploadRejected),
+        publishes=_specs(UploadVerified, UploadRejected, CommitRefused),
         consumes=(Durable(UPLOADS_STREAM.name, "commit-verifier"),),
         profiles="read",
     ),

@@ -155,6 +155,62 @@ async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_comple
     assert await object_bytes(storage, session.target.object_key) == data
 
 
+async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_upload_resumes_from_there(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3  # one whole part in S3 and a tail in PostgreSQL
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    assert await offset_of(http, url) == sent  # storage holds every recorded part: nothing changes
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)  # behind the gateway's back
+
+    assert await offset_of(http, url) == 0
+    fresh = await multipart_id(gateway, session)
+    assert fresh != lost and await storage.list_parts(session.target.object_key, fresh) == []
+    assert session.progress[-1] == 0  # the session layer hears that the bytes are gone
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_bytes_kept_as_the_tail_outlive_a_lost_multipart_upload_that_held_no_part_yet(gateway, http, storage):
+    data = os.urandom(6 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[: 2 * MiB])).status == 204  # all of it a tail in PostgreSQL
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)
+
+    assert await offset_of(http, url) == 2 * MiB
+    assert await multipart_id(gateway, session) != lost
+    assert (await patch(http, url, 2 * MiB, data[2 * MiB :])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_patch_that_meets_a_lost_multipart_upload_is_409_and_head_then_says_where_to_resume(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    await storage.abort_multipart(session.target.object_key, await multipart_id(gateway, session))
+
+    refused = await patch(http, url, sent, data[sent:])
+    assert refused.status == 409, await refused.text()
+    assert "HEAD" in await refused.text()
+    assert await offset_of(http, url) == 0
+    assert (await patch(http, url, 0, data)).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
 async def test_a_patch_at_the_wrong_offset_is_409_and_changes_nothing(gateway, http):
     session = gateway.session(6 * MiB)
     url = tus_url(await gateway.instance(), session)

@@ -100,7 +100,7 @@ class _Handlers:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
         store = self._store_for(request)
-        state = await store.state(target.upload_id)
+        state = await store.held(target)
         if state is None:  # nothing sent yet: the session's upload, at 0
             protocol.check_not_expired(target.expires_at, _now())
             return web.Response(status=200, headers=protocol.upload_headers(0, target.size_bytes, target.expires_at))

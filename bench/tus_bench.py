@@ -37,7 +37,7 @@ from botocore.config import Config
 
 from rawdrive_platform.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.tus_session import tus_part_size
+from upload_gateway.uploads.tus_session import tus_part_size
 
 MIB = 1024 * 1024
 TUS_CHUNK = 5 * MIB

@@ -34,7 +34,7 @@ from tus_bench import MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, pay
 
 from rawdrive_platform.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.tus_session import tus_part_size
+from upload_gateway.uploads.tus_session import tus_part_size
 
 NODE_DIR = Path(__file__).parent / "tus_node_baseline"
 

@@ -1,11 +1,11 @@
 """The accepted files and size limits, as the README and the OpenAPI document show them, are the
-limits table itself (upload_gateway.limits), so neither can drift from what is enforced."""
+limits table itself (upload_gateway.uploads.limits), so neither can drift from what is enforced."""
 
 import re
 from pathlib import Path
 
-from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS
-from upload_gateway.openapi import build
+from upload_gateway.http.openapi import build
+from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS
 
 README = Path(__file__).parents[3] / "README.md"
 

@@ -33,14 +33,16 @@ from rawdrive_platform import bus, db
 from rawdrive_platform.config import Secret
 from rawdrive_platform.outbox import OutboxRow, outbox_row
 from rawdrive_platform.storage import Storage, StorageProfile
-from upload_gateway import api, profile_store, repository, uploads, verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.profile_store import ActiveProfile
-from upload_gateway.sessions import UploadSession
 from upload_gateway.settings import Settings
-from upload_gateway.tus_session import mount_tus
-from upload_gateway.uploads import Gateway
+from upload_gateway.storage_profiles import store as profile_store
+from upload_gateway.storage_profiles.store import ActiveProfile
+from upload_gateway.uploads import api, repository, verdicts
+from upload_gateway.uploads import handlers as uploads
+from upload_gateway.uploads.handlers import Gateway
+from upload_gateway.uploads.sessions import UploadSession
+from upload_gateway.uploads.tus_session import mount_tus
 
 SECRET = "integration-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"

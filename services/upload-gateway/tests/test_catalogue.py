@@ -40,15 +40,17 @@ from rawdrive_platform.config import Secret
 from rawdrive_platform.health import Health
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.storage import Storage, StorageProfile
-from upload_gateway import asset_events, catalogue_store, verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
-from upload_gateway.catalogue import facts_of
-from upload_gateway.openapi import OPERATIONS
+from upload_gateway.catalogue import events as asset_events
+from upload_gateway.catalogue import store as catalogue_store
+from upload_gateway.catalogue.core import facts_of
+from upload_gateway.http.openapi import OPERATIONS
 from upload_gateway.settings import Settings
-from upload_gateway.storage_profile_routes import mount_storage_profiles
-from upload_gateway.tus_session import mount_tus
-from upload_gateway.uploads import Gateway
+from upload_gateway.storage_profiles.routes import mount_storage_profiles
+from upload_gateway.uploads import verdicts
+from upload_gateway.uploads.handlers import Gateway
+from upload_gateway.uploads.tus_session import mount_tus
 
 SECRET = "catalogue-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"

@@ -23,7 +23,7 @@ from rawdrive_contracts import (
     UploadVerified,
     new_event,
 )
-from upload_gateway.catalogue import (
+from upload_gateway.catalogue.core import (
     AssetFacts,
     InvalidCursor,
     MergeConflict,

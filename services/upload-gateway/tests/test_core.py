@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from rawdrive_platform.config import load_settings
 from rawdrive_platform.keys import check_filename, safe_filename
-from upload_gateway import problems
 from upload_gateway.app import token_verifier
 from upload_gateway.auth import (
     MINIMUM_ROLE,
@@ -28,9 +27,8 @@ from upload_gateway.auth import (
     require,
     sign_hs256,
 )
-from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
-from upload_gateway.names import display_name
-from upload_gateway.problems import (
+from upload_gateway.http import problems
+from upload_gateway.http.problems import (
     PROBLEMS,
     REJECTIONS,
     ChecksumMismatch,
@@ -42,7 +40,11 @@ from upload_gateway.problems import (
     UnsupportedType,
     problem_for,
 )
-from upload_gateway.sessions import (
+from upload_gateway.settings import Settings
+from upload_gateway.uploads.handlers import new_id
+from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
+from upload_gateway.uploads.names import display_name
+from upload_gateway.uploads.sessions import (
     COMMIT_ATTEMPTS,
     MAX_PARTS,
     MIN_PART_SIZE,
@@ -57,9 +59,7 @@ from upload_gateway.sessions import (
     plan_parts,
     transition,
 )
-from upload_gateway.settings import Settings
-from upload_gateway.tus_session import tus_part_size
-from upload_gateway.uploads import new_id
+from upload_gateway.uploads.tus_session import tus_part_size
 
 SECRET = "s" * 32
 UPLOAD_SECRET = "u" * 32

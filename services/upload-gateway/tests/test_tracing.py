@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from rawdrive_platform.telemetry import inject_headers, setup_telemetry, stored_context
-from upload_gateway.tracing import tracing_middleware
+from upload_gateway.http.tracing import tracing_middleware
 
 PATH = "/v1/workspaces/{workspace_id}/uploads"
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -3,12 +3,13 @@
 from importlib.resources import files
 
 from rawdrive_platform.service import Runtime, run_service
-from upload_gateway import asset_events, verdicts
 from upload_gateway.app import create_app, token_verifier
+from upload_gateway.catalogue import events as catalogue_events
 from upload_gateway.settings import Settings
-from upload_gateway.storage_profile_routes import mount_storage_profiles
-from upload_gateway.tus_session import mount_tus
-from upload_gateway.uploads import Gateway
+from upload_gateway.storage_profiles.routes import mount_storage_profiles
+from upload_gateway.uploads import verdicts
+from upload_gateway.uploads.handlers import Gateway
+from upload_gateway.uploads.tus_session import mount_tus
 
 MIGRATIONS = files("upload_gateway") / "migrations"
 
@@ -23,7 +24,7 @@ async def main(runtime: Runtime) -> None:
     profiles = await runtime.storage_resolver()
     runtime.relay(pool, js)
     runtime.consume(js, verdicts.consumer_spec(), verdicts.handler(pool))
-    runtime.consume(js, asset_events.consumer_spec(), asset_events.handler(pool))
+    runtime.consume(js, catalogue_events.consumer_spec(), catalogue_events.handler(pool))
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
     app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles])
     await runtime.serve_health(app, port=settings.http_port)

@@ -6,16 +6,16 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from upload_gateway import assets
-from upload_gateway.access import access_middleware
 from upload_gateway.auth import TokenVerifier, derived_upload_secret
-from upload_gateway.cors import cors_middleware
-from upload_gateway.openapi import mount, mount_openapi
-from upload_gateway.problems import problem_middleware
-from upload_gateway.routes import GATEWAY, add_routes
+from upload_gateway.catalogue import routes as catalogue_routes
+from upload_gateway.http.access import access_middleware
+from upload_gateway.http.cors import cors_middleware
+from upload_gateway.http.openapi import mount, mount_openapi
+from upload_gateway.http.problems import problem_middleware
+from upload_gateway.http.tracing import tracing_middleware
 from upload_gateway.settings import Settings
-from upload_gateway.tracing import tracing_middleware
-from upload_gateway.uploads import Gateway
+from upload_gateway.uploads.handlers import Gateway
+from upload_gateway.uploads.routes import GATEWAY, add_routes
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -52,7 +52,7 @@ def create_app(
     app = web.Application(middlewares=middlewares)
     app[GATEWAY] = gateway
     add_routes(app)
-    mount(app, assets.ROUTES)
+    mount(app, catalogue_routes.ROUTES)
     for mount_more in mounts:
         mount_more(app)
     mount_openapi(app)

@@ -16,7 +16,7 @@ from rawdrive_platform.config import Secret
 from rawdrive_platform.db import create_pool, migrate
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import Storage, StorageProfile
-from upload_gateway.tus import MIN_PART_SIZE, TusStore, TusTarget, tus_routes
+from upload_gateway.uploads.tus import MIN_PART_SIZE, TusStore, TusTarget, tus_routes
 
 MiB = 1024 * 1024
 MAX_SIZE = 500 * MiB

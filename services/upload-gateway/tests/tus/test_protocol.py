@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from upload_gateway.tus import protocol
-from upload_gateway.tus.protocol import (
+from upload_gateway.uploads.tus import protocol
+from upload_gateway.uploads.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
     OffsetMismatch,

@@ -16,7 +16,7 @@ import msgspec
 from rawdrive_contracts import Provider, RejectionReason, ResumableProtocol
 from rawdrive_platform.keys import ID_PATTERN
 from rawdrive_platform.storage import Encryption
-from upload_gateway.sessions import MAX_PARTS, State
+from upload_gateway.uploads.sessions import MAX_PARTS, State
 
 Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN.pattern}$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from rawdrive_contracts import Kind
-from upload_gateway.problems import FileTooLarge, UnsupportedType
+from upload_gateway.http.problems import FileTooLarge, UnsupportedType
 
 MIB = 1024 * 1024
 

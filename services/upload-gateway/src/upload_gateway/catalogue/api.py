@@ -9,8 +9,8 @@ import msgspec
 
 from rawdrive_contracts import Kind, MediaMetadata, ProcessingFailureReason, Provider
 from rawdrive_contracts.events import CaptureTime
-from upload_gateway.api import Id
-from upload_gateway.catalogue import Status
+from upload_gateway.catalogue.core import Status
+from upload_gateway.uploads.api import Id
 
 MAX_PAGE = 100
 

@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 
 from rawdrive_platform.storage import ObjectMissing, StorageError, UploadedPart
-from upload_gateway.tus.protocol import (
+from upload_gateway.uploads.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
     Creation,
@@ -42,7 +42,7 @@ from upload_gateway.tus.protocol import (
     check_fits,
     check_offset,
 )
-from upload_gateway.tus.target import TusTarget
+from upload_gateway.uploads.tus.target import TusTarget
 
 # Read the body in pieces this big: small enough to keep the extra memory negligible, large
 # enough to keep the per-read overhead low.

@@ -11,7 +11,7 @@ import msgspec
 from rawdrive_contracts import RejectionReason
 from rawdrive_platform.outbox import OutboxRow, insert_with_rows
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
-from upload_gateway.sessions import SETS_REJECTION, TRANSITIONS, SessionEvent, UploadSession
+from upload_gateway.uploads.sessions import SETS_REJECTION, TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))
 

@@ -15,9 +15,10 @@ from aiohttp import web
 from rawdrive_contracts import AssetDeleted, AssetRestored, Variant, new_event
 from rawdrive_platform.keys import ID_PATTERN
 from rawdrive_platform.outbox import enqueue
-from upload_gateway import asset_api, catalogue_store
 from upload_gateway.auth import Principal
-from upload_gateway.catalogue import (
+from upload_gateway.catalogue import api as asset_api
+from upload_gateway.catalogue import store as catalogue_store
+from upload_gateway.catalogue.core import (
     LISTED_BY_DEFAULT,
     AssetFacts,
     Deletion,
@@ -30,8 +31,8 @@ from upload_gateway.catalogue import (
     restore_outcome,
     status_of,
 )
-from upload_gateway.openapi import Operation, Reply, Route
-from upload_gateway.problems import (
+from upload_gateway.http.openapi import Operation, Reply, Route
+from upload_gateway.http.problems import (
     PROCESSING_FAILURE_TEXTS,
     FieldError,
     InvalidRequest,
@@ -40,8 +41,8 @@ from upload_gateway.problems import (
     from_validation_error,
     storage_errors,
 )
-from upload_gateway.routes import GATEWAY, _json, _user
-from upload_gateway.uploads import SOURCE, Gateway, storage_for, utcnow
+from upload_gateway.uploads.handlers import SOURCE, Gateway, storage_for, utcnow
+from upload_gateway.uploads.routes import GATEWAY, _json, _user
 
 PREFIX = "/v1/workspaces/{workspace_id}/assets"
 

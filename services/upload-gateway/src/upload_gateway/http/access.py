@@ -16,8 +16,9 @@ from aiohttp import web
 
 from rawdrive_platform.keys import ID_PATTERN
 from rawdrive_platform.metrics import HTTP_REQUEST_SECONDS
-from upload_gateway.problems import Handler
+from upload_gateway.http.problems import Handler
 
+# The logger keeps its name from before the http package: dashboards and docs filter on it.
 log = logging.getLogger("upload_gateway.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"

@@ -35,11 +35,8 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway import api, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
-from upload_gateway.limits import check_file, essence
-from upload_gateway.names import display_name
-from upload_gateway.problems import (
+from upload_gateway.http.problems import (
     REJECTION_TEXTS,
     FieldError,
     InvalidRequest,
@@ -48,7 +45,12 @@ from upload_gateway.problems import (
     StorageUnavailable,
     storage_errors,
 )
-from upload_gateway.sessions import (
+from upload_gateway.settings import Settings
+from upload_gateway.storage_profiles import store as profile_store
+from upload_gateway.uploads import api, repository
+from upload_gateway.uploads.limits import check_file, essence
+from upload_gateway.uploads.names import display_name
+from upload_gateway.uploads.sessions import (
     TRANSITIONS,
     UploadSession,
     attempts_left,
@@ -60,7 +62,6 @@ from upload_gateway.sessions import (
     plan_parts,
     require_open,
 )
-from upload_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from aiohttp import web
 
 from rawdrive_platform.health import ReadinessReport
 from rawdrive_platform.keys import ID_PATTERN
-from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS
-from upload_gateway.problems import PROBLEM_CONTENT_TYPE, Problem
-from upload_gateway.tus import protocol as tus
-from upload_gateway.tus.routes import TUS_PATH
+from upload_gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
+from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS
+from upload_gateway.uploads.tus import protocol as tus
+from upload_gateway.uploads.tus.routes import TUS_PATH
 
 Auth = Literal["user", "upload", "none"]
 

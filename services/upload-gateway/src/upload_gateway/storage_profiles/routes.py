@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from upload_gateway import api, storage_profiles
-from upload_gateway.openapi import Operation, Reply, Route, mount
-from upload_gateway.problems import decode_body
-from upload_gateway.routes import GATEWAY, _json, _user
+from upload_gateway.http.openapi import Operation, Reply, Route, mount
+from upload_gateway.http.problems import decode_body
+from upload_gateway.storage_profiles import core as storage_profiles
+from upload_gateway.uploads import api
+from upload_gateway.uploads.routes import GATEWAY, _json, _user
 
 PATH = "/v1/workspaces/{workspace_id}/storage-profile"
 WRITES = web.AppKey("storage_profile_writes", storage_profiles.WriteLimiter)

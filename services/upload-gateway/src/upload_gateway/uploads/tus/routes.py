@@ -19,11 +19,11 @@ from aiohttp import web
 
 from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from rawdrive_platform.storage import StorageError
-from upload_gateway.problems import from_storage_error, problem_for, problem_response
-from upload_gateway.tus import protocol
-from upload_gateway.tus.protocol import TusError
-from upload_gateway.tus.store import BodyInterrupted, TusStore, UploadState
-from upload_gateway.tus.target import TusTarget
+from upload_gateway.http.problems import from_storage_error, problem_for, problem_response
+from upload_gateway.uploads.tus import protocol
+from upload_gateway.uploads.tus.protocol import TusError
+from upload_gateway.uploads.tus.store import BodyInterrupted, TusStore, UploadState
+from upload_gateway.uploads.tus.target import TusTarget
 
 TUS_PATH = "/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"
 

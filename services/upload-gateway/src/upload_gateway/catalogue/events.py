@@ -23,8 +23,8 @@ from rawdrive_contracts import (
     subject_filter,
 )
 from rawdrive_platform.bus import ConsumerSpec, EventHandler, Poison
-from upload_gateway import catalogue_store
-from upload_gateway.catalogue import MergeConflict, facts_of
+from upload_gateway.catalogue import store as catalogue_store
+from upload_gateway.catalogue.core import MergeConflict, facts_of
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from upload_gateway.catalogue import (
+from upload_gateway.catalogue.core import (
     AssetFacts,
     Deletion,
     Description,

@@ -24,9 +24,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.telemetry import extract_context, restored_context
-from upload_gateway import repository
-from upload_gateway.access import TRACE_ID
-from upload_gateway.problems import Handler
+from upload_gateway.http.access import TRACE_ID
+from upload_gateway.http.problems import Handler
+from upload_gateway.uploads import repository
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)

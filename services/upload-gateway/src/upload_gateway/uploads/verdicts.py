@@ -24,7 +24,8 @@ from rawdrive_contracts import (
     subject_filter,
 )
 from rawdrive_platform.bus import ConsumerSpec, EventHandler
-from upload_gateway import asset_events, repository
+from upload_gateway.catalogue import events as catalogue_events
+from upload_gateway.uploads import repository
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ async def on_verified(pool: asyncpg.Pool, event: CloudEvent[UploadVerified]) -> 
         log.info("verified upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
     # The asset enters the catalogue (processing) whatever the session row says: it may come
     # from another replica's session, or the row may have moved on in a redelivery.
-    await asset_events.record(pool, event)
+    await catalogue_events.record(pool, event)
 
 
 async def on_rejected(pool: asyncpg.Pool, event: CloudEvent[UploadRejected]) -> None:

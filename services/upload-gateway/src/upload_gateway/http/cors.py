@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from upload_gateway.problems import Handler
+from upload_gateway.http.problems import Handler
 
 # What a browser may send: the uploads API's and tus 1.0's request headers (tus-js-client adds
 # X-Request-ID with addRequestId, X-HTTP-Method-Override with overridePatchMethod).

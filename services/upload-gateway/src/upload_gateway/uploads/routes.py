@@ -10,12 +10,12 @@ import msgspec
 from aiohttp import web
 
 from rawdrive_platform.keys import ID_PATTERN
-from upload_gateway import api, repository, uploads
 from upload_gateway.auth import Action, Principal, require
-from upload_gateway.openapi import Operation, Reply, Route, mount
-from upload_gateway.problems import NotFound, decode_body
-from upload_gateway.sessions import UploadSession
-from upload_gateway.uploads import Gateway
+from upload_gateway.http.openapi import Operation, Reply, Route, mount
+from upload_gateway.http.problems import NotFound, decode_body
+from upload_gateway.uploads import api, handlers, repository
+from upload_gateway.uploads.handlers import Gateway
+from upload_gateway.uploads.sessions import UploadSession
 
 GATEWAY = web.AppKey("gateway", Gateway)
 PREFIX = "/v1/workspaces/{workspace_id}/uploads"
@@ -74,39 +74,39 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
 async def create(request: web.Request) -> web.Response:
     principal, workspace_id = await _user(request, "upload")
     body = await decode_body(request, api.CreateUpload)
-    created = await uploads.create_session(request.config_dict[GATEWAY], principal.sub, workspace_id, body)
+    created = await handlers.create_session(request.config_dict[GATEWAY], principal.sub, workspace_id, body)
     return _json(created, status=201)
 
 
 async def show(request: web.Request) -> web.Response:
     _, workspace_id = await _user(request, "read")
     session = await _session(request, workspace_id)
-    return _json(await uploads.status(request.config_dict[GATEWAY], session))
+    return _json(await handlers.status(request.config_dict[GATEWAY], session))
 
 
 async def delete(request: web.Request) -> web.Response:
     principal, workspace_id = await _user(request, "delete")
     session = await _session(request, workspace_id)
-    await uploads.abort(request.config_dict[GATEWAY], principal.sub, session)
+    await handlers.abort(request.config_dict[GATEWAY], principal.sub, session)
     return web.Response(status=204)
 
 
 async def presign_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
     body = await decode_body(request, api.PartsRequest)
-    return _json(await uploads.presign_parts(request.config_dict[GATEWAY], session, body))
+    return _json(await handlers.presign_parts(request.config_dict[GATEWAY], session, body))
 
 
 async def list_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
-    return _json(await uploads.list_parts(request.config_dict[GATEWAY], session))
+    return _json(await handlers.list_parts(request.config_dict[GATEWAY], session))
 
 
 async def commit(request: web.Request) -> web.Response:
     principal, workspace_id = await _user(request, "upload")
     session = await _session(request, workspace_id)
     body = await decode_body(request, api.CommitRequest)
-    result = await uploads.commit(request.config_dict[GATEWAY], principal.sub, session, body)
+    result = await handlers.commit(request.config_dict[GATEWAY], principal.sub, session, body)
     return _json(result, status=200 if result.status == "processing" else 202)
 
 

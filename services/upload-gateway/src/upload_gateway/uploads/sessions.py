@@ -24,7 +24,7 @@ from typing import Literal
 import msgspec
 
 from rawdrive_contracts import Kind, Provider, RejectionReason, ResumableProtocol
-from upload_gateway.problems import (
+from upload_gateway.http.problems import (
     REJECTION_TEXTS,
     Aborted,
     ChecksumMismatch,

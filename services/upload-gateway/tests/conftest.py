@@ -19,9 +19,9 @@ from rawdrive_platform.config import Secret
 from rawdrive_platform.storage import Storage, StorageProfile
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
+from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
-from upload_gateway.uploads.handlers import Gateway
 from upload_gateway.uploads.tus_session import mount_tus
 
 LIVE_SECRET = "live-gateway-secret-" + "x" * 20

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from upload_gateway.http.openapi import build
-from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS
+from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, accepted_files
 
 README = Path(__file__).parents[3] / "README.md"
 
@@ -30,7 +30,7 @@ def test_readme_lists_exactly_the_accepted_extensions_types_and_limits():
 
 
 def test_openapi_document_lists_every_accepted_extension_type_and_limit():
-    description = build([])["info"]["description"]
+    description = build([], description=accepted_files())["info"]["description"]
     for extension, file_type in FILE_TYPES.items():
         [line] = [line for line in description.splitlines() if f".{extension} (" in line]
         assert line.startswith(f"- {file_type.kind}, at most {SIZE_LIMITS[file_type.kind] // MIB} MiB")

@@ -35,12 +35,12 @@ from rawdrive_platform.outbox import OutboxRow, outbox_row
 from rawdrive_platform.storage import Storage, StorageProfile
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
+from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
 from upload_gateway.uploads import api, repository, verdicts
 from upload_gateway.uploads import handlers as uploads
-from upload_gateway.uploads.handlers import Gateway
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
 

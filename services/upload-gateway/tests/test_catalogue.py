@@ -45,11 +45,11 @@ from upload_gateway.auth import mint_dev_token
 from upload_gateway.catalogue import events as asset_events
 from upload_gateway.catalogue import store as catalogue_store
 from upload_gateway.catalogue.core import facts_of
+from upload_gateway.gateway import Gateway
 from upload_gateway.http.openapi import OPERATIONS
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads import verdicts
-from upload_gateway.uploads.handlers import Gateway
 from upload_gateway.uploads.tus_session import mount_tus
 
 SECRET = "catalogue-secret-" + "x" * 20

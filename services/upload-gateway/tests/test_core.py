@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from rawdrive_platform.config import load_settings
 from rawdrive_platform.keys import check_filename, safe_filename
+from upload_gateway import errors
 from upload_gateway.app import token_verifier
 from upload_gateway.auth import (
     MINIMUM_ROLE,
@@ -27,10 +28,7 @@ from upload_gateway.auth import (
     require,
     sign_hs256,
 )
-from upload_gateway.http import problems
-from upload_gateway.http.problems import (
-    PROBLEMS,
-    REJECTIONS,
+from upload_gateway.errors import (
     ChecksumMismatch,
     FileTooLarge,
     Forbidden,
@@ -38,8 +36,8 @@ from upload_gateway.http.problems import (
     NotFound,
     Unauthorized,
     UnsupportedType,
-    problem_for,
 )
+from upload_gateway.http.problems import PROBLEMS, from_validation_error, problem_for
 from upload_gateway.settings import Settings
 from upload_gateway.uploads.handlers import new_id
 from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
@@ -48,6 +46,7 @@ from upload_gateway.uploads.sessions import (
     COMMIT_ATTEMPTS,
     MAX_PARTS,
     MIN_PART_SIZE,
+    REJECTIONS,
     TRANSITIONS,
     UploadSession,
     check_complete,
@@ -57,6 +56,7 @@ from upload_gateway.uploads.sessions import (
     gone,
     parts_received,
     plan_parts,
+    rejection_error,
     transition,
 )
 from upload_gateway.uploads.tus_session import tus_part_size
@@ -153,7 +153,7 @@ def test_display_names_drop_control_characters():
 
 
 def test_a_name_of_only_unprintable_characters_is_an_invalid_request():
-    with pytest.raises(problems.InvalidRequest):
+    with pytest.raises(errors.InvalidRequest):
         display_name("\x00\x01 ")
 
 
@@ -161,7 +161,7 @@ def test_a_name_of_only_unprintable_characters_is_an_invalid_request():
 def test_any_display_name_yields_a_key_safe_filename(name):
     try:
         shown = display_name(name)
-    except problems.InvalidRequest:
+    except errors.InvalidRequest:
         return
     assert check_filename(safe_filename(shown))
 
@@ -235,7 +235,7 @@ def test_a_repeated_commit_answers_from_the_recorded_outcome():
         commit_outcome(session(state="aborted", rejection_reason="checksum_mismatch"), now)
     with pytest.raises(InvalidState):
         commit_outcome(session(state="aborted"), now)
-    with pytest.raises(problems.Gone):
+    with pytest.raises(errors.Gone):
         commit_outcome(session(state="expired"), now)
 
 
@@ -265,7 +265,7 @@ def test_a_commit_sha256_differing_from_the_declared_one_names_both():
 def test_a_commit_before_every_byte_arrived_is_incomplete_with_both_counts():
     check_complete(session(size_bytes=10), 10)
     check_complete(session(size_bytes=10), None)  # storage reported no sizes: the verifier decides
-    with pytest.raises(problems.UploadIncomplete) as raised:
+    with pytest.raises(errors.UploadIncomplete) as raised:
         check_complete(session(size_bytes=2133), 1000)
     problem = problem_for(raised.value)
     assert (problem.status, problem.code, problem.bytes_received, problem.size_bytes) == (409, "upload_incomplete", 1000, 2133)
@@ -507,19 +507,19 @@ def test_previous_upload_secrets_are_read_comma_separated_from_the_settings():
 @pytest.mark.parametrize(
     ("error", "status", "code"),
     [
-        (problems.InvalidRequest("x"), 422, "invalid_request"),
-        (problems.MalformedJson("x"), 400, "invalid_request"),
-        (problems.UnsupportedType("x"), 422, "unsupported_type"),
-        (problems.FileTooLarge("x"), 413, "file_too_large"),
-        (problems.ChecksumMismatch("x"), 422, "checksum_mismatch"),
-        (problems.SizeMismatch("x"), 422, "size_mismatch"),
-        (problems.InvalidState("x"), 409, "invalid_state"),
-        (problems.NotFound("x"), 404, "not_found"),
-        (problems.Unauthorized("x"), 401, "unauthorized"),
-        (problems.Forbidden("x"), 403, "forbidden"),
-        (problems.Gone("x"), 410, "gone"),
-        (problems.StorageError("x"), 502, "storage_error"),
-        (problems.StorageUnavailable("x"), 503, "storage_error"),
+        (errors.InvalidRequest("x"), 422, "invalid_request"),
+        (errors.MalformedJson("x"), 400, "invalid_request"),
+        (errors.UnsupportedType("x"), 422, "unsupported_type"),
+        (errors.FileTooLarge("x"), 413, "file_too_large"),
+        (errors.ChecksumMismatch("x"), 422, "checksum_mismatch"),
+        (errors.SizeMismatch("x"), 422, "size_mismatch"),
+        (errors.InvalidState("x"), 409, "invalid_state"),
+        (errors.NotFound("x"), 404, "not_found"),
+        (errors.Unauthorized("x"), 401, "unauthorized"),
+        (errors.Forbidden("x"), 403, "forbidden"),
+        (errors.Gone("x"), 410, "gone"),
+        (errors.StorageError("x"), 502, "storage_error"),
+        (errors.StorageUnavailable("x"), 503, "storage_error"),
     ],
 )
 def test_each_error_maps_to_its_status_and_code(error, status, code):
@@ -531,12 +531,12 @@ def test_each_error_maps_to_its_status_and_code(error, status, code):
 def test_every_error_class_and_rejection_reason_has_a_status_below_500():
     assert all(spec.status < 500 or spec.code == "storage_error" for spec in PROBLEMS.values())
     for reason, error_type in REJECTIONS.items():
-        assert problem_for(problems.rejection_error(reason)).code in {reason, "unsupported_type"}
+        assert problem_for(rejection_error(reason)).code in {reason, "unsupported_type"}
 
 
 def test_a_validation_error_keeps_the_field_path_apart():
     try:
         msgspec.convert({"a": "x"}, type=dict[str, int])
     except msgspec.ValidationError as error:
-        translated = problems.from_validation_error(error)
-    assert translated.errors == [problems.FieldError(path="$[...]", message="Expected `int`, got `str`")]
+        translated = from_validation_error(error)
+    assert translated.errors == [errors.FieldError(path="$[...]", message="Expected `int`, got `str`")]

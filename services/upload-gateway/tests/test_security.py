@@ -13,7 +13,7 @@ from rawdrive_platform.config import Secret
 from rawdrive_platform.storage import content_disposition
 from upload_gateway.app import token_verifier
 from upload_gateway.auth import UPLOAD_AUDIENCE, TokenVerifier, UploadGrant, derived_upload_secret
-from upload_gateway.http.problems import Unauthorized
+from upload_gateway.errors import Unauthorized
 from upload_gateway.settings import Settings
 from upload_gateway.uploads.names import display_name
 

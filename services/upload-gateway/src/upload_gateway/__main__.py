@@ -5,10 +5,10 @@ from importlib.resources import files
 from rawdrive_platform.service import Runtime, run_service
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.catalogue import events as catalogue_events
+from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads import verdicts
-from upload_gateway.uploads.handlers import Gateway
 from upload_gateway.uploads.tus_session import mount_tus
 
 MIGRATIONS = files("upload_gateway") / "migrations"

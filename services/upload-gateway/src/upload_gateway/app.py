@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from aiohttp import web
 
 from upload_gateway.auth import TokenVerifier, derived_upload_secret
 from upload_gateway.catalogue import routes as catalogue_routes
+from upload_gateway.gateway import GATEWAY, Gateway
 from upload_gateway.http.access import access_middleware
 from upload_gateway.http.cors import cors_middleware
 from upload_gateway.http.openapi import mount, mount_openapi
 from upload_gateway.http.problems import problem_middleware
 from upload_gateway.http.tracing import tracing_middleware
 from upload_gateway.settings import Settings
-from upload_gateway.uploads.handlers import Gateway
-from upload_gateway.uploads.routes import GATEWAY, add_routes
+from upload_gateway.uploads import repository
+from upload_gateway.uploads.limits import accepted_files
+from upload_gateway.uploads.routes import mount_uploads
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -45,15 +48,15 @@ def create_app(
     # CORS and problem answers too.
     middlewares = [
         access_middleware,
-        tracing_middleware(gateway.pool),
+        tracing_middleware(partial(repository.trace_context, gateway.pool)),
         cors_middleware(gateway.settings.cors_origins),
         problem_middleware,
     ]
     app = web.Application(middlewares=middlewares)
     app[GATEWAY] = gateway
-    add_routes(app)
+    mount_uploads(app)
     mount(app, catalogue_routes.ROUTES)
     for mount_more in mounts:
         mount_more(app)
-    mount_openapi(app)
+    mount_openapi(app, description=accepted_files())
     return app

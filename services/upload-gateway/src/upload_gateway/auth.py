@@ -32,7 +32,7 @@ from typing import Literal, NamedTuple
 import jwt
 import msgspec
 
-from upload_gateway.http.problems import Forbidden, NotFound, Unauthorized
+from upload_gateway.errors import Forbidden, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Request and response bodies of the assets API (the catalogue), beside api.py's uploads API."""
+"""Request and response bodies of the assets API (the catalogue)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import msgspec
 from rawdrive_contracts import Kind, MediaMetadata, ProcessingFailureReason, Provider
 from rawdrive_contracts.events import CaptureTime
 from upload_gateway.catalogue.core import Status
-from upload_gateway.uploads.api import Id
+from upload_gateway.http.requests import Id
 
 MAX_PAGE = 100
 

@@ -212,6 +212,18 @@ def _description(data: UploadVerified | AssetCreated, *, rank: int) -> Descripti
     )
 
 
+# What clients are told about a failed processing: one fixed text per reason. The processor's
+# own details (the content's first bytes, a decoder's stderr) stay in events and the logs.
+PROCESSING_FAILURE_TEXTS: dict[ProcessingFailureReason, str] = {
+    "type_mismatch": "the content is not of the type its name and mime type declare",
+    "unsupported_content": "the file's content is of a kind that is not processed",
+    "decode_failed": "the file could not be decoded",
+    "timeout": "decoding the file took too long",
+    "storage_error": "the stored file could not be read or its variants written",
+    "internal": "processing failed",
+}
+
+
 # -- what a client may do ------------------------------------------------------------------------
 
 RestoreOutcome = Literal["restore", "not_deleted", "retention_over"]

@@ -20,6 +20,7 @@ from upload_gateway.catalogue import api as asset_api
 from upload_gateway.catalogue import store as catalogue_store
 from upload_gateway.catalogue.core import (
     LISTED_BY_DEFAULT,
+    PROCESSING_FAILURE_TEXTS,
     AssetFacts,
     Deletion,
     Entry,
@@ -31,18 +32,11 @@ from upload_gateway.catalogue.core import (
     restore_outcome,
     status_of,
 )
+from upload_gateway.errors import FieldError, InvalidRequest, NotFound, RetentionOver
+from upload_gateway.gateway import GATEWAY, SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.openapi import Operation, Reply, Route
-from upload_gateway.http.problems import (
-    PROCESSING_FAILURE_TEXTS,
-    FieldError,
-    InvalidRequest,
-    NotFound,
-    RetentionOver,
-    from_validation_error,
-    storage_errors,
-)
-from upload_gateway.uploads.handlers import SOURCE, Gateway, storage_for, utcnow
-from upload_gateway.uploads.routes import GATEWAY, _json, _user
+from upload_gateway.http.problems import from_validation_error, storage_errors
+from upload_gateway.http.requests import json_response, user
 
 PREFIX = "/v1/workspaces/{workspace_id}/assets"
 
@@ -123,15 +117,15 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
 
 
 async def show(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "read")
     gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "read")
     entry = await _visible(gw, workspace_id, _asset_id(request))
-    return _json(await _view(gw, entry, utcnow()))
+    return json_response(await _view(gw, entry, utcnow()))
 
 
 async def listing(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "read")
     gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "read")
     try:
         query = msgspec.convert(dict(request.query), asset_api.AssetQuery, strict=False)
     except msgspec.ValidationError as error:
@@ -149,7 +143,7 @@ async def listing(request: web.Request) -> web.Response:
     shown = entries[: query.limit]
     last = shown[-1] if shown and len(entries) > query.limit else None
     now = utcnow()
-    return _json(
+    return json_response(
         asset_api.AssetPage(
             items=[await _view(gw, entry, now) for entry in shown],
             next_cursor=encode_cursor(Position(last.created_at, last.facts.asset_id)) if last else None,
@@ -158,8 +152,8 @@ async def listing(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "read")
     gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "read")
     description = (await _visible(gw, workspace_id, _asset_id(request))).facts.description
     assert description is not None
     storage = await storage_for(gw, description.storage_profile_ref)
@@ -172,16 +166,16 @@ async def download(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "delete")
+    principal, workspace_id = await user(request, request.config_dict[GATEWAY].tokens, "delete")
     await _change(request.config_dict[GATEWAY], principal, workspace_id, _asset_id(request), restore=False)
     return web.Response(status=204)
 
 
 async def restore(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "restore")
     gw = request.config_dict[GATEWAY]
+    principal, workspace_id = await user(request, gw.tokens, "restore")
     entry = await _change(gw, principal, workspace_id, _asset_id(request), restore=True)
-    return _json(await _view(gw, entry, utcnow()))
+    return json_response(await _view(gw, entry, utcnow()))
 
 
 async def _change(gw: Gateway, principal: Principal, workspace_id: str, asset_id: str, *, restore: bool) -> Entry:

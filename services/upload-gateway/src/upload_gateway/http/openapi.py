@@ -21,9 +21,6 @@ from aiohttp import web
 from rawdrive_platform.health import ReadinessReport
 from rawdrive_platform.keys import ID_PATTERN
 from upload_gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
-from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS
-from upload_gateway.uploads.tus import protocol as tus
-from upload_gateway.uploads.tus.routes import TUS_PATH
 
 Auth = Literal["user", "upload", "none"]
 
@@ -65,6 +62,8 @@ class Route(msgspec.Struct, frozen=True):
 
 
 OPERATIONS = web.AppKey("operations", list)
+# The document's info.description (what may be uploaded), given by mount_openapi's caller.
+DESCRIPTION = web.AppKey("openapi_description", str)
 
 
 def document(app: web.Application, operations: Iterable[Operation]) -> None:
@@ -96,79 +95,6 @@ HEALTH_OPERATIONS = (
     ),
 )
 
-_TUS_RESUMABLE = Header("Tus-Resumable", f"Always {tus.TUS_VERSION}", required=True)
-_TUS_ERRORS = (
-    Reply(400, "Malformed tus headers", str, "text/plain"),
-    Reply(409, "Upload-Offset differs from the stored offset (HEAD, then resume)", str, "text/plain"),
-    Reply(410, "The upload expired or was aborted", str, "text/plain"),
-    Reply(412, f"Tus-Resumable is not {tus.TUS_VERSION}", str, "text/plain", headers=("Tus-Version",)),
-    Reply(413, "Past Upload-Length or Tus-Max-Size", str, "text/plain"),
-    Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
-    Reply(423, "Another request is writing this upload", str, "text/plain"),
-    Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
-    # Storage failures are answered as everywhere else in the API (problems.from_storage_error).
-    Reply(502, "Storage refused", Problem, PROBLEM_CONTENT_TYPE),
-    Reply(503, "Storage unavailable; retry after Retry-After seconds", Problem, PROBLEM_CONTENT_TYPE,
-          headers=("Retry-After",)),
-)
-_OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")
-_TUS_NOTE = (
-    f"tus {tus.TUS_VERSION} (https://tus.io/protocols/resumable-upload), extensions "
-    f"{', '.join(tus.TUS_EXTENSIONS)}; checksums {', '.join(tus.CHECKSUM_ALGORITHMS)}. Protocol errors are "
-    "text/plain with the tus status; authentication and storage errors are problem+json. Send the headers "
-    "the session's `headers` field gave (the upload token)."
-)
-TUS_OPERATIONS = (
-    Operation(
-        method="OPTIONS", path=TUS_PATH, operation_id="tusOptions", tag="tus", auth="none", description=_TUS_NOTE,
-        summary="tus capabilities",
-        replies=(Reply(204, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
-                                                    "Tus-Checksum-Algorithm")),),
-    ),
-    Operation(
-        method="POST", path=TUS_PATH, operation_id="tusCreate", tag="tus", auth="upload", description=_TUS_NOTE,
-        summary="Create the tus upload of this session (creation, creation-with-upload)",
-        headers=(
-            _TUS_RESUMABLE,
-            Header("Upload-Length", "The file's size in bytes; must equal the session's", required=True, type="integer"),
-            Header("Upload-Metadata", "tus metadata: comma-separated `key base64value` pairs"),
-            Header("Content-Type", f"{tus.PATCH_CONTENT_TYPE} when the body carries the first bytes"),
-            Header("X-HTTP-Method-Override", "HEAD, PATCH or DELETE for clients that can only POST"),
-        ),
-        body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
-        replies=(Reply(201, "Created", headers=("Location", *_OFFSET_HEADERS)), *_TUS_ERRORS),
-        problems=(401, 403, 404),
-    ),
-    Operation(
-        method="HEAD", path=TUS_PATH, operation_id="tusOffset", tag="tus", auth="upload", description=_TUS_NOTE,
-        summary="How many bytes are stored (resume from Upload-Offset)",
-        headers=(_TUS_RESUMABLE,),
-        replies=(Reply(200, "The offset", headers=(*_OFFSET_HEADERS, "Upload-Metadata")), *_TUS_ERRORS),
-        problems=(401, 403, 404),
-    ),
-    Operation(
-        method="PATCH", path=TUS_PATH, operation_id="tusAppend", tag="tus", auth="upload", description=_TUS_NOTE,
-        summary="Append bytes at Upload-Offset",
-        headers=(
-            _TUS_RESUMABLE,
-            Header("Upload-Offset", "Where these bytes start; must equal the stored offset", required=True,
-                   type="integer"),
-            Header("Content-Type", tus.PATCH_CONTENT_TYPE, required=True),
-            Header("Upload-Checksum", "`sha1 <base64>` or `sha256 <base64>` of this request's body"),
-        ),
-        body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
-        replies=(Reply(204, "Stored", headers=_OFFSET_HEADERS), *_TUS_ERRORS),
-        problems=(401, 403, 404),
-    ),
-    Operation(
-        method="DELETE", path=TUS_PATH, operation_id="tusTerminate", tag="tus", auth="upload", description=_TUS_NOTE,
-        summary="Terminate the upload (tus termination)",
-        headers=(_TUS_RESUMABLE,),
-        replies=(Reply(204, "Terminated", headers=("Tus-Resumable",)), *_TUS_ERRORS),
-        problems=(401, 403, 404),
-    ),
-)
-
 OPENAPI_ROUTE_OPERATION = Operation(
     method="GET", path="/openapi.json", operation_id="openapi", tag="meta", auth="none",
     summary="This document (OpenAPI 3.1)", replies=(Reply(200, "The OpenAPI document", dict[str, Any]),),
@@ -176,24 +102,6 @@ OPENAPI_ROUTE_OPERATION = Operation(
 
 
 # -- the document ----------------------------------------------------------------------------------
-
-
-def accepted_files() -> str:
-    """What createUpload accepts, rendered from the limits table (the one place it is decided)."""
-    lines = [
-        "Accepted files: the extension of `file_name` picks the kind and the allowed `mime_type`s; "
-        "another extension or type is 422 `unsupported_type`, a file over its kind's limit is 413 "
-        "`file_too_large`.",
-        "",
-    ]
-    for kind, limit in SIZE_LIMITS.items():
-        types = "; ".join(
-            f".{extension} ({', '.join(sorted(file_type.mime_types))})"
-            for extension, file_type in FILE_TYPES.items()
-            if file_type.kind == kind
-        )
-        lines.append(f"- {kind}, at most {limit // MIB} MiB ({limit} bytes): {types}")
-    return "\n".join(lines)
 
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -205,7 +113,9 @@ _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
 }
 
 
-def build(operations: Iterable[Operation], *, title: str = "RawDrive API", version: str = "1") -> dict[str, Any]:
+def build(
+    operations: Iterable[Operation], *, description: str = "", title: str = "RawDrive API", version: str = "1"
+) -> dict[str, Any]:
     operations = list(operations)
     types = [Problem]
     for op in operations:
@@ -218,7 +128,7 @@ def build(operations: Iterable[Operation], *, title: str = "RawDrive API", versi
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of, components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": accepted_files()},
+        "info": {"title": title, "version": version, "description": description},
         "paths": paths,
         "components": {
             "schemas": components,
@@ -293,10 +203,12 @@ def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
 
 
 async def serve(request: web.Request) -> web.Response:
-    return web.Response(body=msgspec.json.encode(build(request.app[OPERATIONS])), content_type="application/json")
+    document = build(request.app[OPERATIONS], description=request.app[DESCRIPTION])
+    return web.Response(body=msgspec.json.encode(document), content_type="application/json")
 
 
-def mount_openapi(app: web.Application) -> None:
+def mount_openapi(app: web.Application, *, description: str) -> None:
     """`/openapi.json`, and the operations served outside any route table (health by the runtime)."""
+    app[DESCRIPTION] = description
     mount(app, [Route(OPENAPI_ROUTE_OPERATION, serve)])
     document(app, HEALTH_OPERATIONS)

@@ -1,7 +1,7 @@
-"""RFC 9457 problem details: the upload error family, its one status table, and the middleware.
+"""RFC 9457 problem details: the one status table for the error family, and the middleware.
 
-Every error a client can cause is an `UploadError` subclass; `PROBLEMS` maps each to its HTTP
-status and machine-readable `code`. The middleware turns those, and what aiohttp and msgspec raise
+Every error a client can cause is an `UploadError` subclass (upload_gateway.errors); `PROBLEMS`
+maps each to its HTTP status and machine-readable `code`. The middleware turns those, and what aiohttp and msgspec raise
 for unknown routes, wrong methods, oversized or malformed bodies, into `application/problem+json`.
 Request bodies are decoded with `decode_body` (every route: JSON only, unknown fields refused,
 nesting bounded), so a msgspec error raised anywhere else stays a bug. Storage failures become
@@ -26,8 +26,36 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from rawdrive_contracts import ProcessingFailureReason, RejectionReason
 from rawdrive_platform import storage as s3
+from upload_gateway.errors import (
+    Aborted,
+    BodyTooLarge,
+    ChecksumMismatch,
+    FieldError,
+    FileTooLarge,
+    Forbidden,
+    Gone,
+    InvalidRequest,
+    InvalidState,
+    MalformedJson,
+    MethodNotAllowed,
+    MissingObject,
+    NotFound,
+    ProblemFacts,
+    RateLimited,
+    Rejected,
+    RetentionOver,
+    SizeMismatch,
+    StorageError,
+    StorageProfileRejected,
+    StorageProfilesDisabled,
+    StorageUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+    UnsupportedType,
+    UploadError,
+    UploadIncomplete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,145 +66,6 @@ T = TypeVar("T")
 MAX_JSON_DEPTH = 32
 # What a client is told to wait after storage was unreachable or throttling, wherever it happened.
 STORAGE_RETRY_AFTER_S = 5
-
-
-class FieldError(msgspec.Struct, frozen=True):
-    """One invalid field: where (a JSON path like `$.size_bytes`) and why."""
-
-    path: str
-    message: str
-
-
-class ProblemFacts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Problem extension members a client can act on without parsing `detail`."""
-
-    bytes_received: int | None = None
-    size_bytes: int | None = None
-    declared_sha256: str | None = None  # at session creation
-    given_sha256: str | None = None  # at commit
-    attempts_left: int | None = None  # commits still possible after a refused one
-
-
-class UploadError(Exception):
-    """Base of every error a client can cause; the class decides status and code (see PROBLEMS)."""
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-        facts: ProblemFacts | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers or {}
-        self.facts = facts or ProblemFacts()
-
-
-class InvalidRequest(UploadError):
-    """The body or parameters are malformed or out of range."""
-
-
-class MalformedJson(InvalidRequest):
-    """The body is not JSON at all, or nests deeper than MAX_JSON_DEPTH."""
-
-
-class UnsupportedMediaType(UploadError):
-    """The request body is not application/json."""
-
-
-class UnsupportedType(UploadError):
-    """The extension is not allowed, or the mime type does not agree with it."""
-
-
-class FileTooLarge(UploadError):
-    pass
-
-
-class ChecksumMismatch(UploadError):
-    pass
-
-
-class SizeMismatch(UploadError):
-    pass
-
-
-class MissingObject(UploadError):
-    """Committed, but nothing was stored under the upload's key."""
-
-
-class InvalidState(UploadError):
-    """The operation is not allowed in the upload's current state."""
-
-
-class UploadIncomplete(UploadError):
-    """Committed before every byte arrived. Nothing changed: the client sends the rest and
-    commits again."""
-
-    def __init__(self, bytes_received: int, size_bytes: int) -> None:
-        super().__init__(
-            f"{bytes_received} of {size_bytes} bytes have arrived; send the rest, then commit again",
-            facts=ProblemFacts(bytes_received=bytes_received, size_bytes=size_bytes),
-        )
-
-
-class NotFound(UploadError):
-    pass
-
-
-class MethodNotAllowed(UploadError):
-    pass
-
-
-class Gone(UploadError):
-    """The upload expired."""
-
-
-class Aborted(UploadError):
-    """The upload was aborted (by its client, or a tus termination): its bytes are gone."""
-
-
-class Rejected(UploadError):
-    """The verifier rejected the upload for good: its bytes are gone."""
-
-
-class RetentionOver(UploadError):
-    """The asset was deleted longer ago than the retention period: it can no longer be restored."""
-
-
-class Unauthorized(UploadError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="rawdrive"'})
-
-
-class Forbidden(UploadError):
-    pass
-
-
-class BodyTooLarge(UploadError):
-    """The JSON request body itself is over the server's limit (not the file being uploaded)."""
-
-
-class StorageError(UploadError):
-    """Object storage refused or failed; retrying the same request will not help."""
-
-
-class StorageUnavailable(StorageError):
-    """Object storage is unreachable or throttling; retry later."""
-
-
-class StorageProfileRejected(UploadError):
-    """A storage profile failed its live check (access, bucket, endpoint, encryption)."""
-
-
-class StorageProfilesDisabled(StorageError):
-    """This deployment has no storage master key, so it cannot keep BYOS credentials."""
-
-
-class RateLimited(UploadError):
-    """Too many requests of this kind for now; `Retry-After` says when to try again."""
 
 
 class Problem(ProblemFacts, frozen=True, kw_only=True, omit_defaults=True):
@@ -223,16 +112,6 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 
-# What a verifier's rejection means to the client that committed.
-REJECTIONS: dict[RejectionReason, type[UploadError]] = {
-    "checksum_mismatch": ChecksumMismatch,
-    "size_mismatch": SizeMismatch,
-    "missing_object": MissingObject,
-    "type_mismatch": UnsupportedType,
-    "storage_error": StorageError,
-}
-
-
 def spec_for(error: UploadError) -> ProblemSpec:
     for cls in type(error).__mro__:
         if cls in PROBLEMS:
@@ -251,29 +130,6 @@ def problem_for(error: UploadError) -> Problem:
         errors=error.errors,
         **msgspec.structs.asdict(error.facts),
     )
-
-
-# What clients are told about a rejection or a failed processing: one fixed text per reason. The
-# workers' own details (object keys, S3 messages, the content's first bytes, a decoder's stderr)
-# stay in events, the database and the logs.
-REJECTION_TEXTS: dict[RejectionReason, str] = {
-    "checksum_mismatch": "the stored bytes' SHA-256 differs from the one the client declared",
-    "size_mismatch": "the stored size differs from the declared size_bytes",
-    "missing_object": "the upload is missing (no object, or a part never uploaded)",
-    "type_mismatch": "the content is not of the type its name and mime type declare",
-    "storage_error": "the storage could not be read to verify the upload",
-}
-PROCESSING_FAILURE_TEXTS: dict[ProcessingFailureReason, str] = {
-    "type_mismatch": "the content is not of the type its name and mime type declare",
-    "unsupported_content": "the file's content is of a kind that is not processed",
-    "decode_failed": "the file could not be decoded",
-    "timeout": "decoding the file took too long",
-    "storage_error": "the stored file could not be read or its variants written",
-    "internal": "processing failed",
-}
-
-def rejection_error(reason: RejectionReason, detail: str | None = None, facts: ProblemFacts | None = None) -> UploadError:
-    return REJECTIONS[reason](detail or f"the upload was rejected: {REJECTION_TEXTS[reason]}", facts=facts)
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:

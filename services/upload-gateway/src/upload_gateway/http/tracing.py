@@ -13,8 +13,8 @@ client sees (access.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
-import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from opentelemetry import context as otel_context
@@ -26,20 +26,22 @@ from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.telemetry import extract_context, restored_context
 from upload_gateway.http.access import TRACE_ID
 from upload_gateway.http.problems import Handler
-from upload_gateway.uploads import repository
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 TRACED_PREFIX = "/v1/"
 
+# (workspace_id, upload_id) -> the trace context the upload's session stored, if any.
+StoredTrace = Callable[[str, str], Awaitable[str | None]]
 
-async def _parent(pool: asyncpg.Pool, request: web.Request) -> Context:
+
+async def _parent(stored_trace: StoredTrace, request: web.Request) -> Context:
     workspace_id = request.match_info.get("workspace_id")
     upload_id = request.match_info.get("upload_id")
     if workspace_id is not None and upload_id is not None:
         try:
-            stored = await repository.trace_context(pool, workspace_id, upload_id)
+            stored = await stored_trace(workspace_id, upload_id)
         except DATABASE_DOWN as exc:
             # The handler meets the same outage and answers for it; the span just starts alone.
             log.warning("trace context lookup failed", extra={"upload_id": upload_id, "error": repr(exc)})
@@ -55,7 +57,7 @@ def _finish(span: Span, status: int) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def tracing_middleware(pool: asyncpg.Pool) -> Middleware:
+def tracing_middleware(stored_trace: StoredTrace) -> Middleware:
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(TRACED_PREFIX):
@@ -69,7 +71,7 @@ def tracing_middleware(pool: asyncpg.Pool) -> Middleware:
             attributes["rawdrive.upload_id"] = request.match_info["upload_id"]
         span = tracer.start_span(
             f"{request.method} {route}" if route else request.method,
-            context=await _parent(pool, request),
+            context=await _parent(stored_trace, request),
             kind=SpanKind.SERVER,
             attributes=attributes,
         )

@@ -24,18 +24,18 @@ from rawdrive_platform import storage as s3
 from rawdrive_platform.config import Secret
 from rawdrive_platform.keys import InvalidKeyPart, check_key_prefix
 from rawdrive_platform.profiles import ProfileResolver, mask_key_id, new_profile_ref
-from upload_gateway.http.problems import (
+from upload_gateway.errors import (
     FieldError,
     InvalidRequest,
     RateLimited,
     StorageProfileRejected,
     StorageProfilesDisabled,
-    storage_errors,
 )
+from upload_gateway.gateway import Gateway, utcnow
+from upload_gateway.http.problems import storage_errors
+from upload_gateway.storage_profiles import api
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
-from upload_gateway.uploads import api
-from upload_gateway.uploads.handlers import Gateway, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -4,32 +4,36 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from upload_gateway.gateway import GATEWAY
 from upload_gateway.http.openapi import Operation, Reply, Route, mount
 from upload_gateway.http.problems import decode_body
+from upload_gateway.http.requests import json_response, user
+from upload_gateway.storage_profiles import api
 from upload_gateway.storage_profiles import core as storage_profiles
-from upload_gateway.uploads import api
-from upload_gateway.uploads.routes import GATEWAY, _json, _user
 
 PATH = "/v1/workspaces/{workspace_id}/storage-profile"
 WRITES = web.AppKey("storage_profile_writes", storage_profiles.WriteLimiter)
 
 
 async def put(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "manage_storage")
+    gw = request.config_dict[GATEWAY]
+    principal, workspace_id = await user(request, gw.tokens, "manage_storage")
     request.config_dict[WRITES].admit_now(workspace_id)
     body = await decode_body(request, api.PutStorageProfile)
-    return _json(await storage_profiles.save(request.config_dict[GATEWAY], principal.sub, workspace_id, body))
+    return json_response(await storage_profiles.save(gw, principal.sub, workspace_id, body))
 
 
 async def get(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "manage_storage")
-    return _json(await storage_profiles.show(request.config_dict[GATEWAY], workspace_id))
+    gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "manage_storage")
+    return json_response(await storage_profiles.show(gw, workspace_id))
 
 
 async def delete(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "manage_storage")
+    gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "manage_storage")
     request.config_dict[WRITES].admit_now(workspace_id)
-    await storage_profiles.remove(request.config_dict[GATEWAY], workspace_id)
+    await storage_profiles.remove(gw, workspace_id)
     return web.Response(status=204)
 
 

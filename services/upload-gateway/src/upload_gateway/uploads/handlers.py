@@ -11,12 +11,9 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from datetime import datetime, timedelta
 from typing import get_args
 
-import asyncpg
 import msgspec
 
 from rawdrive_contracts import (
@@ -32,25 +29,19 @@ from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
 from rawdrive_platform.metrics import UPLOADS_STARTED
 from rawdrive_platform.outbox import enqueue, outbox_row
-from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway.auth import TokenVerifier, UploadGrant
-from upload_gateway.http.problems import (
-    REJECTION_TEXTS,
-    FieldError,
-    InvalidRequest,
-    InvalidState,
-    StorageError,
-    StorageUnavailable,
-    storage_errors,
-)
+from upload_gateway.auth import UploadGrant
+from upload_gateway.errors import FieldError, InvalidRequest, InvalidState, StorageUnavailable
+from upload_gateway.gateway import SOURCE, Gateway, storage_for, utcnow
+from upload_gateway.http.problems import storage_errors
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.uploads import api, repository
 from upload_gateway.uploads.limits import check_file, essence
 from upload_gateway.uploads.names import display_name
 from upload_gateway.uploads.sessions import (
+    REJECTION_TEXTS,
     TRANSITIONS,
     UploadSession,
     attempts_left,
@@ -65,54 +56,16 @@ from upload_gateway.uploads.sessions import (
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/services/upload-gateway"
 # R2 presigned URLs live at most 7 days.
 MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
 # The counter's children, looked up once rather than by label on every creation.
 _STARTED = {protocol: UPLOADS_STARTED.labels(protocol=protocol) for protocol in get_args(ResumableProtocol)}
-# Workspaces whose last seen active storage profile a gateway remembers (see create_session).
+# Workspaces whose last seen active storage profile a gateway remembers (see SessionOpener).
 KNOWN_PROFILES = 10_000
 # Tries to insert a session under the workspace's active profile while it keeps changing.
 PROFILE_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """Everything the routes need: long-lived connections and settings."""
-
-    settings: Settings
-    pool: asyncpg.Pool
-    storage: s3.Storage
-    tokens: TokenVerifier
-    # Resolves storage_profile_refs and publishes BYOS profiles; None: the managed bucket only.
-    profiles: ProfileResolver | None = None
-
-    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
-    @cached_property
-    def session_writer(self) -> repository.SessionWriter:
-        return repository.SessionWriter(self.pool)
-
-    @cached_property
-    def known_profiles(self) -> dict[str, str]:
-        """workspace_id -> the storage_profile_ref last seen active: a guess, checked at insert."""
-        return {}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-async def storage_for(gw: Gateway, ref: str) -> s3.Storage:
-    """The bucket behind a session's storage_profile_ref, or a problem when it cannot be opened."""
-    resolve = gw.profiles or managed_only(gw.storage)
-    try:
-        with storage_errors("open storage profile"):
-            return await resolve(ref)
-    except UnknownProfile as error:
-        log.error("storage profile cannot be resolved", extra={"ref": ref, "error": str(error)})
-        raise StorageError("the workspace's storage profile cannot be opened") from None
 
 
 def upload_url(settings: Settings, session: UploadSession) -> str:
@@ -218,61 +171,72 @@ def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str)
     known[workspace_id] = profile_ref
 
 
-async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
-    file = check_new_file(request)  # refuse before any effect
-    multipart = request.resumable_protocol == "s3_multipart"
-    # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
-    # change does not move an upload in flight. A tus session guesses the profile this gateway
-    # saw last and the insert checks the guess in the same statement (one round trip instead
-    # of two); a wrong guess writes nothing and is retried with the profile read afresh. A
-    # multipart session reads it first: it creates the multipart upload in that bucket before
-    # its row exists.
-    if multipart:
-        profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
-    else:
-        profile_ref = gw.known_profiles.get(workspace_id, MANAGED_PROFILE_ID)
-    # This request's span becomes the parent of every later request about the upload.
-    trace_context = stored_context()
-    for _ in range(PROFILE_ATTEMPTS):
-        storage = await storage_for(gw, profile_ref)
-        now = utcnow()
-        asset_id = new_id()
-        object_key = original_key(workspace_id, asset_id, file.file_name, key_prefix=storage.profile.key_prefix)
-        multipart_upload_id = None
+class SessionOpener:
+    """Opens upload sessions. One per app: it batches the inserts of concurrent creations
+    (repository.SessionWriter) and remembers each workspace's last seen storage profile."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.writer = repository.SessionWriter(gw.pool)
+        # workspace_id -> the storage_profile_ref last seen active: a guess, checked at insert.
+        self.known_profiles: dict[str, str] = {}
+
+    async def open(self, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+        gw = self.gw
+        file = check_new_file(request)  # refuse before any effect
+        multipart = request.resumable_protocol == "s3_multipart"
+        # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
+        # change does not move an upload in flight. A tus session guesses the profile this gateway
+        # saw last and the insert checks the guess in the same statement (one round trip instead
+        # of two); a wrong guess writes nothing and is retried with the profile read afresh. A
+        # multipart session reads it first: it creates the multipart upload in that bucket before
+        # its row exists.
         if multipart:
-            # Created before the row: a row whose multipart upload failed would be unusable. If the
-            # insert fails instead, the janitor aborts the orphaned multipart upload.
-            with storage_errors("create multipart upload"):
-                multipart_upload_id = await storage.create_multipart(object_key, file.mime_type)
-        session, event = new_session(
-            sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
-            object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
-            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
-        )  # fmt: skip
-        created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
-        if await gw.session_writer.insert(session, created):
-            break
-        # The workspace's profile changed since this gateway last saw it.
-        profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
-    else:
-        raise StorageUnavailable(
-            "the workspace's storage profile is changing; retry", headers={"Retry-After": "1"}
+            profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
+        else:
+            profile_ref = self.known_profiles.get(workspace_id, MANAGED_PROFILE_ID)
+        # This request's span becomes the parent of every later request about the upload.
+        trace_context = stored_context()
+        for _ in range(PROFILE_ATTEMPTS):
+            storage = await storage_for(gw, profile_ref)
+            now = utcnow()
+            asset_id = new_id()
+            object_key = original_key(workspace_id, asset_id, file.file_name, key_prefix=storage.profile.key_prefix)
+            multipart_upload_id = None
+            if multipart:
+                # Created before the row: a row whose multipart upload failed would be unusable. If the
+                # insert fails instead, the janitor aborts the orphaned multipart upload.
+                with storage_errors("create multipart upload"):
+                    multipart_upload_id = await storage.create_multipart(object_key, file.mime_type)
+            session, event = new_session(
+                sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
+                object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
+                ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
+            )  # fmt: skip
+            created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
+            if await self.writer.insert(session, created):
+                break
+            # The workspace's profile changed since this gateway last saw it.
+            profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
+        else:
+            raise StorageUnavailable(
+                "the workspace's storage profile is changing; retry", headers={"Retry-After": "1"}
+            )
+        remember_profile(self.known_profiles, workspace_id, profile_ref)
+        _STARTED[session.resumable_protocol].inc()
+        token = gw.tokens.mint_upload_token(
+            UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
         )
-    remember_profile(gw.known_profiles, workspace_id, profile_ref)
-    _STARTED[session.resumable_protocol].inc()
-    token = gw.tokens.mint_upload_token(
-        UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
-    )
-    return api.UploadCreated(
-        upload_id=session.upload_id,
-        asset_id=session.asset_id,
-        provider=session.provider,
-        upload_url=upload_url(gw.settings, session),
-        headers={"Authorization": f"Bearer {token}"},
-        expires_at=session.expires_at,
-        part_size=session.part_size,
-        part_count=session.part_count,
-    )
+        return api.UploadCreated(
+            upload_id=session.upload_id,
+            asset_id=session.asset_id,
+            provider=session.provider,
+            upload_url=upload_url(gw.settings, session),
+            headers={"Authorization": f"Bearer {token}"},
+            expires_at=session.expires_at,
+            part_size=session.part_size,
+            part_count=session.part_count,
+        )
 
 
 async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from rawdrive_contracts import Kind
-from upload_gateway.http.problems import FileTooLarge, UnsupportedType
+from upload_gateway.errors import FileTooLarge, UnsupportedType
 
 MIB = 1024 * 1024
 
@@ -84,3 +84,21 @@ def check_file(file_name: str, mime_type: str, size_bytes: int) -> Kind:
             f"a {file_type.kind} may be at most {limit // MIB} MiB; this file is {size_bytes} bytes"
         )
     return file_type.kind
+
+
+def accepted_files() -> str:
+    """What createUpload accepts, rendered from this table for the OpenAPI document's description."""
+    lines = [
+        "Accepted files: the extension of `file_name` picks the kind and the allowed `mime_type`s; "
+        "another extension or type is 422 `unsupported_type`, a file over its kind's limit is 413 "
+        "`file_too_large`.",
+        "",
+    ]
+    for kind, limit in SIZE_LIMITS.items():
+        types = "; ".join(
+            f".{extension} ({', '.join(sorted(file_type.mime_types))})"
+            for extension, file_type in FILE_TYPES.items()
+            if file_type.kind == kind
+        )
+        lines.append(f"- {kind}, at most {limit // MIB} MiB ({limit} bytes): {types}")
+    return "\n".join(lines)

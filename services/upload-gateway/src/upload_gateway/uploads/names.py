@@ -2,7 +2,7 @@
 
 import unicodedata
 
-from upload_gateway.http.problems import InvalidRequest
+from upload_gateway.errors import InvalidRequest
 
 # Control characters cannot be shown and NUL cannot be stored in PostgreSQL text; format
 # characters (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width joiners, ...) make a name read

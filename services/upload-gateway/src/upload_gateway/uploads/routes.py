@@ -1,4 +1,4 @@
-"""The uploads routes: authenticate, decode, call `uploads`, encode. Nothing else.
+"""The uploads routes: authenticate, decode, call `handlers`, encode. Nothing else.
 
 `authorize_upload` is also what the tus routes call: it accepts the upload token bound to the
 upload in the URL, or a user token with the member role in the URL's workspace.
@@ -6,45 +6,23 @@ upload in the URL, or a user token with the member role in the URL's workspace.
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
-from rawdrive_platform.keys import ID_PATTERN
-from upload_gateway.auth import Action, Principal, require
+from upload_gateway.auth import require
+from upload_gateway.errors import NotFound
+from upload_gateway.gateway import GATEWAY
 from upload_gateway.http.openapi import Operation, Reply, Route, mount
-from upload_gateway.http.problems import NotFound, decode_body
+from upload_gateway.http.problems import decode_body
+from upload_gateway.http.requests import json_response, path_ids, user
 from upload_gateway.uploads import api, handlers, repository
-from upload_gateway.uploads.handlers import Gateway
 from upload_gateway.uploads.sessions import UploadSession
 
-GATEWAY = web.AppKey("gateway", Gateway)
 PREFIX = "/v1/workspaces/{workspace_id}/uploads"
-
-
-def _json(body: msgspec.Struct, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json")
-
-
-def _path_ids(request: web.Request) -> tuple[str, str | None]:
-    workspace_id = request.match_info["workspace_id"]
-    upload_id = request.match_info.get("upload_id")
-    # Ids that no key or subject could hold do not exist, whoever asks.
-    for value in (workspace_id, upload_id):
-        if value is not None and ID_PATTERN.fullmatch(value) is None:
-            raise NotFound(f"no such resource {value!r}")
-    return workspace_id, upload_id
-
-
-async def _user(request: web.Request, action: Action) -> tuple[Principal, str]:
-    gw = request.config_dict[GATEWAY]
-    workspace_id, _ = _path_ids(request)
-    principal = await gw.tokens.principal(request.headers.get("Authorization"))
-    require(principal, workspace_id, action)
-    return principal, workspace_id
+OPENER = web.AppKey("session_opener", handlers.SessionOpener)
 
 
 async def _session(request: web.Request, workspace_id: str) -> UploadSession:
-    _, upload_id = _path_ids(request)
+    _, upload_id = path_ids(request)
     assert upload_id is not None
     session = await repository.get(request.config_dict[GATEWAY].pool, workspace_id, upload_id)
     if session is None:
@@ -57,7 +35,7 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
     raises an UploadError (401 bad token, 404 unknown upload or a token for another upload or
     workspace, 403 a viewer). Works from the main app or a sub-app (reads `request.config_dict`)."""
     gw = request.config_dict[GATEWAY]
-    workspace_id, upload_id = _path_ids(request)
+    workspace_id, upload_id = path_ids(request)
     authorization = request.headers.get("Authorization")
     if gw.tokens.is_upload_token(authorization):
         grant = gw.tokens.upload_grant(authorization)
@@ -72,42 +50,45 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
 
 
 async def create(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "upload")
+    principal, workspace_id = await user(request, request.config_dict[GATEWAY].tokens, "upload")
     body = await decode_body(request, api.CreateUpload)
-    created = await handlers.create_session(request.config_dict[GATEWAY], principal.sub, workspace_id, body)
-    return _json(created, status=201)
+    created = await request.config_dict[OPENER].open(principal.sub, workspace_id, body)
+    return json_response(created, status=201)
 
 
 async def show(request: web.Request) -> web.Response:
-    _, workspace_id = await _user(request, "read")
+    gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "read")
     session = await _session(request, workspace_id)
-    return _json(await handlers.status(request.config_dict[GATEWAY], session))
+    return json_response(await handlers.status(gw, session))
 
 
 async def delete(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "delete")
+    gw = request.config_dict[GATEWAY]
+    principal, workspace_id = await user(request, gw.tokens, "delete")
     session = await _session(request, workspace_id)
-    await handlers.abort(request.config_dict[GATEWAY], principal.sub, session)
+    await handlers.abort(gw, principal.sub, session)
     return web.Response(status=204)
 
 
 async def presign_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
     body = await decode_body(request, api.PartsRequest)
-    return _json(await handlers.presign_parts(request.config_dict[GATEWAY], session, body))
+    return json_response(await handlers.presign_parts(request.config_dict[GATEWAY], session, body))
 
 
 async def list_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
-    return _json(await handlers.list_parts(request.config_dict[GATEWAY], session))
+    return json_response(await handlers.list_parts(request.config_dict[GATEWAY], session))
 
 
 async def commit(request: web.Request) -> web.Response:
-    principal, workspace_id = await _user(request, "upload")
+    gw = request.config_dict[GATEWAY]
+    principal, workspace_id = await user(request, gw.tokens, "upload")
     session = await _session(request, workspace_id)
     body = await decode_body(request, api.CommitRequest)
-    result = await handlers.commit(request.config_dict[GATEWAY], principal.sub, session, body)
-    return _json(result, status=200 if result.status == "processing" else 202)
+    result = await handlers.commit(gw, principal.sub, session, body)
+    return json_response(result, status=200 if result.status == "processing" else 202)
 
 
 _SESSION_PROBLEMS = (401, 403, 404, 409, 410, 502, 503)
@@ -176,5 +157,7 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def add_routes(app: web.Application) -> None:
+def mount_uploads(app: web.Application) -> None:
+    """The uploads API (after create_app set GATEWAY); the tus endpoint is mount_tus."""
+    app[OPENER] = handlers.SessionOpener(app[GATEWAY])
     mount(app, ROUTES)

@@ -24,17 +24,19 @@ from typing import Literal
 import msgspec
 
 from rawdrive_contracts import Kind, Provider, RejectionReason, ResumableProtocol
-from upload_gateway.http.problems import (
-    REJECTION_TEXTS,
+from upload_gateway.errors import (
     Aborted,
     ChecksumMismatch,
     Gone,
     InvalidState,
+    MissingObject,
     ProblemFacts,
     Rejected,
+    SizeMismatch,
+    StorageError,
+    UnsupportedType,
     UploadError,
     UploadIncomplete,
-    rejection_error,
 )
 
 State = Literal["created", "uploading", "verifying", "committed", "aborted", "expired"]
@@ -201,6 +203,31 @@ def check_complete(session: UploadSession, bytes_received: int | None) -> None:
     """Refuse a commit before every byte arrived; None: storage cannot tell (the verifier will)."""
     if bytes_received is not None and bytes_received < session.size_bytes:
         raise UploadIncomplete(bytes_received, session.size_bytes)
+
+
+# -- a verifier's rejection, as the client that committed is told it --------------------------
+
+# What a verifier's rejection means to the client that committed.
+REJECTIONS: dict[RejectionReason, type[UploadError]] = {
+    "checksum_mismatch": ChecksumMismatch,
+    "size_mismatch": SizeMismatch,
+    "missing_object": MissingObject,
+    "type_mismatch": UnsupportedType,
+    "storage_error": StorageError,
+}
+# One fixed text per reason. The workers' own details (object keys, S3 messages, the content's
+# first bytes) stay in events, the database and the logs.
+REJECTION_TEXTS: dict[RejectionReason, str] = {
+    "checksum_mismatch": "the stored bytes' SHA-256 differs from the one the client declared",
+    "size_mismatch": "the stored size differs from the declared size_bytes",
+    "missing_object": "the upload is missing (no object, or a part never uploaded)",
+    "type_mismatch": "the content is not of the type its name and mime type declare",
+    "storage_error": "the storage could not be read to verify the upload",
+}
+
+
+def rejection_error(reason: RejectionReason, detail: str | None = None, facts: ProblemFacts | None = None) -> UploadError:
+    return REJECTIONS[reason](detail or f"the upload was rejected: {REJECTION_TEXTS[reason]}", facts=facts)
 
 
 # -- multipart part plan (Cloudflare R2's rules are the strictest we serve) -------------------

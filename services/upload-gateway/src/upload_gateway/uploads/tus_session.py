@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from upload_gateway.http.openapi import TUS_OPERATIONS, document
+from upload_gateway.gateway import GATEWAY, storage_for, utcnow
+from upload_gateway.http.openapi import document
 from upload_gateway.uploads import repository
-from upload_gateway.uploads.handlers import abort, storage_for, utcnow
+from upload_gateway.uploads.handlers import abort
 from upload_gateway.uploads.limits import SIZE_LIMITS
-from upload_gateway.uploads.routes import GATEWAY, authorize_upload
+from upload_gateway.uploads.routes import authorize_upload
 from upload_gateway.uploads.sessions import gone, plan_parts, require_open
 from upload_gateway.uploads.tus import TusStore, TusTarget, tus_routes
+from upload_gateway.uploads.tus.openapi import TUS_OPERATIONS
 from upload_gateway.uploads.tus.protocol import effective_method
 
 # Requests that only read the upload's progress; every other one changes stored bytes.

@@ -39,8 +39,7 @@ from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
-from upload_gateway.uploads import api, repository, verdicts
-from upload_gateway.uploads import handlers as uploads
+from upload_gateway.uploads import api, core, repository, verdicts
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
 
@@ -200,8 +199,8 @@ def new_session(harness: Harness, **changes: object) -> tuple[UploadSession, Out
         file_name="a.jpg", mime_type="image/jpeg", size_bytes=10, library_id="lib1", resumable_protocol="tus"
     )
     asset_id = str(uuid.uuid4())
-    session, event = uploads.new_session(
-        "alice", harness.workspace, request, uploads.check_new_file(request), storage=harness.gw.storage,
+    session, event = core.new_session(
+        "alice", harness.workspace, request, core.check_new_file(request), storage=harness.gw.storage,
         profile_ref="managed", asset_id=asset_id, object_key=f"workspaces/{harness.workspace}/{asset_id}/a.jpg",
         multipart_upload_id=None, now=datetime.now(UTC), ttl_s=3600, trace_context="{}",
     )  # fmt: skip

@@ -39,7 +39,7 @@ from upload_gateway.errors import (
 )
 from upload_gateway.http.problems import PROBLEMS, from_validation_error, problem_for
 from upload_gateway.settings import Settings
-from upload_gateway.uploads.handlers import new_id
+from upload_gateway.uploads.core import new_id
 from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.uploads.names import display_name
 from upload_gateway.uploads.sessions import (

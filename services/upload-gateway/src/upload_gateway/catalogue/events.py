@@ -1,7 +1,7 @@
 """The catalogue's durable consumer on RAWDRIVE_ASSETS: every asset event merges its fact.
 
 upload.verified, which first describes an asset, comes through the gateway's consumer on
-RAWDRIVE_UPLOADS (verdicts.py) and lands here through `record`, so each stream keeps one table.
+RAWDRIVE_UPLOADS (uploads/verdicts.py) and lands here through `record`, so each stream keeps one table.
 Merging is order-free and idempotent (catalogue.merge), so every handler is the same call.
 """
 

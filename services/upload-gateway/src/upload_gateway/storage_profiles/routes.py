@@ -1,4 +1,4 @@
-"""The storage-profile routes (admin only): authenticate, decode, call `storage_profiles`, encode."""
+"""The storage-profile routes (admin only): authenticate, decode, call `handlers`, encode."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from upload_gateway.gateway import GATEWAY
 from upload_gateway.http.openapi import Operation, Reply, Route, mount
 from upload_gateway.http.problems import decode_body
 from upload_gateway.http.requests import json_response, user
-from upload_gateway.storage_profiles import api
-from upload_gateway.storage_profiles import core as storage_profiles
+from upload_gateway.storage_profiles import api, handlers
+from upload_gateway.storage_profiles.core import WriteLimiter
 
 PATH = "/v1/workspaces/{workspace_id}/storage-profile"
-WRITES = web.AppKey("storage_profile_writes", storage_profiles.WriteLimiter)
+WRITES = web.AppKey("storage_profile_writes", WriteLimiter)
 
 
 async def put(request: web.Request) -> web.Response:
@@ -20,20 +20,20 @@ async def put(request: web.Request) -> web.Response:
     principal, workspace_id = await user(request, gw.tokens, "manage_storage")
     request.config_dict[WRITES].admit_now(workspace_id)
     body = await decode_body(request, api.PutStorageProfile)
-    return json_response(await storage_profiles.save(gw, principal.sub, workspace_id, body))
+    return json_response(await handlers.save(gw, principal.sub, workspace_id, body))
 
 
 async def get(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     _, workspace_id = await user(request, gw.tokens, "manage_storage")
-    return json_response(await storage_profiles.show(gw, workspace_id))
+    return json_response(await handlers.show(gw, workspace_id))
 
 
 async def delete(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     _, workspace_id = await user(request, gw.tokens, "manage_storage")
     request.config_dict[WRITES].admit_now(workspace_id)
-    await storage_profiles.remove(gw, workspace_id)
+    await handlers.remove(gw, workspace_id)
     return web.Response(status=204)
 
 
@@ -72,5 +72,5 @@ ROUTES: tuple[Route, ...] = (
 
 
 def mount_storage_profiles(app: web.Application) -> None:
-    app[WRITES] = storage_profiles.WriteLimiter()
+    app[WRITES] = WriteLimiter()
     mount(app, ROUTES)

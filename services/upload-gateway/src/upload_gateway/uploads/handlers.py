@@ -1,4 +1,5 @@
-"""What each uploads route does: check with the pure core, then perform the effects.
+"""What each uploads route does: check with the pure core (core.py, sessions.py), then perform
+the effects.
 
 Every state change and the event it implies commit in one transaction through the outbox.
 Storage calls happen outside transactions; where one fails after the row changed (an abort),
@@ -9,166 +10,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import get_args
 
 import msgspec
 
-from rawdrive_contracts import (
-    CommitRequested,
-    Kind,
-    PartRef,
-    ResumableProtocol,
-    UploadAborted,
-    UploadSessionCreated,
-    new_event,
-)
+from rawdrive_contracts import ResumableProtocol, new_event
 from rawdrive_platform import storage as s3
-from rawdrive_platform.keys import original_key, safe_filename
+from rawdrive_platform.keys import original_key
 from rawdrive_platform.metrics import UPLOADS_STARTED
 from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
 from upload_gateway.auth import UploadGrant
-from upload_gateway.errors import FieldError, InvalidRequest, InvalidState, StorageUnavailable
+from upload_gateway.errors import InvalidState, StorageUnavailable
 from upload_gateway.gateway import SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.problems import storage_errors
-from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.uploads import api, repository
-from upload_gateway.uploads.limits import check_file, essence
-from upload_gateway.uploads.names import display_name
+from upload_gateway.uploads.core import (
+    check_new_file,
+    check_part_numbers,
+    commit_requested,
+    new_id,
+    new_session,
+    part_url_ttl_s,
+    remember_profile,
+    require_multipart,
+    status_view,
+    upload_aborted,
+    upload_url,
+)
 from upload_gateway.uploads.sessions import (
-    REJECTION_TEXTS,
     TRANSITIONS,
     UploadSession,
-    attempts_left,
     check_complete,
     check_given_sha256,
     commit_outcome,
     effective_state,
     parts_received,
-    plan_parts,
     require_open,
 )
 
 log = logging.getLogger(__name__)
 
-# R2 presigned URLs live at most 7 days.
-MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
 # The counter's children, looked up once rather than by label on every creation.
 _STARTED = {protocol: UPLOADS_STARTED.labels(protocol=protocol) for protocol in get_args(ResumableProtocol)}
-# Workspaces whose last seen active storage profile a gateway remembers (see SessionOpener).
-KNOWN_PROFILES = 10_000
 # Tries to insert a session under the workspace's active profile while it keeps changing.
 PROFILE_ATTEMPTS = 3
-
-
-def upload_url(settings: Settings, session: UploadSession) -> str:
-    base = f"{settings.public_url.rstrip('/')}/v1/workspaces/{session.workspace_id}/uploads/{session.upload_id}"
-    return f"{base}/tus" if session.resumable_protocol == "tus" else f"{base}/parts"
-
-
-class NewFile(msgspec.Struct, frozen=True):
-    """What a create request says about its file, checked and normalised."""
-
-    shown: str  # the name as the client gave it, for display
-    file_name: str  # safe for an object key
-    kind: Kind
-    mime_type: str
-
-
-def check_new_file(request: api.CreateUpload) -> NewFile:
-    """The file a create request describes, or UnsupportedType / FileTooLarge."""
-    shown = display_name(request.file_name)
-    file_name = safe_filename(shown)
-    kind = check_file(file_name, request.mime_type, request.size_bytes)
-    return NewFile(shown, file_name, kind, essence(request.mime_type))
-
-
-def new_id() -> str:
-    """A random (version 4) UUID as text, as str(uuid.uuid4()) gives, in a fifth of its time."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def new_session(
-    sub: str,
-    workspace_id: str,
-    request: api.CreateUpload,
-    file: NewFile,
-    *,
-    storage: s3.Storage,
-    profile_ref: str,
-    asset_id: str,
-    object_key: str,
-    multipart_upload_id: str | None,
-    now: datetime,
-    ttl_s: int,
-    trace_context: str,
-) -> tuple[UploadSession, UploadSessionCreated]:
-    """The session row and the event announcing it (pure)."""
-    plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
-    session = UploadSession(
-        upload_id=new_id(),
-        workspace_id=workspace_id,
-        asset_id=asset_id,
-        library_id=request.library_id,
-        folder_id=request.folder_id,
-        file_name=file.shown,
-        mime_type=file.mime_type,
-        kind=file.kind,
-        size_bytes=request.size_bytes,
-        sha256=request.sha256.lower() if request.sha256 else None,
-        resumable_protocol=request.resumable_protocol,
-        provider=storage.profile.provider,
-        storage_profile_ref=profile_ref,
-        object_key=object_key,
-        multipart_upload_id=multipart_upload_id,
-        part_size=plan.part_size if plan else None,
-        part_count=plan.part_count if plan else None,
-        state="created",
-        bytes_received=0,
-        rejection_reason=None,
-        rejection_detail=None,
-        created_by=sub,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_s),
-        trace_context=trace_context,
-    )
-    event = UploadSessionCreated(
-        workspace_id=workspace_id,
-        upload_id=session.upload_id,
-        asset_id=asset_id,
-        library_id=session.library_id,
-        folder_id=session.folder_id,
-        file_name=session.file_name,
-        mime_type=session.mime_type,
-        size_bytes=session.size_bytes,
-        sha256=session.sha256,
-        resumable_protocol=session.resumable_protocol,
-        provider=session.provider,
-        storage_profile_ref=session.storage_profile_ref,
-        object_key=session.object_key,
-        expires_at=session.expires_at,
-        created_by=sub,
-    )
-    return session, event
-
-
-def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str) -> None:
-    """Keep the workspace's last seen active profile; the oldest entry goes past KNOWN_PROFILES."""
-    known.pop(workspace_id, None)
-    if len(known) >= KNOWN_PROFILES:
-        del known[next(iter(known))]
-    known[workspace_id] = profile_ref
 
 
 class SessionOpener:
@@ -246,25 +138,7 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
         held = await stored_parts(gw, session)
         received = held.joined_size if held.joined_size is not None else sum(p.size or 0 for p in held.parts)
-    return api.UploadStatus(
-        upload_id=session.upload_id,
-        asset_id=session.asset_id,
-        state=state,
-        file_name=session.file_name,
-        mime_type=session.mime_type,
-        size_bytes=session.size_bytes,
-        bytes_received=received,
-        resumable_protocol=session.resumable_protocol,
-        provider=session.provider,
-        created_at=session.created_at,
-        expires_at=session.expires_at,
-        sha256=session.expected_sha256,
-        part_size=session.part_size,
-        part_count=session.part_count,
-        rejection=api.Rejection(session.rejection_reason, REJECTION_TEXTS[session.rejection_reason])
-        if session.rejection_reason
-        else None,
-    )
+    return status_view(session, state, received)
 
 
 async def abort(gw: Gateway, sub: str, session: UploadSession) -> None:
@@ -272,15 +146,7 @@ async def abort(gw: Gateway, sub: str, session: UploadSession) -> None:
     async with gw.pool.acquire() as conn, conn.transaction():
         moved = await repository.apply(conn, session.upload_id, "abort")
         if moved is not None:
-            event = UploadAborted(
-                workspace_id=session.workspace_id,
-                upload_id=session.upload_id,
-                asset_id=session.asset_id,
-                storage_profile_ref=session.storage_profile_ref,
-                object_key=session.object_key,
-                multipart_upload_id=session.multipart_upload_id,
-                aborted_by=sub,
-            )
+            event = upload_aborted(session, sub)
             await enqueue(conn, new_event(event, source=SOURCE))
         else:
             current = await repository.get(conn, session.workspace_id, session.upload_id)
@@ -292,34 +158,16 @@ async def abort(gw: Gateway, sub: str, session: UploadSession) -> None:
             await storage.abort_multipart(session.object_key, session.multipart_upload_id)
 
 
-def _multipart(session: UploadSession) -> tuple[str, int]:
-    if session.resumable_protocol != "s3_multipart" or not session.multipart_upload_id or not session.part_count:
-        raise InvalidState(f"upload {session.upload_id} uses {session.resumable_protocol}, not s3_multipart")
-    return session.multipart_upload_id, session.part_count
-
-
-def _check_part_numbers(numbers: list[int], part_count: int, field: str) -> None:
-    errors = [
-        FieldError(path=f"$.{field}[{index}]", message=f"part {number} is outside 1..{part_count}")
-        for index, number in enumerate(numbers)
-        if number > part_count
-    ]
-    if len(set(numbers)) != len(numbers):
-        errors.append(FieldError(path=f"$.{field}", message="part numbers repeat"))
-    if errors:
-        raise InvalidRequest(f"this upload has {part_count} parts", errors=errors)
-
-
 async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsRequest) -> api.PresignedParts:
-    multipart_upload_id, part_count = _multipart(session)
+    multipart_upload_id, part_count = require_multipart(session)
     now = utcnow()
     require_open(session, now)
-    _check_part_numbers(request.part_numbers, part_count, "part_numbers")
+    check_part_numbers(request.part_numbers, part_count, "part_numbers")
     if await repository.apply(gw.pool, session.upload_id, "receive") is None:
         current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
         require_open(current or session, now)
     # A URL must not outlive its session.
-    ttl_s = max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
+    ttl_s = part_url_ttl_s(session, now)
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("presign parts"):
         presigned = [
@@ -347,7 +195,7 @@ async def stored_parts(gw: Gateway, session: UploadSession) -> StoredParts:
     """The session's stored parts. A multipart upload that storage lost (NoSuchUpload: an S3
     restart, an abort behind our back) holds nothing: a fresh, empty one takes its place, so
     the client uploads its parts again instead of being stranded."""
-    multipart_upload_id, _ = _multipart(session)
+    multipart_upload_id, _ = require_multipart(session)
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("list parts"):
         try:
@@ -369,7 +217,7 @@ async def stored_parts(gw: Gateway, session: UploadSession) -> StoredParts:
 
 
 async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
-    _, part_count = _multipart(session)
+    _, part_count = require_multipart(session)
     require_open(session, utcnow())
     held = await stored_parts(gw, session)
     if held.joined_size is not None:
@@ -388,8 +236,8 @@ async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.Com
     check_given_sha256(session, given)
     if effective_state(session, utcnow()) in TRANSITIONS["commit"].sources:
         if request.parts is not None:
-            _, part_count = _multipart(session)
-            _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
+            _, part_count = require_multipart(session)
+            check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
         check_complete(session, await _received(gw, session, request))
         await _request_commit(gw, sub, session, request, given)
     return await _await_verdict(gw, session)
@@ -414,29 +262,7 @@ async def _request_commit(
         moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
         if moved is None:
             return  # a concurrent commit won; wait for the same verdict
-        event = CommitRequested(
-            workspace_id=moved.workspace_id,
-            upload_id=moved.upload_id,
-            asset_id=moved.asset_id,
-            library_id=moved.library_id,
-            folder_id=moved.folder_id,
-            file_name=moved.file_name,
-            mime_type=moved.mime_type,
-            size_bytes=moved.size_bytes,
-            resumable_protocol=moved.resumable_protocol,
-            provider=moved.provider,
-            storage_profile_ref=moved.storage_profile_ref,
-            object_key=moved.object_key,
-            expected_sha256=moved.expected_sha256,
-            multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
-            parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
-            if request.parts is not None
-            else None,
-            requested_by=sub,
-            kind=moved.kind,
-            attempt=moved.commit_attempts,
-            attempts_left=attempts_left(moved),
-        )
+        event = commit_requested(moved, request, sub)
         await enqueue(conn, new_event(event, source=SOURCE))
 
 

@@ -16,7 +16,8 @@ from rawdrive_platform.config import Secret
 from rawdrive_platform.db import create_pool, migrate
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import Storage, StorageProfile
-from upload_gateway.uploads.tus import MIN_PART_SIZE, TusStore, TusTarget, tus_routes
+from upload_gateway.uploads.parts import MIN_PART_SIZE
+from upload_gateway.uploads.tus import PostgresS3Store, TusTarget, tus_routes
 
 MiB = 1024 * 1024
 MAX_SIZE = 500 * MiB
@@ -82,7 +83,7 @@ class Gateway:
         """
         pool = await create_pool(self.dsn, "gateway", max_size=20)
         self._pools.append(pool)
-        store = TusStore(pool)
+        store = PostgresS3Store(pool)
 
         async def authorize(request: web.Request) -> TusTarget:
             record = self.sessions.get(request.match_info["upload_id"])

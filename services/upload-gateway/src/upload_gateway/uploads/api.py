@@ -15,7 +15,8 @@ import msgspec
 
 from rawdrive_contracts import Provider, RejectionReason, ResumableProtocol
 from upload_gateway.http.requests import Id
-from upload_gateway.uploads.sessions import MAX_PARTS, State
+from upload_gateway.uploads.parts import MAX_PARTS
+from upload_gateway.uploads.sessions import State
 
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
 PartNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)]

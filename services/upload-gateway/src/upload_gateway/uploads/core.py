@@ -19,7 +19,8 @@ from upload_gateway.settings import Settings
 from upload_gateway.uploads import api
 from upload_gateway.uploads.limits import check_file, essence
 from upload_gateway.uploads.names import display_name
-from upload_gateway.uploads.sessions import REJECTION_TEXTS, State, UploadSession, attempts_left, plan_parts
+from upload_gateway.uploads.parts import plan_parts
+from upload_gateway.uploads.sessions import REJECTION_TEXTS, State, UploadSession, attempts_left
 
 # R2 presigned URLs live at most 7 days.
 MAX_URL_TTL_S = 7 * 24 * 3600

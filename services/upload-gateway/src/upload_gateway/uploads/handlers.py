@@ -42,6 +42,7 @@ from upload_gateway.uploads.core import (
     upload_aborted,
     upload_url,
 )
+from upload_gateway.uploads.parts import parts_received
 from upload_gateway.uploads.sessions import (
     TRANSITIONS,
     UploadSession,
@@ -49,7 +50,6 @@ from upload_gateway.uploads.sessions import (
     check_given_sha256,
     commit_outcome,
     effective_state,
-    parts_received,
     require_open,
 )
 

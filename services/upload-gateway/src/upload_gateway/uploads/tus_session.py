@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from rawdrive_platform.storage import Storage
 from upload_gateway.gateway import GATEWAY, storage_for, utcnow
 from upload_gateway.http.openapi import document
 from upload_gateway.uploads import repository
 from upload_gateway.uploads.handlers import abort
 from upload_gateway.uploads.limits import SIZE_LIMITS
+from upload_gateway.uploads.parts import plan_parts
 from upload_gateway.uploads.routes import authorize_upload
-from upload_gateway.uploads.sessions import gone, plan_parts, require_open
-from upload_gateway.uploads.tus import TusStore, TusTarget, tus_routes
+from upload_gateway.uploads.sessions import gone, require_open
+from upload_gateway.uploads.tus import PostgresS3Store, TusTarget, tus_routes
 from upload_gateway.uploads.tus.openapi import TUS_OPERATIONS
 from upload_gateway.uploads.tus.protocol import effective_method
 
@@ -26,7 +28,7 @@ _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
 TUS_CHUNK_SIZE = 5 * 1024 * 1024
 
 
-async def tus_target(request: web.Request) -> TusTarget:
+async def tus_target(request: web.Request) -> TusTarget[asyncpg.Connection, Storage]:
     """The upload named by the URL, for a bearer allowed to send its bytes (see
     routes.authorize_upload). Aborted, rejected and expired uploads are gone (410, saying which);
     one that is already verifying or committed can still be asked for its offset but takes no
@@ -76,6 +78,6 @@ def tus_part_size(size_bytes: int) -> int:
 
 def mount_tus(app: web.Application) -> None:
     """Add the tus endpoint at the session's upload_url (after create_app set GATEWAY)."""
-    store = TusStore(app[GATEWAY].pool)
+    store = PostgresS3Store(app[GATEWAY].pool)
     app.add_routes(tus_routes(lambda _: store, tus_target, max_size=max(SIZE_LIMITS.values())))
     document(app, TUS_OPERATIONS)

@@ -14,6 +14,7 @@ answered as the rest of the API answers them (problems.from_storage_error: 503 w
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from upload_gateway.uploads.tus.target import TusTarget
 
 TUS_PATH = "/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"
 
-Authorize = Callable[[web.Request], Awaitable[TusTarget]]
+Authorize = Callable[[web.Request], Awaitable[TusTarget[Any, Any]]]
 StoreFor = Callable[[web.Request], TusStore]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

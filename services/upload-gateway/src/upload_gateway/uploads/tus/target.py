@@ -2,27 +2,27 @@
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Generic, TypeVar
 
-import asyncpg
 import msgspec
 
-from rawdrive_platform.storage import Storage
+from upload_gateway.uploads.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 
-# R2 (and S3) refuse parts below 5 MiB except the last, and more than 10,000 parts.
-MIN_PART_SIZE = 5 * 1024 * 1024
-MAX_PART_SIZE = 5 * 1024**3
-MAX_PARTS = 10_000
+# What a store records through while it holds an upload's lock (PostgresS3Store: the connection
+# holding the advisory lock), and where it keeps the bytes (PostgresS3Store: a bucket's Storage).
+Held = TypeVar("Held")
+Bytes = TypeVar("Bytes")
 
 
-class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
+class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True):
     """One authorised upload session, as `authorize(request)` returns it.
 
-    `on_progress(conn, offset)` runs after every durable change of the offset (each part, each
-    kept tail, completion), also when the client cut the body off; `on_complete(conn)` runs once the
-    object exists at `object_key`, and again on any later HEAD that finds the upload complete,
-    so the session layer must treat both as idempotent. Both run while the upload is locked and
-    get the connection holding the lock: recording on it never waits for a second connection
-    from a pool that every active upload's lock may have exhausted.
+    `on_progress(held, offset)` runs after every durable change of the offset (each part, each
+    kept tail, completion), also when the client cut the body off; `on_complete(held)` runs once
+    the object exists at `object_key`, and again on any later HEAD that finds the upload
+    complete, so the session layer must treat both as idempotent. Both run while the upload is
+    locked and get what the store holds the lock with: recording on the lock's own connection
+    never waits for a second one from a pool that every active upload's lock may have exhausted.
     `on_terminate()` runs after a termination removed the stored bytes and the upload's state.
     """
 
@@ -33,9 +33,9 @@ class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     expires_at: datetime
     part_size: int
-    storage: Storage
-    on_progress: Callable[[asyncpg.Connection, int], Awaitable[None]]
-    on_complete: Callable[[asyncpg.Connection], Awaitable[None]]
+    storage: Bytes
+    on_progress: Callable[[Held, int], Awaitable[None]]
+    on_complete: Callable[[Held], Awaitable[None]]
     on_terminate: Callable[[], Awaitable[None]]
 
     def __post_init__(self) -> None:

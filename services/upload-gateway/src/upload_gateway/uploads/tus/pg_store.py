@@ -1,0 +1,465 @@
+"""The tus upload store the gateway runs (a TusStore, store.py): request bodies into one S3
+multipart upload, state in PostgreSQL.
+
+Every part is exactly `part_size` bytes except the last (R2 rejects anything else). A part
+streams on to S3 while its bytes arrive, once the request's declared length is known to fill
+it; bytes that do not fill a part when a request ends, or is cut, are the "tail". The tail lives in PostgreSQL, in the same row as the offset, rather than in a
+separate S3 object: the offset and the bytes it counts then change in one statement, so no crash
+between two writes can leave an offset that claims missing bytes, no second key kind is needed
+under the asset's `original/` prefix, and nothing is left to clean up in the bucket. The cost,
+at most one part of bytea per unaligned request, is what tusd's S3 store pays as an S3 object.
+
+A row changes only after the S3 write it describes succeeded. Each request that changes an
+upload holds a PostgreSQL advisory lock on it for its whole duration (AdvisoryLock, a TusLock), so two gateway instances
+never write the same upload at once; the loser gets UploadLocked (423) at once instead of waiting.
+The target's callbacks run right after each durable change, even when the body was cut (and
+the handler cancelled), so the session layer's byte count never trails what HEAD reports.
+
+Storage can lose an unfinished multipart upload (NoSuchUpload: an S3 restart, an abort behind
+our back) or parts of it. HEAD therefore asks storage what it still holds, and a PATCH that
+meets NoSuchUpload checks the same way: the offset falls back to the parts storage still has,
+with a fresh multipart upload behind it when it has none, and the client resumes from there
+instead of retrying a part S3 can never accept.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import asyncpg
+import msgspec
+
+from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, UploadedPart
+from upload_gateway.uploads.tus.protocol import (
+    BadRequest,
+    ChecksumMismatch,
+    Creation,
+    OffsetMismatch,
+    PastLength,
+    Patch,
+    UploadLocked,
+    UploadNotFound,
+    check_fits,
+    check_offset,
+)
+from upload_gateway.uploads.tus.store import BodyInterrupted, Reader, TusLock, UploadState
+from upload_gateway.uploads.tus.target import TusTarget
+
+Target = TusTarget[asyncpg.Connection, Storage]
+
+# Read the body in pieces this big: small enough to keep the extra memory negligible, large
+# enough to keep the per-read overhead low.
+READ_SIZE = 256 * 1024
+
+class _Row(msgspec.Struct, frozen=True, kw_only=True):
+    object_key: str
+    multipart_id: str | None
+    length: int
+    part_size: int
+    part_etags: list[str]
+    offset: int
+    tail: bytes
+
+
+_STATE_COLUMNS = """upload_id, upload_offset AS offset, upload_length AS length, metadata,
+                    expires_at, completed_at IS NOT NULL AS completed"""
+
+
+class AdvisoryLock:
+    """A TusLock over PostgreSQL: a session advisory lock on the upload (any instance), held on
+    one connection, which the store then records through."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    @asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:
+        lock = f"rawdrive.tus.{upload_id}"
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock):
+                raise UploadLocked("another request is writing this upload")
+            try:
+                yield conn
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
+
+
+class PostgresS3Store:
+    """Create, write, inspect and terminate tus uploads. One per process; safe to share."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, lock: TusLock[asyncpg.Connection] | None = None, read_size: int = READ_SIZE
+    ):
+        self._pool = pool
+        self._lock = lock or AdvisoryLock(pool)
+        self._read_size = read_size
+
+    async def state(self, upload_id: str, conn: asyncpg.Connection | None = None) -> UploadState | None:
+        """The upload's state; inside a locked request pass its connection (the pool may be
+        exhausted by every active upload's lock)."""
+        record = await (conn or self._pool).fetchrow(
+            f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", upload_id
+        )
+        return None if record is None else UploadState(**record)
+
+    async def held(self, target: Target) -> UploadState | None:
+        """The upload's state as storage still holds it (HEAD). An unfinished upload is checked
+        against storage's parts and set back to what survived; while another request writes it,
+        the row stands (that request meets any loss itself)."""
+        state = await self.state(target.upload_id)
+        if state is None or state.completed:
+            return state
+        try:
+            async with self._lock.hold(target.upload_id) as conn:
+                row = await self._row(conn, target.upload_id)
+                if row is not None and row.multipart_id is not None:
+                    await self._reconcile(conn, target, row)
+                return await self.state(target.upload_id, conn)
+        except UploadLocked:
+            return state
+
+    async def create(self, target: Target, creation: Creation) -> UploadState:
+        """Start the upload; creating one that exists already changes nothing (client retries)."""
+        if creation.length != target.size_bytes:
+            raise BadRequest(
+                f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
+            )
+        async with self._lock.hold(target.upload_id) as conn:
+            existing = await self.state(target.upload_id, conn)
+            if existing is not None:
+                return existing
+            storage = target.storage
+            multipart_id = None
+            if creation.length == 0:  # S3 cannot complete a multipart upload without parts
+                await storage.put(target.object_key, b"", target.content_type)
+            else:
+                multipart_id = await storage.create_multipart(target.object_key, target.content_type)
+            record = await conn.fetchrow(
+                f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
+                        upload_length, part_size, metadata, expires_at, completed_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                            CASE WHEN $5::bigint = 0 THEN now() END)
+                    RETURNING {_STATE_COLUMNS}""",
+                target.upload_id, target.workspace_id, target.object_key, multipart_id,
+                creation.length, target.part_size, creation.raw_metadata, target.expires_at,
+            )
+            if creation.length == 0:
+                await target.on_complete(conn)
+        return UploadState(**record)
+
+    async def write(self, target: Target, patch: Patch, read: Reader) -> UploadState:
+        """Append the body at `patch.offset`; completes the object when the length is reached."""
+        async with self._lock.hold(target.upload_id) as conn:
+            row = await self._row(conn, target.upload_id)
+            if row is None:
+                raise UploadNotFound("no tus upload was created for this session")
+            check_offset(patch.offset, row.offset)
+            check_fits(row.offset, patch.content_length, row.length)
+            declared = patch.content_length
+            if patch.checksum is not None:
+                body = await _read_whole(read, patch, limit=row.part_size, offset=row.offset)
+                if not patch.checksum.matches(body):
+                    raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
+                read, declared = _memory_reader(body), len(body)
+            if row.multipart_id is not None and row.offset < row.length:
+                try:
+                    await self._stream(conn, target, row, read, declared)
+                except ObjectMissing:
+                    current = await self._row(conn, target.upload_id)
+                    assert current is not None
+                    offset = await self._reconcile(conn, target, current)
+                    raise OffsetMismatch(
+                        f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
+                    ) from None
+            record = await conn.fetchrow(
+                f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
+            )
+        return UploadState(**record)
+
+    async def confirm_complete(self, target: Target) -> None:
+        """Tell the session layer again that a finished upload is complete (a HEAD after a lost
+        answer); it records idempotently."""
+        async with self._pool.acquire() as conn:
+            await target.on_complete(conn)
+
+    async def terminate(self, target: Target) -> None:
+        """Abort the multipart upload (or delete the finished object) and forget the upload."""
+        async with self._lock.hold(target.upload_id) as conn:
+            record = await conn.fetchrow(
+                "SELECT object_key, multipart_id, completed_at IS NOT NULL AS completed"
+                " FROM tus_uploads WHERE upload_id = $1",
+                target.upload_id,
+            )
+            if record is None:
+                raise UploadNotFound("no tus upload was created for this session")
+            if record["completed"]:
+                await target.storage.delete([record["object_key"]])
+            else:
+                await target.storage.abort_multipart(record["object_key"], record["multipart_id"])
+            await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
+
+    async def _stream(
+        self, conn: asyncpg.Connection, target: Target, row: _Row, read: Reader,
+        declared: int | None,
+    ) -> None:
+        """Send the body on into S3 parts as it arrives.
+
+        A part starts uploading as soon as this body (its `declared` length) is known to fill it;
+        its bytes stream to S3 while the client is still sending them, and the part is recorded
+        once S3 answered. Bytes of a part that this body cannot fill are gathered and kept as
+        the tail. Memory stays within one part being gathered plus one being sent per upload.
+        """
+        parts = _PartWriter(conn, target, row)
+        body_end = None if declared is None else row.offset + declared
+        position = row.offset  # the upload offset of the next byte to arrive
+        pending: list[bytes] = [row.tail] if row.tail else []  # bytes since the last whole part
+        tail_is_stored = True
+        while True:
+            start = parts.handed
+            end = min(start + row.part_size, row.length)  # the part these bytes belong to
+            if not parts.feeding and start < end and (position == end or (body_end or 0) >= end):
+                await parts.begin(end - start, pending)
+            # At least 1: with the final byte in hand, one more byte means "past the length".
+            want = max(1, min(self._read_size, end - position))
+            try:
+                chunk = await read(want)
+            except asyncio.CancelledError:
+                await parts.keep_after_break(pending, tail_is_stored)
+                raise
+            except Exception as error:
+                offset = await parts.keep_after_break(pending, tail_is_stored)
+                raise BodyInterrupted(offset) from error
+            if not chunk:
+                break
+            if position + len(chunk) > row.length:
+                await parts.abandon()
+                await parts.settle()
+                raise PastLength(f"the body runs past Upload-Length {row.length}")
+            position += len(chunk)
+            pending.append(chunk)
+            tail_is_stored = False
+            if parts.feeding and parts.feed(chunk):
+                pending.clear()  # the whole part is on its way to S3
+        await parts.abandon()  # a body that ended before filling the part it fed
+        await parts.settle()
+        if parts.handed == row.length:
+            await self._finish(conn, target, row, parts.etags)
+        elif not tail_is_stored:
+            await _keep_tail(conn, target, parts.stored, b"".join(pending))
+
+    async def _row(self, conn: asyncpg.Connection, upload_id: str) -> _Row | None:
+        record = await conn.fetchrow(
+            """SELECT object_key, multipart_id, upload_length AS length, part_size,
+                      part_etags, upload_offset AS offset, tail
+               FROM tus_uploads WHERE upload_id = $1""",
+            upload_id,
+        )
+        return None if record is None else _Row(**record)
+
+    async def _reconcile(self, conn: asyncpg.Connection, target: Target, row: _Row) -> int:
+        """Set an unfinished upload back to the parts storage still holds, in order; a fresh
+        multipart upload replaces one storage lost altogether. Returns the offset."""
+        assert row.multipart_id is not None
+        storage = target.storage
+        try:
+            stored = {part.part_number: part for part in await storage.list_parts(row.object_key, row.multipart_id)}
+        except ObjectMissing:
+            multipart_id = await storage.create_multipart(row.object_key, target.content_type)
+            kept: list[str] = []
+        else:
+            multipart_id = row.multipart_id
+            kept = []
+            for number, etag in enumerate(row.part_etags, start=1):
+                part = stored.get(number)
+                if part is None or _etag(part.etag) != _etag(etag) or part.size != row.part_size:
+                    break
+                kept.append(etag)
+            if len(kept) == len(row.part_etags):
+                return row.offset  # storage holds every recorded part; the tail is ours
+        # The tail (in PostgreSQL) still counts when every part before it survived: no part yet.
+        tail = row.tail if len(kept) == len(row.part_etags) else b""
+        offset = len(kept) * row.part_size + len(tail)
+        await conn.execute(
+            """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = $4, upload_offset = $5,
+                      updated_at = now() WHERE upload_id = $1""",
+            target.upload_id, multipart_id, kept, tail, offset,
+        )
+        await target.on_progress(conn, offset)
+        return offset
+
+    async def _finish(self, conn: asyncpg.Connection, target: Target, row: _Row, etags: list[str]) -> None:
+        storage, key = target.storage, row.object_key
+        try:
+            await storage.complete_multipart(key, row.multipart_id, _parts(etags))
+        except ObjectMissing:
+            # A previous attempt completed the object but died before recording it.
+            info = await storage.head(key)
+            if info is None or info.size != row.length:
+                raise
+        # Offset reaches the length only together with completion: HEAD never reports a full
+        # offset for an object that does not exist yet.
+        await conn.execute(
+            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
+                      completed_at = now(), updated_at = now() WHERE upload_id = $1""",
+            target.upload_id, etags,
+        )
+        await target.on_progress(conn, row.length)
+        await target.on_complete(conn)
+
+
+class _PartFeed:
+    """The bytes of one part, handed from the request body to the upload streaming them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.missing = size
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue a chunk; True once the part is whole."""
+        self._queue.put_nowait(chunk)
+        self.missing -= len(chunk)
+        if self.missing == 0:
+            self._queue.put_nowait(None)
+        return self.missing == 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._queue.get()) is not None:
+            yield chunk
+
+
+class _PartWriter:
+    """Streams parts to S3 one after another and records each in the row once S3 has it.
+
+    At most two parts are open: one being fed from the body and, before it, one fully sent
+    whose answer is awaited (`settle`) before the next part starts, so parts are recorded in
+    order and the row never counts a part S3 does not have.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, target: Target, row: _Row) -> None:
+        self._conn = conn
+        self._target = target
+        self._row = row
+        self.etags = list(row.part_etags)
+        self.handed = self.stored  # bytes in parts recorded or wholly sent
+        self._sent: asyncio.Task[UploadedPart] | None = None  # wholly sent, answer awaited
+        self._feed: _PartFeed | None = None
+        self._feeding: asyncio.Task[UploadedPart] | None = None
+
+    @property
+    def stored(self) -> int:
+        """Bytes in parts S3 confirmed and the row records."""
+        return min(len(self.etags) * self._row.part_size, self._row.length)
+
+    @property
+    def feeding(self) -> bool:
+        return self._feed is not None
+
+    async def begin(self, size: int, pending: list[bytes]) -> None:
+        """Start streaming the next part of `size` bytes, beginning with `pending`."""
+        await self.settle()
+        row = self._row
+        self._feed = _PartFeed(size)
+        self._feeding = asyncio.ensure_future(self._target.storage.stream_part(
+            row.object_key, row.multipart_id, len(self.etags) + 1, size, self._feed.chunks()
+        ))
+        for chunk in pending:
+            if self.feed(chunk):
+                pending.clear()
+
+    def feed(self, chunk: bytes) -> bool:
+        """Send a chunk of the part being fed; True once that part is whole."""
+        assert self._feed is not None
+        if not self._feed.put(chunk):
+            return False
+        self.handed += self._feed.size
+        self._sent, self._feeding, self._feed = self._feeding, None, None
+        return True
+
+    async def abandon(self) -> None:
+        """Drop the part being fed: its bytes are still in the caller's pending list."""
+        if self._feeding is None:
+            return
+        task, self._feeding, self._feed = self._feeding, None, None
+        task.cancel()
+        with suppress(asyncio.CancelledError, StorageError):
+            await task
+
+    async def settle(self) -> None:
+        """Wait for the sent part's answer, then record it: the row changes only after S3 did."""
+        if self._sent is None:
+            return
+        task, self._sent = self._sent, None
+        part = await asyncio.shield(task)  # a cancelled request still lets its part land
+        self.etags.append(part.etag)
+        if self.stored == self._row.length:
+            return  # the final part: completion records it with the object
+        await self._conn.execute(
+            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
+                      updated_at = now() WHERE upload_id = $1""",
+            self._target.upload_id, self.etags, self.stored,
+        )
+        await self._target.on_progress(self._conn, self.stored)
+
+    async def keep_after_break(self, pending: list[bytes], tail_is_stored: bool) -> int:
+        """After a broken body: record the part sent, keep the rest as the tail; the offset."""
+        await self.abandon()
+        try:
+            await self.settle()
+        except Exception:  # noqa: BLE001 - the part did not land: the bytes after it cannot count
+            return self.stored
+        tail = b"".join(pending)
+        if not tail_is_stored:
+            await _keep_tail(self._conn, self._target, self.stored, tail)
+        return self.stored + len(tail)
+
+
+async def _keep_tail(conn: asyncpg.Connection, target: Target, stored: int, tail: bytes) -> None:
+    await conn.execute(
+        """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
+           WHERE upload_id = $1""",
+        target.upload_id, tail, stored + len(tail),
+    )
+    await target.on_progress(conn, stored + len(tail))
+
+
+def _etag(value: str) -> str:
+    # Stores differ in quoting and case between an upload's answer and a listing.
+    return value.strip().strip('"').lower()
+
+
+def _parts(etags: list[str]) -> list[UploadedPart]:
+    return [UploadedPart(part_number=n, etag=etag) for n, etag in enumerate(etags, start=1)]
+
+
+async def _read_whole(read: Reader, patch: Patch, *, limit: int, offset: int) -> bytearray:
+    """A checksummed body is verified before any of it counts, so it is read into memory whole;
+    `limit` (one part) keeps that bounded. A body cut short is dropped: it cannot be verified."""
+    if patch.content_length is not None and patch.content_length > limit:
+        raise PastLength(f"a PATCH with Upload-Checksum may carry at most {limit} bytes")
+    body = bytearray()
+    while chunk := await _read_or_interrupt(read, limit + 1 - len(body), offset):
+        body += chunk
+        if len(body) > limit:
+            raise PastLength(f"a PATCH with Upload-Checksum may carry at most {limit} bytes")
+    return body
+
+
+async def _read_or_interrupt(read: Reader, size: int, offset: int) -> bytes:
+    try:
+        return await read(min(size, READ_SIZE))
+    except Exception as error:
+        raise BodyInterrupted(offset) from error
+
+
+def _memory_reader(body: bytearray) -> Reader:
+    view = memoryview(body)
+    position = 0
+
+    async def read(size: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position : position + size])
+        position += len(chunk)
+        return chunk
+
+    return read

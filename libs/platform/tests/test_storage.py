@@ -23,7 +23,6 @@ from rawdrive_platform.storage import (
     StorageUnavailable,
     client_config,
     content_disposition,
-    encryption_headers,
     error_from_response,
     managed_storage_profile,
 )
@@ -73,17 +72,9 @@ def test_content_disposition_gives_an_ascii_fallback_and_a_utf8_filename_star():
     assert content_disposition('a"b\\c.jpg').startswith('attachment; filename="a_b_c.jpg"; ')
 
 
-def test_encryption_headers_follow_the_profile():
+def test_a_kms_key_without_sse_kms_is_refused():
     base = {"profile_id": "p", "provider": "byos", "bucket": "b", "access_key_id": "k",
             "secret_access_key": Secret("s")}
-    assert encryption_headers(StorageProfile(**base)) == {}
-    assert encryption_headers(StorageProfile(**base, encryption="sse_s3")) == {
-        "x-amz-server-side-encryption": "AES256"
-    }
-    assert encryption_headers(StorageProfile(**base, encryption="sse_kms", kms_key_id="k1")) == {
-        "x-amz-server-side-encryption": "aws:kms",
-        "x-amz-server-side-encryption-aws-kms-key-id": "k1",
-    }
     with pytest.raises(ValueError):
         StorageProfile(**base, kms_key_id="k1")
 
@@ -250,14 +241,6 @@ async def test_parts_put_through_presigned_urls_by_plain_http_complete_the_uploa
     await storage.complete_multipart(key, upload_id, await storage.list_parts(key, upload_id))
     chunks = [c async for c in storage.iter_chunks(key, chunk_size=MiB)]
     assert b"".join(chunks) == b"".join(bodies)
-
-
-async def test_a_presigned_put_with_its_signed_headers_stores_the_object(storage, key):
-    presigned = await storage.presign_put(key, "image/png", expires_s=60)
-    async with aiohttp.ClientSession() as http:
-        async with http.put(presigned.url, data=b"png", headers=presigned.headers) as response:
-            assert response.status == 200, await response.text()
-    assert (await storage.head(key)).content_type == "image/png"
 
 
 async def test_a_presigned_get_with_a_non_ascii_name_returns_the_bytes_and_disposition(

@@ -357,15 +357,6 @@ def encryption_params(profile: StorageProfile) -> dict[str, str]:
     return {}
 
 
-def encryption_headers(profile: StorageProfile) -> dict[str, str]:
-    """The same requirement as HTTP headers, for a client sending a presigned PUT."""
-    names = {
-        "ServerSideEncryption": "x-amz-server-side-encryption",
-        "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
-    }
-    return {names[param]: value for param, value in encryption_params(profile).items()}
-
-
 def content_disposition(download_name: str) -> str:
     """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987).
     Control and format characters (U+202E and kin, in names stored before they were refused)
@@ -748,15 +739,6 @@ class Storage:
             expires_s,
         )
         return PresignedRequest(method="PUT", url=url, headers={})
-
-    async def presign_put(self, key: str, content_type: str, expires_s: int) -> PresignedRequest:
-        """A single-request upload URL; the returned headers are signed and must be sent."""
-        params = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
-        url = await self._presign(
-            "put_object", params | encryption_params(self.profile), expires_s
-        )
-        headers = {"Content-Type": content_type} | encryption_headers(self.profile)
-        return PresignedRequest(method="PUT", url=url, headers=headers)
 
     async def presign_get(
         self, key: str, expires_s: int, download_name: str | None = None

@@ -5,73 +5,37 @@ PostgreSQL+S3 store the gateway uses."""
 import base64
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from upload_gateway.uploads.parts import MIN_PART_SIZE
-from upload_gateway.uploads.tus import TusTarget, tus_routes
+from upload_gateway.uploads.tus import tus_routes
 
+from .conftest import OCTETS, TUS, Gateway, Session, tus_url
 from .memory_store import MemoryTarget, MemoryTusStore
-
-TUS = {"Tus-Resumable": "1.0.0"}
-OCTETS = TUS | {"Content-Type": "application/offset+octet-stream"}
-URL = "/v1/workspaces/ws1/uploads/{upload_id}/tus"
-KEY = "workspaces/ws1/assets/a1/original/photo.jpg"
-
-
-@dataclass
-class Upload:
-    """One authorised session, and what the store told the session layer about it."""
-
-    target: MemoryTarget
-    progress: list[int] = field(default_factory=list)
-    completions: int = 0
-    terminations: int = 0
-
-    @property
-    def url(self) -> str:
-        return URL.format(upload_id=self.target.upload_id)
 
 
 @dataclass
 class Harness:
     client: TestClient
     store: MemoryTusStore
+    sessions: Gateway  # its sessions, with the in-memory "bucket" (a dict) as their storage
     bucket: dict[str, bytes]
-    uploads: dict[str, Upload]
 
-    def upload(self, size: int, *, expires_in_s: int = 3600) -> Upload:
-        upload_id = f"u{len(self.uploads) + 1}"
-        record = Upload(target=None)  # type: ignore[arg-type]  # filled just below
-
-        async def on_progress(_held: None, offset: int) -> None:
-            record.progress.append(offset)
-
-        async def on_complete(_held: None) -> None:
-            record.completions += 1
-
-        async def on_terminate() -> None:
-            record.terminations += 1
-
-        record.target = TusTarget(
-            upload_id=upload_id, workspace_id="ws1", object_key=KEY, content_type="image/jpeg", size_bytes=size,
-            expires_at=datetime.now(timezone.utc) + timedelta(seconds=expires_in_s), part_size=MIN_PART_SIZE,
-            storage=self.bucket, on_progress=on_progress, on_complete=on_complete, on_terminate=on_terminate,
-        )  # fmt: skip
-        self.uploads[upload_id] = record
-        return record
+    def upload(self, size: int, *, expires_in_s: int = 3600) -> Session:
+        return self.sessions.session(size, expires_in_s=expires_in_s)
 
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    store, bucket, uploads = MemoryTusStore(), {}, {}
+    store, bucket = MemoryTusStore(), {}
+    sessions = Gateway(bucket, dsn="")  # type: ignore[arg-type]  # sessions only: no instance is started
 
     async def authorize(request: web.Request) -> MemoryTarget:
-        record = uploads.get(request.match_info["upload_id"])
+        record = sessions.sessions.get(request.match_info["upload_id"])
         if record is None:
             raise web.HTTPNotFound(text="no such upload")
         return record.target
@@ -79,27 +43,31 @@ async def harness() -> AsyncIterator[Harness]:
     app = web.Application()
     app.add_routes(tus_routes(lambda _: store, authorize, max_size=100 * MIN_PART_SIZE))
     async with TestClient(TestServer(app)) as client:
-        yield Harness(client, store, bucket, uploads)
+        yield Harness(client, store, sessions, bucket)
 
 
-async def patch(harness: Harness, upload: Upload, offset: int, body: bytes, **headers: str):
-    return await harness.client.patch(upload.url, data=body, headers=OCTETS | {"Upload-Offset": str(offset)} | headers)
+def url(upload: Session) -> str:
+    return tus_url("", upload)
 
 
-async def offset_of(harness: Harness, upload: Upload) -> int:
-    response = await harness.client.head(upload.url, headers=TUS)
+async def patch(harness: Harness, upload: Session, offset: int, body: bytes, **headers: str):
+    return await harness.client.patch(url(upload), data=body, headers=OCTETS | {"Upload-Offset": str(offset)} | headers)
+
+
+async def offset_of(harness: Harness, upload: Session) -> int:
+    response = await harness.client.head(url(upload), headers=TUS)
     assert response.status == 200
     return int(response.headers["Upload-Offset"])
 
 
 async def test_a_file_sent_in_patches_becomes_the_object_and_each_step_is_reported(harness):
     upload = harness.upload(10)
-    assert (await harness.client.post(upload.url, headers=TUS | {"Upload-Length": "10"})).status == 201
+    assert (await harness.client.post(url(upload), headers=TUS | {"Upload-Length": "10"})).status == 201
     assert await offset_of(harness, upload) == 0
     first = await patch(harness, upload, 0, b"01234")
     assert (first.status, first.headers["Upload-Offset"]) == (204, "5")
     assert (await patch(harness, upload, 5, b"56789")).status == 204
-    assert harness.bucket[KEY] == b"0123456789"
+    assert harness.bucket[upload.target.object_key] == b"0123456789"
     assert (upload.progress, upload.completions) == ([5, 10], 1)
     assert await offset_of(harness, upload) == 10 and upload.completions == 2  # HEAD confirms again
 
@@ -108,7 +76,7 @@ async def test_a_first_patch_without_a_post_starts_the_session_upload_at_0(harne
     upload = harness.upload(3)
     assert await offset_of(harness, upload) == 0  # nothing created yet: the session's upload, at 0
     assert (await patch(harness, upload, 0, b"abc")).status == 204
-    assert harness.bucket[KEY] == b"abc"
+    assert harness.bucket[upload.target.object_key] == b"abc"
 
 
 async def test_a_patch_at_the_wrong_offset_is_409_and_changes_nothing(harness):
@@ -148,16 +116,16 @@ async def test_a_request_while_another_holds_the_upload_is_423_locked(harness):
 async def test_termination_removes_the_bytes_and_tells_the_session_layer(harness):
     upload = harness.upload(3)
     await patch(harness, upload, 0, b"abc")
-    response = await harness.client.delete(upload.url, headers=TUS)
+    response = await harness.client.delete(url(upload), headers=TUS)
     assert response.status == 204 and upload.terminations == 1
-    assert KEY not in harness.bucket and await harness.store.state(upload.target.upload_id) is None
+    assert upload.target.object_key not in harness.bucket and await harness.store.state(upload.target.upload_id) is None
 
 
 async def test_an_expired_upload_takes_no_bytes_and_another_version_is_412(harness):
     expired = harness.upload(3, expires_in_s=-1)
     assert (await patch(harness, expired, 0, b"abc")).status == 410
     upload = harness.upload(3)
-    refused = await harness.client.patch(upload.url, data=b"abc", headers=OCTETS | {"Tus-Resumable": "0.2.2",
+    refused = await harness.client.patch(url(upload), data=b"abc", headers=OCTETS | {"Tus-Resumable": "0.2.2",
                                                                                  "Upload-Offset": "0"})
     assert (refused.status, refused.headers["Tus-Version"]) == (412, "1.0.0")
 
@@ -165,8 +133,8 @@ async def test_an_expired_upload_takes_no_bytes_and_another_version_is_412(harne
 async def test_method_override_tunnels_patch_and_head_through_post(harness):
     upload = harness.upload(3)
     tunnelled = await harness.client.post(
-        upload.url, data=b"abc", headers=OCTETS | {"Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"}
+        url(upload), data=b"abc", headers=OCTETS | {"Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"}
     )
     assert tunnelled.status == 204
-    head = await harness.client.post(upload.url, headers=TUS | {"X-HTTP-Method-Override": "HEAD"})
+    head = await harness.client.post(url(upload), headers=TUS | {"X-HTTP-Method-Override": "HEAD"})
     assert (head.status, head.headers["Upload-Offset"]) == (200, "3")

@@ -82,9 +82,14 @@ async def page(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _serve(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _content_type(name: str) -> str:
+    # Set, not guessed: the system's mime tables differ (RFC 9239 says text/javascript).
+    return "text/css" if name.endswith(".css") else "text/javascript"
+
+
+def _serve(name: str, path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def serve(request: web.Request) -> web.StreamResponse:
-        return _file(path)
+        return _file(path, f"{_content_type(name)}; charset=utf-8")
 
     return serve
 
@@ -203,9 +208,9 @@ _FILES = tuple(
         Operation(
             method="GET", path=f"/console/{name}", operation_id=operation_id, tag="console", auth="none",
             summary=f"The console page's {name}" + (" (bundled: no CDN)" if path.parent == VENDOR else ""),
-            replies=(Reply(200, "The file", str, "text/css" if name.endswith(".css") else "text/javascript"),),
+            replies=(Reply(200, "The file", str, _content_type(name)),),
         ),
-        _serve(path),
+        _serve(name, path),
     )
     for name, (operation_id, path) in FILES.items()
 )

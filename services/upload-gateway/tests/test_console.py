@@ -139,7 +139,7 @@ async def test_the_page_and_every_file_it_loads_come_from_the_gateway(console):
     assert page.status == 200 and page.content_type == "text/html"
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
     html = await page.text()
-    loaded = re.findall(r'(?:src|href)="([^"]+)"', html)
+    loaded = [url for url in re.findall(r'(?:src|href)="([^"]+)"', html) if url != "data:,"]  # the empty icon
     assert sorted(loaded) == ["/console/console.css", "/console/console.js", "/console/uppy.css", "/console/uppy.js"]
     for path in loaded:  # nothing from a CDN: every file is ours, Uppy included
         response = await console.client.get(path)
@@ -168,10 +168,13 @@ async def test_the_dev_token_is_an_admin_token_for_workspace_dev_and_only_in_dev
     body = await response.json()
     principal = await console.gw.tokens.principal(f"Bearer {body['token']}")
     assert (body["workspace_id"], principal.workspaces) == ("dev", {"dev": "admin"})
+    dev_meta = '<meta name="rawdrive-dev-token" content="/console/dev-token">'
+    assert dev_meta in await (await console.client.get("/console")).text()  # the page asks only when told
 
     without = create_app(console.gw, mounts=[routes.console_mount(Settings(**console_settings()), console.js)])
     async with TestClient(TestServer(without)) as client:
-        assert (await client.get("/console")).status == 200
+        page = await client.get("/console")
+        assert page.status == 200 and '<meta name="rawdrive-dev-token" content="">' in await page.text()
         assert (await client.get("/console/dev-token")).status == 404
     with pytest.raises(ValueError, match="RAWDRIVE_CONSOLE_DEV_TOKEN is for development"):
         routes.console_mount(

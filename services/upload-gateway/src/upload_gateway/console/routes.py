@@ -76,10 +76,20 @@ def _file(path: Path, content_type: str | None = None) -> web.FileResponse:
     return web.FileResponse(path, headers=headers)
 
 
-async def page(request: web.Request) -> web.StreamResponse:
-    response = _file(STATIC / "index.html", "text/html; charset=utf-8")
-    response.headers["Content-Security-Policy"] = PAGE_POLICY
-    return response
+DEV_TOKEN_META = '<meta name="rawdrive-dev-token" content="">'
+
+
+def page_html(dev_token: bool) -> str:
+    """The page; in the dev stack it names the dev token route, so elsewhere nothing asks for it."""
+    html = (STATIC / "index.html").read_text()
+    assert DEV_TOKEN_META in html
+    return html.replace(DEV_TOKEN_META, DEV_TOKEN_META.replace('""', f'"{_DEV_TOKEN.path}"')) if dev_token else html
+
+
+async def page(request: web.Request) -> web.Response:
+    html = page_html(request.app[CONSOLE].dev_token_secret is not None)
+    headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}
+    return web.Response(text=html, content_type="text/html", headers=headers)
 
 
 def _content_type(name: str) -> str:

@@ -397,8 +397,10 @@ async function prefill() {
     $("token").value = stored;
     return;
   }
-  // Only the dev stack serves a token (RAWDRIVE_CONSOLE_DEV_TOKEN); elsewhere this is a 404.
-  const response = await fetch("/console/dev-token", { cache: "no-store" }).catch(() => null);
+  // Only the dev stack serves a token (RAWDRIVE_CONSOLE_DEV_TOKEN) and says where in this meta tag.
+  const devToken = document.querySelector('meta[name="rawdrive-dev-token"]')?.content;
+  if (!devToken) return;
+  const response = await fetch(devToken, { cache: "no-store" }).catch(() => null);
   if (response?.ok) {
     const { token, workspace_id } = await response.json();
     $("token").value = token;

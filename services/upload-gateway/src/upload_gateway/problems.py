@@ -167,6 +167,10 @@ class StorageUnavailable(StorageError):
     """Object storage is unreachable or throttling; retry later."""
 
 
+class Unavailable(UploadError):
+    """Not now: a dependency the route needs is unreachable, or the replica is at capacity; retry later."""
+
+
 class StorageProfileRejected(UploadError):
     """A storage profile failed its live check (access, bucket, endpoint, encryption)."""
 
@@ -220,6 +224,7 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
     RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
+    Unavailable: ProblemSpec(503, "unavailable", "Service unavailable"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 

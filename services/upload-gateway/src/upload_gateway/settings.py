@@ -29,3 +29,7 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     asset_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 15 * 60
     # Browser origins allowed by CORS: exact origins, "*" for any, "scheme://host:*" for any port.
     cors_origins: tuple[CorsOrigin, ...] = ()
+    # The upload console at /console (console/); RAWDRIVE_CONSOLE_DEV_TOKEN also hands the page an
+    # admin token for workspace dev, so only the dev stack sets it (refused with a JWKS URL).
+    console: bool = False
+    console_dev_token: bool = False

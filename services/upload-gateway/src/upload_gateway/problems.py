@@ -55,6 +55,7 @@ class ProblemFacts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     declared_sha256: str | None = None  # at session creation
     given_sha256: str | None = None  # at commit
     attempts_left: int | None = None  # commits still possible after a refused one
+    parts_to_resend: list[int] | None = None  # stored parts of another size than the plan's
 
 
 class UploadError(Exception):
@@ -183,6 +184,15 @@ class RateLimited(UploadError):
     """Too many requests of this kind for now; `Retry-After` says when to try again."""
 
 
+class PartSizeMismatch(UploadError):
+    """Storage holds parts of another size than the upload's plan (parts.py); the client PUTs
+    those again at their planned size, which replaces them."""
+
+
+class QuotaExceeded(RateLimited):
+    """The workspace holds as many open uploads or bytes in flight as it may (quotas.py)."""
+
+
 class Problem(ProblemFacts, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
@@ -224,6 +234,8 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
     RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
+    PartSizeMismatch: ProblemSpec(422, "part_size_mismatch", "Part size differs from the plan"),
+    QuotaExceeded: ProblemSpec(429, "quota_exceeded", "Workspace upload quota reached"),
     Unavailable: ProblemSpec(503, "unavailable", "Service unavailable"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")

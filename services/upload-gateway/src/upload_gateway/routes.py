@@ -156,7 +156,7 @@ ROUTES: tuple[Route, ...] = (
             method="GET", path=PREFIX + "/{upload_id}/parts", operation_id="listParts", tag="uploads",
             auth="upload", summary="The parts storage holds so far",
             replies=(Reply(200, "The stored parts", api.PartList),),
-            problems=_SESSION_PROBLEMS,
+            problems=(422, *_SESSION_PROBLEMS),
         ),
         list_parts,
     ),

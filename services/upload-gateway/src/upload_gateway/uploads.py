@@ -35,7 +35,7 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway import api, profile_store, repository
+from upload_gateway import api, parts, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
@@ -65,8 +65,6 @@ from upload_gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCE = "/services/upload-gateway"
-# R2 presigned URLs live at most 7 days.
-MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
 # The counter's children, looked up once rather than by label on every creation.
@@ -280,7 +278,10 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
     if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
         held = await stored_parts(gw, session)
-        received = held.joined_size if held.joined_size is not None else sum(p.size or 0 for p in held.parts)
+        received = (
+            min(held.joined_size, session.size_bytes) if held.joined_size is not None
+            else parts.bytes_held(session, held.parts)
+        )
     return api.UploadStatus(
         upload_id=session.upload_id,
         asset_id=session.asset_id,
@@ -353,18 +354,20 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
     if await repository.apply(gw.pool, session.upload_id, "receive") is None:
         current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
         require_open(current or session, now)
-    # A URL must not outlive its session.
-    ttl_s = max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
+    ttl_s = parts.url_ttl_s(gw.settings.part_url_ttl_s, now, session.expires_at)
+    sizes = [parts.planned_size(session, number) for number in request.part_numbers]
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("presign parts"):
         presigned = [
-            await storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
-            for number in request.part_numbers
+            await storage.presign_upload_part(
+                session.object_key, multipart_upload_id, number, ttl_s, content_length=size
+            )
+            for number, size in zip(request.part_numbers, sizes)
         ]
     return api.PresignedParts(
         parts=[
-            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers)
-            for number, p in zip(request.part_numbers, presigned)
+            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers, size=size)
+            for number, p, size in zip(request.part_numbers, presigned, sizes)
         ],
         expires_at=now + timedelta(seconds=ttl_s),
     )
@@ -411,10 +414,12 @@ async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
         raise InvalidState(
             f"upload {session.upload_id}'s parts were joined by an earlier commit; commit again or abort it"
         )
+    chosen = parts.current(session, held.parts)
+    parts.check_sizes(session, chosen)
     return api.PartList(
         part_size=session.part_size or 0,
         part_count=part_count,
-        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in held.parts],
+        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in chosen],
     )
 
 
@@ -438,8 +443,10 @@ async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequ
     held = await stored_parts(gw, session)
     if held.joined_size is not None:
         return held.joined_size
-    listed = {p.part_number for p in request.parts} if request.parts else None
-    return parts_received({p.part_number: p.size for p in held.parts}, listed)
+    etags = {p.part_number: p.etag for p in request.parts} if request.parts else None
+    joined = [p for p in parts.current(session, held.parts, etags) if etags is None or p.part_number in etags]
+    parts.check_sizes(session, joined)
+    return parts_received({p.part_number: p.size for p in joined}, None)
 
 
 async def _request_commit(

@@ -119,7 +119,7 @@ ROUTES: tuple[Route, ...] = (
             summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
             body=api.CreateUpload,
             replies=(Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),),
-            problems=(400, 401, 403, 404, 413, 422, 502, 503),
+            problems=(400, 401, 403, 404, 413, 422, 429, 502, 503),
         ),
         create,
     ),

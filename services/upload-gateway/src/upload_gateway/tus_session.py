@@ -12,6 +12,7 @@ from aiohttp import web
 from upload_gateway import repository
 from upload_gateway.limits import SIZE_LIMITS
 from upload_gateway.openapi import TUS_OPERATIONS, document
+from upload_gateway.patch_limits import limit_patches
 from upload_gateway.routes import GATEWAY, authorize_upload
 from upload_gateway.sessions import gone, plan_parts, require_open
 from upload_gateway.tus import TusStore, TusTarget, tus_routes
@@ -75,5 +76,6 @@ def tus_part_size(size_bytes: int) -> int:
 def mount_tus(app: web.Application) -> None:
     """Add the tus endpoint at the session's upload_url (after create_app set GATEWAY)."""
     store = TusStore(app[GATEWAY].pool)
-    app.add_routes(tus_routes(lambda _: store, tus_target, max_size=max(SIZE_LIMITS.values())))
+    routes = tus_routes(lambda _: store, tus_target, max_size=max(SIZE_LIMITS.values()))
+    app.add_routes(limit_patches(app, routes))
     document(app, TUS_OPERATIONS)

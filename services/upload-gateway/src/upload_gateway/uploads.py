@@ -8,6 +8,7 @@ repeating the request repeats the storage call, and the janitor sweeps anything 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -46,8 +47,10 @@ from upload_gateway.problems import (
     InvalidState,
     StorageError,
     StorageUnavailable,
+    UploadError,
     storage_errors,
 )
+from upload_gateway.quotas import QuotaLimits
 from upload_gateway.sessions import (
     TRANSITIONS,
     UploadSession,
@@ -89,7 +92,7 @@ class Gateway:
     # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
     @cached_property
     def session_writer(self) -> repository.SessionWriter:
-        return repository.SessionWriter(self.pool)
+        return repository.SessionWriter(self.pool, limits=QuotaLimits.from_settings(self.settings))
 
     @cached_property
     def known_profiles(self) -> dict[str, str]:
@@ -247,7 +250,14 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
             ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
         )  # fmt: skip
         created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
-        if await gw.session_writer.insert(session, created):
+        try:
+            written = await gw.session_writer.insert(session, created)
+        except UploadError:  # over the workspace's quota: the multipart upload has no use
+            if multipart_upload_id:
+                with contextlib.suppress(s3.StorageError):
+                    await storage.abort_multipart(object_key, multipart_upload_id)
+            raise
+        if written:
             break
         # The workspace's profile changed since this gateway last saw it.
         profile_ref = await profile_store.active_ref(gw.pool, workspace_id)

@@ -133,13 +133,13 @@ async def test_a_digest_of_the_wrong_length_is_a_checksum_mismatch_and_keeps_the
 @pytest.mark.parametrize(
     ("length", "meta", "role", "status", "code", "says"),
     [
-        (100, {"filename": "notes.txt", "filetype": "text/plain"}, "member", 422, "unsupported_type", ".txt files"),
-        (100, {"filename": "IMG.jpg", "filetype": "image/png"}, "member", 422, "unsupported_type", "image/jpeg"),
+        (100, {"filename": "notes.txt", "filetype": "text/plain"}, "member", 400, "unsupported_type", ".txt files"),
+        (100, {"filename": "IMG.jpg", "filetype": "image/png"}, "member", 400, "unsupported_type", "image/jpeg"),
         (101 * MiB, JPEG_META, "member", 413, "file_too_large", "100 MiB"),
-        (0, JPEG_META, "member", 422, "invalid_request", "empty files"),
-        (100, {"filetype": "image/jpeg"}, "member", 422, "invalid_request", "filename"),
-        (100, JPEG_META | {"sha256": "abc"}, "member", 422, "invalid_request", "`sha256`"),
-        (100, JPEG_META | {"library_id": "no spaces"}, "member", 422, "invalid_request", "`library_id`"),
+        (0, JPEG_META, "member", 400, "invalid_request", "empty files"),
+        (100, {"filetype": "image/jpeg"}, "member", 400, "invalid_request", "filename"),
+        (100, JPEG_META | {"sha256": "abc"}, "member", 400, "invalid_request", "`sha256`"),
+        (100, JPEG_META | {"library_id": "no spaces"}, "member", 400, "invalid_request", "`library_id`"),
         (100, JPEG_META, "viewer", 403, "forbidden", "member"),
     ],
     ids=["type", "mime-mismatch", "too-large", "empty", "no-filename", "bad-sha256", "bad-library", "viewer"],
@@ -153,7 +153,7 @@ async def test_the_session_rules_refuse_with_a_readable_problem_and_create_nothi
         assert response.headers["Tus-Resumable"] == "1.0.0"
         assert "Location" not in response.headers
         problem = await response.json(content_type="application/problem+json")
-    assert problem["code"] == code and says in problem["detail"], problem
+    assert (problem["status"], problem["code"]) == (status, code) and says in problem["detail"], problem
     assert await live.gw.pool.fetchval("SELECT count(*) FROM upload_sessions") == 0
 
 

@@ -18,7 +18,8 @@ and `sha256` (hex; the verifier holds the file to it). Other keys (Uppy sends `n
 Protocol errors answer in tus's plain text (routes._answering_tus_errors); the session API's
 refusals answer as everywhere else, problem+json with the status of the one table
 (problems.PROBLEMS): 401, 403, 404 (a workspace not in the token), 413 (over the kind's
-limit), 422 (a type or field refused), each with `Tus-Resumable`.
+limit), and 400 where the session API answers 422 (a type or field refused: tus has no 422),
+each with `Tus-Resumable`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from upload_gateway.openapi import Header, Operation, Reply
 from upload_gateway.problems import (
     InvalidRequest,
     NotFound,
+    Problem,
     UploadError,
     from_validation_error,
     problem_for,
@@ -87,12 +89,11 @@ CREATION_OPERATIONS = (
         replies=(
             Reply(201, "Created: send the rest to Location", headers=(
                 "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")),
-            Reply(400, "Malformed tus headers", str, "text/plain"),
             Reply(412, f"Tus-Resumable is not {protocol.TUS_VERSION}", str, "text/plain", headers=("Tus-Version",)),
             Reply(415, f"Content-Type is not {protocol.PATCH_CONTENT_TYPE}", str, "text/plain"),
             Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
         ),
-        problems=(401, 403, 404, 413, 422, 502, 503),
+        problems=(400, 401, 403, 404, 413, 502, 503),
     ),
 )
 
@@ -130,6 +131,14 @@ def creation_routes(store: TusStore, *, max_size: int) -> list[web.RouteDef]:
     ]
 
 
+def tus_problem(error: UploadError) -> Problem:
+    """The session API's problem for a refused creation, in tus's status codes: its 422 (a type
+    or field refused) is 400, what tus clients and the compliance suite take as "this creation
+    is not acceptable" (tus has no 422); the code and detail say which rule refused it."""
+    problem = problem_for(error)
+    return msgspec.structs.replace(problem, status=400) if problem.status == 422 else problem
+
+
 def _answering_problems(handler: Handler) -> Handler:
     """The session API's refusals as problem+json, with Tus-Resumable as every tus answer."""
 
@@ -138,7 +147,7 @@ def _answering_problems(handler: Handler) -> Handler:
             return await handler(request)
         except UploadError as error:
             headers = error.headers | {"Tus-Resumable": protocol.TUS_VERSION, "Cache-Control": "no-store"}
-            return problem_response(problem_for(error), headers)
+            return problem_response(tus_problem(error), headers)
 
     return answer
 

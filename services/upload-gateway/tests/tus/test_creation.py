@@ -3,13 +3,19 @@ real PostgreSQL and S3, as a stock tus client configured with one Authorization 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import io
+import json
 import os
+from pathlib import Path
 
 import pytest
+from tusclient.client import TusClient
 
 from rawdrive_contracts import CommitRequested, decode
+from rawdrive_platform.testing import node_for
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.tus.creation import session_request
 
@@ -17,6 +23,7 @@ from ..conftest import LIVE_SECRET
 from .conftest import OCTETS, TUS, MiB
 
 JPEG_META = {"filename": "IMG_0001.jpg", "filetype": "image/jpeg"}
+JS = Path(__file__).parent / "js"
 
 
 def metadata(**pairs: str) -> str:
@@ -208,3 +215,41 @@ def test_metadata_maps_onto_the_session_request_with_defaults():
     request = session_request(10, {"filename": "a.cr2", "filetype": "", "name": "a.cr2"})
     assert (request.file_name, request.mime_type, request.library_id) == ("a.cr2", "application/octet-stream", "default")
     assert request.resumable_protocol == "tus" and request.sha256 is None and request.folder_id is None
+
+
+async def test_tus_js_client_with_only_the_endpoint_and_a_user_token_uploads_and_commits(live_gateway, tmp_path):
+    live = live_gateway
+    data = os.urandom(12 * MiB + 11)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    # upload.mjs: tus-js-client with `endpoint`, `headers` and metadata {filename: photo.jpg, filetype: image/jpeg}.
+    process = await asyncio.create_subprocess_exec(
+        node_for(JS), str(JS / "upload.mjs"), creation_url(live), str(path), json.dumps(live.user()),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    url = json.loads(stdout)["url"]
+    status = await session_state(live, url)
+    assert (status["state"], status["bytes_received"], status["file_name"]) == ("verifying", len(data), "photo.jpg")
+    [request] = await commit_requests(live)
+    assert request.size_bytes == len(data)
+    stored = b"".join([c async for c in live.gw.storage.iter_chunks(request.object_key)])
+    assert stored == data
+
+
+async def test_tuspy_with_only_the_endpoint_and_a_user_token_uploads_and_commits(live_gateway):
+    live = live_gateway
+    data = os.urandom(7 * MiB + 5)
+
+    def upload() -> str:
+        uploader = TusClient(creation_url(live), headers=live.user()).uploader(
+            file_stream=io.BytesIO(data), chunk_size=5 * MiB, metadata=JPEG_META,
+        )
+        uploader.upload()
+        return uploader.url
+
+    url = await asyncio.to_thread(upload)
+    assert (await session_state(live, url))["state"] == "verifying"
+    [request] = await commit_requests(live)
+    assert b"".join([c async for c in live.gw.storage.iter_chunks(request.object_key)]) == data

@@ -25,7 +25,8 @@ PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
 
-.PHONY: bootstrap system-packages deploy-check-packages browser-packages dev test test-unit lint token schemas bench clean
+.PHONY: bootstrap system-packages deploy-check-packages browser-packages dev test test-unit lint token schemas bench clean \
+	tus-compliance
 bootstrap: system-packages $(VENV)/.installed $(CONSOLE_BUNDLE)
 
 # $(call install-debian-packages,PACKAGES): apt-get install those not installed yet.
@@ -94,6 +95,12 @@ test: lint deploy-check browser-packages
 test-resilience: bootstrap
 	RAWDRIVE_E2E_RESILIENCE_UPLOADS=200 RAWDRIVE_E2E_REPLICA_UPLOADS=60 \
 	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_resilience.py
+
+# The public tus compliance suite (../shared/tools/tus-compliance, beside the checkout) against the
+# creation endpoint of a gateway the test starts over real PostgreSQL and S3; every file's result
+# is printed. `make test` runs the same test.
+tus-compliance: bootstrap
+	$(PY) -m pytest $(PYTEST_FLAGS) -s services/upload-gateway/tests/tus/test_compliance.py
 
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients

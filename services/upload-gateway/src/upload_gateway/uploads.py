@@ -160,6 +160,7 @@ def new_session(
     now: datetime,
     ttl_s: int,
     trace_context: str,
+    commit_on_complete: bool = False,
 ) -> tuple[UploadSession, UploadSessionCreated]:
     """The session row and the event announcing it (pure)."""
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
@@ -189,6 +190,7 @@ def new_session(
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_s),
         trace_context=trace_context,
+        commit_on_complete=commit_on_complete,
     )
     event = UploadSessionCreated(
         workspace_id=workspace_id,
@@ -218,7 +220,11 @@ def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str)
     known[workspace_id] = profile_ref
 
 
-async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+async def create_session(
+    gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload, *, commit_on_complete: bool = False
+) -> api.UploadCreated:
+    """`commit_on_complete`: the gateway commits the session itself when its last byte arrives
+    (the tus creation endpoint's sessions; see tus_session)."""
     file = check_new_file(request)  # refuse before any effect
     multipart = request.resumable_protocol == "s3_multipart"
     # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
@@ -247,7 +253,7 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         session, event = new_session(
             sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
             object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
-            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
+            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context, commit_on_complete=commit_on_complete,
         )  # fmt: skip
         created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
         try:
@@ -441,7 +447,8 @@ async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.Com
             _, part_count = _multipart(session)
             _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
         check_complete(session, await _received(gw, session, request))
-        await _request_commit(gw, sub, session, request, given)
+        async with gw.pool.acquire() as conn, conn.transaction():
+            await request_commit(conn, sub, session, given, request.parts)
     return await _await_verdict(gw, session)
 
 
@@ -459,37 +466,38 @@ async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequ
     return parts_received({p.part_number: p.size for p in joined}, None)
 
 
-async def _request_commit(
-    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, given: str | None
-) -> None:
-    async with gw.pool.acquire() as conn, conn.transaction():
-        moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
-        if moved is None:
-            return  # a concurrent commit won; wait for the same verdict
-        event = CommitRequested(
-            workspace_id=moved.workspace_id,
-            upload_id=moved.upload_id,
-            asset_id=moved.asset_id,
-            library_id=moved.library_id,
-            folder_id=moved.folder_id,
-            file_name=moved.file_name,
-            mime_type=moved.mime_type,
-            size_bytes=moved.size_bytes,
-            resumable_protocol=moved.resumable_protocol,
-            provider=moved.provider,
-            storage_profile_ref=moved.storage_profile_ref,
-            object_key=moved.object_key,
-            expected_sha256=moved.expected_sha256,
-            multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
-            parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
-            if request.parts is not None
-            else None,
-            requested_by=sub,
-            kind=moved.kind,
-            attempt=moved.commit_attempts,
-            attempts_left=attempts_left(moved),
-        )
-        await enqueue(conn, new_event(event, source=SOURCE))
+async def request_commit(
+    conn: asyncpg.Connection, sub: str, session: UploadSession, given: str | None,
+    parts: list[api.PartEtag] | None = None,
+) -> bool:
+    """Move the session to verifying and ask the verifier, inside the caller's transaction;
+    False when it did not move (a concurrent commit won: the same verdict comes)."""
+    moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
+    if moved is None:
+        return False
+    event = CommitRequested(
+        workspace_id=moved.workspace_id,
+        upload_id=moved.upload_id,
+        asset_id=moved.asset_id,
+        library_id=moved.library_id,
+        folder_id=moved.folder_id,
+        file_name=moved.file_name,
+        mime_type=moved.mime_type,
+        size_bytes=moved.size_bytes,
+        resumable_protocol=moved.resumable_protocol,
+        provider=moved.provider,
+        storage_profile_ref=moved.storage_profile_ref,
+        object_key=moved.object_key,
+        expected_sha256=moved.expected_sha256,
+        multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
+        parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in parts] if parts is not None else None,
+        requested_by=sub,
+        kind=moved.kind,
+        attempt=moved.commit_attempts,
+        attempts_left=attempts_left(moved),
+    )
+    await enqueue(conn, new_event(event, source=SOURCE))
+    return True
 
 
 async def _await_verdict(gw: Gateway, session: UploadSession) -> api.CommitResult:

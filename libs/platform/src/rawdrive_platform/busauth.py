@@ -71,6 +71,8 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     publishes: tuple[EventSpec, ...] = ()
     consumes: tuple[Durable, ...] = ()
     profiles: ProfileAccess = "none"
+    # Streams it reads through ordered (ephemeral, unacknowledged) consumers: a live view.
+    follows: tuple[str, ...] = ()
     # Streams, consumers, the KV bucket, dead-letter list/replay/drop: the provisioning Job and
     # an operator, never a running service.
     provisions: bool = False
@@ -90,6 +92,7 @@ IDENTITIES: tuple[Identity, ...] = (
             Durable(ASSETS_STREAM.name, "upload-gateway-catalogue"),
         ),
         profiles="write",
+        follows=(ASSETS_STREAM.name,),  # the upload console's live feed of a workspace's assets
     ),
     Identity(
         user="commit-verifier",
@@ -149,6 +152,18 @@ def _consumer_subjects(durable: Durable) -> list[str]:
     ]
 
 
+def _ordered_consumer_subjects(stream: str) -> list[str]:
+    # nats-py's ordered consumer: created without a name, recreated (and the old one deleted) on a
+    # gap, flow control answered.
+    return [
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.>",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def _profile_subjects(access: ProfileAccess) -> list[str]:
     if access == "none":
         return []
@@ -160,13 +175,7 @@ def _profile_subjects(access: ProfileAccess) -> list[str]:
     ]
     if access == "list":
         # keys() runs an ordered, ephemeral push consumer over the bucket.
-        found += [
-            f"{JS_API}.CONSUMER.CREATE.{kv_stream}",
-            f"{JS_API}.CONSUMER.CREATE.{kv_stream}.>",
-            f"{JS_API}.CONSUMER.INFO.{kv_stream}.>",
-            f"{JS_API}.CONSUMER.DELETE.{kv_stream}.>",
-            f"$JS.FC.{kv_stream}.>",
-        ]
+        found += _ordered_consumer_subjects(kv_stream)
     if access == "write":
         found.append(f"$KV.{PROFILES_BUCKET}.>")
     return found
@@ -192,6 +201,8 @@ def permissions(who: Identity) -> Permissions:
     if who.consumes:
         # The dead-letter gauge of each consumer is read from the stream's per-subject counts.
         publish.append(f"{JS_API}.STREAM.INFO.{DEADLETTER_STREAM}")
+    for stream in who.follows:
+        publish += _ordered_consumer_subjects(stream)
     publish += _profile_subjects(who.profiles)
     return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=subscribe)
 

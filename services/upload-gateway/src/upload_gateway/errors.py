@@ -25,6 +25,7 @@ class ProblemFacts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     declared_sha256: str | None = None  # at session creation
     given_sha256: str | None = None  # at commit
     attempts_left: int | None = None  # commits still possible after a refused one
+    parts_to_resend: list[int] | None = None  # stored parts of another size than the plan's
 
 
 class UploadError(Exception):
@@ -137,6 +138,10 @@ class StorageUnavailable(StorageError):
     """Object storage is unreachable or throttling; retry later."""
 
 
+class Unavailable(UploadError):
+    """Not now: a dependency the route needs is unreachable, or the replica is at capacity; retry later."""
+
+
 class StorageProfileRejected(UploadError):
     """A storage profile failed its live check (access, bucket, endpoint, encryption)."""
 
@@ -147,3 +152,12 @@ class StorageProfilesDisabled(StorageError):
 
 class RateLimited(UploadError):
     """Too many requests of this kind for now; `Retry-After` says when to try again."""
+
+
+class PartSizeMismatch(UploadError):
+    """Storage holds parts of another size than the upload's plan (uploads/parts.py); the client
+    PUTs those again at their planned size, which replaces them."""
+
+
+class QuotaExceeded(RateLimited):
+    """The workspace holds as many open uploads or bytes in flight as it may (uploads/quotas.py)."""

@@ -155,6 +155,9 @@ def stack_settings(
         "RAWDRIVE_BYOS_ALLOWED_ENDPOINTS": s3.connection.endpoint,
         "RAWDRIVE_BYOS_ALLOWED_NETWORKS": LOOPBACK_NETWORK,
         "RAWDRIVE_BYOS_ALLOW_HTTP": "true",
+        # The upload console at /console, pre-filled with a development token.
+        "RAWDRIVE_CONSOLE": "1",
+        "RAWDRIVE_CONSOLE_DEV_TOKEN": "1",
     }
 
 
@@ -295,6 +298,7 @@ def print_summary(data: Path, settings: dict[str, str], no_services: bool) -> No
         "\nRawDrive dev stack is up"
         + (" (servers only, --no-services)" if no_services else "")
         + f"\n  gateway:  {settings['RAWDRIVE_PUBLIC_URL']}"
+        + f"\n  console:  {settings['RAWDRIVE_PUBLIC_URL']}/console"
         + f"\n  NATS:     {settings['RAWDRIVE_NATS_URL']}"
         + f"\n  Postgres: {settings['RAWDRIVE_DATABASE_URL']}"
         + f"\n  S3:       {settings['RAWDRIVE_S3_ENDPOINT']} bucket {settings['RAWDRIVE_S3_BUCKET']}"

@@ -41,7 +41,9 @@ from upload_gateway.errors import (
     MethodNotAllowed,
     MissingObject,
     NotFound,
+    PartSizeMismatch,
     ProblemFacts,
+    QuotaExceeded,
     RateLimited,
     Rejected,
     RetentionOver,
@@ -51,6 +53,7 @@ from upload_gateway.errors import (
     StorageProfilesDisabled,
     StorageUnavailable,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
     UnsupportedType,
     UploadError,
@@ -109,6 +112,9 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
     RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
+    PartSizeMismatch: ProblemSpec(422, "part_size_mismatch", "Part size differs from the plan"),
+    QuotaExceeded: ProblemSpec(429, "quota_exceeded", "Workspace upload quota reached"),
+    Unavailable: ProblemSpec(503, "unavailable", "Service unavailable"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 

@@ -75,6 +75,7 @@ class PresignedPart(msgspec.Struct, frozen=True):
     method: Literal["PUT"]
     url: str
     headers: dict[str, str]  # part of the signature: the PUT must carry exactly these
+    size: int  # the body's length, signed too: storage refuses any other (HTTP clients send it)
 
 
 class PresignedParts(msgspec.Struct, frozen=True):

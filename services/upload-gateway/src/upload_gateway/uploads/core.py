@@ -1,7 +1,7 @@
 """The uploads API's pure core: what a request makes of a session, its answers and its events.
 
-The state machine and the part plan are in sessions.py; this module builds on them what the
-handlers (handlers.py) then store and send. No I/O here.
+The state machine is in sessions.py, the part rules (plan, sizes, URL lifetime) in parts.py;
+this module builds on them what the handlers (handlers.py) then store and send. No I/O here.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from upload_gateway.uploads.names import display_name
 from upload_gateway.uploads.parts import plan_parts
 from upload_gateway.uploads.sessions import REJECTION_TEXTS, State, UploadSession, attempts_left
 
-# R2 presigned URLs live at most 7 days.
-MAX_URL_TTL_S = 7 * 24 * 3600
 # Workspaces whose last seen active storage profile a gateway remembers (see SessionOpener).
 KNOWN_PROFILES = 10_000
 
@@ -73,8 +71,10 @@ def new_session(
     now: datetime,
     ttl_s: int,
     trace_context: str,
+    commit_on_complete: bool = False,
 ) -> tuple[UploadSession, UploadSessionCreated]:
-    """The session row and the event announcing it (pure)."""
+    """The session row and the event announcing it (pure). `commit_on_complete`: the gateway
+    commits the session itself when its last byte arrives (the tus creation endpoint's)."""
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
     session = UploadSession(
         upload_id=new_id(),
@@ -102,6 +102,7 @@ def new_session(
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_s),
         trace_context=trace_context,
+        commit_on_complete=commit_on_complete,
     )
     event = UploadSessionCreated(
         workspace_id=workspace_id,
@@ -149,11 +150,6 @@ def check_part_numbers(numbers: list[int], part_count: int, field: str) -> None:
         raise InvalidRequest(f"this upload has {part_count} parts", errors=errors)
 
 
-def part_url_ttl_s(session: UploadSession, now: datetime) -> int:
-    """How long a part URL handed out now lives: never past its session, at most R2's 7 days."""
-    return max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
-
-
 def status_view(session: UploadSession, state: State, received: int) -> api.UploadStatus:
     """The session as GET shows it, in `state` with `received` bytes stored."""
     return api.UploadStatus(
@@ -189,8 +185,9 @@ def upload_aborted(session: UploadSession, sub: str) -> UploadAborted:
     )
 
 
-def commit_requested(moved: UploadSession, request: api.CommitRequest, sub: str) -> CommitRequested:
-    """The event asking the verifier to check the upload `moved` to verifying by this commit."""
+def commit_requested(moved: UploadSession, parts: list[api.PartEtag] | None, sub: str) -> CommitRequested:
+    """The event asking the verifier to check the upload `moved` to verifying by this commit,
+    joining the `parts` the client listed (None: every stored part, or not multipart)."""
     return CommitRequested(
         workspace_id=moved.workspace_id,
         upload_id=moved.upload_id,
@@ -206,9 +203,7 @@ def commit_requested(moved: UploadSession, request: api.CommitRequest, sub: str)
         object_key=moved.object_key,
         expected_sha256=moved.expected_sha256,
         multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
-        parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
-        if request.parts is not None
-        else None,
+        parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in parts] if parts is not None else None,
         requested_by=sub,
         kind=moved.kind,
         attempt=moved.commit_attempts,

@@ -9,11 +9,13 @@ repeating the request repeats the storage call, and the janitor sweeps anything 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import timedelta
 from typing import get_args
 
+import asyncpg
 import msgspec
 
 from rawdrive_contracts import ResumableProtocol, new_event
@@ -24,25 +26,24 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
 from upload_gateway.auth import UploadGrant
-from upload_gateway.errors import InvalidState, StorageUnavailable
+from upload_gateway.errors import InvalidState, StorageUnavailable, UploadError
 from upload_gateway.gateway import SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.problems import storage_errors
 from upload_gateway.storage_profiles import store as profile_store
-from upload_gateway.uploads import api, repository
+from upload_gateway.uploads import api, parts, repository
 from upload_gateway.uploads.core import (
     check_new_file,
     check_part_numbers,
     commit_requested,
     new_id,
     new_session,
-    part_url_ttl_s,
     remember_profile,
     require_multipart,
     status_view,
     upload_aborted,
     upload_url,
 )
-from upload_gateway.uploads.parts import parts_received
+from upload_gateway.uploads.quotas import QuotaLimits
 from upload_gateway.uploads.sessions import (
     TRANSITIONS,
     UploadSession,
@@ -65,15 +66,20 @@ PROFILE_ATTEMPTS = 3
 
 class SessionOpener:
     """Opens upload sessions. One per app: it batches the inserts of concurrent creations
-    (repository.SessionWriter) and remembers each workspace's last seen storage profile."""
+    (repository.SessionWriter, which admits them under the workspaces' quotas) and remembers
+    each workspace's last seen storage profile."""
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.writer = repository.SessionWriter(gw.pool)
+        self.writer = repository.SessionWriter(gw.pool, limits=QuotaLimits.from_settings(gw.settings))
         # workspace_id -> the storage_profile_ref last seen active: a guess, checked at insert.
         self.known_profiles: dict[str, str] = {}
 
-    async def open(self, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+    async def open(
+        self, sub: str, workspace_id: str, request: api.CreateUpload, *, commit_on_complete: bool = False
+    ) -> api.UploadCreated:
+        """`commit_on_complete`: the gateway commits the session itself when its last byte arrives
+        (the tus creation endpoint's sessions; see tus_session)."""
         gw = self.gw
         file = check_new_file(request)  # refuse before any effect
         multipart = request.resumable_protocol == "s3_multipart"
@@ -103,10 +109,17 @@ class SessionOpener:
             session, event = new_session(
                 sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
                 object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
-                ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
+                ttl_s=gw.settings.session_ttl_s, trace_context=trace_context, commit_on_complete=commit_on_complete,
             )  # fmt: skip
             created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
-            if await self.writer.insert(session, created):
+            try:
+                written = await self.writer.insert(session, created)
+            except UploadError:  # over the workspace's quota: the multipart upload has no use
+                if multipart_upload_id:
+                    with contextlib.suppress(s3.StorageError):
+                        await storage.abort_multipart(object_key, multipart_upload_id)
+                raise
+            if written:
                 break
             # The workspace's profile changed since this gateway last saw it.
             profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
@@ -137,7 +150,10 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
     if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
         held = await stored_parts(gw, session)
-        received = held.joined_size if held.joined_size is not None else sum(p.size or 0 for p in held.parts)
+        received = (
+            min(held.joined_size, session.size_bytes) if held.joined_size is not None
+            else parts.bytes_held(session, held.parts)
+        )
     return status_view(session, state, received)
 
 
@@ -166,18 +182,20 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
     if await repository.apply(gw.pool, session.upload_id, "receive") is None:
         current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
         require_open(current or session, now)
-    # A URL must not outlive its session.
-    ttl_s = part_url_ttl_s(session, now)
+    ttl_s = parts.url_ttl_s(gw.settings.part_url_ttl_s, now, session.expires_at)
+    sizes = [parts.planned_size(session, number) for number in request.part_numbers]
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("presign parts"):
         presigned = [
-            await storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
-            for number in request.part_numbers
+            await storage.presign_upload_part(
+                session.object_key, multipart_upload_id, number, ttl_s, content_length=size
+            )
+            for number, size in zip(request.part_numbers, sizes)
         ]
     return api.PresignedParts(
         parts=[
-            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers)
-            for number, p in zip(request.part_numbers, presigned)
+            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers, size=size)
+            for number, p, size in zip(request.part_numbers, presigned, sizes)
         ],
         expires_at=now + timedelta(seconds=ttl_s),
     )
@@ -224,10 +242,12 @@ async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
         raise InvalidState(
             f"upload {session.upload_id}'s parts were joined by an earlier commit; commit again or abort it"
         )
+    chosen = parts.current(session, held.parts)
+    parts.check_sizes(session, chosen)
     return api.PartList(
         part_size=session.part_size or 0,
         part_count=part_count,
-        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in held.parts],
+        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in chosen],
     )
 
 
@@ -239,7 +259,8 @@ async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.Com
             _, part_count = require_multipart(session)
             check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
         check_complete(session, await _received(gw, session, request))
-        await _request_commit(gw, sub, session, request, given)
+        async with gw.pool.acquire() as conn, conn.transaction():
+            await request_commit(conn, sub, session, given, request.parts)
     return await _await_verdict(gw, session)
 
 
@@ -251,19 +272,23 @@ async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequ
     held = await stored_parts(gw, session)
     if held.joined_size is not None:
         return held.joined_size
-    listed = {p.part_number for p in request.parts} if request.parts else None
-    return parts_received({p.part_number: p.size for p in held.parts}, listed)
+    etags = {p.part_number: p.etag for p in request.parts} if request.parts else None
+    joined = [p for p in parts.current(session, held.parts, etags) if etags is None or p.part_number in etags]
+    parts.check_sizes(session, joined)
+    return parts.parts_received({p.part_number: p.size for p in joined}, None)
 
 
-async def _request_commit(
-    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, given: str | None
-) -> None:
-    async with gw.pool.acquire() as conn, conn.transaction():
-        moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
-        if moved is None:
-            return  # a concurrent commit won; wait for the same verdict
-        event = commit_requested(moved, request, sub)
-        await enqueue(conn, new_event(event, source=SOURCE))
+async def request_commit(
+    conn: asyncpg.Connection, sub: str, session: UploadSession, given: str | None,
+    listed: list[api.PartEtag] | None = None,
+) -> bool:
+    """Move the session to verifying and ask the verifier, inside the caller's transaction;
+    False when it did not move (a concurrent commit won: the same verdict comes)."""
+    moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
+    if moved is None:
+        return False
+    await enqueue(conn, new_event(commit_requested(moved, listed, sub), source=SOURCE))
+    return True
 
 
 async def _await_verdict(gw: Gateway, session: UploadSession) -> api.CommitResult:

@@ -1,8 +1,10 @@
-"""upload_sessions in PostgreSQL: insert, read, and apply a state machine event atomically."""
+"""upload_sessions in PostgreSQL: insert (within the workspaces' quotas), read, and apply a state
+machine event atomically."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import asyncpg
@@ -11,6 +13,8 @@ import msgspec
 from rawdrive_contracts import RejectionReason
 from rawdrive_platform.outbox import OutboxRow, insert_with_rows
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
+from upload_gateway.errors import UploadError
+from upload_gateway.uploads import quotas
 from upload_gateway.uploads.sessions import SETS_REJECTION, TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))
@@ -60,10 +64,18 @@ class SessionWriter:
     connection, which were most of a creation's cost; alone, a request waits no longer than
     before. One row's failure (a constraint) fails only its own request: the batch is then
     written a row at a time.
+
+    With `limits`, each batch is admitted under its workspaces' quotas first (quotas.admit): their
+    usage is counted under a lock, in the transaction that inserts the admitted sessions; a
+    refused one fails its own request with the refusal.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 100, max_in_flight: int = 3) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, max_batch: int = 100, max_in_flight: int = 3,
+        limits: quotas.QuotaLimits | None = None,
+    ) -> None:  # fmt: skip
         self._pool = pool
+        self._limits = limits
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
@@ -105,8 +117,12 @@ class SessionWriter:
     async def _write(
         self, conn: asyncpg.Connection, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]
     ) -> None:
+        admitted, refusals = batch, []
         try:
-            inserted = await insert_many(conn, [(session, created) for session, created, _ in batch])
+            async with conn.transaction() if self._limits else contextlib.nullcontext():
+                if self._limits is not None:
+                    admitted, refusals = await _admit(conn, self._limits, batch)
+                inserted = await insert_many(conn, [(session, created) for session, created, _ in admitted])
         except _ROW_ERRORS as error:
             if len(batch) == 1:
                 _fail(batch, error)
@@ -119,9 +135,33 @@ class SessionWriter:
         except Exception as error:  # noqa: BLE001 - every waiter gets the failure as its own
             _fail(batch, error)
             return
-        for session, _, written in batch:
+        for written, refusal in refusals:
+            if not written.done():
+                written.set_exception(refusal)
+        for session, _, written in admitted:
             if not written.done():  # its request may have been cancelled meanwhile
                 written.set_result(session.upload_id in inserted)
+
+
+_Pending = tuple[UploadSession, OutboxRow, "asyncio.Future[bool]"]
+
+
+async def _admit(
+    conn: asyncpg.Connection, limits: quotas.QuotaLimits, batch: list[_Pending]
+) -> tuple[list[_Pending], list[tuple[asyncio.Future[bool], UploadError]]]:
+    """The sessions of `batch` within their workspaces' quotas, and the refusals of the others."""
+    usage = await lock_usage(conn, [session.workspace_id for session, _, _ in batch])
+    verdicts = quotas.admit(limits, usage, [(session.workspace_id, session.size_bytes) for session, _, _ in batch])
+    admitted = [item for item, refusal in zip(batch, verdicts) if refusal is None]
+    refusals = [(item[2], refusal) for item, refusal in zip(batch, verdicts) if refusal is not None]
+    return admitted, refusals
+
+
+async def lock_usage(conn: asyncpg.Connection, workspace_ids: Sequence[str]) -> dict[str, quotas.Usage]:
+    """The workspaces' open sessions and the bytes they declared, locked until the transaction
+    `conn` is in ends (migration 0008), so two replicas cannot both admit past a quota."""
+    rows = await conn.fetch("SELECT * FROM lock_open_upload_usage($1::text[])", sorted(set(workspace_ids)))
+    return {row["workspace_id"]: quotas.Usage(row["open_uploads"], row["bytes_in_flight"]) for row in rows}
 
 
 def _fail(batch: Sequence[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]], error: BaseException) -> None:

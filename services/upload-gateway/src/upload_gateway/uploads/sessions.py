@@ -100,6 +100,8 @@ class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
     # `sha256` is only ever the one declared at creation.
     commit_attempts: int = 0
     commit_sha256: str | None = None
+    # Opened by the tus creation endpoint: the gateway commits it when the last byte arrives.
+    commit_on_complete: bool = False
 
     @property
     def expected_sha256(self) -> str | None:

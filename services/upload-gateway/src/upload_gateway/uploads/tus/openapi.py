@@ -1,8 +1,10 @@
-"""The tus endpoint in the OpenAPI document: its routes are built by tus_routes, not a route table."""
+"""The tus endpoints in the OpenAPI document: their routes are built by tus_routes and
+creation_routes, not a route table."""
 
 from upload_gateway.http.openapi import Header, Operation, Reply
 from upload_gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from upload_gateway.uploads.tus import protocol as tus
+from upload_gateway.uploads.tus.creation import CREATION_PATH
 from upload_gateway.uploads.tus.routes import TUS_PATH
 
 _TUS_RESUMABLE = Header("Tus-Resumable", f"Always {tus.TUS_VERSION}", required=True)
@@ -46,7 +48,7 @@ TUS_OPERATIONS = (
         ),
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(Reply(201, "Created", headers=("Location", *_OFFSET_HEADERS)), *_TUS_ERRORS),
-        problems=(401, 403, 404),
+        problems=(401, 403, 404, 429),
     ),
     Operation(
         method="HEAD", path=TUS_PATH, operation_id="tusOffset", tag="tus", auth="upload", description=_TUS_NOTE,
@@ -67,7 +69,7 @@ TUS_OPERATIONS = (
         ),
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(Reply(204, "Stored", headers=_OFFSET_HEADERS), *_TUS_ERRORS),
-        problems=(401, 403, 404),
+        problems=(401, 403, 404, 429),
     ),
     Operation(
         method="DELETE", path=TUS_PATH, operation_id="tusTerminate", tag="tus", auth="upload", description=_TUS_NOTE,
@@ -75,5 +77,41 @@ TUS_OPERATIONS = (
         headers=(_TUS_RESUMABLE,),
         replies=(Reply(204, "Terminated", headers=("Tus-Resumable",)), *_TUS_ERRORS),
         problems=(401, 403, 404),
+    ),
+)
+
+_CREATION_NOTE = (
+    "tus creation endpoint of the workspace for stock tus clients (Uppy, tus-js-client, tuspy): send "
+    "`Authorization: Bearer <user token>` (member or admin) here and to the upload's URL in `Location`. "
+    "The session is committed when its last byte arrives; `Upload-Asset-Id` names the asset."
+)
+CREATION_OPERATIONS = (
+    Operation(
+        method="OPTIONS", path=CREATION_PATH, operation_id="tusCreationOptions", tag="tus", auth="none",
+        summary="tus capabilities of the creation endpoint", description=_CREATION_NOTE,
+        replies=(Reply(200, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
+                                                    "Tus-Checksum-Algorithm")),),
+    ),
+    Operation(
+        method="POST", path=CREATION_PATH, operation_id="tusCreateSession", tag="tus", description=_CREATION_NOTE,
+        summary="Open an upload session and its tus upload in one request (creation, creation-with-upload)",
+        headers=(
+            _TUS_RESUMABLE,
+            Header("Upload-Length", "The file's size in bytes (at least 1)", required=True, type="integer"),
+            Header("Upload-Metadata", "base64 `filename` (required), `filetype`, `library_id`, `folder_id`, "
+                   "`sha256` (hex)", required=True),
+            Header("Content-Type", f"{tus.PATCH_CONTENT_TYPE} when the body carries the first bytes"),
+            Header("Upload-Checksum", "`sha1 <base64>` or `sha256 <base64>` of the body"),
+        ),
+        body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
+        replies=(
+            Reply(201, "Created: send the rest to Location", headers=(
+                "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")),
+            Reply(412, f"Tus-Resumable is not {tus.TUS_VERSION}", str, "text/plain", headers=("Tus-Version",)),
+            Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
+            Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
+        ),
+        # 429: the workspace's quota, or the sender's concurrent byte-sending requests (patch_limits.py).
+        problems=(400, 401, 403, 404, 413, 429, 502, 503),
     ),
 )

@@ -39,15 +39,15 @@ def tus_routes(
     """OPTIONS (no auth), POST (creation, creation-with-upload), HEAD, PATCH, DELETE on `path`."""
     handlers = _Handlers(store_for, authorize, max_size)
     return [
-        web.options(path, _answering_tus_errors(handlers.options)),
-        web.post(path, _answering_tus_errors(handlers.post)),
-        web.head(path, _answering_tus_errors(handlers.head)),
-        web.patch(path, _answering_tus_errors(handlers.patch)),
-        web.delete(path, _answering_tus_errors(handlers.delete)),
+        web.options(path, answering_tus_errors(handlers.options)),
+        web.post(path, answering_tus_errors(handlers.post)),
+        web.head(path, answering_tus_errors(handlers.head)),
+        web.patch(path, answering_tus_errors(handlers.patch)),
+        web.delete(path, answering_tus_errors(handlers.delete)),
     ]
 
 
-def _answering_tus_errors(handler: Handler) -> Handler:
+def answering_tus_errors(handler: Handler) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -94,7 +94,7 @@ class _Handlers:
             patch = protocol.parse_patch(request.headers, creation=True)
             with UPLOADS_IN_FLIGHT.track_inprogress():
                 state = await store.write(target, patch, request.content.read)
-        headers = _upload_headers(state) | {"Location": str(request.rel_url)}
+        headers = _upload_headers(state) | target.response_headers | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
     async def head(self, request: web.Request) -> web.Response:
@@ -104,12 +104,13 @@ class _Handlers:
         state = await store.held(target)
         if state is None:  # nothing sent yet: the session's upload, at 0
             protocol.check_not_expired(target.expires_at, _now())
-            return web.Response(status=200, headers=protocol.upload_headers(0, target.size_bytes, target.expires_at))
+            headers = protocol.upload_headers(0, target.size_bytes, target.expires_at) | target.response_headers
+            return web.Response(status=200, headers=headers)
         if state.completed:
             await store.confirm_complete(target)
         else:
             protocol.check_not_expired(target.expires_at, _now())
-        headers = _upload_headers(state)
+        headers = _upload_headers(state) | target.response_headers
         if state.metadata is not None:
             headers["Upload-Metadata"] = state.metadata
         return web.Response(status=200, headers=headers)
@@ -125,7 +126,7 @@ class _Handlers:
             await store.create(target, protocol.session_creation(target.size_bytes))
         with UPLOADS_IN_FLIGHT.track_inprogress():
             state = await store.write(target, patch, request.content.read)
-        return web.Response(status=204, headers=_upload_headers(state))
+        return web.Response(status=204, headers=_upload_headers(state) | target.response_headers)
 
     async def delete(self, request: web.Request) -> web.Response:
         protocol.check_version(request.headers)

@@ -37,6 +37,8 @@ class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True)
     on_progress: Callable[[Held, int], Awaitable[None]]
     on_complete: Callable[[Held], Awaitable[None]]
     on_terminate: Callable[[], Awaitable[None]]
+    # Added to every successful answer about the upload (e.g. the asset id the session layer chose).
+    response_headers: dict[str, str] = {}
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:

@@ -1,0 +1,108 @@
+"""The tus creation endpoint of a workspace: `POST /v1/workspaces/{ws}/tus`, what tusd and
+@tus/server call the upload collection.
+
+A stock tus client (Uppy, tus-js-client, tuspy, TUSKit, the compliance suite) configured with
+this URL and `Authorization: Bearer <user token>` needs nothing else: one POST with
+`Upload-Length` and `Upload-Metadata` opens an upload and creates it in the store, with the
+first bytes when the POST carries them (creation-with-upload). The answer is 201 with
+`Location`, the upload's own tus URL, which then takes HEAD, PATCH and DELETE.
+
+As with the upload routes (routes.py), this module knows the protocol and the store port
+(TusStore) only: `open_upload(request, creation)` belongs to the session layer, which checks the
+caller, opens the session the creation stands for and returns its TusTarget and URL
+(tus_session.open_tus_upload), or raises its own errors. Protocol errors answer in tus's plain
+text (routes.answering_tus_errors); the session layer's refusals answer as problem+json with the
+status of the one table (http.problems.PROBLEMS), except that its 422 (a type or field refused)
+is 400, since tus has no 422; each with `Tus-Resumable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
+from upload_gateway.errors import UploadError
+from upload_gateway.http.problems import Problem, problem_for, problem_response
+from upload_gateway.uploads.tus import protocol
+from upload_gateway.uploads.tus.protocol import Creation
+from upload_gateway.uploads.tus.routes import Handler, answering_tus_errors
+from upload_gateway.uploads.tus.store import TusStore
+from upload_gateway.uploads.tus.target import TusTarget
+
+CREATION_PATH = "/v1/workspaces/{workspace_id}/tus"
+
+
+class OpenedUpload(msgspec.Struct, frozen=True):
+    """What the session layer opened for a creation: the upload and its tus URL (`Location`)."""
+
+    target: TusTarget[Any, Any]
+    location: str
+
+
+OpenUpload = Callable[[web.Request, Creation], Awaitable[OpenedUpload]]
+
+
+def creation_routes(store: TusStore, open_upload: OpenUpload, *, max_size: int,
+                    path: str = CREATION_PATH) -> list[web.RouteDef]:  # fmt: skip
+    """OPTIONS (no auth) and POST (creation, creation-with-upload) on `path`."""
+    handlers = _Creation(store, open_upload, max_size)
+    return [
+        web.options(path, handlers.options),
+        web.post(path, answering_tus_errors(_answering_problems(handlers.create))),
+    ]
+
+
+def tus_problem(error: UploadError) -> Problem:
+    """The problem for a refused creation, in tus's status codes: a 422 (a type or field
+    refused) is 400, what tus clients and the compliance suite take as "this creation is not
+    acceptable" (tus has no 422); the code and detail say which rule refused it."""
+    problem = problem_for(error)
+    return msgspec.structs.replace(problem, status=400) if problem.status == 422 else problem
+
+
+def _answering_problems(handler: Handler) -> Handler:
+    """The session layer's refusals as problem+json, with Tus-Resumable as every tus answer."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UploadError as error:
+            headers = error.headers | {"Tus-Resumable": protocol.TUS_VERSION, "Cache-Control": "no-store"}
+            return problem_response(tus_problem(error), headers)
+
+    return answer
+
+
+class _Creation:
+    def __init__(self, store: TusStore, open_upload: OpenUpload, max_size: int):
+        self._store = store
+        self._open_upload = open_upload
+        self._max_size = max_size
+
+    async def options(self, request: web.Request) -> web.Response:
+        # 200, not 204: what the public compliance suite and tusd answer.
+        return web.Response(status=200, headers=protocol.options_headers(self._max_size))
+
+    async def create(self, request: web.Request) -> web.Response:
+        method = protocol.effective_method("POST", request.headers.get("X-HTTP-Method-Override"))
+        if method != "POST":
+            raise protocol.BadRequest(f"{method} goes to the upload's URL (Location), not to the creation endpoint")
+        creation = protocol.parse_creation(request.headers)
+        if creation.length > self._max_size:
+            raise protocol.PastLength(f"Upload-Length passes Tus-Max-Size {self._max_size}")
+        # A body that cannot be taken is refused before anything exists.
+        patch = protocol.parse_patch(request.headers, creation=True) if request.can_read_body else None
+        if patch is not None:
+            protocol.check_fits(0, patch.content_length, creation.length)
+        opened = await self._open_upload(request, creation)
+        target = opened.target
+        state = await self._store.create(target, creation)
+        if patch is not None:
+            with UPLOADS_IN_FLIGHT.track_inprogress():
+                state = await self._store.write(target, patch, request.content.read)
+        headers = protocol.upload_headers(state.offset, state.length, state.expires_at)
+        return web.Response(status=201, headers=headers | target.response_headers | {"Location": opened.location})

@@ -1,4 +1,4 @@
-"""The pure quota and part rules (quotas.py, parts.py), without servers."""
+"""The pure quota and part rules (uploads/quotas.py, uploads/parts.py), without servers."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     # admin token for workspace dev, so only the dev stack sets it (refused with a JWKS URL).
     console: bool = False
     console_dev_token: bool = False
-    # Quotas and lifetimes (parts.py, quotas.py). Part URLs: 15 minutes, at most an hour.
+    # Quotas and lifetimes (uploads/parts.py, uploads/quotas.py). Part URLs: 15 minutes, at most an hour.
     part_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 15 * 60
     # Per workspace, counted in PostgreSQL across replicas: open sessions and their declared bytes.
     max_open_uploads_per_workspace: Annotated[int, msgspec.Meta(ge=1)] = 5000

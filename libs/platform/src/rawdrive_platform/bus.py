@@ -87,8 +87,14 @@ EventHandler = Callable[[CloudEvent[Any]], Awaitable[None]]
 ExhaustedHandler = Callable[[CloudEvent[Any], BaseException], Awaitable[None]]
 
 
+def server_urls(url: str) -> list[str]:
+    """`RAWDRIVE_NATS_URL` as nats-py's server list: one URL, or a cluster's, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, *, name: str) -> NATS:
-    """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile."""
+    """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile.
+    With several servers (comma-separated) a lost one is replaced by the next that answers."""
     client: NATS | None = None
 
     async def on_disconnect() -> None:
@@ -103,7 +109,7 @@ async def connect(url: str, *, name: str) -> NATS:
         log.warning("nats error: %s", exc)
 
     client = await nats.connect(
-        servers=[url],
+        servers=server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -161,7 +161,8 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
 
     validators = _validators()
     seen = AssetEvents()
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name=f"outside-{workspace}")
+    servers = [url.strip() for url in nats_url.split(",")]  # a cluster's URLs, comma-separated
+    nc = await nats.connect(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name=f"outside-{workspace}")
     js = nc.jetstream()
     durable = f"outside-{workspace}"
     config = ConsumerConfig(

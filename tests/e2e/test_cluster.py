@@ -291,14 +291,15 @@ async def dead_letters_of(nats_url: str, workspace: str) -> list:
 @dataclass
 class FaultReport:
     name: str
-    recovery_s: float | None = None
+    recovery_s: float | None = None  # fault to the next asset.created stored in the stream
+    seen_after_s: float | None = None  # fault to the next asset.created the outside consumer got
     retries: int = 0
     resumed_elsewhere: int = 0
     proxy_cuts: int = 0
 
 
 async def run_phase(clients, counters: Counters, name: str, count: int, first_n: int, inject,
-                    events, *, kinds=SMALL_KINDS, tus_route: tuple[str, str] | None = None,
+                    events, js, *, kinds=SMALL_KINDS, tus_route: tuple[str, str] | None = None,
                     from_start: bool = False) -> tuple[list[str], FaultReport]:
     """`count` uploads (`WORKERS` at a time, tus and multipart alternating); `inject` fires once a
     third of them are committed (at once with `from_start`) and returns when its fault took
@@ -322,22 +323,35 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
                 counters.errors.append(f"{name} upload {n} ({protocol}): {exc!r}")
             progress.set()
 
-    async def fault() -> None:
+    async def fault(fault: dict[str, float]) -> None:
         while not from_start and len(committed) < max(count // 3, 1):
             progress.clear()
             await progress.wait()
-        started = time.monotonic()
-        started = await inject() or started
+        last_seq = (await js.stream_info("RAWDRIVE_ASSETS")).state.last_seq
         seen_before = len(events.ids(CREATED))
-        await events.wait(lambda: len(events.ids(CREATED)) > seen_before, timeout_s=UPLOAD_TIMEOUT_S)
-        report.recovery_s = time.monotonic() - started
+        started = time.time()
+        started = await inject() or started
+        try:
+            await events.wait(lambda: len(events.ids(CREATED)) > seen_before, timeout_s=UPLOAD_TIMEOUT_S)
+        except TimeoutError:
+            raise AssertionError(f"{name}: no asset.created within {UPLOAD_TIMEOUT_S:.0f} s of the fault") from None
+        report.seen_after_s = time.time() - started
+        fault["at"], fault["last_seq"] = started, last_seq
 
-    injector = asyncio.create_task(fault())
+    fault_at: dict[str, float] = {}
+    injector = asyncio.create_task(fault(fault_at))
     try:
         await asyncio.gather(*(worker(i) for i in range(WORKERS)))
         await asyncio.wait_for(injector, timeout=UPLOAD_TIMEOUT_S)
     finally:
         injector.cancel()
+    # "Recovered" is when the pipeline published again: the stream's own time of the first
+    # asset.created stored after the fault (the outside consumer may get it later: a pull
+    # request lost in a partition leaves its messages waiting out the consumer's ack wait).
+    after = sorted(seq for (kind, _), seqs in events.stream_seqs.items() if kind == CREATED
+                   for seq in seqs if seq > fault_at["last_seq"])
+    stored = await js.get_msg("RAWDRIVE_ASSETS", after[0])
+    report.recovery_s = stored.time.timestamp() - fault_at["at"]
     report.retries = counters.retries - retries_before
     report.resumed_elsewhere = counters.resumed_elsewhere - resumed_before
     return committed, report
@@ -381,13 +395,10 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
     async for pipeline, _ in pipeline_opener(cluster_env, tmp_path, replicas=2):
         # Replicas 3 everywhere: every stream and the profiles KV bucket.
         nc = await bus.connect(nats.url, name="e2e-cluster-check")
-        try:
-            js = nc.jetstream()
-            for stream in ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles"):
-                info = await js.stream_info(stream)
-                assert info.config.num_replicas == 3, (stream, info.config.num_replicas)
-        finally:
-            await nc.close()
+        js = nc.jetstream()
+        for stream in ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles"):
+            info = await js.stream_info(stream)
+            assert info.config.num_replicas == 3, (stream, info.config.num_replicas)
 
         gateways = [f"http://127.0.0.1:{g.port}" for g in pipeline.services["upload_gateway"]]
         link = FaultProxy(upstream_port=pipeline.services["upload_gateway"][0].port)
@@ -422,7 +433,7 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                 link.set_faults(SLOW_LINK)
                 while not link.stats.cuts:
                     await asyncio.sleep(0.05)
-                return time.monotonic()
+                return time.time()
 
             async def database_failover() -> None:
                 await asyncio.to_thread(cluster_servers.postgres.fail_over)
@@ -439,7 +450,7 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
             try:
                 for index, (name, inject, options) in enumerate(phases):
                     committed, report = await run_phase(clients, counters, name, per_phase, index * per_phase,
-                                                        inject, pipeline.events, **options)
+                                                        inject, pipeline.events, js, **options)
                     assert not counters.errors, counters.errors[:3]
                     await restart_killed()
                     if name.startswith("slow"):
@@ -452,9 +463,11 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                         assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"
             finally:
                 link.stop()
+                await nc.close()
 
     assert len(all_committed) == per_phase * len(phases)
-    lines = [f"  {r.name}: recovered in {r.recovery_s:.1f} s, {r.retries} client retries"
+    lines = [f"  {r.name}: published again after {r.recovery_s:.1f} s (seen by the outside consumer after "
+             f"{r.seen_after_s:.1f} s), {r.retries} client retries"
              + (f", {r.proxy_cuts} connections cut, {r.resumed_elsewhere} resumed on the other gateway"
                 if r.proxy_cuts else "") for r in reports]
     print(f"\n{len(all_committed)} uploads ({WORKERS} in flight) through 5 faults in "

@@ -109,7 +109,11 @@ def make_file(kinds: tuple[Kind, ...], n: int) -> tuple[str, str, bytes]:
 
 
 class Retry(Exception):
-    """A transient answer (5xx, 409 on a moved offset, still verifying): try again."""
+    """A transient answer (5xx, 409 on a moved offset): try again, and count it."""
+
+
+class Pending(Exception):
+    """Not a failure (the commit is still being verified): ask again, without counting a retry."""
 
 
 RETRYABLE = (Retry, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
@@ -133,10 +137,11 @@ class ClusterClient:
         while True:
             try:
                 return await step()
-            except RETRYABLE:
+            except (Pending, *RETRYABLE) as exc:
                 if time.monotonic() > deadline:
                     raise
-                self.counters.retries += 1
+                if not isinstance(exc, Pending):
+                    self.counters.retries += 1
                 await asyncio.sleep(0.5)
 
     async def upload(self, n: int, protocol: str, kinds: tuple[Kind, ...],
@@ -175,7 +180,7 @@ class ClusterClient:
                 state = (await response.json())["state"]
             assert state in ("verifying", "committed"), f"{name}: {state}"
             if state != "committed":
-                raise Retry("still verifying")
+                raise Pending(state)
             return session["asset_id"]
 
         return await self.patiently(commit, deadline)

@@ -79,6 +79,37 @@ async def test_a_file_sent_in_one_patch_becomes_the_object_at_its_key(gateway, h
     assert session.progress == [5 * MiB, 10 * MiB, len(data)] and session.completions == 1
 
 
+async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_comes_again(gateway, http, storage):
+    """A database failover can lose the row's update after S3 completed the object (that commit
+    was never acknowledged). The client, answered with an error, sends the body again from the
+    offset the row still has; the multipart upload is gone, the object is whole: it is recorded
+    as complete instead of failing on every retry (found by tests/e2e/test_cluster.py)."""
+    import asyncpg
+
+    data = os.urandom(2 * MiB + 7)  # one part: completing it is the first write to the row
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data)).status == 204
+    conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
+    try:
+        await conn.execute(
+            """UPDATE tus_uploads SET upload_offset = 0, part_etags = '{}', completed_at = NULL
+               WHERE upload_id = $1""", session.target.upload_id,
+        )
+    finally:
+        await conn.close()
+    assert await offset_of(http, url) == 0
+
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert await offset_of(http, url) == len(data)
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress[-1] == len(data)
+    assert session.completions >= 2  # told again after the lost update (and on each later HEAD)
+
+
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
     data = os.urandom(6 * MiB + 5)
     session = gateway.session(len(data))

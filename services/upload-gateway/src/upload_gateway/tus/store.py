@@ -141,7 +141,13 @@ class TusStore:
                     raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
                 read, declared = _memory_reader(body), len(body)
             if row.multipart_id is not None and row.offset < row.length:
-                await self._stream(conn, target, row, read, declared)
+                try:
+                    await self._stream(conn, target, row, read, declared)
+                except ObjectMissing:
+                    # The multipart upload is gone: a previous attempt completed the object, then
+                    # lost the row's update (a database failover under it). Record the
+                    # completion if the object is whole; otherwise this raises again.
+                    await self._finish(conn, target, row, list(row.part_etags))
             record = await conn.fetchrow(
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )

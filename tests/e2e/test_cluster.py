@@ -2,8 +2,8 @@
 KV bucket at replicas 3, PostgreSQL with a synchronous hot standby, two replicas of every
 service, each given every NATS URL and a multi-host DSN (`cluster_servers`, devstack/cluster.py).
 
-Five phases, one fault each, in this order: kill -9 the JetStream meta leader (restarted once
-the pipeline moves again), kill -9 the RAWDRIVE_UPLOADS stream leader (likewise), cut one NATS
+Five phases, one fault each, in this order: kill -9 the JetStream meta leader (restarted when
+its phase's uploads are done), kill -9 the RAWDRIVE_UPLOADS stream leader (likewise), cut one NATS
 node's routes (healed after PARTITION_S), a slow and lossy client link (tus through a fault proxy
 with latency, a bandwidth cap and a cut mid-PATCH; the upload then resumes on the other gateway
 replica), and promoting the standby while killing the old primary. Each phase runs its share of
@@ -414,16 +414,16 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
             clients = [ClusterClient(http, pipeline.workspace, gateways, counters),
                        ClusterClient(http, pipeline.workspace, gateways[::-1], counters)]
 
-            async def kill_then_restart(node_of) -> None:
+            killed: list = []  # NATS nodes to bring back once their phase's uploads are done
+
+            async def kill_for_the_phase(node_of) -> None:
                 node = node_of()
                 kill(node)
-                restart_when_moving.append(node)
-
-            restart_when_moving: list = []
+                killed.append(node)
 
             async def restart_killed() -> None:
-                while restart_when_moving:
-                    node = restart_when_moving.pop()
+                while killed:
+                    node = killed.pop()
                     await asyncio.to_thread(node.start)
                     await asyncio.to_thread(nats.wait_healthy, 120)
 
@@ -444,9 +444,9 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                 await asyncio.to_thread(cluster_servers.postgres.fail_over)
 
             phases = [
-                ("kill -9 meta leader", lambda: kill_then_restart(nats.meta_leader), {}),
+                ("kill -9 meta leader", lambda: kill_for_the_phase(nats.meta_leader), {}),
                 ("kill -9 RAWDRIVE_UPLOADS leader",
-                 lambda: kill_then_restart(lambda: nats.stream_leader("RAWDRIVE_UPLOADS")), {}),
+                 lambda: kill_for_the_phase(lambda: nats.stream_leader("RAWDRIVE_UPLOADS")), {}),
                 ("partition one NATS node", partition, {}),
                 # The proxy fronts gateway 0; a cut upload resumes on gateway 1.
                 ("slow, lossy tus link", slow_link, {"kinds": LARGE_KINDS, "tus_route": (link.url_base, gateways[1]), "from_start": True}),

@@ -275,10 +275,6 @@ class PostgresPair:
         return f"postgresql://{PostgresServer.superuser}@{hosts}/{database or self.primary.database}" \
                "?target_session_attrs=read-write"
 
-    @property
-    def url(self) -> str:
-        return self.dsn()
-
     def start(self) -> None:
         self.primary.start()
         self.standby.start()

@@ -356,7 +356,8 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
     after = sorted(seq for (kind, _), seqs in events.stream_seqs.items() if kind == CREATED
                    for seq in seqs if seq > fault_at["last_seq"])
     stored = await js.get_msg("RAWDRIVE_ASSETS", after[0])
-    report.recovery_s = stored.time.timestamp() - fault_at["at"]
+    # At least 0: a message the stream stored in the same instant can carry a stamp a hair earlier.
+    report.recovery_s = max(stored.time.timestamp() - fault_at["at"], 0.0)
     report.retries = counters.retries - retries_before
     report.resumed_elsewhere = counters.resumed_elsewhere - resumed_before
     return committed, report

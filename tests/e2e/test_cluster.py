@@ -31,6 +31,7 @@ import time
 import urllib.parse
 import uuid
 import zlib
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,78 +399,82 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
     all_committed: list[str] = []
     started = time.monotonic()
 
-    async for pipeline, _ in pipeline_opener(cluster_env, tmp_path, replicas=2):
-        # Replicas 3 everywhere: every stream and the profiles KV bucket.
-        nc = await bus.connect(nats.url, name="e2e-cluster-check")
-        js = nc.jetstream()
-        for stream in ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles"):
-            info = await js.stream_info(stream)
-            assert info.config.num_replicas == 3, (stream, info.config.num_replicas)
+    # aclosing: a failed assertion must still stop the services (the generator's finally).
+    async with aclosing(pipeline_opener(cluster_env, tmp_path, replicas=2)) as opened:
+        async for pipeline, _ in opened:
+            # Replicas 3 everywhere: every stream and the profiles KV bucket.
+            nc = await bus.connect(nats.url, name="e2e-cluster-check")
+            js = nc.jetstream()
+            replicated = ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles")
+            for stream in replicated:
+                info = await js.stream_info(stream)
+                assert info.config.num_replicas == 3, (stream, info.config.num_replicas)
 
-        gateways = [f"http://127.0.0.1:{g.port}" for g in pipeline.services["upload_gateway"]]
-        link = FaultProxy(upstream_port=pipeline.services["upload_gateway"][0].port)
-        link.start()
-        headers = {"Authorization": f"Bearer {pipeline.token}"}
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-            clients = [ClusterClient(http, pipeline.workspace, gateways, counters),
-                       ClusterClient(http, pipeline.workspace, gateways[::-1], counters)]
+            gateways = [f"http://127.0.0.1:{g.port}" for g in pipeline.services["upload_gateway"]]
+            link = FaultProxy(upstream_port=pipeline.services["upload_gateway"][0].port)
+            link.start()
+            headers = {"Authorization": f"Bearer {pipeline.token}"}
+            timeout = aiohttp.ClientTimeout(total=120)
+            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+                clients = [ClusterClient(http, pipeline.workspace, gateways, counters),
+                           ClusterClient(http, pipeline.workspace, gateways[::-1], counters)]
 
-            killed: list = []  # NATS nodes to bring back once their phase's uploads are done
+                killed: list = []  # NATS nodes to bring back once their phase's uploads are done
 
-            async def kill_for_the_phase(node_of) -> None:
-                node = node_of()
-                kill(node)
-                killed.append(node)
+                async def kill_for_the_phase(node_of) -> None:
+                    node = node_of()
+                    kill(node)
+                    killed.append(node)
 
-            async def restart_killed() -> None:
-                while killed:
-                    node = killed.pop()
-                    await asyncio.to_thread(node.start)
-                    await asyncio.to_thread(nats.wait_healthy, 120)
+                async def restart_killed() -> None:
+                    while killed:
+                        node = killed.pop()
+                        await asyncio.to_thread(node.start)
+                        await asyncio.to_thread(nats.wait_healthy, 120)
 
-            async def partition() -> None:
-                node = nats.nodes[1]
-                nats.partition(node)
-                await asyncio.sleep(PARTITION_S)
-                nats.heal(node)
+                async def partition() -> None:
+                    node = nats.nodes[1]
+                    nats.partition(node)
+                    await asyncio.sleep(PARTITION_S)
+                    nats.heal(node)
 
-            async def slow_link() -> float:
-                """On from the phase's start; the fault's moment is the first cut."""
-                link.set_faults(SLOW_LINK)
-                while not link.stats.cuts:
-                    await asyncio.sleep(0.05)
-                return time.time()
+                async def slow_link() -> float:
+                    """On from the phase's start; the fault's moment is the first cut."""
+                    link.set_faults(SLOW_LINK)
+                    while not link.stats.cuts:
+                        await asyncio.sleep(0.05)
+                    return time.time()
 
-            async def database_failover() -> None:
-                await asyncio.to_thread(cluster_servers.postgres.fail_over)
+                async def database_failover() -> None:
+                    await asyncio.to_thread(cluster_servers.postgres.fail_over)
 
-            phases = [
-                ("kill -9 meta leader", lambda: kill_for_the_phase(nats.meta_leader), {}),
-                ("kill -9 RAWDRIVE_UPLOADS leader",
-                 lambda: kill_for_the_phase(lambda: nats.stream_leader("RAWDRIVE_UPLOADS")), {}),
-                ("partition one NATS node", partition, {}),
-                # The proxy fronts gateway 0; a cut upload resumes on gateway 1.
-                ("slow, lossy tus link", slow_link, {"kinds": LARGE_KINDS, "tus_route": (link.url_base, gateways[1]), "from_start": True}),
-                ("postgres failover", database_failover, {}),
-            ]
-            try:
-                for index, (name, inject, options) in enumerate(phases):
-                    committed, report = await run_phase(clients, counters, name, per_phase, index * per_phase,
-                                                        inject, pipeline.events, js, **options)
-                    assert not counters.errors, counters.errors[:3]
-                    await restart_killed()
-                    if name.startswith("slow"):
-                        report.proxy_cuts = link.stats.cuts
-                        link.set_faults(Faults())
-                    all_committed += committed
-                    await check_phase(pipeline, cluster_env, nats.url, name, committed, all_committed)
-                    reports.append(report)
-                    for service in (s for replicas in pipeline.services.values() for s in replicas):
-                        assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"
-            finally:
-                link.stop()
-                await nc.close()
+                phases = [
+                    ("kill -9 meta leader", lambda: kill_for_the_phase(nats.meta_leader), {}),
+                    ("kill -9 RAWDRIVE_UPLOADS leader",
+                     lambda: kill_for_the_phase(lambda: nats.stream_leader("RAWDRIVE_UPLOADS")), {}),
+                    ("partition one NATS node", partition, {}),
+                    # The proxy fronts gateway 0; a cut upload resumes on gateway 1.
+                    ("slow, lossy tus link", slow_link,
+                     {"kinds": LARGE_KINDS, "tus_route": (link.url_base, gateways[1]), "from_start": True}),
+                    ("postgres failover", database_failover, {}),
+                ]
+                try:
+                    for index, (name, inject, options) in enumerate(phases):
+                        committed, report = await run_phase(clients, counters, name, per_phase, index * per_phase,
+                                                            inject, pipeline.events, js, **options)
+                        assert not counters.errors, counters.errors[:3]
+                        await restart_killed()
+                        if name.startswith("slow"):
+                            report.proxy_cuts = link.stats.cuts
+                            link.set_faults(Faults())
+                        all_committed += committed
+                        await check_phase(pipeline, cluster_env, nats.url, name, committed, all_committed)
+                        reports.append(report)
+                        for service in (s for replicas in pipeline.services.values() for s in replicas):
+                            assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"
+                finally:
+                    link.stop()
+                    await nc.close()
 
     assert len(all_committed) == per_phase * len(phases)
     lines = [f"  {r.name}: published again after {r.recovery_s:.1f} s (seen by the outside consumer after "

@@ -183,7 +183,12 @@ class FaultProxy:
         self._connections.discard(connection)
 
     async def _pump(
-        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream_bound: bool
+        self,
+        connection: _Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        upstream_bound: bool,
     ) -> None:
         """Copy one direction, each chunk held for the latency and paced to the bandwidth. Chunks
         are timed on arrival, so latency delays the stream rather than dividing its throughput."""

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from rawdrive_platform.testing import node_for
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -29,8 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The session's NATS identities (rawdrive_platform.testing.NatsIdentities), set by the autouse
+# fixture below; None when this file is loaded outside pytest (bench/), whose NATS has no users.
+NATS_IDENTITIES = None
+
+
+def nats_user_of(module: str) -> str:
+    """The busauth identity a service runs as: its package name with dashes."""
+    return module.replace("_", "-")
+
+
 class ServiceProcess:
-    """One service (`python -m <module>`) with its own health port and log file."""
+    """One service (`python -m <module>`) with its own health port and log file, connecting to
+    NATS as its own identity, with exactly the permissions it has in production."""
 
     def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
         self.module = module
@@ -39,7 +51,8 @@ class ServiceProcess:
             own = {"RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
         else:
             own = {"RAWDRIVE_HEALTH_PORT": str(self.port)}
-        self.env = {**env, **own}
+        identity = NATS_IDENTITIES.env(nats_user_of(module)) if NATS_IDENTITIES is not None else {}
+        self.env = {**env, **identity, **own}
         self.log_path = log_dir / f"{module}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -75,11 +88,20 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _services_have_their_own_nats_identity(nats_identities):
+    global NATS_IDENTITIES
+    NATS_IDENTITIES = nats_identities
+    yield
+    NATS_IDENTITIES = None
+
+
 @pytest.fixture
-def service_env(nats_url, fresh_database_url, s3_server) -> dict[str, str]:
+def service_env(nats_identities, fresh_database_url, s3_server) -> dict[str, str]:
+    """What every service gets; ServiceProcess adds the NATS identity of the one it starts."""
     return {
         **os.environ,
-        "RAWDRIVE_NATS_URL": nats_url,
+        "RAWDRIVE_NATS_URL": nats_identities.url,
         "RAWDRIVE_DATABASE_URL": fresh_database_url,
         "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
         "RAWDRIVE_S3_REGION": s3_server.region,
@@ -318,11 +340,7 @@ class Client:
         await asyncio.to_thread(upload)
 
     async def send_tus_js(self, session: dict, body: bytes, tmp: Path) -> None:
-        node = shutil.which("node")
-        assert node, "Node.js is needed to run tus-js-client"
-        if not (TUS_JS / "node_modules" / "tus-js-client").is_dir():
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=TUS_JS, check=True,
-                           capture_output=True, timeout=300)
+        node = node_for(TUS_JS)
         path = tmp / f"tusjs-{uuid.uuid4().hex}"
         path.write_bytes(body)
         process = await asyncio.create_subprocess_exec(
@@ -395,7 +413,7 @@ def _with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def module_service_env(nats_url, database_url, s3_server) -> Iterator[dict[str, str]]:
+def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dict[str, str]]:
     """Like service_env, but for a whole module: its own database and its own bucket, so the
     janitor's sweeps see only this module's objects."""
     from rawdrive_platform.devstack.servers import create_database, drop_database, s3_client
@@ -408,7 +426,7 @@ def module_service_env(nats_url, database_url, s3_server) -> Iterator[dict[str, 
     try:
         yield {
             **os.environ,
-            "RAWDRIVE_NATS_URL": nats_url,
+            "RAWDRIVE_NATS_URL": nats_identities.url,
             "RAWDRIVE_DATABASE_URL": _with_database(database_url, name),
             "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
             "RAWDRIVE_S3_REGION": s3_server.region,
@@ -434,7 +452,9 @@ async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1):
         for _ in range(replicas):
             for module in SERVICES:
                 pipeline.start(module)
-        pipeline.events = await consume_asset_events(env["RAWDRIVE_NATS_URL"], workspace, stop)
+        # Another team's consumer: its identity is theirs to define, so the test's superuser here.
+        outside_url = NATS_IDENTITIES.superuser_url if NATS_IDENTITIES is not None else env["RAWDRIVE_NATS_URL"]
+        pipeline.events = await consume_asset_events(outside_url, workspace, stop)
         headers = {"Authorization": f"Bearer {pipeline.token}"}
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(pipeline.base_url, headers=headers, timeout=timeout) as http:

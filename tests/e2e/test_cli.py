@@ -28,8 +28,13 @@ MIB = 1024 * 1024
 MIXED = ("exiftool_GPS.jpg", "png_rgba_alpha.png", "heic_generated.heic", "mei_with-gps.mp4")
 
 
+# NATS as the operator: the provisioning identity, which the dev stack's .data/env gives the CLI.
+OPERATOR_NATS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
-async def world(module_service_env, tmp_path_factory, pipeline_opener):
+async def world(module_service_env, tmp_path_factory, pipeline_opener, nats_identities):
+    OPERATOR_NATS.update(nats_identities.env("provision"))
     async for pipeline, client in pipeline_opener(module_service_env, tmp_path_factory.mktemp("cli")):
         yield pipeline, client
 
@@ -42,8 +47,8 @@ def cli_env(pipeline, home: Path, **overrides: str) -> dict[str, str]:
         "RAWDRIVE_PUBLIC_URL": pipeline.base_url,
         "RAWDRIVE_TOKEN": pipeline.token,
         "RAWDRIVE_WORKSPACE": pipeline.workspace,
-        "RAWDRIVE_NATS_URL": pipeline.env["RAWDRIVE_NATS_URL"],
         "RAWDRIVE_STATE_FILE": str(home / "state.json"),
+        **OPERATOR_NATS,
     })
     env.update(overrides)
     return env

@@ -1,6 +1,7 @@
 """The deploy check must fail on what it exists to catch: patched copies of the real overlays
-(privileged, root, no limits, latest tag, buffering ingress, schema errors), a Dockerfile
-hadolint rejects, a lock that misses a dependency."""
+(privileged, root, no limits, latest tag, buffering ingress, schema errors, replicas under an
+autoscaler, a short grace, network rules beyond the README's, custom resources against their CRD
+schemas, broken alert rules), a Dockerfile hadolint rejects, a lock that misses a dependency."""
 
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ def test_a_host_namespace_no_probes_and_short_grace_fail(k8s, capsys):
     out = capsys.readouterr().out
     assert "FAIL prod: Deployment/media-processor: hostNetwork is true" in out
     assert "FAIL prod: Deployment/media-processor container app: no livenessProbe" in out
-    # Its ConfigMap gives it 150 s to finish a decode after SIGTERM.
-    assert "terminationGracePeriodSeconds 30 <= RAWDRIVE_STOP_TIMEOUT_S 150" in out
+    # Its ConfigMap gives it 150 s to finish a decode after SIGTERM, then the NATS drain.
+    assert ("terminationGracePeriodSeconds 30 < 185 the stop takes (150 RAWDRIVE_STOP_TIMEOUT_S (workers) + "
+            "5 cancelled workers' unwind + 30 NATS drain)") in out
 
 
 def test_a_stop_timeout_raised_past_the_grace_period_or_not_a_number_fails(k8s, capsys):
@@ -97,9 +99,196 @@ def test_a_stop_timeout_raised_past_the_grace_period_or_not_a_number_fails(k8s, 
 
     assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL prod: Deployment/commit-verifier: terminationGracePeriodSeconds 120 <= RAWDRIVE_STOP_TIMEOUT_S 200" in out
-    assert "FAIL prod: Deployment/media-processor: RAWDRIVE_STOP_TIMEOUT_S is not a number of seconds" in out
+    assert "FAIL prod: Deployment/commit-verifier: terminationGracePeriodSeconds 120 < 235 the stop takes" in out
+    assert "FAIL prod: Deployment/media-processor: RAWDRIVE_STOP_TIMEOUT_S or the preStop sleep is not a number" in out
     assert "Deployment/janitor" not in out
+
+
+def test_a_grace_that_forgets_the_nats_drain_or_the_api_requests_fails(k8s, capsys):
+    # 140 s covered the old rule (grace > stop timeout) but not preStop + workers + requests + drain.
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/template/spec/terminationGracePeriodSeconds
+          value: 140
+        """, "{kind: Deployment, name: upload-gateway}", ("""
+        - op: replace
+          path: /spec/template/spec/terminationGracePeriodSeconds
+          value: 70
+        """, "{kind: Deployment, name: janitor}"))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ("FAIL prod: Deployment/upload-gateway: terminationGracePeriodSeconds 140 < 165 the stop takes (10 preStop + "
+            "60 RAWDRIVE_STOP_TIMEOUT_S (workers) + 60 in-flight API requests + 5 cancelled workers' unwind + "
+            "30 NATS drain)") in out
+    assert "FAIL prod: Deployment/janitor: terminationGracePeriodSeconds 70 < 95 the stop takes" in out
+
+
+def test_replicas_under_an_autoscaler_a_scaledobject_without_fallback_and_a_foreign_namespace_fail(k8s, capsys):
+    add_patch(k8s, """
+        - op: add
+          path: /spec/replicas
+          value: 3
+        """, "{kind: Deployment, name: media-processor}", ("""
+        - op: remove
+          path: /spec/fallback
+        """, "{kind: ScaledObject, name: commit-verifier}"), ("""
+        - op: replace
+          path: /spec/triggers/0/metadata/query
+          value: sum(rawdrive_gateway_uploads_in_flight{namespace="rawdrive-dev"})
+        """, "{kind: ScaledObject, name: upload-gateway}"))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: Deployment/media-processor: sets replicas although ScaledObject/media-processor owns the count" in out
+    assert "FAIL prod: ScaledObject/commit-verifier: no fallback" in out
+    assert 'FAIL prod: ScaledObject/upload-gateway: prometheus trigger query does not filter on namespace="rawdrive"' in out
+    assert "FAIL dev:" not in out
+
+
+def test_a_production_image_by_tag_fails(k8s, capsys):
+    kustomization = k8s / "overlays/prod/kustomization.yaml"
+    text = kustomization.read_text()
+    start = text.index("  - name: rawdrive/janitor")
+    end = text.index("\n", text.index("digest:", start))
+    kustomization.write_text(text[:start] + '  - name: rawdrive/janitor\n    newName: registry.example.com/rawdrive/janitor\n'
+                             '    newTag: "0.1.0"' + text[end:])
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ("FAIL prod: Deployment/janitor container app: image 'registry.example.com/rawdrive/janitor:0.1.0' "
+            "is not pinned by digest") in out
+    assert "Deployment/upload-gateway container app: image" not in out  # still by digest
+
+
+def test_custom_resources_are_checked_against_their_crd_schemas(k8s, capsys):
+    add_patch(k8s, """
+        - op: add
+          path: /spec/fallback/replica
+          value: 2
+        """, "{kind: ScaledObject, name: media-processor}", ("""
+        - op: replace
+          path: /spec/instances
+          value: three
+        """, "{kind: Cluster, name: rawdrive-pg}"))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert any("FAIL prod: ScaledObject/media-processor: CRD schema keda.sh/scaledobject_v1alpha1.json: spec/fallback:" in line
+               and "'replica'" in line for line in out.splitlines())
+    assert any("FAIL prod: Cluster/rawdrive-pg: CRD schema postgresql.cnpg.io/cluster_v1.json: spec/instances:" in line
+               for line in out.splitlines())
+
+
+def test_network_policies_beyond_or_short_of_the_readme_fail(k8s, capsys):
+    add_patch(k8s, """
+        - op: add
+          path: /spec/egress/-
+          value: {ports: [{protocol: TCP, port: 22}]}
+        """, "{kind: NetworkPolicy, name: rawdrive-egress-https}", ("""
+        - op: replace
+          path: /spec/ingress/0/ports/0/port
+          value: 9090
+        """, "{kind: NetworkPolicy, name: upload-gateway-from-ingress}"), ("""
+        - op: replace
+          path: /spec/policyTypes
+          value: [Ingress]
+        """, "{kind: NetworkPolicy, name: rawdrive-default-deny}"))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ("FAIL prod: NetworkPolicy/rawdrive-egress-https: allows app.kubernetes.io/part-of=rawdrive: egress to any "
+            "address on TCP/22, which the README does not promise") in out
+    assert "FAIL prod: NetworkPolicies: the README promises ingress-nginx to the gateway, but nothing allows" in out
+    assert "ingress from namespace kubernetes.io/metadata.name=ingress-nginx pods app.kubernetes.io/name=ingress-nginx on TCP/9090" in out
+    assert "FAIL prod: NetworkPolicies: the README promises default deny, but nothing allows" in out
+    assert "FAIL dev: NetworkPolicies" not in out
+
+
+def test_an_egress_rule_without_ports_or_to_a_private_range_fails():
+    policy = {"kind": "NetworkPolicy", "metadata": {"name": "wide"}, "spec": {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "rawdrive"}}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                   {"to": [{"namespaceSelector": {}}]}]}}
+    findings = deploy_check.network_findings([policy])
+    assert ("NetworkPolicy/wide: allows app.kubernetes.io/part-of=rawdrive: egress to ipBlock 0.0.0.0/0 on TCP/443, "
+            "which the README does not promise") in findings
+    assert ("NetworkPolicy/wide: allows app.kubernetes.io/part-of=rawdrive: egress to namespace * on every port, "
+            "which the README does not promise") in findings
+
+
+def test_a_nats_value_the_chart_does_not_have_fails(k8s, capsys):
+    values = k8s / "nats/values.yaml"
+    values.write_text(values.read_text().replace("  jetstream:\n", "  jetstrem:\n", 1)
+                      + "container:\n  env:\n    ANYTHING: goes\n")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL nats/values.yaml: config.jetstrem is not a value of the NATS chart" in out
+    assert "ANYTHING" not in out  # env is free-form
+
+
+def test_an_alert_rule_promtool_rejects_or_whose_unit_test_fails_is_reported(k8s, capsys):
+    rules = k8s / "components/monitoring/alerts.yaml"
+    text = rules.read_text()
+    # A syntax error in one rule, and the dead-letter alert waiting longer than its test expects.
+    text = text.replace("expr: max by (namespace, pod) (rawdrive_outbox_oldest_row_age_seconds) > 300",
+                        "expr: max by (namespace, pod) (rawdrive_outbox_oldest_row_age_seconds > 300")
+    rules.write_text(text.replace("for: 5m", "for: 30m", 1))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: promtool check rules:" in out
+    assert "FAIL prod: promtool test rules:" in out
+
+
+def test_an_alert_test_expecting_what_the_rule_does_not_do_fails(k8s, capsys):
+    rules = k8s / "components/monitoring/alerts.yaml"
+    rules.write_text(rules.read_text().replace("for: 5m", "for: 30m", 1))
+    findings, groups = deploy_check.promtool_findings(deploy_check.render(k8s / "overlays/prod"),
+                                                      tests=deploy_check.ALERT_TESTS)
+    assert groups == 2
+    assert any("RawdriveDeadLetters" in f for f in findings), findings
+
+
+def test_a_scaledobject_whose_limit_the_lag_alert_does_not_follow_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/maxReplicaCount
+          value: 12
+        """, "{kind: ScaledObject, name: commit-verifier}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ('FAIL prod: ScaledObject/commit-verifier: no RawdriveConsumerLagAtScaleLimit rule fires at its limit '
+            '(an expr with `consumer="commit-verifier"}) > 8 * 12`)') in out
+    assert "ScaledObject/media-processor: no" not in out
+
+
+def test_an_httproute_routing_everything_or_cutting_uploads_sooner_than_the_ingress_fails(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/rules/0/matches/0/path/value
+          value: /
+        - op: replace
+          path: /spec/rules/0/timeouts/request
+          value: 15s
+        - op: remove
+          path: /spec/rules/0/timeouts/backendRequest
+        """, "{kind: HTTPRoute, name: upload-gateway}")
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: HTTPRoute/upload-gateway: routes PathPrefix '/', beyond the public API" in out
+    assert "FAIL prod: HTTPRoute/upload-gateway: rule 0 timeouts.request is '15s', not the Ingress's proxy-read-timeout (3600s)" in out
+    assert "FAIL prod: HTTPRoute/upload-gateway: rule 0 timeouts.backendRequest is None" in out
+
+
+def test_gateway_api_durations_are_read_as_the_spec_writes_them():
+    assert deploy_check._seconds("3600s") == deploy_check._seconds("1h") == deploy_check._seconds("59m60s") == 3600
+    assert deploy_check._seconds("500ms") == 0.5
+    with pytest.raises(ValueError):
+        deploy_check._seconds("1 hour")
 
 
 def test_an_ingress_that_buffers_uploads_fails(k8s, capsys):
@@ -174,3 +363,25 @@ def test_a_lock_missing_a_dependency_or_outside_its_range_fails(tmp_path):
     assert "services/demo/requirements.lock: msgspec (from libs/contracts) is locked at 0.18.0, outside >=0.19" in findings
     assert "services/demo/requirements.lock: nats-py has no --hash" in findings
     assert "services/demo/requirements.lock: wand (from services/demo) is not locked; rerun deploy/k8s/images/lock.py" in findings
+
+
+def test_nats_values_that_drift_from_the_busauth_table_fail(k8s, capsys):
+    values = k8s / "nats/values.yaml"
+    # A hand-widened permission: the processor may now forge verdicts.
+    values.write_text(values.read_text().replace("- rawdrive.asset.created.*", "- rawdrive.asset.created.*\n            - rawdrive.upload.verified.*", 1))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    assert "values.yaml: config.merge.authorization differs from rawdrive_platform.busauth" in capsys.readouterr().out
+
+
+def test_a_service_connecting_as_another_identity_or_anonymously_fails(k8s, capsys):
+    processor, janitor = k8s / "base/media-processor.yaml", k8s / "base/janitor.yaml"
+    user = "            - name: RAWDRIVE_NATS_USER\n              value: {}\n"
+    processor.write_text(processor.read_text().replace(user.format("media-processor"), user.format("provision")))
+    janitor.write_text(janitor.read_text().replace(user.format("janitor"), ""))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert ("Deployment/media-processor container app: RAWDRIVE_NATS_PASSWORD is not key 'provision' "
+            "of Secret rawdrive-nats") in out
+    assert "Deployment/janitor container app: no RAWDRIVE_NATS_USER" in out

@@ -1,5 +1,6 @@
 """The real-server runners and the dev stack command, against real servers (no mocks)."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,6 +18,8 @@ import nats
 import psutil
 import pytest
 
+from rawdrive_platform import bus
+from rawdrive_platform.config import NatsSettings, load_settings
 from rawdrive_platform.devstack.servers import (
     NatsServer,
     PostgresServer,
@@ -139,7 +142,9 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
         assert env["RAWDRIVE_NATS_URL"] == f"nats://127.0.0.1:{ports['--nats-port']}"
         assert env["RAWDRIVE_S3_ENDPOINT"] == f"http://127.0.0.1:{ports['--s3-port']}"
         assert env["RAWDRIVE_JWT_SECRET"]
+        assert env["RAWDRIVE_CORS_ORIGINS"] == "http://localhost:*,http://127.0.0.1:*"  # front-end dev servers
         assert all(tcp_port_answers(port) for port in ports.values())
+        asyncio.run(_bus_refuses_strangers_and_serves_the_provisioning_identity(env))
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 0, log.read_text()
@@ -150,6 +155,18 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
         leftovers = kill_servers_using(data)
     assert leftovers == []
     assert not any(tcp_port_answers(port) for port in ports.values())
+
+
+async def _bus_refuses_strangers_and_serves_the_provisioning_identity(env: dict[str, str]) -> None:
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(env["RAWDRIVE_NATS_URL"], allow_reconnect=False, max_reconnect_attempts=0)
+    assert env["RAWDRIVE_NATS_USER"] == "provision"
+    client = await bus.connect(load_settings(NatsSettings, env), name="test-devstack")
+    try:
+        info = await client.jetstream().stream_info("RAWDRIVE_UPLOADS")  # provisioned before the services
+        assert info.config.name == "RAWDRIVE_UPLOADS"
+    finally:
+        await client.close()
 
 
 def kill_servers_using(data: Path) -> list[str]:

@@ -30,7 +30,7 @@ def byos(**overrides: object) -> StorageProfile:
         "profile_id": new_profile_ref("ws1"),
         "provider": "byos",
         "bucket": "customer-bucket",
-        "endpoint": "https://s3.example.com",
+        "endpoint": "https://s3.eu-west-1.amazonaws.com",
         "region": "eu-west-1",
         "key_prefix": "rawdrive/ws1/",
         "access_key_id": "AKIAABCDEFGHIJKLWXYZ",

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from rawdrive_platform.config import CommonSettings, Secret
+from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (
     ObjectMissing,
@@ -321,7 +322,9 @@ async def test_the_registry_keeps_one_storage_per_profile_and_reopens_on_rotatio
     async with StorageRegistry() as registry:
         first = await registry.get(profile_for(s3_server))
         assert await registry.get(profile_for(s3_server)) is first
-        other = await registry.get(profile_for(s3_server, profile_id="byos-1", provider="byos"))
+        other = await registry.get(profile_for(
+            s3_server, profile_id="byos-1", provider="byos", endpoint_policy=loopback_endpoint_policy(s3_server.endpoint)
+        ))
         assert other is not first
         rotated = await registry.get(profile_for(s3_server, access_key_id="rotated"))
         assert rotated is not first and rotated.profile.access_key_id == "rotated"

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from rawdrive_platform.config import Secret
+from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.storage import Storage, StorageProfile, StorageUnavailable
 
 MiB = 1024 * 1024
@@ -58,6 +59,7 @@ async def open_storage(port: int) -> Storage:
         StorageProfile(
             profile_id="stand-in", provider="byos", bucket="bucket", endpoint=f"http://127.0.0.1:{port}",
             region="us-east-1", access_key_id="id", secret_access_key=Secret("secret"),
+            endpoint_policy=loopback_endpoint_policy(f"http://127.0.0.1:{port}"),
         )
     )
 

@@ -30,6 +30,7 @@ from rawdrive_contracts import (
     AssetPurged,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     EventData,
     UploadAborted,
@@ -42,7 +43,7 @@ from rawdrive_contracts import (
 )
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection
+from rawdrive_platform.devstack.servers import S3Connection, loopback_endpoint_policy
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import StorageResolver
 from rawdrive_platform.storage import Storage, StorageProfile
@@ -60,7 +61,7 @@ def profile_for(connection: S3Connection, profile_id: str = "managed", key_prefi
         profile_id=profile_id, provider="r2" if profile_id == "managed" else "byos",
         endpoint=connection.endpoint, region=connection.region, bucket=connection.bucket,
         access_key_id=connection.access_key_id, secret_access_key=Secret(connection.secret_access_key),
-        key_prefix=key_prefix,
+        key_prefix=key_prefix, endpoint_policy=loopback_endpoint_policy(connection.endpoint),
     )
 
 
@@ -300,6 +301,37 @@ async def test_a_committed_session_is_left_to_the_verifier_even_past_its_expiry(
         report = await env.janitor().run_once(["expiry"])
     assert report is not None and report.sessions_expired == 0
     assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+
+
+async def test_a_refused_commit_keeps_the_bytes_and_the_session_expires_again_once_abandoned(env: Env):
+    session = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
+    commit = CommitRequested(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, library_id="lib1",
+        file_name=session.file_name, mime_type=session.mime_type, size_bytes=session.size_bytes,
+        resumable_protocol="s3_multipart", storage_profile_ref="managed", object_key=session.object_key,
+        requested_by="user1", attempts_left=2,
+    )
+    refused = CommitRefused(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, attempt=1,
+        attempts_left=2, reason="checksum_mismatch", storage_profile_ref="managed", object_key=session.object_key,
+    )
+    committed = "SELECT commit_requested_at IS NOT NULL FROM tracked_uploads WHERE upload_id = $1"
+    async with env.consuming():
+        await env.publish(session)
+        multipart_id = await env.partial_upload(session)
+        await env.publish(commit)
+        await wait_for(lambda: env.pool.fetchval(committed, session.upload_id))
+        await env.publish(refused)
+
+        async def reopened() -> bool:
+            return await env.pool.fetchval(committed, session.upload_id) is False
+
+        await wait_for(reopened)
+        assert (await env.tracked(session.upload_id))["closed_by"] is None  # a refusal deletes nothing
+        assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+        report = await env.janitor().run_once(["expiry"])
+    assert report is not None and report.sessions_expired == 1
+    assert await env.uploads_under(env.asset_prefix(session.asset_id)) == []
 
 
 # -- rejected and aborted uploads ---------------------------------------------------------------
@@ -629,3 +661,49 @@ async def test_a_deletion_seen_before_its_asset_purges_the_bucket_the_deletion_n
     report = await env.janitor(storage_for=storage_for).run_once(["expiry"])
     assert report is not None and report.assets_purged == 1
     assert asked == ["byos-ws1"] and env.storage.deleted.keys() >= set(objects)
+
+
+@contextlib.asynccontextmanager
+async def silent_endpoint() -> AsyncIterator[str]:
+    """A loopback 'S3 endpoint' that accepts connections and never answers (a hostile tenant's)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_silent_customer_endpoint_delays_only_its_own_tenant(env: Env):
+    async with silent_endpoint() as endpoint:
+        silent = await Storage.open(StorageProfile(
+            profile_id="byos-silent", provider="byos", endpoint=endpoint, region="us-east-1", bucket="b",
+            access_key_id="id", secret_access_key=Secret("secret"), endpoint_policy=loopback_endpoint_policy(endpoint),
+        ))
+        env.storages.append(silent)
+
+        async def storage_for(ref: str) -> Storage:
+            return silent if ref == "byos-silent" else env.storage
+
+        hostile = msgspec.structs.replace(env.session(uuid.uuid4().hex, expires_in=-timedelta(hours=1)), storage_profile_ref="byos-silent")
+        ordinary = env.session(uuid.uuid4().hex, expires_in=-timedelta(hours=1))
+        deps = Dependencies(env.pool, storage_for)
+        for session in (hostile, ordinary):
+            await dispatch(new_event(session, source="/test"), deps)
+        janitor = env.janitor(
+            storage_for=storage_for, item_deadline_s=1.0, sweep_deadline_s=1.0,
+            sweep_targets=_targets(SweepTarget(storage=silent, prefix=keys.workspace_prefix(env.workspace)),
+                                   SweepTarget(storage=env.storage, prefix=keys.workspace_prefix(env.workspace))),
+        )
+        # Only a guard against hanging the suite: without deadlines this run takes minutes.
+        report = await asyncio.wait_for(janitor.run_once(), 60)
+    assert report is not None
+    assert report.sessions_expired == 1 and report.errors == 3  # the silent expiry and its two sweeps
+    assert (await env.tracked(ordinary.upload_id))["closed_by"] is not None
+    assert (await env.tracked(hostile.upload_id))["closed_by"] is None  # still due: tried again next run

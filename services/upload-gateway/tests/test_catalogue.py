@@ -492,3 +492,15 @@ async def test_a_motion_photos_video_and_poster_get_links_like_the_other_variant
     assert (shown["motion"]["mime_type"], shown["motion"]["width"]) == ("video/mp4", 1440)
     assert urllib.parse.urlsplit(shown["motion"]["url"]).path.endswith("/derived/motion/video.mp4")
     assert shown["motion_poster"]["mime_type"] == "image/webp"
+async def test_a_failed_asset_shows_a_fixed_text_not_the_workers_detail(harness):
+    asset = str(uuid.uuid4())
+    key = f"workspaces/{harness.workspace}/assets/{asset}/original/secret-plans.pdf"
+    await harness.publish(harness.verified(asset))
+    await harness.publish(AssetProcessingFailed(
+        workspace_id=harness.workspace, asset_id=asset, upload_id="u", reason="decode_failed", object_key=key,
+        storage_profile_ref="managed",
+        detail=f"gs exited with 1: GPL Ghostscript 10.0: Unrecoverable error in /tmp/scratch/{key} %PDF-1.7 \x89PNG",
+    ))
+    await harness.until_status(asset, "failed")
+    shown = await (await harness.get(asset)).json()
+    assert shown["failure"] == {"reason": "decode_failed", "detail": "the file could not be decoded"}

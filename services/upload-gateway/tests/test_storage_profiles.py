@@ -3,6 +3,7 @@ managed SeaweedFS and a second SeaweedFS with its own credentials as the custome
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -21,7 +22,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from rawdrive_contracts import UploadSessionCreated, decode
 from rawdrive_platform import bus, db
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection, S3Server, s3_client
+from rawdrive_platform.devstack.servers import (
+    LOOPBACK_NETWORK,
+    S3Connection,
+    S3Server,
+    loopback_endpoint_policy,
+    s3_client,
+)
 from rawdrive_platform.profiles import (
     PROFILES_BUCKET,
     MasterKey,
@@ -40,6 +47,9 @@ from upload_gateway.uploads import Gateway
 SECRET = "profiles-secret-" + "x" * 24
 MIGRATIONS = files("upload_gateway") / "migrations"
 TUS = {"Tus-Resumable": "1.0.0"}
+# The customer buckets here are loopback SeaweedFS servers: allowed as the dev stack allows its own.
+LOOPBACK_S3 = "http://127.0.0.1:*"
+GENERIC_FAILURE = "failed: check the endpoint, region, bucket, credentials, the bucket policy"
 
 
 @pytest.fixture(scope="session")
@@ -130,12 +140,17 @@ async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harn
         public_url="http://gateway.test",
         jwt_secret=Secret(SECRET),
         storage_master_key=Secret(master_key),
+        byos_allowed_endpoints=(LOOPBACK_S3,),
+        byos_allowed_networks=(LOOPBACK_NETWORK,),
+        byos_allow_http=True,
     )
     nc = await bus.connect(nats_url, name="test-profiles")
     storages = StorageRegistry()
     managed = await storages.get(managed_storage_profile(settings))
     kv = await profile_bucket(nc.jetstream(), replicas=1)
-    profiles = ProfileResolver(managed, storages, kv, MasterKey.from_secret(Secret(master_key)))
+    profiles = ProfileResolver(
+        managed, storages, kv, MasterKey.from_secret(Secret(master_key)), loopback_endpoint_policy(LOOPBACK_S3)
+    )
     gw = Gateway(settings=settings, pool=pool, storage=managed, tokens=token_verifier(settings), profiles=profiles)
     client = TestClient(TestServer(create_app(gw, mounts=[mount_tus, mount_storage_profiles])))
     await client.start_server()
@@ -165,25 +180,66 @@ async def test_a_prefix_without_the_workspace_id_is_refused_before_any_io(harnes
     assert "must contain the workspace id" in problem["errors"][0]["message"]
 
 
-async def test_a_wrong_secret_is_refused_as_access_denied(harness, byos):
+@pytest.fixture
+async def chatty_port() -> AsyncIterator[int]:
+    """A loopback port that is open but no S3: it answers every request with a text of its own."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 418 I'm a teapot\r\nContent-Length: 22\r\n\r\nredis_version:7.2.4 ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_every_failed_head_bucket_reads_the_same_whatever_the_endpoint_did(harness, byos, chatty_port):
+    # A wrong secret, a missing bucket, a closed port and an open port that is no S3 server give
+    # one answer: the check tells nothing about the endpoint's network or its replies.
     conn = byos.connection
-    body = byos_body(conn, harness.workspace, credentials={"access_key_id": conn.access_key_id, "secret_access_key": "wrong" * 8})
-    status, problem = await harness.put_profile(body)
+    bodies = [
+        byos_body(conn, harness.workspace, credentials={"access_key_id": conn.access_key_id, "secret_access_key": "wrong" * 8}),
+        byos_body(conn, harness.workspace, bucket="no-such-bucket"),
+        byos_body(conn, harness.workspace, endpoint="http://127.0.0.1:9"),
+        byos_body(conn, harness.workspace, endpoint=f"http://127.0.0.1:{chatty_port}"),
+    ]
+    answers = [await harness.put_profile(body) for body in bodies]
+    assert all(answer == answers[0] for answer in answers), answers
+    status, problem = answers[0]
     assert (status, problem["code"]) == (422, "storage_profile_rejected")
-    assert "access denied / signature" in problem["detail"]
-    assert problem["errors"][0]["path"] == "$.credentials"
+    assert problem["errors"] == [{"path": "$", "message": problem["errors"][0]["message"]}]
+    assert problem["errors"][0]["message"].startswith("head bucket " + GENERIC_FAILURE)
+    assert "redis" not in str(answers) and "teapot" not in str(answers).lower()
 
 
-async def test_a_missing_bucket_is_refused_as_bucket_not_found(harness, byos):
-    status, problem = await harness.put_profile(byos_body(byos.connection, harness.workspace, bucket="no-such-bucket"))
-    assert (status, problem["code"]) == (422, "storage_profile_rejected")
-    assert "bucket not found" in problem["detail"]
+@pytest.mark.parametrize(
+    "endpoint",
+    ["https://169.254.169.254", "https://10.0.0.1", "https://[::ffff:127.0.0.1]", "http://localhost:9000", "https://evil.example"],
+)
+async def test_an_internal_or_unlisted_endpoint_is_refused_before_any_connection(harness, byos, endpoint):
+    status, problem = await harness.put_profile(byos_body(byos.connection, harness.workspace, endpoint=endpoint))
+    assert (status, problem["code"]) == (422, "invalid_request")
+    assert [e["path"] for e in problem["errors"]] == ["$.endpoint"]
+    status, shown = await harness.call("GET", harness.profile_path)
+    assert shown["mode"] == "managed_r2"
 
 
-async def test_an_unreachable_endpoint_is_refused_as_unreachable(harness, byos):
-    status, problem = await harness.put_profile(byos_body(byos.connection, harness.workspace, endpoint="http://127.0.0.1:9"))
-    assert (status, problem["code"]) == (422, "storage_profile_rejected")
-    assert "endpoint unreachable" in problem["detail"]
+async def test_profile_writes_are_rate_limited_per_workspace(harness, byos):
+    managed = {"mode": "managed_r2"}
+    for _ in range(5):
+        status, _ = await harness.put_profile(managed)
+        assert status == 200
+    response = await harness.client.put(harness.profile_path, json=managed, headers=harness.user())
+    problem = await response.json()
+    assert (response.status, problem["code"]) == (429, "rate_limited")
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    other = f"ws{uuid.uuid4().hex[:10]}"
+    response = await harness.client.delete(f"/v1/workspaces/{other}/storage-profile", headers=harness.user(workspace=other))
+    assert response.status == 204  # another workspace is not held back
 
 
 async def test_a_refused_profile_changes_nothing(harness, byos):
@@ -238,7 +294,9 @@ async def test_an_accepted_profile_receives_new_uploads_under_its_prefix_and_oth
     try:
         kv = await other_nc.jetstream().key_value(PROFILES_BUCKET)
         async with StorageRegistry() as storages:
-            resolver = ProfileResolver(harness.gw.storage, storages, kv, MasterKey.from_secret(Secret(harness.master_key)))
+            resolver = ProfileResolver(
+                harness.gw.storage, storages, kv, MasterKey.from_secret(Secret(harness.master_key)), loopback_endpoint_policy(LOOPBACK_S3)
+            )
             storage = await resolver(ref)
             assert (storage.bucket, storage.profile.provider, storage.profile.key_prefix) == (
                 "byob", "byos", f"rawdrive/{harness.workspace}/"

@@ -21,6 +21,11 @@ ENV_FILE_NAME = Path(".data") / "env"
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     gateway_url: str
     nats_url: str
+    # NATS refuses anonymous clients (rawdrive_platform.busauth): events and dead letters need an
+    # identity; the dev stack's env file holds the provisioning one.
+    nats_user: str | None
+    nats_password: str | None
+    nats_creds: str | None
     workspace: str
     library: str
     token: str | None  # None: mint a development token from jwt_secret, if there is one
@@ -34,6 +39,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 VARIABLES: dict[str, str] = {
     "gateway_url": "RAWDRIVE_PUBLIC_URL",
     "nats_url": "RAWDRIVE_NATS_URL",
+    "nats_user": "RAWDRIVE_NATS_USER",
+    "nats_password": "RAWDRIVE_NATS_PASSWORD",
+    "nats_creds": "RAWDRIVE_NATS_CREDS",
     "workspace": "RAWDRIVE_WORKSPACE",
     "library": "RAWDRIVE_LIBRARY",
     "token": "RAWDRIVE_TOKEN",
@@ -64,6 +72,9 @@ def resolve(
     return Config(
         gateway_url=(pick("gateway_url") or DEFAULT_GATEWAY_URL).rstrip("/"),
         nats_url=pick("nats_url") or DEFAULT_NATS_URL,
+        nats_user=pick("nats_user"),
+        nats_password=pick("nats_password"),
+        nats_creds=pick("nats_creds"),
         workspace=pick("workspace") or DEFAULT_WORKSPACE,
         library=pick("library") or DEFAULT_LIBRARY,
         token=pick("token"),

@@ -7,27 +7,28 @@ from typing import Any
 
 import msgspec
 
+from rawdrive_cli.config import Config
 from rawdrive_cli.errors import CliError
 from rawdrive_cli.natsconn import connect
 
 
-async def letters(nats_url: str) -> list[Any]:
+async def letters(cfg: Config) -> list[Any]:
     from rawdrive_platform.deadletter import list_dead_letters
 
-    nc = await connect(nats_url, "rawdrive-cli-dlq")
+    nc = await connect(cfg, "rawdrive-cli-dlq")
     try:
         return await list_dead_letters(nc.jetstream())
     finally:
         await nc.close()
 
 
-async def show(nats_url: str, seq: int) -> dict[str, Any]:
+async def show(cfg: Config, seq: int) -> dict[str, Any]:
     """The dead letter and the original message it names (decoded when it is JSON)."""
     from nats.js.errors import NotFoundError
 
     from rawdrive_platform.deadletter import list_dead_letters
 
-    nc = await connect(nats_url, "rawdrive-cli-dlq")
+    nc = await connect(cfg, "rawdrive-cli-dlq")
     try:
         js = nc.jetstream()
         found = [letter for letter in await list_dead_letters(js) if letter.seq == seq]
@@ -49,12 +50,12 @@ async def show(nats_url: str, seq: int) -> dict[str, Any]:
         await nc.close()
 
 
-async def replay(nats_url: str, seq: int) -> None:
+async def replay(cfg: Config, seq: int) -> None:
     from nats.js.errors import NotFoundError
 
     from rawdrive_platform.deadletter import replay as replay_letter
 
-    nc = await connect(nats_url, "rawdrive-cli-dlq")
+    nc = await connect(cfg, "rawdrive-cli-dlq")
     try:
         await replay_letter(nc.jetstream(), seq)
     except NotFoundError:

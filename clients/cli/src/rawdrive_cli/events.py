@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from rawdrive_cli.config import Config
 from rawdrive_cli.natsconn import connect
 from rawdrive_contracts import ASSETS_STREAM, UPLOADS_STREAM, InvalidEvent, UnknownEventType, decode
 from rawdrive_contracts.subjects import SUBJECT_ROOT, StreamSpec
@@ -85,12 +86,12 @@ def readable(raw: bytes, subject: str) -> str:
 
 
 async def tail(
-    nats_url: str, subjects: list[str], *, since: datetime | None, follow: bool, as_json: bool,
+    cfg: Config, subjects: list[str], *, since: datetime | None, follow: bool, as_json: bool,
 ) -> int:
     """Print the events; returns how many were printed."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    nc = await connect(nats_url, "rawdrive-cli-events")
+    nc = await connect(cfg, "rawdrive-cli-events")
     js = nc.jetstream()
     printed = 0
     queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -153,14 +153,14 @@ async def cmd_events(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     if since is None and not args.follow:
         since = events.parse_since("15m", datetime.now(UTC))
-    await events.tail(cfg.nats_url, subjects, since=since, follow=args.follow, as_json=args.json)
+    await events.tail(cfg, subjects, since=since, follow=args.follow, as_json=args.json)
     return 0
 
 
 async def cmd_dlq(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.dlq_command == "list":
-        found = await dlq.letters(cfg.nats_url)
+        found = await dlq.letters(cfg)
         if args.json:
             for letter in found:
                 _json_line(letter)
@@ -175,10 +175,10 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
                               str(letter.deliveries), escape(letter.reason))
             out.print(table)
     elif args.dlq_command == "show":
-        shown = await dlq.show(cfg.nats_url, args.seq)
+        shown = await dlq.show(cfg, args.seq)
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(shown)).decode() + "\n")
     else:
-        await dlq.replay(cfg.nats_url, args.seq)
+        await dlq.replay(cfg, args.seq)
         out.print(f"replayed dead letter {args.seq} to its original subject and dropped it")
     return 0
 

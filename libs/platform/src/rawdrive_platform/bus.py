@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +37,8 @@ from rawdrive_contracts import (
     encode,
     subject_for,
 )
+from rawdrive_platform import busauth
+from rawdrive_platform.config import DEFAULT_STREAM_MAX_BYTES, NatsSettings
 from rawdrive_platform.telemetry import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,15 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
     max_age_s: float = 14 * 24 * 3600
     duplicate_window_s: float = 120.0
+    max_bytes: int = DEFAULT_STREAM_MAX_BYTES  # each stream
+
+
+def discard_policy(spec: StreamSpec) -> js_api.DiscardPolicy:
+    """What a stream does at max_bytes. A work stream refuses new events: the publisher gets an
+    error and retries (outbox rows wait, a consumer's delivery is redelivered), so nothing a
+    consumer has not read yet is deleted. The dead-letter stream drops its oldest reports: the
+    server's advisories cannot be retried, and the originals stay in their own streams."""
+    return js_api.DiscardPolicy.OLD if spec.name == DEADLETTER_STREAM.name else js_api.DiscardPolicy.NEW
 
 
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,9 +105,54 @@ def server_urls(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
-async def connect(url: str, *, name: str) -> NATS:
+def redact_url(url: str) -> str:
+    """The URL (or a cluster's, comma-separated) without any user:password, for logs."""
+    return ",".join(_redact_one(part) for part in server_urls(url))
+
+
+def _redact_one(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+def auth_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py's connect options for the settings' identity and TLS. ValueError (naming the
+    variables, never a value) when they contradict each other."""
+    options: dict[str, Any] = {}
+    if settings.nats_creds is not None:
+        if settings.nats_user is not None or settings.nats_password is not None:
+            raise ValueError("RAWDRIVE_NATS_CREDS excludes RAWDRIVE_NATS_USER and RAWDRIVE_NATS_PASSWORD")
+        options["user_credentials"] = settings.nats_creds
+    elif (settings.nats_user is None) != (settings.nats_password is None):
+        raise ValueError("RAWDRIVE_NATS_USER and RAWDRIVE_NATS_PASSWORD go together")
+    elif settings.nats_user is not None and settings.nats_password is not None:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password.reveal()
+        # Replies come back under this identity's own prefix (busauth: the only one it may read).
+        options["inbox_prefix"] = busauth.inbox_prefix(settings.nats_user)
+    if settings.nats_tls_ca is not None:
+        if not settings.nats_url.startswith("tls://"):
+            raise ValueError("RAWDRIVE_NATS_TLS_CA needs a tls:// RAWDRIVE_NATS_URL")
+        options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    return options
+
+
+async def connect(target: str | NatsSettings, *, name: str) -> NATS:
     """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile.
-    With several servers (comma-separated) a lost one is replaced by the next that answers."""
+    With several servers (comma-separated) a lost one is replaced by the next that answers.
+
+    `target` is a URL (which may carry user:password, as test fixtures' do) or the settings,
+    which name the identity (RAWDRIVE_NATS_USER...) as well."""
+    settings = NatsSettings(nats_url=target) if isinstance(target, str) else target
+    options = auth_options(settings)
+    url = redact_url(settings.nats_url)
+    if settings.nats_user is None and settings.nats_creds is None:
+        user = urllib.parse.urlsplit(server_urls(settings.nats_url)[0]).username
+        if user:
+            options["inbox_prefix"] = busauth.inbox_prefix(urllib.parse.unquote(user))
     client: NATS | None = None
 
     async def on_disconnect() -> None:
@@ -106,10 +164,11 @@ async def connect(url: str, *, name: str) -> NATS:
         log.info("nats reconnected", extra={"nats_url": url})
 
     async def on_error(exc: Exception) -> None:
+        # A permissions violation lands here: the publish or request it refused then times out.
         log.warning("nats error: %s", exc)
 
     client = await nats.connect(
-        servers=server_urls(url),
+        servers=server_urls(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -118,6 +177,7 @@ async def connect(url: str, *, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,
+        **options,
     )
     return client
 
@@ -131,6 +191,8 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, settings: Stream
         num_replicas=settings.replicas,
         max_age=settings.max_age_s,
         duplicate_window=settings.duplicate_window_s,
+        max_bytes=settings.max_bytes,
+        discard=discard_policy(spec),
     )
     try:
         await js.stream_info(spec.name)
@@ -214,7 +276,12 @@ class Consumer:
         self._concurrency = concurrency
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_consumer(self._js, self._spec)
+        try:
+            await ensure_consumer(self._js, self._spec)
+        except NotFoundError as exc:
+            raise RuntimeError(
+                f"stream {self._spec.stream} does not exist: run `python -m rawdrive_platform.provision --streams`"
+            ) from exc
         sub = await self._js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream)
         try:
             await asyncio.gather(*(self._worker(sub, stop) for _ in range(self._concurrency)))

@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 ENV_PREFIX = "RAWDRIVE_"
+# The most bytes each JetStream stream keeps (RAWDRIVE_STREAM_MAX_BYTES). JetStream reserves it in
+# the server's file store, so it must fit there: 1 GiB suits a laptop; production sets its own.
+DEFAULT_STREAM_MAX_BYTES = 1 << 30
 
 
 class Secret:
@@ -54,14 +57,25 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 SettingsT = TypeVar("SettingsT", bound=msgspec.Struct)
 
 
-class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
+class NatsSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """How to reach NATS and who to be there (rawdrive_platform.busauth lists the users).
+    `tls://` URLs use TLS with the system's CAs, or `nats_tls_ca` when set."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: Secret | None = None
+    # A NATS credentials file (JWT + nkey seed), instead of user and password.
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
+
+
+class CommonSettings(NatsSettings, kw_only=True, frozen=True):
     """Settings every service shares; a service's own Settings subclasses this."""
 
     database_url: str
     s3_bucket: str
     s3_access_key_id: str
     s3_secret_access_key: Secret
-    nats_url: str = "nats://127.0.0.1:4222"
     s3_endpoint: str | None = None  # None: the SDK's own endpoint resolution (AWS)
     s3_region: str = "auto"
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
@@ -84,6 +98,12 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     # During a rotation: more keys, comma-separated, that open credentials but never seal (the
     # old key, and the new one before it becomes current; deploy/k8s/README.md has the steps).
     storage_previous_master_keys: Secret | None = None
+    # Bring-your-own-bucket endpoints (rawdrive_platform.storage.check_endpoint): glob patterns
+    # of `scheme://host[:port]` allowed beside AWS and R2; networks (CIDR) a customer's endpoint
+    # may resolve into despite being private (development: the local S3); http (development).
+    byos_allowed_endpoints: tuple[str, ...] = ()
+    byos_allowed_networks: tuple[str, ...] = ()
+    byos_allow_http: bool = False
 
 
 def env_name(field_name: str) -> str:

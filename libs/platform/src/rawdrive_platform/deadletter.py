@@ -9,6 +9,10 @@ subject: handlers are idempotent, so only the one that failed does new work.
     python -m rawdrive_platform.deadletter list
     python -m rawdrive_platform.deadletter replay DLQ_SEQ
     python -m rawdrive_platform.deadletter drop DLQ_SEQ
+
+It connects as the provisioning identity (RAWDRIVE_NATS_USER=provision and its password, see
+rawdrive_platform.busauth): a service's own identity may neither read other streams nor
+republish events it does not own.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from rawdrive_platform.bus import DEADLETTER_STREAM, MSG_ID_HEADER, connect
+from rawdrive_platform.config import NatsSettings, load_settings
 
 _ADVISORY_KINDS = {
     "io.nats.jetstream.advisory.v1.max_deliver": "max_deliveries",
@@ -116,7 +121,8 @@ async def drop(js: JetStreamContext, seq: int) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    nc = await connect(args.nats_url, name="rawdrive-deadletter")
+    settings = msgspec.structs.replace(load_settings(NatsSettings), nats_url=args.nats_url)
+    nc = await connect(settings, name="rawdrive-deadletter")
     js = nc.jetstream()
     try:
         if args.command == "list":

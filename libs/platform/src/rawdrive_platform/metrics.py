@@ -49,11 +49,31 @@ VERIFICATION_SECONDS = Histogram(
     ["kind"],
     buckets=_SECONDS_BUCKETS,
 )
+PROCESSING_FAILED = Counter(
+    "rawdrive_processing_failed",
+    "Verified uploads announced as asset.processing_failed, by reason (processor)",
+    ["reason"],
+)
 PROCESSING_SECONDS = Histogram(
     "rawdrive_processing_seconds",
     "Time to check, decode and store the variants of one verified upload (processor)",
     ["kind"],
     buckets=_SECONDS_BUCKETS,
+)
+UPLOADS_IN_FLIGHT = Gauge(
+    # What the gateway's ScaledObject scales on: a pod's load is the bodies it holds open, not CPU.
+    "rawdrive_gateway_uploads_in_flight",
+    "tus requests (PATCH, creation-with-upload POST) whose body this gateway is receiving (gateway)",
+)
+
+# -- gateway HTTP ------------------------------------------------------------------------------
+HTTP_REQUEST_SECONDS = Histogram(
+    "rawdrive_http_request_duration_seconds",
+    # route is the pattern (/v1/workspaces/{workspace_id}/uploads), "unmatched" for unknown paths.
+    "API requests by route, method and status: _count counts them; the time is until the handler "
+    "answered (for a tus PATCH, including its body) (gateway)",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
 # -- queues (sampled) -------------------------------------------------------------------------
@@ -70,6 +90,10 @@ DEAD_LETTERS = Gauge(
 )
 OUTBOX_PENDING = Gauge(
     "rawdrive_outbox_pending_rows", "Outbox rows of this service not yet published to JetStream"
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "rawdrive_outbox_oldest_row_age_seconds",
+    "Age of the oldest outbox row of this service not yet published (0 when none waits)",
 )
 
 # -- janitor ----------------------------------------------------------------------------------
@@ -115,7 +139,11 @@ async def sample_consumer(js: JetStreamContext, stream: str, durable: str) -> No
 
 
 async def sample_outbox(pool: asyncpg.Pool) -> None:
-    OUTBOX_PENDING.set(await pool.fetchval("SELECT count(*) FROM outbox"))
+    row = await pool.fetchrow(
+        "SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_s FROM outbox"
+    )
+    OUTBOX_PENDING.set(row["pending"])
+    OUTBOX_OLDEST_AGE.set(float(row["oldest_s"]))
 
 
 async def _serve(request: web.Request) -> web.Response:

@@ -46,10 +46,12 @@ from rawdrive_platform.config import CommonSettings, Secret
 from rawdrive_platform.storage import (
     MANAGED_PROFILE_ID,
     Encryption,
+    EndpointPolicy,
     Storage,
     StorageProfile,
     StorageRegistry,
     StorageUnavailable,
+    endpoint_policy,
     managed_storage_profile,
 )
 
@@ -193,8 +195,9 @@ def seal_profile(profile: StorageProfile, workspace_id: str, key: MasterKey, now
     )
 
 
-def open_profile(record: ProfileRecord, key: MasterKey) -> StorageProfile:
-    """The usable profile; UnknownProfile when this key (or this ref) does not open it."""
+def open_profile(record: ProfileRecord, key: MasterKey, policy: EndpointPolicy = EndpointPolicy()) -> StorageProfile:
+    """The usable profile, its endpoint held to `policy`; UnknownProfile when this key (or this
+    ref) does not open it."""
     try:
         plaintext = key.open(record.sealed_credentials, record.ref.encode())
     except (InvalidTag, ValueError):
@@ -211,6 +214,7 @@ def open_profile(record: ProfileRecord, key: MasterKey) -> StorageProfile:
         kms_key_id=record.kms_key_id,
         access_key_id=credentials.access_key_id,
         secret_access_key=Secret(credentials.secret_access_key),
+        endpoint_policy=policy,
     )
 
 
@@ -239,9 +243,15 @@ class ProfileResolver:
     only `managed` resolves."""
 
     def __init__(
-        self, managed: Storage, storages: StorageRegistry, kv: KeyValue, master_key: MasterKey | None
+        self,
+        managed: Storage,
+        storages: StorageRegistry,
+        kv: KeyValue,
+        master_key: MasterKey | None,
+        policy: EndpointPolicy = EndpointPolicy(),
     ) -> None:
         self._managed = managed
+        self.endpoint_policy = policy
         self._storages = storages
         self._kv = kv
         self._key = master_key
@@ -293,7 +303,7 @@ class ProfileResolver:
             raise UnknownProfile(f"storage profile {ref!r}: no storage master key is configured")
         record, _ = await _read_record(self._kv, ref)
         self._workspaces[ref] = record.workspace_id
-        return open_profile(record, self._key)
+        return open_profile(record, self._key, self.endpoint_policy)
 
 
 async def _published_refs(kv: KeyValue, attempts: int = 5) -> list[str]:
@@ -402,4 +412,4 @@ async def profile_resolver(js: JetStreamContext, settings: CommonSettings, stora
     key = master_key(settings.storage_master_key, settings.storage_previous_master_keys)
     managed = await storages.get(managed_storage_profile(settings))
     kv = await profile_bucket(js, replicas=settings.stream_replicas)
-    return ProfileResolver(managed, storages, kv, key)
+    return ProfileResolver(managed, storages, kv, key, endpoint_policy(settings))

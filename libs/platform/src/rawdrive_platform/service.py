@@ -74,12 +74,13 @@ class Runtime:
         self._resolver: ProfileResolver | None = None
 
     async def jetstream(self) -> JetStreamContext:
-        """Connect to NATS (reconnecting forever) and make sure every stream exists."""
+        """Connect to NATS (reconnecting forever) as this service's identity. The streams and the
+        profile bucket are the provisioning identity's to create (`rawdrive_platform.provision
+        --streams`): a service may not create, change or delete them (busauth)."""
         if self._nc is None:
-            self._nc = await bus.connect(self.settings.nats_url, name=self.name)
+            self._nc = await bus.connect(self.settings, name=self.name)
             self._exit.push_async_callback(self._nc.drain)
             self.health.add_check("nats", nats_check(self._nc))
-            await bus.provision(self._nc.jetstream(), bus.StreamSettings(replicas=self.settings.stream_replicas))
         return self._nc.jetstream()
 
     async def database(self, schema: str, migrations: Traversable) -> asyncpg.Pool:
@@ -208,6 +209,7 @@ def run_service(
         settings = load_settings(settings_type)
         # Malformed master keys stop the start here, named, rather than at the first BYOS upload.
         master_key(settings.storage_master_key, settings.storage_previous_master_keys)
+        bus.auth_options(settings)
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         sys.exit(2)

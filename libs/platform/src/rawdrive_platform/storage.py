@@ -4,22 +4,37 @@ A profile is either the managed bucket (Cloudflare R2) or a customer's own bucke
 The client config is the one R2 accepts: botocore's default CRC32 checksums are off unless an
 operation requires them, and no checksum header is ever signed into a presigned URL.
 Botocore errors become four exception types so callers can choose retry or reject.
+
+A customer's endpoint ("byos") is untrusted: `check_endpoint` allows only https AWS, R2 or
+operator-listed endpoints (RAWDRIVE_BYOS_ALLOWED_ENDPOINTS), and every connection to it, from
+the async client, the blocking reader and the streaming HTTP session, resolves the host itself
+and connects only to addresses that pass `address_refused` (so a DNS answer cannot swap in an
+internal address after the save-time check). No client follows a redirect from any endpoint.
 """
 
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import re
+import socket
 import threading
+import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aioboto3
 import aiohttp
 import botocore.session
 import msgspec
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from botocore.awsrequest import AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -32,6 +47,8 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 from rawdrive_platform.config import CommonSettings, Secret
 
@@ -69,6 +86,174 @@ class StorageDenied(StorageError):
     """Credentials rejected or access refused. Retrying will not help."""
 
 
+class EndpointRefused(StorageError):
+    """A bring-your-own endpoint this deployment will not connect to (not transient)."""
+
+
+class EndpointPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a customer's endpoint may point; see check_endpoint and address_refused."""
+
+    # Glob patterns over `scheme://host[:port]` allowed beside AWS and R2.
+    allowed_endpoints: tuple[str, ...] = ()
+    # Networks (CIDR) exempt from the address refusal: the dev stack's and tests' own loopback S3.
+    allowed_networks: tuple[str, ...] = ()
+    allow_http: bool = False  # development only
+
+    def __post_init__(self) -> None:
+        for network in self.allowed_networks:
+            ipaddress.ip_network(network)  # ValueError at start, not at the first connection
+
+
+# Public S3 services a customer's bucket may live at without the operator listing them.
+_BUILT_IN_ENDPOINTS = ("https://*.amazonaws.com", "https://*.r2.cloudflarestorage.com")
+# Host names and IP literals only: nothing fnmatch or a URL parser could read two ways.
+_HOST = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]|[0-9a-f:.]+")
+
+
+def endpoint_policy(settings: CommonSettings) -> EndpointPolicy:
+    return EndpointPolicy(
+        allowed_endpoints=settings.byos_allowed_endpoints,
+        allowed_networks=settings.byos_allowed_networks,
+        allow_http=settings.byos_allow_http,
+    )
+
+
+def address_refused(address: str, policy: EndpointPolicy) -> bool:
+    """Whether a customer's endpoint must not be reached at this address: anything but a
+    global unicast address (loopback, RFC 1918, link-local and 169.254.169.254, CGNAT
+    100.64/10, unique-local fc00::/7, unspecified, reserved, multicast), IPv4-mapped IPv6
+    forms of these included, unless the operator exempted its network."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # a zone index (fe80::1%eth0) is no part
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in ipaddress.ip_network(network) for network in policy.allowed_networks):
+        return False
+    return not ip.is_global or ip.is_multicast
+
+
+def check_endpoint(endpoint: str | None, policy: EndpointPolicy) -> None:
+    """Raise EndpointRefused unless a customer's endpoint may be used: https (http only when
+    the policy allows it), nothing but scheme, host and port, AWS, R2 or an allowed pattern,
+    and an IP literal must pass address_refused (host names are checked at every connection).
+    None is the SDK's own AWS resolution."""
+    if endpoint is None:
+        return
+    parts = urlsplit(endpoint.strip())
+    scheme = parts.scheme.lower()
+    if scheme != "https" and not (scheme == "http" and policy.allow_http):
+        raise EndpointRefused("the endpoint must use https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise EndpointRefused("the endpoint's port is not a number from 0 to 65535") from None
+    host = (parts.hostname or "").lower()
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment \
+            or parts.path not in ("", "/") or not _HOST.fullmatch(host):
+        raise EndpointRefused("the endpoint must be scheme://host[:port] and nothing else")
+    origin = f"{scheme}://{f'[{host}]' if ':' in host else host}{'' if port is None else f':{port}'}"
+    patterns = (*_BUILT_IN_ENDPOINTS, *policy.allowed_endpoints)
+    if not any(fnmatchcase(origin, pattern.lower()) for pattern in patterns):
+        raise EndpointRefused(
+            "the endpoint is neither AWS S3 nor Cloudflare R2, and not among this deployment's "
+            "allowed endpoints (RAWDRIVE_BYOS_ALLOWED_ENDPOINTS)"
+        )
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    if address_refused(str(literal), policy):
+        raise EndpointRefused("the endpoint's address is not a public one")
+
+
+async def check_endpoint_resolves(endpoint: str | None, policy: EndpointPolicy) -> None:
+    """check_endpoint, then resolve a host name now: EndpointRefused unless at least one of
+    its addresses passes (the save-time check; connections check again)."""
+    check_endpoint(endpoint, policy)
+    if endpoint is None:
+        return
+    parts = urlsplit(endpoint.strip())
+    try:
+        await asyncio.to_thread(_checked_address, parts.hostname or "", parts.port or 443, policy)
+    except OSError:
+        raise EndpointRefused("the endpoint does not resolve to a public address") from None
+
+
+class _CheckedResolver(AbstractResolver):
+    """aiohttp resolver that hands the connector only addresses the policy allows: the
+    connection goes to the address checked here, while TLS and Host keep the name. (aiohttp
+    does not ask a resolver about IP literals: check_endpoint checked those when the Storage
+    opened.)"""
+
+    def __init__(self, policy: EndpointPolicy) -> None:
+        self._policy = policy
+        self._resolver = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        allowed = [entry for entry in found if not address_refused(entry["host"], self._policy)]
+        if not allowed:
+            raise OSError(f"{host} does not resolve to an allowed address")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def _checked_address(host: str, port: int, policy: EndpointPolicy) -> str:
+    """The blocking twin of _CheckedResolver: the first allowed address of `host`."""
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        if not address_refused(str(sockaddr[0]), policy):
+            return str(sockaddr[0])
+    raise OSError(f"{host} does not resolve to an allowed address")
+
+
+def _pinned_new_conn(self: Any) -> socket.socket:
+    """urllib3's HTTPConnection._new_conn, connecting to the checked address of the host
+    (self.host stays the name, for TLS and the Host header)."""
+    try:
+        address = _checked_address(self._dns_host, self.port, self.endpoint_policy)
+        return create_connection(
+            (address, self.port), self.timeout,
+            source_address=self.source_address, socket_options=self.socket_options,
+        )
+    except TimeoutError as error:
+        raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from error
+    except OSError as error:
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+
+
+@functools.cache
+def _pinned_pool_classes(policy: EndpointPolicy) -> dict[str, type]:
+    """botocore's connection pools whose connections go through _pinned_new_conn."""
+    classes: dict[str, type] = {}
+    for scheme, pool, connection in (
+        ("http", AWSHTTPConnectionPool, AWSHTTPConnection),
+        ("https", AWSHTTPSConnectionPool, AWSHTTPSConnection),
+    ):
+        pinned = type(f"Pinned{connection.__name__}", (connection,),
+                      {"_new_conn": _pinned_new_conn, "endpoint_policy": policy})
+        classes[scheme] = type(f"Pinned{pool.__name__}", (pool,), {"ConnectionCls": pinned})
+    return classes
+
+
+class _WithoutRedirects:
+    """An aiohttp session whose requests never follow a redirect (aiobotocore leaves aiohttp's
+    default, which follows a 303 from the endpoint to any URL)."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        return self._session.request(*args, allow_redirects=False, **kwargs)
+
+
+class _NoRedirectHTTPSession(AIOHTTPSession):
+    async def _get_session(self, proxy_url: Any) -> Any:
+        return _WithoutRedirects(await super()._get_session(proxy_url))
+
+
 class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
     profile_id: str
     provider: Literal["r2", "byos"]
@@ -80,6 +265,13 @@ class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
     key_prefix: str = ""  # see keys.check_key_prefix
     encryption: Encryption = "none"
     kms_key_id: str | None = None
+    # Where a byos endpoint may point (the strict default unless the deployment widens it);
+    # the managed bucket is the operator's own and is not checked.
+    endpoint_policy: EndpointPolicy = EndpointPolicy()
+
+    @property
+    def checked(self) -> bool:
+        return self.provider == "byos"
 
     def __post_init__(self) -> None:
         if self.kms_key_id is not None and self.encryption != "sse_kms":
@@ -128,7 +320,11 @@ def managed_storage_profile(settings: CommonSettings) -> StorageProfile:
 
 
 def client_config(profile: StorageProfile) -> Config:
-    return Config(
+    return Config(**_client_options(profile))
+
+
+def _client_options(profile: StorageProfile) -> dict[str, Any]:
+    return dict(
         signature_version="s3v4",
         # Custom endpoints (R2, SeaweedFS, MinIO) do not all resolve bucket subdomains.
         s3={"addressing_style": "path" if profile.endpoint else "auto"},
@@ -138,6 +334,14 @@ def client_config(profile: StorageProfile) -> Config:
         connect_timeout=5,
         read_timeout=60,
         max_pool_connections=64,
+    )
+
+
+def _async_client_config(profile: StorageProfile) -> AioConfig:
+    """client_config for aiobotocore: no redirects, and a byos endpoint's checked resolver."""
+    connector_args = {"resolver": _CheckedResolver(profile.endpoint_policy)} if profile.checked else None
+    return AioConfig(
+        connector_args=connector_args, http_session_cls=_NoRedirectHTTPSession, **_client_options(profile)
     )
 
 
@@ -163,7 +367,10 @@ def encryption_headers(profile: StorageProfile) -> dict[str, str]:
 
 
 def content_disposition(download_name: str) -> str:
-    """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987)."""
+    """RFC 6266 attachment header: an ASCII fallback plus filename*= in UTF-8 (RFC 5987).
+    Control and format characters (U+202E and kin, in names stored before they were refused)
+    never reach the header: a browser would show the name reordered."""
+    download_name = "".join(ch for ch in download_name if unicodedata.category(ch) not in ("Cc", "Cf"))
     fallback = "".join(
         ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_"
         for ch in download_name
@@ -245,7 +452,13 @@ def _client_args(profile: "StorageProfile") -> dict[str, Any]:
 
 def _new_blocking_client(profile: "StorageProfile") -> Any:
     with _blocking_client_lock:
-        return _blocking_session().create_client("s3", **_client_args(profile))
+        client = _blocking_session().create_client("s3", **_client_args(profile))
+    if profile.checked:
+        # botocore takes no connection class: its URLLib3Session's pool table is the one hook.
+        http = client._endpoint.http_session
+        http._pool_classes_by_scheme = _pinned_pool_classes(profile.endpoint_policy)
+        http._manager.pool_classes_by_scheme = http._pool_classes_by_scheme
+    return client
 
 
 @contextlib.contextmanager
@@ -291,10 +504,15 @@ class Storage:
 
     @classmethod
     async def open(cls, profile: StorageProfile) -> "Storage":
+        """Raises EndpointRefused for a byos endpoint the policy does not allow."""
+        if profile.checked:
+            check_endpoint(profile.endpoint, profile.endpoint_policy)
         closer = contextlib.AsyncExitStack()
-        client = await closer.enter_async_context(_boto_session().client("s3", **_client_args(profile)))
+        args = _client_args(profile) | {"config": _async_client_config(profile)}
+        client = await closer.enter_async_context(_boto_session().client("s3", **args))
+        resolver = _CheckedResolver(profile.endpoint_policy) if profile.checked else None
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, resolver=resolver),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),
         )
         closer.push_async_callback(http.close)
@@ -463,7 +681,7 @@ class Storage:
         request = await self.presign_upload_part(key, upload_id, part_number, _STREAMED_PART_URL_S)
         headers = {**request.headers, "Content-Length": str(size)}
         with _translated_errors(what):
-            async with self._http.put(request.url, data=body, headers=headers) as response:
+            async with self._http.put(request.url, data=body, headers=headers, allow_redirects=False) as response:
                 if response.status != 200:
                     raise error_from_response(response.status, await response.text(), what)
                 return UploadedPart(part_number=part_number, etag=response.headers["ETag"].strip('"'))

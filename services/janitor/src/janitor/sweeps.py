@@ -7,6 +7,9 @@ re-checks the decision, then removes the bytes (idempotent), then marks the row 
 event. A janitor killed anywhere before the commit leaves the row due; the next run repeats the
 removal (finding less or nothing) and commits. Holding the row lock across the removal also
 makes a restore or commit that arrives meanwhile wait, then see the outcome, instead of racing it.
+Customers' buckets: every expiry or purge runs under `item_deadline_s` and every sweep of a
+bucket under `sweep_deadline_s` and at most `sweep_max_keys` listed keys, so one slow or hostile
+endpoint costs its own tenant a late run, not every tenant their expiry and purge.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ class Janitor:
     schedule: Schedule
     delete_orphans: bool
     dry_run: bool
+    item_deadline_s: float = 60.0  # one session's expiry or one asset's purge
+    sweep_deadline_s: float = 600.0  # one bucket's multipart or orphan sweep
+    sweep_max_keys: int = 100_000  # keys (or multipart uploads) listed per bucket per sweep
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run each job at its interval until stopped; the first runs start at once."""
@@ -145,19 +151,20 @@ class Janitor:
             if "expiry" in jobs:
                 for session in await tracking.sessions_past_expiry(self.pool, now):
                     if should_expire(session, now, self.thresholds) and not stopping():
-                        async with self._item(report, "expire", session.upload_id):
+                        async with self._item(report, "expire", session.upload_id, self.item_deadline_s):
                             await self._expire(session, report, now)
                 for asset in await tracking.assets_awaiting_purge(self.pool):
                     if should_purge(asset.lifecycle, now, self.thresholds) and not stopping():
-                        async with self._item(report, "purge", asset.asset_id):
+                        async with self._item(report, "purge", asset.asset_id, self.item_deadline_s):
                             await self._purge(asset, report, now)
             if "sweep" in jobs:
                 for target in await self.sweep_targets():
                     if stopping():
                         break
-                    async with self._item(report, "sweep multipart", f"{target.storage.bucket}/{target.prefix}"):
+                    subject = f"{target.storage.bucket}/{target.prefix}"
+                    async with self._item(report, "sweep multipart", subject, self.sweep_deadline_s):
                         await self._sweep_multipart(target, report, now)
-                    async with self._item(report, "sweep orphans", f"{target.storage.bucket}/{target.prefix}"):
+                    async with self._item(report, "sweep orphans", subject, self.sweep_deadline_s):
                         await self._sweep_orphans(target, report, now, stopping)
         finally:
             if not self.dry_run:
@@ -166,12 +173,14 @@ class Janitor:
         return report
 
     @contextlib.asynccontextmanager
-    async def _item(self, report: RunReport, action: str, subject: str) -> AsyncIterator[None]:
-        # One failing item (a bucket refusing, an unknown profile) must not stop the others;
-        # it stays due and the next run tries again.
+    async def _item(self, report: RunReport, action: str, subject: str, deadline_s: float) -> AsyncIterator[None]:
+        # One failing or silent item (a bucket refusing or never answering, an unknown profile)
+        # must not stop the others; it stays due (its transaction rolled back) and the next run
+        # tries again.
         try:
-            yield
-        except (StorageError, UnknownProfile, asyncpg.PostgresError) as exc:
+            async with asyncio.timeout(deadline_s):
+                yield
+        except (StorageError, UnknownProfile, asyncpg.PostgresError, TimeoutError) as exc:
             report.errors += 1
             log.warning("janitor action failed", extra={"action": action, "subject": subject, "error": repr(exc)})
 
@@ -250,7 +259,13 @@ class Janitor:
 
     async def _sweep_multipart(self, target: SweepTarget, report: RunReport, now: datetime) -> None:
         storage, key_prefix = target.storage, target.storage.profile.key_prefix
-        uploads = [u async for u in storage.list_multipart_uploads(target.prefix) if within(u.key, target.prefix)]
+        uploads = []
+        async for upload in storage.list_multipart_uploads(target.prefix):
+            if len(uploads) == self.sweep_max_keys:
+                log.warning("multipart sweep cut at its cap", extra={"bucket": storage.bucket, "prefix": target.prefix})
+                break
+            if within(upload.key, target.prefix):
+                uploads.append(upload)
         candidates = {ref.asset_id for u in uploads if (ref := asset_of_key(u.key, key_prefix)) is not None}
         open_ids = await tracking.open_session_asset_ids(self.pool, candidates)
         for upload in uploads:
@@ -267,9 +282,14 @@ class Janitor:
         self, target: SweepTarget, report: RunReport, now: datetime, stopping: Callable[[], bool]
     ) -> None:
         batch: list[str] = []
+        listed = 0
         async for key in target.storage.list_keys(target.prefix):
             if stopping():
                 return
+            listed += 1
+            if listed > self.sweep_max_keys:
+                log.warning("orphan sweep cut at its cap", extra={"bucket": target.storage.bucket, "prefix": target.prefix})
+                break
             if within(key, target.prefix) and asset_of_key(key, target.storage.profile.key_prefix) is not None:
                 batch.append(key)
             if len(batch) == _ORPHAN_BATCH:

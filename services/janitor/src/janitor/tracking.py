@@ -20,6 +20,7 @@ from rawdrive_contracts import (
     AssetDeleted,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     UploadAborted,
     UploadExpired,
@@ -77,6 +78,16 @@ async def commit_requested(pool: asyncpg.Pool, event: CloudEvent[CommitRequested
     await pool.execute(
         """UPDATE tracked_uploads SET commit_requested_at = $2
            WHERE upload_id = $1 AND commit_requested_at IS NULL""",
+        event.data.upload_id, event.time,
+    )
+
+
+async def commit_refused(pool: asyncpg.Pool, event: CloudEvent[CommitRefused]) -> None:
+    # Only a commit requested before the refusal is undone: a late redelivery of an older
+    # attempt's refusal leaves the next attempt's request standing.
+    await pool.execute(
+        """UPDATE tracked_uploads SET commit_requested_at = NULL
+           WHERE upload_id = $1 AND commit_requested_at <= $2""",
         event.data.upload_id, event.time,
     )
 
@@ -210,3 +221,14 @@ async def open_session_asset_ids(pool: asyncpg.Pool, candidates: Collection[str]
         list(candidates),
     )
     return {row["asset_id"] for row in rows}
+
+
+async def referenced_profile_refs(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    """Storage profile refs some object may still live under: an open session's, or an asset's
+    that is not purged. Only these customer buckets are worth sweeping."""
+    rows = await conn.fetch(
+        """SELECT storage_profile_ref FROM tracked_uploads WHERE closed_by IS NULL
+           UNION SELECT storage_profile_ref FROM tracked_assets
+                 WHERE storage_profile_ref IS NOT NULL AND purged_at IS NULL"""
+    )
+    return {row["storage_profile_ref"] for row in rows}

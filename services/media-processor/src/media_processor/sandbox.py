@@ -3,28 +3,58 @@
 Children fork from a forkserver that has already imported Wand with the project's ImageMagick
 policy (importing Wand takes about a second here; a fork takes milliseconds). Each child starts
 its own process group and caps its address space, CPU time and file sizes before touching the
-file; the programs it runs (ffmpeg, ffprobe, Ghostscript, dcraw) inherit those limits. When the
+file; the programs it runs (ffmpeg, ffprobe, Ghostscript) inherit those limits; LibRaw (RAW)
+runs inside the child itself. When the
 deadline passes the parent kills the whole group, so a pixel flood, a decoder loop or a crash
 fails that one asset and the worker goes on serving.
+
+A decoder exploit must not hold the service's secrets: the forkserver is exec'd through a
+launcher with an empty environment plus what the decoders need (PATH, HOME and the temp dirs
+on the scratch volume, the ImageMagick policy path), so neither it nor any child it forks has
+the master key, the bucket secret or a database URL in its environ. The forkserver makes
+itself not dumpable (no ptrace or /proc/<pid>/mem by a same-uid process) and, when it runs as
+root, moves into a network namespace of its own with no interface up, so decoders have no
+network at all. Without root (Kubernetes without CAP_SYS_ADMIN) there is no such namespace:
+the pod's NetworkPolicy is what keeps decoders off the network (docs/security.md). Each child
+also caps the number of processes its user may have (RLIMIT_NPROC: no fork bombs; the
+processor runs as a uid of its own so the count is its alone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
 import resource
+import shlex
 import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from importlib.resources import files
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal
 
 import msgspec
 
+from media_processor.dimensions import PixelLimits
 from media_processor.magic import Family
 from media_processor.variants import ExtraVariantName, VariantName
 from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
-# The module the forkserver imports once; it sets MAGICK_CONFIGURE_PATH before importing Wand.
-_IMAGING = "media_processor.imaging"
+# The modules the forkserver imports once, in order: the first confines the forkserver (see
+# confine_forkserver), the second sets MAGICK_CONFIGURE_PATH before importing Wand.
+_PRELOAD = ["media_processor.forkserver_confinement", "media_processor.imaging"]
+PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
+_CLONE_NEWNET = 0x40000000
+# Inherited from the service when set: where programs and Python packages are, nothing secret.
+_PASSED_THROUGH = ("PATH", "PYTHONPATH", "LANG")
+
+# processing_failed's `cause` (an open set in the contract): which released `reason` each refines
+# is fixed by the two constructors below.
+FailureCause = Literal["too_many_pixels", "corrupt_content"]
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +62,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int = 2 * 1024**3
     # Largest file a child (or a program it runs) may write: decoded frames, ImageMagick's cache.
     file_bytes: int = 1024**3
+    # Processes (threads included) the processor's user may have while a child runs.
+    processes: int = 1024
+    # Declared picture sizes above these are refused before decoding (reason too_many_pixels).
+    pixels: PixelLimits = PixelLimits()
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +73,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     family: Family
     workdir: str  # where the child writes frames and variants
     timeout_s: float  # the child's own deadline for the programs it runs
+    pixels: PixelLimits = PixelLimits()
 
 
 class Produced(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +85,8 @@ class Produced(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Metadata (with `warnings` when the file is damaged but decodable) and the variants."""
+
     metadata: MediaMetadata
     variants: tuple[Produced, ...]
 
@@ -57,21 +94,68 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 class Unprocessable(Exception):
     """This asset cannot be processed, for good; the reason goes into processing_failed."""
 
-    def __init__(self, reason: ProcessingFailureReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+    def __init__(self, reason: ProcessingFailureReason, detail: str, cause: FailureCause | None = None) -> None:
+        super().__init__(f"{cause or reason}: {detail}")
         self.reason: ProcessingFailureReason = reason
         self.detail = detail[:1000]
+        self.cause: FailureCause | None = cause
 
-    def __reduce__(self) -> tuple[type[Unprocessable], tuple[str, str]]:
-        # Crosses the pipe from the child: rebuild from both fields, not from the message.
-        return (Unprocessable, (self.reason, self.detail))
+    def __reduce__(self) -> tuple[type[Unprocessable], tuple[str, str, FailureCause | None]]:
+        # Crosses the pipe from the child: rebuild from every field, not from the message.
+        return (Unprocessable, (self.reason, self.detail, self.cause))
+
+
+def too_many_pixels(detail: str) -> Unprocessable:
+    return Unprocessable("unsupported_content", detail, "too_many_pixels")
+
+
+def corrupt_content(detail: str) -> Unprocessable:
+    return Unprocessable("decode_failed", detail, "corrupt_content")
+
+
+def decoder_environment(temp_dir: str) -> dict[str, str]:
+    """Everything a decoder's environment holds: no RAWDRIVE_* variable, no credentials."""
+    passed = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+    return passed | {
+        "HOME": temp_dir,
+        "TMPDIR": temp_dir,
+        "MAGICK_TEMPORARY_PATH": temp_dir,  # ImageMagick's pixel cache: the scratch volume
+        "MAGICK_CONFIGURE_PATH": str(files("media_processor") / "magick"),
+    }
+
+
+def prctl(option: int, arg: int = 0) -> int:
+    result: int = ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    if result < 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+    return result
+
+
+def confine_forkserver() -> None:
+    """Run once in the forkserver, before it forks any decoder (forks inherit both)."""
+    prctl(PR_SET_DUMPABLE, 0)
+    if os.geteuid() == 0:
+        # A fresh network namespace has only a loopback interface, and it is down.
+        if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
 
 
 class Sandbox:
-    def __init__(self, limits: Limits = Limits()) -> None:
+    def __init__(self, limits: Limits = Limits(), temp_dir: str | None = None) -> None:
+        """`temp_dir`: where decoders keep temporary files (the scratch volume); default the
+        system's temp dir."""
         self.limits = limits
+        self._home = tempfile.mkdtemp(prefix="rawdrive-decoders-", dir=temp_dir)
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([_IMAGING])
+        self._context.set_forkserver_preload(_PRELOAD)
+        # multiprocessing starts its forkserver as `<executable> -c ...` with our environment;
+        # this launcher replaces the environment first. (The executable is process-wide: the
+        # processor has no other use for multiprocessing.)
+        launcher = Path(self._home) / "python"
+        assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in decoder_environment(self._home).items())
+        launcher.write_text(f'#!/bin/sh\nexec /usr/bin/env -i {assignments} {shlex.quote(sys.executable)} "$@"\n')
+        launcher.chmod(0o700)
+        self._context.set_executable(str(launcher))
 
     def start(self) -> None:
         """Start the forkserver now and wait until it serves (blocking; about a second).
@@ -84,12 +168,21 @@ class Sandbox:
         child.join()
 
     async def process(self, path: str, family: Family, workdir: str) -> Outcome:
-        job = Job(path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9)
-        return await asyncio.to_thread(self._run, job)
+        job = Job(
+            path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9, pixels=self.limits.pixels
+        )
+        outcome = await self.call(_decode, job)
+        assert isinstance(outcome, Outcome)
+        return outcome
 
-    def _run(self, job: Job) -> Outcome:
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in a confined child (picklable function and result); whatever it
+        raises comes back as Unprocessable."""
+        return await asyncio.to_thread(self._run, function, args)
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         receiver, sender = self._context.Pipe(duplex=False)
-        child = self._context.Process(target=_child, args=(sender, job, self.limits), daemon=True)
+        child = self._context.Process(target=_child, args=(sender, function, args, self.limits), daemon=True)
         child.start()
         sender.close()
         try:
@@ -105,7 +198,6 @@ class Sandbox:
             receiver.close()
         if isinstance(result, Unprocessable):
             raise result
-        assert isinstance(result, Outcome)
         return result
 
 
@@ -122,19 +214,25 @@ def _ready() -> None:
     """The child Sandbox.start() forks: the forkserver has served it, nothing else to do."""
 
 
-def _child(sender: Connection, job: Job, limits: Limits) -> None:
-    """Runs in the child: limit ourselves, then decode; report an Outcome or an Unprocessable."""
+def _decode(job: Job) -> Outcome:
+    from media_processor import imaging  # already imported by the forkserver: free
+
+    return imaging.process(job)
+
+
+def _child(sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], limits: Limits) -> None:
+    """Runs in the child: limit ourselves, then run; report the result or an Unprocessable."""
     os.setsid()  # our own group, which the parent kills with everything we started
     cpu = int(limits.timeout_s) + 5
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    from media_processor import imaging  # already imported by the forkserver: free
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
 
-    result: Outcome | Unprocessable
+    result: Any
     try:
-        result = imaging.process(job)
+        result = function(*args)
     except Unprocessable as exc:
         result = exc
     except MemoryError:

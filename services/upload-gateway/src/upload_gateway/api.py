@@ -1,7 +1,9 @@
 """Request and response bodies of the uploads API.
 
-Requests decode strictly (no string-for-number coercion); unknown fields are ignored, so an
-older gateway still serves a newer client, as the event contracts do for consumers.
+Requests decode strictly (no string-for-number coercion) and refuse unknown fields
+(`forbid_unknown_fields`, `additionalProperties: false` in the OpenAPI document): a misspelt
+optional field such as `sha_256` would otherwise be dropped in silence, and with it the check it
+asked for. Responses may gain fields; clients ignore what they do not know.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
 PartNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)]
 
 
-class CreateUpload(msgspec.Struct, frozen=True, kw_only=True):
+class CreateUpload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     file_name: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     mime_type: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     size_bytes: Annotated[int, msgspec.Meta(ge=1)]
@@ -65,7 +67,7 @@ class UploadStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     rejection: Rejection | None = None
 
 
-class PartsRequest(msgspec.Struct, frozen=True):
+class PartsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     part_numbers: Annotated[list[PartNumber], msgspec.Meta(min_length=1, max_length=1000)]
 
 
@@ -93,12 +95,12 @@ class PartList(msgspec.Struct, frozen=True):
     parts: list[UploadedPart]
 
 
-class PartEtag(msgspec.Struct, frozen=True):
+class PartEtag(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     part_number: PartNumber
     etag: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
-class CommitRequest(msgspec.Struct, frozen=True, kw_only=True):
+class CommitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     sha256: Sha256 | None = None
     # Accepted for clients that send it; the verifier checks the stored object itself.
     etag: str | None = None
@@ -117,7 +119,7 @@ StorageMode = Literal["managed_r2", "byos_s3"]
 BucketName = Annotated[str, msgspec.Meta(pattern="^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
 
 
-class StorageCredentials(msgspec.Struct, frozen=True):
+class StorageCredentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Accepted once on PUT, sealed at rest, never returned."""
 
     access_key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -127,7 +129,7 @@ class StorageCredentials(msgspec.Struct, frozen=True):
         return "StorageCredentials(***)"
 
 
-class PutStorageProfile(msgspec.Struct, frozen=True, kw_only=True):
+class PutStorageProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     mode: StorageMode
     bucket: BucketName | None = None
     endpoint: Annotated[str, msgspec.Meta(pattern="^https?://[^\\s/?#]+/?$")] | None = None

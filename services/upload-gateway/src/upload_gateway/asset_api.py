@@ -41,9 +41,11 @@ class VariantLinks(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     motion_poster: VariantLink | None = None
 
 
-class ProcessingFailure(msgspec.Struct, frozen=True):
+class ProcessingFailure(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: ProcessingFailureReason
     detail: str
+    # A finer cause within `reason`: too_many_pixels, corrupt_content (an open set).
+    cause: str | None = None
 
 
 class Asset(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

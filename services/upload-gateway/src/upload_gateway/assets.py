@@ -31,9 +31,17 @@ from upload_gateway.catalogue import (
     status_of,
 )
 from upload_gateway.openapi import Operation, Reply, Route
-from upload_gateway.problems import FieldError, InvalidRequest, NotFound, RetentionOver, from_validation_error
+from upload_gateway.problems import (
+    PROCESSING_FAILURE_TEXTS,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    RetentionOver,
+    from_validation_error,
+    storage_errors,
+)
 from upload_gateway.routes import GATEWAY, _json, _user
-from upload_gateway.uploads import SOURCE, Gateway, storage_errors, storage_for, utcnow
+from upload_gateway.uploads import SOURCE, Gateway, storage_for, utcnow
 
 PREFIX = "/v1/workspaces/{workspace_id}/assets"
 
@@ -99,7 +107,9 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         metadata=processed.metadata if processed else None,
         variants=variants,
         urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
-        failure=asset_api.ProcessingFailure(facts.failure.reason, facts.failure.detail)
+        failure=asset_api.ProcessingFailure(
+            facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason], facts.failure.cause
+        )
         if status == "failed" and facts.failure
         else None,
         paired_with=entry.paired_with,

@@ -13,7 +13,8 @@ RAWDRIVE_UPLOAD_TOKEN_PREVIOUS_SECRETS: it still verifies, never signs, until th
 minted under it has expired.
 
 Access rule: a workspace missing from the token is 404 (existence never leaks); a role below
-the action's minimum is 403.
+the action's minimum is 403. A token refused is 401 with a fixed message saying what to send
+instead (`token_refusal`), never PyJWT's or a codec's own text.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,6 +33,8 @@ import jwt
 import msgspec
 
 from upload_gateway.problems import Forbidden, NotFound, Unauthorized
+
+log = logging.getLogger(__name__)
 
 Role = Literal["viewer", "member", "admin"]
 Action = Literal["read", "upload", "delete", "restore", "manage_storage"]
@@ -98,6 +102,48 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>")
     return token.strip()
+
+
+USER_TOKEN_HINT = "a user token from your identity provider (`make token` in development)"
+NOT_A_JWT = (
+    "the bearer token is not a JWT: send " + USER_TOKEN_HINT + ", or on an upload's tus and parts "
+    "URLs the upload token from the session's `headers`"
+)
+UPLOAD_TOKEN_ON_USER_ROUTE = (
+    "this is an upload token: it opens only the tus and parts URLs of its own upload; this route "
+    "needs " + USER_TOKEN_HINT
+)
+
+
+def token_refusal(error: jwt.PyJWTError, kind: Literal["user", "upload"]) -> Unauthorized:
+    """What a client is told about a token PyJWT refused: which fix applies, in fixed words."""
+    fresh = "get a new one" if kind == "user" else "open a new session for a new upload token"
+    if isinstance(error, jwt.ExpiredSignatureError):
+        detail = f"the {kind} token expired; {fresh}"
+    elif isinstance(error, jwt.ImmatureSignatureError):
+        detail = f"the {kind} token is not valid yet (nbf/iat in the future); check the issuer's clock"
+    elif isinstance(error, jwt.InvalidAudienceError):
+        detail = f"the {kind} token's audience (aud) is not this API's; send " + USER_TOKEN_HINT
+    elif isinstance(error, jwt.MissingRequiredClaimError):
+        detail = f"the {kind} token lacks the {error.claim!r} claim"
+    elif isinstance(error, jwt.InvalidSignatureError):
+        detail = f"the {kind} token's signature does not verify: it was not issued for this deployment"
+    elif isinstance(error, jwt.InvalidAlgorithmError):
+        detail = f"the {kind} token is signed with an algorithm this deployment does not accept"
+    elif isinstance(error, jwt.PyJWKClientError):
+        detail = "no signing key of the identity provider matches the token (kid); " + fresh
+    else:  # DecodeError and the rest: claims that cannot be read or checked
+        detail = f"the {kind} token's claims cannot be read; {fresh}"
+    return Unauthorized(detail)
+
+
+def is_jwt(token: str) -> bool:
+    """Whether `token` has a JWT's shape: three dot-separated parts, the first a JOSE header."""
+    try:
+        jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 def principal_from_claims(claims: dict[str, object]) -> Principal:
@@ -173,6 +219,16 @@ def mint_dev_token(secret: str, *, sub: str, workspaces: dict[str, str], ttl_s: 
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+# HS256 secrets shorter than SHA-256's output can be guessed offline from one token (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+
+
+def derived_upload_secret(user_secret: str) -> str:
+    """The upload token secret when none is configured: a key of its own, derived from the user
+    token secret, so an upload token's key never verifies a user token and vice versa."""
+    return hmac.new(user_secret.encode(), b"rawdrive upload tokens", hashlib.sha256).hexdigest()
+
+
 class TokenVerifier:
     """Checks user tokens (HS256 secret or RS256 JWKS) and mints and checks upload tokens."""
 
@@ -183,16 +239,24 @@ class TokenVerifier:
         hs256_secret: str | None = None,
         jwks_url: str | None = None,
         audience: str | None = None,
+        issuer: str | None = None,
         previous_upload_secrets: Sequence[str] = (),
     ) -> None:
         if (hs256_secret is None) == (jwks_url is None):
             raise ValueError("configure exactly one of an HS256 secret and a JWKS URL")
+        if jwks_url is not None and (issuer is None or audience is None):
+            # An identity provider signs tokens for many applications: only iss and aud say ours.
+            raise ValueError("a JWKS URL needs the issuer and the audience (RAWDRIVE_JWT_ISSUER, RAWDRIVE_JWT_AUDIENCE)")
+        for secret in (hs256_secret, upload_secret, *previous_upload_secrets):
+            if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"a token secret must be at least {MIN_SECRET_BYTES} bytes")
         # The first signs; all verify (the others only during a rotation).
         self._upload_secrets = (upload_secret, *previous_upload_secrets)
         self._upload_key = upload_secret.encode()
         self._hs256_secret = hs256_secret
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
         self._audience = audience
+        self._issuer = issuer
         self._verified = VerifiedTokens()
 
     async def principal(self, authorization: str | None) -> Principal:
@@ -201,12 +265,17 @@ class TokenVerifier:
         known = self._verified.get(token, now)
         if known is not None:
             return known
+        if not is_jwt(token):
+            raise Unauthorized(NOT_A_JWT)
+        if _has_upload_audience(token):
+            raise Unauthorized(UPLOAD_TOKEN_ON_USER_ROUTE)
         if self._jwks is not None:
             try:
                 # PyJWKClient fetches with urllib; keep the event loop free while it does.
                 key = (await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)).key
             except jwt.PyJWTError as error:
-                raise Unauthorized(f"token signing key not found: {error}") from None
+                log.warning("token signing key not found", extra={"error": str(error)})
+                raise token_refusal(error, "user") from None
             algorithm = "RS256"
         else:
             key, algorithm = self._hs256_secret, "HS256"
@@ -218,11 +287,12 @@ class TokenVerifier:
                 key,
                 algorithms=[algorithm],
                 audience=self._audience,
+                issuer=self._issuer,
                 leeway=LEEWAY_S,
-                options={"require": ["sub", "exp"]},
+                options={"require": ["sub", "exp", *(["iss"] if self._issuer else [])]},
             )
         except jwt.PyJWTError as error:
-            raise Unauthorized(f"invalid token: {error}") from None
+            raise token_refusal(error, "user") from None
         principal = principal_from_claims(claims)
         self._verified.put(token, principal, float(claims["exp"]), now)
         return principal
@@ -241,10 +311,11 @@ class TokenVerifier:
     def upload_grant(self, authorization: str | None) -> UploadGrant:
         token = bearer_token(authorization)
         try:
-            claims = self._upload_claims(token)
-            parsed = msgspec.convert(claims, _UploadClaims)
-        except (jwt.PyJWTError, msgspec.ValidationError) as error:
-            raise Unauthorized(f"invalid upload token: {error}") from None
+            parsed = msgspec.convert(self._upload_claims(token), _UploadClaims)
+        except jwt.PyJWTError as error:
+            raise token_refusal(error, "upload") from None
+        except msgspec.ValidationError as error:
+            raise Unauthorized(f"upload token claims are invalid: {error}") from None
         return UploadGrant(sub=parsed.sub, workspace_id=parsed.workspace_id, upload_id=parsed.upload_id)
 
     def _upload_claims(self, token: str) -> dict[str, object]:
@@ -271,8 +342,16 @@ class TokenVerifier:
     def is_upload_token(self, authorization: str | None) -> bool:
         """Whether the bearer token claims the upload audience (unverified: only picks the check)."""
         try:
-            claims = jwt.decode(bearer_token(authorization), options={"verify_signature": False})
-        except (jwt.PyJWTError, Unauthorized):
+            return _has_upload_audience(bearer_token(authorization))
+        except Unauthorized:
             return False
-        audience = claims.get("aud")
-        return audience == UPLOAD_AUDIENCE or (isinstance(audience, list) and UPLOAD_AUDIENCE in audience)
+
+
+def _has_upload_audience(token: str) -> bool:
+    """Whether `token` claims the upload audience, unverified: it only picks the check or the message."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    audience = claims.get("aud")
+    return audience == UPLOAD_AUDIENCE or (isinstance(audience, list) and UPLOAD_AUDIENCE in audience)

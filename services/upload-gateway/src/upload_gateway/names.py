@@ -4,9 +4,12 @@ import unicodedata
 
 from upload_gateway.problems import InvalidRequest
 
-# Control characters cannot be shown and NUL cannot be stored in PostgreSQL text. (Lone
-# surrogates never get here: the JSON decoder refuses them as malformed.)
-_UNPRINTABLE = frozenset({"Cc"})
+# Control characters cannot be shown and NUL cannot be stored in PostgreSQL text; format
+# characters (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, zero-width joiners, ...) make a name read
+# otherwise than it is ("invoice\u202Efdp.exe"), in lists and in the download's
+# Content-Disposition; the key builder drops the same two categories. (Lone surrogates never
+# get here: the JSON decoder refuses them as malformed.)
+_UNPRINTABLE = frozenset({"Cc", "Cf"})
 
 
 def display_name(file_name: str) -> str:

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from rawdrive_platform.health import ReadinessReport
 from rawdrive_platform.keys import ID_PATTERN
+from upload_gateway.limits import FILE_TYPES, MIB, SIZE_LIMITS
 from upload_gateway.problems import PROBLEM_CONTENT_TYPE, Problem
 from upload_gateway.tus import protocol as tus
 from upload_gateway.tus.routes import TUS_PATH
@@ -105,14 +106,16 @@ _TUS_ERRORS = (
     Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
     Reply(423, "Another request is writing this upload", str, "text/plain"),
     Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
-    Reply(502, "Storage refused", str, "text/plain"),
-    Reply(503, "Storage unavailable; retry", str, "text/plain", headers=("Retry-After",)),
+    # Storage failures are answered as everywhere else in the API (problems.from_storage_error).
+    Reply(502, "Storage refused", Problem, PROBLEM_CONTENT_TYPE),
+    Reply(503, "Storage unavailable; retry after Retry-After seconds", Problem, PROBLEM_CONTENT_TYPE,
+          headers=("Retry-After",)),
 )
 _OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")
 _TUS_NOTE = (
     f"tus {tus.TUS_VERSION} (https://tus.io/protocols/resumable-upload), extensions "
     f"{', '.join(tus.TUS_EXTENSIONS)}; checksums {', '.join(tus.CHECKSUM_ALGORITHMS)}. Protocol errors are "
-    "text/plain with the tus status; authentication errors are problem+json. Send the headers "
+    "text/plain with the tus status; authentication and storage errors are problem+json. Send the headers "
     "the session's `headers` field gave (the upload token)."
 )
 TUS_OPERATIONS = (
@@ -174,6 +177,25 @@ OPENAPI_ROUTE_OPERATION = Operation(
 
 # -- the document ----------------------------------------------------------------------------------
 
+
+def accepted_files() -> str:
+    """What createUpload accepts, rendered from the limits table (the one place it is decided)."""
+    lines = [
+        "Accepted files: the extension of `file_name` picks the kind and the allowed `mime_type`s; "
+        "another extension or type is 422 `unsupported_type`, a file over its kind's limit is 413 "
+        "`file_too_large`.",
+        "",
+    ]
+    for kind, limit in SIZE_LIMITS.items():
+        types = "; ".join(
+            f".{extension} ({', '.join(sorted(file_type.mime_types))})"
+            for extension, file_type in FILE_TYPES.items()
+            if file_type.kind == kind
+        )
+        lines.append(f"- {kind}, at most {limit // MIB} MiB ({limit} bytes): {types}")
+    return "\n".join(lines)
+
+
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{name}"
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
@@ -196,7 +218,7 @@ def build(operations: Iterable[Operation], *, title: str = "RawDrive API", versi
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, schema_of, components)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": accepted_files()},
         "paths": paths,
         "components": {
             "schemas": components,

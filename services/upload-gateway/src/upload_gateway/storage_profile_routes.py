@@ -10,10 +10,12 @@ from upload_gateway.problems import decode_body
 from upload_gateway.routes import GATEWAY, _json, _user
 
 PATH = "/v1/workspaces/{workspace_id}/storage-profile"
+WRITES = web.AppKey("storage_profile_writes", storage_profiles.WriteLimiter)
 
 
 async def put(request: web.Request) -> web.Response:
     principal, workspace_id = await _user(request, "manage_storage")
+    request.config_dict[WRITES].admit_now(workspace_id)
     body = await decode_body(request, api.PutStorageProfile)
     return _json(await storage_profiles.save(request.config_dict[GATEWAY], principal.sub, workspace_id, body))
 
@@ -25,6 +27,7 @@ async def get(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     _, workspace_id = await _user(request, "manage_storage")
+    request.config_dict[WRITES].admit_now(workspace_id)
     await storage_profiles.remove(request.config_dict[GATEWAY], workspace_id)
     return web.Response(status=204)
 
@@ -38,7 +41,7 @@ ROUTES: tuple[Route, ...] = (
             summary="Save the workspace's storage profile after a live check of the bucket (admin)",
             body=api.PutStorageProfile,
             replies=(Reply(200, "Saved; credentials are never returned", api.StorageProfileView),),
-            problems=(400, 413, 422, 502, *_PROBLEMS),
+            problems=(400, 413, 422, 429, 502, *_PROBLEMS),
         ),
         put,
     ),
@@ -56,7 +59,7 @@ ROUTES: tuple[Route, ...] = (
             method="DELETE", path=PATH, operation_id="deleteStorageProfile", tag="storage-profile",
             summary="Back to the managed bucket for new uploads (admin)",
             replies=(Reply(204, "Removed"),),
-            problems=_PROBLEMS,
+            problems=(429, *_PROBLEMS),
         ),
         delete,
     ),
@@ -64,4 +67,5 @@ ROUTES: tuple[Route, ...] = (
 
 
 def mount_storage_profiles(app: web.Application) -> None:
+    app[WRITES] = storage_profiles.WriteLimiter()
     mount(app, ROUTES)

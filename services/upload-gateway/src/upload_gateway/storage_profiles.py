@@ -1,18 +1,24 @@
 """Bring-your-own-bucket storage profiles: check, publish, activate, show, remove.
 
 A PUT is checked cheapest first: the fields (no I/O; the key prefix must hold the workspace id),
-then a live check against the customer's bucket with the given credentials (head the bucket; put,
+then the endpoint (https, AWS, R2 or allowed by the operator, resolving to public addresses only:
+rawdrive_platform.storage.check_endpoint), then a live check against the customer's bucket with the given credentials (head the bucket; put,
 read back and delete a probe object under the prefix, with the profile's SSE parameters), then
 the profile is published, credentials sealed, under a fresh ref (rawdrive_platform.profiles) and
 becomes the workspace's active profile. New sessions use the active profile; open sessions keep
 the ref they started with. Secrets go only into the sealed record: responses, logs and events
-carry the ref and a masked key id.
+carry the ref and a masked key id. A failed live-check step is reported as that step alone,
+the same whatever the endpoint answered (or whether it answered): the reason goes to the log,
+so the check cannot serve as a port scanner or a window onto another server's replies. Writes
+are rate-limited per workspace (each PUT reaches out to the customer's endpoint).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections import deque
 
 from rawdrive_platform import storage as s3
 from rawdrive_platform.config import Secret
@@ -22,17 +28,22 @@ from upload_gateway import api, profile_store
 from upload_gateway.problems import (
     FieldError,
     InvalidRequest,
+    RateLimited,
     StorageProfileRejected,
     StorageProfilesDisabled,
+    storage_errors,
 )
 from upload_gateway.profile_store import ActiveProfile
-from upload_gateway.uploads import Gateway, storage_errors, utcnow
+from upload_gateway.uploads import Gateway, utcnow
 
 log = logging.getLogger(__name__)
 
 PROBE_BODY = b"rawdrive storage profile check\n"
 # Fields a managed_r2 request must leave out: the platform owns that bucket's settings.
 _BYOS_ONLY = ("bucket", "endpoint", "key_prefix", "credentials", "kms_key_id")
+# Profile writes (PUT, DELETE) a workspace may make per window, on each gateway replica.
+WRITES_PER_WINDOW = 5
+WRITE_WINDOW_S = 60.0
 
 
 # -- pure -------------------------------------------------------------------------------------
@@ -66,7 +77,35 @@ def check_request(workspace_id: str, request: api.PutStorageProfile) -> list[Fie
     return errors
 
 
-def byos_profile(ref: str, request: api.PutStorageProfile) -> s3.StorageProfile:
+class WriteLimiter:
+    """At most `limit` writes per workspace in any `window_s` seconds (a sliding window)."""
+
+    def __init__(self, limit: int = WRITES_PER_WINDOW, window_s: float = WRITE_WINDOW_S) -> None:
+        self._limit = limit
+        self._window_s = window_s
+        self._writes: dict[str, deque[float]] = {}
+
+    def admit(self, workspace_id: str, now: float) -> None:
+        """Count a write now, or raise RateLimited with the seconds until one is allowed."""
+        writes = self._writes.setdefault(workspace_id, deque())
+        while writes and writes[0] <= now - self._window_s:
+            writes.popleft()
+        if len(writes) >= self._limit:
+            wait = max(1, int(writes[0] + self._window_s - now + 0.999))
+            raise RateLimited(
+                f"at most {self._limit} storage profile changes per {self._window_s:.0f} s; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        writes.append(now)
+        if len(self._writes) > 10_000:  # workspaces that went quiet are forgotten
+            for quiet in [w for w, times in self._writes.items() if not times or times[-1] <= now - self._window_s]:
+                del self._writes[quiet]
+
+    def admit_now(self, workspace_id: str) -> None:
+        self.admit(workspace_id, time.monotonic())
+
+
+def byos_profile(ref: str, request: api.PutStorageProfile, policy: s3.EndpointPolicy) -> s3.StorageProfile:
     assert request.bucket is not None and request.credentials is not None  # check_request passed
     return s3.StorageProfile(
         profile_id=ref,
@@ -79,22 +118,18 @@ def byos_profile(ref: str, request: api.PutStorageProfile) -> s3.StorageProfile:
         kms_key_id=request.kms_key_id,
         access_key_id=request.credentials.access_key_id,
         secret_access_key=Secret(request.credentials.secret_access_key),
+        endpoint_policy=policy,
     )
 
 
-def check_failure(step: str, error: s3.StorageError) -> FieldError:
-    """What a failed live-check step means, in words an admin can act on (no SDK text)."""
-    if isinstance(error, s3.StorageDenied):
-        return FieldError(
-            path="$.credentials",
-            message=f"{step}: access denied / signature mismatch: check the access key id and secret, "
-            "and that the policy grants this bucket and prefix",
-        )
-    if isinstance(error, s3.ObjectMissing) and step == "head bucket":
-        return FieldError(path="$.bucket", message=f"{step}: bucket not found at this endpoint and region")
-    if isinstance(error, s3.StorageUnavailable):
-        return FieldError(path="$.endpoint", message=f"{step}: endpoint unreachable (connection failed, timed out or 5xx)")
-    return FieldError(path="$", message=f"{step}: the store refused the request")
+def check_failure(step: str) -> FieldError:
+    """The one answer for a failed live-check step, whatever went wrong: a refused connection,
+    a silent port, a denial or a stranger's reply all read the same (the log has the cause)."""
+    return FieldError(
+        path="$",
+        message=f"{step} failed: check the endpoint, region, bucket, credentials, the bucket policy "
+        "for this prefix and the encryption settings",
+    )
 
 
 def view(profile: ActiveProfile | None) -> api.StorageProfileView:
@@ -131,7 +166,7 @@ async def live_check(profile: s3.StorageProfile) -> None:
         await storage.put(probe_key, PROBE_BODY, "text/plain")
         step = "get probe object"
         if await storage.get_range(probe_key, 0, len(PROBE_BODY)) != PROBE_BODY:
-            raise StorageProfileRejected("get probe object: the bucket returned different bytes than were put")
+            raise s3.StorageError("get probe object: the bucket returned different bytes than were put")
         step = "delete probe object"
         await storage.delete([probe_key])
     except s3.StorageError as error:
@@ -139,7 +174,7 @@ async def live_check(profile: s3.StorageProfile) -> None:
             "storage profile check failed",
             extra={"ref": profile.profile_id, "bucket": profile.bucket, "step": step, "error": str(error)},
         )
-        failure = check_failure(step, error)
+        failure = check_failure(step)
         raise StorageProfileRejected(f"the storage profile was not saved: {failure.message}", errors=[failure]) from None
     finally:
         await storage.close()
@@ -159,7 +194,11 @@ async def save(gw: Gateway, sub: str, workspace_id: str, request: api.PutStorage
         await remove(gw, workspace_id)
         return view(None)
     resolver = _resolver(gw)
-    profile = byos_profile(new_profile_ref(workspace_id), request)
+    profile = byos_profile(new_profile_ref(workspace_id), request, resolver.endpoint_policy)
+    try:
+        await s3.check_endpoint_resolves(profile.endpoint, profile.endpoint_policy)
+    except s3.EndpointRefused as error:
+        raise InvalidRequest("the storage profile is invalid", errors=[FieldError(path="$.endpoint", message=str(error))]) from None
     await live_check(profile)
     now = utcnow()
     with storage_errors("publish storage profile"):

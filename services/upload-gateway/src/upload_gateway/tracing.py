@@ -6,7 +6,8 @@ and the session stores that context (`UploadSession.trace_context`). A later req
 upload in its path (tus, parts, commit, status, abort) starts its span as a child of the stored
 context, whatever it carries itself; the commit's outbox row then carries the commit span to the
 verifier, the verifier's verdict to the processor, and so on. Probes and scrapes (outside
-`/v1/`) are not traced: they would bury the uploads.
+`/v1/`) are not traced: they would bury the uploads. The span's trace id is the request id the
+client sees (access.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.telemetry import extract_context, restored_context
 from upload_gateway import repository
+from upload_gateway.access import TRACE_ID
 from upload_gateway.problems import Handler
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ def tracing_middleware(pool: asyncpg.Pool) -> Middleware:
             kind=SpanKind.SERVER,
             attributes=attributes,
         )
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            request[TRACE_ID] = trace.format_trace_id(span_context.trace_id)
         # What start_as_current_span does, without its two generator-based context managers
         # (a tenth of the middleware's cost); exceptions are recorded below, as there.
         token = otel_context.attach(trace.set_span_in_context(span))

@@ -12,9 +12,8 @@ from aiohttp import web
 from upload_gateway import repository
 from upload_gateway.limits import SIZE_LIMITS
 from upload_gateway.openapi import TUS_OPERATIONS, document
-from upload_gateway.problems import Gone
 from upload_gateway.routes import GATEWAY, authorize_upload
-from upload_gateway.sessions import effective_state, plan_parts, require_open
+from upload_gateway.sessions import gone, plan_parts, require_open
 from upload_gateway.tus import TusStore, TusTarget, tus_routes
 from upload_gateway.tus.protocol import effective_method
 from upload_gateway.uploads import abort, storage_for, utcnow
@@ -27,14 +26,15 @@ TUS_CHUNK_SIZE = 5 * 1024 * 1024
 
 async def tus_target(request: web.Request) -> TusTarget:
     """The upload named by the URL, for a bearer allowed to send its bytes (see
-    routes.authorize_upload). Aborted and expired uploads are gone (410); one that is already
-    verifying or committed can still be asked for its offset but takes no more bytes (409)."""
+    routes.authorize_upload). Aborted, rejected and expired uploads are gone (410, saying which);
+    one that is already verifying or committed can still be asked for its offset but takes no
+    more bytes (409)."""
     gw = request.config_dict[GATEWAY]
     sub, session = await authorize_upload(request)
     now = utcnow()
-    state = effective_state(session, now)
-    if state in ("aborted", "expired"):
-        raise Gone(f"upload {session.upload_id} is {state}")
+    closed = gone(session, now)
+    if closed is not None:
+        raise closed
     method = effective_method(request.method, request.headers.get("X-HTTP-Method-Override"))
     if method not in _READ_ONLY:
         require_open(session, now)

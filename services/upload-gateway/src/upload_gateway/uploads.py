@@ -8,11 +8,9 @@ repeating the request repeats the storage call, and the janitor sweeps anything 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -42,18 +40,23 @@ from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
 from upload_gateway.problems import (
-    ChecksumMismatch,
+    REJECTION_TEXTS,
     FieldError,
     InvalidRequest,
     InvalidState,
     StorageError,
     StorageUnavailable,
+    storage_errors,
 )
 from upload_gateway.sessions import (
     TRANSITIONS,
     UploadSession,
+    attempts_left,
+    check_complete,
+    check_given_sha256,
     commit_outcome,
     effective_state,
+    parts_received,
     plan_parts,
     require_open,
 )
@@ -98,19 +101,6 @@ class Gateway:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@contextlib.contextmanager
-def storage_errors(what: str) -> Iterator[None]:
-    """Storage failures as problems, without bucket names or SDK messages in the detail."""
-    try:
-        yield
-    except s3.StorageUnavailable as error:
-        log.warning("storage unavailable", extra={"operation": what, "error": str(error)})
-        raise StorageUnavailable(f"{what}: storage is unavailable, retry later", headers={"Retry-After": "5"}) from None
-    except s3.StorageError as error:
-        log.error("storage error", extra={"operation": what, "error": str(error)})
-        raise StorageError(f"{what}: storage refused the request") from None
 
 
 async def storage_for(gw: Gateway, ref: str) -> s3.Storage:
@@ -289,10 +279,8 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
     received = session.bytes_received
     if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
-        storage = await storage_for(gw, session.storage_profile_ref)
-        with storage_errors("list parts"):
-            parts = await storage.list_parts(session.object_key, session.multipart_upload_id)
-        received = sum(part.size or 0 for part in parts)
+        held = await stored_parts(gw, session)
+        received = held.joined_size if held.joined_size is not None else sum(p.size or 0 for p in held.parts)
     return api.UploadStatus(
         upload_id=session.upload_id,
         asset_id=session.asset_id,
@@ -305,10 +293,10 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
         provider=session.provider,
         created_at=session.created_at,
         expires_at=session.expires_at,
-        sha256=session.sha256,
+        sha256=session.expected_sha256,
         part_size=session.part_size,
         part_count=session.part_count,
-        rejection=api.Rejection(session.rejection_reason, session.rejection_detail or "")
+        rejection=api.Rejection(session.rejection_reason, REJECTION_TEXTS[session.rejection_reason])
         if session.rejection_reason
         else None,
     )
@@ -382,36 +370,83 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
     )
 
 
-async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
-    multipart_upload_id, part_count = _multipart(session)
-    require_open(session, utcnow())
+class StoredParts(msgspec.Struct, frozen=True):
+    """What storage holds for a multipart session: the parts of its multipart upload, or, once
+    an earlier commit joined them (and its checksum was refused), the object's size."""
+
+    parts: list[s3.UploadedPart]
+    joined_size: int | None = None
+
+
+async def stored_parts(gw: Gateway, session: UploadSession) -> StoredParts:
+    """The session's stored parts. A multipart upload that storage lost (NoSuchUpload: an S3
+    restart, an abort behind our back) holds nothing: a fresh, empty one takes its place, so
+    the client uploads its parts again instead of being stranded."""
+    multipart_upload_id, _ = _multipart(session)
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("list parts"):
-        parts = await storage.list_parts(session.object_key, multipart_upload_id)
+        try:
+            return StoredParts(await storage.list_parts(session.object_key, multipart_upload_id))
+        except s3.ObjectMissing:
+            joined = await storage.head(session.object_key)
+            if joined is not None:
+                return StoredParts([], joined_size=joined.size)
+        log.warning("storage lost a multipart upload; starting a fresh one",
+                    extra={"upload_id": session.upload_id, "multipart_upload_id": multipart_upload_id})
+        fresh = await storage.create_multipart(session.object_key, session.mime_type)
+        if await repository.replace_multipart(gw.pool, session.upload_id, multipart_upload_id, fresh) is None:
+            await storage.abort_multipart(session.object_key, fresh)  # another request replaced it first
+            current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
+            require_open(current or session, utcnow())
+            assert current is not None and current.multipart_upload_id is not None
+            return StoredParts(await storage.list_parts(session.object_key, current.multipart_upload_id))
+    return StoredParts([])
+
+
+async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
+    _, part_count = _multipart(session)
+    require_open(session, utcnow())
+    held = await stored_parts(gw, session)
+    if held.joined_size is not None:
+        raise InvalidState(
+            f"upload {session.upload_id}'s parts were joined by an earlier commit; commit again or abort it"
+        )
     return api.PartList(
         part_size=session.part_size or 0,
         part_count=part_count,
-        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in parts],
+        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in held.parts],
     )
 
 
 async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest) -> api.CommitResult:
-    declared = request.sha256.lower() if request.sha256 else None
-    if declared and session.sha256 and declared != session.sha256:
-        raise ChecksumMismatch("the sha256 given at commit differs from the one declared before")
+    given = request.sha256.lower() if request.sha256 else None
+    check_given_sha256(session, given)
     if effective_state(session, utcnow()) in TRANSITIONS["commit"].sources:
-        await _request_commit(gw, sub, session, request, declared)
+        if request.parts is not None:
+            _, part_count = _multipart(session)
+            _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
+        check_complete(session, await _received(gw, session, request))
+        await _request_commit(gw, sub, session, request, given)
     return await _await_verdict(gw, session)
 
 
+async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequest) -> int | None:
+    """The bytes a commit would verify: tus counts them as they arrive; multipart parts go
+    straight to storage, which is asked (only the parts the client lists, if it lists any)."""
+    if session.resumable_protocol == "tus":
+        return session.bytes_received
+    held = await stored_parts(gw, session)
+    if held.joined_size is not None:
+        return held.joined_size
+    listed = {p.part_number for p in request.parts} if request.parts else None
+    return parts_received({p.part_number: p.size for p in held.parts}, listed)
+
+
 async def _request_commit(
-    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, declared: str | None
+    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, given: str | None
 ) -> None:
-    if request.parts is not None:
-        _, part_count = _multipart(session)
-        _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
     async with gw.pool.acquire() as conn, conn.transaction():
-        moved = await repository.apply(conn, session.upload_id, "commit", sha256=declared)
+        moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
         if moved is None:
             return  # a concurrent commit won; wait for the same verdict
         event = CommitRequested(
@@ -427,13 +462,15 @@ async def _request_commit(
             provider=moved.provider,
             storage_profile_ref=moved.storage_profile_ref,
             object_key=moved.object_key,
-            expected_sha256=moved.sha256,
+            expected_sha256=moved.expected_sha256,
             multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
             parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
             if request.parts is not None
             else None,
             requested_by=sub,
             kind=moved.kind,
+            attempt=moved.commit_attempts,
+            attempts_left=attempts_left(moved),
         )
         await enqueue(conn, new_event(event, source=SOURCE))
 

@@ -79,18 +79,14 @@ async def test_a_file_sent_in_one_patch_becomes_the_object_at_its_key(gateway, h
     assert session.progress == [5 * MiB, 10 * MiB, len(data)] and session.completions == 1
 
 
-async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_comes_again(gateway, http, storage):
-    """A database failover can lose the row's update after S3 completed the object (that commit
-    was never acknowledged). The client, answered with an error, sends the body again from the
-    offset the row still has; the multipart upload is gone, the object is whole: it is recorded
-    as complete instead of failing on every retry (found by tests/e2e/test_cluster.py)."""
+async def lose_the_completion(gateway, http, session, url, data) -> str:
+    """Complete the upload, then set its row back as a database failover can (the commit that
+    recorded the completion was never acknowledged); the completed multipart upload's id."""
     import asyncpg
 
-    data = os.urandom(2 * MiB + 7)  # one part: completing it is the first write to the row
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
     await create(http, url, len(data))
     assert (await patch(http, url, 0, data)).status == 204
+    completed = await multipart_id(gateway, session)
     conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
     try:
         await conn.execute(
@@ -99,15 +95,41 @@ async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_
         )
     finally:
         await conn.close()
-    assert await offset_of(http, url) == 0
+    return completed
+
+
+async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_comes_again(gateway, http, storage):
+    """A database failover can lose the row's update after S3 completed the object. The client,
+    answered with an error, sends the body again from the offset the row still has; the multipart
+    upload is gone, the object is whole: it is recorded as complete instead of failing on every
+    retry or being sent again (found by tests/e2e/test_cluster.py)."""
+    data = os.urandom(2 * MiB + 7)  # one part: completing it is the first write to the row
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    completed = await lose_the_completion(gateway, http, session, url, data)
 
     response = await patch(http, url, 0, data)
     assert response.status == 204, await response.text()
     assert response.headers["Upload-Offset"] == str(len(data))
+    assert await multipart_id(gateway, session) == completed  # recognised, not uploaded again
     assert await offset_of(http, url) == len(data)
     assert await object_bytes(storage, session.target.object_key) == data
     assert session.progress[-1] == len(data)
-    assert session.completions >= 2  # told again after the lost update (and on each later HEAD)
+    assert session.completions >= 2  # told again after the lost update
+
+
+async def test_head_after_a_lost_completion_reports_the_whole_object(gateway, http, storage):
+    """The same loss met by a resuming client's HEAD first: the gone multipart upload is not
+    taken for lost bytes (offset 0, a fresh upload) but for the completed object it became."""
+    data = os.urandom(2 * MiB + 7)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    completed = await lose_the_completion(gateway, http, session, url, data)
+
+    assert await offset_of(http, url) == len(data)
+    assert await multipart_id(gateway, session) == completed
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress[-1] == len(data) and session.completions >= 2
 
 
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
@@ -183,6 +205,62 @@ async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_comple
             break
         await asyncio.sleep(0.05)
     assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_upload_resumes_from_there(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3  # one whole part in S3 and a tail in PostgreSQL
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    assert await offset_of(http, url) == sent  # storage holds every recorded part: nothing changes
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)  # behind the gateway's back
+
+    assert await offset_of(http, url) == 0
+    fresh = await multipart_id(gateway, session)
+    assert fresh != lost and await storage.list_parts(session.target.object_key, fresh) == []
+    assert session.progress[-1] == 0  # the session layer hears that the bytes are gone
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_bytes_kept_as_the_tail_outlive_a_lost_multipart_upload_that_held_no_part_yet(gateway, http, storage):
+    data = os.urandom(6 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[: 2 * MiB])).status == 204  # all of it a tail in PostgreSQL
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)
+
+    assert await offset_of(http, url) == 2 * MiB
+    assert await multipart_id(gateway, session) != lost
+    assert (await patch(http, url, 2 * MiB, data[2 * MiB :])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_patch_that_meets_a_lost_multipart_upload_is_409_and_head_then_says_where_to_resume(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    await storage.abort_multipart(session.target.object_key, await multipart_id(gateway, session))
+
+    refused = await patch(http, url, sent, data[sent:])
+    assert refused.status == 409, await refused.text()
+    assert "HEAD" in await refused.text()
+    assert await offset_of(http, url) == 0
+    assert (await patch(http, url, 0, data)).status == 204
     assert await object_bytes(storage, session.target.object_key) == data
 
 
@@ -284,7 +362,8 @@ async def test_termination_aborts_the_multipart_upload_and_forgets_the_upload(ga
     upload = await multipart_id(gateway, session)
     response = await http.delete(url, headers=TUS)
     assert response.status == 204
-    assert (await http.head(url, headers=TUS)).status == 404
+    head = await http.head(url, headers=TUS)  # nothing kept (the session layer answers 410 then)
+    assert (head.status, head.headers["Upload-Offset"]) == (200, "0")
     with pytest.raises(ObjectMissing):
         await storage.list_parts(session.target.object_key, upload)
     assert await storage.head(session.target.object_key) is None
@@ -366,13 +445,20 @@ async def test_malformed_metadata_is_400(gateway, http):
     assert response.status == 400
 
 
-async def test_an_expired_upload_is_410_and_an_unknown_one_404(gateway, http):
+async def test_an_expired_upload_is_410_and_one_never_created_is_the_session_upload_at_0(gateway, http, storage):
     session = gateway.session(6 * MiB, expires_in_s=-1)
     base = await gateway.instance()
     assert (await http.post(tus_url(base, session), headers=TUS | {"Upload-Length": str(6 * MiB)})).status == 410
-    fresh = gateway.session(6 * MiB)
-    assert (await http.head(tus_url(base, fresh), headers=TUS)).status == 404  # never created
-    assert (await patch(http, tus_url(base, fresh), 0, b"x")).status == 404
+    assert (await http.head(tus_url(base, session), headers=TUS)).status == 410
+    # The URL is the upload before any POST: HEAD says 0 of the session's length, PATCH at 0 works.
+    fresh = gateway.session(6)
+    head = await http.head(tus_url(base, fresh), headers=TUS)
+    assert (head.status, head.headers["Upload-Offset"], head.headers["Upload-Length"]) == (200, "0", "6")
+    assert (await patch(http, tus_url(base, fresh), 3, b"xyz")).status == 409
+    assert (await patch(http, tus_url(base, fresh), 0, b"abc")).status == 204
+    assert (await patch(http, tus_url(base, fresh), 3, b"def")).status == 204
+    assert await object_bytes(storage, fresh.target.object_key) == b"abcdef"
+    assert fresh.completions == 1
 
 
 async def test_an_empty_file_completes_at_creation(gateway, http, storage):

@@ -14,6 +14,9 @@ Default ports (override with the flags below):
 `python -m rawdrive_platform.devstack token --data .data [--workspace dev --role admin
 --sub dev-user --ttl 86400]` prints a development JWT signed with the secret in DATA/env.
 Credentials (S3 keys, JWT secret, storage master key) are generated on first start and kept in DATA/env.
+NATS refuses anonymous clients and runs the permissions of rawdrive_platform.busauth: every
+service connects as its own user, with a password generated at each start; DATA/env holds the
+provisioning identity's (streams, dead letters), for tools run from another shell.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from rawdrive_platform.busauth import PROVISION, BusUsers
 from rawdrive_platform.devstack.servers import (
+    LOOPBACK_NETWORK,
     NatsServer,
     PostgresServer,
     S3Server,
@@ -51,6 +56,9 @@ PERSISTED_SECRETS = (
     # Seals BYOS credentials: a new one would make every saved storage profile unreadable.
     "RAWDRIVE_STORAGE_MASTER_KEY",
 )
+
+
+DEV_CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
 
 
 class Shutdown(Exception):
@@ -126,9 +134,11 @@ def write_env_file(path: Path, settings: dict[str, str]) -> None:
 def stack_settings(
     args: argparse.Namespace, nats: NatsServer, postgres: PostgresServer, s3: S3Server, creds: dict[str, str]
 ) -> dict[str, str]:
+    assert nats.users is not None
     return {
         "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{args.http_port}",
         "RAWDRIVE_NATS_URL": nats.url,
+        **nats.users.env(PROVISION),
         "RAWDRIVE_DATABASE_URL": postgres.url,
         "RAWDRIVE_S3_ENDPOINT": s3.connection.endpoint,
         "RAWDRIVE_S3_REGION": s3.connection.region,
@@ -138,6 +148,16 @@ def stack_settings(
         "RAWDRIVE_JWT_SECRET": creds["RAWDRIVE_JWT_SECRET"],
         "RAWDRIVE_STORAGE_MASTER_KEY": creds["RAWDRIVE_STORAGE_MASTER_KEY"],
         "RAWDRIVE_LOG_LEVEL": args.log_level,
+        # Any port of the local hosts front-end dev servers run on; set it in the environment to change.
+        "RAWDRIVE_CORS_ORIGINS": os.environ.get("RAWDRIVE_CORS_ORIGINS", DEV_CORS_ORIGINS),
+        # A bring-your-own-bucket profile may point at this stack's own S3 (plain http on
+        # loopback), and only there: every other private or plain-http endpoint stays refused.
+        "RAWDRIVE_BYOS_ALLOWED_ENDPOINTS": s3.connection.endpoint,
+        "RAWDRIVE_BYOS_ALLOWED_NETWORKS": LOOPBACK_NETWORK,
+        "RAWDRIVE_BYOS_ALLOW_HTTP": "true",
+        # The upload console at /console, pre-filled with a development token.
+        "RAWDRIVE_CONSOLE": "1",
+        "RAWDRIVE_CONSOLE_DEV_TOKEN": "1",
     }
 
 
@@ -145,9 +165,10 @@ def stack_settings(
 # Services
 
 
-def start_service(module: str, port: int, settings: dict[str, str], logs: Path) -> ServiceProcess:
+def start_service(module: str, port: int, settings: dict[str, str], logs: Path, nats_users: BusUsers) -> ServiceProcess:
     port_variable = "RAWDRIVE_HTTP_PORT" if module == "upload_gateway" else "RAWDRIVE_HEALTH_PORT"
-    environment = os.environ | settings | {port_variable: str(port)}
+    # Its own NATS identity (busauth: the package name with dashes), not the provisioning one.
+    environment = os.environ | settings | nats_users.env(module.replace("_", "-")) | {port_variable: str(port)}
     log_file = logs / f"{module}.log"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
@@ -225,7 +246,8 @@ def run_stack(args: argparse.Namespace) -> int:
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     creds = load_or_create_secrets(data)
-    nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port, log_file=logs / "nats.log")
+    nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port, log_file=logs / "nats.log",
+                      users=BusUsers.generate())
     postgres = PostgresServer(data / "postgres", port=args.pg_port, log_file=logs / "postgres.log")
     s3 = S3Server(
         data / "seaweedfs",
@@ -251,7 +273,7 @@ def run_stack(args: argparse.Namespace) -> int:
             service_ports = [args.http_port] + [args.health_port_base + i for i in range(len(SERVICES) - 1)]
             print(f"starting services; their output goes to {logs}/<service>.log", flush=True)
             for module, port in zip(SERVICES, service_ports):
-                services.append(start_service(module, port, settings, logs))
+                services.append(start_service(module, port, settings, logs, nats.users))  # type: ignore[arg-type]
             wait_services_ready(services, args.ready_timeout)
         print_summary(data, settings, args.no_services)
         watch(servers, services)
@@ -276,6 +298,7 @@ def print_summary(data: Path, settings: dict[str, str], no_services: bool) -> No
         "\nRawDrive dev stack is up"
         + (" (servers only, --no-services)" if no_services else "")
         + f"\n  gateway:  {settings['RAWDRIVE_PUBLIC_URL']}"
+        + f"\n  console:  {settings['RAWDRIVE_PUBLIC_URL']}/console"
         + f"\n  NATS:     {settings['RAWDRIVE_NATS_URL']}"
         + f"\n  Postgres: {settings['RAWDRIVE_DATABASE_URL']}"
         + f"\n  S3:       {settings['RAWDRIVE_S3_ENDPOINT']} bucket {settings['RAWDRIVE_S3_BUCKET']}"

@@ -8,6 +8,7 @@ first and then wait, which overlaps their start-up without threads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -25,10 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rawdrive_platform.busauth import BusUsers
+from rawdrive_platform.storage import EndpointPolicy
+
 GRPC_PORT_OFFSET = 10000  # SeaweedFS and its gRPC servers: every HTTP port p also takes p+10000
 LOOPBACK = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
 POSTGRES_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+# The dev stack's and tests' servers listen here; their own S3 is allowed as a customer bucket.
+LOOPBACK_NETWORK = "127.0.0.1/32"
+
+
+def loopback_endpoint_policy(*endpoints: str) -> EndpointPolicy:
+    """The policy that lets a bring-your-own-bucket profile use these loopback S3 endpoints
+    (http, 127.0.0.1), as the dev stack allows its own S3; nothing else private is allowed."""
+    return EndpointPolicy(allowed_endpoints=endpoints, allowed_networks=(LOOPBACK_NETWORK,), allow_http=True)
 
 
 class ServerStartError(RuntimeError):
@@ -256,6 +270,11 @@ def _http_ok(url: str) -> bool:
 
 
 class NatsServer(ServerProcess):
+    """nats-server with JetStream. With `users`, it refuses anonymous clients and gives every
+    identity of rawdrive_platform.busauth exactly its permissions (the configuration is written
+    into the data folder, 0600). Once ready, the streams and the profile bucket exist, as the
+    provisioning Job makes them in a cluster."""
+
     name = "nats"
 
     def __init__(
@@ -265,20 +284,39 @@ class NatsServer(ServerProcess):
         port: int | None = None,
         monitor_port: int | None = None,
         log_file: Path | None = None,
+        users: BusUsers | None = None,
     ) -> None:
         super().__init__(data_dir, log_file=log_file)
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
+        self.users = users
 
     @property
     def url(self) -> str:
+        """The address, without credentials."""
         return f"nats://{LOOPBACK}:{self.port}"
+
+    def url_as(self, user: str) -> str:
+        """The address carrying `user`'s credentials (a busauth identity, or the superuser)."""
+        if self.users is None:
+            return self.url
+        return self.users.url(self.url, user)
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "nats.conf"
 
     def ports(self) -> list[int]:
         return [self.port, self.monitor_port]
 
+    def prepare(self) -> None:
+        super().prepare()
+        if self.users is not None:
+            self.config_file.touch(mode=0o600)
+            self.config_file.write_text(self.users.config())
+
     def command(self) -> list[str]:
-        return [
+        command = [
             str(VENV_BIN / "nats-server"),
             "-js",
             "-sd", str(self.data_dir),
@@ -286,9 +324,37 @@ class NatsServer(ServerProcess):
             "-p", str(self.port),
             "-m", str(self.monitor_port),
         ]  # fmt: skip
+        if self.users is not None:
+            command += ["-c", str(self.config_file)]
+        return command
 
     def is_ready(self) -> bool:
         return _http_ok(f"http://{LOOPBACK}:{self.monitor_port}/healthz")
+
+    def after_ready(self) -> None:
+        from rawdrive_platform.busauth import PROVISION
+
+        provision_streams(self.url_as(PROVISION))
+
+
+def provision_streams(nats_url: str) -> None:
+    """`python -m rawdrive_platform.provision --streams`, in-process (on its own thread and event
+    loop, so a caller inside an event loop can use it too)."""
+    from rawdrive_platform.provision import Settings, provision
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(provision(Settings(nats_url=nats_url), streams=True, targets=[]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="provision-streams")
+    thread.start()
+    thread.join()
+    if failure:
+        raise ServerStartError(f"provisioning the streams failed: {failure[0]!r}") from failure[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,17 +19,6 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration")
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
-# Headers a browser must be allowed to read (CORS Access-Control-Expose-Headers).
-EXPOSED_HEADERS = (
-    "Location", "Upload-Offset", "Upload-Length", "Upload-Expires", "Upload-Metadata",
-    "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm",
-)
-# Headers a browser sends that a CORS preflight must allow.
-ALLOWED_HEADERS = (
-    "Authorization", "Content-Type", "Upload-Offset", "Upload-Length", "Upload-Metadata",
-    "Upload-Checksum", "Upload-Defer-Length", "Upload-Concat", "Tus-Resumable",
-    "X-HTTP-Method-Override", "X-Requested-With",
-)
 _OVERRIDABLE = frozenset({"POST", "HEAD", "PATCH", "DELETE"})
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _MAX_INT64 = 2**63 - 1
@@ -175,6 +164,11 @@ def parse_creation(headers: Mapping[str, str]) -> Creation:
     length = parse_non_negative("Upload-Length", headers.get("Upload-Length"))
     raw = headers.get("Upload-Metadata")
     return Creation(length=length, metadata=parse_metadata(raw), raw_metadata=raw or None)
+
+
+def session_creation(length: int) -> Creation:
+    """The creation a first PATCH implies when no POST came: the session's length, no metadata."""
+    return Creation(length=length, metadata={}, raw_metadata=None)
 
 
 def parse_patch(headers: Mapping[str, str], *, creation: bool = False) -> Patch:

@@ -1,9 +1,15 @@
 """aiohttp glue between the tus protocol rules and the upload store.
 
-Mount with `app.add_routes(tus_routes(store_for, authorize, max_size=...))`. `authorize(request)`
+Mount with `app.add_routes(tus_routes(store_for, authorize, max_size=...))`. The URL is the
+upload from the moment its session exists: clients may POST to it first (tus creation, the
+URL as their `endpoint`) or start with HEAD, which answers offset 0 and the session's length
+until bytes arrive, and PATCH at 0 (the URL as their stored upload URL, `uploadUrl` / `url`),
+so a client that saved the URL and crashed before or after the creating POST resumes alike. `authorize(request)`
 belongs to the session layer: it checks the caller and the session and returns a TusTarget, or
 raises its own problem+json errors (401, 404, 410). Everything after that answers with tus status
-codes and short text bodies, because tus clients act on the status alone.
+codes and short text bodies, because tus clients act on the status alone; storage failures are
+answered as the rest of the API answers them (problems.from_storage_error: 503 with Retry-After
+"storage unavailable, retry", or 502), never with storage's own text.
 """
 
 from collections.abc import Awaitable, Callable
@@ -11,7 +17,9 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from rawdrive_platform.storage import StorageError, StorageUnavailable
+from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
+from rawdrive_platform.storage import StorageError
+from upload_gateway.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import TusError
 from upload_gateway.tus.store import BodyInterrupted, TusStore, UploadState
@@ -46,10 +54,9 @@ def _answering_tus_errors(handler: Handler) -> Handler:
             return _plain(error.status, str(error), protocol.error_headers(error))
         except BodyInterrupted as error:  # the client is usually gone; this is for the log
             return _plain(400, str(error), {"Tus-Resumable": protocol.TUS_VERSION})
-        except StorageUnavailable as error:  # transient: tus clients retry 5xx after a HEAD
-            return _plain(503, f"storage unavailable: {error}", {"Retry-After": "1"})
-        except StorageError as error:
-            return _plain(502, f"storage error: {error}", {})
+        except StorageError as error:  # tus clients retry a 5xx after a HEAD
+            failure = from_storage_error(error, f"tus {request.method}")
+            return problem_response(problem_for(failure), failure.headers)
 
     return answer
 
@@ -84,7 +91,8 @@ class _Handlers:
         state = await store.create(target, creation)
         if request.can_read_body:  # creation-with-upload
             patch = protocol.parse_patch(request.headers, creation=True)
-            state = await store.write(target, patch, request.content.read)
+            with UPLOADS_IN_FLIGHT.track_inprogress():
+                state = await store.write(target, patch, request.content.read)
         headers = _upload_headers(state) | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
@@ -92,9 +100,10 @@ class _Handlers:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
         store = self._store_for(request)
-        state = await store.state(target.upload_id)
-        if state is None:
-            raise protocol.UploadNotFound("no tus upload was created for this session")
+        state = await store.held(target)
+        if state is None:  # nothing sent yet: the session's upload, at 0
+            protocol.check_not_expired(target.expires_at, _now())
+            return web.Response(status=200, headers=protocol.upload_headers(0, target.size_bytes, target.expires_at))
         if state.completed:
             await store.confirm_complete(target)
         else:
@@ -108,7 +117,13 @@ class _Handlers:
         patch = protocol.parse_patch(request.headers)
         target = await self._authorize(request)
         protocol.check_not_expired(target.expires_at, _now())
-        state = await self._store_for(request).write(target, patch, request.content.read)
+        store = self._store_for(request)
+        if await store.state(target.upload_id) is None:
+            # A client that took the URL as its upload URL skipped the POST (create is idempotent);
+            # the offset check then answers as for any upload at 0.
+            await store.create(target, protocol.session_creation(target.size_bytes))
+        with UPLOADS_IN_FLIGHT.track_inprogress():
+            state = await store.write(target, patch, request.content.read)
         return web.Response(status=204, headers=_upload_headers(state))
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -1,0 +1,102 @@
+"""A whole gateway (every route, the tus endpoint, /metrics) on a real port over real PostgreSQL
+and S3: what a browser, curl, tuspy or tus-js-client in another process talks to."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from importlib.resources import files
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from rawdrive_platform import db, metrics
+from rawdrive_platform.config import Secret
+from rawdrive_platform.storage import Storage, StorageProfile
+from upload_gateway.app import create_app, token_verifier
+from upload_gateway.auth import mint_dev_token
+from upload_gateway.settings import Settings
+from upload_gateway.storage_profile_routes import mount_storage_profiles
+from upload_gateway.tus_session import mount_tus
+from upload_gateway.uploads import Gateway
+
+LIVE_SECRET = "live-gateway-secret-" + "x" * 20
+LIVE_CORS_ORIGINS = ("https://app.example", "http://localhost:*")
+
+
+@dataclass
+class LiveGateway:
+    url: str  # the base URL, also the gateway's RAWDRIVE_PUBLIC_URL
+    gw: Gateway
+    http: aiohttp.ClientSession
+    workspace: str
+
+    def user_token(self, role: str = "member") -> str:
+        return mint_dev_token(LIVE_SECRET, sub="alice", workspaces={self.workspace: role}, ttl_s=600)
+
+    def user(self, role: str = "member") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.user_token(role)}"}
+
+    def uploads(self, suffix: str = "") -> str:
+        return f"{self.url}/v1/workspaces/{self.workspace}/uploads{suffix}"
+
+    async def open_session(self, size_bytes: int, **overrides: object) -> dict:
+        body = {
+            "file_name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size_bytes": size_bytes,
+            "library_id": "lib1", "resumable_protocol": "tus",
+        } | overrides  # fmt: skip
+        async with self.http.post(self.uploads(), json=body, headers=self.user()) as response:
+            assert response.status == 201, await response.text()
+            return await response.json()
+
+
+StartGateway = Callable[..., Awaitable[LiveGateway]]
+
+
+@pytest.fixture
+async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGateway]:
+    """Starts gateways over one database; `s3_endpoint` points one at another S3 (a dead one)."""
+    await db.migrate(fresh_database_url, "gateway", files("upload_gateway") / "migrations")
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+
+        async def start(*, s3_endpoint: str | None = None) -> LiveGateway:
+            pool = await db.create_pool(fresh_database_url, "gateway")
+            stack.push_async_callback(pool.close)
+            storage = await Storage.open(
+                StorageProfile(
+                    profile_id="managed", provider="r2", bucket=s3_server.bucket,
+                    access_key_id=s3_server.access_key_id, secret_access_key=Secret(s3_server.secret_access_key),
+                    endpoint=s3_endpoint or s3_server.endpoint, region=s3_server.region,
+                )
+            )  # fmt: skip
+            stack.push_async_callback(storage.close)
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            settings = Settings(
+                database_url=fresh_database_url, s3_bucket=s3_server.bucket,
+                s3_access_key_id=s3_server.access_key_id, s3_secret_access_key=Secret(s3_server.secret_access_key),
+                s3_endpoint=s3_endpoint or s3_server.endpoint, public_url=url, jwt_secret=Secret(LIVE_SECRET),
+                cors_origins=LIVE_CORS_ORIGINS,
+            )  # fmt: skip
+            gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
+            app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])
+            metrics.mount(app)  # as Runtime.serve_health does for the running service
+            # As in production (Runtime.serve_health): a handler keeps running when its client goes away.
+            runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.SockSite(runner, sock).start()
+            return LiveGateway(url=url, gw=gw, http=http, workspace=f"ws{uuid.uuid4().hex[:10]}")
+
+        yield start
+
+
+@pytest.fixture
+async def live_gateway(start_gateway: StartGateway) -> LiveGateway:
+    return await start_gateway()

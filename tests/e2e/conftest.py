@@ -42,16 +42,18 @@ def nats_user_of(module: str) -> str:
 
 class ServiceProcess:
     """One service (`python -m <module>`) with its own health port and log file, connecting to
-    NATS as its own identity, with exactly the permissions it has in production."""
+    NATS as its own identity, with exactly the permissions it has in production. `identities`
+    (a NatsIdentities) names the NATS it runs against: the session's unless given (a cluster's)."""
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], log_dir: Path, identities=None) -> None:
         self.module = module
         self.port = free_port()
         if module == "upload_gateway":
             own = {"RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
         else:
             own = {"RAWDRIVE_HEALTH_PORT": str(self.port)}
-        identity = NATS_IDENTITIES.env(nats_user_of(module)) if NATS_IDENTITIES is not None else {}
+        identities = identities or NATS_IDENTITIES
+        identity = identities.env(nats_user_of(module)) if identities is not None else {}
         self.env = {**env, **identity, **own}
         self.log_path = log_dir / f"{module}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -234,8 +236,9 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
 class Pipeline:
     """The four services (or more replicas) and a user's view of them."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, workspace: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, workspace: str, identities=None) -> None:
         self.env = env
+        self.identities = identities or NATS_IDENTITIES
         self.log_dir = log_dir
         self.workspace = workspace
         self.services: dict[str, list[ServiceProcess]] = {}
@@ -246,7 +249,7 @@ class Pipeline:
         replicas = self.services.setdefault(module, [])
         log_dir = self.log_dir / f"{module}-{len(replicas)}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        service = ServiceProcess(module, {**self.env, **overrides}, log_dir)
+        service = ServiceProcess(module, {**self.env, **overrides}, log_dir, self.identities)
         service.start(ready_timeout_s=60)
         replicas.append(service)
         return service
@@ -441,19 +444,21 @@ def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dic
         drop_database(admin, name)
 
 
-async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1):
-    """Start every service (`replicas` of each) and the outside consumer; yields (pipeline, client)."""
+async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1, identities=None):
+    """Start every service (`replicas` of each) and the outside consumer; yields (pipeline, client).
+    `identities`: the NATS to run against when not the session's (a NatsIdentities, e.g. a cluster's)."""
     import aiohttp
 
     workspace = f"ws{uuid.uuid4().hex[:12]}"
-    pipeline = Pipeline(env, log_dir, workspace)
+    pipeline = Pipeline(env, log_dir, workspace, identities)
     stop = asyncio.Event()
     try:
         for _ in range(replicas):
             for module in SERVICES:
                 pipeline.start(module)
         # Another team's consumer: its identity is theirs to define, so the test's superuser here.
-        outside_url = NATS_IDENTITIES.superuser_url if NATS_IDENTITIES is not None else env["RAWDRIVE_NATS_URL"]
+        identities = pipeline.identities
+        outside_url = identities.superuser_url if identities is not None else env["RAWDRIVE_NATS_URL"]
         pipeline.events = await consume_asset_events(outside_url, workspace, stop)
         headers = {"Authorization": f"Bearer {pipeline.token}"}
         timeout = aiohttp.ClientTimeout(total=60)

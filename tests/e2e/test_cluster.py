@@ -1,6 +1,9 @@
 """The production shape under faults (issue 17): a 3-node JetStream cluster with every stream and
 KV bucket at replicas 3, PostgreSQL with a synchronous hot standby, two replicas of every
 service, each given every NATS URL and a multi-host DSN (`cluster_servers`, devstack/cluster.py).
+The nodes run the busauth users: every service connects as its own identity, the janitor's sweep
+as the janitor, dead letters are read as the provisioning identity (as an operator does), and the
+outside consumer and the test's inspection as the superuser.
 
 Five phases, one fault each, in this order: kill -9 the JetStream meta leader (restarted when
 its phase's uploads are done), kill -9 the RAWDRIVE_UPLOADS stream leader (likewise), cut one NATS
@@ -39,10 +42,12 @@ import aiohttp
 import pytest
 
 from rawdrive_platform import bus
+from rawdrive_platform.busauth import PROVISION
 from rawdrive_platform.deadletter import list_dead_letters
 from rawdrive_platform.devstack.cluster import ClusterServers, kill
 from rawdrive_platform.devstack.faultproxy import FaultProxy, Faults
 from rawdrive_platform.devstack.servers import create_database, drop_database, s3_client
+from rawdrive_platform.testing import NatsIdentities
 
 UPLOADS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_UPLOADS", "25"))
 WORKERS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_WORKERS", "5"))
@@ -251,6 +256,14 @@ class ClusterClient:
 
 
 @pytest.fixture(scope="module")
+def cluster_identities(cluster_servers: ClusterServers) -> NatsIdentities:
+    """How to connect to the cluster as each busauth identity (the services, through the harness)."""
+    nats = cluster_servers.nats
+    assert nats.users.superuser is not None
+    return NatsIdentities(url=nats.url, superuser_url=nats.url_as(nats.users.superuser[0]), users=nats.users)
+
+
+@pytest.fixture(scope="module")
 def cluster_env(cluster_servers: ClusterServers, s3_server):
     name = f"e2e_cluster_{uuid.uuid4().hex[:8]}"
     admin = cluster_servers.postgres.dsn("postgres")
@@ -276,9 +289,10 @@ def cluster_env(cluster_servers: ClusterServers, s3_server):
         drop_database(cluster_servers.postgres.dsn("postgres"), name)
 
 
-def janitor_pass(env: dict[str, str]) -> dict:
-    """One janitor sweep with every age threshold at zero (orphans reported, not deleted)."""
-    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0"}
+def janitor_pass(env: dict[str, str], identities: NatsIdentities) -> dict:
+    """One janitor sweep, as the janitor, with every age threshold at zero (orphans reported, not deleted)."""
+    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0",
+                 **identities.env("janitor")}
     result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -364,8 +378,8 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
     return committed, report
 
 
-async def check_phase(pipeline, env: dict[str, str], nats_url: str, phase: str, committed: list[str],
-                      all_committed: list[str]) -> None:
+async def check_phase(pipeline, env: dict[str, str], identities: NatsIdentities, phase: str,
+                      committed: list[str], all_committed: list[str]) -> None:
     """The issue's promises after each fault."""
     events = pipeline.events
     await events.wait(lambda: all(events.of(CREATED, a) or events.of(FAILED, a) for a in committed),
@@ -380,17 +394,17 @@ async def check_phase(pipeline, env: dict[str, str], nats_url: str, phase: str, 
     assert events.assets(CREATED) == set(all_committed), phase
     assert not events.invalid, events.invalid[:3]
 
-    report = await asyncio.to_thread(janitor_pass, env)
+    report = await asyncio.to_thread(janitor_pass, env, identities)
     orphans = [r for r in report["removals"] if r["reason"] == "orphan"]
     assert not orphans and not report["orphans_kept"] and report["errors"] == 0, (phase, report)
     assert pipeline.multipart_uploads_under("workspaces/") == [], phase
 
-    letters = await dead_letters_of(nats_url, pipeline.workspace)
+    letters = await dead_letters_of(identities.url_as(PROVISION), pipeline.workspace)
     assert not [d for d in letters if not d.reason or d.reason == NO_REASON], (phase, letters)
 
 
 async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_database_failover(
-    cluster_servers: ClusterServers, cluster_env, tmp_path, pipeline_opener
+    cluster_servers: ClusterServers, cluster_identities: NatsIdentities, cluster_env, tmp_path, pipeline_opener
 ):
     nats = cluster_servers.nats
     per_phase = max(UPLOADS // 5, 3)
@@ -400,10 +414,10 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
     started = time.monotonic()
 
     # aclosing: a failed assertion must still stop the services (the generator's finally).
-    async with aclosing(pipeline_opener(cluster_env, tmp_path, replicas=2)) as opened:
+    async with aclosing(pipeline_opener(cluster_env, tmp_path, replicas=2, identities=cluster_identities)) as opened:
         async for pipeline, _ in opened:
-            # Replicas 3 everywhere: every stream and the profiles KV bucket.
-            nc = await bus.connect(nats.url, name="e2e-cluster-check")
+            # Replicas 3 everywhere: every stream and the profiles KV bucket (provisioned by the kit).
+            nc = await bus.connect(cluster_identities.superuser_url, name="e2e-cluster-check")
             js = nc.jetstream()
             replicated = ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles")
             for stream in replicated:
@@ -468,7 +482,7 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                             report.proxy_cuts = link.stats.cuts
                             link.set_faults(Faults())
                         all_committed += committed
-                        await check_phase(pipeline, cluster_env, nats.url, name, committed, all_committed)
+                        await check_phase(pipeline, cluster_env, cluster_identities, name, committed, all_committed)
                         reports.append(report)
                         for service in (s for replicas in pipeline.services.values() for s in replicas):
                             assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"

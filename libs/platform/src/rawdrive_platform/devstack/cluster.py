@@ -6,8 +6,11 @@ reaches node j only through proxy (i, j)), so `partition(i)` cuts exactly node i
 its clients still reach it, and `heal(i)` lets the routes reconnect. The advertised cluster
 address is a port nothing listens on: a node then never learns a direct address of a peer
 (gossiped implicit routes would bypass the proxies), and keeps only its configured routes.
-Each node's whole configuration comes from `nats_node_config` (the place to add accounts and
-users when the cluster needs authentication).
+Each node's whole configuration comes from `nats_node_config`: the same users and permissions
+as every other NATS the project runs (rawdrive_platform.busauth, as `NatsServer` renders them),
+so each service connects as its own identity. Once the nodes form a cluster, the provisioning
+identity creates the streams and the profile KV bucket at replicas 3, as the provisioning Job
+does in production (the services may not).
 
 PostgreSQL: the standby is a `pg_basebackup` of the primary with `standby.signal`, streaming and
 synchronous (`synchronous_standby_names`), so a commit the primary acknowledged is on the
@@ -27,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rawdrive_platform.busauth import PROVISION, BusUsers
 from rawdrive_platform.devstack.faultproxy import FaultProxy
 from rawdrive_platform.devstack.servers import (
     LOOPBACK,
@@ -37,6 +41,7 @@ from rawdrive_platform.devstack.servers import (
     ServerStartError,
     _postgres_bin,
     free_port,
+    provision_streams,
     run_psql,
     start_all,
     stop_all,
@@ -44,6 +49,7 @@ from rawdrive_platform.devstack.servers import (
 
 CLUSTER_NAME = "rawdrive"
 STANDBY_NAME = "standby"
+REPLICAS = 3  # of every stream and KV bucket, as in production
 
 
 def kill(server: ServerProcess) -> None:
@@ -70,12 +76,13 @@ class NatsNodeSpec:
     store_dir: Path
     route_ports: tuple[int, ...]  # where this node reaches each peer (its proxies)
     advertise_port: int  # a port nothing listens on (see the module doc)
+    users: BusUsers  # every busauth identity's password (and the tests' superuser)
 
 
 def nats_node_config(spec: NatsNodeSpec) -> str:
-    """The complete nats-server configuration of one cluster node."""
+    """The complete nats-server configuration of one cluster node (it holds passwords: 0600)."""
     routes = ", ".join(f'"nats://{LOOPBACK}:{port}"' for port in spec.route_ports)
-    return f"""\
+    return spec.users.config() + f"""\
 server_name: "{spec.name}"
 listen: "{LOOPBACK}:{spec.port}"
 http: "{LOOPBACK}:{spec.monitor_port}"
@@ -89,13 +96,16 @@ cluster {{
   # One route per pair: a pooled route's extra connections dial the advertised address.
   pool_size: -1
   routes: [{routes}]
+  # Clients keep the servers they were given: a gossiped client address would carry none of the
+  # credentials a test's nats://user:password@ URL has, and be refused.
+  no_advertise: true
 }}
 """
 
 
 class NatsClusterNode(NatsServer):
-    def __init__(self, data_dir: Path, *, name: str) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Path, *, name: str, users: BusUsers) -> None:
+        super().__init__(data_dir, users=users)
         self.node_name = name
         self.cluster_port = free_port()
         self.route_ports: tuple[int, ...] = ()
@@ -110,14 +120,20 @@ class NatsClusterNode(NatsServer):
 
     def prepare(self) -> None:
         super().prepare()
+        assert self.users is not None
         spec = NatsNodeSpec(
             name=self.node_name, port=self.port, monitor_port=self.monitor_port, cluster_port=self.cluster_port,
             store_dir=self.data_dir, route_ports=self.route_ports, advertise_port=self.advertise_port,
+            users=self.users,
         )  # fmt: skip
+        self.config_file.touch(mode=0o600)
         self.config_file.write_text(nats_node_config(spec))
 
     def command(self) -> list[str]:
         return [str(VENV_BIN / "nats-server"), "-c", str(self.config_file)]
+
+    def after_ready(self) -> None:
+        pass  # one node cannot make replicated streams: NatsCluster.provision, once they form one
 
     def jsz(self, query: str = "") -> dict:
         with urllib.request.urlopen(f"http://{LOOPBACK}:{self.monitor_port}/jsz{query}", timeout=2) as response:
@@ -127,8 +143,10 @@ class NatsClusterNode(NatsServer):
 class NatsCluster:
     """Three (or `size`) JetStream nodes in one cluster, with cuttable routes."""
 
-    def __init__(self, base: Path, size: int = 3) -> None:
-        self.nodes = [NatsClusterNode(base / f"nats-{i}", name=f"n{i}") for i in range(size)]
+    def __init__(self, base: Path, size: int = 3, *, users: BusUsers | None = None) -> None:
+        # With a superuser for the tests' set-up and inspection, as the single-server fixture has.
+        self.users = users or BusUsers.generate(superuser=True)
+        self.nodes = [NatsClusterNode(base / f"nats-{i}", name=f"n{i}", users=self.users) for i in range(size)]
         self.route_proxies: dict[tuple[int, int], FaultProxy] = {}
         for i, node in enumerate(self.nodes):
             for j, peer in enumerate(self.nodes):
@@ -138,8 +156,17 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
-        """Every node's client URL, comma-separated (RAWDRIVE_NATS_URL)."""
+        """Every node's client URL, comma-separated (RAWDRIVE_NATS_URL), without credentials."""
         return ",".join(node.url for node in self.nodes)
+
+    def url_as(self, user: str) -> str:
+        """Every node's client URL carrying `user`'s credentials (a busauth identity or the superuser)."""
+        return self.users.url(self.url, user)
+
+    def provision(self) -> None:
+        """What the provisioning Job does: every stream and the profile KV bucket at replicas 3,
+        as the provisioning identity."""
+        provision_streams(self.url_as(PROVISION), replicas=min(REPLICAS, len(self.nodes)))
 
     def start(self) -> None:
         for proxy in self.route_proxies.values():
@@ -322,6 +349,7 @@ class ClusterServers:
             self.nats.start()
             self.postgres.start()
             self.nats.wait_healthy()
+            self.nats.provision()
         except BaseException:
             self.stop()
             raise

@@ -150,6 +150,8 @@ class AssetEvents:
 
     by_type: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # type -> asset -> events
     stream_seqs: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # (type, asset) -> seqs
+    # Stream seq -> when the stream stored it (epoch s), from the delivery's own metadata.
+    stored_at: dict[int, float] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -209,6 +211,7 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
         if msg.metadata.sequence.stream in seqs:
             return  # a redelivery of a message we already have (our ack was lost)
         seqs.add(msg.metadata.sequence.stream)
+        seen.stored_at[msg.metadata.sequence.stream] = msg.metadata.timestamp.timestamp()
         seen.by_type.setdefault(event_type, {}).setdefault(asset_id, []).append(document)
 
     async def run() -> None:

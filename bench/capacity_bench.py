@@ -4,9 +4,10 @@
 
 Inputs made once with ffmpeg into bench/.work/, shaped like the plan's mix: a 12 MP phone photo
 of about 3 MB (JPEG with sensor-like noise), a 1080p30 H.264 clip of about 50 MB, and for RAW a
-stand-in: the processor renders a RAW from its embedded full-size JPEG preview (`dcraw -e`, which
-only copies bytes), so a 24 MP JPEG of that preview's size is measured through the JPEG path. No
-RAW with sensor data and a full preview is in the corpus; the RAW figure is that estimate. Each file
+stand-in: the processor renders a RAW from its embedded full-size JPEG preview (LibRaw only
+extracts its bytes), so a 24 MP JPEG of that preview's size is measured through the JPEG path. No
+RAW with sensor data and a full preview is in the corpus; the RAW figure is that estimate (measured
+before the processor read RAWs through LibRaw; thumbnail_bench.py now makes a NEF-like one). Each file
 goes through the processor's own path (`Sandbox.process`: a child forked per asset, metadata,
 variants, the poster for a video), two at a time as a replica with RAWDRIVE_CONCURRENCY=2 runs
 them. Measured: the CPU seconds per file (every child and the programs it ran, read from the

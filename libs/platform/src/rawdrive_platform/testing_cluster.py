@@ -1,6 +1,7 @@
 """pytest fixture `cluster_servers`: the production shape of NATS and PostgreSQL for one test
-module (three JetStream nodes, a primary and its synchronous hot standby; see
-`devstack.cluster`). Registered through the `rawdrive` plugin (testing.py). Module-scoped: the
+module (three JetStream nodes with the busauth users, every stream and the profile KV bucket
+provisioned at replicas 3, a primary and its synchronous hot standby; see `devstack.cluster`;
+`cluster_servers.nats.users` and `url_as` connect as an identity). Registered through the `rawdrive` plugin (testing.py). Module-scoped: the
 tests kill, partition and fail these servers over, so no other module may share them."""
 
 from __future__ import annotations

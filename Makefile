@@ -60,8 +60,9 @@ $(VENV)/.installed: $(PYPROJECTS)
 	$(PY) -m pip install -q $(PACKAGES)
 	touch $@
 
+# `make dev CLUSTER=1`: 3 JetStream nodes, PostgreSQL with a hot standby, 2 replicas of every service.
 dev: bootstrap
-	$(PY) -m rawdrive_platform.devstack --data $(DATA)
+	$(PY) -m rawdrive_platform.devstack --data $(DATA) $(if $(CLUSTER),--cluster)
 
 # `make token WORKSPACE=acme ROLE=viewer`: a token for another workspace or role (viewer, member,
 # admin). Set here, not with ?=, so a WORKSPACE in the environment (CI sets one) is not taken.

@@ -603,7 +603,7 @@ async def _at_least(found, count: int):
 # -- the one-shot command -----------------------------------------------------------------------
 
 
-async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env: Env, nats_url, s3_server):
+async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env: Env, nats_identities, s3_server):
     stale = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
     await dispatch(new_event(stale, source="/test"), Dependencies(env.pool, env.resolver()))
     await env.partial_upload(stale)
@@ -611,7 +611,8 @@ async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env:
     orphan_objects = await env.stored_asset(orphan)
     environ = {
         **os.environ,
-        "RAWDRIVE_DATABASE_URL": env.dsn, "RAWDRIVE_NATS_URL": nats_url,
+        # As the janitor's own NATS user, as it runs in production (an anonymous client is refused).
+        "RAWDRIVE_DATABASE_URL": env.dsn, **nats_identities.env("janitor"),
         "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint, "RAWDRIVE_S3_REGION": s3_server.region,
         "RAWDRIVE_S3_BUCKET": s3_server.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
         "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,

@@ -271,11 +271,15 @@ class BusUsers(msgspec.Struct, frozen=True):
         return {"RAWDRIVE_NATS_USER": user, "RAWDRIVE_NATS_PASSWORD": self.passwords[user]}
 
     def url(self, base_url: str, user: str) -> str:
-        """`base_url` carrying `user`'s credentials (nats://user:password@host:port)."""
+        """`base_url` carrying `user`'s credentials (nats://user:password@host:port); a cluster's
+        comma-separated URLs each carry them."""
         password = self.superuser[1] if self.superuser and user == self.superuser[0] else self.passwords[user]
-        parts = urllib.parse.urlsplit(base_url)
-        netloc = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@{parts.netloc.rpartition('@')[2]}"
-        return parts._replace(netloc=netloc).geturl()
+        credentials = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@"
+        with_credentials = []
+        for url in base_url.split(","):
+            parts = urllib.parse.urlsplit(url.strip())
+            with_credentials.append(parts._replace(netloc=credentials + parts.netloc.rpartition("@")[2]).geturl())
+        return ",".join(with_credentials)
 
     def config(self) -> str:
         return server_config(self.passwords, superuser=self.superuser)

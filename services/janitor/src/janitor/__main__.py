@@ -84,7 +84,7 @@ async def sweep_once(settings: Settings, *, dry_run: bool) -> int:
     await db.migrate(settings.database_url, "janitor", MIGRATIONS)
     pool = await db.create_pool(settings.database_url, "janitor", max_size=2)
     # NATS only for the profiles KV: BYOS sessions resolve here exactly as in the service.
-    nc = await bus.connect(settings.nats_url, name="janitor-sweep")
+    nc = await bus.connect(settings, name="janitor-sweep")  # as the janitor (RAWDRIVE_NATS_USER...)
     try:
         async with StorageRegistry() as storages:
             storage_for = await profile_resolver(nc.jetstream(), settings, storages)

@@ -53,6 +53,7 @@ SHORT = Thresholds(
     expiry_grace=timedelta(0),
     orphan_min_age=timedelta(0),
     multipart_min_age=timedelta(0),
+    profile_retire_grace=timedelta(0),
 )
 
 

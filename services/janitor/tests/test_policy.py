@@ -33,6 +33,7 @@ TH = Thresholds(
     expiry_grace=timedelta(minutes=5),
     orphan_min_age=timedelta(hours=72),
     multipart_min_age=timedelta(hours=24),
+    profile_retire_grace=timedelta(hours=24),
 )
 ids = st.from_regex(keys.ID_PATTERN, fullmatch=True)
 instants = st.integers(min_value=0, max_value=10_000).map(lambda s: T0 + timedelta(seconds=s))

@@ -61,8 +61,9 @@ $(VENV)/.installed: $(PYPROJECTS)
 	$(PY) -m pip install -q $(PACKAGES)
 	touch $@
 
+# `make dev CLUSTER=1`: 3 JetStream nodes, PostgreSQL with a hot standby, 2 replicas of every service.
 dev: bootstrap
-	$(PY) -m rawdrive_platform.devstack --data $(DATA)
+	$(PY) -m rawdrive_platform.devstack --data $(DATA) $(if $(CLUSTER),--cluster)
 
 # `make token WORKSPACE=acme ROLE=viewer`: a token for another workspace or role (viewer, member,
 # admin). Set here, not with ?=, so a WORKSPACE in the environment (CI sets one) is not taken.
@@ -99,8 +100,17 @@ test-resilience: bootstrap
 # The public tus compliance suite (../shared/tools/tus-compliance, beside the checkout) against the
 # creation endpoint of a gateway the test starts over real PostgreSQL and S3; every file's result
 # is printed. `make test` runs the same test.
+.PHONY: tus-compliance
 tus-compliance: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -s services/upload-gateway/tests/tus/test_compliance.py
+
+# The production shape under faults (issue 17): 3 JetStream nodes at replicas 3, PostgreSQL with a
+# hot standby, two replicas of every service; leader kills, a partition, a lossy link and a database
+# failover at the full 200 uploads, 40 in flight (make test runs 25, 5 in flight).
+.PHONY: test-cluster
+test-cluster: bootstrap
+	RAWDRIVE_E2E_CLUSTER_UPLOADS=200 RAWDRIVE_E2E_CLUSTER_WORKERS=40 \
+	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_cluster.py
 
 test-unit: bootstrap
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients

@@ -1,7 +1,10 @@
 """Child-process side: turn one downloaded original into metadata and WebP variants.
 
 Imported only in decoding children (through the sandbox's forkserver), never by the service
-process: importing it points ImageMagick at the project's policy before Wand loads it. Every
+process or a test run: importing it points ImageMagick at the project's policy before Wand loads
+it, for the whole process, and that policy's `time` limit counts from the process's first pixel
+operation, after which ImageMagick exit(1)s the process (a budget for a one-asset child, death
+for a long-lived process). The pure parts (metadata.py, variants.py...) are tested without it. Every
 ImageMagick read names its coder and frame (`jpeg:/path[0]`), so content is never guessed and
 animations give their first frame. Video frames come from ffmpeg, PDF pages from Ghostscript
 (-dSAFER) and RAW pictures from LibRaw (rawpy, in this process); ImageMagick only ever reads
@@ -51,6 +54,7 @@ from media_processor.magic import FORMATS, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
+    decode_warning,
     parse_probe,
     photo_metadata,
     poster_time,
@@ -487,15 +491,6 @@ def _decoder_warnings(img: Image) -> tuple[DecodeWarning, ...]:
     if severity not in _WARNING_SEVERITIES or not reason:
         return ()
     return (decode_warning(_WHERE.sub("", reason.decode("utf-8", "replace"))),)
-
-
-def decode_warning(message: str) -> DecodeWarning:
-    """A decoder's complaint as a warning: `truncated` when the data ends early, else corrupt_data."""
-    lowered = message.lower()
-    ended_early = ("premature end of" in lowered and "data segment" not in lowered) or any(
-        marker in lowered for marker in ("truncat", "partial file", "end of file")
-    )
-    return DecodeWarning(code="truncated" if ended_early else "corrupt_data", detail=message[:300])
 
 
 _FFMPEG_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")  # "[h264 @ 0x55d0...] "

@@ -7,7 +7,8 @@ rawdrive_platform.storage.check_endpoint), then a live check against the custome
 read back and delete a probe object under the prefix, with the profile's SSE parameters), then
 the profile is published, credentials sealed, under a fresh ref (rawdrive_platform.profiles) and
 becomes the workspace's active profile. New sessions use the active profile; open sessions keep
-the ref they started with. Secrets go only into the sealed record: responses, logs and events
+the ref they started with; the version a PUT or DELETE supersedes is marked retired in the KV
+bucket, for the janitor to delete once nothing names it. Secrets go only into the sealed record: responses, logs and events
 carry the ref and a masked key id. A failed live-check step is reported as that step alone,
 the same whatever the endpoint answered (or whether it answered): the reason goes to the log,
 so the check cannot serve as a port scanner or a window onto another server's replies. Writes

@@ -83,7 +83,12 @@ async def save(gw: Gateway, sub: str, workspace_id: str, request: api.PutStorage
         created_by=sub,
         created_at=now,
     )
-    await profile_store.activate(gw.pool, active)
+    try:
+        replaced = await profile_store.activate(gw.pool, active)
+    except Exception:
+        await _retire(gw, profile.profile_id)  # published, never active: nothing will name it
+        raise
+    await _retire(gw, replaced)
     log.info(
         "storage profile activated",
         extra={"workspace_id": workspace_id, "ref": active.ref, "bucket": active.bucket, "key_id": active.masked_key_id},
@@ -97,5 +102,17 @@ async def show(gw: Gateway, workspace_id: str) -> api.StorageProfileView:
 
 async def remove(gw: Gateway, workspace_id: str) -> None:
     """Back to the managed bucket for new sessions; idempotent."""
-    await profile_store.deactivate(gw.pool, workspace_id)
+    await _retire(gw, await profile_store.deactivate(gw.pool, workspace_id))
     log.info("storage profile removed; new sessions use the managed bucket", extra={"workspace_id": workspace_id})
+
+
+async def _retire(gw: Gateway, ref: str | None) -> None:
+    """Mark a version the workspace no longer uses retired. The change it follows is already
+    made, so a failure here is logged, not answered: that version then stays in the KV
+    (uncontacted, since nothing new names it)."""
+    if ref is None or gw.profiles is None:
+        return
+    try:
+        await gw.profiles.retire(ref, utcnow())
+    except s3.StorageError as error:
+        log.warning("storage profile not marked retired", extra={"ref": ref, "error": repr(error)})

@@ -19,7 +19,9 @@ Storage can lose an unfinished multipart upload (NoSuchUpload: an S3 restart, an
 our back) or parts of it. HEAD therefore asks storage what it still holds, and a PATCH that
 meets NoSuchUpload checks the same way: the offset falls back to the parts storage still has,
 with a fresh multipart upload behind it when it has none, and the client resumes from there
-instead of retrying a part S3 can never accept.
+instead of retrying a part S3 can never accept. A multipart upload can also be gone because it
+was completed and the row's update then lost (a database failover): when the whole object is at
+its key, the completion is recorded instead.
 """
 
 import asyncio
@@ -168,9 +170,10 @@ class PostgresS3Store:
                     current = await self._row(conn, target.upload_id)
                     assert current is not None
                     offset = await self._reconcile(conn, target, current)
-                    raise OffsetMismatch(
-                        f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
-                    ) from None
+                    if offset < current.length:
+                        raise OffsetMismatch(
+                            f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
+                        ) from None
             record = await conn.fetchrow(
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )
@@ -258,12 +261,19 @@ class PostgresS3Store:
 
     async def _reconcile(self, conn: asyncpg.Connection, target: Target, row: _Row) -> int:
         """Set an unfinished upload back to the parts storage still holds, in order; a fresh
-        multipart upload replaces one storage lost altogether. Returns the offset."""
+        multipart upload replaces one storage lost altogether, unless the whole object is there
+        (then the completion is recorded). Returns the offset."""
         assert row.multipart_id is not None
         storage = target.storage
         try:
             stored = {part.part_number: part for part in await storage.list_parts(row.object_key, row.multipart_id)}
         except ObjectMissing:
+            info = await storage.head(row.object_key)
+            if info is not None and info.size == row.length:
+                # Not lost but completed: a previous attempt completed the object, then lost the
+                # row's update (a database failover under it, never acknowledged). Record it.
+                await self._record_completion(conn, target, row, list(row.part_etags))
+                return row.length
             multipart_id = await storage.create_multipart(row.object_key, target.content_type)
             kept: list[str] = []
         else:
@@ -296,6 +306,11 @@ class PostgresS3Store:
             info = await storage.head(key)
             if info is None or info.size != row.length:
                 raise
+        await self._record_completion(conn, target, row, etags)
+
+    async def _record_completion(
+        self, conn: asyncpg.Connection, target: Target, row: _Row, etags: list[str]
+    ) -> None:
         # Offset reaches the length only together with completion: HEAD never reports a full
         # offset for an object that does not exist yet.
         await conn.execute(

@@ -9,11 +9,11 @@ DATA ?= .data
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg
 # Only for `make deploy-check`: promtool (in Debian's prometheus package) tests the alert rules.
 DEPLOY_CHECK_DEBIAN_PACKAGES := prometheus
-PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
+PACKAGES := -e 'libs/contracts[test]' -e libs/platform -e libs/devkit \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor -e clients/cli
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml)
-FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor', 'rawdrive_cli']
+FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'rawdrive_devkit', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor', 'rawdrive_cli']
 PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
@@ -44,14 +44,14 @@ $(VENV)/.installed: $(PYPROJECTS)
 	touch $@
 
 dev: bootstrap
-	$(PY) -m rawdrive_platform.devstack --data $(DATA)
+	$(PY) -m rawdrive_devkit.devstack --data $(DATA)
 
 # `make token WORKSPACE=acme ROLE=viewer`: a token for another workspace or role (viewer, member,
 # admin). Set here, not with ?=, so a WORKSPACE in the environment (CI sets one) is not taken.
 WORKSPACE := dev
 ROLE := admin
 token: bootstrap
-	@$(PY) -m rawdrive_platform.devstack token --data $(DATA) --workspace $(WORKSPACE) --role $(ROLE)
+	@$(PY) -m rawdrive_devkit.devstack token --data $(DATA) --workspace $(WORKSPACE) --role $(ROLE)
 
 schemas: bootstrap
 	$(PY) -m rawdrive_contracts.schemas libs/contracts/schemas

@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import aiohttp
 import pytest
 
+from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.config import CommonSettings, Secret
-from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (
     ObjectMissing,

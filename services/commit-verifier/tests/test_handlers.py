@@ -37,9 +37,9 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
+from rawdrive_devkit.devstack.servers import NatsServer, S3Connection, free_port
 from rawdrive_platform import bus, db, deadletter
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import NatsServer, S3Connection, free_port
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageProfile

@@ -41,9 +41,9 @@ from rawdrive_contracts import (
     decode,
     new_event,
 )
+from rawdrive_devkit.devstack.servers import S3Connection, loopback_endpoint_policy
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection, loopback_endpoint_policy
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import StorageResolver
 from rawdrive_platform.storage import Storage, StorageProfile

@@ -30,9 +30,9 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
+from rawdrive_devkit.devstack.servers import S3Connection
 from rawdrive_platform import bus, keys
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection
 from rawdrive_platform.storage import Storage, StorageProfile
 
 DATA = Path(__file__).parent / "data"

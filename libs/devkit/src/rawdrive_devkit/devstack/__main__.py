@@ -46,6 +46,7 @@ from rawdrive_devkit.devstack.servers import (
     stop_all,
 )
 from rawdrive_platform.busauth import PROVISION, BusUsers
+from rawdrive_platform.config import read_env_file
 from rawdrive_platform.profiles import MasterKey
 
 SERVICES = ("upload_gateway", "commit_verifier", "media_processor", "janitor")
@@ -99,17 +100,6 @@ class ServiceProcess:
 
 def env_file(data: Path) -> Path:
     return data / "env"
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    entries = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            entries[key.strip()] = value.strip()
-    return entries
 
 
 def load_or_create_secrets(data: Path) -> dict[str, str]:

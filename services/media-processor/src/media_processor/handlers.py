@@ -20,7 +20,7 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from media_processor.magic import FORMATS, HEAD_BYTES, Family, TypeMismatch, check
+from media_processor.magic import HEAD_BYTES, Family, TypeMismatch, check
 from media_processor.sandbox import FailureCause, Outcome, Produced, Sandbox, Unprocessable
 from rawdrive_contracts import (
     AssetAnalysisRequested,
@@ -34,6 +34,8 @@ from rawdrive_contracts import (
     Variants,
     new_event,
 )
+from rawdrive_contracts.facts import carry
+from rawdrive_contracts.formats import FAMILY_KINDS
 from rawdrive_platform import bus, keys
 from rawdrive_platform.metrics import PROCESSING_FAILED, PROCESSING_SECONDS, Stopwatch
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
@@ -77,7 +79,7 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
                 original = Path(workdir, "original")
                 family = await _download_checked(storage, upload, original)
-                stopwatch.kind = FORMATS[family].kind
+                stopwatch.kind = FAMILY_KINDS[family]
                 span.set_attribute("rawdrive.kind", stopwatch.kind)
                 outcome = await deps.sandbox.process(str(original), family, workdir)
                 variants = await _store_variants(storage, upload, outcome)
@@ -94,7 +96,7 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             # Missing object or access refused: retrying cannot help.
             await _announce_failure(deps, upload, "storage_error", str(exc))
             return
-        await _announce_created(deps, upload, FORMATS[family].kind, outcome, variants)
+        await _announce_created(deps, upload, FAMILY_KINDS[family], outcome, variants)
 
 
 async def upload_verified_exhausted(
@@ -178,37 +180,18 @@ async def _announce_created(
     deps: Dependencies, upload: UploadVerified, kind: Kind, outcome: Outcome, variants: Variants
 ) -> None:
     metadata = outcome.metadata
-    created = AssetCreated(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        upload_id=upload.upload_id,
-        library_id=upload.library_id,
-        folder_id=upload.folder_id,
-        file_name=upload.file_name,
-        mime_type=upload.mime_type,
-        size_bytes=upload.size_bytes,
-        sha256=upload.sha256,
+    created = carry(
+        upload,
+        AssetCreated,
         kind=kind,
         width=metadata.width,
         height=metadata.height,
         duration_s=metadata.duration_s,
         taken_at=metadata.taken_at,
         metadata=metadata,
-        object_key=upload.object_key,
         variants=variants,
-        provider=upload.provider,
-        storage_profile_ref=upload.storage_profile_ref,
-        duplicate_of=upload.duplicate_of,
     )
-    analysis = AssetAnalysisRequested(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        kind=kind,
-        mime_type=upload.mime_type,
-        object_key=upload.object_key,
-        variants=variants,
-        storage_profile_ref=upload.storage_profile_ref,
-    )
+    analysis = carry(upload, AssetAnalysisRequested, kind=kind, variants=variants)
     await _publish(deps, created)
     await _publish(deps, analysis)
     log.info("asset created", extra={"asset_id": upload.asset_id, "kind": kind})
@@ -221,16 +204,7 @@ async def _announce_failure(
     detail: str,
     cause: FailureCause | None = None,
 ) -> None:
-    failed = AssetProcessingFailed(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        upload_id=upload.upload_id,
-        reason=reason,
-        detail=detail[:1000],
-        cause=cause,
-        object_key=upload.object_key,
-        storage_profile_ref=upload.storage_profile_ref,
-    )
+    failed = carry(upload, AssetProcessingFailed, reason=reason, detail=detail[:1000], cause=cause)
     await _publish(deps, failed)
     PROCESSING_FAILED.labels(reason=reason).inc()
     log.info("asset processing failed", extra={"asset_id": upload.asset_id, "reason": reason})

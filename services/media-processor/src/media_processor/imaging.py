@@ -47,7 +47,7 @@ from wand.image import Image  # noqa: E402
 
 from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
-from media_processor.magic import FORMATS, Family  # noqa: E402
+from media_processor.magic import DECODING, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
@@ -105,7 +105,7 @@ class Rendered(msgspec.Struct, frozen=True, kw_only=True):
 
 def process(job: Job) -> Outcome:
     deadline = time.monotonic() + job.timeout_s
-    route = FORMATS[job.family].route
+    route = DECODING[job.family].route
     if route == "image":
         return with_motion_video(_photo(job), job, deadline)
     if route == "raw":
@@ -125,7 +125,7 @@ def refuse_oversized(size: Size | None, limits: PixelLimits, what: str) -> None:
 
 
 def _photo(job: Job) -> Outcome:
-    coder = FORMATS[job.family].coder
+    coder = DECODING[job.family].coder
     assert coder is not None
     stored = _declared_size(job.path, job.family)
     refuse_oversized(stored, job.pixels, job.family)
@@ -168,7 +168,7 @@ def _raw(job: Job) -> Outcome:
 
 
 def _video(job: Job, deadline: float) -> Outcome:
-    demuxer = FORMATS[job.family].demuxer
+    demuxer = DECODING[job.family].demuxer
     assert demuxer is not None
     # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
     refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")

@@ -254,17 +254,27 @@ class _NoRedirectHTTPSession(AIOHTTPSession):
         return _WithoutRedirects(await super()._get_session(proxy_url))
 
 
-class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
-    profile_id: str
-    provider: Literal["r2", "byos"]
+class StorageLocation(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a profile's objects live, and how they are encrypted there: declared once for the
+    usable StorageProfile, the sealed ProfileRecord (profiles.py) and the gateway's row."""
+
     bucket: str
-    access_key_id: str
-    secret_access_key: Secret
     endpoint: str | None = None  # None: the SDK resolves the AWS endpoint from the region
     region: str = "auto"
     key_prefix: str = ""  # see keys.check_key_prefix
     encryption: Encryption = "none"
     kms_key_id: str | None = None
+
+    def location(self) -> dict[str, Any]:
+        """Just the location's fields, to build another kind of location from: `Other(**x.location(), ...)`."""
+        return {name: getattr(self, name) for name in StorageLocation.__struct_fields__}
+
+
+class StorageProfile(StorageLocation, frozen=True, kw_only=True):
+    profile_id: str
+    provider: Literal["r2", "byos"]
+    access_key_id: str
+    secret_access_key: Secret
     # Where a byos endpoint may point (the strict default unless the deployment widens it);
     # the managed bucket is the operator's own and is not checked.
     endpoint_policy: EndpointPolicy = EndpointPolicy()

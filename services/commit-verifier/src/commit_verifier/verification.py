@@ -137,29 +137,19 @@ def verdict_event(
             duplicate_of=duplicate_of,
             verified_at=now,
         )
-    elif is_refusal(commit, verdict):
-        data = carry(
-            commit,
-            CommitRefused,
-            attempt=commit.attempt,
-            attempts_left=commit.attempts_left,
-            reason=verdict.reason,
-            detail=verdict.detail,
-            expected_size_bytes=commit.size_bytes,
-            actual_size_bytes=verdict.actual_size,
-            expected_sha256=commit.expected_sha256,
-            actual_sha256=verdict.actual_sha256,
-        )
     else:
-        # Carries multipart_upload_id: the janitor aborts a multipart upload never completed.
+        # A refusal keeps the bytes for another attempt; a rejection carries multipart_upload_id,
+        # since the janitor aborts a multipart upload never completed. Both say what differed.
+        refused = is_refusal(commit, verdict)
         data = carry(
             commit,
-            UploadRejected,
+            CommitRefused if refused else UploadRejected,
             reason=verdict.reason,
             detail=verdict.detail,
             expected_size_bytes=commit.size_bytes,
             actual_size_bytes=verdict.actual_size,
             expected_sha256=commit.expected_sha256,
             actual_sha256=verdict.actual_sha256,
+            **({"attempt": commit.attempt, "attempts_left": commit.attempts_left} if refused else {}),
         )
     return new_event(data, source=SOURCE, time=now)

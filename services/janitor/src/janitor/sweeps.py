@@ -27,6 +27,7 @@ import msgspec
 
 from janitor import tracking
 from janitor.cleanup import count_removed, erase_prefix
+from janitor.metrics import UPLOADS_EXPIRED
 from janitor.policy import (
     Removal,
     RunReport,
@@ -42,7 +43,6 @@ from janitor.tracking import TrackedAsset
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
 from rawdrive_platform.db import DATABASE_DOWN
-from rawdrive_platform.metrics import UPLOADS_EXPIRED
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 

@@ -20,9 +20,12 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
+from media_processor.jobs import FailureCause, Outcome, Produced, Unprocessable
 from media_processor.magic import HEAD_BYTES, Family, TypeMismatch, check
-from media_processor.sandbox import FailureCause, Outcome, Produced, Sandbox, Unprocessable
+from media_processor.metrics import PROCESSING_FAILED, PROCESSING_SECONDS
+from media_processor.sandbox import Sandbox
 from rawdrive_contracts import (
+    UPLOADS_STREAM,
     AssetAnalysisRequested,
     AssetCreated,
     AssetProcessingFailed,
@@ -37,7 +40,8 @@ from rawdrive_contracts import (
 from rawdrive_contracts.facts import carry
 from rawdrive_contracts.formats import FAMILY_KINDS
 from rawdrive_platform import bus, keys
-from rawdrive_platform.metrics import PROCESSING_FAILED, PROCESSING_SECONDS, Stopwatch
+from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.metrics import Stopwatch
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
 
@@ -106,21 +110,13 @@ async def upload_verified_exhausted(
     await _announce_failure(deps, event.data, "storage_error", f"storage unavailable through every retry: {error}")
 
 
-HANDLERS = {UploadVerified: upload_verified}
-EXHAUSTED_HANDLERS = {UploadVerified: upload_verified_exhausted}
-
-
-async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
-    handler = HANDLERS.get(type(event.data))
-    if handler is None:
-        raise bus.Poison(f"media-processor does not handle {event.type}")
-    await handler(event, deps)
-
-
-async def dispatch_exhausted(event: CloudEvent[Any], error: BaseException, deps: Dependencies) -> None:
-    handler = EXHAUSTED_HANDLERS.get(type(event.data))
-    if handler is not None:
-        await handler(event, error, deps)
+# Every replica binds the same durable, so they share the work.
+HANDLERS = HandlerTable[Dependencies](
+    durable="media-processor",
+    stream=UPLOADS_STREAM,
+    handlers={UploadVerified: upload_verified},
+    exhausted={UploadVerified: upload_verified_exhausted},
+)
 
 
 # -- effects -----------------------------------------------------------------------------------

@@ -47,6 +47,14 @@ from wand.image import Image  # noqa: E402
 
 from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
+from media_processor.jobs import (  # noqa: E402
+    Job,
+    Outcome,
+    Produced,
+    Unprocessable,
+    corrupt_content,
+    too_many_pixels,
+)
 from media_processor.magic import DECODING, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
@@ -57,14 +65,6 @@ from media_processor.metadata import (  # noqa: E402
     video_metadata,
 )
 from media_processor.motion import locate_video  # noqa: E402
-from media_processor.sandbox import (  # noqa: E402
-    Job,
-    Outcome,
-    Produced,
-    Unprocessable,
-    corrupt_content,
-    too_many_pixels,
-)
 from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
 from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 

@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 
 from rawdrive_platform.keys import ID_PATTERN
-from rawdrive_platform.metrics import HTTP_REQUEST_SECONDS
+from upload_gateway.metrics import HTTP_REQUEST_SECONDS
 from upload_gateway.problems import Handler
 
 log = logging.getLogger("upload_gateway.access")

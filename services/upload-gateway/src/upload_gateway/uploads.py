@@ -31,7 +31,6 @@ from rawdrive_contracts import (
 from rawdrive_contracts.facts import carry
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key, safe_filename
-from rawdrive_platform.metrics import UPLOADS_STARTED
 from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
@@ -39,6 +38,7 @@ from rawdrive_platform.telemetry import stored_context
 from upload_gateway import api, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
+from upload_gateway.metrics import UPLOADS_STARTED
 from upload_gateway.names import display_name
 from upload_gateway.problems import (
     REJECTION_TEXTS,

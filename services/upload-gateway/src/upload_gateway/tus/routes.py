@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from rawdrive_platform.storage import StorageError
+from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.tus import protocol
 from upload_gateway.tus.protocol import TusError

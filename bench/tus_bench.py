@@ -35,7 +35,7 @@ import boto3
 from bench_stack import JWT_SECRET, bench_stack
 from botocore.config import Config
 
-from rawdrive_platform.devstack.servers import S3Server
+from rawdrive_devkit.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.tus_session import tus_part_size
 

@@ -32,7 +32,7 @@ import aiohttp
 from bench_stack import JWT_SECRET, bench_stack
 from tus_bench import MIB, TUS_CHUNK, WORKSPACE, Gateway, figure, free_port, payload, peak_rss_mib
 
-from rawdrive_platform.devstack.servers import S3Server
+from rawdrive_devkit.devstack.servers import S3Server
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.tus_session import tus_part_size
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/verify_bench.py [--sizes-mib 100 500] [--rounds 3] [--json PATH]
 
-Starts its own SeaweedFS (rawdrive_platform.devstack.servers.S3Server), stores one random object
+Starts its own SeaweedFS (rawdrive_devkit.devstack.servers.S3Server), stores one random object
 per size, then alternates, round after round, two measurements in fresh child processes:
   - verifier: what the verifier does per commit once storage is resolved: HEAD, then
     commit_verifier.hashing.sha256_of (one streaming GET, each piece hashed as it arrives);
@@ -67,7 +67,7 @@ def child_verifier(connection: dict[str, str], key: str) -> tuple[str, float]:
 
 
 def child_baseline(connection: dict[str, str], key: str) -> tuple[str, float]:
-    from rawdrive_platform.devstack.servers import S3Connection, s3_client
+    from rawdrive_devkit.devstack.servers import S3Connection, s3_client
 
     client = s3_client(S3Connection(**connection))
     client.head_bucket(Bucket=connection["bucket"])  # warm, as for the verifier
@@ -129,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     figures: list[dict] = []
 
-    from rawdrive_platform.devstack.servers import S3Server, s3_client
+    from rawdrive_devkit.devstack.servers import S3Server, s3_client
 
     base = Path(tempfile.mkdtemp(prefix="verify-bench-"))
     server = S3Server(base / "s3", access_key_id="bench", secret_access_key="bench-secret-key")

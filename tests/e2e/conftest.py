@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rawdrive_platform.testing import node_for
+from rawdrive_devkit.testing import node_for
 
 
 def free_port() -> int:
@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The session's NATS identities (rawdrive_platform.testing.NatsIdentities), set by the autouse
+# The session's NATS identities (rawdrive_devkit.testing.NatsIdentities), set by the autouse
 # fixture below; None when this file is loaded outside pytest (bench/), whose NATS has no users.
 NATS_IDENTITIES = None
 
@@ -271,13 +271,13 @@ class Pipeline:
                 service.stop()
 
     def s3(self):
-        from rawdrive_platform.devstack.servers import s3_client
+        from rawdrive_devkit.devstack.servers import s3_client
 
         return s3_client(self.connection)
 
     @property
     def connection(self):
-        from rawdrive_platform.devstack.servers import S3Connection
+        from rawdrive_devkit.devstack.servers import S3Connection
 
         return S3Connection(
             endpoint=self.env["RAWDRIVE_S3_ENDPOINT"], region=self.env["RAWDRIVE_S3_REGION"],
@@ -422,7 +422,7 @@ def _with_database(dsn: str, database: str) -> str:
 def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dict[str, str]]:
     """Like service_env, but for a whole module: its own database and its own bucket, so the
     janitor's sweeps see only this module's objects."""
-    from rawdrive_platform.devstack.servers import create_database, drop_database, s3_client
+    from rawdrive_devkit.devstack.servers import create_database, drop_database, s3_client
 
     name = f"e2e_{uuid.uuid4().hex[:12]}"
     admin = _with_database(database_url, "postgres")

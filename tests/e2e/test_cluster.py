@@ -41,13 +41,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from rawdrive_devkit.devstack.cluster import ClusterServers, kill
+from rawdrive_devkit.devstack.faultproxy import FaultProxy, Faults
+from rawdrive_devkit.devstack.servers import create_database, drop_database, s3_client
+from rawdrive_devkit.testing import NatsIdentities
 from rawdrive_platform import bus
 from rawdrive_platform.busauth import PROVISION
 from rawdrive_platform.deadletter import list_dead_letters
-from rawdrive_platform.devstack.cluster import ClusterServers, kill
-from rawdrive_platform.devstack.faultproxy import FaultProxy, Faults
-from rawdrive_platform.devstack.servers import create_database, drop_database, s3_client
-from rawdrive_platform.testing import NatsIdentities
 
 UPLOADS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_UPLOADS", "25"))
 WORKERS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_WORKERS", "5"))

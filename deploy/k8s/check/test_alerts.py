@@ -1,6 +1,7 @@
-"""The alert rules query only metrics that exist: rawdrive_* ones that rawdrive_platform.metrics
-exports (as Prometheus scrapes them), the others from the exporters the README names. A renamed
-metric fails here, not as an alert that can never fire."""
+"""The alert rules query only metrics that exist: rawdrive_* ones that the metrics modules
+(rawdrive_platform.metrics and each service's) export, as Prometheus scrapes them, the others
+from the exporters the README names. A renamed metric fails here, not as an alert that can
+never fire."""
 
 from __future__ import annotations
 

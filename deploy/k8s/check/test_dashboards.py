@@ -1,5 +1,5 @@
 """The Grafana dashboard queries only metrics the services export: a renamed or dropped metric in
-rawdrive_platform.metrics fails here rather than as an empty panel. Also: it is a Grafana
+rawdrive_platform.metrics or a service's metrics module fails here rather than as an empty panel. Also: it is a Grafana
 dashboard JSON, every panel has a PromQL query on the datasource variable, every metric is on
 it, and both overlays ship it as the sidecar's ConfigMap."""
 
@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
+import commit_verifier.metrics
+import janitor.metrics
+import media_processor.metrics
 import rawdrive_platform.metrics
+import upload_gateway.metrics
 
+# Platform's shared metrics and each service's own.
+METRIC_MODULES = (
+    rawdrive_platform.metrics, upload_gateway.metrics, commit_verifier.metrics, media_processor.metrics, janitor.metrics,
+)
 HERE = Path(__file__).resolve().parent
 K8S = HERE.parent
 DASHBOARDS = sorted((K8S / "dashboards").glob("*.json"))
@@ -41,7 +49,7 @@ GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^
 def exported_families() -> dict[str, set[str]]:
     """Family name -> the series names it is scraped as, from the metric objects the module defines."""
     families: dict[str, set[str]] = {}
-    for value in vars(rawdrive_platform.metrics).values():
+    for value in (value for module in METRIC_MODULES for value in vars(module).values()):
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 families[family.name] = {family.name + suffix for suffix in SUFFIXES[family.type]}
@@ -117,7 +125,7 @@ def unknown_metrics(dashboard: dict, families: dict[str, set[str]]) -> set[str]:
 
 def test_every_metric_the_dashboard_uses_is_exported(dashboard):
     unknown = unknown_metrics(dashboard, exported_families())
-    assert not unknown, f"not in rawdrive_platform.metrics: {sorted(unknown)}"
+    assert not unknown, f"not in any metrics module: {sorted(unknown)}"
 
 
 def test_a_renamed_metric_is_caught():

@@ -24,10 +24,10 @@ from rawdrive_contracts import (
     UploadVerified,
     new_event,
 )
+from rawdrive_devkit.devstack.servers import NatsServer
 from rawdrive_platform import bus, busauth, profiles
 from rawdrive_platform.busauth import PROVISION, BusUsers
 from rawdrive_platform.config import NatsSettings, Secret, load_settings
-from rawdrive_platform.devstack.servers import NatsServer
 
 pytestmark = pytest.mark.servers  # starts a NATS of its own
 NOW = datetime.now(timezone.utc)

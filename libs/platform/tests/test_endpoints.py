@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.storage import (
     EndpointPolicy,
     EndpointRefused,

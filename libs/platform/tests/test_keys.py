@@ -9,7 +9,9 @@ from rawdrive_platform.keys import (
     FALLBACK_FILENAME,
     MAX_FILENAME_BYTES,
     AssetKey,
+    AssetRef,
     InvalidKeyPart,
+    asset_of_key,
     asset_prefix,
     avatar_key,
     derived_key,
@@ -177,3 +179,28 @@ def test_invalid_key_part_is_a_value_error():
 )
 def test_parse_asset_key_returns_none_for_keys_the_builder_could_not_make(key):
     assert parse_asset_key(key) is None
+
+
+@given(workspace=ids, asset=ids, variant=ids, name=st.sampled_from(["IMG.JPG", "été.heic", "a b.mov"]), tail=ids)
+def test_every_key_under_an_asset_prefix_belongs_to_that_asset(workspace, asset, variant, name, tail):
+    key_prefix = f"customer/{workspace}/"
+    ref = AssetRef(workspace, asset)
+    for key in (
+        original_key(workspace, asset, name, key_prefix),
+        derived_key(workspace, asset, variant, name, key_prefix),
+        asset_prefix(workspace, asset, key_prefix) + f"tus/{tail}",  # e.g. a stored tus tail
+    ):
+        assert asset_of_key(key, key_prefix) == ref
+    assert asset_of_key(original_key(workspace, asset, name), key_prefix) is None  # other prefix
+
+
+def test_keys_outside_asset_prefixes_belong_to_no_asset():
+    for key in (
+        avatar_key("ws1", "user1", "me.jpg"),
+        "workspaces/ws1/assets/a1/",
+        "workspaces/ws1/assets/a1",
+        "workspaces/../assets/a1/original/x",
+        "workspaces/ws1/assets/../original/x",
+        "elsewhere/workspaces/ws1/assets/a1/original/x",
+    ):
+        assert asset_of_key(key) is None, key

@@ -16,9 +16,10 @@ import pytest
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
+from rawdrive_devkit.devstack.servers import NatsServer
+from rawdrive_devkit.testing import run_module
 from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import NatsServer
 from rawdrive_platform.profiles import (
     MasterKey,
     ProfileRecord,
@@ -29,7 +30,6 @@ from rawdrive_platform.profiles import (
     seal_profile,
 )
 from rawdrive_platform.storage import StorageProfile
-from rawdrive_platform.testing import run_module
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 

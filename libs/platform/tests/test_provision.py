@@ -14,10 +14,10 @@ from nats.js import api as js_api
 from nats.js.errors import APIError
 
 from rawdrive_contracts import STREAMS, UPLOADS_STREAM
+from rawdrive_devkit.devstack.servers import NatsServer
+from rawdrive_devkit.testing import run_module
 from rawdrive_platform import bus
 from rawdrive_platform.bus import DEADLETTER_STREAM
-from rawdrive_platform.devstack.servers import NatsServer
-from rawdrive_platform.testing import run_module
 
 # Every durable of the pipeline, as the Kubernetes Job names them (deploy/k8s/base/provision-job.yaml).
 CONSUMERS = {

@@ -10,10 +10,11 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import aiohttp
 import pytest
 
+from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.config import CommonSettings, Secret
-from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import (
+    EndpointPolicy,
     ObjectMissing,
     Storage,
     StorageDenied,
@@ -25,6 +26,7 @@ from rawdrive_platform.storage import (
     content_disposition,
     error_from_response,
     managed_storage_profile,
+    pin_connections,
 )
 
 MiB = 1024 * 1024
@@ -77,6 +79,24 @@ def test_a_kms_key_without_sse_kms_is_refused():
             "secret_access_key": Secret("s")}
     with pytest.raises(ValueError):
         StorageProfile(**base, kms_key_id="k1")
+
+
+def test_the_botocore_internals_pin_connections_uses_still_exist():
+    """pin_connections writes botocore's private pool table (it has no public hook): when a
+    botocore upgrade renames or drops it, this fails instead of the pinning quietly stopping."""
+    import botocore.session
+    from botocore.httpsession import URLLib3Session
+
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="auto", endpoint_url="https://s3.example.com", aws_access_key_id="k", aws_secret_access_key="s"
+    )
+    http = client._endpoint.http_session
+    assert isinstance(http, URLLib3Session)
+    assert set(http._pool_classes_by_scheme) == {"http", "https"}
+    assert http._manager.pool_classes_by_scheme is http._pool_classes_by_scheme
+    pin_connections(client, EndpointPolicy())
+    pool = http._manager.connection_from_url("https://s3.example.com/")
+    assert pool.ConnectionCls.__name__ == "PinnedAWSHTTPSConnection"
 
 
 def test_client_config_is_r2_safe_and_uses_path_addressing_for_custom_endpoints():

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
+from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.storage import Storage, StorageProfile, StorageUnavailable
 
 MiB = 1024 * 1024

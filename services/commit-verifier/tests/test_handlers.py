@@ -20,9 +20,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from commit_verifier.handlers import (
+    HANDLERS,
     Dependencies,
-    dispatch,
-    dispatch_exhausted,
 )
 from rawdrive_contracts import (
     UPLOADS_STREAM,
@@ -32,15 +31,14 @@ from rawdrive_contracts import (
     PartRef,
     UploadRejected,
     UploadVerified,
-    decode,
     encode,
     new_event,
     subject_filter,
 )
+from rawdrive_devkit.devstack.servers import NatsServer, S3Connection, free_port
+from rawdrive_devkit.testkit import managed_profile, stored_events
 from rawdrive_platform import bus, db, deadletter
-from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import NatsServer, S3Connection, free_port
-from rawdrive_platform.outbox import Relay
+from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageProfile
 
@@ -52,18 +50,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def profile_for(connection: S3Connection, profile_id: str = "managed") -> StorageProfile:
-    return StorageProfile(
-        profile_id=profile_id,
-        provider="r2",
-        endpoint=connection.endpoint,
-        region=connection.region,
-        bucket=connection.bucket,
-        access_key_id=connection.access_key_id,
-        secret_access_key=Secret(connection.secret_access_key),
-    )
-
-
 def only(storage: Storage) -> StorageResolver:
     async def storage_for(ref: str) -> Storage:
         return storage
@@ -73,19 +59,8 @@ def only(storage: Storage) -> StorageResolver:
 
 async def stored_verdicts(js: JetStreamContext, workspace: str) -> list[CloudEvent[Any]]:
     """Every verified / rejected / commit_refused event stored for this workspace so far."""
-    found = []
-    for action in ("verified", "rejected", "commit_refused"):
-        sub = await js.subscribe(f"rawdrive.upload.{action}.{workspace}", ordered_consumer=True)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.2)
-                except Exception:  # nats' TimeoutError: nothing more stored
-                    break
-                found.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
-    return found
+    subjects = (f"rawdrive.upload.{action}.{workspace}" for action in ("verified", "rejected", "commit_refused"))
+    return await stored_events(js, *subjects, quiet_s=0.2)
 
 
 @dataclass
@@ -143,13 +118,13 @@ class Env:
     ) -> AsyncIterator[bus.ConsumerSpec]:
         """The verifier's consumer and outbox relay, running in this process."""
         spec = spec or self.spec()
-        deps = Dependencies(pool=self.pool, storage_for=storage_for or only(self.storage))
+        deps = Dependencies(uow=UnitOfWork(self.pool), storage_for=storage_for or only(self.storage))
 
         async def handle(event: CloudEvent[Any]) -> None:
-            await dispatch(event, deps)
+            await HANDLERS.dispatch(event, deps)
 
         async def exhausted(event: CloudEvent[Any], error: BaseException) -> None:
-            await dispatch_exhausted(event, error, deps)
+            await HANDLERS.dispatch_exhausted(event, error, deps)
 
         stop = asyncio.Event()
         consumer = bus.Consumer(self.js, spec, handle, on_exhausted=exhausted, concurrency=2)
@@ -177,7 +152,7 @@ async def env(fresh_database_url: str, nats_url: str, s3_server: S3Connection) -
     nc = await bus.connect(nats_url, name="test-verifier")
     js = nc.jetstream()
     await bus.provision(js, bus.StreamSettings())
-    storage = await Storage.open(profile_for(s3_server))
+    storage = await Storage.open(managed_profile(s3_server))
     try:
         yield Env(pool=pool, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:12]}")
     finally:
@@ -408,7 +383,7 @@ async def test_a_profile_the_verifier_cannot_resolve_is_rejected_as_a_storage_er
 
 async def test_a_storage_outage_is_retried_and_the_commit_completes_once_storage_is_back(env: Env, start_s3_server):
     server = await asyncio.to_thread(start_s3_server, "outage")
-    storage = await Storage.open(profile_for(server.connection))
+    storage = await Storage.open(managed_profile(server.connection))
     attempts = 0
 
     async def counting(ref: str) -> Storage:
@@ -464,9 +439,9 @@ async def test_a_second_delivery_racing_the_first_announces_one_decision(env: En
     key = env.key()
     await env.storage.put(key, body, "image/jpeg")
     commit = env.commit(key, len(body))
-    deps = Dependencies(pool=env.pool, storage_for=only(env.storage))
+    deps = Dependencies(uow=UnitOfWork(env.pool), storage_for=only(env.storage))
     event = new_event(commit, source="test")
-    await asyncio.gather(dispatch(event, deps), dispatch(event, deps))
+    await asyncio.gather(HANDLERS.dispatch(event, deps), HANDLERS.dispatch(event, deps))
     rows = await env.pool.fetch("SELECT event_id FROM outbox")
     decisions = await env.pool.fetch("SELECT event_id FROM decisions")
     assert len(decisions) == 1 and [r["event_id"] for r in rows] == [decisions[0]["event_id"]]
@@ -487,7 +462,7 @@ async def test_a_verifier_killed_mid_hash_leaves_the_commit_to_another_replica_w
     await asyncio.to_thread(nats.start)
     nc = await bus.connect(nats.url, name="test-crash")
     js = nc.jetstream()
-    storage = await Storage.open(profile_for(s3_server))
+    storage = await Storage.open(managed_profile(s3_server))
     processes: list[asyncio.subprocess.Process] = []
 
     async def replica(name: str) -> tuple[asyncio.subprocess.Process, Path]:

@@ -8,9 +8,9 @@ import uuid
 from datetime import UTC, datetime
 
 from janitor.__main__ import MANAGED_SWEEP_PREFIX, sweep_targets
+from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.profiles import MasterKey, ProfileResolver, new_profile_ref, profile_bucket
 from rawdrive_platform.storage import StorageProfile, StorageRegistry
 

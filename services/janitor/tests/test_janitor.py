@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -23,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from janitor.__main__ import MIGRATIONS
-from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
+from janitor.handlers import ASSET_HANDLERS, UPLOAD_HANDLERS, Dependencies
 from janitor.policy import RunReport, Thresholds
 from janitor.sweeps import Janitor, Lease, Schedule, SweepTarget
 from rawdrive_contracts import (
@@ -39,13 +40,13 @@ from rawdrive_contracts import (
     UploadRejected,
     UploadSessionCreated,
     UploadVerified,
-    decode,
     new_event,
 )
+from rawdrive_devkit.devstack.servers import S3Connection, loopback_endpoint_policy
+from rawdrive_devkit.testkit import stored_events
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection, loopback_endpoint_policy
-from rawdrive_platform.outbox import Relay
+from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.profiles import (
     MasterKey,
     ProfileResolver,
@@ -63,6 +64,12 @@ SHORT = Thresholds(
     multipart_min_age=timedelta(0),
     profile_retire_grace=timedelta(0),
 )
+
+
+async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
+    """Hand an event to whichever of the janitor's two consumers reads it."""
+    table = UPLOAD_HANDLERS if type(event.data) in UPLOAD_HANDLERS.handlers else ASSET_HANDLERS
+    await table.dispatch(event, deps)
 
 
 def profile_for(connection: S3Connection, profile_id: str = "managed", key_prefix: str = "") -> StorageProfile:
@@ -146,17 +153,18 @@ class Env:
     @contextlib.asynccontextmanager
     async def consuming(self, storage: Storage | None = None) -> AsyncIterator[None]:
         """The janitor's two consumers (on this workspace only) and its outbox relay."""
-        deps = Dependencies(pool=self.pool, storage_for=self.resolver(storage))
+        deps = Dependencies(uow=UnitOfWork(self.pool), storage_for=self.resolver(storage))
         stop = asyncio.Event()
         tasks = [asyncio.create_task(Relay(self.pool, self.js).run(stop))]
-        for spec in (UPLOAD_EVENTS, ASSET_EVENTS):
+        for table in (UPLOAD_HANDLERS, ASSET_HANDLERS):
+            spec = table.spec
             scoped = msgspec.structs.replace(
                 spec,
                 durable=f"{spec.durable}-{uuid.uuid4().hex[:8]}",
                 filter_subjects=tuple(f.removesuffix("*") + self.workspace for f in spec.filter_subjects),
                 backoff_s=(0.2,),
             )
-            consumer = bus.Consumer(self.js, scoped, lambda event: dispatch(event, deps))
+            consumer = bus.Consumer(self.js, scoped, partial(table.dispatch, deps=deps))
             tasks.append(asyncio.create_task(consumer.run(stop)))
         try:
             yield
@@ -169,18 +177,7 @@ class Env:
 
     async def announced(self, entity: str, action: str) -> list[CloudEvent[Any]]:
         """Every event of this type stored in the stream for this workspace."""
-        sub = await self.js.subscribe(f"rawdrive.{entity}.{action}.{self.workspace}", ordered_consumer=True)
-        found = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except Exception:  # nats' TimeoutError: nothing more stored
-                    break
-                found.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
-        return found
+        return await stored_events(self.js, f"rawdrive.{entity}.{action}.{self.workspace}")
 
     async def keys_under(self, prefix: str, storage: Storage | None = None) -> list[str]:
         return sorted([key async for key in (storage or self.storage).list_keys(prefix)])
@@ -381,7 +378,7 @@ async def test_a_closing_event_redelivered_ahead_of_the_sessions_creation_keeps_
         workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id,
         storage_profile_ref="managed", object_key=session.object_key, aborted_by="user1",
     )
-    deps = Dependencies(pool=env.pool, storage_for=env.resolver())
+    deps = Dependencies(uow=UnitOfWork(env.pool), storage_for=env.resolver())
     await dispatch(new_event(aborted, source="/test"), deps)
     await dispatch(new_event(session, source="/test"), deps)
     assert (await env.tracked(session.upload_id))["closed_by"] == "aborted"
@@ -493,7 +490,7 @@ async def test_a_byos_sweep_never_touches_keys_outside_the_workspace_prefix(env:
         await storage.create_multipart(keys.original_key(ws, orphan, "big.mov"), "video/mp4"),
         await storage.create_multipart("unrelated/big.mov", "video/mp4"),
     ]
-    await dispatch(new_event(env.verified(known, "byob-profile"), source="/test"), Dependencies(env.pool, env.resolver(storage)))
+    await dispatch(new_event(env.verified(known, "byob-profile"), source="/test"), Dependencies(UnitOfWork(env.pool), env.resolver(storage)))
     target = SweepTarget(storage=storage, prefix=keys.workspace_prefix(ws, key_prefix))
 
     dry = await env.janitor(storage, sweep_targets=_targets(target), dry_run=True).run_once(["sweep"])
@@ -566,9 +563,9 @@ async def test_two_janitors_at_once_do_each_deletion_once(env: Env, s3_server: S
 async def test_a_janitor_killed_mid_purge_leaves_nothing_the_next_run_cannot_finish(env: Env, s3_server: S3Connection):
     asset = uuid.uuid4().hex
     objects = await env.stored_asset(asset)
-    await dispatch(new_event(env.verified(asset), source="/test"), Dependencies(env.pool, env.resolver()))
+    await dispatch(new_event(env.verified(asset), source="/test"), Dependencies(UnitOfWork(env.pool), env.resolver()))
     await dispatch(new_event(env.deleted(asset, datetime.now(UTC) - timedelta(seconds=5)), source="/test"),
-                   Dependencies(env.pool, env.resolver()))
+                   Dependencies(UnitOfWork(env.pool), env.resolver()))
 
     class DiesMidDelete(CountingStorage):
         """Deletes the first key, then hangs until killed."""
@@ -614,7 +611,7 @@ async def _at_least(found, count: int):
 
 async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env: Env, nats_identities, s3_server):
     stale = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
-    await dispatch(new_event(stale, source="/test"), Dependencies(env.pool, env.resolver()))
+    await dispatch(new_event(stale, source="/test"), Dependencies(UnitOfWork(env.pool), env.resolver()))
     await env.partial_upload(stale)
     orphan = uuid.uuid4().hex
     orphan_objects = await env.stored_asset(orphan)
@@ -667,7 +664,7 @@ async def test_a_deletion_seen_before_its_asset_purges_the_bucket_the_deletion_n
 
     at = datetime.now(UTC) - timedelta(seconds=5)
     deletion = msgspec.structs.replace(env.deleted(asset, at), storage_profile_ref="byos-ws1")
-    await dispatch(new_event(deletion, source="/test"), Dependencies(pool=env.pool, storage_for=storage_for))
+    await dispatch(new_event(deletion, source="/test"), Dependencies(uow=UnitOfWork(env.pool), storage_for=storage_for))
     report = await env.janitor(storage_for=storage_for).run_once(["expiry"])
     assert report is not None and report.assets_purged == 1
     assert asked == ["byos-ws1"] and env.storage.deleted.keys() >= set(objects)
@@ -703,7 +700,7 @@ async def test_a_silent_customer_endpoint_delays_only_its_own_tenant(env: Env):
 
         hostile = msgspec.structs.replace(env.session(uuid.uuid4().hex, expires_in=-timedelta(hours=1)), storage_profile_ref="byos-silent")
         ordinary = env.session(uuid.uuid4().hex, expires_in=-timedelta(hours=1))
-        deps = Dependencies(env.pool, storage_for)
+        deps = Dependencies(UnitOfWork(env.pool), storage_for)
         for session in (hostile, ordinary):
             await dispatch(new_event(session, source="/test"), deps)
         janitor = env.janitor(

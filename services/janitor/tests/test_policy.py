@@ -10,12 +10,10 @@ from hypothesis import strategies as st
 
 from janitor.policy import (
     AssetLifecycle,
-    AssetRef,
     Removal,
     RunReport,
     Thresholds,
     TrackedSession,
-    asset_of_key,
     awaiting_purge,
     is_orphan,
     is_stale_multipart,
@@ -126,31 +124,6 @@ def test_a_purged_asset_is_not_purged_again():
 # -- sweeps -------------------------------------------------------------------------------------
 
 prefixes = st.one_of(st.just(""), st.tuples(ids, ids).map(lambda p: f"tenants/{p[0]}/"))
-
-
-@given(workspace=ids, asset=ids, variant=ids, name=st.sampled_from(["IMG.JPG", "été.heic", "a b.mov"]), tail=ids)
-def test_every_key_under_an_asset_prefix_belongs_to_that_asset(workspace, asset, variant, name, tail):
-    key_prefix = f"customer/{workspace}/"
-    ref = AssetRef(workspace, asset)
-    for key in (
-        keys.original_key(workspace, asset, name, key_prefix),
-        keys.derived_key(workspace, asset, variant, name, key_prefix),
-        keys.asset_prefix(workspace, asset, key_prefix) + f"tus/{tail}",  # e.g. a stored tus tail
-    ):
-        assert asset_of_key(key, key_prefix) == ref
-    assert asset_of_key(keys.original_key(workspace, asset, name), key_prefix) is None  # other prefix
-
-
-def test_keys_outside_asset_prefixes_belong_to_no_asset():
-    for key in (
-        keys.avatar_key("ws1", "user1", "me.jpg"),
-        "workspaces/ws1/assets/a1/",
-        "workspaces/ws1/assets/a1",
-        "workspaces/../assets/a1/original/x",
-        "workspaces/ws1/assets/../original/x",
-        "elsewhere/workspaces/ws1/assets/a1/original/x",
-    ):
-        assert asset_of_key(key) is None, key
 
 
 def test_an_orphan_is_an_unknown_assets_object_old_enough():

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
-from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted, upload_verified
+from media_processor.handlers import HANDLERS, Dependencies, upload_verified
 from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import (
     UPLOADS_STREAM,
@@ -26,14 +26,13 @@ from rawdrive_contracts import (
     AssetProcessingFailed,
     CloudEvent,
     UploadVerified,
-    decode,
     new_event,
     subject_filter,
 )
+from rawdrive_devkit.devstack.servers import S3Connection
+from rawdrive_devkit.testkit import managed_profile, stored_events
 from rawdrive_platform import bus, keys
-from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import S3Connection
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.storage import Storage
 
 DATA = Path(__file__).parent / "data"
 
@@ -83,10 +82,10 @@ class Env:
         deps = self.deps
 
         async def handle(event: CloudEvent[Any]) -> None:
-            await dispatch(event, deps)
+            await HANDLERS.dispatch(event, deps)
 
         async def exhausted(event: CloudEvent[Any], error: BaseException) -> None:
-            await dispatch_exhausted(event, error, deps)
+            await HANDLERS.dispatch_exhausted(event, error, deps)
 
         stop = asyncio.Event()
         task = asyncio.create_task(bus.Consumer(self.js, spec, handle, on_exhausted=exhausted, concurrency=2).run(stop))
@@ -97,18 +96,7 @@ class Env:
             await asyncio.wait_for(task, 30)
 
     async def announced(self) -> list[CloudEvent[Any]]:
-        found = []
-        sub = await self.js.subscribe(f"rawdrive.asset.*.{self.workspace}", ordered_consumer=True)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except Exception:  # nats' TimeoutError: nothing more stored
-                    break
-                found.append(decode(msg.data))
-        finally:
-            await sub.unsubscribe()
-        return found
+        return await stored_events(self.js, f"rawdrive.asset.*.{self.workspace}")
 
     async def wait_announced(self, count: int, timeout: float = 60.0) -> list[CloudEvent[Any]]:
         async with asyncio.timeout(timeout):
@@ -117,24 +105,12 @@ class Env:
         return found
 
 
-def profile_for(connection: S3Connection) -> StorageProfile:
-    return StorageProfile(
-        profile_id="managed",
-        provider="r2",
-        endpoint=connection.endpoint,
-        region=connection.region,
-        bucket=connection.bucket,
-        access_key_id=connection.access_key_id,
-        secret_access_key=Secret(connection.secret_access_key),
-    )
-
-
 @pytest.fixture
 async def env(nats_url: str, s3_server: S3Connection) -> AsyncIterator[Env]:
     nc = await bus.connect(nats_url, name="test-media-processor")
     js = nc.jetstream()
     await bus.provision(js, bus.StreamSettings())
-    storage = await Storage.open(profile_for(s3_server))
+    storage = await Storage.open(managed_profile(s3_server))
     try:
         yield Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=f"ws{uuid.uuid4().hex[:12]}")
     finally:

@@ -32,9 +32,10 @@ from rawdrive_contracts import (
     UploadVerified,
     Variant,
     Variants,
-    decode,
     new_event,
+    subject_filter,
 )
+from rawdrive_devkit.testkit import stored_events
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.health import Health
@@ -108,19 +109,7 @@ class Harness:
 
     async def announced(self, event_type: type[EventData]) -> list[Any]:
         """Every event of this type in its stream for this workspace."""
-        spec = event_type.spec
-        sub = await self.js.subscribe(f"rawdrive.{spec.entity}.{spec.action}.{self.workspace}", ordered_consumer=True)
-        found = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.3)
-                except Exception:  # nats' TimeoutError: nothing more stored
-                    break
-                found.append(decode(msg.data).data)
-        finally:
-            await sub.unsubscribe()
-        return found
+        return [event.data for event in await stored_events(self.js, subject_filter(event_type.spec, self.workspace))]
 
 
 def _scoped(spec: bus.ConsumerSpec, workspace: str) -> bus.ConsumerSpec:

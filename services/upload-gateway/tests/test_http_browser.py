@@ -10,8 +10,8 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rawdrive_devkit.devstack.__main__ import DEV_CORS_ORIGINS
 from rawdrive_platform.config import load_settings
-from rawdrive_platform.devstack.__main__ import DEV_CORS_ORIGINS
 from rawdrive_platform.telemetry import JsonLogFormatter, setup_telemetry
 from upload_gateway.http.cors import origin_allowed
 from upload_gateway.settings import Settings

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from rawdrive_contracts import AssetCreated, UploadVerified, new_event
+from rawdrive_devkit.devstack.servers import create_database, drop_database
 from rawdrive_platform import bus
-from rawdrive_platform.devstack.servers import create_database, drop_database
 from upload_gateway.auth import mint_dev_token
 
 SECRET = "conformance-secret-" + "x" * 20

@@ -20,15 +20,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rawdrive_contracts import UploadSessionCreated, decode
-from rawdrive_platform import bus, db
-from rawdrive_platform.config import Secret
-from rawdrive_platform.devstack.servers import (
+from rawdrive_devkit.devstack.servers import (
     LOOPBACK_NETWORK,
     S3Connection,
     S3Server,
     loopback_endpoint_policy,
     s3_client,
 )
+from rawdrive_platform import bus, db
+from rawdrive_platform.config import Secret
 from rawdrive_platform.profiles import (
     PROFILES_BUCKET,
     MasterKey,

@@ -98,7 +98,7 @@ def find_env_file(explicit: str | None, environ: Mapping[str, str], cwd: Path) -
 
 def read_env_file(path: Path | None) -> dict[str, str]:
     """The env file's KEY=VALUE lines, read by the dev stack's own reader; missing: empty."""
-    from rawdrive_platform.devstack.__main__ import read_env_file as read_stack_env
+    from rawdrive_platform.config import read_env_file as read_stack_env
 
     return read_stack_env(path) if path is not None and path.is_file() else {}
 

@@ -247,9 +247,9 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
 
 async def terminate(msg: Msg, reason: str) -> None:
     """`+TERM <reason>`: no redelivery, and the server's advisory carries the reason."""
-    # nats-py's Msg.term() sends no reason; the protocol accepts one after the verb.
-    await msg._client.publish(msg.reply, b"+TERM " + reason.encode()[:1024])
-    msg._ackd = True
+    # nats-py's Msg.term() sends no reason; the protocol accepts one after the verb, and an ack
+    # is just a reply to the delivery, which Msg.respond sends. Nothing acks after this.
+    await msg.respond(b"+TERM " + reason.encode()[:1024])
 
 
 def backoff_for(spec: ConsumerSpec, num_delivered: int) -> float:

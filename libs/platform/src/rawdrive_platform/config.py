@@ -10,6 +10,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -194,3 +195,16 @@ def _is_sequence(annotation: Any) -> bool:
 def _without_path(error: msgspec.ValidationError) -> str:
     # msgspec appends " - at `$[0]`" for list items; the variable name already says where.
     return str(error).split(" - at `")[0]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of an env file such as the dev stack's `.data/env` (comments skipped);
+    a missing file: empty. The dev stack writes the file, the CLI reads it."""
+    if not path.exists():
+        return {}
+    entries = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            entries[key.strip()] = value.strip()
+    return entries

@@ -48,6 +48,13 @@ class AssetKey(msgspec.Struct, frozen=True, kw_only=True):
     variant: str | None = None  # set only for derived objects
 
 
+class AssetRef(msgspec.Struct, frozen=True):
+    """The asset an object belongs to (``asset_of_key``)."""
+
+    workspace_id: str
+    asset_id: str
+
+
 def check_id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
         raise InvalidKeyPart(f"{what} {value!r} must match {ID_PATTERN.pattern}")
@@ -151,6 +158,22 @@ def parse_asset_key(key: str, key_prefix: str = "") -> AssetKey | None:
     except InvalidKeyPart:
         return None
     return parsed if rebuilt == key else None
+
+
+def asset_of_key(key: str, key_prefix: str = "") -> AssetRef | None:
+    """The asset an object belongs to: anything under ``asset_prefix(ws, asset)``, the original
+    and derived objects as well as a tus tail or any other partial object; None otherwise."""
+    if not key.startswith(key_prefix):
+        return None
+    match key[len(key_prefix) :].split("/"):
+        case ["workspaces", workspace_id, "assets", asset_id, first, *_] if first:
+            try:
+                prefix = asset_prefix(workspace_id, asset_id, key_prefix)
+            except InvalidKeyPart:
+                return None
+            return AssetRef(workspace_id, asset_id) if key.startswith(prefix) else None
+        case _:
+            return None
 
 
 def safe_filename(display_name: str) -> str:

@@ -1,10 +1,12 @@
-"""Every Prometheus metric of the pipeline, defined here once so names and labels live in one place.
+"""The Prometheus plumbing every service shares: `/metrics`, the queue and outbox gauges, and the
+Stopwatch; each service defines its own counters and histograms in its `metrics` module.
 
-Each service process serves them at `/metrics` on its health port (the gateway: on its API
-port), mounted by `Runtime.serve_health`. Counters and histograms count what this process did;
-the gauges are sampled by `Runtime` every RAWDRIVE_METRICS_SAMPLE_INTERVAL_S from JetStream and
-PostgreSQL. Labels take values from small fixed sets (kinds, reasons, protocols, consumer
-names), never workspace, upload or asset ids, so a series count does not grow with traffic.
+Each service process serves the default registry at `/metrics` on its health port (the gateway:
+on its API port), mounted by `Runtime.serve_health`. Counters and histograms count what this
+process did; the gauges here are sampled by `Runtime` every RAWDRIVE_METRICS_SAMPLE_INTERVAL_S
+from JetStream and PostgreSQL. Labels take values from small fixed sets (kinds, reasons,
+protocols, consumer names), never workspace, upload or asset ids, so a series count does not
+grow with traffic. Every metric is named `rawdrive_*` (deploy/k8s/check reads all the modules).
 """
 
 from __future__ import annotations
@@ -15,66 +17,14 @@ from types import TracebackType
 import asyncpg
 from aiohttp import web
 from nats.js import JetStreamContext
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, Histogram, generate_latest
 
 from rawdrive_platform.bus import DEADLETTER_STREAM
 
 # The label of a duration whose kind was never learnt (a type mismatch, an unknown profile).
 UNKNOWN_KIND = "unknown"
 # A small photo takes well under a second; a 500 MiB video about a minute to hash or decode.
-_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-# -- uploads (prometheus_client appends _total to counters) -------------------------------------
-UPLOADS_STARTED = Counter(
-    "rawdrive_uploads_started", "Upload sessions opened (gateway)", ["protocol"]
-)
-UPLOADS_COMPLETED = Counter(
-    "rawdrive_uploads_completed", "Uploads verified and committed as assets (verifier)", ["kind"]
-)
-UPLOADS_REJECTED = Counter(
-    "rawdrive_uploads_rejected", "Commits the verifier rejected (verifier)", ["reason"]
-)
-UPLOADS_EXPIRED = Counter(
-    "rawdrive_uploads_expired", "Upload sessions expired before their commit (janitor)"
-)
-INGESTED_BYTES = Counter(
-    "rawdrive_ingested_bytes",
-    # Verified sizes rather than bytes through the gateway: S3 multipart parts bypass it.
-    "Bytes of verified uploads, counted once each at verification, whatever the protocol (verifier)",
-    ["kind"],
-)
-VERIFICATION_SECONDS = Histogram(
-    "rawdrive_verification_seconds",
-    "Time to complete, measure and hash one commit and record the decision (verifier)",
-    ["kind"],
-    buckets=_SECONDS_BUCKETS,
-)
-PROCESSING_FAILED = Counter(
-    "rawdrive_processing_failed",
-    "Verified uploads announced as asset.processing_failed, by reason (processor)",
-    ["reason"],
-)
-PROCESSING_SECONDS = Histogram(
-    "rawdrive_processing_seconds",
-    "Time to check, decode and store the variants of one verified upload (processor)",
-    ["kind"],
-    buckets=_SECONDS_BUCKETS,
-)
-UPLOADS_IN_FLIGHT = Gauge(
-    # What the gateway's ScaledObject scales on: a pod's load is the bodies it holds open, not CPU.
-    "rawdrive_gateway_uploads_in_flight",
-    "tus requests (PATCH, creation-with-upload POST) whose body this gateway is receiving (gateway)",
-)
-
-# -- gateway HTTP ------------------------------------------------------------------------------
-HTTP_REQUEST_SECONDS = Histogram(
-    "rawdrive_http_request_duration_seconds",
-    # route is the pattern (/v1/workspaces/{workspace_id}/uploads), "unmatched" for unknown paths.
-    "API requests by route, method and status: _count counts them; the time is until the handler "
-    "answered (for a tus PATCH, including its body) (gateway)",
-    ["route", "method", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-)
+SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 # -- queues (sampled) -------------------------------------------------------------------------
 CONSUMER_PENDING = Gauge(
@@ -95,18 +45,6 @@ OUTBOX_OLDEST_AGE = Gauge(
     "rawdrive_outbox_oldest_row_age_seconds",
     "Age of the oldest outbox row of this service not yet published (0 when none waits)",
 )
-
-# -- janitor ----------------------------------------------------------------------------------
-JANITOR_DELETED_OBJECTS = Counter(
-    "rawdrive_janitor_deleted_objects", "Objects the janitor deleted", ["reason"]
-)
-JANITOR_DELETED_BYTES = Counter(
-    "rawdrive_janitor_deleted_bytes", "Bytes of the objects the janitor deleted", ["reason"]
-)
-JANITOR_ABORTED_MULTIPART = Counter(
-    "rawdrive_janitor_aborted_multipart_uploads", "Incomplete multipart uploads the janitor aborted", ["reason"]
-)
-
 
 class Stopwatch:
     """Observes the seconds a `with` block took into `histogram`, under the kind known by its end

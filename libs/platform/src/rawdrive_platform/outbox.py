@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -36,6 +38,31 @@ log = logging.getLogger(__name__)
 _NOTIFY_CHANNEL = "rawdrive_outbox"
 # How long the relay waits for JetStream to confirm a batch.
 PUBLISH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A connection inside a transaction, and the outbox of the same schema."""
+
+    conn: asyncpg.Connection
+
+    async def enqueue(self, event: CloudEvent[Any]) -> None:
+        await enqueue(self.conn, event)
+
+
+class UnitOfWork:
+    """What a handler writes through, as in "Architecture Patterns with Python": `async with
+    uow.begin() as tx:` gives a connection in a transaction plus the outbox, and everything done
+    through it, the events enqueued included, commits at the end of the block or not at all.
+    Handlers never take connections from the pool themselves, so the boundary is in one place."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[Transaction]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield Transaction(conn)
 
 
 async def enqueue(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:

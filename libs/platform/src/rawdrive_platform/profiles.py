@@ -51,9 +51,9 @@ from nats.js.kv import KeyValue
 from rawdrive_platform.config import CommonSettings, Secret
 from rawdrive_platform.storage import (
     MANAGED_PROFILE_ID,
-    Encryption,
     EndpointPolicy,
     Storage,
+    StorageLocation,
     StorageProfile,
     StorageRegistry,
     StorageUnavailable,
@@ -156,17 +156,11 @@ class _Credentials(msgspec.Struct, frozen=True):
     secret_access_key: str
 
 
-class ProfileRecord(msgspec.Struct, frozen=True, kw_only=True):
+class ProfileRecord(StorageLocation, frozen=True, kw_only=True):
     """One published profile version, as stored in the KV bucket under `ref`."""
 
     ref: str
     workspace_id: str
-    bucket: str
-    endpoint: str | None
-    region: str
-    key_prefix: str
-    encryption: Encryption
-    kms_key_id: str | None
     masked_key_id: str
     sealed_credentials: bytes
     created_at: datetime
@@ -189,14 +183,9 @@ def mask_key_id(access_key_id: str) -> str:
 def seal_profile(profile: StorageProfile, workspace_id: str, key: MasterKey, now: datetime) -> ProfileRecord:
     credentials = _Credentials(profile.access_key_id, profile.secret_access_key.reveal())
     return ProfileRecord(
+        **profile.location(),
         ref=profile.profile_id,
         workspace_id=workspace_id,
-        bucket=profile.bucket,
-        endpoint=profile.endpoint,
-        region=profile.region,
-        key_prefix=profile.key_prefix,
-        encryption=profile.encryption,
-        kms_key_id=profile.kms_key_id,
         masked_key_id=mask_key_id(profile.access_key_id),
         sealed_credentials=key.seal(msgspec.json.encode(credentials), profile.profile_id.encode()),
         created_at=now,
@@ -212,14 +201,9 @@ def open_profile(record: ProfileRecord, key: MasterKey, policy: EndpointPolicy =
         raise UnknownProfile(f"storage profile {record.ref!r} does not open with this master key") from None
     credentials = msgspec.json.decode(plaintext, type=_Credentials)
     return StorageProfile(
+        **record.location(),
         profile_id=record.ref,
         provider="byos",
-        bucket=record.bucket,
-        endpoint=record.endpoint,
-        region=record.region,
-        key_prefix=record.key_prefix,
-        encryption=record.encryption,
-        kms_key_id=record.kms_key_id,
         access_key_id=credentials.access_key_id,
         secret_access_key=Secret(credentials.secret_access_key),
         endpoint_policy=policy,

@@ -41,6 +41,7 @@ from nats.js import JetStreamContext
 
 from rawdrive_platform import bus, db, metrics
 from rawdrive_platform.config import CommonSettings, ConfigError, load_settings
+from rawdrive_platform.consumers import HandlerTable
 from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import ProfileResolver, master_key, profile_resolver
@@ -50,6 +51,7 @@ from rawdrive_platform.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+D = TypeVar("D")
 Worker = Callable[[asyncio.Event], Awaitable[None]]
 # Reads one source (a consumer's info, an outbox count) into its gauges.
 Sampler = Callable[[], Awaitable[None]]
@@ -122,6 +124,20 @@ class Runtime:
         consumer = bus.Consumer(js, spec, handle, on_exhausted=on_exhausted, concurrency=concurrency)
         self.start(consumer.run, name=spec.durable)
         self._samplers[f"consumer {spec.durable}"] = partial(metrics.sample_consumer, js, spec.stream, spec.durable)
+
+    def handle(
+        self,
+        js: JetStreamContext,
+        table: HandlerTable[D],
+        deps: D,
+        *,
+        max_deliver: int | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        """Run a handler table's durable consumer with `deps` (and the deployment's max_deliver)."""
+        spec = table.spec if max_deliver is None else msgspec.structs.replace(table.spec, max_deliver=max_deliver)
+        handle, on_exhausted = table.bind(deps)
+        self.consume(js, spec, handle, on_exhausted=on_exhausted, concurrency=concurrency)
 
     def relay(self, pool: asyncpg.Pool, js: JetStreamContext) -> None:
         """Run the outbox relay of `pool`'s schema as a worker; its backlog is sampled for /metrics."""

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import aioboto3
+import aiobotocore.session
 import aiohttp
 import botocore.session
 import msgspec
@@ -254,17 +255,27 @@ class _NoRedirectHTTPSession(AIOHTTPSession):
         return _WithoutRedirects(await super()._get_session(proxy_url))
 
 
-class StorageProfile(msgspec.Struct, frozen=True, kw_only=True):
-    profile_id: str
-    provider: Literal["r2", "byos"]
+class StorageLocation(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a profile's objects live, and how they are encrypted there: declared once for the
+    usable StorageProfile, the sealed ProfileRecord (profiles.py) and the gateway's row."""
+
     bucket: str
-    access_key_id: str
-    secret_access_key: Secret
     endpoint: str | None = None  # None: the SDK resolves the AWS endpoint from the region
     region: str = "auto"
     key_prefix: str = ""  # see keys.check_key_prefix
     encryption: Encryption = "none"
     kms_key_id: str | None = None
+
+    def location(self) -> dict[str, Any]:
+        """Just the location's fields, to build another kind of location from: `Other(**x.location(), ...)`."""
+        return {name: getattr(self, name) for name in StorageLocation.__struct_fields__}
+
+
+class StorageProfile(StorageLocation, frozen=True, kw_only=True):
+    profile_id: str
+    provider: Literal["r2", "byos"]
+    access_key_id: str
+    secret_access_key: Secret
     # Where a byos endpoint may point (the strict default unless the deployment widens it);
     # the managed bucket is the operator's own and is not checked.
     endpoint_policy: EndpointPolicy = EndpointPolicy()
@@ -411,10 +422,15 @@ def _classified(code: str, status: int, message: str) -> StorageError:
 
 
 @functools.cache
+def _aiobotocore_session() -> aiobotocore.session.AioSession:
+    return aiobotocore.session.get_session()
+
+
+@functools.cache
 def _boto_session() -> aioboto3.Session:
     """One session for every client in the process: its loader parses the S3 model (about
     13 MiB of Python objects) once, where a session per Storage kept a copy per profile."""
-    return aioboto3.Session()
+    return aioboto3.Session(botocore_session=_aiobotocore_session())
 
 
 # Botocore sessions are not thread-safe (their clients are): blocking clients are made under this.
@@ -426,7 +442,7 @@ def _blocking_session() -> botocore.session.Session:
     """Session for the blocking clients iter_chunks reads with. It shares the async session's
     loader, so the parsed S3 model is held once (a session of its own added about 12 MiB)."""
     session = botocore.session.get_session()
-    session.register_component("data_loader", _boto_session()._session.get_component("data_loader"))
+    session.register_component("data_loader", _aiobotocore_session().get_component("data_loader"))
     return session
 
 
@@ -445,11 +461,21 @@ def _new_blocking_client(profile: "StorageProfile") -> Any:
     with _blocking_client_lock:
         client = _blocking_session().create_client("s3", **_client_args(profile))
     if profile.checked:
-        # botocore takes no connection class: its URLLib3Session's pool table is the one hook.
-        http = client._endpoint.http_session
-        http._pool_classes_by_scheme = _pinned_pool_classes(profile.endpoint_policy)
-        http._manager.pool_classes_by_scheme = http._pool_classes_by_scheme
+        pin_connections(client, profile.endpoint_policy)
     return client
+
+
+def pin_connections(client: Any, policy: EndpointPolicy) -> None:
+    """Make a blocking botocore client connect only to addresses `policy` allows.
+
+    botocore has no public hook for its connection class, so this is the one place that reaches
+    into its internals: the client's URLLib3Session (`_endpoint.http_session`) and the pool
+    table it and its urllib3 PoolManager build connections from. test_storage's
+    test_the_botocore_internals_pin_connections_uses_still_exist fails when botocore changes them.
+    """
+    http = client._endpoint.http_session
+    http._pool_classes_by_scheme = _pinned_pool_classes(policy)
+    http._manager.pool_classes_by_scheme = http._pool_classes_by_scheme
 
 
 @contextlib.contextmanager

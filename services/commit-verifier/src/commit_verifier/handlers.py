@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import asyncpg
 from opentelemetry import trace
 
 from commit_verifier.hashing import ReadSettings, sha256_of
+from commit_verifier.metrics import INGESTED_BYTES, UPLOADS_COMPLETED, UPLOADS_REJECTED, VERIFICATION_SECONDS
 from commit_verifier.verification import (
     Rejected,
     Verdict,
@@ -29,17 +28,11 @@ from commit_verifier.verification import (
     precheck,
     verdict_event,
 )
-from rawdrive_contracts import CloudEvent, CommitRequested, decode, encode
-from rawdrive_platform import outbox
-from rawdrive_platform.bus import Poison, Transient
-from rawdrive_platform.metrics import (
-    INGESTED_BYTES,
-    UNKNOWN_KIND,
-    UPLOADS_COMPLETED,
-    UPLOADS_REJECTED,
-    VERIFICATION_SECONDS,
-    Stopwatch,
-)
+from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, CommitRequested, decode, encode
+from rawdrive_platform.bus import Transient
+from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.metrics import UNKNOWN_KIND, Stopwatch
+from rawdrive_platform.outbox import Transaction, UnitOfWork
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, StorageUnavailable
 
@@ -49,7 +42,7 @@ tracer = trace.get_tracer(__name__)
 
 @dataclass(frozen=True)
 class Dependencies:
-    pool: asyncpg.Pool
+    uow: UnitOfWork
     storage_for: StorageResolver
     reading: ReadSettings = ReadSettings()
 
@@ -59,7 +52,7 @@ class Dependencies:
 
 async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencies) -> None:
     commit = event.data
-    if await _announce_decided(deps.pool, commit):
+    if await _announce_decided(deps.uow, commit):
         log.info("already decided, decision republished", extra={"upload_id": commit.upload_id, "attempt": commit.attempt})
         return
     kind = commit.kind or UNKNOWN_KIND
@@ -71,33 +64,25 @@ async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencie
             verdict: Verdict = Rejected(reason="storage_error", detail=str(exc))
         else:
             verdict = await _inspect(storage, commit, deps.reading)
-        await _record(deps.pool, commit, verdict)
+        await _record(deps.uow, commit, verdict)
 
 
 async def commit_exhausted(event: CloudEvent[CommitRequested], error: BaseException, deps: Dependencies) -> None:
     """Storage stayed unavailable through every delivery: reject, so the upload does not hang."""
     commit = event.data
-    if await _announce_decided(deps.pool, commit):
+    if await _announce_decided(deps.uow, commit):
         return
     detail = f"storage unavailable through every retry: {error}"
-    await _record(deps.pool, commit, Rejected(reason="storage_error", detail=detail))
+    await _record(deps.uow, commit, Rejected(reason="storage_error", detail=detail))
 
 
-HANDLERS = {CommitRequested: commit_requested}
-EXHAUSTED_HANDLERS = {CommitRequested: commit_exhausted}
-
-
-async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
-    handler = HANDLERS.get(type(event.data))
-    if handler is None:
-        raise Poison(f"commit-verifier does not handle {event.type}")
-    await handler(event, deps)
-
-
-async def dispatch_exhausted(event: CloudEvent[Any], error: BaseException, deps: Dependencies) -> None:
-    handler = EXHAUSTED_HANDLERS.get(type(event.data))
-    if handler is not None:
-        await handler(event, error, deps)
+# Every replica binds the same durable, so they share the work.
+HANDLERS = HandlerTable[Dependencies](
+    durable="commit-verifier",
+    stream=UPLOADS_STREAM,
+    handlers={CommitRequested: commit_requested},
+    exhausted={CommitRequested: commit_exhausted},
+)
 
 
 # -- effects -----------------------------------------------------------------------------------
@@ -150,25 +135,26 @@ async def _complete_multipart(storage: Storage, commit: CommitRequested) -> Reje
     return None
 
 
-async def _announce_decided(pool: asyncpg.Pool, commit: CommitRequested) -> bool:
+async def _announce_decided(uow: UnitOfWork, commit: CommitRequested) -> bool:
     """Re-enqueue the attempt's stored decision event, if any (a no-op while it is still in the
     outbox)."""
-    async with pool.acquire() as conn, conn.transaction():
-        return await _reannounce(conn, commit)
+    async with uow.begin() as tx:
+        return await _reannounce(tx, commit)
 
 
-async def _reannounce(conn: asyncpg.Connection, commit: CommitRequested) -> bool:
-    stored = await conn.fetchval(
+async def _reannounce(tx: Transaction, commit: CommitRequested) -> bool:
+    stored = await tx.conn.fetchval(
         "SELECT event FROM decisions WHERE upload_id = $1 AND attempt = $2", commit.upload_id, commit.attempt
     )
     if stored is None:
         return False
-    await outbox.enqueue(conn, decode(stored))
+    await tx.enqueue(decode(stored))
     return True
 
 
-async def _record(pool: asyncpg.Pool, commit: CommitRequested, verdict: Verdict) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+async def _record(uow: UnitOfWork, commit: CommitRequested, verdict: Verdict) -> None:
+    async with uow.begin() as tx:
+        conn = tx.conn
         duplicate_of = None
         if isinstance(verdict, Verified):
             # Serialise decisions on the same content, so two copies verified at once do not
@@ -195,9 +181,9 @@ async def _record(pool: asyncpg.Pool, commit: CommitRequested, verdict: Verdict)
         )
         if inserted is None:
             # Another replica decided first: announce its decision, not ours.
-            await _reannounce(conn, commit)
+            await _reannounce(tx, commit)
             return
-        await outbox.enqueue(conn, event)
+        await tx.enqueue(event)
     # Counted once per decision this replica committed: redeliveries and lost races return above.
     if isinstance(verdict, Verified):
         UPLOADS_COMPLETED.labels(kind=commit.kind or UNKNOWN_KIND).inc()

@@ -22,6 +22,7 @@ from rawdrive_contracts import (
     UploadVerified,
     new_event,
 )
+from rawdrive_contracts.facts import carry
 from rawdrive_platform.storage import UploadedPart
 
 SOURCE = "commit-verifier"
@@ -128,52 +129,27 @@ def verdict_event(
     """The event announcing the verdict; its id derives from the upload (and, for a refusal, the
     attempt), so a retry reuses it."""
     if isinstance(verdict, Verified):
-        data: UploadVerified | UploadRejected | CommitRefused = UploadVerified(
-            workspace_id=commit.workspace_id,
-            upload_id=commit.upload_id,
-            asset_id=commit.asset_id,
-            library_id=commit.library_id,
-            folder_id=commit.folder_id,
-            file_name=commit.file_name,
-            mime_type=commit.mime_type,
+        data: UploadVerified | UploadRejected | CommitRefused = carry(
+            commit,
+            UploadVerified,
             size_bytes=verdict.size,
             sha256=verdict.sha256,
-            provider=commit.provider,
-            storage_profile_ref=commit.storage_profile_ref,
-            object_key=commit.object_key,
             duplicate_of=duplicate_of,
             verified_at=now,
         )
-    elif is_refusal(commit, verdict):
-        data = CommitRefused(
-            workspace_id=commit.workspace_id,
-            upload_id=commit.upload_id,
-            asset_id=commit.asset_id,
-            attempt=commit.attempt,
-            attempts_left=commit.attempts_left,
-            reason=verdict.reason,
-            detail=verdict.detail,
-            storage_profile_ref=commit.storage_profile_ref,
-            object_key=commit.object_key,
-            expected_size_bytes=commit.size_bytes,
-            actual_size_bytes=verdict.actual_size,
-            expected_sha256=commit.expected_sha256,
-            actual_sha256=verdict.actual_sha256,
-        )
     else:
-        data = UploadRejected(
-            workspace_id=commit.workspace_id,
-            upload_id=commit.upload_id,
-            asset_id=commit.asset_id,
+        # A refusal keeps the bytes for another attempt; a rejection carries multipart_upload_id,
+        # since the janitor aborts a multipart upload never completed. Both say what differed.
+        refused = is_refusal(commit, verdict)
+        data = carry(
+            commit,
+            CommitRefused if refused else UploadRejected,
             reason=verdict.reason,
             detail=verdict.detail,
-            storage_profile_ref=commit.storage_profile_ref,
-            object_key=commit.object_key,
-            # The janitor aborts a multipart upload that was never completed.
-            multipart_upload_id=commit.multipart_upload_id,
             expected_size_bytes=commit.size_bytes,
             actual_size_bytes=verdict.actual_size,
             expected_sha256=commit.expected_sha256,
             actual_sha256=verdict.actual_sha256,
+            **({"attempt": commit.attempt, "attempts_left": commit.attempts_left} if refused else {}),
         )
     return new_event(data, source=SOURCE, time=now)

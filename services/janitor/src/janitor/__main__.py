@@ -14,11 +14,12 @@ import asyncpg
 import msgspec
 
 from janitor import tracking
-from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
+from janitor.handlers import ASSET_HANDLERS, UPLOAD_HANDLERS, Dependencies
 from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import ConfigError, load_settings
+from rawdrive_platform.outbox import UnitOfWork
 from rawdrive_platform.profiles import ProfileResolver, ProfileVersions, profile_bucket, profile_resolver
 from rawdrive_platform.service import Runtime, run_service
 from rawdrive_platform.storage import StorageRegistry
@@ -75,9 +76,9 @@ async def main(runtime: Runtime) -> None:
     js = await runtime.jetstream()
     pool = await runtime.database("janitor", MIGRATIONS)
     storage_for = await runtime.storage_resolver()
-    deps = Dependencies(pool=pool, storage_for=storage_for, dry_run=settings.janitor_dry_run)
-    runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
-    runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
+    deps = Dependencies(uow=UnitOfWork(pool), storage_for=storage_for, dry_run=settings.janitor_dry_run)
+    runtime.handle(js, UPLOAD_HANDLERS, deps)
+    runtime.handle(js, ASSET_HANDLERS, deps)
     versions = ProfileVersions(js, await profile_bucket(js, replicas=settings.stream_replicas))
     janitor = build_janitor(settings, pool, storage_for, versions, dry_run=settings.janitor_dry_run)
     runtime.start(janitor.run, name="janitor-schedule")

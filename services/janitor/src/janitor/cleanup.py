@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from janitor.metrics import JANITOR_ABORTED_MULTIPART, JANITOR_DELETED_BYTES, JANITOR_DELETED_OBJECTS
 from janitor.policy import Reason, Removal, within
-from rawdrive_platform.metrics import JANITOR_ABORTED_MULTIPART, JANITOR_DELETED_BYTES, JANITOR_DELETED_OBJECTS
 from rawdrive_platform.storage import ObjectInfo, Storage
 
 

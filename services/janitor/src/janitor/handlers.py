@@ -1,4 +1,4 @@
-"""The janitor's event handlers: one table from event type to handler.
+"""The janitor's event handlers: one table per durable consumer, from event type to handler.
 
 Upload events keep its record of open sessions; rejected and aborted uploads have their bytes
 removed. Asset events keep its record of live assets and of soft deletions awaiting purge.
@@ -30,52 +30,33 @@ from rawdrive_contracts import (
     UploadRejected,
     UploadSessionCreated,
     UploadVerified,
-    subject_filter,
 )
 from rawdrive_platform import keys
-from rawdrive_platform.bus import ConsumerSpec, Poison
+from rawdrive_platform.bus import Poison
+from rawdrive_platform.consumers import Handler, HandlerTable
+from rawdrive_platform.outbox import UnitOfWork
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 
 log = logging.getLogger(__name__)
 
-UPLOAD_EVENTS = ConsumerSpec(
-    durable="janitor-uploads",
-    stream=UPLOADS_STREAM.name,
-    filter_subjects=tuple(
-        subject_filter(cls.spec)
-        for cls in (UploadSessionCreated, CommitRequested, CommitRefused, *tracking.CLOSING_EVENTS)
-    ),
-)
-ASSET_EVENTS = ConsumerSpec(
-    durable="janitor-assets",
-    stream=ASSETS_STREAM.name,
-    filter_subjects=tuple(subject_filter(cls.spec) for cls in (AssetCreated, AssetDeleted, AssetRestored)),
-)
-
 
 @dataclass(frozen=True)
 class Dependencies:
-    pool: asyncpg.Pool
+    uow: UnitOfWork
     storage_for: StorageResolver
     dry_run: bool = False
 
 
-async def session_created(event: CloudEvent[UploadSessionCreated], deps: Dependencies) -> None:
-    await tracking.track_session(deps.pool, event)
+def recorded(*records: Callable[[asyncpg.Connection, CloudEvent[Any]], Awaitable[None]]) -> Handler[Dependencies]:
+    """A handler that only records the event in the janitor's tables (tracking.py): every
+    record in one unit of work."""
 
+    async def handle(event: CloudEvent[Any], deps: Dependencies) -> None:
+        async with deps.uow.begin() as tx:
+            for record in records:
+                await record(tx.conn, event)
 
-async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencies) -> None:
-    await tracking.commit_requested(deps.pool, event)
-
-
-async def commit_refused(event: CloudEvent[CommitRefused], deps: Dependencies) -> None:
-    # The bytes stay (the client may commit again): the session is open, so it expires again.
-    await tracking.commit_refused(deps.pool, event)
-
-
-async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies) -> None:
-    await tracking.track_asset(deps.pool, event)
-    await tracking.close_session(deps.pool, event)
+    return handle
 
 
 async def upload_discarded(event: CloudEvent[UploadRejected | UploadAborted], deps: Dependencies) -> None:
@@ -89,7 +70,8 @@ async def upload_discarded(event: CloudEvent[UploadRejected | UploadAborted], de
     prefix = keys.asset_prefix(data.workspace_id, data.asset_id, storage.profile.key_prefix)
     reason = "rejected_upload" if isinstance(data, UploadRejected) else "aborted_upload"
     removals = await erase_prefix(storage, prefix, reason, dry_run=deps.dry_run)
-    await tracking.close_session(deps.pool, event)
+    async with deps.uow.begin() as tx:
+        await tracking.close_session(tx.conn, event)
     log.info(
         "upload bytes removed" if not deps.dry_run else "upload bytes would be removed (dry run)",
         extra={"upload_id": data.upload_id, "reason": reason, "objects": sum(r.multipart_upload_id is None for r in removals),
@@ -97,39 +79,30 @@ async def upload_discarded(event: CloudEvent[UploadRejected | UploadAborted], de
     )
 
 
-async def upload_expired(event: CloudEvent[UploadExpired], deps: Dependencies) -> None:
-    # The janitor's own announcement coming back: its bytes were removed before it was sent.
-    await tracking.close_session(deps.pool, event)
-
-
-async def asset_created(event: CloudEvent[AssetCreated], deps: Dependencies) -> None:
-    await tracking.track_asset(deps.pool, event)
-
-
-async def asset_deleted(event: CloudEvent[AssetDeleted], deps: Dependencies) -> None:
-    await tracking.asset_deleted(deps.pool, event)
-
-
-async def asset_restored(event: CloudEvent[AssetRestored], deps: Dependencies) -> None:
-    await tracking.asset_restored(deps.pool, event)
-
-
-HANDLERS: dict[type, Callable[[CloudEvent[Any], Dependencies], Awaitable[None]]] = {
-    UploadSessionCreated: session_created,
-    CommitRequested: commit_requested,
-    CommitRefused: commit_refused,
-    UploadVerified: upload_verified,
-    UploadRejected: upload_discarded,
-    UploadAborted: upload_discarded,
-    UploadExpired: upload_expired,
-    AssetCreated: asset_created,
-    AssetDeleted: asset_deleted,
-    AssetRestored: asset_restored,
-}
-
-
-async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
-    handler = HANDLERS.get(type(event.data))
-    if handler is None:
-        raise Poison(f"the janitor does not handle {event.type}")
-    await handler(event, deps)
+UPLOAD_HANDLERS = HandlerTable[Dependencies](
+    durable="janitor-uploads",
+    stream=UPLOADS_STREAM,
+    handlers={
+        UploadSessionCreated: recorded(tracking.track_session),
+        CommitRequested: recorded(tracking.commit_requested),
+        # The bytes stay (the client may commit again): the session is open, so it expires again.
+        CommitRefused: recorded(tracking.commit_refused),
+        UploadVerified: recorded(tracking.track_asset, tracking.close_session),
+        UploadRejected: upload_discarded,
+        UploadAborted: upload_discarded,
+        # The janitor's own announcement coming back: its bytes were removed before it was sent.
+        UploadExpired: recorded(tracking.close_session),
+    },
+)
+ASSET_HANDLERS = HandlerTable[Dependencies](
+    durable="janitor-assets",
+    stream=ASSETS_STREAM,
+    handlers={
+        AssetCreated: recorded(tracking.track_asset),
+        AssetDeleted: recorded(tracking.asset_deleted),
+        AssetRestored: recorded(tracking.asset_restored),
+    },
+)
+# What the provisioning Job creates (janitor.handlers:UPLOAD_EVENTS, janitor.handlers:ASSET_EVENTS).
+UPLOAD_EVENTS = UPLOAD_HANDLERS.spec
+ASSET_EVENTS = ASSET_HANDLERS.spec

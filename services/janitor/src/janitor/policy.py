@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from rawdrive_platform import keys
+from rawdrive_platform.keys import asset_of_key
 
 
 class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,11 +48,6 @@ class AssetLifecycle(msgspec.Struct, frozen=True, kw_only=True):
     purge_after: datetime | None = None
     restored_at: datetime | None = None
     purged_at: datetime | None = None
-
-
-class AssetRef(msgspec.Struct, frozen=True):
-    workspace_id: str
-    asset_id: str
 
 
 # -- expiry -------------------------------------------------------------------------------------
@@ -107,22 +102,6 @@ def should_purge(state: AssetLifecycle, now: datetime, thresholds: Thresholds) -
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-
-
-def asset_of_key(key: str, key_prefix: str = "") -> AssetRef | None:
-    """The asset an object belongs to: anything under `keys.asset_prefix(ws, asset)`, the
-    original and derived objects as well as a tus tail or any other partial object."""
-    if not key.startswith(key_prefix):
-        return None
-    match key[len(key_prefix) :].split("/"):
-        case ["workspaces", workspace_id, "assets", asset_id, first, *_] if first:
-            try:
-                prefix = keys.asset_prefix(workspace_id, asset_id, key_prefix)
-            except keys.InvalidKeyPart:
-                return None
-            return AssetRef(workspace_id, asset_id) if key.startswith(prefix) else None
-        case _:
-            return None
 
 
 def is_orphan(

@@ -28,12 +28,12 @@ import msgspec
 
 from janitor import tracking
 from janitor.cleanup import count_removed, erase_prefix
+from janitor.metrics import UPLOADS_EXPIRED
 from janitor.policy import (
     Removal,
     RunReport,
     Thresholds,
     TrackedSession,
-    asset_of_key,
     is_orphan,
     is_stale_multipart,
     profile_version_may_go,
@@ -45,7 +45,6 @@ from janitor.tracking import TrackedAsset
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
 from rawdrive_platform.db import DATABASE_DOWN
-from rawdrive_platform.metrics import UPLOADS_EXPIRED
 from rawdrive_platform.profiles import PROFILES_BUCKET, ProfileVersions, StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
@@ -293,7 +292,7 @@ class Janitor:
                 break
             if within(upload.key, target.prefix):
                 uploads.append(upload)
-        candidates = {ref.asset_id for u in uploads if (ref := asset_of_key(u.key, key_prefix)) is not None}
+        candidates = {ref.asset_id for u in uploads if (ref := keys.asset_of_key(u.key, key_prefix)) is not None}
         open_ids = await tracking.open_session_asset_ids(self.pool, candidates)
         for upload in uploads:
             if not is_stale_multipart(upload.key, upload.initiated, open_ids, now, self.thresholds, key_prefix):
@@ -317,7 +316,7 @@ class Janitor:
             if listed > self.sweep_max_keys:
                 log.warning("orphan sweep cut at its cap", extra={"bucket": target.storage.bucket, "prefix": target.prefix})
                 break
-            if within(key, target.prefix) and asset_of_key(key, target.storage.profile.key_prefix) is not None:
+            if within(key, target.prefix) and keys.asset_of_key(key, target.storage.profile.key_prefix) is not None:
                 batch.append(key)
             if len(batch) == _ORPHAN_BATCH:
                 await self._remove_orphans(target.storage, batch, report, now, stopping)
@@ -329,7 +328,7 @@ class Janitor:
         self, storage: Storage, batch: list[str], report: RunReport, now: datetime, stopping: Callable[[], bool]
     ) -> None:
         key_prefix = storage.profile.key_prefix
-        refs = {key: ref for key in batch if (ref := asset_of_key(key, key_prefix)) is not None}
+        refs = {key: ref for key in batch if (ref := keys.asset_of_key(key, key_prefix)) is not None}
         known = await tracking.known_asset_ids(self.pool, {ref.asset_id for ref in refs.values()})
         orphans = []
         for key, ref in refs.items():

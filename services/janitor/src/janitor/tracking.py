@@ -47,10 +47,10 @@ class TrackedAsset(msgspec.Struct, frozen=True, kw_only=True):
 # -- upload sessions ----------------------------------------------------------------------------
 
 
-async def track_session(pool: asyncpg.Pool, event: CloudEvent[UploadSessionCreated]) -> None:
+async def track_session(conn: asyncpg.Connection, event: CloudEvent[UploadSessionCreated]) -> None:
     data = event.data
     # A closing event that overtook this one (a redelivery) closes the session from the start.
-    await pool.execute(
+    await conn.execute(
         """INSERT INTO tracked_uploads (upload_id, workspace_id, asset_id, storage_profile_ref,
                object_key, resumable_protocol, expires_at, created_event_id, closed_by, closed_at)
            SELECT $1, $2, $3, $4, $5, $6, $7, $8, c.closed_by, c.closed_at
@@ -61,7 +61,7 @@ async def track_session(pool: asyncpg.Pool, event: CloudEvent[UploadSessionCreat
     )
 
 
-async def close_session(conn: asyncpg.Pool | asyncpg.Connection, event: CloudEvent[Any]) -> None:
+async def close_session(conn: asyncpg.Connection, event: CloudEvent[Any]) -> None:
     # Only the first closing event counts; an expiry that raced a commit does not reopen it.
     await conn.execute(
         """WITH closed AS (
@@ -74,18 +74,18 @@ async def close_session(conn: asyncpg.Pool | asyncpg.Connection, event: CloudEve
     )
 
 
-async def commit_requested(pool: asyncpg.Pool, event: CloudEvent[CommitRequested]) -> None:
-    await pool.execute(
+async def commit_requested(conn: asyncpg.Connection, event: CloudEvent[CommitRequested]) -> None:
+    await conn.execute(
         """UPDATE tracked_uploads SET commit_requested_at = $2
            WHERE upload_id = $1 AND commit_requested_at IS NULL""",
         event.data.upload_id, event.time,
     )
 
 
-async def commit_refused(pool: asyncpg.Pool, event: CloudEvent[CommitRefused]) -> None:
+async def commit_refused(conn: asyncpg.Connection, event: CloudEvent[CommitRefused]) -> None:
     # Only a commit requested before the refusal is undone: a late redelivery of an older
     # attempt's refusal leaves the next attempt's request standing.
-    await pool.execute(
+    await conn.execute(
         """UPDATE tracked_uploads SET commit_requested_at = NULL
            WHERE upload_id = $1 AND commit_requested_at <= $2""",
         event.data.upload_id, event.time,
@@ -120,52 +120,52 @@ async def mark_expired(conn: asyncpg.Connection, upload_id: str, at: datetime) -
 # -- assets -------------------------------------------------------------------------------------
 
 
-async def track_asset(pool: asyncpg.Pool, event: CloudEvent[UploadVerified | AssetCreated]) -> None:
+async def track_asset(conn: asyncpg.Connection, event: CloudEvent[UploadVerified | AssetCreated]) -> None:
     data = event.data
-    await pool.execute(
+    await conn.execute(
         """INSERT INTO tracked_assets (asset_id, workspace_id, storage_profile_ref) VALUES ($1, $2, $3)
            ON CONFLICT (asset_id) DO UPDATE SET storage_profile_ref = EXCLUDED.storage_profile_ref""",
         data.asset_id, data.workspace_id, data.storage_profile_ref,
     )
 
 
-async def asset_deleted(pool: asyncpg.Pool, event: CloudEvent[AssetDeleted]) -> None:
+async def asset_deleted(conn: asyncpg.Connection, event: CloudEvent[AssetDeleted]) -> None:
     data = event.data
     await _update_lifecycle(
-        pool, data.workspace_id, data.asset_id,
+        conn, data.workspace_id, data.asset_id,
         lambda state: policy.on_deleted(state, data.deleted_at, data.purge_after),
         storage_profile_ref=data.storage_profile_ref,
     )
 
 
-async def asset_restored(pool: asyncpg.Pool, event: CloudEvent[AssetRestored]) -> None:
+async def asset_restored(conn: asyncpg.Connection, event: CloudEvent[AssetRestored]) -> None:
     data = event.data
     await _update_lifecycle(
-        pool, data.workspace_id, data.asset_id, lambda state: policy.on_restored(state, data.restored_at)
+        conn, data.workspace_id, data.asset_id, lambda state: policy.on_restored(state, data.restored_at)
     )
 
 
 async def _update_lifecycle(
-    pool: asyncpg.Pool, workspace_id: str, asset_id: str, change, *, storage_profile_ref: str | None = None
+    conn: asyncpg.Connection, workspace_id: str, asset_id: str, change, *, storage_profile_ref: str | None = None
 ) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        # A deletion names the bucket too: it fills the profile in when the deletion came first,
-        # and never overrides what upload.verified or asset.created said.
+    """Inside the caller's transaction (the handler's unit of work), which the row lock needs."""
+    # A deletion names the bucket too: it fills the profile in when the deletion came first,
+    # and never overrides what upload.verified or asset.created said.
+    await conn.execute(
+        """INSERT INTO tracked_assets (asset_id, workspace_id, storage_profile_ref) VALUES ($1, $2, $3)
+           ON CONFLICT (asset_id) DO UPDATE
+           SET storage_profile_ref = COALESCE(tracked_assets.storage_profile_ref, EXCLUDED.storage_profile_ref)""",
+        asset_id, workspace_id, storage_profile_ref,
+    )
+    asset = await lock_asset(conn, asset_id)
+    assert asset is not None  # inserted above, in this transaction
+    updated = change(asset.lifecycle)
+    if updated != asset.lifecycle:
         await conn.execute(
-            """INSERT INTO tracked_assets (asset_id, workspace_id, storage_profile_ref) VALUES ($1, $2, $3)
-               ON CONFLICT (asset_id) DO UPDATE
-               SET storage_profile_ref = COALESCE(tracked_assets.storage_profile_ref, EXCLUDED.storage_profile_ref)""",
-            asset_id, workspace_id, storage_profile_ref,
+            """UPDATE tracked_assets SET deleted_at = $2, purge_after = $3, restored_at = $4
+               WHERE asset_id = $1""",
+            asset_id, updated.deleted_at, updated.purge_after, updated.restored_at,
         )
-        asset = await lock_asset(conn, asset_id)
-        assert asset is not None  # inserted above, in this transaction
-        updated = change(asset.lifecycle)
-        if updated != asset.lifecycle:
-            await conn.execute(
-                """UPDATE tracked_assets SET deleted_at = $2, purge_after = $3, restored_at = $4
-                   WHERE asset_id = $1""",
-                asset_id, updated.deleted_at, updated.purge_after, updated.restored_at,
-            )
 
 
 async def assets_awaiting_purge(pool: asyncpg.Pool) -> list[TrackedAsset]:

@@ -1,16 +1,13 @@
 """python -m media_processor: wiring only."""
 
 import asyncio
-from functools import partial
 from typing import Annotated
 
 import msgspec
 
 from media_processor.dimensions import DEFAULT_MAX_EDGE, DEFAULT_MAX_PIXELS, PixelLimits
-from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
+from media_processor.handlers import HANDLERS, Dependencies
 from media_processor.sandbox import Limits, Sandbox
-from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
-from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.config import CommonSettings
 from rawdrive_platform.service import Runtime, run_service
 
@@ -31,17 +28,9 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     scratch_dir: str | None = None
 
 
-# Every replica binds the same durable, so they share the work. The provisioning Job creates it
-# before the first start (python -m rawdrive_platform.provision --consumers media_processor.__main__:CONSUMER).
-CONSUMER = ConsumerSpec(
-    durable="media-processor",
-    stream=UPLOADS_STREAM.name,
-    filter_subjects=(subject_filter(UploadVerified.spec),),
-)
-
-
-def consumer_spec(settings: Settings) -> ConsumerSpec:
-    return msgspec.structs.replace(CONSUMER, max_deliver=settings.max_deliver)
+# The provisioning Job creates it before the first start
+# (python -m rawdrive_platform.provision --consumers media_processor.__main__:CONSUMER).
+CONSUMER = HANDLERS.spec
 
 
 async def main(runtime: Runtime) -> None:
@@ -62,13 +51,7 @@ async def main(runtime: Runtime) -> None:
         sandbox=sandbox,
         scratch_dir=settings.scratch_dir,
     )
-    runtime.consume(
-        js,
-        consumer_spec(settings),
-        partial(dispatch, deps=deps),
-        on_exhausted=partial(dispatch_exhausted, deps=deps),
-        concurrency=settings.concurrency,
-    )
+    runtime.handle(js, HANDLERS, deps, max_deliver=settings.max_deliver, concurrency=settings.concurrency)
     await runtime.serve_health()
 
 

@@ -20,9 +20,12 @@ from typing import Any
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from media_processor.magic import FORMATS, HEAD_BYTES, Family, TypeMismatch, check
-from media_processor.sandbox import FailureCause, Outcome, Produced, Sandbox, Unprocessable
+from media_processor.jobs import FailureCause, Outcome, Produced, Unprocessable
+from media_processor.magic import HEAD_BYTES, Family, TypeMismatch, check
+from media_processor.metrics import PROCESSING_FAILED, PROCESSING_SECONDS
+from media_processor.sandbox import Sandbox
 from rawdrive_contracts import (
+    UPLOADS_STREAM,
     AssetAnalysisRequested,
     AssetCreated,
     AssetProcessingFailed,
@@ -34,8 +37,11 @@ from rawdrive_contracts import (
     Variants,
     new_event,
 )
+from rawdrive_contracts.facts import carry
+from rawdrive_contracts.formats import FAMILY_KINDS
 from rawdrive_platform import bus, keys
-from rawdrive_platform.metrics import PROCESSING_FAILED, PROCESSING_SECONDS, Stopwatch
+from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.metrics import Stopwatch
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageError, StorageUnavailable
 
@@ -77,7 +83,7 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             with tempfile.TemporaryDirectory(prefix="media-", dir=deps.scratch_dir) as workdir:
                 original = Path(workdir, "original")
                 family = await _download_checked(storage, upload, original)
-                stopwatch.kind = FORMATS[family].kind
+                stopwatch.kind = FAMILY_KINDS[family]
                 span.set_attribute("rawdrive.kind", stopwatch.kind)
                 outcome = await deps.sandbox.process(str(original), family, workdir)
                 variants = await _store_variants(storage, upload, outcome)
@@ -94,7 +100,7 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             # Missing object or access refused: retrying cannot help.
             await _announce_failure(deps, upload, "storage_error", str(exc))
             return
-        await _announce_created(deps, upload, FORMATS[family].kind, outcome, variants)
+        await _announce_created(deps, upload, FAMILY_KINDS[family], outcome, variants)
 
 
 async def upload_verified_exhausted(
@@ -104,21 +110,13 @@ async def upload_verified_exhausted(
     await _announce_failure(deps, event.data, "storage_error", f"storage unavailable through every retry: {error}")
 
 
-HANDLERS = {UploadVerified: upload_verified}
-EXHAUSTED_HANDLERS = {UploadVerified: upload_verified_exhausted}
-
-
-async def dispatch(event: CloudEvent[Any], deps: Dependencies) -> None:
-    handler = HANDLERS.get(type(event.data))
-    if handler is None:
-        raise bus.Poison(f"media-processor does not handle {event.type}")
-    await handler(event, deps)
-
-
-async def dispatch_exhausted(event: CloudEvent[Any], error: BaseException, deps: Dependencies) -> None:
-    handler = EXHAUSTED_HANDLERS.get(type(event.data))
-    if handler is not None:
-        await handler(event, error, deps)
+# Every replica binds the same durable, so they share the work.
+HANDLERS = HandlerTable[Dependencies](
+    durable="media-processor",
+    stream=UPLOADS_STREAM,
+    handlers={UploadVerified: upload_verified},
+    exhausted={UploadVerified: upload_verified_exhausted},
+)
 
 
 # -- effects -----------------------------------------------------------------------------------
@@ -178,37 +176,18 @@ async def _announce_created(
     deps: Dependencies, upload: UploadVerified, kind: Kind, outcome: Outcome, variants: Variants
 ) -> None:
     metadata = outcome.metadata
-    created = AssetCreated(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        upload_id=upload.upload_id,
-        library_id=upload.library_id,
-        folder_id=upload.folder_id,
-        file_name=upload.file_name,
-        mime_type=upload.mime_type,
-        size_bytes=upload.size_bytes,
-        sha256=upload.sha256,
+    created = carry(
+        upload,
+        AssetCreated,
         kind=kind,
         width=metadata.width,
         height=metadata.height,
         duration_s=metadata.duration_s,
         taken_at=metadata.taken_at,
         metadata=metadata,
-        object_key=upload.object_key,
         variants=variants,
-        provider=upload.provider,
-        storage_profile_ref=upload.storage_profile_ref,
-        duplicate_of=upload.duplicate_of,
     )
-    analysis = AssetAnalysisRequested(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        kind=kind,
-        mime_type=upload.mime_type,
-        object_key=upload.object_key,
-        variants=variants,
-        storage_profile_ref=upload.storage_profile_ref,
-    )
+    analysis = carry(upload, AssetAnalysisRequested, kind=kind, variants=variants)
     await _publish(deps, created)
     await _publish(deps, analysis)
     log.info("asset created", extra={"asset_id": upload.asset_id, "kind": kind})
@@ -221,16 +200,7 @@ async def _announce_failure(
     detail: str,
     cause: FailureCause | None = None,
 ) -> None:
-    failed = AssetProcessingFailed(
-        workspace_id=upload.workspace_id,
-        asset_id=upload.asset_id,
-        upload_id=upload.upload_id,
-        reason=reason,
-        detail=detail[:1000],
-        cause=cause,
-        object_key=upload.object_key,
-        storage_profile_ref=upload.storage_profile_ref,
-    )
+    failed = carry(upload, AssetProcessingFailed, reason=reason, detail=detail[:1000], cause=cause)
     await _publish(deps, failed)
     PROCESSING_FAILED.labels(reason=reason).inc()
     log.info("asset processing failed", extra={"asset_id": upload.asset_id, "reason": reason})

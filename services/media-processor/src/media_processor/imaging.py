@@ -50,7 +50,15 @@ from wand.image import Image  # noqa: E402
 
 from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
-from media_processor.magic import FORMATS, Family  # noqa: E402
+from media_processor.jobs import (  # noqa: E402
+    Job,
+    Outcome,
+    Produced,
+    Unprocessable,
+    corrupt_content,
+    too_many_pixels,
+)
+from media_processor.magic import DECODING, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
@@ -61,14 +69,6 @@ from media_processor.metadata import (  # noqa: E402
     video_metadata,
 )
 from media_processor.motion import locate_video  # noqa: E402
-from media_processor.sandbox import (  # noqa: E402
-    Job,
-    Outcome,
-    Produced,
-    Unprocessable,
-    corrupt_content,
-    too_many_pixels,
-)
 from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
 from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 
@@ -109,7 +109,7 @@ class Rendered(msgspec.Struct, frozen=True, kw_only=True):
 
 def process(job: Job) -> Outcome:
     deadline = time.monotonic() + job.timeout_s
-    route = FORMATS[job.family].route
+    route = DECODING[job.family].route
     if route == "image":
         return with_motion_video(_photo(job), job, deadline)
     if route == "raw":
@@ -129,7 +129,7 @@ def refuse_oversized(size: Size | None, limits: PixelLimits, what: str) -> None:
 
 
 def _photo(job: Job) -> Outcome:
-    coder = FORMATS[job.family].coder
+    coder = DECODING[job.family].coder
     assert coder is not None
     stored = _declared_size(job.path, job.family)
     refuse_oversized(stored, job.pixels, job.family)
@@ -172,7 +172,7 @@ def _raw(job: Job) -> Outcome:
 
 
 def _video(job: Job, deadline: float) -> Outcome:
-    demuxer = FORMATS[job.family].demuxer
+    demuxer = DECODING[job.family].demuxer
     assert demuxer is not None
     # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
     refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")

@@ -1,8 +1,9 @@
 """What a file really is, from its first bytes, and whether that is what the uploader declared.
 
-The one table of formats the processor handles: each family's kind, the mime types that declare
-it, and how it is decoded. Content decides the family; the declaration only has to agree with it.
-A file whose bytes match no family, or another family than declared, is never decoded.
+Which families each declaration allows, and their kinds, come from the formats table of
+rawdrive_contracts; here is how each family is recognised and decoded. Content decides the family;
+the declaration only has to agree with it. A file whose bytes match no family, or another family
+than declared, is never decoded.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from rawdrive_contracts import Kind
+from rawdrive_contracts.formats import Family, declared_families
 
-Family = Literal["jpeg", "png", "webp", "heif", "cr2", "cr3", "nef", "arw", "dng", "isobmff", "avi", "mkv", "pdf"]
 # How a family is turned into pixels: ImageMagick, the RAW route, ffmpeg, Ghostscript.
 Route = Literal["image", "raw", "video", "pdf"]
 
@@ -22,53 +22,28 @@ Route = Literal["image", "raw", "video", "pdf"]
 HEAD_BYTES = 64 * 1024
 
 
-class Format(msgspec.Struct, frozen=True):
-    kind: Kind
+class Decoding(msgspec.Struct, frozen=True):
     route: Route
-    mime_types: frozenset[str]
     # The ImageMagick coder named on every read (image route only): never let it guess.
     coder: str | None = None
     # ffmpeg's demuxer named on every read (video route only).
     demuxer: str | None = None
 
 
-def _m(*types: str) -> frozenset[str]:
-    return frozenset(types)
-
-
-# Browsers know no type for camera RAW files: they arrive as one of these and the extension says
-# which camera family is meant.
-GENERIC_RAW_TYPES = _m("application/octet-stream", "image/x-raw")
-
-FORMATS: dict[Family, Format] = {
-    "jpeg": Format("photo", "image", _m("image/jpeg", "image/pjpeg"), coder="jpeg"),
-    "png": Format("photo", "image", _m("image/png"), coder="png"),
-    "webp": Format("photo", "image", _m("image/webp"), coder="webp"),
-    "heif": Format(
-        "photo",
-        "image",
-        _m("image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"),
-        coder="heic",
-    ),
-    "cr2": Format("photo", "raw", _m("image/x-canon-cr2")),
-    "nef": Format("photo", "raw", _m("image/x-nikon-nef")),
-    "arw": Format("photo", "raw", _m("image/x-sony-arw")),
-    "cr3": Format("photo", "raw", _m("image/x-canon-cr3")),
-    "dng": Format("photo", "raw", _m("image/x-adobe-dng", "image/dng")),
-    "isobmff": Format("video", "video", _m("video/mp4", "video/quicktime"), demuxer="mov"),
-    "avi": Format("video", "video", _m("video/x-msvideo", "video/avi", "video/msvideo"), demuxer="avi"),
-    "mkv": Format("video", "video", _m("video/x-matroska", "video/matroska"), demuxer="matroska"),
-    "pdf": Format("document", "pdf", _m("application/pdf")),
-}
-
-RAW_FAMILIES: tuple[Family, ...] = ("cr2", "cr3", "nef", "arw", "dng")
-_RAW_EXTENSIONS: dict[str, tuple[Family, ...]] = {
-    "cr2": ("cr2",),
-    "cr3": ("cr3",),
-    "nef": ("nef",),
-    "arw": ("arw",),
-    "dng": ("dng",),
-    "raw": RAW_FAMILIES,
+DECODING: dict[Family, Decoding] = {
+    "jpeg": Decoding("image", coder="jpeg"),
+    "png": Decoding("image", coder="png"),
+    "webp": Decoding("image", coder="webp"),
+    "heif": Decoding("image", coder="heic"),
+    "cr2": Decoding("raw"),
+    "nef": Decoding("raw"),
+    "arw": Decoding("raw"),
+    "cr3": Decoding("raw"),
+    "dng": Decoding("raw"),
+    "isobmff": Decoding("video", demuxer="mov"),
+    "avi": Decoding("video", demuxer="avi"),
+    "mkv": Decoding("video", demuxer="matroska"),
+    "pdf": Decoding("pdf"),
 }
 
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
@@ -82,23 +57,6 @@ _QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pno
 
 class TypeMismatch(Exception):
     """The bytes are not a format we handle, or not the one the upload declared."""
-
-
-def essence(mime_type: str) -> str:
-    return mime_type.split(";", 1)[0].strip().lower()
-
-
-def extension_of(file_name: str) -> str:
-    stem, dot, extension = file_name.strip().rpartition(".")
-    return extension.lower() if dot and stem else ""
-
-
-def declared_families(mime_type: str, file_name: str) -> frozenset[Family]:
-    """Families the upload's declaration allows; a generic type defers to a RAW extension."""
-    mime = essence(mime_type)
-    if mime in GENERIC_RAW_TYPES:
-        return frozenset(_RAW_EXTENSIONS.get(extension_of(file_name), ()))
-    return frozenset(family for family, fmt in FORMATS.items() if mime in fmt.mime_types)
 
 
 def sniff(head: bytes) -> Family | None:

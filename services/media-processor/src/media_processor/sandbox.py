@@ -35,14 +35,13 @@ from collections.abc import Callable
 from importlib.resources import files
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from media_processor.dimensions import PixelLimits
+from media_processor.jobs import Job, Outcome, Unprocessable
 from media_processor.magic import Family
-from media_processor.variants import ExtraVariantName, VariantName
-from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 
 # The modules the forkserver imports once, in order: the first confines the forkserver (see
 # confine_forkserver), the second sets MAGICK_CONFIGURE_PATH before importing Wand.
@@ -51,11 +50,6 @@ PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 _CLONE_NEWNET = 0x40000000
 # Inherited from the service when set: where programs and Python packages are, nothing secret.
 _PASSED_THROUGH = ("PATH", "PYTHONPATH", "LANG")
-
-# processing_failed's `cause` (an open set in the contract): which released `reason` each refines
-# is fixed by the two constructors below.
-FailureCause = Literal["too_many_pixels", "corrupt_content"]
-
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 120.0
@@ -66,51 +60,6 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     processes: int = 1024
     # Declared picture sizes above these are refused before decoding (reason too_many_pixels).
     pixels: PixelLimits = PixelLimits()
-
-
-class Job(msgspec.Struct, frozen=True, kw_only=True):
-    path: str  # the downloaded original
-    family: Family
-    workdir: str  # where the child writes frames and variants
-    timeout_s: float  # the child's own deadline for the programs it runs
-    pixels: PixelLimits = PixelLimits()
-
-
-class Produced(msgspec.Struct, frozen=True, kw_only=True):
-    name: VariantName | ExtraVariantName
-    path: str
-    width: int
-    height: int
-    mime_type: str = "image/webp"
-
-
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """Metadata (with `warnings` when the file is damaged but decodable) and the variants."""
-
-    metadata: MediaMetadata
-    variants: tuple[Produced, ...]
-
-
-class Unprocessable(Exception):
-    """This asset cannot be processed, for good; the reason goes into processing_failed."""
-
-    def __init__(self, reason: ProcessingFailureReason, detail: str, cause: FailureCause | None = None) -> None:
-        super().__init__(f"{cause or reason}: {detail}")
-        self.reason: ProcessingFailureReason = reason
-        self.detail = detail[:1000]
-        self.cause: FailureCause | None = cause
-
-    def __reduce__(self) -> tuple[type[Unprocessable], tuple[str, str, FailureCause | None]]:
-        # Crosses the pipe from the child: rebuild from every field, not from the message.
-        return (Unprocessable, (self.reason, self.detail, self.cause))
-
-
-def too_many_pixels(detail: str) -> Unprocessable:
-    return Unprocessable("unsupported_content", detail, "too_many_pixels")
-
-
-def corrupt_content(detail: str) -> Unprocessable:
-    return Unprocessable("decode_failed", detail, "corrupt_content")
 
 
 def decoder_environment(temp_dir: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from tusclient.client import TusClient
 
-from rawdrive_platform.testing import node_for
+from rawdrive_devkit.testing import node_for
 
 from .conftest import MiB, tus_url
 

@@ -15,7 +15,7 @@ import pytest
 from tusclient.client import TusClient
 
 from rawdrive_contracts import CommitRequested, decode
-from rawdrive_platform.testing import node_for
+from rawdrive_devkit.testing import node_for
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.tus_session import session_request
 

@@ -4,7 +4,7 @@ bodies being received right now: up while a PATCH streams, down when it ends how
 import asyncio
 import os
 
-from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
+from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 
 from .conftest import OCTETS, TUS, MiB, tus_url
 

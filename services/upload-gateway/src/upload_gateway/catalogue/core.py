@@ -34,6 +34,7 @@ from rawdrive_contracts import (
     Variants,
 )
 from rawdrive_contracts.events import CaptureTime, Timestamp
+from rawdrive_contracts.facts import carry
 
 Status = Literal["processing", "available", "failed", "deleted"]
 # A purged asset is gone for clients; the row stays so late events cannot bring it back.
@@ -197,19 +198,7 @@ def facts_of(event: CloudEvent[Any]) -> AssetFacts:
 
 
 def _description(data: UploadVerified | AssetCreated, *, rank: int) -> Description:
-    return Description(
-        upload_id=data.upload_id,
-        library_id=data.library_id,
-        folder_id=data.folder_id,
-        file_name=data.file_name,
-        mime_type=data.mime_type,
-        size_bytes=data.size_bytes,
-        sha256=data.sha256,
-        object_key=data.object_key,
-        storage_profile_ref=data.storage_profile_ref,
-        provider=data.provider,
-        rank=rank,
-    )
+    return carry(data, Description, rank=rank)
 
 
 # What clients are told about a failed processing: one fixed text per reason. The processor's

@@ -49,7 +49,7 @@ FILES = {
 MAX_FEEDS = 500
 FEED_BUFFER = 256  # messages waiting for a slow browser; then NATS holds the rest (flow control)
 FEED_RETRY_AFTER_S = 5
-# The dev stack's token: what `make token` prints (rawdrive_platform.devstack.dev_token).
+# The dev stack's token: what `make token` prints (rawdrive_devkit.devstack.dev_token).
 DEV_WORKSPACE, DEV_ROLE, DEV_SUB, DEV_TOKEN_TTL_S = "dev", "admin", "dev-user", 24 * 3600
 # The page's own files and Uppy's only; thumbnails and uploads may be on other origins.
 PAGE_POLICY = (

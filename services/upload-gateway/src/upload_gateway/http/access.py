@@ -15,8 +15,8 @@ import uuid
 from aiohttp import web
 
 from rawdrive_platform.keys import ID_PATTERN
-from rawdrive_platform.metrics import HTTP_REQUEST_SECONDS
 from upload_gateway.http.problems import Handler
+from upload_gateway.metrics import HTTP_REQUEST_SECONDS
 
 # The logger keeps its name from before the http package: dashboards and docs filter on it.
 log = logging.getLogger("upload_gateway.access")

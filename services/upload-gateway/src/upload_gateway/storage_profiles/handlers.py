@@ -70,15 +70,10 @@ async def save(gw: Gateway, sub: str, workspace_id: str, request: api.PutStorage
     with storage_errors("publish storage profile"):
         await resolver.publish(profile, workspace_id, now)
     active = ActiveProfile(
+        **profile.location(),
         workspace_id=workspace_id,
         ref=profile.profile_id,
         mode="byos_s3",
-        bucket=profile.bucket,
-        endpoint=profile.endpoint,
-        region=profile.region,
-        key_prefix=profile.key_prefix,
-        encryption=profile.encryption,
-        kms_key_id=profile.kms_key_id,
         masked_key_id=mask_key_id(profile.access_key_id),
         created_by=sub,
         created_at=now,

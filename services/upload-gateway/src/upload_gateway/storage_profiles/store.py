@@ -12,19 +12,13 @@ from typing import Literal
 import asyncpg
 import msgspec
 
-from rawdrive_platform.storage import MANAGED_PROFILE_ID, Encryption
+from rawdrive_platform.storage import MANAGED_PROFILE_ID, StorageLocation
 
 
-class ActiveProfile(msgspec.Struct, frozen=True, kw_only=True):
+class ActiveProfile(StorageLocation, frozen=True, kw_only=True):
     workspace_id: str
     ref: str
     mode: Literal["byos_s3"]  # managed is the absence of a row
-    bucket: str
-    endpoint: str | None
-    region: str
-    key_prefix: str
-    encryption: Encryption
-    kms_key_id: str | None
     masked_key_id: str
     created_by: str
     created_at: datetime

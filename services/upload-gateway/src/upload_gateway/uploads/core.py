@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from rawdrive_contracts import CommitRequested, Kind, PartRef, UploadAborted, UploadSessionCreated
+from rawdrive_contracts.facts import carry
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import safe_filename
 from upload_gateway.errors import FieldError, InvalidRequest, InvalidState
@@ -104,23 +105,7 @@ def new_session(
         trace_context=trace_context,
         commit_on_complete=commit_on_complete,
     )
-    event = UploadSessionCreated(
-        workspace_id=workspace_id,
-        upload_id=session.upload_id,
-        asset_id=asset_id,
-        library_id=session.library_id,
-        folder_id=session.folder_id,
-        file_name=session.file_name,
-        mime_type=session.mime_type,
-        size_bytes=session.size_bytes,
-        sha256=session.sha256,
-        resumable_protocol=session.resumable_protocol,
-        provider=session.provider,
-        storage_profile_ref=session.storage_profile_ref,
-        object_key=session.object_key,
-        expires_at=session.expires_at,
-        created_by=sub,
-    )
+    event = carry(session, UploadSessionCreated, expires_at=session.expires_at, created_by=sub)
     return session, event
 
 
@@ -188,24 +173,13 @@ def upload_aborted(session: UploadSession, sub: str) -> UploadAborted:
 def commit_requested(moved: UploadSession, parts: list[api.PartEtag] | None, sub: str) -> CommitRequested:
     """The event asking the verifier to check the upload `moved` to verifying by this commit,
     joining the `parts` the client listed (None: every stored part, or not multipart)."""
-    return CommitRequested(
-        workspace_id=moved.workspace_id,
-        upload_id=moved.upload_id,
-        asset_id=moved.asset_id,
-        library_id=moved.library_id,
-        folder_id=moved.folder_id,
-        file_name=moved.file_name,
-        mime_type=moved.mime_type,
-        size_bytes=moved.size_bytes,
-        resumable_protocol=moved.resumable_protocol,
-        provider=moved.provider,
-        storage_profile_ref=moved.storage_profile_ref,
-        object_key=moved.object_key,
+    return carry(
+        moved,
+        CommitRequested,
         expected_sha256=moved.expected_sha256,
         multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
         parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in parts] if parts is not None else None,
         requested_by=sub,
-        kind=moved.kind,
         attempt=moved.commit_attempts,
         attempts_left=attempts_left(moved),
     )

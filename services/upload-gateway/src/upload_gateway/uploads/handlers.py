@@ -21,7 +21,6 @@ import msgspec
 from rawdrive_contracts import ResumableProtocol, new_event
 from rawdrive_platform import storage as s3
 from rawdrive_platform.keys import original_key
-from rawdrive_platform.metrics import UPLOADS_STARTED
 from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
@@ -29,6 +28,7 @@ from upload_gateway.auth import UploadGrant
 from upload_gateway.errors import InvalidState, StorageUnavailable, UploadError
 from upload_gateway.gateway import SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.problems import storage_errors
+from upload_gateway.metrics import UPLOADS_STARTED
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.uploads import api, parts, repository
 from upload_gateway.uploads.core import (

@@ -24,9 +24,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.errors import UploadError
 from upload_gateway.http.problems import Problem, problem_for, problem_response
+from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.protocol import Creation
 from upload_gateway.uploads.tus.routes import Handler, answering_tus_errors

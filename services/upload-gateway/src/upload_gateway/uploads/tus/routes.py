@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from rawdrive_platform.metrics import UPLOADS_IN_FLIGHT
 from rawdrive_platform.storage import StorageError
 from upload_gateway.http.problems import from_storage_error, problem_for, problem_response
+from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.protocol import TusError
 from upload_gateway.uploads.tus.store import BodyInterrupted, TusStore, UploadState

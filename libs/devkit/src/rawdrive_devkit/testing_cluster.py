@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rawdrive_platform.devstack.cluster import ClusterServers
+from rawdrive_devkit.devstack.cluster import ClusterServers
 
 
 @pytest.fixture(scope="module")

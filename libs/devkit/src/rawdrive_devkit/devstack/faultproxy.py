@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rawdrive_platform.devstack.servers import LOOPBACK, free_port
+from rawdrive_devkit.devstack.servers import LOOPBACK, free_port
 
 CHUNK_BYTES = 64 * 1024
 

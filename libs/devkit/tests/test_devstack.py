@@ -18,9 +18,7 @@ import nats
 import psutil
 import pytest
 
-from rawdrive_platform import bus
-from rawdrive_platform.config import NatsSettings, load_settings
-from rawdrive_platform.devstack.servers import (
+from rawdrive_devkit.devstack.servers import (
     NatsServer,
     PostgresServer,
     S3Server,
@@ -28,6 +26,8 @@ from rawdrive_platform.devstack.servers import (
     s3_client,
     tcp_port_answers,
 )
+from rawdrive_platform import bus
+from rawdrive_platform.config import NatsSettings, load_settings
 
 pytestmark = pytest.mark.servers
 
@@ -128,7 +128,7 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
         "--s3-volume-port": free_port(with_grpc_port=True),
         "--s3-filer-port": free_port(with_grpc_port=True),
     }
-    command = [sys.executable, "-m", "rawdrive_platform.devstack", "--data", str(data), "--no-services"]
+    command = [sys.executable, "-m", "rawdrive_devkit.devstack", "--data", str(data), "--no-services"]
     for flag, port in ports.items():
         command += [flag, str(port)]
     log = server_dir / "devstack.out"
@@ -165,7 +165,7 @@ def test_devstack_cluster_runs_three_nats_nodes_at_replicas_3_and_a_standby(serv
         "--s3-volume-port": free_port(with_grpc_port=True),
         "--s3-filer-port": free_port(with_grpc_port=True),
     }
-    command = [sys.executable, "-m", "rawdrive_platform.devstack", "--data", str(data), "--no-services", "--cluster"]
+    command = [sys.executable, "-m", "rawdrive_devkit.devstack", "--data", str(data), "--no-services", "--cluster"]
     for flag, port in ports.items():
         command += [flag, str(port)]
     log = server_dir / "devstack.out"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rawdrive_platform.devstack.faultproxy import FaultProxy, Faults, allowance, transfer_time_s
+from rawdrive_devkit.devstack.faultproxy import FaultProxy, Faults, allowance, transfer_time_s
 
 
 def test_no_cut_lets_every_byte_pass():

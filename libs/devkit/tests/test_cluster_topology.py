@@ -3,9 +3,9 @@ The servers themselves are exercised by tests/e2e/test_cluster.py."""
 
 from pathlib import Path
 
+from rawdrive_devkit.devstack.cluster import NatsCluster, NatsNodeSpec, PostgresPair, nats_node_config
 from rawdrive_platform.bus import server_urls
 from rawdrive_platform.busauth import PROVISION, USERS, BusUsers
-from rawdrive_platform.devstack.cluster import NatsCluster, NatsNodeSpec, PostgresPair, nats_node_config
 
 USERS_OF_TEST = BusUsers.generate(superuser=True)
 

@@ -30,9 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rawdrive_platform.busauth import PROVISION, BusUsers
-from rawdrive_platform.devstack.faultproxy import FaultProxy
-from rawdrive_platform.devstack.servers import (
+from rawdrive_devkit.devstack.faultproxy import FaultProxy
+from rawdrive_devkit.devstack.servers import (
     LOOPBACK,
     VENV_BIN,
     NatsServer,
@@ -46,6 +45,7 @@ from rawdrive_platform.devstack.servers import (
     start_all,
     stop_all,
 )
+from rawdrive_platform.busauth import PROVISION, BusUsers
 
 CLUSTER_NAME = "rawdrive"
 STANDBY_NAME = "standby"

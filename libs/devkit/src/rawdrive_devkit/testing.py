@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from rawdrive_platform.busauth import BusUsers
-from rawdrive_platform.devstack.servers import (
+from rawdrive_devkit.devstack.servers import (
     NatsServer,
     PostgresServer,
     S3Connection,
@@ -43,7 +42,8 @@ from rawdrive_platform.devstack.servers import (
     start_all,
     stop_all,
 )
-from rawdrive_platform.testing_cluster import cluster_servers  # noqa: F401 - a fixture of this plugin
+from rawdrive_devkit.testing_cluster import cluster_servers  # noqa: F401 - a fixture of this plugin
+from rawdrive_platform.busauth import BusUsers
 
 SERVER_FIXTURES = frozenset(
     {"nats_url", "nats_identities", "database_url", "fresh_database_url", "s3_server", "start_s3_server",

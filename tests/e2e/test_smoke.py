@@ -81,7 +81,12 @@ async def test_outbox_event_reaches_the_janitor_once_after_a_kill_and_redelivery
         assert [(r["upload_id"], r["created_event_id"]) for r in rows] == [(event.data.upload_id, event.id)]
         # Delivered to the killed janitor, then again to the restarted one, which acked it.
         assert info.delivered.consumer_seq > first_delivery.delivered.consumer_seq
-        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        # The relay deletes its row when the publish is acknowledged, in a transaction that may
+        # commit after the janitor already has the message: wait for it rather than race it.
+        async def outbox_empty():
+            return await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+        assert await wait_for(outbox_empty)
     finally:
         stop.set()
         await relay

@@ -466,6 +466,8 @@ def policy_findings(objects: list[dict[str, Any]], digest_required: bool = False
 
 ALL_PODS = "app.kubernetes.io/part-of=rawdrive"
 GATEWAY_PODS = "app.kubernetes.io/name=upload-gateway"
+# Every RawDrive pod but the media processor, which has no database (docs/security.md).
+DATABASE_PODS = ALL_PODS + ',{"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["media-processor"]}'
 # HTTPS egress goes to public addresses only: every private, shared and link-local range is excepted.
 PRIVATE_RANGES = "10.0.0.0/8,100.64.0.0/10,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"
 
@@ -482,8 +484,9 @@ NETWORK_CLAIMS: list[tuple[str, bool, tuple[frozenset[str], ...]]] = [
     ("DNS", True, (frozenset({f"{ALL_PODS}: egress to {_ns('kube-system')} pods k8s-app=kube-dns on UDP/53",
                               f"{ALL_PODS}: egress to {_ns('kube-system')} pods k8s-app=kube-dns on TCP/53"}),)),
     ("NATS", True, (frozenset({f"{ALL_PODS}: egress to {_ns('nats')} pods app.kubernetes.io/name=nats on TCP/4222"}),)),
-    ("PostgreSQL", True, (frozenset({f"{ALL_PODS}: egress to any address on TCP/5432"}),
-                          frozenset({f"{ALL_PODS}: egress to pods cnpg.io/cluster=rawdrive-pg on TCP/5432"}))),
+    ("PostgreSQL (not the processor)", True, (
+        frozenset({f"{DATABASE_PODS}: egress to any address on TCP/5432"}),
+        frozenset({f"{DATABASE_PODS}: egress to pods cnpg.io/cluster=rawdrive-pg on TCP/5432"}))),
     ("HTTPS to public addresses (S3/R2, BYOS, JWKS)", True,
      (frozenset({f"{ALL_PODS}: egress to ipBlock 0.0.0.0/0 except {PRIVATE_RANGES} on TCP/443"}),)),
     ("OTLP to the collector", True, (frozenset({f"{ALL_PODS}: egress to {_ns('observability')} on TCP/4317",

@@ -36,7 +36,7 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway import api, parts, profile_store, repository
+from upload_gateway import api, catalogue_store, parts, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
@@ -218,6 +218,16 @@ def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str)
     if len(known) >= KNOWN_PROFILES:
         del known[next(iter(known))]
     known[workspace_id] = profile_ref
+
+
+async def find_duplicate(gw: Gateway, workspace_id: str, request: api.CreateUpload) -> api.DuplicateFound | None:
+    """The available asset of the workspace with the request's sha256, if there is one. The file
+    is checked first: a request the gateway would refuse is refused whatever the workspace holds."""
+    check_new_file(request)
+    if request.sha256 is None:
+        return None
+    asset_id = await catalogue_store.available_with_sha256(gw.pool, workspace_id, request.sha256)
+    return None if asset_id is None else api.DuplicateFound(duplicate_of=asset_id)
 
 
 async def create_session(

@@ -288,6 +288,11 @@ async def run(args: argparse.Namespace, env: dict[str, str], log_dir: Path, inpu
         service = harness.ServiceProcess(module, env, log_dir / module)
         service.start(ready_timeout_s=60)
         services[module] = service
+    for n in range(1, args.processor_replicas):  # more processors share its durable consumer
+        (log_dir / f"media_processor-{n}").mkdir(parents=True, exist_ok=True)
+        service = harness.ServiceProcess("media_processor", env, log_dir / f"media_processor-{n}")
+        service.start(ready_timeout_s=60)
+        services[f"media_processor-{n}"] = service
     arrivals = Arrivals()
     try:
         await arrivals.start(env["RAWDRIVE_NATS_URL"], workspace)
@@ -336,6 +341,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], log_dir: Path, inpu
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--uploads", type=int, default=50)
+    parser.add_argument("--processor-replicas", type=int, default=1, help="media processor processes")
     parser.add_argument("--single-rounds", type=int, default=5, help="0: skip the single 12 MP photo")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="uploads in flight at once (default: all of them, as the issue asks)")
@@ -359,7 +365,7 @@ def main() -> int:
     e2e_rate = outcome["bytes"] / MIB / outcome["total_seconds"] if outcome["total_seconds"] > 0 else 0.0
     conc = args.concurrency or n
     print(f"batch: {n} tus uploads of {outcome['big_mib']:.1f} MiB JPEGs, {conc} at a time, "
-          f"{outcome['committed']} committed")
+          f"{args.processor_replicas} media processor(s), {outcome['committed']} committed")
     if outcome["bytes"]:
         print(f"  throughput: {upload_rate:.1f} MiB/s until the last PATCH ({outcome['upload_seconds']:.1f} s), "
               f"{e2e_rate:.1f} MiB/s until the last asset.created ({outcome['total_seconds']:.1f} s)")
@@ -385,7 +391,8 @@ def main() -> int:
              "ours": round(statistics.median(outcome["single_verified"]), 3), "baseline": None, "ratio": None,
              "target": "", "met": None},
         ]
-    label = f"load ({n} x {outcome['big_mib']:.0f} MiB, {conc} at a time)"
+    replicas = f", {args.processor_replicas} processors" if args.processor_replicas > 1 else ""
+    label = f"load ({n} x {outcome['big_mib']:.0f} MiB, {conc} at a time{replicas})"
     figures += [
         {"figure": f"{label}: throughput until last PATCH", "unit": "MiB/s",
          "ours": round(upload_rate, 1), "baseline": None, "ratio": None, "target": "", "met": None},

@@ -42,16 +42,18 @@ def nats_user_of(module: str) -> str:
 
 class ServiceProcess:
     """One service (`python -m <module>`) with its own health port and log file, connecting to
-    NATS as its own identity, with exactly the permissions it has in production."""
+    NATS as its own identity, with exactly the permissions it has in production. `identities`
+    (a NatsIdentities) names the NATS it runs against: the session's unless given (a cluster's)."""
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], log_dir: Path, identities=None) -> None:
         self.module = module
         self.port = free_port()
         if module == "upload_gateway":
             own = {"RAWDRIVE_HTTP_PORT": str(self.port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{self.port}"}
         else:
             own = {"RAWDRIVE_HEALTH_PORT": str(self.port)}
-        identity = NATS_IDENTITIES.env(nats_user_of(module)) if NATS_IDENTITIES is not None else {}
+        identities = identities or NATS_IDENTITIES
+        identity = identities.env(nats_user_of(module)) if identities is not None else {}
         self.env = {**env, **identity, **own}
         self.log_path = log_dir / f"{module}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -148,6 +150,8 @@ class AssetEvents:
 
     by_type: dict[str, dict[str, list[dict]]] = field(default_factory=dict)  # type -> asset -> events
     stream_seqs: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # (type, asset) -> seqs
+    # Stream seq -> when the stream stored it (epoch s), from the delivery's own metadata.
+    stored_at: dict[int, float] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -183,7 +187,8 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
 
     validators = _validators()
     seen = AssetEvents()
-    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name=f"outside-{workspace}")
+    servers = [url.strip() for url in nats_url.split(",")]  # a cluster's URLs, comma-separated
+    nc = await nats.connect(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name=f"outside-{workspace}")
     js = nc.jetstream()
     durable = f"outside-{workspace}"
     config = ConsumerConfig(
@@ -206,6 +211,7 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
         if msg.metadata.sequence.stream in seqs:
             return  # a redelivery of a message we already have (our ack was lost)
         seqs.add(msg.metadata.sequence.stream)
+        seen.stored_at[msg.metadata.sequence.stream] = msg.metadata.timestamp.timestamp()
         seen.by_type.setdefault(event_type, {}).setdefault(asset_id, []).append(document)
 
     async def run() -> None:
@@ -233,8 +239,9 @@ async def consume_asset_events(nats_url: str, workspace: str, stop: asyncio.Even
 class Pipeline:
     """The four services (or more replicas) and a user's view of them."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, workspace: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, workspace: str, identities=None) -> None:
         self.env = env
+        self.identities = identities or NATS_IDENTITIES
         self.log_dir = log_dir
         self.workspace = workspace
         self.services: dict[str, list[ServiceProcess]] = {}
@@ -245,7 +252,7 @@ class Pipeline:
         replicas = self.services.setdefault(module, [])
         log_dir = self.log_dir / f"{module}-{len(replicas)}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        service = ServiceProcess(module, {**self.env, **overrides}, log_dir)
+        service = ServiceProcess(module, {**self.env, **overrides}, log_dir, self.identities)
         service.start(ready_timeout_s=60)
         replicas.append(service)
         return service
@@ -440,19 +447,21 @@ def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dic
         drop_database(admin, name)
 
 
-async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1):
-    """Start every service (`replicas` of each) and the outside consumer; yields (pipeline, client)."""
+async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1, identities=None):
+    """Start every service (`replicas` of each) and the outside consumer; yields (pipeline, client).
+    `identities`: the NATS to run against when not the session's (a NatsIdentities, e.g. a cluster's)."""
     import aiohttp
 
     workspace = f"ws{uuid.uuid4().hex[:12]}"
-    pipeline = Pipeline(env, log_dir, workspace)
+    pipeline = Pipeline(env, log_dir, workspace, identities)
     stop = asyncio.Event()
     try:
         for _ in range(replicas):
             for module in SERVICES:
                 pipeline.start(module)
         # Another team's consumer: its identity is theirs to define, so the test's superuser here.
-        outside_url = NATS_IDENTITIES.superuser_url if NATS_IDENTITIES is not None else env["RAWDRIVE_NATS_URL"]
+        identities = pipeline.identities
+        outside_url = identities.superuser_url if identities is not None else env["RAWDRIVE_NATS_URL"]
         pipeline.events = await consume_asset_events(outside_url, workspace, stop)
         headers = {"Authorization": f"Bearer {pipeline.token}"}
         timeout = aiohttp.ClientTimeout(total=60)

@@ -68,7 +68,7 @@ async def world(module_service_env, tmp_path_factory, pipeline_opener):
         yield pipeline, client, abandoned
 
 
-async def test_a_checksum_mismatch_is_rejected_and_its_bytes_are_removed_from_storage(world, media_dir):
+async def test_a_checksum_mismatch_on_every_allowed_commit_is_rejected_and_its_bytes_are_removed(world, media_dir):
     pipeline, client, _ = world
     body = (media_dir / "exiftool_GPS.jpg").read_bytes()
     session = await client.create_session(body, "GPS.jpg", "image/jpeg", "tus")
@@ -76,7 +76,12 @@ async def test_a_checksum_mismatch_is_rejected_and_its_bytes_are_removed_from_st
     prefix = pipeline.asset_prefix(session["asset_id"])
     assert await asyncio.to_thread(pipeline.keys_under, prefix)  # the bytes arrived
 
-    status, problem = await client.commit(session["upload_id"], sha256=hashlib.sha256(b"other bytes").hexdigest())
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    for left in (2, 1):  # a typo costs nothing while commits are left: the bytes stay
+        status, problem = await client.commit(session["upload_id"], sha256=wrong)
+        assert (status, problem["code"], problem["attempts_left"]) == (422, "checksum_mismatch", left)
+        assert await asyncio.to_thread(pipeline.keys_under, prefix)
+    status, problem = await client.commit(session["upload_id"], sha256=wrong)
     assert (status, problem["code"]) == (422, "checksum_mismatch")
     await eventually(lambda: not pipeline.keys_under(prefix) and not pipeline.multipart_uploads_under(prefix), 30)
     async with client.http.get(f"/v1/workspaces/{client.ws}/uploads/{session['upload_id']}") as response:

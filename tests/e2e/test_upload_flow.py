@@ -72,7 +72,7 @@ async def test_a_photo_uploaded_by_tus_is_verified_through_the_whole_pipeline(ap
     assert state["bytes_received"] == len(body)
 
 
-async def test_a_multipart_upload_with_a_wrong_checksum_is_rejected_and_repeating_the_commit_agrees(api):
+async def test_a_wrong_checksum_at_a_multipart_commit_keeps_the_upload_and_the_right_one_then_verifies_it(api):
     body = photo(9 * 1024 * 1024)
     session = await create_session(api, body, "s3_multipart")
     part_size, part_count = session["part_size"], session["part_count"]
@@ -90,16 +90,26 @@ async def test_a_multipart_upload_with_a_wrong_checksum_is_rejected_and_repeatin
             async with s3.put(part["url"], data=chunk, headers=part["headers"]) as put:
                 assert put.status == 200, await put.text()
                 parts.append({"part_number": n, "etag": put.headers["ETag"]})
-    wrong = hashlib.sha256(b"not the bytes").hexdigest()
-    first = await commit(api, session["upload_id"], sha256=wrong, parts=parts)
-    again = await commit(api, session["upload_id"], sha256=wrong, parts=parts)
-    assert first[0] == 422 and first[1]["code"] == "checksum_mismatch"
-    assert again == first
+    typo = hashlib.sha256(b"not the bytes").hexdigest()
+    status, problem = await commit(api, session["upload_id"], sha256=typo, parts=parts)
+    assert (status, problem["code"], problem["attempts_left"], problem["given_sha256"]) == (
+        422, "checksum_mismatch", 2, typo)
+    status, outcome = await commit(api, session["upload_id"], sha256=hashlib.sha256(body).hexdigest(), parts=parts)
+    assert (status, outcome) == (200, {"asset_id": session["asset_id"], "status": "processing"})
 
 
-async def test_a_commit_before_any_byte_arrived_is_rejected_as_missing(api):
-    body = photo(1024)
+async def test_a_commit_before_every_byte_arrived_is_409_and_the_upload_continues(api):
+    from tusclient.client import TusClient
+
+    body = photo(2133)
     session = await create_session(api, body, "tus")
+    uploader = TusClient(session["upload_url"], headers=session["headers"]).uploader(
+        file_stream=io.BytesIO(body), chunk_size=1000
+    )
+    await asyncio.to_thread(uploader.upload_chunk)
     status, problem = await commit(api, session["upload_id"])
-    assert status == 422
-    assert problem["code"] in {"missing_object", "size_mismatch"}
+    assert (status, problem["code"], problem["bytes_received"], problem["size_bytes"]) == (
+        409, "upload_incomplete", 1000, 2133)
+    await asyncio.to_thread(uploader.upload)  # the same client simply goes on
+    status, outcome = await commit(api, session["upload_id"])
+    assert (status, outcome["status"]) == (200, "processing")

@@ -16,6 +16,8 @@
 6. NetworkPolicies (`network_findings`): exactly the traffic deploy/k8s/README.md promises.
 7. Alert rules: `promtool check rules` and `promtool test rules` (Debian's prometheus package)
    on the PrometheusRule of each overlay that renders one, with components/monitoring/alerts.test.yaml.
+8. Capacity (`capacity_findings`): the prod overlay's ScaledObject ranges and CPU requests are
+   the row of docs/capacity.md's `capacity-tiers` block for its `default_tier`.
 
 Exit status 0 when everything passes, 1 with one line per finding otherwise.
 """
@@ -648,9 +650,78 @@ def nats_users_findings(values_file: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# 8. The capacity plan's autoscaling table
+
+CAPACITY_DOC = ROOT / "docs/capacity.md"
+CAPACITY_OVERLAYS = {"prod"}  # dev is sized for a laptop on purpose
+# The fenced block docs/capacity.md states its tiers in, recognised by its first line.
+CAPACITY_BLOCK = re.compile(r"^```yaml\n# capacity-tiers\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
-def check_overlays(overlays: Iterable[Path]) -> tuple[list[str], list[str]]:
+class CapacityRow(msgspec.Struct, forbid_unknown_fields=True):
+    cpu_request: str
+    min_replicas: int
+    max_replicas: int
+
+
+class CapacityTiers(msgspec.Struct, forbid_unknown_fields=True):
+    default_tier: int
+    tiers: dict[int, dict[str, CapacityRow]]
+
+    def default(self) -> dict[str, CapacityRow]:
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"default_tier {self.default_tier} is not one of the tiers {sorted(self.tiers)}")
+        return self.tiers[self.default_tier]
+
+
+def capacity_tiers(doc: Path = CAPACITY_DOC) -> CapacityTiers:
+    """The one `capacity-tiers` yaml block of the capacity plan."""
+    blocks = CAPACITY_BLOCK.findall(doc.read_text())
+    if len(blocks) != 1:
+        raise ValueError(f"{doc.name}: expected one ```yaml block starting `# capacity-tiers`, found {len(blocks)}")
+    return msgspec.convert(yaml.safe_load(blocks[0]), CapacityTiers, strict=False)
+
+
+def _cpu_cores(quantity: Any) -> float | None:
+    text = str(quantity)
+    try:
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return None
+
+
+def capacity_findings(objects: list[dict[str, Any]], tier: int, rows: dict[str, CapacityRow]) -> list[str]:
+    """Each planned workload's ScaledObject range and its app container's CPU request are the
+    capacity plan's row for the tier."""
+    by_kind_name = {(obj.get("kind"), obj["metadata"].get("name")): obj for obj in objects}
+    out = []
+    for name, row in rows.items():
+        where = f"docs/capacity.md tier {tier}"
+        scaled = by_kind_name.get(("ScaledObject", name))
+        if scaled is None:
+            out.append(f"ScaledObject/{name}: missing, {where} plans it")
+        else:
+            for field, planned in (("minReplicaCount", row.min_replicas), ("maxReplicaCount", row.max_replicas)):
+                actual = scaled["spec"].get(field)
+                if actual != planned:
+                    out.append(f"{name_of(scaled)}: {field} {actual}, {where} says {planned}")
+        deployment = by_kind_name.get(("Deployment", name))
+        spec = pod_spec(deployment) if deployment else None
+        if spec is None:
+            out.append(f"Deployment/{name}: missing, {where} plans it")
+            continue
+        app = spec["containers"][0]
+        actual_cpu = ((app.get("resources") or {}).get("requests") or {}).get("cpu")
+        if _cpu_cores(actual_cpu) is None or _cpu_cores(actual_cpu) != _cpu_cores(row.cpu_request):
+            out.append(f"{name_of(deployment)} container {app.get('name')}: CPU request {actual_cpu}, "
+                       f"{where} says {row.cpu_request}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def check_overlays(overlays: Iterable[Path], capacity: CapacityTiers) -> tuple[list[str], list[str]]:
     findings, notes = [], []
     for overlay in overlays:
         label = overlay.name
@@ -663,6 +734,8 @@ def check_overlays(overlays: Iterable[Path]) -> tuple[list[str], list[str]]:
         promtool, groups = promtool_findings(objects)
         findings += [f"{label}: {f}" for f in (*schema, *policy_findings(objects, label not in TAGGED_IMAGE_OVERLAYS),
                                                *network_findings(objects), *lag_alert_findings(objects), *promtool)]
+        if label in CAPACITY_OVERLAYS:
+            findings += [f"{label}: {f}" for f in capacity_findings(objects, capacity.default_tier, capacity.default())]
         notes.append(f"{label}: {len(objects)} objects rendered, schemas checked for Kubernetes "
                      f"{' and '.join(K8S_VERSIONS)}; against vendored CRD schemas: {', '.join(custom) or 'none'}; "
                      f"alert rule groups tested by promtool: {groups}")
@@ -672,6 +745,8 @@ def check_overlays(overlays: Iterable[Path]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k8s", type=Path, default=ROOT / "deploy/k8s", help="the deploy/k8s folder to check")
+    parser.add_argument("--capacity", type=Path, default=CAPACITY_DOC,
+                        help="the capacity plan whose default tier the prod overlay must follow")
     parser.add_argument("--skip-images", action="store_true", help="only the manifests (no hadolint, no locks)")
     args = parser.parse_args(argv)
     findings: list[str] = []
@@ -681,7 +756,13 @@ def main(argv: list[str] | None = None) -> int:
     findings += nats_values_findings(yaml.safe_load((args.k8s / NATS_VALUES).read_text()),
                                      yaml.safe_load(NATS_CHART_VALUES.read_text()))
     overlays = sorted(p for p in (args.k8s / "overlays").iterdir() if (p / "kustomization.yaml").exists())
-    overlay_findings, notes = check_overlays(overlays)
+    try:
+        capacity = capacity_tiers(args.capacity)
+        capacity.default()
+    except (OSError, ValueError, yaml.YAMLError, msgspec.ValidationError) as error:
+        print(f"deploy-check: FAIL capacity plan: {error}")
+        return 1
+    overlay_findings, notes = check_overlays(overlays, capacity)
     findings += overlay_findings + nats_users_findings(args.k8s / NATS_VALUES)
     for note in notes:
         print(f"deploy-check: {note}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ K8S = HERE.parent
 DASHBOARDS = sorted((K8S / "dashboards").glob("*.json"))
 _spec = importlib.util.spec_from_file_location("deploy_check", HERE / "deploy_check.py")
 deploy_check = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = deploy_check  # msgspec resolves its Structs' annotations through it
 _spec.loader.exec_module(deploy_check)
 
 # The series names Prometheus scrapes for each family type (prometheus_client's exposition).

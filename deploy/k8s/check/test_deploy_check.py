@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("deploy_check", HERE / "deploy_check.py")
 deploy_check = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = deploy_check  # msgspec resolves its Structs' annotations through it
 _spec.loader.exec_module(deploy_check)
 
 
@@ -263,6 +265,46 @@ def test_a_scaledobject_whose_limit_the_lag_alert_does_not_follow_fails(k8s, cap
     assert ('FAIL prod: ScaledObject/commit-verifier: no RawdriveConsumerLagAtScaleLimit rule fires at its limit '
             '(an expr with `consumer="commit-verifier"}) > 8 * 12`)') in out
     assert "ScaledObject/media-processor: no" not in out
+
+
+def test_scaledobjects_and_cpu_requests_that_drift_from_the_capacity_plan_fail(k8s, capsys):
+    add_patch(k8s, """
+        - op: replace
+          path: /spec/minReplicaCount
+          value: 1
+        """, "{kind: ScaledObject, name: media-processor}", ("""
+        - op: replace
+          path: /spec/template/spec/containers/0/resources/requests/cpu
+          value: 500m
+        """, "{kind: Deployment, name: commit-verifier}"))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL prod: ScaledObject/media-processor: minReplicaCount 1, docs/capacity.md tier 10 says 2" in out
+    assert ("FAIL prod: Deployment/commit-verifier container app: CPU request 500m, "
+            "docs/capacity.md tier 10 says 1") in out
+    failures = [line for line in out.splitlines() if "FAIL" in line]
+    assert len(failures) == 2, failures   # only the drifted values; dev is sized for a laptop, not by the plan
+
+
+def test_a_capacity_plan_whose_table_changes_fails_the_unchanged_manifests(k8s, tmp_path, capsys):
+    plan = (HERE.parents[2] / "docs/capacity.md").read_text()
+    raised = tmp_path / "capacity.md"
+    raised.write_text(plan.replace("upload-gateway: {cpu_request: \"1\", min_replicas: 2, max_replicas: 4}",
+                                   "upload-gateway: {cpu_request: \"1\", min_replicas: 2, max_replicas: 5}"))
+    assert raised.read_text() != plan
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images", "--capacity", str(raised)]) == 1
+    assert ("FAIL prod: ScaledObject/upload-gateway: maxReplicaCount 4, docs/capacity.md tier 10 says 5"
+            in capsys.readouterr().out)
+
+    raised.write_text(plan.replace("default_tier: 10", "default_tier: 50"))
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images", "--capacity", str(raised)]) == 1
+    assert "FAIL capacity plan: default_tier 50 is not one of the tiers [10, 100, 1000]" in capsys.readouterr().out
+
+    raised.write_text(plan.replace("# capacity-tiers", "# tiers"))
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images", "--capacity", str(raised)]) == 1
+    assert "expected one ```yaml block starting `# capacity-tiers`, found 0" in capsys.readouterr().out
 
 
 def test_an_httproute_routing_everything_or_cutting_uploads_sooner_than_the_ingress_fails(k8s, capsys):

@@ -14,6 +14,7 @@ import pytest
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig
+from nats.js.errors import KeyNotFoundError
 
 from rawdrive_contracts import (
     ASSETS_STREAM,
@@ -199,6 +200,32 @@ async def test_profiles_are_written_by_the_gateway_only_and_listed_by_the_janito
 
     janitor_kv = await (await connect_as("janitor")).jetstream().key_value(busauth.PROFILES_BUCKET)
     assert ref in await janitor_kv.keys()
+
+
+async def test_the_janitor_may_delete_a_profile_entry_but_not_write_one_and_the_processor_neither(
+    connect_as, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rawdrive_platform.bus")
+    gateway_kv = await (await connect_as("upload-gateway")).jetstream().key_value(busauth.PROFILES_BUCKET)
+    ref = f"test{uuid.uuid4().hex}"
+    revision = await gateway_kv.create(ref, b"sealed record")
+    version = profiles.ProfileVersion(ref=ref, workspace_id="ws1", retired_at=NOW, revision=revision)
+
+    processor_js = (await connect_as("media-processor")).jetstream(timeout=1.0)
+    processor_kv = await processor_js.key_value(busauth.PROFILES_BUCKET)
+    with pytest.raises(profiles.StorageUnavailable):
+        await profiles.ProfileVersions(processor_js, processor_kv).delete(version)
+    assert await refused(caplog, f"STREAM.PURGE.KV_{busauth.PROFILES_BUCKET}")
+    assert (await gateway_kv.get(ref)).value == b"sealed record"
+
+    janitor_js = (await connect_as("janitor")).jetstream(timeout=1.0)
+    janitor_kv = await janitor_js.key_value(busauth.PROFILES_BUCKET)
+    with pytest.raises(NatsTimeoutError):
+        await janitor_kv.put(ref, b"forged record")  # deleting is all it may do to a record
+    assert await refused(caplog, f"$KV.{busauth.PROFILES_BUCKET}.{ref}")
+    await profiles.ProfileVersions(janitor_js, janitor_kv).delete(version)
+    with pytest.raises(KeyNotFoundError):
+        await gateway_kv.get(ref)
 
 
 async def test_the_provisioning_identity_creates_streams_and_the_bucket_and_no_password_is_logged(

@@ -157,6 +157,61 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
     assert not any(tcp_port_answers(port) for port in ports.values())
 
 
+def test_devstack_cluster_runs_three_nats_nodes_at_replicas_3_and_a_standby(server_dir: Path) -> None:
+    data = server_dir / "data"
+    ports = {
+        "--s3-port": free_port(with_grpc_port=True),
+        "--s3-master-port": free_port(with_grpc_port=True),
+        "--s3-volume-port": free_port(with_grpc_port=True),
+        "--s3-filer-port": free_port(with_grpc_port=True),
+    }
+    command = [sys.executable, "-m", "rawdrive_platform.devstack", "--data", str(data), "--no-services", "--cluster"]
+    for flag, port in ports.items():
+        command += [flag, str(port)]
+    log = server_dir / "devstack.out"
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(log, "Ctrl-C stops everything", stack, timeout_s=180)
+        env = dict(
+            line.split("=", 1) for line in (data / "env").read_text().splitlines() if not line.startswith("#")
+        )
+        nats_urls = bus.server_urls(env["RAWDRIVE_NATS_URL"])
+        assert len(nats_urls) == 3 and env["RAWDRIVE_STREAM_REPLICAS"] == "3"
+        dsn = env["RAWDRIVE_DATABASE_URL"]
+        assert dsn.endswith("?target_session_attrs=read-write") and dsn.count(",") == 1
+        asyncio.run(_cluster_is_provisioned_and_the_standby_reads_only(env))
+
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(60) == 0, log.read_text()
+    finally:
+        if stack.poll() is None:
+            stack.terminate()
+            stack.wait(60)
+        leftovers = kill_servers_using(data)
+    assert leftovers == []
+
+
+async def _cluster_is_provisioned_and_the_standby_reads_only(env: dict[str, str]) -> None:
+    await _bus_refuses_strangers_and_serves_the_provisioning_identity(
+        {**env, "RAWDRIVE_NATS_URL": bus.server_urls(env["RAWDRIVE_NATS_URL"])[0]})
+    client = await bus.connect(load_settings(NatsSettings, env), name="test-devstack-cluster")
+    try:
+        js = client.jetstream()
+        for stream in ("RAWDRIVE_UPLOADS", "RAWDRIVE_ASSETS", "RAWDRIVE_DEADLETTER", "KV_rawdrive_storage_profiles"):
+            info = await js.stream_info(stream)
+            assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2, stream
+    finally:
+        await client.close()
+    primary_host, standby_host = env["RAWDRIVE_DATABASE_URL"].split("@", 1)[1].split("/", 1)[0].split(",")
+    for host, in_recovery in ((primary_host, False), (standby_host, True)):
+        conn = await asyncpg.connect(f"postgresql://postgres@{host}/rawdrive")
+        try:
+            assert await conn.fetchval("SELECT pg_is_in_recovery()") is in_recovery, host
+        finally:
+            await conn.close()
+
+
 async def _bus_refuses_strangers_and_serves_the_provisioning_identity(env: dict[str, str]) -> None:
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(env["RAWDRIVE_NATS_URL"], allow_reconnect=False, max_reconnect_attempts=0)

@@ -342,3 +342,21 @@ async def test_each_further_profile_costs_a_client_not_another_copy_of_the_s3_mo
     for opened in more:
         await opened.close()
     assert grown < 3 * MiB, f"{grown / MiB:.1f} MiB for three more profiles"
+
+
+async def test_a_part_url_signed_for_a_length_takes_exactly_that_many_bytes(storage, key):
+    # Issue 20: a 12 MiB part went through a URL handed out for a 6 MiB upload. With the length
+    # signed, SeaweedFS (like S3) checks the request's Content-Length against the signature.
+    upload_id = await storage.create_multipart(key, "image/jpeg")
+    presigned = await storage.presign_upload_part(key, upload_id, 1, expires_s=300, content_length=5 * MiB)
+    assert dict(parse_qsl(urlsplit(presigned.url).query))["X-Amz-SignedHeaders"] == "content-length;host"
+    body = os.urandom(5 * MiB + 1)
+    async with aiohttp.ClientSession() as http:
+        for wrong in (body, body[: 5 * MiB - 1]):
+            async with http.put(presigned.url, data=wrong, headers=presigned.headers) as response:
+                assert response.status == 403, await response.text()
+        assert await storage.list_parts(key, upload_id) == []
+        async with http.put(presigned.url, data=body[: 5 * MiB], headers=presigned.headers) as response:
+            assert response.status == 200, await response.text()
+    assert [(p.part_number, p.size) for p in await storage.list_parts(key, upload_id)] == [(1, 5 * MiB)]
+    await storage.abort_multipart(key, upload_id)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from nats.js import JetStreamContext
 
@@ -26,6 +27,7 @@ from commit_verifier.handlers import (
 from rawdrive_contracts import (
     UPLOADS_STREAM,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     PartRef,
     UploadRejected,
@@ -70,9 +72,9 @@ def only(storage: Storage) -> StorageResolver:
 
 
 async def stored_verdicts(js: JetStreamContext, workspace: str) -> list[CloudEvent[Any]]:
-    """Every verified / rejected event stored for this workspace so far."""
+    """Every verified / rejected / commit_refused event stored for this workspace so far."""
     found = []
-    for action in ("verified", "rejected"):
+    for action in ("verified", "rejected", "commit_refused"):
         sub = await js.subscribe(f"rawdrive.upload.{action}.{workspace}", ordered_consumer=True)
         try:
             while True:
@@ -317,6 +319,61 @@ async def test_a_redelivered_commit_republishes_the_same_decision_without_readin
     assert seen == [first.id, first.id]
     assert [e.id for e in await env.verdicts()] == [first.id]  # stored once, no rejection
     assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_wrong_sha256_with_attempts_left_is_refused_keeping_the_bytes_and_the_next_attempt_verifies(env: Env):
+    body = os.urandom(MiB)
+    key = env.key()
+    await env.storage.put(key, body, "image/jpeg")
+    typo = env.commit(key, len(body), expected_sha256=sha256(b"typo"), attempts_left=2)
+    right = CommitRequested(**(msgspec.structs.asdict(typo) | {
+        "expected_sha256": sha256(body), "attempt": 2, "attempts_left": 1}))
+    seen: list[str] = []
+
+    async def on_message(msg) -> None:
+        seen.append(msg.headers[bus.MSG_ID_HEADER])
+
+    # A plain subscriber sees every publish, including ones JetStream then drops as duplicates.
+    watcher = await env.js._nc.subscribe(f"rawdrive.upload.*.{env.workspace}", cb=on_message)
+    async with env.verifier() as spec:
+        first_request = await env.request(typo)
+        [refused] = await env.wait_verdicts()
+        assert isinstance(refused.data, CommitRefused)
+        assert (refused.data.attempt, refused.data.attempts_left) == (1, 2)
+        assert refused.data.actual_sha256 == sha256(body) and refused.data.expected_sha256 == sha256(b"typo")
+        assert await env.storage.head(key) is not None  # nothing deleted: the bytes are still committable
+        second_request = await env.request(right)
+        assert second_request.id != first_request.id  # not deduplicated as a republish of attempt 1
+        [_, verified] = sorted(await env.wait_verdicts(2), key=lambda e: isinstance(e.data, UploadVerified))
+        assert isinstance(verified.data, UploadVerified) and verified.data.sha256 == sha256(body)
+        await env.storage.delete([key])  # re-hashing now could only reject
+        # An operator's replay of both attempts: the same requests under new message ids.
+        for request in (first_request, second_request):
+            await env.js.publish(
+                f"rawdrive.upload.commit_requested.{env.workspace}", encode(request),
+                headers={bus.MSG_ID_HEADER: f"{request.id}:replay"},
+            )
+        async with asyncio.timeout(10):
+            while seen.count(refused.id) < 2 or seen.count(verified.id) < 2:
+                await asyncio.sleep(0.05)
+        info = await env.js.consumer_info(spec.stream, spec.durable)
+    await watcher.unsubscribe()
+    # Each attempt decided once and announced under one id; the replays only republished them.
+    assert sorted(e.id for e in await env.verdicts()) == sorted([refused.id, verified.id])
+    assert seen.count(refused.id) == seen.count(verified.id) == 2
+    decided = await env.pool.fetch("SELECT attempt, outcome FROM decisions ORDER BY attempt")
+    assert [(r["attempt"], r["outcome"]) for r in decided] == [(1, "refused"), (2, "verified")]
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_a_wrong_sha256_on_the_last_attempt_is_rejected_for_good(env: Env):
+    body = os.urandom(64 * 1024)
+    key = env.key()
+    await env.storage.put(key, body, "image/jpeg")
+    async with env.verifier():
+        await env.request(env.commit(key, len(body), expected_sha256=sha256(b"typo"), attempt=3, attempts_left=0))
+        [event] = await env.wait_verdicts()
+    assert isinstance(event.data, UploadRejected) and event.data.reason == "checksum_mismatch"
 
 
 async def test_the_same_content_twice_in_a_workspace_is_verified_as_a_duplicate_of_the_first(env: Env):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from commit_verifier.verification import Rejected, Verified, decide, plan_completion, verdict_event
-from rawdrive_contracts import CommitRequested, PartRef, UploadRejected, UploadVerified, event_id
+from rawdrive_contracts import CommitRefused, CommitRequested, PartRef, UploadRejected, UploadVerified, event_id
 from rawdrive_platform.storage import UploadedPart
 
 sizes = st.integers(min_value=0, max_value=5 * 1024**4)
@@ -122,3 +122,25 @@ def test_a_rejection_event_carries_what_the_janitor_and_the_client_need():
     assert (data.object_key, data.multipart_upload_id, data.storage_profile_ref) == (
         "workspaces/ws1/assets/as1/original/a.jpg", "mp1", "managed",
     )
+
+
+MISMATCH = Rejected(reason="checksum_mismatch", detail="differs", actual_size=3, actual_sha256="1" * 64)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_a_checksum_mismatch_with_attempts_left_only_refuses_that_attempt_under_its_own_id():
+    first = verdict_event(commit(expected_sha256="0" * 64, attempts_left=2), MISMATCH, duplicate_of=None, now=NOW)
+    second = verdict_event(
+        commit(expected_sha256="0" * 64, attempt=2, attempts_left=1), MISMATCH, duplicate_of=None, now=NOW
+    )
+    assert isinstance(first.data, CommitRefused) and isinstance(second.data, CommitRefused)
+    assert (first.data.attempt, first.data.attempts_left, first.data.actual_sha256) == (1, 2, "1" * 64)
+    assert first.id != second.id and first.id == event_id(CommitRefused.spec.type, "up1", "attempt-1")
+
+
+def test_the_last_attempts_mismatch_and_any_other_rejection_are_final():
+    last = verdict_event(commit(expected_sha256="0" * 64, attempt=3), MISMATCH, duplicate_of=None, now=NOW)
+    size = Rejected(reason="size_mismatch", detail="declared 3 bytes, stored 4", actual_size=4)
+    wrong_size = verdict_event(commit(attempts_left=2), size, duplicate_of=None, now=NOW)
+    assert isinstance(last.data, UploadRejected) and isinstance(wrong_size.data, UploadRejected)
+    assert last.id == wrong_size.id == event_id(UploadRejected.spec.type, "up1")  # one final decision per upload

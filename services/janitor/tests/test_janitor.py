@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 from janitor.__main__ import MIGRATIONS
 from janitor.handlers import ASSET_EVENTS, UPLOAD_EVENTS, Dependencies, dispatch
@@ -30,6 +31,7 @@ from rawdrive_contracts import (
     AssetPurged,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     EventData,
     UploadAborted,
@@ -44,7 +46,14 @@ from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.devstack.servers import S3Connection, loopback_endpoint_policy
 from rawdrive_platform.outbox import Relay
-from rawdrive_platform.profiles import StorageResolver
+from rawdrive_platform.profiles import (
+    MasterKey,
+    ProfileResolver,
+    ProfileVersions,
+    StorageResolver,
+    new_profile_ref,
+    profile_bucket,
+)
 from rawdrive_platform.storage import Storage, StorageProfile
 
 SHORT = Thresholds(
@@ -52,6 +61,7 @@ SHORT = Thresholds(
     expiry_grace=timedelta(0),
     orphan_min_age=timedelta(0),
     multipart_min_age=timedelta(0),
+    profile_retire_grace=timedelta(0),
 )
 
 
@@ -300,6 +310,37 @@ async def test_a_committed_session_is_left_to_the_verifier_even_past_its_expiry(
         report = await env.janitor().run_once(["expiry"])
     assert report is not None and report.sessions_expired == 0
     assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+
+
+async def test_a_refused_commit_keeps_the_bytes_and_the_session_expires_again_once_abandoned(env: Env):
+    session = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
+    commit = CommitRequested(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, library_id="lib1",
+        file_name=session.file_name, mime_type=session.mime_type, size_bytes=session.size_bytes,
+        resumable_protocol="s3_multipart", storage_profile_ref="managed", object_key=session.object_key,
+        requested_by="user1", attempts_left=2,
+    )
+    refused = CommitRefused(
+        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, attempt=1,
+        attempts_left=2, reason="checksum_mismatch", storage_profile_ref="managed", object_key=session.object_key,
+    )
+    committed = "SELECT commit_requested_at IS NOT NULL FROM tracked_uploads WHERE upload_id = $1"
+    async with env.consuming():
+        await env.publish(session)
+        multipart_id = await env.partial_upload(session)
+        await env.publish(commit)
+        await wait_for(lambda: env.pool.fetchval(committed, session.upload_id))
+        await env.publish(refused)
+
+        async def reopened() -> bool:
+            return await env.pool.fetchval(committed, session.upload_id) is False
+
+        await wait_for(reopened)
+        assert (await env.tracked(session.upload_id))["closed_by"] is None  # a refusal deletes nothing
+        assert await env.uploads_under(env.asset_prefix(session.asset_id)) == [multipart_id]
+        report = await env.janitor().run_once(["expiry"])
+    assert report is not None and report.sessions_expired == 1
+    assert await env.uploads_under(env.asset_prefix(session.asset_id)) == []
 
 
 # -- rejected and aborted uploads ---------------------------------------------------------------
@@ -571,7 +612,7 @@ async def _at_least(found, count: int):
 # -- the one-shot command -----------------------------------------------------------------------
 
 
-async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env: Env, nats_url, s3_server):
+async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env: Env, nats_identities, s3_server):
     stale = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
     await dispatch(new_event(stale, source="/test"), Dependencies(env.pool, env.resolver()))
     await env.partial_upload(stale)
@@ -579,7 +620,8 @@ async def test_the_dry_run_command_prints_what_would_go_and_removes_nothing(env:
     orphan_objects = await env.stored_asset(orphan)
     environ = {
         **os.environ,
-        "RAWDRIVE_DATABASE_URL": env.dsn, "RAWDRIVE_NATS_URL": nats_url,
+        # As the janitor's own NATS user, as it runs in production (an anonymous client is refused).
+        "RAWDRIVE_DATABASE_URL": env.dsn, **nats_identities.env("janitor"),
         "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint, "RAWDRIVE_S3_REGION": s3_server.region,
         "RAWDRIVE_S3_BUCKET": s3_server.bucket, "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
         "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
@@ -675,3 +717,61 @@ async def test_a_silent_customer_endpoint_delays_only_its_own_tenant(env: Env):
     assert report.sessions_expired == 1 and report.errors == 3  # the silent expiry and its two sweeps
     assert (await env.tracked(ordinary.upload_id))["closed_by"] is not None
     assert (await env.tracked(hostile.upload_id))["closed_by"] is None  # still due: tried again next run
+
+
+# -- retired storage profiles -------------------------------------------------------------------
+
+
+async def test_a_retired_version_leaves_the_kv_once_no_session_and_no_asset_even_deleted_names_it(
+    env: Env, s3_server: S3Connection
+):
+    kv = await profile_bucket(env.js, replicas=1)
+    publisher = ProfileResolver(env.storage, None, kv, MasterKey(b"k" * 32))  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    names = ("unreferenced", "open_session", "live_asset", "deleted_asset", "current")
+    refs = {name: new_profile_ref(env.workspace) for name in names}
+    for ref in refs.values():
+        await publisher.publish(profile_for(s3_server, ref, f"{env.workspace}/"), env.workspace, now)
+    for name in names[:-1]:
+        assert await publisher.retire(refs[name], now)
+    session = msgspec.structs.replace(
+        env.session(uuid.uuid4().hex, expires_in=timedelta(hours=1)), storage_profile_ref=refs["open_session"]
+    )
+    live, trashed = uuid.uuid4().hex, uuid.uuid4().hex
+    async with env.consuming():
+        await env.publish(session)
+        await env.publish(env.verified(live, refs["live_asset"]))
+        await env.publish(env.verified(trashed, refs["deleted_asset"]))
+        # In the trash for 30 days: its purge will need the profile to reach the bucket.
+        await env.publish(msgspec.structs.replace(env.deleted(trashed, now), purge_after=now + timedelta(days=30)))
+        await wait_for(lambda: _tracked_all(env, session.upload_id, live, trashed))
+
+    keeping = msgspec.structs.replace(SHORT, retention=timedelta(days=30))
+    janitor = env.janitor(thresholds=keeping, profile_versions=ProfileVersions(env.js, kv))
+    report = await janitor.run_once(("sweep",))
+    assert report is not None and report.errors == 0 and report.profile_versions_deleted >= 1
+
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(refs["unreferenced"])
+    assert refs["unreferenced"] not in await kv.keys()
+    for name in names[1:]:
+        assert (await kv.get(refs[name])).value, name  # still named by something, or current
+
+    # Once the session is gone and the assets are purged, a later pass deletes the rest retired.
+    await env.pool.execute("UPDATE tracked_uploads SET closed_by = 'aborted', closed_at = now() WHERE upload_id = $1",
+                           session.upload_id)
+    await env.pool.execute("UPDATE tracked_assets SET purged_at = now() WHERE asset_id = ANY($1)", [live, trashed])
+    assert (await janitor.run_once(("sweep",))).errors == 0
+    for name in names[1:-1]:
+        with pytest.raises(KeyNotFoundError):
+            await kv.get(refs[name])
+    assert (await kv.get(refs["current"])).value  # never retired, never deleted
+
+
+async def _tracked_all(env: Env, upload_id: str, live: str, trashed: str) -> bool:
+    return bool(await env.pool.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM tracked_uploads WHERE upload_id = $1)
+              AND EXISTS (SELECT 1 FROM tracked_assets WHERE asset_id = $2)
+              AND EXISTS (SELECT 1 FROM tracked_assets WHERE asset_id = $3 AND deleted_at IS NOT NULL)""",
+        upload_id, live, trashed,
+    ))

@@ -21,6 +21,7 @@ from janitor.policy import (
     is_stale_multipart,
     on_deleted,
     on_restored,
+    profile_version_may_go,
     purge_due_at,
     should_expire,
     should_purge,
@@ -33,6 +34,7 @@ TH = Thresholds(
     expiry_grace=timedelta(minutes=5),
     orphan_min_age=timedelta(hours=72),
     multipart_min_age=timedelta(hours=24),
+    profile_retire_grace=timedelta(hours=24),
 )
 ids = st.from_regex(keys.ID_PATTERN, fullmatch=True)
 instants = st.integers(min_value=0, max_value=10_000).map(lambda s: T0 + timedelta(seconds=s))
@@ -179,5 +181,13 @@ def test_a_report_counts_objects_bytes_and_multipart_uploads_apart():
     ])
     assert report.counters() == {
         "dry_run": False, "sessions_expired": 0, "assets_purged": 0, "multipart_uploads_aborted": 1,
-        "orphans_found": 0, "objects_deleted": 2, "bytes_deleted": 15, "errors": 0,
+        "orphans_found": 0, "objects_deleted": 2, "bytes_deleted": 15, "profile_versions_deleted": 0, "errors": 0,
     }
+
+
+def test_a_retired_profile_version_goes_only_after_the_grace_and_only_when_nothing_names_it():
+    retired = T0 - TH.profile_retire_grace
+    assert profile_version_may_go(retired, "byos-a", set(), T0, TH)
+    assert not profile_version_may_go(retired, "byos-a", {"byos-a"}, T0, TH)  # a session or asset names it
+    assert not profile_version_may_go(retired + timedelta(seconds=1), "byos-a", set(), T0, TH)  # within the grace
+    assert not profile_version_may_go(None, "byos-a", set(), T0, TH)  # the current version

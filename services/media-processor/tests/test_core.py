@@ -66,6 +66,25 @@ def test_a_canon_cr2_header_is_told_apart_from_other_tiff_raws() -> None:
     assert sniff(b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64)) == "cr2"
 
 
+def test_a_dng_is_recognised_by_its_dng_version_whoever_made_it() -> None:
+    make = b"Apple\x00"
+    data = tiff(
+        "<", [(0x010F, 2, len(make), struct.pack("<I", 38)), (0xC612, 1, 4, bytes((1, 4, 0, 0)))], make
+    )
+    assert sniff(data) == "dng"
+    assert check(data, "application/octet-stream", "IMG_0001.DNG") == "dng"
+    assert check(data, "image/x-adobe-dng", "IMG_0001.dng") == "dng"
+    assert check(data, "image/x-raw", "IMG_0001.raw") == "dng"
+
+
+def test_a_canon_cr3_is_told_apart_from_iso_bmff_video() -> None:
+    data = struct.pack(">I", 24) + b"ftypcrx \x00\x00\x00\x01crx isom" + bytes(64)
+    assert sniff(data) == "cr3"
+    assert check(data, "application/octet-stream", "IMG_0001.CR3") == "cr3"
+    with pytest.raises(TypeMismatch):
+        check(data, "video/mp4", "IMG_0001.mp4")
+
+
 def test_a_tiff_from_an_unknown_maker_is_not_a_supported_raw() -> None:
     make = b"Kodak\x00"
     data = tiff("<", [(0x010F, 2, len(make), struct.pack("<I", 26))], make)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -135,14 +134,6 @@ async def test_files_with_no_decodable_picture_fail_with_a_reason(sandbox: Sandb
 # -- hostile files --------------------------------------------------------------------------------
 
 
-def png(width: int, height: int, idat: bytes = b"") -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(idat)) + chunk(b"IEND", b"")
-
-
 def written(tmp_path: Path, name: str, data: bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(data)
@@ -153,7 +144,6 @@ HOSTILE_AS_DECODER_INPUT: dict[str, tuple[Family, bytes]] = {
     # ImageTragick: an MVG that, decoded as MVG, would fetch a URL and run a delegate.
     "tragick.jpg": ("jpeg", b'push graphic-context\nviewbox 0 0 640 480\nfill \'url(https://example.com/x.jpg"|ls "-la)\'\npop graphic-context\n'),
     "external.png": ("png", b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"><image xlink:href="http://127.0.0.1:9/x.png"/></svg>'),
-    "flood.png": ("png", png(65000, 65000)),
     "hostile.mp4": ("isobmff", b"\x00\x00\x00\x18ftypisom" + b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\nhttp://127.0.0.1:9/x\n"),
     "hostile.pdf": ("pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog /OpenAction << /S /JavaScript /JS (app.alert(1)) >> >>\n%%EOF\n"),
 }
@@ -167,17 +157,6 @@ async def test_hostile_content_handed_to_a_decoder_fails_cleanly(sandbox: Sandbo
     with pytest.raises(Unprocessable) as failure:
         await decode(sandbox, source, tmp_path, family)
     assert failure.value.reason == "decode_failed"
-
-
-async def test_a_truncated_jpeg_fails_or_yields_variants_without_harm(sandbox: Sandbox, tmp_path: Path) -> None:
-    whole = (DATA / "mei_Samsung_SM-J327T1.jpg").read_bytes()
-    source = written(tmp_path, "truncated.jpg", whole[: len(whole) // 3])
-    try:
-        outcome = await decode(sandbox, source, tmp_path)
-    except Unprocessable as failure:
-        assert failure.reason == "decode_failed"
-    else:
-        assert sizes(outcome)["thumb"] == (240, 320)
 
 
 async def test_corrupt_exif_offsets_leave_metadata_out_but_still_make_variants(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -189,6 +189,29 @@ async def test_an_undecodable_file_fails_with_a_reason_instead_of_retrying(env: 
         await bus.publish(env.js, new_event(upload, source="test"))
         [event] = await env.wait_announced(1)
     assert isinstance(event.data, AssetProcessingFailed) and event.data.reason == "decode_failed"
+    assert event.data.cause == "corrupt_content"  # LibRaw: the sensor data was stripped
+
+
+async def test_a_pixel_flood_is_refused_with_its_cause_and_a_damaged_photo_is_announced_with_warnings(
+    env: Env,
+) -> None:
+    small = (DATA / "jpeg_orientation_6.jpg").read_bytes()
+    sof = small.index(b"\xff\xc0")
+    flood = small[: sof + 5] + struct.pack(">HH", 60000, 60000) + small[sof + 9 :]
+    whole = (DATA / "mei_Samsung_SM-J327T1.jpg").read_bytes()
+    refused = await env.upload(flood, "flood.jpg", "image/jpeg")
+    damaged = await env.upload(whole[: len(whole) // 3], "cut.jpg", "image/jpeg")
+    async with env.processor():
+        await bus.publish(env.js, new_event(refused, source="test"))
+        await bus.publish(env.js, new_event(damaged, source="test"))
+        events = await env.wait_announced(3)
+    by_asset = {(e.data.asset_id, type(e.data)): e.data for e in events}
+    failed = by_asset[(refused.asset_id, AssetProcessingFailed)]
+    assert (failed.reason, failed.cause) == ("unsupported_content", "too_many_pixels")
+    assert "60000x60000" in failed.detail
+    created = by_asset[(damaged.asset_id, AssetCreated)]
+    assert [w.code for w in created.metadata.warnings] == ["truncated"]
+    assert created.variants.thumb is not None
 
 
 async def test_a_missing_original_fails_as_a_storage_error(env: Env) -> None:

@@ -1,12 +1,14 @@
-"""Both RAW routes, end to end through the sandbox, on NEFs generated here.
+"""Both RAW routes (LibRaw through rawpy), end to end through the sandbox, on RAWs generated here.
 
-No real camera RAW with sensor data fits in the repository (the smallest are several MiB), and
-the committed `exiftool_Nikon.nef` / `synthetic_sony_tiff_container.arw` have no decodable
-picture. So these tests build NEFs the way Nikon lays them out: a big-endian TIFF whose IFD0
-carries Make "NIKON CORPORATION", Model, Orientation and the EXIF pointer, and whose SubIFDs hold
-a JPEG preview (NewSubfileType 1, JPEGInterchangeFormat/Length) and the uncompressed 16-bit Bayer
-CFA (NewSubfileType 0, PhotometricInterpretation 32803, RGGB). dcraw reads both: `dcraw -e`
-extracts the preview, `dcraw -h` demosaics the CFA.
+No real camera RAW with sensor data fits in the repository (the smallest are several MiB; the
+shared corpus has none with sensor data), and the committed `exiftool_Nikon.nef` /
+`synthetic_sony_tiff_container.arw` have no decodable picture. So these tests build NEFs the way
+Nikon lays them out: a big-endian TIFF whose IFD0 carries Make "NIKON CORPORATION", Model,
+Orientation and the EXIF pointer, and whose SubIFDs hold a JPEG preview (NewSubfileType 1,
+JPEGInterchangeFormat/Length) and the uncompressed 16-bit Bayer CFA (NewSubfileType 0,
+PhotometricInterpretation 32803, RGGB); and DNGs, the same layout with a DNGVersion tag and any
+Make. LibRaw reads both: the preview, or the CFA demosaiced at half size. Compressed NEF/ARW/CR2
+and CR3 cannot be built here (they need each maker's own encoder): only their sniffing is tested.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import pytest
 from wand.color import Color
 from wand.image import Image
 
+from media_processor.dimensions import PixelLimits
 from media_processor.magic import check, sniff
-from media_processor.sandbox import Limits, Outcome, Sandbox
+from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
 
 MAKE, MODEL = "NIKON CORPORATION", "Synthetic NEF"
 TAKEN = "2024:05:17 14:32:05"
@@ -30,19 +33,25 @@ _PACK = {_BYTE: "B", _SHORT: "H", _LONG: "I"}
 Tag = tuple[int, int, "str | list[int | str]"]  # tag, type, value (a str in a list: an offset by name)
 
 
-def nef(*, sensor: tuple[int, int], cfa: bytes, orientation: int, preview: bytes | None) -> bytes:
-    """A big-endian NEF-like TIFF: IFD0 -> SubIFDs [preview JPEG,] [16-bit RGGB CFA], EXIF IFD."""
+def nef(
+    *, sensor: tuple[int, int], cfa: bytes, orientation: int, preview: bytes | None, make: str = MAKE, dng: bool = False
+) -> bytes:
+    """A big-endian NEF-like TIFF: IFD0 -> SubIFDs [preview JPEG,] [16-bit RGGB CFA], EXIF IFD.
+
+    With `dng`, IFD0 also carries DNGVersion 1.4 and UniqueCameraModel: a DNG as phones write them.
+    """
     width, height = sensor
     assert len(cfa) == width * height * 2
     subifds: list[int | str] = (["preview"] if preview else []) + ["raw"]
     ifds: list[tuple[str, list[Tag]]] = [
         ("ifd0", [
             (0x00FE, _LONG, [1]),  # NewSubfileType: reduced resolution (as in Nikon's IFD0)
-            (0x010F, _ASCII, MAKE),
+            (0x010F, _ASCII, make),
             (0x0110, _ASCII, MODEL),
             (0x0112, _SHORT, [orientation]),
             (0x014A, _LONG, subifds),
             (0x8769, _LONG, ["exif"]),
+            *([(0xC612, _BYTE, [1, 4, 0, 0]), (0xC614, _ASCII, f"{make} {MODEL}")] if dng else []),
         ]),
         ("exif", [(0x9003, _ASCII, TAKEN)]),
     ]
@@ -124,10 +133,10 @@ def sandbox() -> Sandbox:
     return Sandbox(Limits(timeout_s=60))
 
 
-async def decode(sandbox: Sandbox, source: Path, tmp_path: Path) -> Outcome:
+async def decode(sandbox: Sandbox, source: Path, tmp_path: Path, expected: str = "nef") -> Outcome:
     # The upload path's own check: a generic type with a .NEF name, content sniffed as Nikon.
     family = check(source.read_bytes()[:65536], "application/octet-stream", source.name)
-    assert family == sniff(source.read_bytes()[:65536]) == "nef"
+    assert family == sniff(source.read_bytes()[:65536]) == expected
     work = tmp_path / "work"
     work.mkdir()
     return await sandbox.process(str(source), family, str(work))
@@ -174,7 +183,7 @@ async def test_a_nef_with_a_full_size_preview_uses_it_oriented_with_the_raw_exif
 async def test_a_nef_whose_preview_is_too_small_is_decoded_from_its_sensor_data(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    # A 160x107 preview (solid red) is below the 1280 px bar, so dcraw demosaics the 1200x800
+    # A 160x107 preview (solid red) is below the 1280 px bar, so LibRaw demosaics the 1200x800
     # CFA at half size: 600x400 stored, 400x600 displayed. The sensor's bright band lies along
     # the stored top edge, which Orientation 6 turns to the right-hand side.
     source = tmp_path / "DSC_0002.NEF"
@@ -192,3 +201,30 @@ async def test_a_nef_whose_preview_is_too_small_is_decoded_from_its_sensor_data(
     meta = outcome.metadata
     assert (meta.camera_make, meta.camera_model, meta.orientation) == (MAKE, MODEL, 6)
     assert (meta.width, meta.height) == (800, 1200)  # full sensor size, as displayed
+
+
+async def test_a_phone_dng_without_a_preview_is_demosaiced_at_half_size(sandbox: Sandbox, tmp_path: Path) -> None:
+    # A DNG from a maker dcraw never knew: LibRaw decodes any DNG from its tags alone.
+    source = tmp_path / "IMG_0001.DNG"
+    source.write_bytes(
+        nef(sensor=(1600, 1200), cfa=cfa(1600, 1200, 300), orientation=1, preview=None, make="Apple", dng=True)
+    )
+    outcome = await decode(sandbox, source, tmp_path, expected="dng")
+
+    assert sizes(outcome) == {"large": (800, 600), "medium": (800, 600), "thumb": (320, 240)}
+    thumb = next(v.path for v in outcome.variants if v.name == "thumb")
+    top, bottom = rgb(thumb, 0.5, 0.05), rgb(thumb, 0.5, 0.95)
+    assert sum(top) > sum(bottom) + 0.6  # the bright band stays on top (orientation 1)
+    meta = outcome.metadata
+    assert (meta.camera_make, meta.camera_model, meta.width, meta.height) == ("Apple", MODEL, 1600, 1200)
+    assert meta.taken_at == datetime(2024, 5, 17, 14, 32, 5)
+
+
+async def test_a_raw_whose_sensor_declares_too_many_pixels_is_refused_before_unpacking(tmp_path: Path) -> None:
+    source = tmp_path / "DSC_0003.NEF"
+    source.write_bytes(nef(sensor=(1200, 800), cfa=cfa(1200, 800, 0), orientation=1, preview=None))
+    strict = Sandbox(Limits(timeout_s=60, pixels=PixelLimits(max_pixels=900_000)))
+    with pytest.raises(Unprocessable) as failure:
+        await decode(strict, source, tmp_path)
+    assert failure.value.cause == "too_many_pixels"
+    assert "nef sensor" in failure.value.detail

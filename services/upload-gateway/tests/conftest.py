@@ -34,6 +34,7 @@ class LiveGateway:
     gw: Gateway
     http: aiohttp.ClientSession
     workspace: str
+    app: web.Application
 
     def user_token(self, role: str = "member") -> str:
         return mint_dev_token(LIVE_SECRET, sub="alice", workspaces={self.workspace: role}, ttl_s=600)
@@ -59,12 +60,13 @@ StartGateway = Callable[..., Awaitable[LiveGateway]]
 
 @pytest.fixture
 async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGateway]:
-    """Starts gateways over one database; `s3_endpoint` points one at another S3 (a dead one)."""
+    """Starts gateways over one database; `s3_endpoint` points one at another S3 (a dead one),
+    `settings` overrides the gateway's settings."""
     await db.migrate(fresh_database_url, "gateway", files("upload_gateway") / "migrations")
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(aiohttp.ClientSession())
 
-        async def start(*, s3_endpoint: str | None = None) -> LiveGateway:
+        async def start(*, s3_endpoint: str | None = None, **settings: object) -> LiveGateway:
             pool = await db.create_pool(fresh_database_url, "gateway")
             stack.push_async_callback(pool.close)
             storage = await Storage.open(
@@ -82,7 +84,7 @@ async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGat
                 database_url=fresh_database_url, s3_bucket=s3_server.bucket,
                 s3_access_key_id=s3_server.access_key_id, s3_secret_access_key=Secret(s3_server.secret_access_key),
                 s3_endpoint=s3_endpoint or s3_server.endpoint, public_url=url, jwt_secret=Secret(LIVE_SECRET),
-                cors_origins=LIVE_CORS_ORIGINS,
+                cors_origins=LIVE_CORS_ORIGINS, **settings,
             )  # fmt: skip
             gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
             app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])
@@ -92,7 +94,7 @@ async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGat
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.SockSite(runner, sock).start()
-            return LiveGateway(url=url, gw=gw, http=http, workspace=f"ws{uuid.uuid4().hex[:10]}")
+            return LiveGateway(url=url, gw=gw, http=http, workspace=f"ws{uuid.uuid4().hex[:10]}", app=app)
 
         yield start
 

@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rawdrive_contracts import (
+    CommitRefused,
     CommitRequested,
     UploadAborted,
     UploadExpired,
@@ -35,6 +36,7 @@ from rawdrive_platform.storage import Storage, StorageProfile
 from upload_gateway import api, profile_store, repository, uploads, verdicts
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
+from upload_gateway.patch_limits import PATCH_LIMIT
 from upload_gateway.profile_store import ActiveProfile
 from upload_gateway.sessions import UploadSession
 from upload_gateway.settings import Settings
@@ -70,6 +72,32 @@ class Harness:
         response = await self.client.post(self.path(), json=body, headers=self.user())
         assert response.status == 201, await response.text()
         return await response.json()
+
+    async def send_tus(self, created: dict, body: bytes, offset: int = 0, length: int | None = None) -> None:
+        """Send `body` at `offset` over tus (creating the tus upload first at offset 0)."""
+        tus = {"Tus-Resumable": "1.0.0"} | created["headers"]
+        url = self.path(f"/{created['upload_id']}/tus")
+        if offset == 0:
+            response = await self.client.post(url, headers=tus | {"Upload-Length": str(length or len(body))})
+            assert response.status == 201, await response.text()
+        patch = tus | {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+        response = await self.client.patch(url, data=body, headers=patch)
+        assert response.status == 204, await response.text()
+
+    async def send_parts(self, created: dict, body: bytes, numbers: list[int]) -> dict[int, str]:
+        """PUT these parts of `body` to their presigned URLs; their ETags."""
+        path = self.path(f"/{created['upload_id']}/parts")
+        signed = await self.client.post(path, json={"part_numbers": numbers}, headers=created["headers"])
+        assert signed.status == 200, await signed.text()
+        etags = {}
+        async with aiohttp.ClientSession() as http:
+            for part in (await signed.json())["parts"]:
+                start = (part["part_number"] - 1) * created["part_size"]
+                async with http.put(part["url"], data=body[start : start + created["part_size"]],
+                                    headers=part["headers"]) as response:
+                    assert response.status == 200, await response.text()
+                    etags[part["part_number"]] = response.headers["ETag"]
+        return etags
 
     async def outbox(self, data_type: type) -> list:
         rows = await self.gw.pool.fetch("SELECT payload FROM outbox ORDER BY seq")
@@ -419,7 +447,12 @@ async def test_a_tus_termination_aborts_the_session_and_announces_it(harness):
     assert (event.upload_id, event.aborted_by) == (created["upload_id"], "alice")
     shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
     assert shown["state"] == "aborted"
-    assert (await harness.client.head(url, headers=tus)).status == 410
+    gone = await harness.client.head(url, headers=tus)
+    assert gone.status == 410
+    patched = await harness.client.patch(url, data=b"x", headers=tus | {
+        "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    aborted = await problem(patched)
+    assert (aborted["status"], aborted["code"], aborted["title"]) == (410, "upload_aborted", "Upload aborted")
 
 
 # -- commit ----------------------------------------------------------------------------------
@@ -427,6 +460,7 @@ async def test_a_tus_termination_aborts_the_session_and_announces_it(harness):
 
 async def test_two_concurrent_commits_request_verification_exactly_once(harness):
     created = await harness.create()
+    await harness.send_tus(created, os.urandom(1000))
     path = harness.path(f"/{created['upload_id']}/commit")
     first, second = await asyncio.gather(
         harness.client.post(path, json={}, headers=harness.user()),
@@ -442,6 +476,7 @@ async def test_two_concurrent_commits_request_verification_exactly_once(harness)
 
 async def test_a_multipart_commit_carries_the_upload_id_parts_and_declared_checksum(harness):
     created = await harness.create(resumable_protocol="s3_multipart", size_bytes=10 * MIB, sha256="cd" * 32)
+    await harness.send_parts(created, os.urandom(10 * MIB), [1, 2])
     path = harness.path(f"/{created['upload_id']}/commit")
     wrong = await harness.client.post(path, json={"sha256": "ef" * 32}, headers=harness.user())
     assert wrong.status == 422 and (await problem(wrong))["code"] == "checksum_mismatch"
@@ -467,12 +502,19 @@ def verified(event: CommitRequested) -> UploadVerified:
 async def commit_and_answer(harness: Harness, js, answer) -> tuple[dict, aiohttp.ClientResponse]:
     """Commit, and when the CommitRequested appears, publish the verifier's answer to NATS."""
     created = await harness.create()
+    await harness.send_tus(created, os.urandom(1000))
+    return created, await answer_commit(harness, js, created, {}, answer)
+
+
+async def answer_commit(harness: Harness, js, created: dict, body: dict, answer) -> aiohttp.ClientResponse:
+    """Commit with `body`; when its CommitRequested appears, publish `answer(request)` to NATS."""
     path = harness.path(f"/{created['upload_id']}/commit")
-    pending = asyncio.ensure_future(harness.client.post(path, json={}, headers=harness.user()))
-    while not (requests := await harness.outbox(CommitRequested)):
+    before = len(await harness.outbox(CommitRequested))
+    pending = asyncio.ensure_future(harness.client.post(path, json=body, headers=harness.user()))
+    while len(requests := await harness.outbox(CommitRequested)) == before:
         await asyncio.sleep(0.05)
-    await bus.publish(js, new_event(answer(requests[0]), source="/test/verifier"))
-    return created, await pending
+    await bus.publish(js, new_event(answer(requests[-1]), source="/test/verifier"))
+    return await pending
 
 
 async def test_a_verified_commit_answers_200_processing_and_so_does_its_repeat(harness, verdict_consumer):
@@ -499,6 +541,146 @@ async def test_a_rejected_commit_answers_422_with_the_reason_and_so_does_its_rep
     assert again.status == 422 and (await problem(again))["code"] == reason
     shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
     assert shown["state"] == "aborted" and shown["rejection"]["reason"] == reason
+    tus = {"Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    late = await harness.client.patch(harness.path(f"/{created['upload_id']}/tus"), data=b"x",
+                                      headers=tus | created["headers"])
+    gone = await problem(late)
+    assert (gone["status"], gone["code"], gone["title"]) == (410, "upload_rejected", "Upload rejected")
+    assert reason in gone["detail"]
+
+
+async def test_a_tus_commit_before_every_byte_arrived_is_409_and_the_upload_simply_continues(harness):
+    body = os.urandom(2133)
+    created = await harness.create(size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+    await harness.send_tus(created, body[:1000], length=len(body))
+    early = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), json={}, headers=harness.user())
+    assert early.status == 409
+    refused = await problem(early)
+    assert (refused["code"], refused["title"]) == ("upload_incomplete", "Upload incomplete")
+    assert (refused["bytes_received"], refused["size_bytes"]) == (1000, 2133)
+    assert await harness.outbox(CommitRequested) == []  # nothing asked of the verifier
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert (shown["state"], shown["bytes_received"]) == ("uploading", 1000)
+
+    await harness.send_tus(created, body[1000:], offset=1000)  # the next PATCH continues where it was
+    done = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), json={}, headers=harness.user())
+    assert done.status == 202, await done.text()
+    [request] = await harness.outbox(CommitRequested)
+    assert (request.attempt, request.attempts_left) == (1, 2)
+
+
+async def test_a_multipart_commit_with_one_of_three_parts_is_409_and_the_rest_can_still_be_sent(harness):
+    size = 2 * 8 * MIB + 1234
+    body = os.urandom(size)
+    created = await harness.create(resumable_protocol="s3_multipart", size_bytes=size, file_name="big.png",
+                                   mime_type="image/png")
+    assert created["part_count"] == 3
+    etags = await harness.send_parts(created, body, [1])
+    commit = harness.path(f"/{created['upload_id']}/commit")
+    early = await harness.client.post(commit, json={}, headers=harness.user())
+    assert early.status == 409
+    refused = await problem(early)
+    assert (refused["code"], refused["bytes_received"], refused["size_bytes"]) == ("upload_incomplete", 8 * MIB, size)
+    etags |= await harness.send_parts(created, body, [2, 3])
+    # A part list naming a part never sent is just as incomplete.
+    listed = [{"part_number": n, "etag": etags[n]} for n in (1, 2)]
+    partial = await harness.client.post(commit, json={"parts": listed}, headers=harness.user())
+    assert partial.status == 409 and (await problem(partial))["bytes_received"] == 16 * MIB
+    parts = [{"part_number": n, "etag": etag} for n, etag in sorted(etags.items())]
+    done = await harness.client.post(commit, json={"parts": parts}, headers=harness.user())
+    assert done.status == 202, await done.text()
+    [request] = await harness.outbox(CommitRequested)
+    assert [p.part_number for p in request.parts] == [1, 2, 3]
+
+
+async def test_a_multipart_upload_storage_lost_is_replaced_by_an_empty_one_the_client_fills_again(harness):
+    size = 8 * MIB + 1234
+    body = os.urandom(size)
+    created = await harness.create(resumable_protocol="s3_multipart", size_bytes=size, file_name="big.png",
+                                   mime_type="image/png")
+    await harness.send_parts(created, body, [1])
+    [session] = await harness.outbox(UploadSessionCreated)
+    lost = (await repository.get(harness.gw.pool, harness.workspace, created["upload_id"])).multipart_upload_id
+    await harness.gw.storage.abort_multipart(session.object_key, lost)  # behind the gateway's back
+
+    path = harness.path(f"/{created['upload_id']}/parts")
+    listed = await harness.client.get(path, headers=created["headers"])
+    assert listed.status == 200, await listed.text()
+    assert (await listed.json())["parts"] == []
+    fresh = (await repository.get(harness.gw.pool, harness.workspace, created["upload_id"])).multipart_upload_id
+    assert fresh != lost
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert (shown["state"], shown["bytes_received"]) == ("uploading", 0)
+    await harness.send_parts(created, body, [1, 2])
+    done = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), json={}, headers=harness.user())
+    assert done.status == 202, await done.text()
+    [request] = await harness.outbox(CommitRequested)
+    assert request.multipart_upload_id == fresh
+
+
+def refusal(attempts_left: int):
+    def answer(event: CommitRequested) -> CommitRefused:
+        return CommitRefused(
+            workspace_id=event.workspace_id, upload_id=event.upload_id, asset_id=event.asset_id,
+            attempt=event.attempt, attempts_left=attempts_left, reason="checksum_mismatch",
+            detail="the stored bytes' SHA-256 differs from the client's", storage_profile_ref="managed",
+            object_key=event.object_key, expected_sha256=event.expected_sha256, actual_sha256="ab" * 32,
+        )
+
+    return answer
+
+
+async def test_a_wrong_sha256_at_commit_keeps_the_upload_committable_with_the_right_one(harness, verdict_consumer):
+    created = await harness.create()
+    await harness.send_tus(created, os.urandom(1000))
+    typo = await answer_commit(harness, verdict_consumer, created, {"sha256": "ee" * 32}, refusal(2))
+    assert typo.status == 422
+    refused = await problem(typo)
+    assert (refused["code"], refused["attempts_left"], refused["given_sha256"]) == ("checksum_mismatch", 2, "ee" * 32)
+    assert "given at commit" in refused["detail"] and "2 attempts left" in refused["detail"]
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert shown["state"] == "uploading" and shown["rejection"]["reason"] == "checksum_mismatch"
+    assert await harness.outbox(UploadRejected) == [] and await harness.outbox(UploadAborted) == []
+
+    right = await answer_commit(harness, verdict_consumer, created, {"sha256": "ab" * 32}, verified)
+    assert right.status == 200, await right.text()
+    first, second = await harness.outbox(CommitRequested)
+    assert (second.attempt, second.attempts_left, second.expected_sha256) == (2, 1, "ab" * 32)
+    assert new_event(first, source="x").id != new_event(second, source="x").id  # not deduplicated away
+    # A late redelivery of attempt 1's refusal moves nothing.
+    await bus.publish(verdict_consumer, new_event(refusal(2)(first), source="/test/verifier", id=str(uuid.uuid4())))
+    await asyncio.sleep(0.5)
+    shown = await (await harness.client.get(harness.path(f"/{created['upload_id']}"), headers=harness.user())).json()
+    assert shown["state"] == "committed"
+
+
+async def test_commits_are_bounded_the_last_one_tells_the_verifier_no_attempt_is_left(harness, verdict_consumer):
+    created = await harness.create()
+    await harness.send_tus(created, os.urandom(1000))
+    for left in (2, 1):
+        answered = await answer_commit(harness, verdict_consumer, created, {"sha256": "ee" * 32}, refusal(left))
+        assert answered.status == 422 and (await problem(answered))["attempts_left"] == left
+    last = await harness.client.post(harness.path(f"/{created['upload_id']}/commit"), json={"sha256": "ee" * 32},
+                                     headers=harness.user())
+    assert last.status == 202
+    requests = await harness.outbox(CommitRequested)
+    assert [(r.attempt, r.attempts_left) for r in requests] == [(1, 2), (2, 1), (3, 0)]
+
+
+async def test_a_sha256_at_commit_that_differs_from_the_declared_one_says_which_is_which(harness):
+    body = os.urandom(1000)
+    declared = hashlib.sha256(body).hexdigest()
+    created = await harness.create(sha256=declared)
+    await harness.send_tus(created, body)
+    path = harness.path(f"/{created['upload_id']}/commit")
+    wrong = await harness.client.post(path, json={"sha256": "ee" * 32}, headers=harness.user())
+    assert wrong.status == 422
+    refused = await problem(wrong)
+    assert (refused["declared_sha256"], refused["given_sha256"]) == (declared, "ee" * 32)
+    assert f"given at commit ({'ee' * 32})" in refused["detail"] and f"created ({declared})" in refused["detail"]
+    assert await harness.outbox(CommitRequested) == []
+    again = await harness.client.post(path, json={"sha256": declared.upper()}, headers=harness.user())
+    assert again.status == 202, await again.text()
 
 
 async def test_an_expiry_from_the_janitor_closes_an_open_session(harness, verdict_consumer):
@@ -543,6 +725,8 @@ async def test_more_concurrent_tus_uploads_than_pool_connections_all_complete(ha
     # locked may need a second one, or a full pool deadlocks (seen at 50 concurrent uploads).
     size = 6 * MIB  # one 5 MiB part and a tail: progress is recorded mid-body
     uploads = [await harness.create(size_bytes=size) for _ in range(40)]  # the pool holds 10
+    # One user sends them all: lift that user's limit on concurrent PATCHes (test_quotas.py).
+    harness.client.app[PATCH_LIMIT].limit = 14
 
     def tus(created: dict) -> tuple[dict, str]:
         return {"Tus-Resumable": "1.0.0"} | created["headers"], harness.path(f"/{created['upload_id']}/tus")

@@ -17,7 +17,9 @@ from rawdrive_contracts import (
     AssetPurged,
     AssetRestored,
     CloudEvent,
+    DecodeWarning,
     EventData,
+    MediaMetadata,
     UploadVerified,
     new_event,
 )
@@ -152,3 +154,17 @@ def test_a_cursor_round_trips_and_is_url_safe(created_at, asset_id):
 def test_a_cursor_the_api_did_not_hand_out_is_refused(cursor):
     with pytest.raises(InvalidCursor):
         decode_cursor(cursor)
+
+
+def test_a_damaged_assets_warnings_and_a_failures_cause_are_kept_for_the_api():
+    warning = DecodeWarning(code="truncated", detail="Premature end of JPEG file")
+    damaged = created().data
+    damaged.metadata = MediaMetadata(width=4, height=3, warnings=(warning,))
+    facts = fold([verified(), _event(damaged, 1)])
+    assert facts.processed is not None and facts.processed.metadata.warnings == (warning,)
+
+    refused = failed().data
+    refused.reason, refused.cause = "unsupported_content", "too_many_pixels"
+    facts = fold([verified(), _event(refused, 1)])
+    assert facts.failure is not None
+    assert (facts.failure.reason, facts.failure.cause) == ("unsupported_content", "too_many_pixels")

@@ -43,12 +43,17 @@ from upload_gateway.problems import (
     problem_for,
 )
 from upload_gateway.sessions import (
+    COMMIT_ATTEMPTS,
     MAX_PARTS,
     MIN_PART_SIZE,
     TRANSITIONS,
     UploadSession,
+    check_complete,
+    check_given_sha256,
     commit_outcome,
     effective_state,
+    gone,
+    parts_received,
     plan_parts,
     transition,
 )
@@ -75,6 +80,10 @@ UPLOAD_SECRET = "u" * 32
         ("a.nef", "image/x-nikon-nef", 5, "photo"),
         ("a.arw", "image/x-sony-arw", 5, "photo"),
         ("a.raw", "image/x-raw", 5, "photo"),
+        ("IMG_0001.CR3", "application/octet-stream", 5, "photo"),
+        ("a.cr3", "image/x-canon-cr3", 5, "photo"),
+        ("IMG_0001.DNG", "image/x-adobe-dng", 100 * MIB, "photo"),
+        ("a.dng", "application/octet-stream", 5, "photo"),
         ("clip.mp4", "video/mp4", 500 * MIB, "video"),
         ("clip.MOV", "video/quicktime", 5, "video"),
         ("clip.avi", "video/x-msvideo", 5, "video"),
@@ -171,6 +180,7 @@ STATES = ("created", "uploading", "verifying", "committed", "aborted", "expired"
         ("uploading", "commit", "verifying"),
         ("verifying", "verify", "committed"),
         ("verifying", "reject", "aborted"),
+        ("verifying", "refuse", "uploading"),
         ("created", "abort", "aborted"),
         ("uploading", "abort", "aborted"),
         ("created", "expire", "expired"),
@@ -227,6 +237,59 @@ def test_a_repeated_commit_answers_from_the_recorded_outcome():
         commit_outcome(session(state="aborted"), now)
     with pytest.raises(problems.Gone):
         commit_outcome(session(state="expired"), now)
+
+
+def test_a_refused_commit_answers_with_what_was_wrong_and_how_many_commits_are_left():
+    now = datetime.now(UTC)
+    refused = session(state="uploading", rejection_reason="checksum_mismatch", rejection_detail="differs",
+                      commit_attempts=1, commit_sha256="ee" * 32)
+    with pytest.raises(ChecksumMismatch) as raised:
+        commit_outcome(refused, now)
+    facts = raised.value.facts
+    assert (facts.attempts_left, facts.given_sha256, facts.declared_sha256) == (COMMIT_ATTEMPTS - 1, "ee" * 32, None)
+    assert "given at commit" in raised.value.detail and "2 attempts left" in raised.value.detail
+    declared = msgspec.structs.replace(refused, sha256="cd" * 32, commit_sha256=None, commit_attempts=COMMIT_ATTEMPTS)
+    with pytest.raises(ChecksumMismatch) as raised:
+        commit_outcome(declared, now)
+    assert "declared when the upload was created" in raised.value.detail and raised.value.facts.attempts_left == 0
+
+
+def test_a_commit_sha256_differing_from_the_declared_one_names_both():
+    check_given_sha256(session(sha256="cd" * 32), "cd" * 32)
+    check_given_sha256(session(sha256=None), "ee" * 32)
+    with pytest.raises(ChecksumMismatch) as raised:
+        check_given_sha256(session(sha256="cd" * 32), "ee" * 32)
+    assert (raised.value.facts.declared_sha256, raised.value.facts.given_sha256) == ("cd" * 32, "ee" * 32)
+
+
+def test_a_commit_before_every_byte_arrived_is_incomplete_with_both_counts():
+    check_complete(session(size_bytes=10), 10)
+    check_complete(session(size_bytes=10), None)  # storage reported no sizes: the verifier decides
+    with pytest.raises(problems.UploadIncomplete) as raised:
+        check_complete(session(size_bytes=2133), 1000)
+    problem = problem_for(raised.value)
+    assert (problem.status, problem.code, problem.bytes_received, problem.size_bytes) == (409, "upload_incomplete", 1000, 2133)
+
+
+def test_the_bytes_a_multipart_commit_would_join_are_the_listed_parts_or_all():
+    sizes = {1: 8, 2: 8, 3: 3}
+    assert parts_received(sizes, None) == 19
+    assert parts_received(sizes, {1, 3, 4}) == 11  # part 4 was never stored
+    assert parts_received({1: 8, 2: None}, None) is None
+
+
+def test_each_way_an_upload_ends_has_its_own_410_title():
+    now = datetime.now(UTC)
+    titles = {
+        name: problem_for(gone(s, now)).title
+        for name, s in {
+            "expired": session(expires_at=now),
+            "aborted": session(state="aborted"),
+            "rejected": session(state="aborted", rejection_reason="size_mismatch"),
+        }.items()
+    }
+    assert titles == {"expired": "Upload expired", "aborted": "Upload aborted", "rejected": "Upload rejected"}
+    assert gone(session(state="uploading"), now) is None and gone(session(state="verifying"), now) is None
 
 
 # -- part plan -------------------------------------------------------------------------------
@@ -466,7 +529,8 @@ def test_each_error_maps_to_its_status_and_code(error, status, code):
 
 
 def test_every_error_class_and_rejection_reason_has_a_status_below_500():
-    assert all(spec.status < 500 or spec.code == "storage_error" for spec in PROBLEMS.values())
+    # Only a dependency (storage, the event bus) or a full replica answers 5xx: retry later.
+    assert all(spec.status < 500 or spec.code in {"storage_error", "unavailable"} for spec in PROBLEMS.values())
     for reason, error_type in REJECTIONS.items():
         assert problem_for(problems.rejection_error(reason)).code in {reason, "unsupported_type"}
 

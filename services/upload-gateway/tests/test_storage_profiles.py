@@ -32,6 +32,7 @@ from rawdrive_platform.devstack.servers import (
 from rawdrive_platform.profiles import (
     PROFILES_BUCKET,
     MasterKey,
+    ProfileRecord,
     ProfileResolver,
     UnknownProfile,
     profile_bucket,
@@ -325,6 +326,28 @@ async def test_removing_the_profile_returns_new_uploads_to_the_managed_bucket_wh
     assert keys_under(conn, f"rawdrive/{harness.workspace}/workspaces/{harness.workspace}/assets/{before['asset_id']}/")
 
 
+async def test_a_replaced_or_removed_version_is_marked_retired_and_the_current_one_is_not(harness, byos):
+    kv = await profile_bucket(harness.nc.jetstream(), replicas=1)
+
+    async def retired_at(ref: str):
+        return msgspec.json.decode((await kv.get(ref)).value, type=ProfileRecord).retired_at
+
+    _, first = await harness.put_profile(byos_body(byos.connection, harness.workspace))
+    _, second = await harness.put_profile(byos_body(byos.connection, harness.workspace))
+    assert await retired_at(first["credentials_ref"]) is not None  # replaced
+    assert await retired_at(second["credentials_ref"]) is None  # current
+    async with StorageRegistry() as storages:  # a retired version still resolves, for its uploads
+        key = MasterKey.from_secret(Secret(harness.master_key))
+        resolver = ProfileResolver(harness.gw.storage, storages, kv, key, loopback_endpoint_policy(LOOPBACK_S3))
+        assert (await resolver(first["credentials_ref"])).bucket == byos.connection.bucket
+
+    status, _ = await harness.call("DELETE", harness.profile_path)
+    assert status == 204
+    assert await retired_at(second["credentials_ref"]) is not None  # removed
+    status, _ = await harness.call("DELETE", harness.profile_path)  # nothing left to retire
+    assert status == 204
+
+
 async def test_a_multipart_session_under_byos_signs_part_urls_for_the_customers_bucket(harness, byos):
     conn = byos.connection
     await harness.put_profile(byos_body(conn, harness.workspace))
@@ -334,7 +357,8 @@ async def test_a_multipart_session_under_byos_signs_part_urls_for_the_customers_
     part = (await response.json())["parts"][0]
     assert part["url"].startswith(f"{conn.endpoint}/{conn.bucket}/rawdrive/{harness.workspace}/")
     async with aiohttp.ClientSession() as http:
-        async with http.put(part["url"], data=b"p" * (5 * 1024 * 1024), headers=part["headers"]) as put:
+        # The whole planned part: its URL signs that length (a 5 MiB body on this 6 MiB plan is refused).
+        async with http.put(part["url"], data=b"p" * part["size"], headers=part["headers"]) as put:
             assert put.status == 200, await put.text()
     listed = await (await harness.client.get(path, headers=created["headers"])).json()
     assert [p["part_number"] for p in listed["parts"]] == [1]

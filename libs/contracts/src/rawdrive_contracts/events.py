@@ -127,6 +127,15 @@ class CommitRequested(_UploadEvent, kw_only=True):
     requested_by: str
     # From the gateway's file type table, for the verifier's metrics; None from older gateways.
     kind: Kind | None = None
+    # The client's n-th commit of this upload; each attempt is decided once.
+    attempt: int = 1
+    # Further commits the client may make if this one fails its checksum; 0 (also from older
+    # gateways): a mismatch is final and the upload is rejected.
+    attempts_left: int = 0
+
+    def identity(self) -> tuple[str, ...]:
+        # Attempt 1 keeps the id it always had; every later attempt is a request of its own.
+        return (self.upload_id,) if self.attempt == 1 else (self.upload_id, f"attempt-{self.attempt}")
 
 
 class UploadVerified(_UploadEvent, kw_only=True):
@@ -157,6 +166,26 @@ class UploadRejected(_UploadEvent, kw_only=True):
     actual_size_bytes: int | None = None
     expected_sha256: Sha256Hex | None = None
     actual_sha256: Sha256Hex | None = None
+
+
+class CommitRefused(_UploadEvent, kw_only=True):
+    """One commit attempt failed its checksum, but the stored bytes are kept: the client may commit
+    again (`attempts_left` more times) or abort. Unlike `upload.rejected`, nothing is deleted."""
+
+    spec = EventSpec("upload", "commit_refused")
+    attempt: int
+    attempts_left: int
+    reason: RejectionReason
+    detail: str = ""
+    storage_profile_ref: str
+    object_key: str
+    expected_size_bytes: int | None = None
+    actual_size_bytes: int | None = None
+    expected_sha256: Sha256Hex | None = None
+    actual_sha256: Sha256Hex | None = None
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.upload_id, f"attempt-{self.attempt}")
 
 
 class UploadAborted(_UploadEvent, kw_only=True):
@@ -193,6 +222,16 @@ class MotionPhoto(msgspec.Struct, kw_only=True, omit_defaults=True):
     video_codec: str | None = None
 
 
+class DecodeWarning(msgspec.Struct, frozen=True, kw_only=True):
+    """Damage a decoder met and worked around: the asset is usable, but not what was shot."""
+
+    # An open set, so a new code is not a breaking change; consumers treat unknown codes alike.
+    # truncated: the data ends before the picture does (the rest is filled in grey);
+    # corrupt_data: damaged data the decoder skipped or concealed.
+    code: str
+    detail: str = ""  # the decoder's own words
+
+
 class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One normalized metadata record for every kind; absent values are simply missing."""
 
@@ -221,6 +260,8 @@ class MediaMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     f_number: float | None = None
     iso: int | None = None
     focal_length_mm: float | None = None
+    # Present only on damaged files that still gave a picture (see DecodeWarning).
+    warnings: tuple[DecodeWarning, ...] = ()
     duration_s: float | None = None
     frame_rate: float | None = None
     video_codec: str | None = None
@@ -292,6 +333,11 @@ class AssetProcessingFailed(_AssetEvent, kw_only=True):
     detail: str = ""
     object_key: str
     storage_profile_ref: str
+    # A finer cause within `reason`, an open set (a new one is not a breaking change, unlike a
+    # new `reason`): too_many_pixels (reason unsupported_content: declared dimensions above the
+    # processor's limits, refused before decoding), corrupt_content (reason decode_failed: the
+    # data is damaged beyond what the decoder can work around).
+    cause: str | None = None
 
 
 class AssetDeleted(_AssetEvent, kw_only=True):
@@ -332,6 +378,7 @@ EVENT_TYPES: dict[type[EventData], EventSpec] = {
         CommitRequested,
         UploadVerified,
         UploadRejected,
+        CommitRefused,
         UploadAborted,
         UploadExpired,
         AssetCreated,

@@ -100,8 +100,17 @@ EventHandler = Callable[[CloudEvent[Any]], Awaitable[None]]
 ExhaustedHandler = Callable[[CloudEvent[Any], BaseException], Awaitable[None]]
 
 
+def server_urls(url: str) -> list[str]:
+    """`RAWDRIVE_NATS_URL` as nats-py's server list: one URL, or a cluster's, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def redact_url(url: str) -> str:
-    """The URL without any user:password, for logs."""
+    """The URL (or a cluster's, comma-separated) without any user:password, for logs."""
+    return ",".join(_redact_one(part) for part in server_urls(url))
+
+
+def _redact_one(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
@@ -133,6 +142,7 @@ def auth_options(settings: NatsSettings) -> dict[str, Any]:
 
 async def connect(target: str | NatsSettings, *, name: str) -> NATS:
     """Connect and keep reconnecting without limit; the caller's work simply waits meanwhile.
+    With several servers (comma-separated) a lost one is replaced by the next that answers.
 
     `target` is a URL (which may carry user:password, as test fixtures' do) or the settings,
     which name the identity (RAWDRIVE_NATS_USER...) as well."""
@@ -140,7 +150,7 @@ async def connect(target: str | NatsSettings, *, name: str) -> NATS:
     options = auth_options(settings)
     url = redact_url(settings.nats_url)
     if settings.nats_user is None and settings.nats_creds is None:
-        user = urllib.parse.urlsplit(settings.nats_url).username
+        user = urllib.parse.urlsplit(server_urls(settings.nats_url)[0]).username
         if user:
             options["inbox_prefix"] = busauth.inbox_prefix(urllib.parse.unquote(user))
     client: NATS | None = None
@@ -158,7 +168,7 @@ async def connect(target: str | NatsSettings, *, name: str) -> NATS:
         log.warning("nats error: %s", exc)
 
     client = await nats.connect(
-        servers=[settings.nats_url],
+        servers=server_urls(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

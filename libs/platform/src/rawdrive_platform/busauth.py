@@ -35,6 +35,7 @@ from rawdrive_contracts import (
     AssetProcessingFailed,
     AssetPurged,
     AssetRestored,
+    CommitRefused,
     CommitRequested,
     EventSpec,
     UploadAborted,
@@ -53,9 +54,10 @@ DEADLETTER_STREAM = "RAWDRIVE_DEADLETTER"
 JS_API = "$JS.API"
 
 # none: no access. read: fetch a profile by its ref (verifier, processor: they open the bucket an
-# event names). list: read and enumerate every ref (the janitor's sweeps). write: read and publish
-# new profile versions (the gateway).
-ProfileAccess = Literal["none", "read", "list", "write"]
+# event names). prune: read and enumerate every ref, and delete a version's record through the
+# bucket stream's purge API, never write one (the janitor: sweeps, retired versions).
+# write: read and publish new profile versions, and mark replaced ones retired (the gateway).
+ProfileAccess = Literal["none", "read", "prune", "write"]
 
 
 class Durable(msgspec.Struct, frozen=True):
@@ -70,6 +72,8 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     publishes: tuple[EventSpec, ...] = ()
     consumes: tuple[Durable, ...] = ()
     profiles: ProfileAccess = "none"
+    # Streams it reads through ordered (ephemeral, unacknowledged) consumers: a live view.
+    follows: tuple[str, ...] = ()
     # Streams, consumers, the KV bucket, dead-letter list/replay/drop: the provisioning Job and
     # an operator, never a running service.
     provisions: bool = False
@@ -89,10 +93,11 @@ IDENTITIES: tuple[Identity, ...] = (
             Durable(ASSETS_STREAM.name, "upload-gateway-catalogue"),
         ),
         profiles="write",
+        follows=(ASSETS_STREAM.name,),  # the upload console's live feed of a workspace's assets
     ),
     Identity(
         user="commit-verifier",
-        publishes=_specs(UploadVerified, UploadRejected),
+        publishes=_specs(UploadVerified, UploadRejected, CommitRefused),
         consumes=(Durable(UPLOADS_STREAM.name, "commit-verifier"),),
         profiles="read",
     ),
@@ -110,7 +115,7 @@ IDENTITIES: tuple[Identity, ...] = (
             Durable(UPLOADS_STREAM.name, "janitor-uploads"),
             Durable(ASSETS_STREAM.name, "janitor-assets"),
         ),
-        profiles="list",
+        profiles="prune",
     ),
     Identity(user=PROVISION, provisions=True),
 )
@@ -148,6 +153,18 @@ def _consumer_subjects(durable: Durable) -> list[str]:
     ]
 
 
+def _ordered_consumer_subjects(stream: str) -> list[str]:
+    # nats-py's ordered consumer: created without a name, recreated (and the old one deleted) on a
+    # gap, flow control answered.
+    return [
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.>",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def _profile_subjects(access: ProfileAccess) -> list[str]:
     if access == "none":
         return []
@@ -157,15 +174,10 @@ def _profile_subjects(access: ProfileAccess) -> list[str]:
         f"{JS_API}.DIRECT.GET.{kv_stream}.$KV.{PROFILES_BUCKET}.>",
         f"{JS_API}.STREAM.MSG.GET.{kv_stream}",
     ]
-    if access == "list":
+    if access == "prune":
         # keys() runs an ordered, ephemeral push consumer over the bucket.
-        found += [
-            f"{JS_API}.CONSUMER.CREATE.{kv_stream}",
-            f"{JS_API}.CONSUMER.CREATE.{kv_stream}.>",
-            f"{JS_API}.CONSUMER.INFO.{kv_stream}.>",
-            f"{JS_API}.CONSUMER.DELETE.{kv_stream}.>",
-            f"$JS.FC.{kv_stream}.>",
-        ]
+        found += _ordered_consumer_subjects(kv_stream)
+        found.append(f"{JS_API}.STREAM.PURGE.{kv_stream}")
     if access == "write":
         found.append(f"$KV.{PROFILES_BUCKET}.>")
     return found
@@ -191,6 +203,8 @@ def permissions(who: Identity) -> Permissions:
     if who.consumes:
         # The dead-letter gauge of each consumer is read from the stream's per-subject counts.
         publish.append(f"{JS_API}.STREAM.INFO.{DEADLETTER_STREAM}")
+    for stream in who.follows:
+        publish += _ordered_consumer_subjects(stream)
     publish += _profile_subjects(who.profiles)
     return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=subscribe)
 
@@ -259,11 +273,15 @@ class BusUsers(msgspec.Struct, frozen=True):
         return {"RAWDRIVE_NATS_USER": user, "RAWDRIVE_NATS_PASSWORD": self.passwords[user]}
 
     def url(self, base_url: str, user: str) -> str:
-        """`base_url` carrying `user`'s credentials (nats://user:password@host:port)."""
+        """`base_url` carrying `user`'s credentials (nats://user:password@host:port); a cluster's
+        comma-separated URLs each carry them."""
         password = self.superuser[1] if self.superuser and user == self.superuser[0] else self.passwords[user]
-        parts = urllib.parse.urlsplit(base_url)
-        netloc = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@{parts.netloc.rpartition('@')[2]}"
-        return parts._replace(netloc=netloc).geturl()
+        credentials = f"{urllib.parse.quote(user)}:{urllib.parse.quote(password)}@"
+        with_credentials = []
+        for url in base_url.split(","):
+            parts = urllib.parse.urlsplit(url.strip())
+            with_credentials.append(parts._replace(netloc=credentials + parts.netloc.rpartition("@")[2]).geturl())
+        return ",".join(with_credentials)
 
     def config(self) -> str:
         return server_config(self.passwords, superuser=self.superuser)

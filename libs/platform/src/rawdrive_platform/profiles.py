@@ -7,6 +7,11 @@ AES-256-GCM under the master key (RAWDRIVE_STORAGE_MASTER_KEY), with the ref as 
 so a record copied under another ref does not open. A ref is never reused: a changed profile gets
 a new ref, so uploads started under the old one still resolve it.
 
+Retirement: when a workspace's profile is replaced or removed, the gateway marks the version it
+superseded retired (`retired_at`, outside the sealed part). The janitor deletes a retired
+version's record once no open session and no asset (live or soft-deleted) names it any more
+(`ProfileVersions`); the current version is never retired, so it never goes.
+
 Rotating the master key (deploy/k8s/README.md has the steps): keys in
 RAWDRIVE_STORAGE_PREVIOUS_MASTER_KEYS open but never seal, so every service can open records
 sealed under the old key and the new one while the change rolls out; `reseal_profiles`
@@ -29,6 +34,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -164,6 +170,8 @@ class ProfileRecord(msgspec.Struct, frozen=True, kw_only=True):
     masked_key_id: str
     sealed_credentials: bytes
     created_at: datetime
+    # Set once the workspace's profile moved on from this version; never cleared.
+    retired_at: datetime | None = None
 
 
 def new_profile_ref(workspace_id: str) -> str:
@@ -284,6 +292,11 @@ class ProfileResolver:
         except _NATS_DOWN as error:
             raise StorageUnavailable(f"publish storage profile {record.ref}: {error!r}") from error
 
+    async def retire(self, ref: str, now: datetime) -> bool:
+        """Mark the version under `ref` retired (the workspace no longer uses it); whether this
+        call did. Needs no master key: `retired_at` is not sealed."""
+        return await retire_profile(self._kv, ref, now)
+
     async def published(self) -> list[tuple[str, StorageProfile]]:
         """Every published profile this key opens, with its workspace id (for sweeps)."""
         if self._key is None:
@@ -341,6 +354,67 @@ async def _read_record(kv: KeyValue, ref: str) -> tuple[ProfileRecord, int]:
     if record.ref != ref:
         raise UnknownProfile(f"storage profile {ref!r} holds the record of {record.ref!r}")
     return record, entry.revision or 0
+
+
+async def retire_profile(kv: KeyValue, ref: str, now: datetime, attempts: int = 3) -> bool:
+    """Set `retired_at` on the record under `ref`; False when it already was, or when there is
+    no readable record to retire. Written only over the revision read, as resealing is."""
+    for _ in range(attempts):
+        try:
+            record, revision = await _read_record(kv, ref)
+        except UnknownProfile:
+            return False
+        if record.retired_at is not None:
+            return False
+        try:
+            await kv.update(ref, msgspec.json.encode(msgspec.structs.replace(record, retired_at=now)), last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            continue  # resealed since we read it: look again
+        except _NATS_DOWN as error:
+            raise StorageUnavailable(f"retire storage profile {ref}: {error!r}") from error
+    raise StorageUnavailable(f"storage profile {ref} changed {attempts} times while being retired")
+
+
+class ProfileVersion(msgspec.Struct, frozen=True, kw_only=True):
+    """A published version as the janitor weighs it: no credentials, no master key needed."""
+
+    ref: str
+    workspace_id: str
+    retired_at: datetime | None
+    revision: int  # the KV revision read; a deletion takes this one and nothing written later
+
+
+class ProfileVersions:
+    """The janitor's view of the bucket's records: list them unopened, and delete a version's
+    record. Deletion goes through the stream's purge API, filtered to the version's key and
+    bounded by the revision read, so the janitor can remove records but never write one (its
+    NATS row has no `$KV.` publish) and a record rewritten since it was read stays."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self._js = js
+        self._kv = kv
+
+    async def listing(self) -> list[ProfileVersion]:
+        versions = []
+        for ref in await _published_refs(self._kv):
+            try:
+                record, revision = await _read_record(self._kv, ref)
+            except UnknownProfile:
+                continue  # gone since listed, or unreadable: nothing to decide on
+            versions.append(
+                ProfileVersion(ref=ref, workspace_id=record.workspace_id, retired_at=record.retired_at, revision=revision)
+            )
+        return versions
+
+    async def delete(self, version: ProfileVersion) -> None:
+        """Remove the record (and its history) from the bucket; idempotent."""
+        try:
+            await self._js.purge_stream(
+                f"KV_{PROFILES_BUCKET}", subject=f"$KV.{PROFILES_BUCKET}.{version.ref}", seq=version.revision + 1
+            )
+        except (*_NATS_DOWN, NatsError) as error:
+            raise StorageUnavailable(f"delete storage profile {version.ref}: {error!r}") from error
 
 
 def reseal_record(record: ProfileRecord, key: MasterKey) -> ProfileRecord | None:

@@ -678,7 +678,9 @@ class Storage:
         what = f"stream part {part_number} of {key}"
         if self._http is None:
             raise StorageError(f"{what}: this Storage was opened without an HTTP session")
-        request = await self.presign_upload_part(key, upload_id, part_number, _STREAMED_PART_URL_S)
+        request = await self.presign_upload_part(
+            key, upload_id, part_number, _STREAMED_PART_URL_S, content_length=size
+        )
         headers = {**request.headers, "Content-Length": str(size)}
         with _translated_errors(what):
             async with self._http.put(request.url, data=body, headers=headers, allow_redirects=False) as response:
@@ -739,14 +741,16 @@ class Storage:
                     )
 
     async def presign_upload_part(
-        self, key: str, upload_id: str, part_number: int, expires_s: int
+        self, key: str, upload_id: str, part_number: int, expires_s: int, *, content_length: int | None = None
     ) -> PresignedRequest:
+        """A part URL; with `content_length`, that length is signed (X-Amz-SignedHeaders
+        `content-length;host`), so storage refuses a body of any other size with 403. Every HTTP
+        client sends Content-Length by itself (browsers may not set it), so it is not in `headers`."""
         # SSE-S3/KMS are fixed at CreateMultipartUpload; parts carry no encryption headers.
-        url = await self._presign(
-            "upload_part",
-            {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number},
-            expires_s,
-        )
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        if content_length is not None:
+            params["ContentLength"] = content_length
+        url = await self._presign("upload_part", params, expires_s)
         return PresignedRequest(method="PUT", url=url, headers={})
 
     async def presign_put(self, key: str, content_type: str, expires_s: int) -> PresignedRequest:

@@ -43,9 +43,11 @@ from rawdrive_platform.devstack.servers import (
     start_all,
     stop_all,
 )
+from rawdrive_platform.testing_cluster import cluster_servers  # noqa: F401 - a fixture of this plugin
 
 SERVER_FIXTURES = frozenset(
-    {"nats_url", "nats_identities", "database_url", "fresh_database_url", "s3_server", "start_s3_server", "server_processes"}
+    {"nats_url", "nats_identities", "database_url", "fresh_database_url", "s3_server", "start_s3_server",
+     "server_processes", "cluster_servers"}
 )
 
 

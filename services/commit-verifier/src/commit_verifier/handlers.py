@@ -1,9 +1,11 @@
 """What the verifier does with each event: complete, verify, record the decision, announce it.
 
-A commit request is decided once. The decision row and its outbox event commit in one
-transaction; the bus acks the request only after that, so a verifier killed at any point
-leaves the request to be redelivered, and a redelivery of a decided request republishes the
-stored event (same id) without touching storage.
+Each commit attempt is decided once: verified, rejected (final: the janitor removes the bytes)
+or, for a checksum the client may still correct, refused (the bytes stay; the client commits
+again as attempt n + 1). The decision row and its outbox event commit in one transaction; the
+bus acks the request only after that, so a verifier killed at any point leaves the request to
+be redelivered, and a redelivery of a decided attempt republishes the stored event (same id)
+without touching storage.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from commit_verifier.verification import (
     Verdict,
     Verified,
     decide,
+    is_refusal,
     plan_completion,
     precheck,
     verdict_event,
@@ -56,8 +59,8 @@ class Dependencies:
 
 async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencies) -> None:
     commit = event.data
-    if await _announce_decided(deps.pool, commit.upload_id):
-        log.info("already decided, decision republished", extra={"upload_id": commit.upload_id})
+    if await _announce_decided(deps.pool, commit):
+        log.info("already decided, decision republished", extra={"upload_id": commit.upload_id, "attempt": commit.attempt})
         return
     kind = commit.kind or UNKNOWN_KIND
     attributes = {"rawdrive.upload_id": commit.upload_id, "rawdrive.kind": kind}
@@ -74,7 +77,7 @@ async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencie
 async def commit_exhausted(event: CloudEvent[CommitRequested], error: BaseException, deps: Dependencies) -> None:
     """Storage stayed unavailable through every delivery: reject, so the upload does not hang."""
     commit = event.data
-    if await _announce_decided(deps.pool, commit.upload_id):
+    if await _announce_decided(deps.pool, commit):
         return
     detail = f"storage unavailable through every retry: {error}"
     await _record(deps.pool, commit, Rejected(reason="storage_error", detail=detail))
@@ -147,14 +150,17 @@ async def _complete_multipart(storage: Storage, commit: CommitRequested) -> Reje
     return None
 
 
-async def _announce_decided(pool: asyncpg.Pool, upload_id: str) -> bool:
-    """Re-enqueue the stored decision event, if any (a no-op while it is still in the outbox)."""
+async def _announce_decided(pool: asyncpg.Pool, commit: CommitRequested) -> bool:
+    """Re-enqueue the attempt's stored decision event, if any (a no-op while it is still in the
+    outbox)."""
     async with pool.acquire() as conn, conn.transaction():
-        return await _reannounce(conn, upload_id)
+        return await _reannounce(conn, commit)
 
 
-async def _reannounce(conn: asyncpg.Connection, upload_id: str) -> bool:
-    stored = await conn.fetchval("SELECT event FROM decisions WHERE upload_id = $1", upload_id)
+async def _reannounce(conn: asyncpg.Connection, commit: CommitRequested) -> bool:
+    stored = await conn.fetchval(
+        "SELECT event FROM decisions WHERE upload_id = $1 AND attempt = $2", commit.upload_id, commit.attempt
+    )
     if stored is None:
         return False
     await outbox.enqueue(conn, decode(stored))
@@ -177,26 +183,26 @@ async def _record(pool: asyncpg.Pool, commit: CommitRequested, verdict: Verdict)
                 commit.workspace_id, verdict.sha256, commit.asset_id,
             )
         event = verdict_event(commit, verdict, duplicate_of=duplicate_of, now=datetime.now(UTC))
+        outcome = "verified" if isinstance(verdict, Verified) else "refused" if is_refusal(commit, verdict) else "rejected"
         inserted = await conn.fetchval(
-            """INSERT INTO decisions (upload_id, workspace_id, asset_id, outcome, reason, sha256, event_id, event)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
-               ON CONFLICT (upload_id) DO NOTHING RETURNING upload_id""",
-            commit.upload_id, commit.workspace_id, commit.asset_id,
-            "verified" if isinstance(verdict, Verified) else "rejected",
+            """INSERT INTO decisions (upload_id, workspace_id, asset_id, outcome, reason, sha256, event_id, event, attempt)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
+               ON CONFLICT (upload_id, attempt) DO NOTHING RETURNING upload_id""",
+            commit.upload_id, commit.workspace_id, commit.asset_id, outcome,
             None if isinstance(verdict, Verified) else verdict.reason,
             verdict.sha256 if isinstance(verdict, Verified) else verdict.actual_sha256,
-            event.id, encode(event).decode(),
+            event.id, encode(event).decode(), commit.attempt,
         )
         if inserted is None:
             # Another replica decided first: announce its decision, not ours.
-            await _reannounce(conn, commit.upload_id)
+            await _reannounce(conn, commit)
             return
         await outbox.enqueue(conn, event)
     # Counted once per decision this replica committed: redeliveries and lost races return above.
     if isinstance(verdict, Verified):
         UPLOADS_COMPLETED.labels(kind=commit.kind or UNKNOWN_KIND).inc()
         INGESTED_BYTES.labels(kind=commit.kind or UNKNOWN_KIND).inc(verdict.size)
-    else:
+    elif outcome == "rejected":  # a refused attempt rejects no upload
         UPLOADS_REJECTED.labels(reason=verdict.reason).inc()
     log.info(
         "decided",

@@ -14,6 +14,7 @@ import msgspec
 
 from rawdrive_contracts import (
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     PartRef,
     RejectionReason,
@@ -39,6 +40,16 @@ class Rejected(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Verdict = Verified | Rejected
+
+# Rejections a client can correct without sending the bytes again: the SHA-256 (or a part's
+# ETag) it gave was wrong, while the stored bytes are untouched. Sizes and missing bytes are
+# refused by the gateway before a commit gets here.
+CORRECTABLE: frozenset[RejectionReason] = frozenset({"checksum_mismatch"})
+
+
+def is_refusal(commit: CommitRequested, verdict: Verdict) -> bool:
+    """Whether this rejection only refuses the attempt (the client may commit again)."""
+    return isinstance(verdict, Rejected) and verdict.reason in CORRECTABLE and commit.attempts_left > 0
 
 
 def precheck(declared_size: int, actual_size: int | None) -> Rejected | None:
@@ -114,9 +125,10 @@ def plan_completion(
 def verdict_event(
     commit: CommitRequested, verdict: Verdict, *, duplicate_of: str | None, now: datetime
 ) -> CloudEvent[Any]:
-    """The event announcing the verdict; its id derives from the upload, so a retry reuses it."""
+    """The event announcing the verdict; its id derives from the upload (and, for a refusal, the
+    attempt), so a retry reuses it."""
     if isinstance(verdict, Verified):
-        data: UploadVerified | UploadRejected = UploadVerified(
+        data: UploadVerified | UploadRejected | CommitRefused = UploadVerified(
             workspace_id=commit.workspace_id,
             upload_id=commit.upload_id,
             asset_id=commit.asset_id,
@@ -131,6 +143,22 @@ def verdict_event(
             object_key=commit.object_key,
             duplicate_of=duplicate_of,
             verified_at=now,
+        )
+    elif is_refusal(commit, verdict):
+        data = CommitRefused(
+            workspace_id=commit.workspace_id,
+            upload_id=commit.upload_id,
+            asset_id=commit.asset_id,
+            attempt=commit.attempt,
+            attempts_left=commit.attempts_left,
+            reason=verdict.reason,
+            detail=verdict.detail,
+            storage_profile_ref=commit.storage_profile_ref,
+            object_key=commit.object_key,
+            expected_size_bytes=commit.size_bytes,
+            actual_size_bytes=verdict.actual_size,
+            expected_sha256=commit.expected_sha256,
+            actual_sha256=verdict.actual_sha256,
         )
     else:
         data = UploadRejected(

@@ -19,7 +19,7 @@ from janitor.settings import Settings
 from janitor.sweeps import Janitor, Lease, SweepTarget, TargetSource
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import ConfigError, load_settings
-from rawdrive_platform.profiles import ProfileResolver, profile_resolver
+from rawdrive_platform.profiles import ProfileResolver, ProfileVersions, profile_bucket, profile_resolver
 from rawdrive_platform.service import Runtime, run_service
 from rawdrive_platform.storage import StorageRegistry
 from rawdrive_platform.telemetry import setup_json_logging
@@ -53,7 +53,9 @@ def sweep_targets(profiles: ProfileResolver, referenced: Callable[[], Awaitable[
     return targets
 
 
-def build_janitor(settings: Settings, pool: asyncpg.Pool, profiles: ProfileResolver, *, dry_run: bool) -> Janitor:
+def build_janitor(
+    settings: Settings, pool: asyncpg.Pool, profiles: ProfileResolver, versions: ProfileVersions, *, dry_run: bool
+) -> Janitor:
     return Janitor(
         pool=pool,
         storage_for=profiles,
@@ -63,6 +65,7 @@ def build_janitor(settings: Settings, pool: asyncpg.Pool, profiles: ProfileResol
         schedule=settings.schedule(),
         delete_orphans=settings.janitor_delete_orphans,
         dry_run=dry_run,
+        profile_versions=versions,
     )
 
 
@@ -75,7 +78,9 @@ async def main(runtime: Runtime) -> None:
     deps = Dependencies(pool=pool, storage_for=storage_for, dry_run=settings.janitor_dry_run)
     runtime.consume(js, UPLOAD_EVENTS, partial(dispatch, deps=deps))
     runtime.consume(js, ASSET_EVENTS, partial(dispatch, deps=deps))
-    runtime.start(build_janitor(settings, pool, storage_for, dry_run=settings.janitor_dry_run).run, name="janitor-schedule")
+    versions = ProfileVersions(js, await profile_bucket(js, replicas=settings.stream_replicas))
+    janitor = build_janitor(settings, pool, storage_for, versions, dry_run=settings.janitor_dry_run)
+    runtime.start(janitor.run, name="janitor-schedule")
     runtime.relay(pool, js)
     await runtime.serve_health()
 
@@ -84,11 +89,13 @@ async def sweep_once(settings: Settings, *, dry_run: bool) -> int:
     await db.migrate(settings.database_url, "janitor", MIGRATIONS)
     pool = await db.create_pool(settings.database_url, "janitor", max_size=2)
     # NATS only for the profiles KV: BYOS sessions resolve here exactly as in the service.
-    nc = await bus.connect(settings.nats_url, name="janitor-sweep")
+    nc = await bus.connect(settings, name="janitor-sweep")  # as the janitor (RAWDRIVE_NATS_USER...)
     try:
         async with StorageRegistry() as storages:
-            storage_for = await profile_resolver(nc.jetstream(), settings, storages)
-            janitor = build_janitor(settings, pool, storage_for, dry_run=dry_run)
+            js = nc.jetstream()
+            storage_for = await profile_resolver(js, settings, storages)
+            versions = ProfileVersions(js, await profile_bucket(js, replicas=settings.stream_replicas))
+            janitor = build_janitor(settings, pool, storage_for, versions, dry_run=dry_run)
             try:
                 report = await janitor.run_once()
             finally:

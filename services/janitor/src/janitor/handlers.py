@@ -23,6 +23,7 @@ from rawdrive_contracts import (
     AssetDeleted,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     UploadAborted,
     UploadExpired,
@@ -41,7 +42,8 @@ UPLOAD_EVENTS = ConsumerSpec(
     durable="janitor-uploads",
     stream=UPLOADS_STREAM.name,
     filter_subjects=tuple(
-        subject_filter(cls.spec) for cls in (UploadSessionCreated, CommitRequested, *tracking.CLOSING_EVENTS)
+        subject_filter(cls.spec)
+        for cls in (UploadSessionCreated, CommitRequested, CommitRefused, *tracking.CLOSING_EVENTS)
     ),
 )
 ASSET_EVENTS = ConsumerSpec(
@@ -64,6 +66,11 @@ async def session_created(event: CloudEvent[UploadSessionCreated], deps: Depende
 
 async def commit_requested(event: CloudEvent[CommitRequested], deps: Dependencies) -> None:
     await tracking.commit_requested(deps.pool, event)
+
+
+async def commit_refused(event: CloudEvent[CommitRefused], deps: Dependencies) -> None:
+    # The bytes stay (the client may commit again): the session is open, so it expires again.
+    await tracking.commit_refused(deps.pool, event)
 
 
 async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies) -> None:
@@ -110,6 +117,7 @@ async def asset_restored(event: CloudEvent[AssetRestored], deps: Dependencies) -
 HANDLERS: dict[type, Callable[[CloudEvent[Any], Dependencies], Awaitable[None]]] = {
     UploadSessionCreated: session_created,
     CommitRequested: commit_requested,
+    CommitRefused: commit_refused,
     UploadVerified: upload_verified,
     UploadRejected: upload_discarded,
     UploadAborted: upload_discarded,

@@ -23,6 +23,9 @@ class Thresholds(msgspec.Struct, frozen=True, kw_only=True):
     expiry_grace: timedelta
     orphan_min_age: timedelta
     multipart_min_age: timedelta
+    # A retired profile version goes only this long after its retirement, so a session that
+    # started under it just before (its event not yet here) is heard of first.
+    profile_retire_grace: timedelta
 
 
 class TrackedSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +156,16 @@ def is_stale_multipart(
     return now - initiated >= thresholds.multipart_min_age
 
 
+def profile_version_may_go(
+    retired_at: datetime | None, ref: str, referenced: Collection[str], now: datetime, thresholds: Thresholds
+) -> bool:
+    """A profile version's record may leave the KV once the workspace moved on from it (long
+    enough ago) and nothing whose bytes live there names it: no open session, no asset live or
+    soft-deleted (its purge needs the profile to reach the bucket). The current version is
+    never retired."""
+    return retired_at is not None and now >= retired_at + thresholds.profile_retire_grace and ref not in referenced
+
+
 def within(key: str, prefix: str) -> bool:
     """A sweep of a bring-your-own bucket touches nothing outside its workspace's prefix."""
     return key.startswith(prefix)
@@ -183,6 +196,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     orphans_found: int = 0
     objects_deleted: int = 0
     bytes_deleted: int = 0
+    # Retired storage profile versions whose KV record was deleted (or, dry, would be).
+    profile_versions_deleted: int = 0
     errors: int = 0
     removals: list[Removal] = msgspec.field(default_factory=list)
     # Orphans found while their deletion is disabled: reported for an operator, left in place.

@@ -25,6 +25,9 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     # events it missed) would look orphaned. Report first, then enable.
     janitor_delete_orphans: bool = False
     janitor_multipart_min_age_hours: NonNegative = 24.0
+    # How long after a storage profile version is retired its record may be deleted from the KV
+    # (once nothing names it): longer than any upload event takes to reach the janitor.
+    janitor_profile_retire_grace_hours: NonNegative = 24.0
     # Log (and, for `python -m janitor sweep`, print) what would go; remove and announce nothing.
     janitor_dry_run: bool = False
 
@@ -35,6 +38,7 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
             expiry_grace=timedelta(seconds=self.janitor_expiry_grace_s),
             orphan_min_age=timedelta(hours=self.janitor_orphan_min_age_hours),
             multipart_min_age=timedelta(hours=self.janitor_multipart_min_age_hours),
+            profile_retire_grace=timedelta(hours=self.janitor_profile_retire_grace_hours),
         )
 
     def schedule(self) -> Schedule:

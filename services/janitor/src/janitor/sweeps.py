@@ -1,5 +1,6 @@
 """The scheduled work: expire stale sessions, purge soft-deleted assets, sweep stale multipart
-uploads and orphaned objects. `policy` decides; this module fetches, acts and counts.
+uploads and orphaned objects, delete retired storage profile versions nothing names any more.
+`policy` decides; this module fetches, acts and counts.
 
 Replicas: a run acts only while holding a PostgreSQL advisory lock (`Lease`), so one janitor acts
 at a time. Crashes: each expiry or purge runs in one transaction that first locks the row and
@@ -35,6 +36,7 @@ from janitor.policy import (
     asset_of_key,
     is_orphan,
     is_stale_multipart,
+    profile_version_may_go,
     should_expire,
     should_purge,
     within,
@@ -44,7 +46,7 @@ from rawdrive_contracts import AssetPurged, UploadExpired, new_event
 from rawdrive_platform import keys, outbox
 from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.metrics import UPLOADS_EXPIRED
-from rawdrive_platform.profiles import StorageResolver, UnknownProfile
+from rawdrive_platform.profiles import PROFILES_BUCKET, ProfileVersions, StorageResolver, UnknownProfile
 from rawdrive_platform.storage import MANAGED_PROFILE_ID, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ class Janitor:
     item_deadline_s: float = 60.0  # one session's expiry or one asset's purge
     sweep_deadline_s: float = 600.0  # one bucket's multipart or orphan sweep
     sweep_max_keys: int = 100_000  # keys (or multipart uploads) listed per bucket per sweep
+    # The profiles KV's records, to delete retired versions; None: no BYOS profiles here.
+    profile_versions: ProfileVersions | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run each job at its interval until stopped; the first runs start at once."""
@@ -166,6 +170,9 @@ class Janitor:
                         await self._sweep_multipart(target, report, now)
                     async with self._item(report, "sweep orphans", subject, self.sweep_deadline_s):
                         await self._sweep_orphans(target, report, now, stopping)
+                if self.profile_versions is not None and not stopping():
+                    async with self._item(report, "delete retired profiles", PROFILES_BUCKET, self.sweep_deadline_s):
+                        await self._delete_retired_profiles(self.profile_versions, report, now, stopping)
         finally:
             if not self.dry_run:
                 await self.lease.release()
@@ -254,6 +261,26 @@ class Janitor:
         report.record(removals)
         report.assets_purged += 1
         log.info("asset purged", extra={"asset_id": asset.asset_id, "event_id": event.id, "removed": len(removals)})
+
+    # -- retired storage profiles ------------------------------------------------------------
+
+    async def _delete_retired_profiles(
+        self, versions: ProfileVersions, report: RunReport, now: datetime, stopping: Callable[[], bool]
+    ) -> None:
+        listed = await versions.listing()
+        referenced = await tracking.referenced_profile_refs(self.pool)
+        for version in listed:
+            if stopping():
+                return
+            if not profile_version_may_go(version.retired_at, version.ref, referenced, now, self.thresholds):
+                continue
+            if not self.dry_run:
+                await versions.delete(version)
+            report.profile_versions_deleted += 1
+            log.info(
+                "retired storage profile deleted" if not self.dry_run else "retired storage profile would be deleted",
+                extra={"ref": version.ref, "workspace_id": version.workspace_id},
+            )
 
     # -- safety-net sweeps -------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from rawdrive_contracts import (
     AssetDeleted,
     AssetRestored,
     CloudEvent,
+    CommitRefused,
     CommitRequested,
     UploadAborted,
     UploadExpired,
@@ -77,6 +78,16 @@ async def commit_requested(pool: asyncpg.Pool, event: CloudEvent[CommitRequested
     await pool.execute(
         """UPDATE tracked_uploads SET commit_requested_at = $2
            WHERE upload_id = $1 AND commit_requested_at IS NULL""",
+        event.data.upload_id, event.time,
+    )
+
+
+async def commit_refused(pool: asyncpg.Pool, event: CloudEvent[CommitRefused]) -> None:
+    # Only a commit requested before the refusal is undone: a late redelivery of an older
+    # attempt's refusal leaves the next attempt's request standing.
+    await pool.execute(
+        """UPDATE tracked_uploads SET commit_requested_at = NULL
+           WHERE upload_id = $1 AND commit_requested_at <= $2""",
         event.data.upload_id, event.time,
     )
 

@@ -2,9 +2,11 @@
 
 import asyncio
 from functools import partial
+from typing import Annotated
 
 import msgspec
 
+from media_processor.dimensions import DEFAULT_MAX_EDGE, DEFAULT_MAX_PIXELS, PixelLimits
 from media_processor.handlers import Dependencies, dispatch, dispatch_exhausted
 from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import UPLOADS_STREAM, UploadVerified, subject_filter
@@ -22,6 +24,10 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     max_deliver: int = 5
     decode_timeout_s: float = 120.0
     decode_memory_mib: int = 2048
+    # Pictures (and video frames) declaring more than this are refused before decoding.
+    max_image_width: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_EDGE
+    max_image_height: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_EDGE
+    max_image_pixels: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_PIXELS
     scratch_dir: str | None = None
 
 
@@ -42,8 +48,11 @@ async def main(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, Settings)
     js = await runtime.jetstream()
+    pixels = PixelLimits(
+        max_width=settings.max_image_width, max_height=settings.max_image_height, max_pixels=settings.max_image_pixels
+    )
     sandbox = Sandbox(
-        Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2),
+        Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2, pixels=pixels),
         temp_dir=settings.scratch_dir,
     )
     await asyncio.to_thread(sandbox.start)  # before consuming: the first asset gets a warm forkserver

@@ -88,7 +88,7 @@ _FIELD_TYPES: dict[str, type] = {
 def find_tiff(data: bytes | memoryview, family: str) -> memoryview | None:
     """The TIFF block holding the EXIF of a file of this family, if it has one."""
     view = memoryview(data)
-    if family in ("cr2", "nef", "arw"):
+    if family in ("cr2", "nef", "arw", "dng"):
         return view if bytes(view[:4]) in _TIFF_HEADERS else None
     if family == "jpeg":
         return _jpeg_exif(view)

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from media_processor.magic import FORMATS, HEAD_BYTES, Family, TypeMismatch, check
-from media_processor.sandbox import Outcome, Produced, Sandbox, Unprocessable
+from media_processor.sandbox import FailureCause, Outcome, Produced, Sandbox, Unprocessable
 from rawdrive_contracts import (
     AssetAnalysisRequested,
     AssetCreated,
@@ -85,8 +85,8 @@ async def upload_verified(event: CloudEvent[UploadVerified], deps: Dependencies)
             await _announce_failure(deps, upload, "type_mismatch", str(exc))
             return
         except Unprocessable as exc:
-            log.info("asset not processable", extra={"asset_id": upload.asset_id, "reason": exc.reason})
-            await _announce_failure(deps, upload, exc.reason, exc.detail)
+            log.info("asset not processable", extra={"asset_id": upload.asset_id, "reason": exc.cause or exc.reason})
+            await _announce_failure(deps, upload, exc.reason, exc.detail, exc.cause)
             return
         except StorageUnavailable as exc:
             raise bus.Transient(str(exc)) from exc
@@ -215,7 +215,11 @@ async def _announce_created(
 
 
 async def _announce_failure(
-    deps: Dependencies, upload: UploadVerified, reason: ProcessingFailureReason, detail: str
+    deps: Dependencies,
+    upload: UploadVerified,
+    reason: ProcessingFailureReason,
+    detail: str,
+    cause: FailureCause | None = None,
 ) -> None:
     failed = AssetProcessingFailed(
         workspace_id=upload.workspace_id,
@@ -223,6 +227,7 @@ async def _announce_failure(
         upload_id=upload.upload_id,
         reason=reason,
         detail=detail[:1000],
+        cause=cause,
         object_key=upload.object_key,
         storage_profile_ref=upload.storage_profile_ref,
     )

@@ -1,14 +1,34 @@
 """Child-process side: turn one downloaded original into metadata and WebP variants.
 
 Imported only in decoding children (through the sandbox's forkserver), never by the service
-process: importing it points ImageMagick at the project's policy before Wand loads it. Every
+process or a test run: importing it points ImageMagick at the project's policy before Wand loads
+it, for the whole process, and that policy's `time` limit counts from the process's first pixel
+operation, after which ImageMagick exit(1)s the process (a budget for a one-asset child, death
+for a long-lived process). The pure parts (metadata.py, variants.py...) are tested without it. Every
 ImageMagick read names its coder and frame (`jpeg:/path[0]`), so content is never guessed and
 animations give their first frame. Video frames come from ffmpeg, PDF pages from Ghostscript
-(-dSAFER) and RAW pictures from dcraw; ImageMagick only ever reads JPEG, PNG, WebP, HEIC or PPM.
+(-dSAFER) and RAW pictures from LibRaw (rawpy, in this process); ImageMagick only ever reads
+JPEG, PNG, WebP, HEIC or PPM.
+
+Every route first compares the picture size the file declares (dimensions.py for images, LibRaw
+for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
+
+Damaged files (decided per case; consumers read it in libs/contracts/README.md): damage a decoder works around (a JPEG
+cut short or with corrupt data, which libjpeg fills in grey; a video frame ffmpeg decoded with
+errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
+user's own, stored intact, and most of the picture is there; damage no decoder works around (a
+PNG whose image data is broken: libpng gives no picture at all, a RAW whose sensor data LibRaw
+calls corrupt) fails with cause corrupt_content.
+
+Colour: a picture with an embedded ICC profile (Display P3 from phones, Adobe RGB from cameras,
+a CMYK press profile) is converted to sRGB with the sRGB profile shipped here (colord's, CC0)
+before its profiles are stripped; an untagged picture is taken as sRGB and left as it is.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import re
 import subprocess
@@ -21,25 +41,36 @@ os.environ["MAGICK_CONFIGURE_PATH"] = str(files("media_processor") / "magick")
 
 import hachoir.core.config  # noqa: E402
 import msgspec  # noqa: E402
+import rawpy  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
-from wand.exceptions import WandException  # noqa: E402
+from wand.api import libmagick, library  # noqa: E402
+from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
+from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
-from media_processor.magic import FORMATS, sniff  # noqa: E402
+from media_processor.magic import FORMATS, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
+    decode_warning,
     parse_probe,
     photo_metadata,
     poster_time,
     video_metadata,
 )
 from media_processor.motion import locate_video  # noqa: E402
-from media_processor.sandbox import Job, Outcome, Produced, Unprocessable  # noqa: E402
+from media_processor.sandbox import (  # noqa: E402
+    Job,
+    Outcome,
+    Produced,
+    Unprocessable,
+    corrupt_content,
+    too_many_pixels,
+)
 from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
-from rawdrive_contracts import MediaMetadata, MotionPhoto  # noqa: E402
+from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 
 hachoir.core.config.quiet = True
 
@@ -64,7 +95,16 @@ ENCODE_THREADS = 2
 PREVIEW_MIN_LONG_EDGE = 1280
 # PDF pages render so that their long edge is about the largest variant, within these bounds.
 PDF_MIN_DPI, PDF_MAX_DPI = 18, 300
-_DCRAW_ERRORS = ("Corrupt data", "Unexpected end of file", "Cannot decode", "is not a", "has no")
+# colord's sRGB profile (CC0-1.0, Debian colord-data): every tagged picture is converted to it.
+SRGB_PROFILE = (files("media_processor") / "icc" / "sRGB.icc").read_bytes()
+# LibRaw's Orientation (sizes.flip) -> EXIF orientation, for RAWs whose EXIF we cannot read (CR3).
+_FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
+
+
+class Rendered(msgspec.Struct, frozen=True, kw_only=True):
+    variants: tuple[Produced, ...]
+    display: Size  # the picture's size as shown (after orientation)
+    warnings: tuple[DecodeWarning, ...] = ()
 
 
 def process(job: Job) -> Outcome:
@@ -73,10 +113,16 @@ def process(job: Job) -> Outcome:
     if route == "image":
         return with_motion_video(_photo(job), job, deadline)
     if route == "raw":
-        return _raw(job, deadline)
+        return _raw(job)
     if route == "video":
         return _video(job, deadline)
     return _pdf(job, deadline)
+
+
+def refuse_oversized(size: Size | None, limits: PixelLimits, what: str) -> None:
+    problem = excess(size, limits) if size is not None else None
+    if problem is not None:
+        raise too_many_pixels(f"{what}: {problem}")
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -85,57 +131,77 @@ def process(job: Job) -> Outcome:
 def _photo(job: Job) -> Outcome:
     coder = FORMATS[job.family].coder
     assert coder is not None
+    stored = _declared_size(job.path, job.family)
+    refuse_oversized(stored, job.pixels, job.family)
     exif = _exif(job.path, job.family)
-    variants, display = render(job.path, coder, job.workdir, jpeg_hint=job.family == "jpeg")
-    return Outcome(metadata=photo_metadata(exif, display), variants=variants)
+    hint = stored if job.family == "jpeg" else None
+    # ImageMagick 6 reads no ICC profile from HEIC: hand it the one the container carries.
+    profile = heif_icc_profile(Path(job.path).read_bytes()) if job.family == "heif" else None
+    rendered = render(job.path, coder, job.workdir, stored=hint, profile=profile)
+    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), rendered.warnings), variants=rendered.variants)
 
 
-def _raw(job: Job, deadline: float) -> Outcome:
-    exif = _exif(job.path, job.family)
-    preview = Path(job.workdir, "preview")
-    with preview.open("wb") as out:
-        extracted = _run(["dcraw", "-e", "-c", job.path], deadline, stdout=out, check=False)
-    picture = _usable_preview(preview) if extracted.returncode == 0 else None
-    if picture is None:
-        # No preview worth using: a real decode (half size is still >= every variant for
-        # cameras above 10 MP, at a quarter of the work), white balance as shot. `-t 0`: dcraw
-        # would otherwise rotate by the RAW's orientation itself, and render() rotates again.
-        decoded = Path(job.workdir, "decoded.ppm")
-        with decoded.open("wb") as out:
-            result = _run(["dcraw", "-c", "-w", "-h", "-t", "0", job.path], deadline, stdout=out, check=False)
-        errors = result.stderr.decode("utf-8", "replace")
-        if result.returncode != 0 or any(marker in errors for marker in _DCRAW_ERRORS):
-            raise Unprocessable("decode_failed", f"dcraw: {errors.strip() or 'no picture'}")
-        picture = (decoded, "ppm")
-    path, coder = picture
-    # Previews and dcraw's output carry no orientation of their own: the RAW's EXIF says it.
-    variants, display = render(str(path), coder, job.workdir, jpeg_hint=coder == "jpeg", orientation=exif.orientation)
-    sensor = _raw_size(job.path, deadline)
-    size = display_size(sensor, exif.orientation) if sensor is not None else display
-    return Outcome(metadata=photo_metadata(exif, size), variants=variants)
+def _raw(job: Job) -> Outcome:
+    """LibRaw: the embedded preview when it is large enough, else a half-size demosaic.
+
+    Half size is still at least as large as every variant for cameras above 10 MP, at a quarter
+    of the work; white balance as shot; no rotation by LibRaw (render() orients by the EXIF).
+    """
+    try:
+        with rawpy.imread(job.path) as raw:
+            sizes = raw.sizes  # from the headers: nothing is unpacked yet
+            refuse_oversized(Size(sizes.raw_width, sizes.raw_height), job.pixels, f"{job.family} sensor")
+            exif = _exif(job.path, job.family)
+            sensor = Size(sizes.width, sizes.height)
+            orientation = exif.orientation if exif.orientation in range(1, 9) else _FLIP_TO_ORIENTATION.get(sizes.flip)
+            picture = _raw_preview(raw, job)
+            if picture is None:
+                pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
+                picture = (_write_ppm(pixels, Path(job.workdir, "decoded.ppm")), "ppm", None)
+    except rawpy.LibRawDataError as exc:
+        raise corrupt_content(f"LibRaw: {exc}") from None
+    except rawpy.LibRawTooBigError as exc:
+        raise too_many_pixels(f"LibRaw: {exc}") from None
+    except rawpy.LibRawError as exc:
+        raise Unprocessable("decode_failed", f"LibRaw: {type(exc).__name__}: {exc}") from None
+    path, coder, stored = picture
+    # Previews and LibRaw's output carry no orientation of their own: the RAW's says it.
+    rendered = render(str(path), coder, job.workdir, stored=stored, orientation=orientation)
+    metadata = photo_metadata(exif, display_size(sensor, orientation))
+    return Outcome(metadata=_warned(metadata, rendered.warnings), variants=rendered.variants)
 
 
 def _video(job: Job, deadline: float) -> Outcome:
     demuxer = FORMATS[job.family].demuxer
     assert demuxer is not None
+    # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
+    refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")
     probe = _ffprobe(job.path, demuxer, deadline)
     metadata = video_metadata(probe, None if probe is not None else _hachoir(job.path))
+    stream = next((s for s in probe.streams if s.codec_type == "video"), None) if probe is not None else None
+    if stream is not None and stream.width and stream.height:
+        refuse_oversized(Size(stream.width, stream.height), job.pixels, "video frame")
+    elif metadata.width and metadata.height:
+        refuse_oversized(Size(metadata.width, metadata.height), job.pixels, "video frame")
     frame = Path(job.workdir, "poster.ppm")
+    complaints: list[str] = []  # every attempt's: the first one's "partial file" says truncated
     for at in dict.fromkeys((poster_time(metadata.duration_s), 0.0)):
         # -ss before -i: seek in the container, then decode one frame; ffmpeg applies rotation.
-        _run(
+        result = _run(
             ["ffmpeg", "-nostdin", "-v", "error", "-threads", "2", "-protocol_whitelist", "file",
              "-ss", f"{at:.3f}", "-f", demuxer, "-i", job.path,
              "-frames:v", "1", "-an", "-sn", "-dn", "-f", "image2", "-c:v", "ppm", "-y", str(frame)],
             deadline,
             check=False,
         )
+        complaints += result.stderr.decode("utf-8", "replace").splitlines()
         if frame.exists() and frame.stat().st_size > 0:
             break
     else:
-        raise Unprocessable("decode_failed", "ffmpeg could not decode a single video frame")
-    variants, _ = render(str(frame), "ppm", job.workdir, jpeg_hint=False)
-    return Outcome(metadata=metadata, variants=variants)
+        raise corrupt_content("ffmpeg could not decode a single video frame: " + "; ".join(complaints)[-300:])
+    rendered = render(str(frame), "ppm", job.workdir)
+    warnings = _ffmpeg_warnings(complaints) + rendered.warnings
+    return Outcome(metadata=_warned(metadata, warnings), variants=rendered.variants)
 
 
 def _pdf(job: Job, deadline: float) -> Outcome:
@@ -143,6 +209,7 @@ def _pdf(job: Job, deadline: float) -> Outcome:
     dpi: float = PDF_MIN_DPI
     if box is not None and box.long_edge > 0:
         dpi = min(PDF_MAX_DPI, max(PDF_MIN_DPI, LONG_EDGES[0][1] * 72 / box.long_edge))
+        refuse_oversized(Size(round(box.width * dpi / 72), round(box.height * dpi / 72)), job.pixels, "PDF page")
     page = Path(job.workdir, "page1.ppm")
     _run(
         ["gs", "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-dNOPROMPT", "-dNOINTERPOLATE",
@@ -152,8 +219,8 @@ def _pdf(job: Job, deadline: float) -> Outcome:
     )
     if not page.exists() or page.stat().st_size == 0:
         raise Unprocessable("decode_failed", "Ghostscript rendered no page")
-    variants, _ = render(str(page), "ppm", job.workdir, jpeg_hint=False)
-    return Outcome(metadata=MediaMetadata(page_count=pages), variants=variants)
+    rendered = render(str(page), "ppm", job.workdir)
+    return Outcome(metadata=MediaMetadata(page_count=pages), variants=rendered.variants)
 
 
 # -- motion photos: motion.py finds the appended video; stored as it is, with a poster -----------
@@ -221,40 +288,58 @@ def _motion_poster(video: Path, at: float, deadline: float) -> Produced | None:
 
 
 def render(
-    path: str, coder: str, workdir: str, *, jpeg_hint: bool, orientation: int | None = None
-) -> tuple[tuple[Produced, ...], Size]:
+    path: str,
+    coder: str,
+    workdir: str,
+    *,
+    stored: Size | None = None,
+    orientation: int | None = None,
+    profile: bytes | None = None,
+) -> Rendered:
     """Decode frame 0 with the named coder; write every variant as stripped sRGB WebP.
 
-    `orientation` overrides the picture's own (a RAW preview is oriented by the RAW's EXIF).
-    Returns the variants and the picture's display size.
+    `stored` is the picture's size from its header, given for JPEG only: libjpeg then decodes at
+    the smallest 1/2, 1/4 or 1/8 scale still at least as large as the largest variant. The
+    `orientation` overrides the picture's own (a RAW preview is oriented by the RAW's EXIF), and
+    `profile` is the ICC profile when the coder cannot read it from the file (HEIC).
     """
     source = f"{coder}:{path}[0]"
     try:
         with Image() as img:
-            if jpeg_hint:
-                with Image.ping(filename=source) as header:
-                    hint = decode_hint(Size(header.width, header.height))
-                    stored = Size(header.width, header.height)
+            if stored is not None and coder == "jpeg":
+                hint = decode_hint(stored)
                 img.options["jpeg:size"] = f"{hint.width}x{hint.height}"
             img.read(filename=source)
-            if not jpeg_hint:
+            warnings = _decoder_warnings(img)
+            if stored is None:
                 stored = Size(img.width, img.height)
             if orientation in range(1, 9):
                 img.orientation = _ORIENTATIONS[orientation - 1]  # type: ignore[operator]
             orientation = _orientation_number(img.orientation)
             img.auto_orient()
-            if img.colorspace not in ("srgb", "rgb", "gray"):
-                img.transform_colorspace("srgb")
+            profile = img.profiles["icc"] or profile
+            if profile is None and img.colorspace not in ("srgb", "rgb", "gray"):
+                img.transform_colorspace("srgb")  # CMYK without a profile: ImageMagick's formula
             img.strip()  # EXIF (GPS), XMP, ICC, comments: nothing travels into a derivative
             display = display_size(stored, orientation)
-            produced = _variants(img, workdir)
+            produced = _variants(img, workdir, profile)
+    except CorruptImageError as exc:
+        raise corrupt_content(f"ImageMagick: {exc}") from None
     except WandException as exc:
+        if coder == "png" and "did not raise" in str(exc):
+            # libpng gave up on broken image data (a bad IDAT, data cut short); ImageMagick 6
+            # loses its error message on the way, but a PNG that reads as nothing is damaged.
+            raise corrupt_content("libpng found the image data damaged and gave no picture") from None
         raise Unprocessable("decode_failed", f"ImageMagick: {exc}") from None
-    return tuple(produced), display
+    return Rendered(variants=produced, display=display, warnings=warnings)
 
 
-def _variants(source: Image, workdir: str) -> tuple[Produced, ...]:
+def _variants(source: Image, workdir: str, profile: bytes | None = None) -> tuple[Produced, ...]:
     """Scale the cascade on this thread; encode each variant on another as soon as it exists.
+
+    A picture with an ICC `profile` (already stripped from `source`) is converted to sRGB once,
+    on the largest variant: the cascade scales in the picture's own space up to there (as
+    libvips' thumbnail does), and the conversion costs a 2560 px picture instead of the decode.
 
     WebP encoding is the largest cost after the decode, and libwebp runs with the GIL released
     (Wand calls it through ctypes), so `large` encodes on one core while `medium` and `thumb` are
@@ -278,6 +363,8 @@ def _variants(source: Image, workdir: str) -> tuple[Produced, ...]:
                             scaled.resize(variant.size.width, variant.size.height, filter=FINAL_FILTER)
                         else:
                             scaled.scale(variant.size.width, variant.size.height)
+                    if profile is not None and variant is variants[0]:
+                        _to_srgb(scaled, profile)
                     encoded = scaled.clone()  # the encoder's own handle; it closes it
                 except BaseException:
                     scaled.close()
@@ -313,32 +400,123 @@ def _orientation_number(name: str) -> int | None:
 # -- readers ----------------------------------------------------------------------------------
 
 
+# Where EXIF can be, by family: a JPEG's APP1 comes before its frame, a TIFF RAW's IFDs before
+# its preview and sensor data. Reading (and copying) all of a 50 MB RAW for them cost ~0.1 s.
+_EXIF_WITHIN = {"jpeg": 2 * 1024**2, "cr2": 4 * 1024**2, "nef": 4 * 1024**2, "arw": 4 * 1024**2,
+                "dng": 4 * 1024**2}
+
+
 def _exif(path: str, family: str) -> ExifTags:
-    tiff = find_tiff(Path(path).read_bytes(), family)
+    with open(path, "rb") as file:
+        data = file.read(_EXIF_WITHIN.get(family, -1))
+    tiff = find_tiff(data, family)
     return read_exif(tiff) if tiff is not None else ExifTags()
 
 
-def _usable_preview(path: Path) -> tuple[Path, str] | None:
-    head = path.read_bytes()[:64] if path.exists() else b""
-    coder = "jpeg" if sniff(head) == "jpeg" else "ppm" if head.startswith(b"P6") else None
-    if coder is None:
-        return None
+def _declared_size(path: str, family: Family) -> Size | None:
+    """The header's picture size, read through a map of the file: no copy of a large original."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return declared_size(mapped, family)
+
+
+def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[Path, str, Size | None] | None:
+    """The embedded preview as (file, coder, declared size), if large enough for the variants."""
     try:
-        with Image.ping(filename=f"{coder}:{path}[0]") as header:
-            long_edge = max(header.width, header.height)
-    except WandException:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
         return None
-    return (path, coder) if long_edge >= PREVIEW_MIN_LONG_EDGE else None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        size = declared_size(thumb.data, "jpeg")
+        if size is None or size.long_edge < PREVIEW_MIN_LONG_EDGE:
+            return None
+        refuse_oversized(size, job.pixels, "RAW preview")
+        path = Path(job.workdir, "preview.jpg")
+        path.write_bytes(thumb.data)
+        return path, "jpeg", size
+    height, width = thumb.data.shape[:2]
+    if max(width, height) < PREVIEW_MIN_LONG_EDGE or thumb.data.ndim != 3 or thumb.data.shape[2] != 3:
+        return None
+    return _write_ppm(thumb.data, Path(job.workdir, "preview.ppm")), "ppm", None
 
 
-_DCRAW_SIZE = re.compile(r"Output size:\s+(\d+) x (\d+)")
+def _write_ppm(pixels: object, path: Path) -> Path:
+    """An 8-bit RGB array (height x width x 3) as a binary PPM for ImageMagick's PPM coder."""
+    height, width = pixels.shape[:2]  # type: ignore[attr-defined]
+    with path.open("wb") as out:
+        out.write(b"P6\n%d %d\n255\n" % (width, height))
+        out.write(memoryview(pixels).cast("B"))  # type: ignore[arg-type]
+    return path
 
 
-def _raw_size(path: str, deadline: float) -> Size | None:
-    """The sensor picture's size as dcraw would output it (before orientation: `-t 0`)."""
-    result = _run(["dcraw", "-i", "-v", "-t", "0", path], deadline, check=False)
-    match = _DCRAW_SIZE.search(result.stdout.decode("utf-8", "replace"))
-    return Size(int(match[1]), int(match[2])) if match else None
+# -- damage and colour --------------------------------------------------------------------------
+
+
+def _warned(metadata: MediaMetadata, warnings: tuple[DecodeWarning, ...]) -> MediaMetadata:
+    return msgspec.structs.replace(metadata, warnings=warnings) if warnings else metadata
+
+
+class _ExceptionInfo(ctypes.Structure):
+    # The leading fields of MagickCore 6's ExceptionInfo (severity, error_number, reason, ...).
+    _fields_ = [("severity", ctypes.c_int), ("error_number", ctypes.c_int),
+                ("reason", ctypes.c_char_p), ("description", ctypes.c_char_p)]
+
+
+libmagick.AcquireExceptionInfo.argtypes = []
+libmagick.AcquireExceptionInfo.restype = ctypes.POINTER(_ExceptionInfo)
+libmagick.GetImageException.argtypes = [ctypes.c_void_p, ctypes.POINTER(_ExceptionInfo)]
+libmagick.GetImageException.restype = None
+libmagick.DestroyExceptionInfo.argtypes = [ctypes.POINTER(_ExceptionInfo)]
+libmagick.DestroyExceptionInfo.restype = ctypes.c_void_p
+library.MagickProfileImage.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+library.MagickProfileImage.restype = ctypes.c_int
+_WARNING_SEVERITIES = range(300, 400)  # ImageMagick's warning band (CorruptImageWarning is 325)
+_WHERE = re.compile(r" `[^`']*' @ .*$")  # ImageMagick's " `file' @ warning/jpeg.c/..." suffix
+
+
+def _decoder_warnings(img: Image) -> tuple[DecodeWarning, ...]:
+    """The warning a coder recorded while reading (libjpeg's "Premature end of JPEG file"...).
+
+    ImageMagick 6 keeps a coder's warnings on the image, where Wand never looks: a JPEG cut in
+    half reads "successfully" with its lower half grey. The image keeps its most severe one.
+    """
+    info = libmagick.AcquireExceptionInfo()
+    try:
+        libmagick.GetImageException(library.GetImageFromMagickWand(img.wand), info)
+        severity, reason = info.contents.severity, info.contents.reason
+    finally:
+        libmagick.DestroyExceptionInfo(info)
+    if severity not in _WARNING_SEVERITIES or not reason:
+        return ()
+    return (decode_warning(_WHERE.sub("", reason.decode("utf-8", "replace"))),)
+
+
+_FFMPEG_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")  # "[h264 @ 0x55d0...] "
+
+
+def _ffmpeg_warnings(complaints: list[str]) -> tuple[DecodeWarning, ...]:
+    """ffmpeg's errors on the way to the poster (at -v error a sound file prints nothing).
+
+    One warning per kind of damage: truncation (the demuxer's "partial file") and corrupt data.
+    """
+    lines = dict.fromkeys(_FFMPEG_CONTEXT.sub("", line).strip() for line in complaints)
+    found: dict[str, DecodeWarning] = {}
+    for line in filter(None, lines):
+        warning = decode_warning(f"ffmpeg: {line}")
+        found.setdefault(warning.code, warning)
+    return tuple(found.values())
+
+
+def _to_srgb(img: Image, profile: bytes) -> None:
+    """Convert from the picture's own ICC profile to sRGB (LittleCMS), then drop the profile."""
+    for icc in (profile, SRGB_PROFILE):
+        # The first call attaches the picture's profile; the second converts from it to sRGB.
+        if not library.MagickProfileImage(img.wand, b"icc", icc, len(icc)):
+            img.raise_exception()
+            raise Unprocessable("decode_failed", "ImageMagick could not apply the picture's ICC profile")
+    img.strip()
 
 
 def _ffprobe(path: str, demuxer: str, deadline: float) -> Probe | None:

@@ -14,7 +14,7 @@ import msgspec
 
 from rawdrive_contracts import Kind
 
-Family = Literal["jpeg", "png", "webp", "heif", "cr2", "nef", "arw", "isobmff", "avi", "mkv", "pdf"]
+Family = Literal["jpeg", "png", "webp", "heif", "cr2", "cr3", "nef", "arw", "dng", "isobmff", "avi", "mkv", "pdf"]
 # How a family is turned into pixels: ImageMagick, the RAW route, ffmpeg, Ghostscript.
 Route = Literal["image", "raw", "video", "pdf"]
 
@@ -53,17 +53,21 @@ FORMATS: dict[Family, Format] = {
     "cr2": Format("photo", "raw", _m("image/x-canon-cr2")),
     "nef": Format("photo", "raw", _m("image/x-nikon-nef")),
     "arw": Format("photo", "raw", _m("image/x-sony-arw")),
+    "cr3": Format("photo", "raw", _m("image/x-canon-cr3")),
+    "dng": Format("photo", "raw", _m("image/x-adobe-dng", "image/dng")),
     "isobmff": Format("video", "video", _m("video/mp4", "video/quicktime"), demuxer="mov"),
     "avi": Format("video", "video", _m("video/x-msvideo", "video/avi", "video/msvideo"), demuxer="avi"),
     "mkv": Format("video", "video", _m("video/x-matroska", "video/matroska"), demuxer="matroska"),
     "pdf": Format("document", "pdf", _m("application/pdf")),
 }
 
-RAW_FAMILIES: tuple[Family, ...] = ("cr2", "nef", "arw")
+RAW_FAMILIES: tuple[Family, ...] = ("cr2", "cr3", "nef", "arw", "dng")
 _RAW_EXTENSIONS: dict[str, tuple[Family, ...]] = {
     "cr2": ("cr2",),
+    "cr3": ("cr3",),
     "nef": ("nef",),
     "arw": ("arw",),
+    "dng": ("dng",),
     "raw": RAW_FAMILIES,
 }
 
@@ -131,6 +135,8 @@ def check(head: bytes, mime_type: str, file_name: str) -> Family:
 
 
 def _ftyp_family(head: bytes) -> Family | None:
+    if head[8:12] == b"crx ":  # Canon CR3: ISO BMFF with Canon's own major brand
+        return "cr3"
     (size,) = struct.unpack(">I", head[:4])
     end = min(len(head), size if size >= 16 else 16)
     # The major brand, then the compatible brands; HEIF wins if any brand names it.
@@ -143,9 +149,12 @@ def _ftyp_family(head: bytes) -> Family | None:
 
 
 def _tiff_raw(head: bytes) -> Family | None:
-    """TIFF-based RAWs: Canon marks CR2 in the header; Nikon and Sony only say so in IFD0 Make."""
+    """TIFF-based RAWs: Canon marks CR2 in the header, DNG has a DNGVersion tag in IFD0 (whoever
+    made it: Leica, Pentax, phones), Nikon and Sony only say so in IFD0 Make."""
     if head.startswith(b"II*\x00") and head[8:11] == b"CR\x02":
         return "cr2"
+    if _ifd0_entry(head, _DNG_VERSION) is not None:
+        return "dng"
     make = tiff_make(head)
     if make is None:
         return None
@@ -157,18 +166,30 @@ def _tiff_raw(head: bytes) -> Family | None:
     return None
 
 
+_MAKE, _DNG_VERSION = 0x010F, 0xC612
+
+
 def tiff_make(head: bytes) -> str | None:
     """IFD0's Make (0x010F) from a TIFF header, when it lies within `head`."""
+    entry = _ifd0_entry(head, _MAKE)
+    if entry is None or entry[0] != 2:
+        return None
+    _, n, value = entry
+    order = "<" if head[:2] == b"II" else ">"
+    raw = value[:n] if n <= 4 else head[struct.unpack(order + "I", value)[0] :][:n]
+    return raw.split(b"\x00", 1)[0].decode("ascii", "replace").strip() or None
+
+
+def _ifd0_entry(head: bytes, wanted: int) -> tuple[int, int, bytes] | None:
+    """(type, count, value or offset field) of one IFD0 tag of a TIFF header within `head`."""
     order = "<" if head[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack_from(order + "I", head, 4)
         (count,) = struct.unpack_from(order + "H", head, ifd)
         for index in range(min(count, 512)):
             tag, kind, n, value = struct.unpack_from(order + "HHI4s", head, ifd + 2 + 12 * index)
-            if tag != 0x010F or kind != 2:
-                continue
-            raw = value[:n] if n <= 4 else head[struct.unpack(order + "I", value)[0] :][:n]
-            return raw.split(b"\x00", 1)[0].decode("ascii", "replace").strip() or None
+            if tag == wanted:
+                return kind, n, value
     except struct.error:
         return None
     return None

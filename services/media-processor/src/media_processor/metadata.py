@@ -9,6 +9,7 @@ taken_at keeps the local clock with the offset the file recorded, and `taken_at_
 says where that offset came from; with none recorded the value stays naive ("none") rather
 than being passed off as UTC. Phone videos fill the same fields as photos from their QuickTime
 keys (iPhone) or `com.android.*` / `location` tags (Android), as ffprobe reports them.
+A decoder's complaint about a damaged file (libjpeg, ffmpeg) becomes one of `warnings`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import msgspec
 
 from media_processor.exif import ExifTags
 from media_processor.variants import Size
-from rawdrive_contracts import GpsPosition, MediaMetadata, TakenAtZoneSource
+from rawdrive_contracts import DecodeWarning, GpsPosition, MediaMetadata, TakenAtZoneSource
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 _ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?")
@@ -308,6 +309,15 @@ def poster_time(duration_s: float | None) -> float:
     if duration_s >= 10:
         return duration_s / 10
     return min(1.0, duration_s / 2)
+
+
+def decode_warning(message: str) -> DecodeWarning:
+    """A decoder's complaint as a warning: `truncated` when the data ends early, else corrupt_data."""
+    lowered = message.lower()
+    ended_early = ("premature end of" in lowered and "data segment" not in lowered) or any(
+        marker in lowered for marker in ("truncat", "partial file", "end of file")
+    )
+    return DecodeWarning(code="truncated" if ended_early else "corrupt_data", detail=message[:300])
 
 
 def _first(tags: dict[str, str], keys: tuple[str, ...]) -> str | None:

@@ -3,7 +3,8 @@
 Children fork from a forkserver that has already imported Wand with the project's ImageMagick
 policy (importing Wand takes about a second here; a fork takes milliseconds). Each child starts
 its own process group and caps its address space, CPU time and file sizes before touching the
-file; the programs it runs (ffmpeg, ffprobe, Ghostscript, dcraw) inherit those limits. When the
+file; the programs it runs (ffmpeg, ffprobe, Ghostscript) inherit those limits; LibRaw (RAW)
+runs inside the child itself. When the
 deadline passes the parent kills the whole group, so a pixel flood, a decoder loop or a crash
 fails that one asset and the worker goes on serving.
 
@@ -34,10 +35,11 @@ from collections.abc import Callable
 from importlib.resources import files
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from media_processor.dimensions import PixelLimits
 from media_processor.magic import Family
 from media_processor.variants import ExtraVariantName, VariantName
 from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
@@ -50,6 +52,10 @@ _CLONE_NEWNET = 0x40000000
 # Inherited from the service when set: where programs and Python packages are, nothing secret.
 _PASSED_THROUGH = ("PATH", "PYTHONPATH", "LANG")
 
+# processing_failed's `cause` (an open set in the contract): which released `reason` each refines
+# is fixed by the two constructors below.
+FailureCause = Literal["too_many_pixels", "corrupt_content"]
+
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 120.0
@@ -58,6 +64,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     file_bytes: int = 1024**3
     # Processes (threads included) the processor's user may have while a child runs.
     processes: int = 1024
+    # Declared picture sizes above these are refused before decoding (reason too_many_pixels).
+    pixels: PixelLimits = PixelLimits()
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +73,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     family: Family
     workdir: str  # where the child writes frames and variants
     timeout_s: float  # the child's own deadline for the programs it runs
+    pixels: PixelLimits = PixelLimits()
 
 
 class Produced(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +85,8 @@ class Produced(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Metadata (with `warnings` when the file is damaged but decodable) and the variants."""
+
     metadata: MediaMetadata
     variants: tuple[Produced, ...]
 
@@ -83,14 +94,23 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 class Unprocessable(Exception):
     """This asset cannot be processed, for good; the reason goes into processing_failed."""
 
-    def __init__(self, reason: ProcessingFailureReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+    def __init__(self, reason: ProcessingFailureReason, detail: str, cause: FailureCause | None = None) -> None:
+        super().__init__(f"{cause or reason}: {detail}")
         self.reason: ProcessingFailureReason = reason
         self.detail = detail[:1000]
+        self.cause: FailureCause | None = cause
 
-    def __reduce__(self) -> tuple[type[Unprocessable], tuple[str, str]]:
-        # Crosses the pipe from the child: rebuild from both fields, not from the message.
-        return (Unprocessable, (self.reason, self.detail))
+    def __reduce__(self) -> tuple[type[Unprocessable], tuple[str, str, FailureCause | None]]:
+        # Crosses the pipe from the child: rebuild from every field, not from the message.
+        return (Unprocessable, (self.reason, self.detail, self.cause))
+
+
+def too_many_pixels(detail: str) -> Unprocessable:
+    return Unprocessable("unsupported_content", detail, "too_many_pixels")
+
+
+def corrupt_content(detail: str) -> Unprocessable:
+    return Unprocessable("decode_failed", detail, "corrupt_content")
 
 
 def decoder_environment(temp_dir: str) -> dict[str, str]:
@@ -148,7 +168,9 @@ class Sandbox:
         child.join()
 
     async def process(self, path: str, family: Family, workdir: str) -> Outcome:
-        job = Job(path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9)
+        job = Job(
+            path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9, pixels=self.limits.pixels
+        )
         outcome = await self.call(_decode, job)
         assert isinstance(outcome, Outcome)
         return outcome

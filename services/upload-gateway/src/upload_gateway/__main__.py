@@ -5,6 +5,7 @@ from importlib.resources import files
 from rawdrive_platform.service import Runtime, run_service
 from upload_gateway import asset_events, verdicts
 from upload_gateway.app import create_app, token_verifier
+from upload_gateway.console.routes import console_mount
 from upload_gateway.settings import Settings
 from upload_gateway.storage_profile_routes import mount_storage_profiles
 from upload_gateway.tus_session import mount_tus
@@ -25,7 +26,8 @@ async def main(runtime: Runtime) -> None:
     runtime.consume(js, verdicts.consumer_spec(), verdicts.handler(pool))
     runtime.consume(js, asset_events.consumer_spec(), asset_events.handler(pool))
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
-    app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles])
+    console = [console_mount(settings, js)] if settings.console else []
+    app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles, *console])
     await runtime.serve_health(app, port=settings.http_port)
 
 

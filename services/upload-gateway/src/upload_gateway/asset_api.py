@@ -41,9 +41,11 @@ class VariantLinks(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     motion_poster: VariantLink | None = None
 
 
-class ProcessingFailure(msgspec.Struct, frozen=True):
+class ProcessingFailure(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: ProcessingFailureReason
     detail: str
+    # A finer cause within `reason`: too_many_pixels, corrupt_content (an open set).
+    cause: str | None = None
 
 
 class Asset(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -69,6 +71,9 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     failure: ProcessingFailure | None = None  # status failed
     paired_with: Annotated[
         str, msgspec.Meta(description="the other half of an Apple Live Photo (same metadata.content_identifier)")
+    ] | None = None
+    duplicate_of: Annotated[
+        str, msgspec.Meta(description="the earliest earlier available asset with the same bytes (sha256)")
     ] | None = None
     deleted_at: datetime | None = None  # status deleted: restorable until purge_after
     purge_after: datetime | None = None

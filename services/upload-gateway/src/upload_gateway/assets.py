@@ -107,10 +107,13 @@ async def _view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         metadata=processed.metadata if processed else None,
         variants=variants,
         urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
-        failure=asset_api.ProcessingFailure(facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason])
+        failure=asset_api.ProcessingFailure(
+            facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason], facts.failure.cause
+        )
         if status == "failed" and facts.failure
         else None,
         paired_with=entry.paired_with,
+        duplicate_of=entry.duplicate_of,
         deleted_at=deletion.at if status == "deleted" and deletion else None,
         purge_after=deletion.purge_after if status == "deleted" and deletion else None,
     )
@@ -218,7 +221,9 @@ async def _change(gw: Gateway, principal: Principal, workspace_id: str, asset_id
         merged = merge(facts, change)
         await catalogue_store.save(conn, merged)
         await enqueue(conn, new_event(event, source=SOURCE, time=now))
-    return Entry(created_at=entry.created_at, facts=merged, paired_with=entry.paired_with)
+    return Entry(
+        created_at=entry.created_at, facts=merged, paired_with=entry.paired_with, duplicate_of=entry.duplicate_of
+    )
 
 
 _ASSET_PROBLEMS = (401, 403, 404, 502, 503)

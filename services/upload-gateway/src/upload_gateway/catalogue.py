@@ -76,6 +76,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
     reason: ProcessingFailureReason
     detail: str = ""
+    cause: str | None = None  # processing_failed's finer cause (too_many_pixels, corrupt_content)
 
 
 class Deletion(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +105,8 @@ class Entry(msgspec.Struct, frozen=True):
     facts: AssetFacts
     # The other half of a Live Photo (same content identifier, the other kind), found on read.
     paired_with: str | None = None
+    # The earliest earlier available asset with the same bytes (verified SHA-256), found on read.
+    duplicate_of: str | None = None
 
 
 def content_identifier(facts: AssetFacts) -> str | None:
@@ -183,7 +186,8 @@ def facts_of(event: CloudEvent[Any]) -> AssetFacts:
             )
             return AssetFacts(**base, description=_description(data, rank=1), processed=processed)
         case AssetProcessingFailed():
-            return AssetFacts(**base, failure=Failure(at=event.time, reason=data.reason, detail=data.detail))
+            failure = Failure(at=event.time, reason=data.reason, detail=data.detail, cause=data.cause)
+            return AssetFacts(**base, failure=failure)
         case AssetDeleted():
             deletion = Deletion(at=data.deleted_at, purge_after=data.purge_after, by=data.deleted_by)
             return AssetFacts(**base, deletion=deletion)

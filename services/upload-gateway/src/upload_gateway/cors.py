@@ -25,11 +25,11 @@ ALLOW_HEADERS = (
     "X-Request-ID",
 )
 # What a browser may read: everything tus-js-client reads (Location, Upload-Offset, Upload-Length,
-# X-Request-ID), the rest of tus's answer headers, and Retry-After on a 503.
+# X-Request-ID), the rest of tus's answer headers, the asset id of a tus upload, and Retry-After on a 503.
 EXPOSE_HEADERS = (
     "Location", "Upload-Offset", "Upload-Length", "Upload-Expires", "Upload-Metadata", "Upload-Defer-Length",
     "Upload-Concat", "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm",
-    "Retry-After", "X-Request-ID",
+    "Upload-Asset-Id", "Retry-After", "X-Request-ID",
 )
 ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_AGE_S = 86400

@@ -42,6 +42,8 @@ FILE_TYPES: dict[str, FileType] = {
     "heif": _photo("image/heif", "image/heic", "image/heif-sequence"),
     "raw": _photo(*_RAW),
     "cr2": _photo("image/x-canon-cr2", *_RAW),
+    "cr3": _photo("image/x-canon-cr3", *_RAW),
+    "dng": _photo("image/x-adobe-dng", "image/dng", *_RAW),
     "nef": _photo("image/x-nikon-nef", *_RAW),
     "arw": _photo("image/x-sony-arw", *_RAW),
     "mp4": _video("video/mp4"),

@@ -137,7 +137,7 @@ TUS_OPERATIONS = (
         ),
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(Reply(201, "Created", headers=("Location", *_OFFSET_HEADERS)), *_TUS_ERRORS),
-        problems=(401, 403, 404),
+        problems=(401, 403, 404, 429),
     ),
     Operation(
         method="HEAD", path=TUS_PATH, operation_id="tusOffset", tag="tus", auth="upload", description=_TUS_NOTE,
@@ -158,7 +158,7 @@ TUS_OPERATIONS = (
         ),
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(Reply(204, "Stored", headers=_OFFSET_HEADERS), *_TUS_ERRORS),
-        problems=(401, 403, 404),
+        problems=(401, 403, 404, 429),
     ),
     Operation(
         method="DELETE", path=TUS_PATH, operation_id="tusTerminate", tag="tus", auth="upload", description=_TUS_NOTE,

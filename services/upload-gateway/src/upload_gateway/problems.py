@@ -47,6 +47,17 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
+class ProblemFacts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Problem extension members a client can act on without parsing `detail`."""
+
+    bytes_received: int | None = None
+    size_bytes: int | None = None
+    declared_sha256: str | None = None  # at session creation
+    given_sha256: str | None = None  # at commit
+    attempts_left: int | None = None  # commits still possible after a refused one
+    parts_to_resend: list[int] | None = None  # stored parts of another size than the plan's
+
+
 class UploadError(Exception):
     """Base of every error a client can cause; the class decides status and code (see PROBLEMS)."""
 
@@ -56,11 +67,13 @@ class UploadError(Exception):
         *,
         errors: list[FieldError] | None = None,
         headers: dict[str, str] | None = None,
+        facts: ProblemFacts | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.facts = facts or ProblemFacts()
 
 
 class InvalidRequest(UploadError):
@@ -99,6 +112,17 @@ class InvalidState(UploadError):
     """The operation is not allowed in the upload's current state."""
 
 
+class UploadIncomplete(UploadError):
+    """Committed before every byte arrived. Nothing changed: the client sends the rest and
+    commits again."""
+
+    def __init__(self, bytes_received: int, size_bytes: int) -> None:
+        super().__init__(
+            f"{bytes_received} of {size_bytes} bytes have arrived; send the rest, then commit again",
+            facts=ProblemFacts(bytes_received=bytes_received, size_bytes=size_bytes),
+        )
+
+
 class NotFound(UploadError):
     pass
 
@@ -109,6 +133,14 @@ class MethodNotAllowed(UploadError):
 
 class Gone(UploadError):
     """The upload expired."""
+
+
+class Aborted(UploadError):
+    """The upload was aborted (by its client, or a tus termination): its bytes are gone."""
+
+
+class Rejected(UploadError):
+    """The verifier rejected the upload for good: its bytes are gone."""
 
 
 class RetentionOver(UploadError):
@@ -136,6 +168,10 @@ class StorageUnavailable(StorageError):
     """Object storage is unreachable or throttling; retry later."""
 
 
+class Unavailable(UploadError):
+    """Not now: a dependency the route needs is unreachable, or the replica is at capacity; retry later."""
+
+
 class StorageProfileRejected(UploadError):
     """A storage profile failed its live check (access, bucket, endpoint, encryption)."""
 
@@ -148,7 +184,16 @@ class RateLimited(UploadError):
     """Too many requests of this kind for now; `Retry-After` says when to try again."""
 
 
-class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class PartSizeMismatch(UploadError):
+    """Storage holds parts of another size than the upload's plan (parts.py); the client PUTs
+    those again at their planned size, which replaces them."""
+
+
+class QuotaExceeded(RateLimited):
+    """The workspace holds as many open uploads or bytes in flight as it may (quotas.py)."""
+
+
+class Problem(ProblemFacts, frozen=True, kw_only=True, omit_defaults=True):
     type: str
     title: str
     status: int
@@ -174,9 +219,12 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     SizeMismatch: ProblemSpec(422, "size_mismatch", "Size mismatch"),
     MissingObject: ProblemSpec(422, "missing_object", "Nothing was uploaded"),
     InvalidState: ProblemSpec(409, "invalid_state", "Invalid upload state"),
+    UploadIncomplete: ProblemSpec(409, "upload_incomplete", "Upload incomplete"),
     NotFound: ProblemSpec(404, "not_found", "Not found"),
     MethodNotAllowed: ProblemSpec(405, "method_not_allowed", "Method not allowed"),
     Gone: ProblemSpec(410, "gone", "Upload expired"),
+    Aborted: ProblemSpec(410, "upload_aborted", "Upload aborted"),
+    Rejected: ProblemSpec(410, "upload_rejected", "Upload rejected"),
     RetentionOver: ProblemSpec(410, "retention_over", "Retention period over"),
     Unauthorized: ProblemSpec(401, "unauthorized", "Unauthorized"),
     Forbidden: ProblemSpec(403, "forbidden", "Forbidden"),
@@ -186,6 +234,9 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
     StorageProfilesDisabled: ProblemSpec(503, "storage_error", "Storage profiles unavailable"),
     RateLimited: ProblemSpec(429, "rate_limited", "Too many requests"),
+    PartSizeMismatch: ProblemSpec(422, "part_size_mismatch", "Part size differs from the plan"),
+    QuotaExceeded: ProblemSpec(429, "quota_exceeded", "Workspace upload quota reached"),
+    Unavailable: ProblemSpec(503, "unavailable", "Service unavailable"),
 }
 INTERNAL = ProblemSpec(500, "internal", "Internal server error")
 
@@ -215,6 +266,7 @@ def problem_for(error: UploadError) -> Problem:
         detail=error.detail,
         code=spec.code,
         errors=error.errors,
+        **msgspec.structs.asdict(error.facts),
     )
 
 
@@ -237,9 +289,8 @@ PROCESSING_FAILURE_TEXTS: dict[ProcessingFailureReason, str] = {
     "internal": "processing failed",
 }
 
-
-def rejection_error(reason: RejectionReason) -> UploadError:
-    return REJECTIONS[reason](f"the upload was rejected: {REJECTION_TEXTS[reason]}")
+def rejection_error(reason: RejectionReason, detail: str | None = None, facts: ProblemFacts | None = None) -> UploadError:
+    return REJECTIONS[reason](detail or f"the upload was rejected: {REJECTION_TEXTS[reason]}", facts=facts)
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:

@@ -44,18 +44,28 @@ async def active_ref(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str)
     return ref or MANAGED_PROFILE_ID
 
 
-async def activate(conn: asyncpg.Connection | asyncpg.Pool, profile: ActiveProfile) -> None:
-    """Make `profile` the workspace's active one, replacing any earlier (its KV record stays)."""
+async def activate(pool: asyncpg.Pool, profile: ActiveProfile) -> str | None:
+    """Make `profile` the workspace's active one; the ref it replaced, if any (to be retired).
+    Activations of one workspace take turns (an advisory lock), so each replaced ref is
+    returned to exactly one of them, even when the workspace had no row yet."""
     values = msgspec.structs.asdict(profile)
     placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
     updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in _COLUMNS if column != "workspace_id")
-    await conn.execute(
-        f"INSERT INTO storage_profiles ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
-        f"ON CONFLICT (workspace_id) DO UPDATE SET {updates}",
-        *(values[column] for column in _COLUMNS),
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('rawdrive.storage_profiles'), hashtext($1))", profile.workspace_id
+        )
+        replaced = await conn.fetchval(
+            "SELECT ref FROM storage_profiles WHERE workspace_id = $1 FOR UPDATE", profile.workspace_id
+        )
+        await conn.execute(
+            f"INSERT INTO storage_profiles ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (workspace_id) DO UPDATE SET {updates}",
+            *(values[column] for column in _COLUMNS),
+        )
+    return replaced
 
 
-async def deactivate(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str) -> None:
-    """Back to the managed bucket for new sessions."""
-    await conn.execute("DELETE FROM storage_profiles WHERE workspace_id = $1", workspace_id)
+async def deactivate(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str) -> str | None:
+    """Back to the managed bucket for new sessions; the ref it removed, if any (to be retired)."""
+    return await conn.fetchval("DELETE FROM storage_profiles WHERE workspace_id = $1 RETURNING ref", workspace_id)

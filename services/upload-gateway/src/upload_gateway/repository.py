@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import asyncpg
@@ -11,7 +12,9 @@ import msgspec
 from rawdrive_contracts import RejectionReason
 from rawdrive_platform.outbox import OutboxRow, insert_with_rows
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
-from upload_gateway.sessions import TRANSITIONS, SessionEvent, UploadSession
+from upload_gateway import quotas
+from upload_gateway.problems import UploadError
+from upload_gateway.sessions import SETS_REJECTION, TRANSITIONS, SessionEvent, UploadSession
 
 _COLUMNS = tuple(field.name for field in msgspec.structs.fields(UploadSession))
 
@@ -60,10 +63,18 @@ class SessionWriter:
     connection, which were most of a creation's cost; alone, a request waits no longer than
     before. One row's failure (a constraint) fails only its own request: the batch is then
     written a row at a time.
+
+    With `limits`, each batch is admitted under its workspaces' quotas first (quotas.py): their
+    usage is counted under a lock, in the transaction that inserts the admitted sessions; a
+    refused one fails its own request with the refusal.
     """
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int = 100, max_in_flight: int = 3) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, max_batch: int = 100, max_in_flight: int = 3,
+        limits: quotas.QuotaLimits | None = None,
+    ) -> None:  # fmt: skip
         self._pool = pool
+        self._limits = limits
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
@@ -105,8 +116,12 @@ class SessionWriter:
     async def _write(
         self, conn: asyncpg.Connection, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]
     ) -> None:
+        admitted, refusals = batch, []
         try:
-            inserted = await insert_many(conn, [(session, created) for session, created, _ in batch])
+            async with conn.transaction() if self._limits else contextlib.nullcontext():
+                if self._limits is not None:
+                    admitted, refusals = await _admit(conn, self._limits, batch)
+                inserted = await insert_many(conn, [(session, created) for session, created, _ in admitted])
         except _ROW_ERRORS as error:
             if len(batch) == 1:
                 _fail(batch, error)
@@ -119,9 +134,26 @@ class SessionWriter:
         except Exception as error:  # noqa: BLE001 - every waiter gets the failure as its own
             _fail(batch, error)
             return
-        for session, _, written in batch:
+        for written, refusal in refusals:
+            if not written.done():
+                written.set_exception(refusal)
+        for session, _, written in admitted:
             if not written.done():  # its request may have been cancelled meanwhile
                 written.set_result(session.upload_id in inserted)
+
+
+_Pending = tuple[UploadSession, OutboxRow, "asyncio.Future[bool]"]
+
+
+async def _admit(
+    conn: asyncpg.Connection, limits: quotas.QuotaLimits, batch: list[_Pending]
+) -> tuple[list[_Pending], list[tuple[asyncio.Future[bool], UploadError]]]:
+    """The sessions of `batch` within their workspaces' quotas, and the refusals of the others."""
+    usage = await quotas.lock_usage(conn, [session.workspace_id for session, _, _ in batch])
+    verdicts = quotas.admit(limits, usage, [(session.workspace_id, session.size_bytes) for session, _, _ in batch])
+    admitted = [item for item, refusal in zip(batch, verdicts) if refusal is None]
+    refusals = [(item[2], refusal) for item, refusal in zip(batch, verdicts) if refusal is not None]
+    return admitted, refusals
 
 
 def _fail(batch: Sequence[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]], error: BaseException) -> None:
@@ -158,32 +190,58 @@ async def apply(
     sha256: str | None = None,
     rejection: tuple[RejectionReason, str] | None = None,
     bytes_received: int | None = None,
+    attempt: int | None = None,
 ) -> UploadSession | None:
     """Move the session by `event` if its state allows; None when it did not move (another
     request moved it first, or it is in a state the event does not start from).
 
-    `sha256` fills in the declared checksum if none was declared before; `rejection` records
-    why the verifier refused; `bytes_received` only ever grows.
+    A commit counts one more attempt and keeps the `sha256` given with it (None: none given);
+    `rejection` records why the verifier refused (see SETS_REJECTION); `attempt` moves the
+    session only while that is its latest commit (a late verdict on an older attempt changes
+    nothing); `bytes_received` is what storage now holds for it.
     """
     rule = TRANSITIONS[event]
     reason, detail = rejection if rejection is not None else (None, None)
+    committing = event == "commit"
     row = await conn.fetchrow(
         """UPDATE upload_sessions
               SET state = $3,
                   updated_at = now(),
-                  sha256 = COALESCE(sha256, $4),
-                  rejection_reason = COALESCE($5, rejection_reason),
-                  rejection_detail = COALESCE($6, rejection_detail),
-                  bytes_received = GREATEST(bytes_received, COALESCE($7, 0))
+                  commit_attempts = commit_attempts + $4::int,
+                  commit_sha256 = CASE WHEN $4::int = 1 THEN $5 ELSE commit_sha256 END,
+                  rejection_reason = CASE WHEN $6 THEN $7 ELSE rejection_reason END,
+                  rejection_detail = CASE WHEN $6 THEN $8 ELSE rejection_detail END,
+                  bytes_received = COALESCE($9, bytes_received)
             WHERE upload_id = $1 AND state = ANY($2::text[])
+              AND ($10::int IS NULL OR commit_attempts = $10)
         RETURNING *""",
         upload_id,
         sorted(rule.sources),
         rule.target,
-        sha256,
+        int(committing),
+        sha256 if committing else None,
+        event in SETS_REJECTION,
         reason,
         detail,
         bytes_received,
+        attempt,
+    )
+    return _session(row)
+
+
+async def replace_multipart(
+    conn: asyncpg.Connection | asyncpg.Pool, upload_id: str, lost: str, fresh: str
+) -> UploadSession | None:
+    """Put a fresh multipart upload behind an open session in place of one storage lost; None
+    when the session moved on, or another request replaced it first."""
+    row = await conn.fetchrow(
+        """UPDATE upload_sessions SET multipart_upload_id = $3, bytes_received = 0, updated_at = now()
+            WHERE upload_id = $1 AND multipart_upload_id = $2 AND state = ANY($4::text[])
+        RETURNING *""",
+        upload_id,
+        lost,
+        fresh,
+        sorted(TRANSITIONS["receive"].sources),
     )
     return _session(row)
 
@@ -191,6 +249,7 @@ async def apply(
 async def record_progress(
     conn: asyncpg.Connection | asyncpg.Pool, upload_id: str, bytes_received: int
 ) -> UploadSession | None:
-    """Bytes arrived (tus): the session is `uploading` with at least this many bytes; None if
-    it no longer accepts data."""
+    """Bytes arrived (tus): the session is `uploading` with this many bytes, fewer only when
+    storage lost some (the tus store records its changes in order, under the upload's lock);
+    None if it no longer accepts data."""
     return await apply(conn, upload_id, "receive", bytes_received=bytes_received)

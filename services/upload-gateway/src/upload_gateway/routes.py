@@ -74,7 +74,12 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
 async def create(request: web.Request) -> web.Response:
     principal, workspace_id = await _user(request, "upload")
     body = await decode_body(request, api.CreateUpload)
-    created = await uploads.create_session(request.config_dict[GATEWAY], principal.sub, workspace_id, body)
+    gw = request.config_dict[GATEWAY]
+    if body.on_duplicate == "skip":
+        duplicate = await uploads.find_duplicate(gw, workspace_id, body)
+        if duplicate is not None:
+            return _json(duplicate)
+    created = await uploads.create_session(gw, principal.sub, workspace_id, body)
     return _json(created, status=201)
 
 
@@ -118,8 +123,11 @@ ROUTES: tuple[Route, ...] = (
             method="POST", path=PREFIX, operation_id="createUpload", tag="uploads",
             summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
             body=api.CreateUpload,
-            replies=(Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),),
-            problems=(400, 401, 403, 404, 413, 422, 502, 503),
+            replies=(
+                Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),
+                Reply(200, "on_duplicate=skip: an available asset has these bytes; nothing to send", api.DuplicateFound),
+            ),
+            problems=(400, 401, 403, 404, 413, 422, 429, 502, 503),
         ),
         create,
     ),
@@ -156,7 +164,7 @@ ROUTES: tuple[Route, ...] = (
             method="GET", path=PREFIX + "/{upload_id}/parts", operation_id="listParts", tag="uploads",
             auth="upload", summary="The parts storage holds so far",
             replies=(Reply(200, "The stored parts", api.PartList),),
-            problems=_SESSION_PROBLEMS,
+            problems=(422, *_SESSION_PROBLEMS),
         ),
         list_parts,
     ),

@@ -29,3 +29,14 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     asset_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 15 * 60
     # Browser origins allowed by CORS: exact origins, "*" for any, "scheme://host:*" for any port.
     cors_origins: tuple[CorsOrigin, ...] = ()
+    # The upload console at /console (console/); RAWDRIVE_CONSOLE_DEV_TOKEN also hands the page an
+    # admin token for workspace dev, so only the dev stack sets it (refused with a JWKS URL).
+    console: bool = False
+    console_dev_token: bool = False
+    # Quotas and lifetimes (parts.py, quotas.py). Part URLs: 15 minutes, at most an hour.
+    part_url_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 15 * 60
+    # Per workspace, counted in PostgreSQL across replicas: open sessions and their declared bytes.
+    max_open_uploads_per_workspace: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    max_bytes_in_flight_per_workspace: Annotated[int, msgspec.Meta(ge=1)] = 100 * 1024**3
+    # Per user and per replica, in memory: tus requests sending bytes at once.
+    max_concurrent_patches_per_user: Annotated[int, msgspec.Meta(ge=1)] = 8

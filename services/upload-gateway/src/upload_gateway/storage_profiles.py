@@ -6,7 +6,8 @@ rawdrive_platform.storage.check_endpoint), then a live check against the custome
 read back and delete a probe object under the prefix, with the profile's SSE parameters), then
 the profile is published, credentials sealed, under a fresh ref (rawdrive_platform.profiles) and
 becomes the workspace's active profile. New sessions use the active profile; open sessions keep
-the ref they started with. Secrets go only into the sealed record: responses, logs and events
+the ref they started with; the version a PUT or DELETE supersedes is marked retired in the KV
+bucket, for the janitor to delete once nothing names it. Secrets go only into the sealed record: responses, logs and events
 carry the ref and a masked key id. A failed live-check step is reported as that step alone,
 the same whatever the endpoint answered (or whether it answered): the reason goes to the log,
 so the check cannot serve as a port scanner or a window onto another server's replies. Writes
@@ -217,7 +218,12 @@ async def save(gw: Gateway, sub: str, workspace_id: str, request: api.PutStorage
         created_by=sub,
         created_at=now,
     )
-    await profile_store.activate(gw.pool, active)
+    try:
+        replaced = await profile_store.activate(gw.pool, active)
+    except Exception:
+        await _retire(gw, profile.profile_id)  # published, never active: nothing will name it
+        raise
+    await _retire(gw, replaced)
     log.info(
         "storage profile activated",
         extra={"workspace_id": workspace_id, "ref": active.ref, "bucket": active.bucket, "key_id": active.masked_key_id},
@@ -231,5 +237,17 @@ async def show(gw: Gateway, workspace_id: str) -> api.StorageProfileView:
 
 async def remove(gw: Gateway, workspace_id: str) -> None:
     """Back to the managed bucket for new sessions; idempotent."""
-    await profile_store.deactivate(gw.pool, workspace_id)
+    await _retire(gw, await profile_store.deactivate(gw.pool, workspace_id))
     log.info("storage profile removed; new sessions use the managed bucket", extra={"workspace_id": workspace_id})
+
+
+async def _retire(gw: Gateway, ref: str | None) -> None:
+    """Mark a version the workspace no longer uses retired. The change it follows is already
+    made, so a failure here is logged, not answered: that version then stays in the KV
+    (uncontacted, since nothing new names it)."""
+    if ref is None or gw.profiles is None:
+        return
+    try:
+        await gw.profiles.retire(ref, utcnow())
+    except s3.StorageError as error:
+        log.warning("storage profile not marked retired", extra={"ref": ref, "error": repr(error)})

@@ -8,6 +8,7 @@ repeating the request repeats the storage call, and the janitor sweeps anything 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -35,25 +36,30 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.profiles import ProfileResolver, UnknownProfile, managed_only
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway import api, profile_store, repository
+from upload_gateway import api, catalogue_store, parts, profile_store, repository
 from upload_gateway.auth import TokenVerifier, UploadGrant
 from upload_gateway.limits import check_file, essence
 from upload_gateway.names import display_name
 from upload_gateway.problems import (
     REJECTION_TEXTS,
-    ChecksumMismatch,
     FieldError,
     InvalidRequest,
     InvalidState,
     StorageError,
     StorageUnavailable,
+    UploadError,
     storage_errors,
 )
+from upload_gateway.quotas import QuotaLimits
 from upload_gateway.sessions import (
     TRANSITIONS,
     UploadSession,
+    attempts_left,
+    check_complete,
+    check_given_sha256,
     commit_outcome,
     effective_state,
+    parts_received,
     plan_parts,
     require_open,
 )
@@ -62,8 +68,6 @@ from upload_gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCE = "/services/upload-gateway"
-# R2 presigned URLs live at most 7 days.
-MAX_URL_TTL_S = 7 * 24 * 3600
 # How often a waiting commit looks at its row; the row is the truth across replicas.
 COMMIT_POLL_S = 0.1
 # The counter's children, looked up once rather than by label on every creation.
@@ -88,7 +92,7 @@ class Gateway:
     # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
     @cached_property
     def session_writer(self) -> repository.SessionWriter:
-        return repository.SessionWriter(self.pool)
+        return repository.SessionWriter(self.pool, limits=QuotaLimits.from_settings(self.settings))
 
     @cached_property
     def known_profiles(self) -> dict[str, str]:
@@ -156,6 +160,7 @@ def new_session(
     now: datetime,
     ttl_s: int,
     trace_context: str,
+    commit_on_complete: bool = False,
 ) -> tuple[UploadSession, UploadSessionCreated]:
     """The session row and the event announcing it (pure)."""
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
@@ -185,6 +190,7 @@ def new_session(
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_s),
         trace_context=trace_context,
+        commit_on_complete=commit_on_complete,
     )
     event = UploadSessionCreated(
         workspace_id=workspace_id,
@@ -214,7 +220,21 @@ def remember_profile(known: dict[str, str], workspace_id: str, profile_ref: str)
     known[workspace_id] = profile_ref
 
 
-async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload) -> api.UploadCreated:
+async def find_duplicate(gw: Gateway, workspace_id: str, request: api.CreateUpload) -> api.DuplicateFound | None:
+    """The available asset of the workspace with the request's sha256, if there is one. The file
+    is checked first: a request the gateway would refuse is refused whatever the workspace holds."""
+    check_new_file(request)
+    if request.sha256 is None:
+        return None
+    asset_id = await catalogue_store.available_with_sha256(gw.pool, workspace_id, request.sha256)
+    return None if asset_id is None else api.DuplicateFound(duplicate_of=asset_id)
+
+
+async def create_session(
+    gw: Gateway, sub: str, workspace_id: str, request: api.CreateUpload, *, commit_on_complete: bool = False
+) -> api.UploadCreated:
+    """`commit_on_complete`: the gateway commits the session itself when its last byte arrives
+    (the tus creation endpoint's sessions; see tus_session)."""
     file = check_new_file(request)  # refuse before any effect
     multipart = request.resumable_protocol == "s3_multipart"
     # The session keeps its workspace's active profile (bucket, key prefix), so a later profile
@@ -243,10 +263,17 @@ async def create_session(gw: Gateway, sub: str, workspace_id: str, request: api.
         session, event = new_session(
             sub, workspace_id, request, file, storage=storage, profile_ref=profile_ref, asset_id=asset_id,
             object_key=object_key, multipart_upload_id=multipart_upload_id, now=now,
-            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context,
+            ttl_s=gw.settings.session_ttl_s, trace_context=trace_context, commit_on_complete=commit_on_complete,
         )  # fmt: skip
         created = outbox_row(new_event(event, source=SOURCE, time=now), trace_context)
-        if await gw.session_writer.insert(session, created):
+        try:
+            written = await gw.session_writer.insert(session, created)
+        except UploadError:  # over the workspace's quota: the multipart upload has no use
+            if multipart_upload_id:
+                with contextlib.suppress(s3.StorageError):
+                    await storage.abort_multipart(object_key, multipart_upload_id)
+            raise
+        if written:
             break
         # The workspace's profile changed since this gateway last saw it.
         profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
@@ -276,10 +303,11 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
     received = session.bytes_received
     if session.multipart_upload_id and session.resumable_protocol == "s3_multipart" and state in TRANSITIONS["receive"].sources:
         # Direct-to-storage parts never pass through the gateway: storage knows what arrived.
-        storage = await storage_for(gw, session.storage_profile_ref)
-        with storage_errors("list parts"):
-            parts = await storage.list_parts(session.object_key, session.multipart_upload_id)
-        received = sum(part.size or 0 for part in parts)
+        held = await stored_parts(gw, session)
+        received = (
+            min(held.joined_size, session.size_bytes) if held.joined_size is not None
+            else parts.bytes_held(session, held.parts)
+        )
     return api.UploadStatus(
         upload_id=session.upload_id,
         asset_id=session.asset_id,
@@ -292,7 +320,7 @@ async def status(gw: Gateway, session: UploadSession) -> api.UploadStatus:
         provider=session.provider,
         created_at=session.created_at,
         expires_at=session.expires_at,
-        sha256=session.sha256,
+        sha256=session.expected_sha256,
         part_size=session.part_size,
         part_count=session.part_count,
         rejection=api.Rejection(session.rejection_reason, REJECTION_TEXTS[session.rejection_reason])
@@ -352,77 +380,134 @@ async def presign_parts(gw: Gateway, session: UploadSession, request: api.PartsR
     if await repository.apply(gw.pool, session.upload_id, "receive") is None:
         current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
         require_open(current or session, now)
-    # A URL must not outlive its session.
-    ttl_s = max(1, min(int((session.expires_at - now).total_seconds()), MAX_URL_TTL_S))
+    ttl_s = parts.url_ttl_s(gw.settings.part_url_ttl_s, now, session.expires_at)
+    sizes = [parts.planned_size(session, number) for number in request.part_numbers]
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("presign parts"):
         presigned = [
-            await storage.presign_upload_part(session.object_key, multipart_upload_id, number, ttl_s)
-            for number in request.part_numbers
+            await storage.presign_upload_part(
+                session.object_key, multipart_upload_id, number, ttl_s, content_length=size
+            )
+            for number, size in zip(request.part_numbers, sizes)
         ]
     return api.PresignedParts(
         parts=[
-            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers)
-            for number, p in zip(request.part_numbers, presigned)
+            api.PresignedPart(part_number=number, method="PUT", url=p.url, headers=p.headers, size=size)
+            for number, p, size in zip(request.part_numbers, presigned, sizes)
         ],
         expires_at=now + timedelta(seconds=ttl_s),
     )
 
 
-async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
-    multipart_upload_id, part_count = _multipart(session)
-    require_open(session, utcnow())
+class StoredParts(msgspec.Struct, frozen=True):
+    """What storage holds for a multipart session: the parts of its multipart upload, or, once
+    an earlier commit joined them (and its checksum was refused), the object's size."""
+
+    parts: list[s3.UploadedPart]
+    joined_size: int | None = None
+
+
+async def stored_parts(gw: Gateway, session: UploadSession) -> StoredParts:
+    """The session's stored parts. A multipart upload that storage lost (NoSuchUpload: an S3
+    restart, an abort behind our back) holds nothing: a fresh, empty one takes its place, so
+    the client uploads its parts again instead of being stranded."""
+    multipart_upload_id, _ = _multipart(session)
     storage = await storage_for(gw, session.storage_profile_ref)
     with storage_errors("list parts"):
-        parts = await storage.list_parts(session.object_key, multipart_upload_id)
+        try:
+            return StoredParts(await storage.list_parts(session.object_key, multipart_upload_id))
+        except s3.ObjectMissing:
+            joined = await storage.head(session.object_key)
+            if joined is not None:
+                return StoredParts([], joined_size=joined.size)
+        log.warning("storage lost a multipart upload; starting a fresh one",
+                    extra={"upload_id": session.upload_id, "multipart_upload_id": multipart_upload_id})
+        fresh = await storage.create_multipart(session.object_key, session.mime_type)
+        if await repository.replace_multipart(gw.pool, session.upload_id, multipart_upload_id, fresh) is None:
+            await storage.abort_multipart(session.object_key, fresh)  # another request replaced it first
+            current = await repository.get(gw.pool, session.workspace_id, session.upload_id)
+            require_open(current or session, utcnow())
+            assert current is not None and current.multipart_upload_id is not None
+            return StoredParts(await storage.list_parts(session.object_key, current.multipart_upload_id))
+    return StoredParts([])
+
+
+async def list_parts(gw: Gateway, session: UploadSession) -> api.PartList:
+    _, part_count = _multipart(session)
+    require_open(session, utcnow())
+    held = await stored_parts(gw, session)
+    if held.joined_size is not None:
+        raise InvalidState(
+            f"upload {session.upload_id}'s parts were joined by an earlier commit; commit again or abort it"
+        )
+    chosen = parts.current(session, held.parts)
+    parts.check_sizes(session, chosen)
     return api.PartList(
         part_size=session.part_size or 0,
         part_count=part_count,
-        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in parts],
+        parts=[api.UploadedPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in chosen],
     )
 
 
 async def commit(gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest) -> api.CommitResult:
-    declared = request.sha256.lower() if request.sha256 else None
-    if declared and session.sha256 and declared != session.sha256:
-        raise ChecksumMismatch("the sha256 given at commit differs from the one declared before")
+    given = request.sha256.lower() if request.sha256 else None
+    check_given_sha256(session, given)
     if effective_state(session, utcnow()) in TRANSITIONS["commit"].sources:
-        await _request_commit(gw, sub, session, request, declared)
+        if request.parts is not None:
+            _, part_count = _multipart(session)
+            _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
+        check_complete(session, await _received(gw, session, request))
+        async with gw.pool.acquire() as conn, conn.transaction():
+            await request_commit(conn, sub, session, given, request.parts)
     return await _await_verdict(gw, session)
 
 
-async def _request_commit(
-    gw: Gateway, sub: str, session: UploadSession, request: api.CommitRequest, declared: str | None
-) -> None:
-    if request.parts is not None:
-        _, part_count = _multipart(session)
-        _check_part_numbers([p.part_number for p in request.parts], part_count, "parts")
-    async with gw.pool.acquire() as conn, conn.transaction():
-        moved = await repository.apply(conn, session.upload_id, "commit", sha256=declared)
-        if moved is None:
-            return  # a concurrent commit won; wait for the same verdict
-        event = CommitRequested(
-            workspace_id=moved.workspace_id,
-            upload_id=moved.upload_id,
-            asset_id=moved.asset_id,
-            library_id=moved.library_id,
-            folder_id=moved.folder_id,
-            file_name=moved.file_name,
-            mime_type=moved.mime_type,
-            size_bytes=moved.size_bytes,
-            resumable_protocol=moved.resumable_protocol,
-            provider=moved.provider,
-            storage_profile_ref=moved.storage_profile_ref,
-            object_key=moved.object_key,
-            expected_sha256=moved.sha256,
-            multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
-            parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in request.parts]
-            if request.parts is not None
-            else None,
-            requested_by=sub,
-            kind=moved.kind,
-        )
-        await enqueue(conn, new_event(event, source=SOURCE))
+async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequest) -> int | None:
+    """The bytes a commit would verify: tus counts them as they arrive; multipart parts go
+    straight to storage, which is asked (only the parts the client lists, if it lists any)."""
+    if session.resumable_protocol == "tus":
+        return session.bytes_received
+    held = await stored_parts(gw, session)
+    if held.joined_size is not None:
+        return held.joined_size
+    etags = {p.part_number: p.etag for p in request.parts} if request.parts else None
+    joined = [p for p in parts.current(session, held.parts, etags) if etags is None or p.part_number in etags]
+    parts.check_sizes(session, joined)
+    return parts_received({p.part_number: p.size for p in joined}, None)
+
+
+async def request_commit(
+    conn: asyncpg.Connection, sub: str, session: UploadSession, given: str | None,
+    parts: list[api.PartEtag] | None = None,
+) -> bool:
+    """Move the session to verifying and ask the verifier, inside the caller's transaction;
+    False when it did not move (a concurrent commit won: the same verdict comes)."""
+    moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
+    if moved is None:
+        return False
+    event = CommitRequested(
+        workspace_id=moved.workspace_id,
+        upload_id=moved.upload_id,
+        asset_id=moved.asset_id,
+        library_id=moved.library_id,
+        folder_id=moved.folder_id,
+        file_name=moved.file_name,
+        mime_type=moved.mime_type,
+        size_bytes=moved.size_bytes,
+        resumable_protocol=moved.resumable_protocol,
+        provider=moved.provider,
+        storage_profile_ref=moved.storage_profile_ref,
+        object_key=moved.object_key,
+        expected_sha256=moved.expected_sha256,
+        multipart_upload_id=moved.multipart_upload_id if moved.resumable_protocol == "s3_multipart" else None,
+        parts=[PartRef(part_number=p.part_number, etag=p.etag) for p in parts] if parts is not None else None,
+        requested_by=sub,
+        kind=moved.kind,
+        attempt=moved.commit_attempts,
+        attempts_left=attempts_left(moved),
+    )
+    await enqueue(conn, new_event(event, source=SOURCE))
+    return True
 
 
 async def _await_verdict(gw: Gateway, session: UploadSession) -> api.CommitResult:

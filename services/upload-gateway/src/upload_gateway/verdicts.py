@@ -1,5 +1,6 @@
-"""The gateway's own durable consumer on RAWDRIVE_UPLOADS: record the verifier's verdicts and the
-janitor's expiries; a verified upload also enters the asset catalogue.
+"""The gateway's own durable consumer on RAWDRIVE_UPLOADS: record the verifier's verdicts (and
+refused commit attempts) and the janitor's expiries; a verified upload also enters the asset
+catalogue.
 
 Each handler applies one state machine event; one that no longer applies (a redelivery, or a
 session already moved on) changes nothing, which makes every handler idempotent.
@@ -13,7 +14,15 @@ from typing import Any
 
 import asyncpg
 
-from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, UploadExpired, UploadRejected, UploadVerified, subject_filter
+from rawdrive_contracts import (
+    UPLOADS_STREAM,
+    CloudEvent,
+    CommitRefused,
+    UploadExpired,
+    UploadRejected,
+    UploadVerified,
+    subject_filter,
+)
 from rawdrive_platform.bus import ConsumerSpec, EventHandler
 from upload_gateway import asset_events, repository
 
@@ -26,7 +35,7 @@ def consumer_spec(durable: str = DURABLE) -> ConsumerSpec:
     return ConsumerSpec(
         durable=durable,
         stream=UPLOADS_STREAM.name,
-        filter_subjects=tuple(subject_filter(t.spec) for t in (UploadVerified, UploadRejected, UploadExpired)),
+        filter_subjects=tuple(subject_filter(t.spec) for t in HANDLERS),
     )
 
 
@@ -45,6 +54,16 @@ async def on_rejected(pool: asyncpg.Pool, event: CloudEvent[UploadRejected]) -> 
         log.info("rejected upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
 
 
+async def on_refused(pool: asyncpg.Pool, event: CloudEvent[CommitRefused]) -> None:
+    data = event.data
+    moved = await repository.apply(
+        pool, data.upload_id, "refuse", rejection=(data.reason, data.detail), attempt=data.attempt
+    )
+    if moved is None:
+        log.info("refused attempt is not the session's latest; nothing to record",
+                 extra={"upload_id": data.upload_id, "attempt": data.attempt})
+
+
 async def on_expired(pool: asyncpg.Pool, event: CloudEvent[UploadExpired]) -> None:
     await repository.apply(pool, event.data.upload_id, "expire")
 
@@ -52,6 +71,7 @@ async def on_expired(pool: asyncpg.Pool, event: CloudEvent[UploadExpired]) -> No
 HANDLERS: dict[type, Callable[[asyncpg.Pool, Any], Awaitable[None]]] = {
     UploadVerified: on_verified,
     UploadRejected: on_rejected,
+    CommitRefused: on_refused,
     UploadExpired: on_expired,
 }
 

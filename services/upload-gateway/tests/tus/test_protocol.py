@@ -146,10 +146,16 @@ def test_creation_with_upload_starts_at_offset_zero_without_upload_offset():
 @pytest.mark.parametrize(
     "header",
     ["md5 " + base64.b64encode(hashlib.md5(b"").digest()).decode(), "crc32 AAAAAA==",
-     "sha1", "sha1 not-base64!", "sha256 " + base64.b64encode(b"short").decode()],
+     "sha1", "sha1 not-base64!"],
 )
-def test_unsupported_algorithms_and_bad_digests_are_400(header):
+def test_unsupported_algorithms_and_malformed_digests_are_400(header):
     with pytest.raises(BadRequest):
+        protocol.parse_checksum(header)
+
+
+@pytest.mark.parametrize("header", ["sha256 " + base64.b64encode(b"short").decode(), "sha1 " + base64.b64encode(bytes(32)).decode()])
+def test_a_digest_of_the_wrong_length_is_a_mismatch_460(header):
+    with pytest.raises(protocol.ChecksumMismatch):
         protocol.parse_checksum(header)
 
 

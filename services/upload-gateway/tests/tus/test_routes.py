@@ -79,6 +79,59 @@ async def test_a_file_sent_in_one_patch_becomes_the_object_at_its_key(gateway, h
     assert session.progress == [5 * MiB, 10 * MiB, len(data)] and session.completions == 1
 
 
+async def lose_the_completion(gateway, http, session, url, data) -> str:
+    """Complete the upload, then set its row back as a database failover can (the commit that
+    recorded the completion was never acknowledged); the completed multipart upload's id."""
+    import asyncpg
+
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data)).status == 204
+    completed = await multipart_id(gateway, session)
+    conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
+    try:
+        await conn.execute(
+            """UPDATE tus_uploads SET upload_offset = 0, part_etags = '{}', completed_at = NULL
+               WHERE upload_id = $1""", session.target.upload_id,
+        )
+    finally:
+        await conn.close()
+    return completed
+
+
+async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_comes_again(gateway, http, storage):
+    """A database failover can lose the row's update after S3 completed the object. The client,
+    answered with an error, sends the body again from the offset the row still has; the multipart
+    upload is gone, the object is whole: it is recorded as complete instead of failing on every
+    retry or being sent again (found by tests/e2e/test_cluster.py)."""
+    data = os.urandom(2 * MiB + 7)  # one part: completing it is the first write to the row
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    completed = await lose_the_completion(gateway, http, session, url, data)
+
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert await multipart_id(gateway, session) == completed  # recognised, not uploaded again
+    assert await offset_of(http, url) == len(data)
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress[-1] == len(data)
+    assert session.completions >= 2  # told again after the lost update
+
+
+async def test_head_after_a_lost_completion_reports_the_whole_object(gateway, http, storage):
+    """The same loss met by a resuming client's HEAD first: the gone multipart upload is not
+    taken for lost bytes (offset 0, a fresh upload) but for the completed object it became."""
+    data = os.urandom(2 * MiB + 7)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    completed = await lose_the_completion(gateway, http, session, url, data)
+
+    assert await offset_of(http, url) == len(data)
+    assert await multipart_id(gateway, session) == completed
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress[-1] == len(data) and session.completions >= 2
+
+
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
     data = os.urandom(6 * MiB + 5)
     session = gateway.session(len(data))
@@ -152,6 +205,62 @@ async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_comple
             break
         await asyncio.sleep(0.05)
     assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_upload_resumes_from_there(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3  # one whole part in S3 and a tail in PostgreSQL
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    assert await offset_of(http, url) == sent  # storage holds every recorded part: nothing changes
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)  # behind the gateway's back
+
+    assert await offset_of(http, url) == 0
+    fresh = await multipart_id(gateway, session)
+    assert fresh != lost and await storage.list_parts(session.target.object_key, fresh) == []
+    assert session.progress[-1] == 0  # the session layer hears that the bytes are gone
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_bytes_kept_as_the_tail_outlive_a_lost_multipart_upload_that_held_no_part_yet(gateway, http, storage):
+    data = os.urandom(6 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[: 2 * MiB])).status == 204  # all of it a tail in PostgreSQL
+    lost = await multipart_id(gateway, session)
+    await storage.abort_multipart(session.target.object_key, lost)
+
+    assert await offset_of(http, url) == 2 * MiB
+    assert await multipart_id(gateway, session) != lost
+    assert (await patch(http, url, 2 * MiB, data[2 * MiB :])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_patch_that_meets_a_lost_multipart_upload_is_409_and_head_then_says_where_to_resume(
+    gateway, http, storage
+):
+    data = os.urandom(12 * MiB + 5)
+    sent = 7 * MiB + 3
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:sent])).status == 204
+    await storage.abort_multipart(session.target.object_key, await multipart_id(gateway, session))
+
+    refused = await patch(http, url, sent, data[sent:])
+    assert refused.status == 409, await refused.text()
+    assert "HEAD" in await refused.text()
+    assert await offset_of(http, url) == 0
+    assert (await patch(http, url, 0, data)).status == 204
     assert await object_bytes(storage, session.target.object_key) == data
 
 

@@ -17,6 +17,13 @@ Credentials (S3 keys, JWT secret, storage master key) are generated on first sta
 NATS refuses anonymous clients and runs the permissions of rawdrive_platform.busauth: every
 service connects as its own user, with a password generated at each start; DATA/env holds the
 provisioning identity's (streams, dead letters), for tools run from another shell.
+
+`--cluster` (`make dev CLUSTER=1`) runs the production shape instead (devstack/cluster.py):
+three JetStream nodes with every stream and the profile KV bucket at replicas 3, PostgreSQL with
+a synchronous hot standby, and two replicas of every service, the second on its first's port +
+100 (gateway 8180, health 8181-8183). The services get every NATS URL and a multi-host DSN.
+The cluster's servers take free ports and start empty each time (DATA/cluster is replaced);
+the NATS and PostgreSQL port flags do not apply.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +43,7 @@ from pathlib import Path
 from types import FrameType
 
 from rawdrive_platform.busauth import PROVISION, BusUsers
+from rawdrive_platform.devstack.cluster import REPLICAS, ClusterServers
 from rawdrive_platform.devstack.servers import (
     LOOPBACK_NETWORK,
     NatsServer,
@@ -59,6 +68,7 @@ PERSISTED_SECRETS = (
 
 
 DEV_CORS_ORIGINS = "http://localhost:*,http://127.0.0.1:*"
+SECOND_REPLICA_PORT_OFFSET = 100  # --cluster: each service's second replica listens here
 
 
 class Shutdown(Exception):
@@ -131,15 +141,23 @@ def write_env_file(path: Path, settings: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-def stack_settings(
-    args: argparse.Namespace, nats: NatsServer, postgres: PostgresServer, s3: S3Server, creds: dict[str, str]
-) -> dict[str, str]:
-    assert nats.users is not None
+@dataclass(frozen=True)
+class Backends:
+    """Where the stack's NATS and PostgreSQL answer: one server each, or a cluster's."""
+
+    nats_url: str
+    nats_users: BusUsers
+    database_url: str
+    stream_replicas: int = 1
+
+
+def stack_settings(args: argparse.Namespace, backends: Backends, s3: S3Server, creds: dict[str, str]) -> dict[str, str]:
     return {
         "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{args.http_port}",
-        "RAWDRIVE_NATS_URL": nats.url,
-        **nats.users.env(PROVISION),
-        "RAWDRIVE_DATABASE_URL": postgres.url,
+        "RAWDRIVE_NATS_URL": backends.nats_url,
+        **backends.nats_users.env(PROVISION),
+        "RAWDRIVE_STREAM_REPLICAS": str(backends.stream_replicas),
+        "RAWDRIVE_DATABASE_URL": backends.database_url,
         "RAWDRIVE_S3_ENDPOINT": s3.connection.endpoint,
         "RAWDRIVE_S3_REGION": s3.connection.region,
         "RAWDRIVE_S3_BUCKET": s3.connection.bucket,
@@ -155,6 +173,9 @@ def stack_settings(
         "RAWDRIVE_BYOS_ALLOWED_ENDPOINTS": s3.connection.endpoint,
         "RAWDRIVE_BYOS_ALLOWED_NETWORKS": LOOPBACK_NETWORK,
         "RAWDRIVE_BYOS_ALLOW_HTTP": "true",
+        # The upload console at /console, pre-filled with a development token.
+        "RAWDRIVE_CONSOLE": "1",
+        "RAWDRIVE_CONSOLE_DEV_TOKEN": "1",
     }
 
 
@@ -162,11 +183,16 @@ def stack_settings(
 # Services
 
 
-def start_service(module: str, port: int, settings: dict[str, str], logs: Path, nats_users: BusUsers) -> ServiceProcess:
-    port_variable = "RAWDRIVE_HTTP_PORT" if module == "upload_gateway" else "RAWDRIVE_HEALTH_PORT"
+def start_service(
+    module: str, port: int, settings: dict[str, str], logs: Path, nats_users: BusUsers, replica: int = 0
+) -> ServiceProcess:
+    if module == "upload_gateway":
+        own = {"RAWDRIVE_HTTP_PORT": str(port), "RAWDRIVE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    else:
+        own = {"RAWDRIVE_HEALTH_PORT": str(port)}
     # Its own NATS identity (busauth: the package name with dashes), not the provisioning one.
-    environment = os.environ | settings | nats_users.env(module.replace("_", "-")) | {port_variable: str(port)}
-    log_file = logs / f"{module}.log"
+    environment = os.environ | settings | nats_users.env(module.replace("_", "-")) | own
+    log_file = logs / (f"{module}.log" if replica == 0 else f"{module}-{replica}.log")
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module],
@@ -243,9 +269,20 @@ def run_stack(args: argparse.Namespace) -> int:
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     creds = load_or_create_secrets(data)
-    nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port, log_file=logs / "nats.log",
-                      users=BusUsers.generate())
-    postgres = PostgresServer(data / "postgres", port=args.pg_port, log_file=logs / "postgres.log")
+    cluster: ClusterServers | None = None
+    if args.cluster:
+        # Fresh each start: its servers take free ports, which a kept standby's settings would not follow.
+        shutil.rmtree(data / "cluster", ignore_errors=True)
+        cluster = ClusterServers.create(data / "cluster")
+        backends = Backends(cluster.nats.url, cluster.nats.users, cluster.postgres.dsn(), stream_replicas=REPLICAS)
+        servers: list[ServerProcess] = [*cluster.nats.nodes, cluster.postgres.primary, cluster.postgres.standby]
+    else:
+        nats = NatsServer(data / "nats", port=args.nats_port, monitor_port=args.nats_monitor_port,
+                          log_file=logs / "nats.log", users=BusUsers.generate())
+        postgres = PostgresServer(data / "postgres", port=args.pg_port, log_file=logs / "postgres.log")
+        assert nats.users is not None
+        backends = Backends(nats.url, nats.users, postgres.url)
+        servers = [nats, postgres]
     s3 = S3Server(
         data / "seaweedfs",
         access_key_id=creds["RAWDRIVE_S3_ACCESS_KEY_ID"],
@@ -257,20 +294,28 @@ def run_stack(args: argparse.Namespace) -> int:
         filer_port=args.s3_filer_port,
         log_file=logs / "seaweedfs.log",
     )
-    servers: list[ServerProcess] = [nats, postgres, s3]
+    servers.append(s3)
     services: list[ServiceProcess] = []
     signal.signal(signal.SIGINT, raise_shutdown)
     signal.signal(signal.SIGTERM, raise_shutdown)
     try:
-        print(f"starting NATS, PostgreSQL and SeaweedFS; logs in {logs}", flush=True)
-        start_all(servers)
-        settings = stack_settings(args, nats, postgres, s3, creds)
+        if cluster is not None:
+            print(f"starting a 3-node NATS cluster, PostgreSQL with a standby and SeaweedFS; logs in "
+                  f"{data / 'cluster'} and {logs}", flush=True)
+            cluster.start()  # provisions the streams and the bucket once the nodes form a cluster
+            start_all([s3])
+        else:
+            print(f"starting NATS, PostgreSQL and SeaweedFS; logs in {logs}", flush=True)
+            start_all(servers)
+        settings = stack_settings(args, backends, s3, creds)
         write_env_file(env_file(data), settings)
         if not args.no_services:
             service_ports = [args.http_port] + [args.health_port_base + i for i in range(len(SERVICES) - 1)]
             print(f"starting services; their output goes to {logs}/<service>.log", flush=True)
-            for module, port in zip(SERVICES, service_ports):
-                services.append(start_service(module, port, settings, logs, nats.users))  # type: ignore[arg-type]
+            for replica in range(2 if cluster is not None else 1):
+                for module, port in zip(SERVICES, service_ports):
+                    port += replica * SECOND_REPLICA_PORT_OFFSET
+                    services.append(start_service(module, port, settings, logs, backends.nats_users, replica))
             wait_services_ready(services, args.ready_timeout)
         print_summary(data, settings, args.no_services)
         watch(servers, services)
@@ -285,7 +330,11 @@ def run_stack(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for service in reversed(services):
             service.stop()
-        stop_all(servers)
+        if cluster is not None:
+            stop_all([s3])
+            cluster.stop()  # the route proxies too
+        else:
+            stop_all(servers)
         print("stopped", flush=True)
     return 0
 
@@ -295,6 +344,7 @@ def print_summary(data: Path, settings: dict[str, str], no_services: bool) -> No
         "\nRawDrive dev stack is up"
         + (" (servers only, --no-services)" if no_services else "")
         + f"\n  gateway:  {settings['RAWDRIVE_PUBLIC_URL']}"
+        + f"\n  console:  {settings['RAWDRIVE_PUBLIC_URL']}/console"
         + f"\n  NATS:     {settings['RAWDRIVE_NATS_URL']}"
         + f"\n  Postgres: {settings['RAWDRIVE_DATABASE_URL']}"
         + f"\n  S3:       {settings['RAWDRIVE_S3_ENDPOINT']} bucket {settings['RAWDRIVE_S3_BUCKET']}"
@@ -310,6 +360,8 @@ def stack_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rawdrive_platform.devstack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(".data"), help="data folder (default .data)")
     parser.add_argument("--no-services", action="store_true", help="run only NATS, PostgreSQL and S3")
+    parser.add_argument("--cluster", action="store_true",
+                        help="3 JetStream nodes (replicas 3), PostgreSQL with a hot standby, 2 replicas of every service")
     parser.add_argument("--http-port", type=int, default=8080, help="gateway HTTP port")
     parser.add_argument("--health-port-base", type=int, default=8081, help="health ports of the other services: base, base+1, base+2")
     parser.add_argument("--nats-port", type=int, default=4222)

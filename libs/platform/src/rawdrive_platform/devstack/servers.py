@@ -337,16 +337,16 @@ class NatsServer(ServerProcess):
         provision_streams(self.url_as(PROVISION))
 
 
-def provision_streams(nats_url: str) -> None:
-    """`python -m rawdrive_platform.provision --streams`, in-process (on its own thread and event
-    loop, so a caller inside an event loop can use it too)."""
+def provision_streams(nats_url: str, *, replicas: int = 1) -> None:
+    """`python -m rawdrive_platform.provision --streams` (RAWDRIVE_STREAM_REPLICAS=`replicas`),
+    in-process (on its own thread and event loop, so a caller inside an event loop can use it too)."""
     from rawdrive_platform.provision import Settings, provision
 
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(provision(Settings(nats_url=nats_url), streams=True, targets=[]))
+            asyncio.run(provision(Settings(nats_url=nats_url, stream_replicas=replicas), streams=True, targets=[]))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)
 

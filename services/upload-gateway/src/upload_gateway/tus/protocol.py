@@ -145,7 +145,9 @@ def _decode_metadata_value(key: str, value: str) -> str:
 def parse_checksum(header: str | None) -> Checksum | None:
     if header is None:
         return None
-    algorithm, _, encoded = header.strip().partition(" ")
+    algorithm, space, encoded = header.strip().partition(" ")
+    if not space:
+        raise BadRequest("Upload-Checksum must be '<algorithm> <base64 digest>'")
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise BadRequest(f"checksum algorithm {algorithm!r} is not one of {CHECKSUM_ALGORITHMS}")
     try:
@@ -153,7 +155,8 @@ def parse_checksum(header: str | None) -> Checksum | None:
     except binascii.Error as error:
         raise BadRequest("Upload-Checksum digest is not base64") from error
     if len(digest) != hashlib.new(algorithm).digest_size:
-        raise BadRequest(f"Upload-Checksum digest has the wrong length for {algorithm}")
+        # No body can match a digest of the wrong length: a mismatch, as the compliance suite expects.
+        raise ChecksumMismatch(f"Upload-Checksum digest has the wrong length for {algorithm}")
     return Checksum(algorithm, digest)  # type: ignore[arg-type]  # checked against the tuple
 
 

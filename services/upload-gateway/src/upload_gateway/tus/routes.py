@@ -93,22 +93,23 @@ class _Handlers:
             patch = protocol.parse_patch(request.headers, creation=True)
             with UPLOADS_IN_FLIGHT.track_inprogress():
                 state = await store.write(target, patch, request.content.read)
-        headers = _upload_headers(state) | {"Location": str(request.rel_url)}
+        headers = _upload_headers(state) | target.response_headers | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
     async def head(self, request: web.Request) -> web.Response:
         protocol.check_version(request.headers)
         target = await self._authorize(request)
         store = self._store_for(request)
-        state = await store.state(target.upload_id)
+        state = await store.held(target)
         if state is None:  # nothing sent yet: the session's upload, at 0
             protocol.check_not_expired(target.expires_at, _now())
-            return web.Response(status=200, headers=protocol.upload_headers(0, target.size_bytes, target.expires_at))
+            headers = protocol.upload_headers(0, target.size_bytes, target.expires_at) | target.response_headers
+            return web.Response(status=200, headers=headers)
         if state.completed:
             await store.confirm_complete(target)
         else:
             protocol.check_not_expired(target.expires_at, _now())
-        headers = _upload_headers(state)
+        headers = _upload_headers(state) | target.response_headers
         if state.metadata is not None:
             headers["Upload-Metadata"] = state.metadata
         return web.Response(status=200, headers=headers)
@@ -124,7 +125,7 @@ class _Handlers:
             await store.create(target, protocol.session_creation(target.size_bytes))
         with UPLOADS_IN_FLIGHT.track_inprogress():
             state = await store.write(target, patch, request.content.read)
-        return web.Response(status=204, headers=_upload_headers(state))
+        return web.Response(status=204, headers=_upload_headers(state) | target.response_headers)
 
     async def delete(self, request: web.Request) -> web.Response:
         protocol.check_version(request.headers)

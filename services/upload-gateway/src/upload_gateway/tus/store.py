@@ -13,6 +13,14 @@ upload holds a PostgreSQL advisory lock on it for its whole duration, so two gat
 never write the same upload at once; the loser gets UploadLocked (423) at once instead of waiting.
 The target's callbacks run right after each durable change, even when the body was cut (and
 the handler cancelled), so the session layer's byte count never trails what HEAD reports.
+
+Storage can lose an unfinished multipart upload (NoSuchUpload: an S3 restart, an abort behind
+our back) or parts of it. HEAD therefore asks storage what it still holds, and a PATCH that
+meets NoSuchUpload checks the same way: the offset falls back to the parts storage still has,
+with a fresh multipart upload behind it when it has none, and the client resumes from there
+instead of retrying a part S3 can never accept. A multipart upload can also be gone because it
+was completed and the row's update then lost (a database failover): when the whole object is at
+its key, the completion is recorded instead.
 """
 
 import asyncio
@@ -28,6 +36,7 @@ from upload_gateway.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
     Creation,
+    OffsetMismatch,
     PastLength,
     Patch,
     UploadLocked,
@@ -91,6 +100,22 @@ class TusStore:
         )
         return None if record is None else UploadState(**record)
 
+    async def held(self, target: TusTarget) -> UploadState | None:
+        """The upload's state as storage still holds it (HEAD). An unfinished upload is checked
+        against storage's parts and set back to what survived; while another request writes it,
+        the row stands (that request meets any loss itself)."""
+        state = await self.state(target.upload_id)
+        if state is None or state.completed:
+            return state
+        try:
+            async with self._locked(target.upload_id) as conn:
+                row = await self._row(conn, target.upload_id)
+                if row is not None and row.multipart_id is not None:
+                    await self._reconcile(conn, target, row)
+                return await self.state(target.upload_id, conn)
+        except UploadLocked:
+            return state
+
     async def create(self, target: TusTarget, creation: Creation) -> UploadState:
         """Start the upload; creating one that exists already changes nothing (client retries)."""
         if creation.length != target.size_bytes:
@@ -123,15 +148,9 @@ class TusStore:
     async def write(self, target: TusTarget, patch: Patch, read: Reader) -> UploadState:
         """Append the body at `patch.offset`; completes the object when the length is reached."""
         async with self._locked(target.upload_id) as conn:
-            record = await conn.fetchrow(
-                """SELECT object_key, multipart_id, upload_length AS length, part_size,
-                          part_etags, upload_offset AS offset, tail
-                   FROM tus_uploads WHERE upload_id = $1""",
-                target.upload_id,
-            )
-            if record is None:
+            row = await self._row(conn, target.upload_id)
+            if row is None:
                 raise UploadNotFound("no tus upload was created for this session")
-            row = _Row(**record)
             check_offset(patch.offset, row.offset)
             check_fits(row.offset, patch.content_length, row.length)
             declared = patch.content_length
@@ -141,7 +160,16 @@ class TusStore:
                     raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
                 read, declared = _memory_reader(body), len(body)
             if row.multipart_id is not None and row.offset < row.length:
-                await self._stream(conn, target, row, read, declared)
+                try:
+                    await self._stream(conn, target, row, read, declared)
+                except ObjectMissing:
+                    current = await self._row(conn, target.upload_id)
+                    assert current is not None
+                    offset = await self._reconcile(conn, target, current)
+                    if offset < current.length:
+                        raise OffsetMismatch(
+                            f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
+                        ) from None
             record = await conn.fetchrow(
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )
@@ -218,6 +246,53 @@ class TusStore:
         elif not tail_is_stored:
             await _keep_tail(conn, target, parts.stored, b"".join(pending))
 
+    async def _row(self, conn: asyncpg.Connection, upload_id: str) -> _Row | None:
+        record = await conn.fetchrow(
+            """SELECT object_key, multipart_id, upload_length AS length, part_size,
+                      part_etags, upload_offset AS offset, tail
+               FROM tus_uploads WHERE upload_id = $1""",
+            upload_id,
+        )
+        return None if record is None else _Row(**record)
+
+    async def _reconcile(self, conn: asyncpg.Connection, target: TusTarget, row: _Row) -> int:
+        """Set an unfinished upload back to the parts storage still holds, in order; a fresh
+        multipart upload replaces one storage lost altogether, unless the whole object is there
+        (then the completion is recorded). Returns the offset."""
+        assert row.multipart_id is not None
+        storage = target.storage
+        try:
+            stored = {part.part_number: part for part in await storage.list_parts(row.object_key, row.multipart_id)}
+        except ObjectMissing:
+            info = await storage.head(row.object_key)
+            if info is not None and info.size == row.length:
+                # Not lost but completed: a previous attempt completed the object, then lost the
+                # row's update (a database failover under it, never acknowledged). Record it.
+                await self._record_completion(conn, target, row, list(row.part_etags))
+                return row.length
+            multipart_id = await storage.create_multipart(row.object_key, target.content_type)
+            kept: list[str] = []
+        else:
+            multipart_id = row.multipart_id
+            kept = []
+            for number, etag in enumerate(row.part_etags, start=1):
+                part = stored.get(number)
+                if part is None or _etag(part.etag) != _etag(etag) or part.size != row.part_size:
+                    break
+                kept.append(etag)
+            if len(kept) == len(row.part_etags):
+                return row.offset  # storage holds every recorded part; the tail is ours
+        # The tail (in PostgreSQL) still counts when every part before it survived: no part yet.
+        tail = row.tail if len(kept) == len(row.part_etags) else b""
+        offset = len(kept) * row.part_size + len(tail)
+        await conn.execute(
+            """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = $4, upload_offset = $5,
+                      updated_at = now() WHERE upload_id = $1""",
+            target.upload_id, multipart_id, kept, tail, offset,
+        )
+        await target.on_progress(conn, offset)
+        return offset
+
     async def _finish(self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str]) -> None:
         storage, key = target.storage, row.object_key
         try:
@@ -227,6 +302,11 @@ class TusStore:
             info = await storage.head(key)
             if info is None or info.size != row.length:
                 raise
+        await self._record_completion(conn, target, row, etags)
+
+    async def _record_completion(
+        self, conn: asyncpg.Connection, target: TusTarget, row: _Row, etags: list[str]
+    ) -> None:
         # Offset reaches the length only together with completion: HEAD never reports a full
         # offset for an object that does not exist yet.
         await conn.execute(
@@ -364,6 +444,11 @@ async def _keep_tail(conn: asyncpg.Connection, target: TusTarget, stored: int, t
         target.upload_id, tail, stored + len(tail),
     )
     await target.on_progress(conn, stored + len(tail))
+
+
+def _etag(value: str) -> str:
+    # Stores differ in quoting and case between an upload's answer and a listing.
+    return value.strip().strip('"').lower()
 
 
 def _parts(etags: list[str]) -> list[UploadedPart]:

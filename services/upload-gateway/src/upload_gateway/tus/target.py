@@ -37,6 +37,8 @@ class TusTarget(msgspec.Struct, frozen=True, kw_only=True):
     on_progress: Callable[[asyncpg.Connection, int], Awaitable[None]]
     on_complete: Callable[[asyncpg.Connection], Awaitable[None]]
     on_terminate: Callable[[], Awaitable[None]]
+    # Added to every successful answer about the upload (e.g. the asset id the session layer chose).
+    response_headers: dict[str, str] = {}
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:

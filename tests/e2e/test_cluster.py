@@ -441,10 +441,11 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                     killed.append(node)
 
                 async def restart_killed() -> None:
+                    """And, after any fault, wait until every stream has a leader with current
+                    replicas again: until then the checks' own requests time out."""
                     while killed:
-                        node = killed.pop()
-                        await asyncio.to_thread(node.start)
-                        await asyncio.to_thread(nats.wait_healthy, 120)
+                        await asyncio.to_thread(killed.pop().start)
+                    await asyncio.to_thread(nats.wait_healthy, 120)
 
                 async def partition() -> None:
                     node = nats.nodes[1]

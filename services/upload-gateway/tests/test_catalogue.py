@@ -495,3 +495,101 @@ async def test_a_failed_asset_shows_a_fixed_text_not_the_workers_detail(harness)
     await harness.until_status(asset, "failed")
     shown = await (await harness.get(asset)).json()
     assert shown["failure"] == {"reason": "decode_failed", "detail": "the file could not be decoded"}
+
+
+# -- duplicates: the same bytes again --------------------------------------------------------------
+
+
+async def _arrive(harness: Harness, asset_id: str, sha256: str) -> None:
+    await harness.publish(harness.verified(asset_id, sha256=sha256))
+    created = msgspec.structs.replace(harness.created(asset_id), sha256=sha256)
+    await harness.publish(created)
+    await harness.until_status(asset_id, "available")
+
+
+async def test_with_on_duplicate_skip_a_session_for_an_available_assets_bytes_answers_with_that_asset(harness):
+    content = uuid.uuid4().bytes * 1000
+    sha = hashlib.sha256(content).hexdigest()
+    uploads = f"/v1/workspaces/{harness.workspace}/uploads"
+    body = {"file_name": "again.jpg", "mime_type": "image/jpeg", "size_bytes": len(content), "library_id": "lib1",
+            "resumable_protocol": "tus", "sha256": sha.upper()}
+    skip = body | {"on_duplicate": "skip"}
+
+    async def create(request: dict, workspace: str | None = None) -> tuple[int, dict]:
+        path = f"/v1/workspaces/{workspace}/uploads" if workspace else uploads
+        response = await harness.client.post(path, json=request, headers=harness.user(workspace=workspace))
+        return response.status, await response.json()
+
+    async def written() -> tuple[int, int]:
+        sessions = await harness.gw.pool.fetchval(
+            "SELECT count(*) FROM upload_sessions WHERE workspace_id = $1", harness.workspace
+        )
+        return sessions, await harness.gw.pool.fetchval("SELECT count(*) FROM outbox")
+
+    status, created = await create(skip)  # nothing has these bytes yet: an ordinary session
+    assert status == 201 and created["upload_url"] and "duplicate_of" not in created
+
+    processing, original, failed = (str(uuid.uuid4()) for _ in range(3))
+    await harness.publish(harness.verified(processing, sha256=sha))  # verified, not processed yet
+    await harness.until_status(processing, "processing")
+    status, created = await create(skip)
+    assert status == 201 and "duplicate_of" not in created
+
+    await harness.publish(harness.verified(failed, sha256=sha))
+    await harness.publish(AssetProcessingFailed(
+        workspace_id=harness.workspace, asset_id=failed, upload_id="u", reason="decode_failed",
+        object_key=keys.original_key(harness.workspace, failed, "x.jpg"), storage_profile_ref="managed",
+    ))
+    await harness.until_status(failed, "failed")
+    status, created = await create(skip)
+    assert status == 201 and "duplicate_of" not in created
+
+    await _arrive(harness, original, sha)
+    before = await written()
+    status, created = await create(skip)
+    assert (status, created) == (200, {"duplicate_of": original})
+    assert await written() == before  # no session row, no event
+    # Today's behaviour unless the client asks: a session for the same bytes.
+    status, created = await create(body)
+    assert status == 201 and created["upload_url"] and "duplicate_of" not in created
+    status, created = await create(body | {"on_duplicate": "upload"})
+    assert status == 201 and "duplicate_of" not in created
+    # Another workspace's asset is no duplicate.
+    status, created = await create(skip, workspace=f"ws{uuid.uuid4().hex[:10]}")
+    assert status == 201 and "duplicate_of" not in created
+    # The file is checked first: a type the gateway refuses is refused, duplicate or not.
+    status, refused = await create(skip | {"file_name": "again.exe", "mime_type": "application/x-msdownload"})
+    assert (status, refused["code"]) == (422, "unsupported_type")
+    status, refused = await create(skip | {"on_duplicate": "always"})
+    assert status == 422
+
+    deleted = await harness.client.delete(harness.path(f"/{original}"), headers=harness.user("member"))
+    assert deleted.status == 204
+    status, created = await create(skip)  # an asset in the trash is no duplicate
+    assert status == 201 and "duplicate_of" not in created
+    restored = await harness.client.post(harness.path(f"/{original}/restore"), headers=harness.user("member"))
+    assert restored.status == 200
+    assert await create(skip) == (200, {"duplicate_of": original})
+
+
+async def test_an_asset_with_an_earlier_available_assets_bytes_shows_it_as_duplicate_of(harness):
+    first, second, third, other = (str(uuid.uuid4()) for _ in range(4))
+    sha = hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+
+    async def duplicate_of(asset_id: str) -> str | None:
+        return (await (await harness.get(asset_id)).json()).get("duplicate_of")
+
+    await _arrive(harness, first, sha)
+    await _arrive(harness, second, sha)
+    await _arrive(harness, third, sha)
+    await _arrive(harness, other, hashlib.sha256(uuid.uuid4().bytes).hexdigest())
+    assert [await duplicate_of(a) for a in (first, second, third, other)] == [None, first, first, None]
+    listed = await (await harness.client.get(harness.path(), headers=harness.user("viewer"))).json()
+    assert {item["asset_id"]: item.get("duplicate_of") for item in listed["items"]} == {
+        first: None, second: first, third: first, other: None
+    }
+
+    deleted = await harness.client.delete(harness.path(f"/{first}"), headers=harness.user("member"))
+    assert deleted.status == 204
+    # The earliest *available* one: the first is in the trash, the second stands in for it.
+    assert [await duplicate_of(a) for a in (second, third)] == [None, second]

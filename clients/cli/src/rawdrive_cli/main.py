@@ -317,7 +317,8 @@ def parser() -> argparse.ArgumentParser:
         description="Upload files and folders (recursively). Each file is hashed (SHA-256, declared to the "
         "gateway), sent by tus or, from --s3-threshold, by S3 multipart with parallel parts, committed, and "
         "awaited until the catalogue shows it available. Rerun the same command after Ctrl-C or a crash: "
-        "unfinished files resume where the gateway stands, committed ones are skipped. Exit status 1 when "
+        "unfinished files resume where the gateway stands, committed ones are skipped, and a file whose bytes "
+        "an available asset of the workspace already has is not sent (reported as a duplicate). Exit status 1 when "
         "any file failed (listed with the reason).",
     )
     up.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")

@@ -194,6 +194,7 @@ class Uploader:
             "library_id": self.options.library,
             "resumable_protocol": protocol,
             "sha256": entry.sha256,
+            "on_duplicate": "skip",  # an available asset with these bytes answers instead: nothing sent twice
         })
         if created.duplicate_of is not None:
             self.state.put(key, Entry(version=entry.version, sha256=entry.sha256, committed=True,

@@ -223,8 +223,9 @@ class NatsCluster:
                 proxy.enable()
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        """Until every node is up and healthy, all agree on the meta leader, and the leader has
-        every other node current (only the leader tracks its followers)."""
+        """Until every node is up and healthy, all agree on the meta leader, the leader has every
+        other node current (only the leader tracks its followers), and so does every stream's
+        leader: a stream whose leader was just killed answers no request until it elects anew."""
         deadline = time.monotonic() + timeout_s
         while not self._whole():
             if time.monotonic() > deadline:
@@ -241,7 +242,22 @@ class NatsCluster:
             replicas = self.node(leaders.pop()).jsz()["meta_cluster"].get("replicas") or []
         except (OSError, KeyError, StopIteration):
             return False
+        return self._all_current(replicas) and self._streams_whole()
+
+    def _all_current(self, replicas: list[dict]) -> bool:
         return len(replicas) == len(self.nodes) - 1 and all(r.get("current") and not r.get("offline") for r in replicas)
+
+    def _streams_whole(self) -> bool:
+        names: set[str] = set()
+        led: dict[str, list[dict]] = {}
+        for node in self.nodes:
+            for account in node.jsz("?accounts=true&streams=true").get("account_details", []):
+                for info in account.get("stream_detail", []):
+                    names.add(info["name"])
+                    cluster = info.get("cluster", {})
+                    if cluster.get("leader") == node.node_name:
+                        led[info["name"]] = cluster.get("replicas") or []
+        return all(name in led and self._all_current(led[name]) for name in names)
 
 
 # ---------------------------------------------------------------------------------------------

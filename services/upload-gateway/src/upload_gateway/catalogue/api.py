@@ -72,6 +72,9 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     paired_with: Annotated[
         str, msgspec.Meta(description="the other half of an Apple Live Photo (same metadata.content_identifier)")
     ] | None = None
+    duplicate_of: Annotated[
+        str, msgspec.Meta(description="the earliest earlier available asset with the same bytes (sha256)")
+    ] | None = None
     deleted_at: datetime | None = None  # status deleted: restorable until purge_after
     purge_after: datetime | None = None
 

@@ -106,6 +106,8 @@ class Entry(msgspec.Struct, frozen=True):
     facts: AssetFacts
     # The other half of a Live Photo (same content identifier, the other kind), found on read.
     paired_with: str | None = None
+    # The earliest earlier available asset with the same bytes (verified SHA-256), found on read.
+    duplicate_of: str | None = None
 
 
 def content_identifier(facts: AssetFacts) -> str | None:

@@ -83,6 +83,7 @@ async def view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
         if status == "failed" and facts.failure
         else None,
         paired_with=entry.paired_with,
+        duplicate_of=entry.duplicate_of,
         deleted_at=deletion.at if status == "deleted" and deletion else None,
         purge_after=deletion.purge_after if status == "deleted" and deletion else None,
     )
@@ -125,4 +126,6 @@ async def change(gw: Gateway, principal: Principal, workspace_id: str, asset_id:
         merged = merge(facts, change)
         await catalogue_store.save(conn, merged)
         await enqueue(conn, new_event(event, source=SOURCE, time=now))
-    return Entry(created_at=entry.created_at, facts=merged, paired_with=entry.paired_with)
+    return Entry(
+        created_at=entry.created_at, facts=merged, paired_with=entry.paired_with, duplicate_of=entry.duplicate_of
+    )

@@ -31,7 +31,13 @@ _PAIRED_WITH = """(SELECT p.asset_id FROM assets p
                       AND p.asset_id <> a.asset_id AND p.status NOT IN ('deleted', 'purged')
                       AND p.processed->>'kind' IS DISTINCT FROM a.processed->>'kind'
                     ORDER BY p.created_at, p.asset_id LIMIT 1) AS paired_with"""
-_READ = f"{_COLUMNS}, {_PAIRED_WITH}"
+# The earliest available asset of the workspace with the same bytes (verified SHA-256) that the
+# catalogue heard of before this one; looked up on read, so it follows deletions and restores.
+_DUPLICATE_OF = """(SELECT d.asset_id FROM assets d
+                     WHERE d.workspace_id = a.workspace_id AND d.sha256 = a.sha256 AND d.status = 'available'
+                       AND (d.created_at, d.asset_id) < (a.created_at, a.asset_id)
+                     ORDER BY d.created_at, d.asset_id LIMIT 1) AS duplicate_of"""
+_READ = f"{_COLUMNS}, {_PAIRED_WITH}, {_DUPLICATE_OF}"
 
 
 def _json(value: msgspec.Struct | None) -> str | None:
@@ -50,7 +56,9 @@ def _entry(row: asyncpg.Record) -> Entry:
             for name, type_ in _FACT_TYPES.items()
         },
     )
-    return Entry(created_at=row["created_at"], facts=facts, paired_with=row.get("paired_with"))
+    return Entry(
+        created_at=row["created_at"], facts=facts, paired_with=row.get("paired_with"), duplicate_of=row.get("duplicate_of")
+    )
 
 
 async def lock(conn: asyncpg.Connection, workspace_id: str, asset_id: str) -> Entry | None:
@@ -67,7 +75,7 @@ async def save(conn: asyncpg.Connection, facts: AssetFacts) -> None:
         """UPDATE assets
               SET status = $2, library_id = $3, folder_id = $4, description = $5::jsonb, verified_at = $6,
                   processed = $7::jsonb, failure = $8::jsonb, deletion = $9::jsonb, restored_at = $10,
-                  purged_at = $11, content_identifier = $12, updated_at = now()
+                  purged_at = $11, content_identifier = $12, sha256 = $13, updated_at = now()
             WHERE asset_id = $1""",
         facts.asset_id,
         status_of(facts),
@@ -81,6 +89,7 @@ async def save(conn: asyncpg.Connection, facts: AssetFacts) -> None:
         facts.restored_at,
         facts.purged_at,
         content_identifier(facts),
+        description.sha256.lower() if description else None,
     )
 
 
@@ -110,6 +119,17 @@ async def get(pool: asyncpg.Pool, workspace_id: str, asset_id: str) -> Entry | N
         workspace_id,
     )
     return None if row is None else _entry(row)
+
+
+async def available_with_sha256(pool: asyncpg.Pool, workspace_id: str, sha256: str) -> str | None:
+    """The earliest available asset of the workspace whose verified bytes have this SHA-256."""
+    return await pool.fetchval(
+        """SELECT asset_id FROM assets
+            WHERE workspace_id = $1 AND sha256 = $2 AND status = 'available'
+            ORDER BY created_at, asset_id LIMIT 1""",
+        workspace_id,
+        sha256.lower(),
+    )
 
 
 async def page(

@@ -30,6 +30,15 @@ class CreateUpload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     resumable_protocol: ResumableProtocol
     sha256: Sha256 | None = None
     folder_id: Id | None = None
+    # skip: when an available asset of the workspace already has these bytes (`sha256`), answer
+    # with it (DuplicateFound) instead of opening a session. upload: always open one.
+    on_duplicate: Literal["upload", "skip"] = "upload"
+
+
+class DuplicateFound(msgspec.Struct, frozen=True):
+    """on_duplicate=skip and an available asset has the declared sha256: nothing to send."""
+
+    duplicate_of: str  # that asset's id
 
 
 class UploadCreated(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -25,6 +25,7 @@ from rawdrive_platform.outbox import enqueue, outbox_row
 from rawdrive_platform.storage import MANAGED_PROFILE_ID
 from rawdrive_platform.telemetry import stored_context
 from upload_gateway.auth import UploadGrant
+from upload_gateway.catalogue import store as catalogue_store
 from upload_gateway.errors import InvalidState, StorageUnavailable, UploadError
 from upload_gateway.gateway import SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.problems import storage_errors
@@ -62,6 +63,16 @@ COMMIT_POLL_S = 0.1
 _STARTED = {protocol: UPLOADS_STARTED.labels(protocol=protocol) for protocol in get_args(ResumableProtocol)}
 # Tries to insert a session under the workspace's active profile while it keeps changing.
 PROFILE_ATTEMPTS = 3
+
+
+async def find_duplicate(gw: Gateway, workspace_id: str, request: api.CreateUpload) -> api.DuplicateFound | None:
+    """The available asset of the workspace with the request's sha256, if there is one. The file
+    is checked first: a request the gateway would refuse is refused whatever the workspace holds."""
+    check_new_file(request)
+    if request.sha256 is None:
+        return None
+    asset_id = await catalogue_store.available_with_sha256(gw.pool, workspace_id, request.sha256)
+    return None if asset_id is None else api.DuplicateFound(duplicate_of=asset_id)
 
 
 class SessionOpener:

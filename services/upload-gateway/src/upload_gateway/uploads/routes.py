@@ -52,6 +52,11 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
 async def create(request: web.Request) -> web.Response:
     principal, workspace_id = await user(request, request.config_dict[GATEWAY].tokens, "upload")
     body = await decode_body(request, api.CreateUpload)
+    gw = request.config_dict[GATEWAY]
+    if body.on_duplicate == "skip":
+        duplicate = await handlers.find_duplicate(gw, workspace_id, body)
+        if duplicate is not None:
+            return json_response(duplicate)
     created = await request.config_dict[OPENER].open(principal.sub, workspace_id, body)
     return json_response(created, status=201)
 
@@ -99,7 +104,10 @@ ROUTES: tuple[Route, ...] = (
             method="POST", path=PREFIX, operation_id="createUpload", tag="uploads",
             summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
             body=api.CreateUpload,
-            replies=(Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),),
+            replies=(
+                Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),
+                Reply(200, "on_duplicate=skip: an available asset has these bytes; nothing to send", api.DuplicateFound),
+            ),
             problems=(400, 401, 403, 404, 413, 422, 429, 502, 503),
         ),
         create,

@@ -21,8 +21,8 @@ from rawdrive_platform.bus import DEADLETTER_STREAM
 
 # Every durable of the pipeline, as the Kubernetes Job names them (deploy/k8s/base/provision-job.yaml).
 CONSUMERS = {
-    "upload_gateway.uploads.verdicts:consumer_spec": "upload-gateway-verdicts",
-    "upload_gateway.catalogue.events:consumer_spec": "upload-gateway-catalogue",
+    "upload_gateway.uploads.verdicts:CONSUMER": "upload-gateway-verdicts",
+    "upload_gateway.catalogue.events:CONSUMER": "upload-gateway-catalogue",
     "commit_verifier.__main__:CONSUMER": "commit-verifier",
     "media_processor.__main__:CONSUMER": "media-processor",
     "janitor.handlers:UPLOAD_EVENTS": "janitor-uploads",

@@ -24,7 +24,6 @@ from commit_verifier.handlers import (
     Dependencies,
 )
 from rawdrive_contracts import (
-    UPLOADS_STREAM,
     CloudEvent,
     CommitRefused,
     CommitRequested,
@@ -33,10 +32,9 @@ from rawdrive_contracts import (
     UploadVerified,
     encode,
     new_event,
-    subject_filter,
 )
 from rawdrive_devkit.devstack.servers import NatsServer, S3Connection, free_port
-from rawdrive_devkit.testkit import managed_profile, stored_events
+from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
 from rawdrive_platform import bus, db, deadletter
 from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
@@ -104,36 +102,23 @@ class Env:
             refs.append(PartRef(part_number=number, etag=uploaded.etag))
         return upload_id, refs
 
-    def spec(self, **overrides: Any) -> bus.ConsumerSpec:
-        return bus.ConsumerSpec(
-            durable=f"verifier-{uuid.uuid4().hex[:10]}",
-            stream=UPLOADS_STREAM.name,
-            filter_subjects=(subject_filter(CommitRequested.spec, self.workspace),),
-            **({"ack_wait_s": 5.0, "backoff_s": (0.2,), "max_deliver": 5} | overrides),
-        )
+    def spec(self, **settings: Any) -> bus.ConsumerSpec:
+        return consumer_for_test(HANDLERS, self.workspace, **({"ack_wait_s": 5.0, "max_deliver": 5} | settings))
 
     @contextlib.asynccontextmanager
     async def verifier(
         self, storage_for: StorageResolver | None = None, spec: bus.ConsumerSpec | None = None
     ) -> AsyncIterator[bus.ConsumerSpec]:
         """The verifier's consumer and outbox relay, running in this process."""
-        spec = spec or self.spec()
         deps = Dependencies(uow=UnitOfWork(self.pool), storage_for=storage_for or only(self.storage))
-
-        async def handle(event: CloudEvent[Any]) -> None:
-            await HANDLERS.dispatch(event, deps)
-
-        async def exhausted(event: CloudEvent[Any], error: BaseException) -> None:
-            await HANDLERS.dispatch_exhausted(event, error, deps)
-
         stop = asyncio.Event()
-        consumer = bus.Consumer(self.js, spec, handle, on_exhausted=exhausted, concurrency=2)
-        tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(Relay(self.pool, self.js).run(stop))]
+        relay = asyncio.create_task(Relay(self.pool, self.js).run(stop))
         try:
-            yield spec
+            async with consuming(self.js, HANDLERS, deps, spec or self.spec(), concurrency=2) as consumer:
+                yield consumer
         finally:
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            await asyncio.wait_for(relay, 10)
 
     async def verdicts(self) -> list[CloudEvent[Any]]:
         return await stored_verdicts(self.js, self.workspace)

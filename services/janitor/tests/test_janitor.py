@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import asyncpg
@@ -42,8 +41,9 @@ from rawdrive_contracts import (
     UploadVerified,
     new_event,
 )
+from rawdrive_contracts.facts import carry
 from rawdrive_devkit.devstack.servers import S3Connection, loopback_endpoint_policy
-from rawdrive_devkit.testkit import stored_events
+from rawdrive_devkit.testkit import consumer_for_test, consuming, stored_events
 from rawdrive_platform import bus, db, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.outbox import Relay, UnitOfWork
@@ -155,22 +155,16 @@ class Env:
         """The janitor's two consumers (on this workspace only) and its outbox relay."""
         deps = Dependencies(uow=UnitOfWork(self.pool), storage_for=self.resolver(storage))
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(Relay(self.pool, self.js).run(stop))]
-        for table in (UPLOAD_HANDLERS, ASSET_HANDLERS):
-            spec = table.spec
-            scoped = msgspec.structs.replace(
-                spec,
-                durable=f"{spec.durable}-{uuid.uuid4().hex[:8]}",
-                filter_subjects=tuple(f.removesuffix("*") + self.workspace for f in spec.filter_subjects),
-                backoff_s=(0.2,),
-            )
-            consumer = bus.Consumer(self.js, scoped, partial(table.dispatch, deps=deps))
-            tasks.append(asyncio.create_task(consumer.run(stop)))
+        relay = asyncio.create_task(Relay(self.pool, self.js).run(stop))
         try:
-            yield
+            async with contextlib.AsyncExitStack() as consumers:
+                for table in (UPLOAD_HANDLERS, ASSET_HANDLERS):
+                    spec = consumer_for_test(table, self.workspace)
+                    await consumers.enter_async_context(consuming(self.js, table, deps, spec))
+                yield
         finally:
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            await asyncio.wait_for(relay, 10)
 
     async def relay_once(self) -> None:
         await Relay(self.pool, self.js).publish_pending()
@@ -292,12 +286,7 @@ async def test_an_expired_session_leaves_no_objects_and_no_open_multipart_upload
 
 async def test_a_committed_session_is_left_to_the_verifier_even_past_its_expiry(env: Env):
     session = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
-    commit = CommitRequested(
-        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, library_id="lib1",
-        file_name=session.file_name, mime_type=session.mime_type, size_bytes=session.size_bytes,
-        resumable_protocol="s3_multipart", storage_profile_ref="managed", object_key=session.object_key,
-        requested_by="user1",
-    )
+    commit = carry(session, CommitRequested, requested_by="user1")
     async with env.consuming():
         await env.publish(session)
         multipart_id = await env.partial_upload(session)
@@ -311,16 +300,8 @@ async def test_a_committed_session_is_left_to_the_verifier_even_past_its_expiry(
 
 async def test_a_refused_commit_keeps_the_bytes_and_the_session_expires_again_once_abandoned(env: Env):
     session = env.session(uuid.uuid4().hex, expires_in=timedelta(seconds=-1))
-    commit = CommitRequested(
-        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, library_id="lib1",
-        file_name=session.file_name, mime_type=session.mime_type, size_bytes=session.size_bytes,
-        resumable_protocol="s3_multipart", storage_profile_ref="managed", object_key=session.object_key,
-        requested_by="user1", attempts_left=2,
-    )
-    refused = CommitRefused(
-        workspace_id=env.workspace, upload_id=session.upload_id, asset_id=session.asset_id, attempt=1,
-        attempts_left=2, reason="checksum_mismatch", storage_profile_ref="managed", object_key=session.object_key,
-    )
+    commit = carry(session, CommitRequested, requested_by="user1", attempts_left=2)
+    refused = carry(session, CommitRefused, attempt=1, attempts_left=2, reason="checksum_mismatch")
     committed = "SELECT commit_requested_at IS NOT NULL FROM tracked_uploads WHERE upload_id = $1"
     async with env.consuming():
         await env.publish(session)

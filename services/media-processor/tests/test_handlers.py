@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import struct
 import subprocess
@@ -20,17 +19,15 @@ from nats.js import JetStreamContext
 from media_processor.handlers import HANDLERS, Dependencies, upload_verified
 from media_processor.sandbox import Limits, Sandbox
 from rawdrive_contracts import (
-    UPLOADS_STREAM,
     AssetAnalysisRequested,
     AssetCreated,
     AssetProcessingFailed,
     CloudEvent,
     UploadVerified,
     new_event,
-    subject_filter,
 )
 from rawdrive_devkit.devstack.servers import S3Connection
-from rawdrive_devkit.testkit import managed_profile, stored_events
+from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
 from rawdrive_platform import bus, keys
 from rawdrive_platform.storage import Storage
 
@@ -69,31 +66,14 @@ class Env:
             verified_at=datetime.now(UTC),
         )
 
-    @contextlib.asynccontextmanager
-    async def processor(self) -> AsyncIterator[None]:
-        """The processor's consumer, running in this process on this workspace's subject."""
-        spec = bus.ConsumerSpec(
-            durable=f"media-{uuid.uuid4().hex[:10]}",
-            stream=UPLOADS_STREAM.name,
-            filter_subjects=(subject_filter(UploadVerified.spec, self.workspace),),
-            ack_wait_s=10.0,
-            backoff_s=(0.2,),
-        )
-        deps = self.deps
-
-        async def handle(event: CloudEvent[Any]) -> None:
-            await HANDLERS.dispatch(event, deps)
-
-        async def exhausted(event: CloudEvent[Any], error: BaseException) -> None:
-            await HANDLERS.dispatch_exhausted(event, error, deps)
-
-        stop = asyncio.Event()
-        task = asyncio.create_task(bus.Consumer(self.js, spec, handle, on_exhausted=exhausted, concurrency=2).run(stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+    async def process(self, *uploads: UploadVerified, announced: int) -> list[CloudEvent[Any]]:
+        """The processor's consumer, running in this process on this workspace's subject, fed
+        these uploads until the workspace has `announced` events."""
+        spec = consumer_for_test(HANDLERS, self.workspace, ack_wait_s=10.0)
+        async with consuming(self.js, HANDLERS, self.deps, spec, concurrency=2):
+            for upload in uploads:
+                await bus.publish(self.js, new_event(upload, source="test"))
+            return await self.wait_announced(announced)
 
     async def announced(self) -> list[CloudEvent[Any]]:
         return await stored_events(self.js, f"rawdrive.asset.*.{self.workspace}")
@@ -124,9 +104,7 @@ async def object_bytes(storage: Storage, key: str) -> bytes:
 
 async def test_a_verified_photo_is_announced_with_variants_stored_and_no_gps_in_them(env: Env) -> None:
     upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
-    async with env.processor():
-        await bus.publish(env.js, new_event(upload, source="test"))
-        created, analysis = sorted(await env.wait_announced(2), key=lambda e: e.type, reverse=True)
+    created, analysis = sorted(await env.process(upload, announced=2), key=lambda e: e.type, reverse=True)
     assert isinstance(created.data, AssetCreated) and isinstance(analysis.data, AssetAnalysisRequested)
     asset = created.data
     assert (asset.asset_id, asset.kind, asset.sha256, asset.object_key) == (
@@ -147,10 +125,7 @@ async def test_a_verified_photo_is_announced_with_variants_stored_and_no_gps_in_
 async def test_an_executable_named_jpg_fails_as_a_type_mismatch_and_the_next_upload_is_processed(env: Env) -> None:
     bad = await env.upload(b"MZ\x90\x00\x03" + bytes(2000), "cat.jpg", "image/jpeg")
     good = await env.upload((DATA / "video_rotated_90.mov").read_bytes(), "clip.mov", "video/quicktime")
-    async with env.processor():
-        await bus.publish(env.js, new_event(bad, source="test"))
-        await bus.publish(env.js, new_event(good, source="test"))
-        events = await env.wait_announced(3)
+    events = await env.process(bad, good, announced=3)
     by_asset = {(e.data.asset_id, type(e.data)): e.data for e in events}
     failed = by_asset[(bad.asset_id, AssetProcessingFailed)]
     assert failed.reason == "type_mismatch" and failed.upload_id == bad.upload_id
@@ -161,9 +136,7 @@ async def test_an_executable_named_jpg_fails_as_a_type_mismatch_and_the_next_upl
 
 async def test_an_undecodable_file_fails_with_a_reason_instead_of_retrying(env: Env) -> None:
     upload = await env.upload((DATA / "exiftool_Nikon.nef").read_bytes(), "DSC_0001.NEF", "application/octet-stream")
-    async with env.processor():
-        await bus.publish(env.js, new_event(upload, source="test"))
-        [event] = await env.wait_announced(1)
+    [event] = await env.process(upload, announced=1)
     assert isinstance(event.data, AssetProcessingFailed) and event.data.reason == "decode_failed"
     assert event.data.cause == "corrupt_content"  # LibRaw: the sensor data was stripped
 
@@ -177,10 +150,7 @@ async def test_a_pixel_flood_is_refused_with_its_cause_and_a_damaged_photo_is_an
     whole = (DATA / "mei_Samsung_SM-J327T1.jpg").read_bytes()
     refused = await env.upload(flood, "flood.jpg", "image/jpeg")
     damaged = await env.upload(whole[: len(whole) // 3], "cut.jpg", "image/jpeg")
-    async with env.processor():
-        await bus.publish(env.js, new_event(refused, source="test"))
-        await bus.publish(env.js, new_event(damaged, source="test"))
-        events = await env.wait_announced(3)
+    events = await env.process(refused, damaged, announced=3)
     by_asset = {(e.data.asset_id, type(e.data)): e.data for e in events}
     failed = by_asset[(refused.asset_id, AssetProcessingFailed)]
     assert (failed.reason, failed.cause) == ("unsupported_content", "too_many_pixels")
@@ -272,9 +242,7 @@ async def test_a_motion_photos_video_is_stored_as_mp4_beside_the_pictures_and_an
     jpeg = still.read_bytes()
     content = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:] + video
     upload = await env.upload(content, "MVIMG_20240517_123205.jpg", "image/jpeg")
-    async with env.processor():
-        await bus.publish(env.js, new_event(upload, source="test"))
-        created = next(e for e in await env.wait_announced(2) if isinstance(e.data, AssetCreated))
+    created = next(e for e in await env.process(upload, announced=2) if isinstance(e.data, AssetCreated))
     asset = created.data
     assert (asset.width, asset.height) == (640, 480)  # the still is the asset
     motion, poster = asset.variants.motion, asset.variants.motion_poster

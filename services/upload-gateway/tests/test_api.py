@@ -29,20 +29,20 @@ from rawdrive_contracts import (
     decode,
     new_event,
 )
+from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile
 from rawdrive_platform import bus, db
-from rawdrive_platform.config import Secret
-from rawdrive_platform.outbox import OutboxRow, outbox_row
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.outbox import OutboxRow, UnitOfWork, outbox_row
+from rawdrive_platform.storage import Storage
 from upload_gateway.app import create_app, token_verifier
-from upload_gateway.auth import mint_dev_token
 from upload_gateway.gateway import Gateway
-from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
 from upload_gateway.uploads import api, core, repository, verdicts
 from upload_gateway.uploads.patch_limits import PATCH_LIMIT
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
+
+from .gatewaykit import bearer, session_request, settings_for
 
 SECRET = "integration-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -56,21 +56,13 @@ class Harness:
     workspace: str
 
     def user(self, role: str = "member", workspace: str | None = None, ttl_s: int = 600) -> dict[str, str]:
-        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=ttl_s)
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(SECRET, workspace or self.workspace, role, ttl_s)
 
     def path(self, suffix: str = "", workspace: str | None = None) -> str:
         return f"/v1/workspaces/{workspace or self.workspace}/uploads{suffix}"
 
     async def create(self, **overrides: object) -> dict:
-        body = {
-            "file_name": "IMG_0001.jpg",
-            "mime_type": "image/jpeg",
-            "size_bytes": 1000,
-            "library_id": "lib1",
-            "resumable_protocol": "tus",
-        } | overrides
-        response = await self.client.post(self.path(), json=body, headers=self.user())
+        response = await self.client.post(self.path(), json=session_request(**overrides), headers=self.user())
         assert response.status == 201, await response.text()
         return await response.json()
 
@@ -109,28 +101,9 @@ class Harness:
 async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
     await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
     pool = await db.create_pool(fresh_database_url, "gateway")
-    storage = await Storage.open(
-        StorageProfile(
-            profile_id="managed",
-            provider="r2",
-            bucket=s3_server.bucket,
-            access_key_id=s3_server.access_key_id,
-            secret_access_key=Secret(s3_server.secret_access_key),
-            endpoint=s3_server.endpoint,
-            region=s3_server.region,
-        )
-    )
-    settings = Settings(
-        database_url=fresh_database_url,
-        s3_bucket=s3_server.bucket,
-        s3_access_key_id=s3_server.access_key_id,
-        s3_secret_access_key=Secret(s3_server.secret_access_key),
-        s3_endpoint=s3_server.endpoint,
-        nats_url=nats_url,
-        public_url="http://gateway.test",
-        jwt_secret=Secret(SECRET),
-        commit_wait_s=1.5,
-        cors_origins=("https://app.example",),
+    storage = await Storage.open(managed_profile(s3_server))
+    settings = settings_for(
+        fresh_database_url, s3_server, SECRET, nats_url=nats_url, commit_wait_s=1.5, cors_origins=("https://app.example",)
     )
     gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
     client = TestClient(TestServer(create_app(gw, mounts=[mount_tus])))
@@ -149,15 +122,10 @@ async def verdict_consumer(harness, nats_url) -> AsyncIterator[bus.JetStreamCont
     nc = await bus.connect(nats_url, name="test-gateway")
     js = nc.jetstream()
     await bus.provision(js, bus.StreamSettings())
-    stop = asyncio.Event()
-    spec = verdicts.consumer_spec(durable=f"test-gw-{uuid.uuid4().hex[:8]}")
-    task = asyncio.create_task(bus.Consumer(js, spec, verdicts.handler(harness.gw.pool)).run(stop))
     try:
-        yield js
+        async with consuming(js, verdicts.HANDLERS, UnitOfWork(harness.gw.pool), consumer_for_test(verdicts.HANDLERS)):
+            yield js
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await js.delete_consumer(spec.stream, spec.durable)
         await nc.close()
 
 

@@ -4,6 +4,7 @@ stay stable, URLs fetch the right bytes under the right names, and every route c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import urllib.parse
@@ -35,23 +36,22 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
-from rawdrive_devkit.testkit import stored_events
+from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
 from rawdrive_platform import bus, db, keys
-from rawdrive_platform.config import Secret
 from rawdrive_platform.health import Health
-from rawdrive_platform.outbox import Relay
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.outbox import Relay, UnitOfWork
+from rawdrive_platform.storage import Storage
 from upload_gateway.app import create_app, token_verifier
-from upload_gateway.auth import mint_dev_token
 from upload_gateway.catalogue import events as asset_events
 from upload_gateway.catalogue import store as catalogue_store
 from upload_gateway.catalogue.core import facts_of
 from upload_gateway.gateway import Gateway
 from upload_gateway.http.openapi import OPERATIONS
-from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads import verdicts
 from upload_gateway.uploads.tus_session import mount_tus
+
+from .gatewaykit import bearer, settings_for
 
 SECRET = "catalogue-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -66,8 +66,7 @@ class Harness:
     workspace: str
 
     def user(self, role: str = "member", workspace: str | None = None) -> dict[str, str]:
-        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=600)
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(SECRET, workspace or self.workspace, role)
 
     def path(self, suffix: str = "", workspace: str | None = None) -> str:
         return f"/v1/workspaces/{workspace or self.workspace}/assets{suffix}"
@@ -112,31 +111,12 @@ class Harness:
         return [event.data for event in await stored_events(self.js, subject_filter(event_type.spec, self.workspace))]
 
 
-def _scoped(spec: bus.ConsumerSpec, workspace: str) -> bus.ConsumerSpec:
-    # Only this test's workspace: the streams hold every other test's events too.
-    return msgspec.structs.replace(
-        spec,
-        durable=f"{spec.durable}-{uuid.uuid4().hex[:8]}",
-        filter_subjects=tuple(f.removesuffix("*") + workspace for f in spec.filter_subjects),
-        backoff_s=(0.2,),
-    )
-
-
 @pytest.fixture
 async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
     await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
     pool = await db.create_pool(fresh_database_url, "gateway")
-    storage = await Storage.open(
-        StorageProfile(
-            profile_id="managed", provider="r2", bucket=s3_server.bucket, access_key_id=s3_server.access_key_id,
-            secret_access_key=Secret(s3_server.secret_access_key), endpoint=s3_server.endpoint, region=s3_server.region,
-        )
-    )
-    settings = Settings(
-        database_url=fresh_database_url, s3_bucket=s3_server.bucket, s3_access_key_id=s3_server.access_key_id,
-        s3_secret_access_key=Secret(s3_server.secret_access_key), s3_endpoint=s3_server.endpoint, nats_url=nats_url,
-        public_url="http://gateway.test", jwt_secret=Secret(SECRET), asset_url_ttl_s=120,
-    )
+    storage = await Storage.open(managed_profile(s3_server))
+    settings = settings_for(fresh_database_url, s3_server, SECRET, nats_url=nats_url, asset_url_ttl_s=120)
     gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
     app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])  # what __main__ mounts
     Health().mount(app)  # as Runtime.serve_health does in __main__
@@ -146,19 +126,14 @@ async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harn
     js = nc.jetstream()
     await bus.provision(js, bus.StreamSettings())
     workspace = f"ws{uuid.uuid4().hex[:10]}"
-    stop = asyncio.Event()
-    specs = [
-        (_scoped(asset_events.consumer_spec(), workspace), asset_events.handler(pool)),
-        (_scoped(verdicts.consumer_spec(), workspace), verdicts.handler(pool)),
-    ]
-    tasks = [asyncio.create_task(bus.Consumer(js, spec, handle).run(stop)) for spec, handle in specs]
     try:
-        yield Harness(client=client, gw=gw, js=js, workspace=workspace)
+        async with contextlib.AsyncExitStack() as consumers:
+            for table in (asset_events.HANDLERS, verdicts.HANDLERS):
+                await consumers.enter_async_context(
+                    consuming(js, table, UnitOfWork(pool), consumer_for_test(table, workspace))
+                )
+            yield Harness(client=client, gw=gw, js=js, workspace=workspace)
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
-        for spec, _ in specs:
-            await js.delete_consumer(spec.stream, spec.durable)
         await nc.close()
         await client.close()
         await storage.close()
@@ -237,7 +212,8 @@ async def test_redelivered_and_out_of_order_events_end_in_the_state_their_times_
 
 
 async def _record(harness: Harness, data: EventData) -> None:
-    await catalogue_store.record(harness.gw.pool, facts_of(new_event(data, source="/test")))
+    async with harness.gw.pool.acquire() as conn, conn.transaction():
+        await catalogue_store.record(conn, facts_of(new_event(data, source="/test")))
 
 
 async def test_pages_neither_repeat_nor_skip_while_new_assets_arrive(harness):

@@ -1,16 +1,61 @@
-"""Small helpers the services' tests share: the events a service under test has announced, and
-the test S3 server as the managed storage profile."""
+"""Small helpers the services' tests share: a service's handler table consuming in the test's
+process, the events a service under test has announced, and the test S3 server as the managed
+storage profile."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import msgspec
 from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, decode
 from rawdrive_devkit.devstack.servers import S3Connection
+from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
+from rawdrive_platform.consumers import HandlerTable
 from rawdrive_platform.storage import StorageProfile
+
+D = TypeVar("D")
+
+
+def consumer_for_test(table: HandlerTable[Any], workspace_id: str | None = None, **settings: Any) -> bus.ConsumerSpec:
+    """`table`'s consumer under a durable of the test's own, reading only `workspace_id`'s events
+    when given (the streams hold every other test's too) and redelivering after 0.2 s; `settings`
+    change any other of its settings (ack_wait_s, max_deliver, backoff_s...)."""
+    spec = table.spec
+    filters = spec.filter_subjects
+    if workspace_id is not None:
+        filters = tuple(f.removesuffix("*") + workspace_id for f in filters)
+    return msgspec.structs.replace(
+        spec,
+        durable=f"{spec.durable}-{uuid.uuid4().hex[:8]}",
+        filter_subjects=filters,
+        **({"backoff_s": (0.2,)} | settings),
+    )
+
+
+@asynccontextmanager
+async def consuming(
+    js: JetStreamContext, table: HandlerTable[D], deps: D, spec: bus.ConsumerSpec, *, concurrency: int = 1
+) -> AsyncIterator[bus.ConsumerSpec]:
+    """`table`'s handlers consuming `spec` (see `consumer_for_test`) with `deps` in this process,
+    as the service's Runtime runs them; the durable is deleted when the block ends."""
+    handle, on_exhausted = table.bind(deps)
+    consumer = bus.Consumer(js, spec, handle, on_exhausted=on_exhausted, concurrency=concurrency)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield spec
+    finally:
+        stop.set()
+        # A handler still working (hashing, decoding) finishes before the consumer ends.
+        await asyncio.wait_for(task, 30)
+        await js.delete_consumer(spec.stream, spec.durable)
 
 
 async def stored_events(js: JetStreamContext, *subjects: str, quiet_s: float = 0.3) -> list[CloudEvent[Any]]:

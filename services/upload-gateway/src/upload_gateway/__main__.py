@@ -2,6 +2,7 @@
 
 from importlib.resources import files
 
+from rawdrive_platform.outbox import UnitOfWork
 from rawdrive_platform.service import Runtime, run_service
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.catalogue import events as catalogue_events
@@ -24,8 +25,9 @@ async def main(runtime: Runtime) -> None:
     storage = await runtime.managed_storage()
     profiles = await runtime.storage_resolver()
     runtime.relay(pool, js)
-    runtime.consume(js, verdicts.consumer_spec(), verdicts.handler(pool))
-    runtime.consume(js, catalogue_events.consumer_spec(), catalogue_events.handler(pool))
+    uow = UnitOfWork(pool)
+    runtime.handle(js, verdicts.HANDLERS, uow)
+    runtime.handle(js, catalogue_events.HANDLERS, uow)
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
     console = [console_mount(settings, js)] if settings.console else []
     app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles, *console])

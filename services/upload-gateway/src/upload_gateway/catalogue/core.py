@@ -167,6 +167,10 @@ def status_of(facts: AssetFacts) -> RecordStatus | None:
     return "processing"
 
 
+# The asset events the catalogue follows on RAWDRIVE_ASSETS: `facts_of` states a fact for each.
+ASSET_EVENTS = (AssetCreated, AssetProcessingFailed, AssetDeleted, AssetRestored, AssetPurged)
+
+
 def facts_of(event: CloudEvent[Any]) -> AssetFacts:
     """The one fact an event states. Facts without a time of their own take the envelope's."""
     data = event.data

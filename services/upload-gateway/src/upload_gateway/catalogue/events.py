@@ -7,50 +7,32 @@ Merging is order-free and idempotent (catalogue.merge), so every handler is the 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import asyncpg
-
-from rawdrive_contracts import (
-    ASSETS_STREAM,
-    AssetCreated,
-    AssetDeleted,
-    AssetProcessingFailed,
-    AssetPurged,
-    AssetRestored,
-    CloudEvent,
-    subject_filter,
-)
-from rawdrive_platform.bus import ConsumerSpec, EventHandler, Poison
+from rawdrive_contracts import ASSETS_STREAM, CloudEvent
+from rawdrive_platform.bus import Poison
+from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.outbox import Transaction, UnitOfWork
 from upload_gateway.catalogue import store as catalogue_store
-from upload_gateway.catalogue.core import MergeConflict, facts_of
-
-log = logging.getLogger(__name__)
-
-DURABLE = "upload-gateway-catalogue"
-FOLLOWED = (AssetCreated, AssetProcessingFailed, AssetDeleted, AssetRestored, AssetPurged)
+from upload_gateway.catalogue.core import ASSET_EVENTS, MergeConflict, facts_of
 
 
-def consumer_spec(durable: str = DURABLE) -> ConsumerSpec:
-    return ConsumerSpec(
-        durable=durable,
-        stream=ASSETS_STREAM.name,
-        filter_subjects=tuple(subject_filter(t.spec) for t in FOLLOWED),
-    )
-
-
-async def record(pool: asyncpg.Pool, event: CloudEvent[Any]) -> None:
+async def record(tx: Transaction, event: CloudEvent[Any]) -> None:
     try:
-        await catalogue_store.record(pool, facts_of(event))
+        await catalogue_store.record(tx.conn, facts_of(event))
     except MergeConflict as error:
         raise Poison(str(error)) from None
 
 
-def handler(pool: asyncpg.Pool) -> EventHandler:
-    async def handle(event: CloudEvent[Any]) -> None:
-        if not isinstance(event.data, FOLLOWED):
-            raise Poison(f"the catalogue does not follow {event.type}")
-        await record(pool, event)
+async def asset_event(event: CloudEvent[Any], uow: UnitOfWork) -> None:
+    async with uow.begin() as tx:
+        await record(tx, event)
 
-    return handle
+
+HANDLERS = HandlerTable[UnitOfWork](
+    durable="upload-gateway-catalogue",
+    stream=ASSETS_STREAM,
+    handlers=dict.fromkeys(ASSET_EVENTS, asset_event),
+)
+# What the provisioning Job creates (upload_gateway.catalogue.events:CONSUMER).
+CONSUMER = HANDLERS.spec

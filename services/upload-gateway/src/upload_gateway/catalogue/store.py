@@ -93,21 +93,21 @@ async def save(conn: asyncpg.Connection, facts: AssetFacts) -> None:
     )
 
 
-async def record(pool: asyncpg.Pool, facts: AssetFacts) -> AssetFacts:
-    """Merge an event's facts into the asset's row (created if missing); returns the result.
+async def record(conn: asyncpg.Connection, facts: AssetFacts) -> AssetFacts:
+    """Merge an event's facts into the asset's row (created if missing), inside the caller's
+    transaction (the row stays locked until it ends); returns the result.
     Raises catalogue.MergeConflict if the asset id is recorded under another workspace."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO assets (asset_id, workspace_id) VALUES ($1, $2) ON CONFLICT (asset_id) DO NOTHING",
-            facts.asset_id,
-            facts.workspace_id,
-        )
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM assets WHERE asset_id = $1 FOR UPDATE", facts.asset_id)
-        current = _entry(row).facts
-        merged = merge(current, facts)
-        if merged != current:
-            await save(conn, merged)
-        return merged
+    await conn.execute(
+        "INSERT INTO assets (asset_id, workspace_id) VALUES ($1, $2) ON CONFLICT (asset_id) DO NOTHING",
+        facts.asset_id,
+        facts.workspace_id,
+    )
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM assets WHERE asset_id = $1 FOR UPDATE", facts.asset_id)
+    current = _entry(row).facts
+    merged = merge(current, facts)
+    if merged != current:
+        await save(conn, merged)
+    return merged
 
 
 async def get(pool: asyncpg.Pool, workspace_id: str, asset_id: str) -> Entry | None:

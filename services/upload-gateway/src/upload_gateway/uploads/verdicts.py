@@ -9,10 +9,6 @@ session already moved on) changes nothing, which makes every handler idempotent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import asyncpg
 
 from rawdrive_contracts import (
     UPLOADS_STREAM,
@@ -21,64 +17,61 @@ from rawdrive_contracts import (
     UploadExpired,
     UploadRejected,
     UploadVerified,
-    subject_filter,
 )
-from rawdrive_platform.bus import ConsumerSpec, EventHandler
+from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.outbox import UnitOfWork
 from upload_gateway.catalogue import events as catalogue_events
 from upload_gateway.uploads import repository
 
 log = logging.getLogger(__name__)
 
-DURABLE = "upload-gateway-verdicts"
 
-
-def consumer_spec(durable: str = DURABLE) -> ConsumerSpec:
-    return ConsumerSpec(
-        durable=durable,
-        stream=UPLOADS_STREAM.name,
-        filter_subjects=tuple(subject_filter(t.spec) for t in HANDLERS),
-    )
-
-
-async def on_verified(pool: asyncpg.Pool, event: CloudEvent[UploadVerified]) -> None:
+async def on_verified(event: CloudEvent[UploadVerified], uow: UnitOfWork) -> None:
     data = event.data
-    if await repository.apply(pool, data.upload_id, "verify") is None:
+    async with uow.begin() as tx:
+        moved = await repository.apply(tx.conn, data.upload_id, "verify")
+    if moved is None:
         log.info("verified upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
     # The asset enters the catalogue (processing) whatever the session row says: it may come
-    # from another replica's session, or the row may have moved on in a redelivery.
-    await catalogue_events.record(pool, event)
+    # from another replica's session, or the row may have moved on in a redelivery. Its own
+    # unit of work, so an asset the catalogue must refuse (poison) leaves the verdict recorded.
+    async with uow.begin() as tx:
+        await catalogue_events.record(tx, event)
 
 
-async def on_rejected(pool: asyncpg.Pool, event: CloudEvent[UploadRejected]) -> None:
+async def on_rejected(event: CloudEvent[UploadRejected], uow: UnitOfWork) -> None:
     data = event.data
-    if await repository.apply(pool, data.upload_id, "reject", rejection=(data.reason, data.detail)) is None:
+    async with uow.begin() as tx:
+        moved = await repository.apply(tx.conn, data.upload_id, "reject", rejection=(data.reason, data.detail))
+    if moved is None:
         log.info("rejected upload was not verifying; nothing to record", extra={"upload_id": data.upload_id})
 
 
-async def on_refused(pool: asyncpg.Pool, event: CloudEvent[CommitRefused]) -> None:
+async def on_refused(event: CloudEvent[CommitRefused], uow: UnitOfWork) -> None:
     data = event.data
-    moved = await repository.apply(
-        pool, data.upload_id, "refuse", rejection=(data.reason, data.detail), attempt=data.attempt
-    )
+    async with uow.begin() as tx:
+        moved = await repository.apply(
+            tx.conn, data.upload_id, "refuse", rejection=(data.reason, data.detail), attempt=data.attempt
+        )
     if moved is None:
         log.info("refused attempt is not the session's latest; nothing to record",
                  extra={"upload_id": data.upload_id, "attempt": data.attempt})
 
 
-async def on_expired(pool: asyncpg.Pool, event: CloudEvent[UploadExpired]) -> None:
-    await repository.apply(pool, event.data.upload_id, "expire")
+async def on_expired(event: CloudEvent[UploadExpired], uow: UnitOfWork) -> None:
+    async with uow.begin() as tx:
+        await repository.apply(tx.conn, event.data.upload_id, "expire")
 
 
-HANDLERS: dict[type, Callable[[asyncpg.Pool, Any], Awaitable[None]]] = {
-    UploadVerified: on_verified,
-    UploadRejected: on_rejected,
-    CommitRefused: on_refused,
-    UploadExpired: on_expired,
-}
-
-
-def handler(pool: asyncpg.Pool) -> EventHandler:
-    async def handle(event: CloudEvent[Any]) -> None:
-        await HANDLERS[type(event.data)](pool, event)
-
-    return handle
+HANDLERS = HandlerTable[UnitOfWork](
+    durable="upload-gateway-verdicts",
+    stream=UPLOADS_STREAM,
+    handlers={
+        UploadVerified: on_verified,
+        UploadRejected: on_rejected,
+        CommitRefused: on_refused,
+        UploadExpired: on_expired,
+    },
+)
+# What the provisioning Job creates (upload_gateway.uploads.verdicts:CONSUMER).
+CONSUMER = HANDLERS.spec

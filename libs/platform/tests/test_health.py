@@ -2,13 +2,15 @@ import asyncio
 import socket
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from rawdrive_devkit.testkit import managed_profile
 from rawdrive_platform.config import Secret
 from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.storage import Storage
 
 
 async def passing() -> None:
@@ -139,11 +141,7 @@ async def test_nats_check_passes_against_a_real_server_and_fails_after_close(nat
 
 async def test_s3_check_passes_for_the_bucket_and_fails_with_a_wrong_secret(s3_server):
     def open_with(secret: str):
-        return Storage.open(StorageProfile(
-            profile_id="managed", provider="r2", endpoint=s3_server.endpoint,
-            region=s3_server.region, bucket=s3_server.bucket,
-            access_key_id=s3_server.access_key_id, secret_access_key=Secret(secret),
-        ))
+        return Storage.open(msgspec.structs.replace(managed_profile(s3_server), secret_access_key=Secret(secret)))
 
     good, bad = await open_with(s3_server.secret_access_key), await open_with("wrong")
     try:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from janitor.__main__ import MANAGED_SWEEP_PREFIX, sweep_targets
 from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
+from rawdrive_devkit.testkit import managed_profile
 from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
 from rawdrive_platform.profiles import MasterKey, ProfileResolver, new_profile_ref, profile_bucket
@@ -38,13 +39,7 @@ async def test_each_published_profile_is_swept_once_under_its_workspace_prefix(n
     try:
         kv = await profile_bucket(nc.jetstream(), replicas=1)
         async with StorageRegistry() as storages:
-            managed = await storages.get(
-                StorageProfile(
-                    profile_id="managed", provider="r2", bucket=s3_server.bucket, endpoint=s3_server.endpoint,
-                    region=s3_server.region, access_key_id=s3_server.access_key_id,
-                    secret_access_key=Secret(s3_server.secret_access_key),
-                )
-            )
+            managed = await storages.get(managed_profile(s3_server))
             publisher = ProfileResolver(managed, storages, kv, key, LOOPBACK)
             first, second = f"ws{uuid.uuid4().hex[:8]}", f"ws{uuid.uuid4().hex[:8]}"
             now = datetime.now(UTC)

@@ -11,18 +11,20 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 
+from rawdrive_devkit.testkit import managed_profile
 from rawdrive_platform import db, metrics
-from rawdrive_platform.config import Secret
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.storage import Storage
 from upload_gateway.app import create_app, token_verifier
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.gateway import Gateway
-from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads.tus_session import mount_tus
+
+from .gatewaykit import bearer, session_request, settings_for
 
 LIVE_SECRET = "live-gateway-secret-" + "x" * 20
 LIVE_CORS_ORIGINS = ("https://app.example", "http://localhost:*")
@@ -40,16 +42,13 @@ class LiveGateway:
         return mint_dev_token(LIVE_SECRET, sub="alice", workspaces={self.workspace: role}, ttl_s=600)
 
     def user(self, role: str = "member") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.user_token(role)}"}
+        return bearer(LIVE_SECRET, self.workspace, role)
 
     def uploads(self, suffix: str = "") -> str:
         return f"{self.url}/v1/workspaces/{self.workspace}/uploads{suffix}"
 
     async def open_session(self, size_bytes: int, **overrides: object) -> dict:
-        body = {
-            "file_name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size_bytes": size_bytes,
-            "library_id": "lib1", "resumable_protocol": "tus",
-        } | overrides  # fmt: skip
+        body = session_request(size_bytes=size_bytes, **overrides)
         async with self.http.post(self.uploads(), json=body, headers=self.user()) as response:
             assert response.status == 201, await response.text()
             return await response.json()
@@ -69,22 +68,15 @@ async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGat
         async def start(*, s3_endpoint: str | None = None, **settings: object) -> LiveGateway:
             pool = await db.create_pool(fresh_database_url, "gateway")
             stack.push_async_callback(pool.close)
-            storage = await Storage.open(
-                StorageProfile(
-                    profile_id="managed", provider="r2", bucket=s3_server.bucket,
-                    access_key_id=s3_server.access_key_id, secret_access_key=Secret(s3_server.secret_access_key),
-                    endpoint=s3_endpoint or s3_server.endpoint, region=s3_server.region,
-                )
-            )  # fmt: skip
+            profile = managed_profile(s3_server)
+            storage = await Storage.open(msgspec.structs.replace(profile, endpoint=s3_endpoint or profile.endpoint))
             stack.push_async_callback(storage.close)
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            settings = Settings(
-                database_url=fresh_database_url, s3_bucket=s3_server.bucket,
-                s3_access_key_id=s3_server.access_key_id, s3_secret_access_key=Secret(s3_server.secret_access_key),
-                s3_endpoint=s3_endpoint or s3_server.endpoint, public_url=url, jwt_secret=Secret(LIVE_SECRET),
-                cors_origins=LIVE_CORS_ORIGINS, **settings,
+            settings = settings_for(
+                fresh_database_url, s3_server, LIVE_SECRET, s3_endpoint=s3_endpoint or s3_server.endpoint,
+                public_url=url, cors_origins=LIVE_CORS_ORIGINS, **settings,
             )  # fmt: skip
             gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
             app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])

@@ -30,15 +30,17 @@ from rawdrive_contracts import (
     Variants,
     new_event,
 )
+from rawdrive_devkit.testkit import managed_profile
 from rawdrive_platform import bus, keys
 from rawdrive_platform.config import Secret, load_settings
-from rawdrive_platform.storage import Storage, StorageProfile
+from rawdrive_platform.storage import Storage
 from upload_gateway.app import create_app, token_verifier
-from upload_gateway.auth import mint_dev_token
 from upload_gateway.console import feed, routes
 from upload_gateway.errors import InvalidRequest
 from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
+
+from .gatewaykit import bearer
 
 SECRET = "console-secret-" + "x" * 24
 
@@ -52,8 +54,7 @@ class Console:
     workspace: str
 
     def user(self, role: str = "viewer", workspace: str | None = None) -> dict[str, str]:
-        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=600)
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(SECRET, workspace or self.workspace, role)
 
     def events_path(self, workspace: str | None = None) -> str:
         return f"/console/workspaces/{workspace or self.workspace}/events"
@@ -81,12 +82,7 @@ def console_settings(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def console(s3_server, nats_url) -> AsyncIterator[Console]:
-    storage = await Storage.open(
-        StorageProfile(
-            profile_id="managed", provider="r2", bucket=s3_server.bucket, access_key_id=s3_server.access_key_id,
-            secret_access_key=Secret(s3_server.secret_access_key), endpoint=s3_server.endpoint, region=s3_server.region,
-        )
-    )  # fmt: skip
+    storage = await Storage.open(managed_profile(s3_server))
     settings = Settings(**console_settings(
         s3_bucket=s3_server.bucket, s3_access_key_id=s3_server.access_key_id,
         s3_secret_access_key=Secret(s3_server.secret_access_key), s3_endpoint=s3_server.endpoint, nats_url=nats_url,

@@ -39,11 +39,11 @@ from rawdrive_platform.profiles import (
 )
 from rawdrive_platform.storage import StorageRegistry, managed_storage_profile
 from upload_gateway.app import create_app, token_verifier
-from upload_gateway.auth import mint_dev_token
 from upload_gateway.gateway import Gateway
-from upload_gateway.settings import Settings
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads.tus_session import mount_tus
+
+from .gatewaykit import bearer, session_request, settings_for
 
 SECRET = "profiles-secret-" + "x" * 24
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -72,8 +72,7 @@ class Harness:
     responses: list[bytes]
 
     def user(self, role: str = "admin", workspace: str | None = None) -> dict[str, str]:
-        token = mint_dev_token(SECRET, sub="alice", workspaces={workspace or self.workspace: role}, ttl_s=600)
-        return {"Authorization": f"Bearer {token}"}
+        return bearer(SECRET, workspace or self.workspace, role)
 
     @property
     def profile_path(self) -> str:
@@ -89,14 +88,9 @@ class Harness:
         return await self.call("PUT", self.profile_path, role=role, json=body)
 
     async def create_upload(self, **overrides: Any) -> dict:
-        body = {
-            "file_name": "IMG_0001.jpg",
-            "mime_type": "image/jpeg",
-            "size_bytes": 1000,
-            "library_id": "lib1",
-            "resumable_protocol": "tus",
-        } | overrides
-        status, created = await self.call("POST", f"/v1/workspaces/{self.workspace}/uploads", role="member", json=body)
+        status, created = await self.call(
+            "POST", f"/v1/workspaces/{self.workspace}/uploads", role="member", json=session_request(**overrides)
+        )
         assert status == 201, created
         return created
 
@@ -130,16 +124,11 @@ async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harn
     await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
     pool = await db.create_pool(fresh_database_url, "gateway")
     master_key = MasterKey.generate()
-    settings = Settings(
-        database_url=fresh_database_url,
-        s3_bucket=s3_server.bucket,
-        s3_access_key_id=s3_server.access_key_id,
-        s3_secret_access_key=Secret(s3_server.secret_access_key),
-        s3_endpoint=s3_server.endpoint,
-        s3_region=s3_server.region,
+    settings = settings_for(
+        fresh_database_url,
+        s3_server,
+        SECRET,
         nats_url=nats_url,
-        public_url="http://gateway.test",
-        jwt_secret=Secret(SECRET),
         storage_master_key=Secret(master_key),
         byos_allowed_endpoints=(LOOPBACK_S3,),
         byos_allowed_networks=(LOOPBACK_NETWORK,),

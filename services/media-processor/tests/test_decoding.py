@@ -11,21 +11,12 @@ from pathlib import Path
 import pytest
 from wand.image import Image
 
-from media_processor.magic import Family, sniff
+from media_processor.magic import Family
 from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
 
+from .sandboxed import decode
+
 DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(Limits(timeout_s=60))
-
-
-async def decode(sandbox: Sandbox, source: Path, tmp_path: Path, family: Family | None = None) -> Outcome:
-    chosen = family or sniff(source.read_bytes()[:65536])
-    assert chosen is not None
-    return await sandbox.process(str(source), chosen, str(tmp_path))
 
 
 def sizes(outcome: Outcome) -> dict[str, tuple[int, int]]:

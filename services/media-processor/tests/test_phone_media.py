@@ -17,10 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from media_processor.exif import ExifTags, find_tiff, read_exif
-from media_processor.magic import Family, sniff
 from media_processor.metadata import gps_offset, parse_probe, photo_metadata, photo_taken_at, video_metadata
 from media_processor.motion import find_xmp, locate_in, locate_video, parse_xmp
-from media_processor.sandbox import Limits, Outcome, Sandbox
+from media_processor.sandbox import Sandbox
+
+from .sandboxed import decode
 
 DATA = Path(__file__).parent / "data"
 
@@ -365,19 +366,6 @@ def test_parsing_arbitrary_xmp_and_files_never_raises(data: bytes) -> None:
 
 
 # -- through the sandbox: real decoding of generated phone files --------------------------------
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(Limits(timeout_s=60))
-
-
-async def decode(sandbox: Sandbox, source: Path, tmp_path: Path, family: Family | None = None) -> Outcome:
-    chosen = family or sniff(source.read_bytes()[:65536])
-    assert chosen is not None
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return await sandbox.process(str(source), chosen, str(work))
 
 
 async def test_an_iphone_style_mov_through_the_sandbox(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -20,26 +20,15 @@ from wand.image import Image
 from wand.resource import limits
 
 from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile
-from media_processor.magic import Family, sniff
+from media_processor.magic import Family
 from media_processor.metadata import decode_warning
-from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
+from media_processor.sandbox import Limits, Sandbox, Unprocessable
 from media_processor.variants import Size
+
+from .sandboxed import decode
 
 DATA = Path(__file__).parent / "data"
 ADOBE_RGB = (DATA / "colord_AdobeRGB1998.icc").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(Limits(timeout_s=60))
-
-
-async def decode(sandbox: Sandbox, source: Path, tmp_path: Path, family: Family | None = None) -> Outcome:
-    chosen = family or sniff(source.read_bytes()[:65536])
-    assert chosen is not None
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return await sandbox.process(str(source), chosen, str(work))
 
 
 def written(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -128,11 +128,6 @@ def jpeg(display: tuple[int, int], stored_rotation: int, colour: str = "#1d3557"
         return img.make_blob()
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    return Sandbox(Limits(timeout_s=60))
-
-
 async def decode(sandbox: Sandbox, source: Path, tmp_path: Path, expected: str = "nef") -> Outcome:
     # The upload path's own check: a generic type with a .NEF name, content sniffed as Nikon.
     family = check(source.read_bytes()[:65536], "application/octet-stream", source.name)

@@ -1,6 +1,7 @@
 """The real-server runners and the dev stack command, against real servers (no mocks)."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -117,8 +118,33 @@ def _wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeo
         time.sleep(0.2)
 
 
-def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_dir: Path) -> None:
+@contextlib.contextmanager
+def devstack(server_dir: Path, ports: dict[str, int], *flags: str, start_s: float, stop_s: float) -> Iterator[dict[str, str]]:
+    """`python -m rawdrive_devkit.devstack --no-services` on these ports while the block runs,
+    then stopped with Ctrl-C, which must end it cleanly and leave no server behind. Yields the
+    env file it wrote."""
     data = server_dir / "data"
+    command = [sys.executable, "-m", "rawdrive_devkit.devstack", "--data", str(data), "--no-services", *flags]
+    for flag, port in ports.items():
+        command += [flag, str(port)]
+    log = server_dir / "devstack.out"
+    with open(log, "wb") as out:
+        stack = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_line(log, "Ctrl-C stops everything", stack, timeout_s=start_s)
+        yield dict(line.split("=", 1) for line in (data / "env").read_text().splitlines() if not line.startswith("#"))
+
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(stop_s) == 0, log.read_text()
+    finally:
+        if stack.poll() is None:
+            stack.terminate()
+            stack.wait(stop_s)
+        leftovers = kill_servers_using(data)
+    assert leftovers == []
+
+
+def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_dir: Path) -> None:
     ports = {
         "--nats-port": free_port(),
         "--nats-monitor-port": free_port(),
@@ -128,68 +154,29 @@ def test_devstack_command_starts_servers_writes_env_and_stops_on_sigint(server_d
         "--s3-volume-port": free_port(with_grpc_port=True),
         "--s3-filer-port": free_port(with_grpc_port=True),
     }
-    command = [sys.executable, "-m", "rawdrive_devkit.devstack", "--data", str(data), "--no-services"]
-    for flag, port in ports.items():
-        command += [flag, str(port)]
-    log = server_dir / "devstack.out"
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_line(log, "Ctrl-C stops everything", stack, timeout_s=40)
-        env = dict(
-            line.split("=", 1) for line in (data / "env").read_text().splitlines() if not line.startswith("#")
-        )
+    with devstack(server_dir, ports, start_s=40, stop_s=30) as env:
         assert env["RAWDRIVE_NATS_URL"] == f"nats://127.0.0.1:{ports['--nats-port']}"
         assert env["RAWDRIVE_S3_ENDPOINT"] == f"http://127.0.0.1:{ports['--s3-port']}"
         assert env["RAWDRIVE_JWT_SECRET"]
         assert env["RAWDRIVE_CORS_ORIGINS"] == "http://localhost:*,http://127.0.0.1:*"  # front-end dev servers
         assert all(tcp_port_answers(port) for port in ports.values())
         asyncio.run(_bus_refuses_strangers_and_serves_the_provisioning_identity(env))
-
-        stack.send_signal(signal.SIGINT)
-        assert stack.wait(30) == 0, log.read_text()
-    finally:
-        if stack.poll() is None:
-            stack.terminate()
-            stack.wait(30)
-        leftovers = kill_servers_using(data)
-    assert leftovers == []
     assert not any(tcp_port_answers(port) for port in ports.values())
 
 
 def test_devstack_cluster_runs_three_nats_nodes_at_replicas_3_and_a_standby(server_dir: Path) -> None:
-    data = server_dir / "data"
     ports = {
         "--s3-port": free_port(with_grpc_port=True),
         "--s3-master-port": free_port(with_grpc_port=True),
         "--s3-volume-port": free_port(with_grpc_port=True),
         "--s3-filer-port": free_port(with_grpc_port=True),
     }
-    command = [sys.executable, "-m", "rawdrive_devkit.devstack", "--data", str(data), "--no-services", "--cluster"]
-    for flag, port in ports.items():
-        command += [flag, str(port)]
-    log = server_dir / "devstack.out"
-    with open(log, "wb") as out:
-        stack = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_line(log, "Ctrl-C stops everything", stack, timeout_s=180)
-        env = dict(
-            line.split("=", 1) for line in (data / "env").read_text().splitlines() if not line.startswith("#")
-        )
+    with devstack(server_dir, ports, "--cluster", start_s=180, stop_s=60) as env:
         nats_urls = bus.server_urls(env["RAWDRIVE_NATS_URL"])
         assert len(nats_urls) == 3 and env["RAWDRIVE_STREAM_REPLICAS"] == "3"
         dsn = env["RAWDRIVE_DATABASE_URL"]
         assert dsn.endswith("?target_session_attrs=read-write") and dsn.count(",") == 1
         asyncio.run(_cluster_is_provisioned_and_the_standby_reads_only(env))
-
-        stack.send_signal(signal.SIGINT)
-        assert stack.wait(60) == 0, log.read_text()
-    finally:
-        if stack.poll() is None:
-            stack.terminate()
-            stack.wait(60)
-        leftovers = kill_servers_using(data)
-    assert leftovers == []
 
 
 async def _cluster_is_provisioned_and_the_standby_reads_only(env: dict[str, str]) -> None:

@@ -43,6 +43,7 @@ from janitor.policy import (
 )
 from janitor.tracking import TrackedAsset
 from rawdrive_contracts import AssetPurged, UploadExpired, new_event
+from rawdrive_contracts.facts import carry
 from rawdrive_platform import keys, outbox
 from rawdrive_platform.db import DATABASE_DOWN
 from rawdrive_platform.profiles import PROFILES_BUCKET, ProfileVersions, StorageResolver, UnknownProfile
@@ -206,12 +207,9 @@ class Janitor:
             removals = await erase_prefix(storage, prefix, "expired_session", dry_run=False)
             await tracking.mark_expired(conn, session.upload_id, now)
             event = new_event(
-                UploadExpired(
-                    workspace_id=session.workspace_id,
-                    upload_id=session.upload_id,
-                    asset_id=session.asset_id,
-                    storage_profile_ref=session.storage_profile_ref,
-                    object_key=session.object_key,
+                carry(
+                    session,
+                    UploadExpired,
                     # The S3 multipart upload aborted at the object key, when this run found one.
                     multipart_upload_id=next(
                         (r.multipart_upload_id for r in removals if r.key == session.object_key and r.multipart_upload_id),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rawdrive_contracts import AssetDeleted, AssetRestored, Variant, new_event
+from rawdrive_contracts.facts import carry
 from rawdrive_platform.outbox import enqueue
 from upload_gateway.auth import Principal
 from upload_gateway.catalogue import api as asset_api
@@ -58,16 +59,11 @@ async def view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
             thumb=await link(stored.thumb), medium=await link(stored.medium), large=await link(stored.large),
             motion=await link(stored.motion), motion_poster=await link(stored.motion_poster),
         )
-    return asset_api.Asset(
+    return carry(
+        description,  # what the file is: name, type, size, digest, library, folder, provider
+        asset_api.Asset,
         asset_id=facts.asset_id,
         status=status,
-        file_name=description.file_name,
-        mime_type=description.mime_type,
-        size_bytes=description.size_bytes,
-        sha256=description.sha256,
-        library_id=description.library_id,
-        folder_id=description.folder_id,
-        provider=description.provider,
         created_at=entry.created_at,
         kind=processed.kind if processed else None,
         width=processed.width if processed else None,

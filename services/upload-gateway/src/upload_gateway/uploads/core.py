@@ -137,16 +137,11 @@ def check_part_numbers(numbers: list[int], part_count: int, field: str) -> None:
 
 def status_view(session: UploadSession, state: State, received: int) -> api.UploadStatus:
     """The session as GET shows it, in `state` with `received` bytes stored."""
-    return api.UploadStatus(
-        upload_id=session.upload_id,
-        asset_id=session.asset_id,
+    return carry(
+        session,  # the upload's own facts: ids, name, type, size, protocol, provider
+        api.UploadStatus,
         state=state,
-        file_name=session.file_name,
-        mime_type=session.mime_type,
-        size_bytes=session.size_bytes,
         bytes_received=received,
-        resumable_protocol=session.resumable_protocol,
-        provider=session.provider,
         created_at=session.created_at,
         expires_at=session.expires_at,
         sha256=session.expected_sha256,
@@ -159,15 +154,7 @@ def status_view(session: UploadSession, state: State, received: int) -> api.Uplo
 
 
 def upload_aborted(session: UploadSession, sub: str) -> UploadAborted:
-    return UploadAborted(
-        workspace_id=session.workspace_id,
-        upload_id=session.upload_id,
-        asset_id=session.asset_id,
-        storage_profile_ref=session.storage_profile_ref,
-        object_key=session.object_key,
-        multipart_upload_id=session.multipart_upload_id,
-        aborted_by=sub,
-    )
+    return carry(session, UploadAborted, aborted_by=sub)
 
 
 def commit_requested(moved: UploadSession, parts: list[api.PartEtag] | None, sub: str) -> CommitRequested:

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, new_event, subject_filter
+from rawdrive_devkit.testkit import jetstream
 from rawdrive_platform import bus, deadletter
 
 
@@ -24,11 +25,8 @@ def aborted(workspace: str, upload: str | None = None) -> UploadAborted:
 
 @pytest.fixture
 async def js(nats_url):
-    nc = await bus.connect(nats_url, name="test-bus")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings(duplicate_window_s=60))
-    yield js
-    await nc.close()
+    async with jetstream(nats_url, "test-bus", duplicate_window_s=60) as js:
+        yield js
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
-from rawdrive_platform import db
+from rawdrive_devkit.testkit import migrated_pool
 from rawdrive_platform.bus import Poison
 from rawdrive_platform.consumers import HandlerTable
 from rawdrive_platform.outbox import UnitOfWork
@@ -80,10 +80,8 @@ async def test_the_exhausted_hook_runs_for_its_type_only_and_is_absent_without_o
 
 async def test_a_unit_of_work_commits_the_change_and_its_event_together_or_neither(fresh_database_url, tmp_path):
     (tmp_path / "0001_widgets.sql").write_text("CREATE TABLE widgets (id int PRIMARY KEY);")
-    await db.migrate(fresh_database_url, "svc", tmp_path)
-    pool = await db.create_pool(fresh_database_url, "svc")
-    uow = UnitOfWork(pool)
-    try:
+    async with migrated_pool(fresh_database_url, "svc", tmp_path) as pool:
+        uow = UnitOfWork(pool)
         async with uow.begin() as tx:
             await tx.conn.execute("INSERT INTO widgets VALUES (1)")
             await tx.enqueue(_aborted())
@@ -94,5 +92,3 @@ async def test_a_unit_of_work_commits_the_change_and_its_event_together_or_neith
                 raise RuntimeError("the handler failed halfway")
         assert await pool.fetchval("SELECT array_agg(id) FROM widgets") == [1]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
-    finally:
-        await pool.close()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from rawdrive_devkit import testkit
 from rawdrive_devkit.devstack.servers import loopback_endpoint_policy
 from rawdrive_platform.config import Secret
 from rawdrive_platform.storage import (
@@ -122,15 +123,8 @@ class Recorder:
 async def serving(recorder: Recorder) -> AsyncIterator[Recorder]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", recorder._handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    recorder.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with testkit.serving(app) as recorder.port:
         yield recorder
-    finally:
-        await runner.cleanup()
 
 
 def byos_profile(endpoint: str, policy: EndpointPolicy) -> StorageProfile:
@@ -145,6 +139,23 @@ async def test_an_internal_ip_literal_is_refused_when_the_storage_opens():
         await Storage.open(byos_profile("https://169.254.169.254", EndpointPolicy(allowed_endpoints=("https://*",))))
 
 
+async def every_client_fails(storage: Storage, error: type[StorageError]) -> None:
+    """However the storage reaches its endpoint (the async SDK, the blocking reader, a streamed
+    part), it fails with `error`."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    with pytest.raises(error):
+        await storage.check_bucket()
+    with pytest.raises(error):
+        await storage.get_range("some/key", 0, 10)
+    with pytest.raises(error):
+        [piece async for piece in storage.iter_chunks("some/key")]
+    with pytest.raises(error):
+        await storage.stream_part("some/key", "upload-1", 1, 1, body())
+
+
 async def test_a_name_resolving_to_loopback_is_refused_at_every_connection():
     # `localhost` passes the save-time check (a name, listed) but resolves to loopback: no
     # client may connect, however it reads (async SDK, blocking reader, streamed part).
@@ -152,16 +163,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_every_connection():
         policy = EndpointPolicy(allowed_endpoints=("http://localhost:*",), allow_http=True)
         storage = await Storage.open(byos_profile(f"http://localhost:{internal.port}", policy))
         try:
-            with pytest.raises(StorageUnavailable):
-                await storage.check_bucket()
-            with pytest.raises(StorageUnavailable):
-                [piece async for piece in storage.iter_chunks("some/key")]
-
-            async def body() -> AsyncIterator[bytes]:
-                yield b"x"
-
-            with pytest.raises(StorageUnavailable):
-                await storage.stream_part("some/key", "upload-1", 1, 1, body())
+            await every_client_fails(storage, StorageUnavailable)
         finally:
             await storage.close()
         assert internal.requests == []
@@ -186,18 +188,7 @@ async def test_no_client_follows_a_redirect_from_the_endpoint():
             url = f"http://127.0.0.1:{endpoint.port}"
             storage = await Storage.open(byos_profile(url, loopback_endpoint_policy(url)))
             try:
-                with pytest.raises(StorageError):
-                    await storage.check_bucket()
-                with pytest.raises(StorageError):
-                    await storage.get_range("some/key", 0, 10)
-                with pytest.raises(StorageError):
-                    [piece async for piece in storage.iter_chunks("some/key")]
-
-                async def body() -> AsyncIterator[bytes]:
-                    yield b"x"
-
-                with pytest.raises(StorageError):
-                    await storage.stream_part("some/key", "upload-1", 1, 1, body())
+                await every_client_fails(storage, StorageError)
             finally:
                 await storage.close()
             assert len(endpoint.requests) >= 4

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
 
-from rawdrive_contracts import UPLOADS_STREAM, UploadAborted, decode, new_event, subject_filter, subject_for
+from rawdrive_contracts import UPLOADS_STREAM, CloudEvent, UploadAborted, decode, new_event, subject_filter, subject_for
+from rawdrive_devkit.testkit import jetstream, migrated_pool
 from rawdrive_platform import bus, db, outbox
 
 
@@ -50,14 +52,11 @@ def test_badly_named_migration_files_are_refused(tmp_path):
 
 @pytest.fixture
 async def outbox_env(fresh_database_url, migrations_dir, nats_url):
-    await db.migrate(fresh_database_url, "svc", migrations_dir)
-    pool = await db.create_pool(fresh_database_url, "svc")
-    nc = await bus.connect(nats_url, name="test-outbox")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings(duplicate_window_s=60))
-    yield pool, js
-    await nc.close()
-    await pool.close()
+    async with (
+        migrated_pool(fresh_database_url, "svc", migrations_dir) as pool,
+        jetstream(nats_url, "test-outbox", duplicate_window_s=60) as js,
+    ):
+        yield pool, js
 
 
 def aborted(workspace: str) -> UploadAborted:
@@ -87,6 +86,15 @@ async def stored_events(js, workspace: str) -> list[str]:
     return ids
 
 
+async def enqueued(pool: asyncpg.Pool, workspace: str, count: int = 1) -> list[CloudEvent[Any]]:
+    """`count` new upload.aborted events of `workspace`, enqueued in one committed transaction."""
+    events = [new_event(aborted(workspace), source="test") for _ in range(count)]
+    async with pool.acquire() as conn, conn.transaction():
+        for event in events:
+            await outbox.enqueue(conn, event)
+    return events
+
+
 async def test_an_event_enqueued_in_a_rolled_back_transaction_is_never_published(outbox_env):
     pool, js = outbox_env
     workspace = f"ws{uuid.uuid4().hex[:10]}"
@@ -103,10 +111,7 @@ async def test_an_event_enqueued_in_a_rolled_back_transaction_is_never_published
 async def test_the_relay_publishes_committed_events_in_order_and_clears_them(outbox_env):
     pool, js = outbox_env
     workspace = f"ws{uuid.uuid4().hex[:10]}"
-    events = [new_event(aborted(workspace), source="test") for _ in range(3)]
-    async with pool.acquire() as conn, conn.transaction():
-        for event in events:
-            await outbox.enqueue(conn, event)
+    events = await enqueued(pool, workspace, 3)
     stop = asyncio.Event()
     relay = asyncio.create_task(outbox.Relay(pool, js).run(stop))
     try:
@@ -122,9 +127,7 @@ async def test_the_relay_publishes_committed_events_in_order_and_clears_them(out
 async def test_a_relay_that_died_after_publishing_does_not_duplicate_the_event(outbox_env):
     pool, js = outbox_env
     workspace = f"ws{uuid.uuid4().hex[:10]}"
-    event = new_event(aborted(workspace), source="test")
-    async with pool.acquire() as conn, conn.transaction():
-        await outbox.enqueue(conn, event)
+    [event] = await enqueued(pool, workspace)
     # The first relay published, then died before deleting its row.
     await bus.publish(js, event)
     assert await outbox.Relay(pool, js).publish_pending() == 1
@@ -134,10 +137,7 @@ async def test_a_relay_that_died_after_publishing_does_not_duplicate_the_event(o
 async def test_two_relays_at_once_publish_every_event_exactly_once(outbox_env):
     pool, js = outbox_env
     workspace = f"ws{uuid.uuid4().hex[:10]}"
-    events = [new_event(aborted(workspace), source="test") for _ in range(60)]
-    async with pool.acquire() as conn, conn.transaction():
-        for event in events:
-            await outbox.enqueue(conn, event)
+    events = await enqueued(pool, workspace, 60)
     relays = [outbox.Relay(pool, js, batch_size=7) for _ in range(2)]
     while sum(await asyncio.gather(*(r.publish_pending() for r in relays))):
         pass
@@ -149,9 +149,7 @@ async def test_two_relays_at_once_publish_every_event_exactly_once(outbox_env):
 async def test_a_consumer_in_another_process_sees_an_outbox_event_once_after_redelivery(outbox_env):
     pool, js = outbox_env
     workspace = f"ws{uuid.uuid4().hex[:10]}"
-    event = new_event(aborted(workspace), source="test")
-    async with pool.acquire() as conn, conn.transaction():
-        await outbox.enqueue(conn, event)
+    [event] = await enqueued(pool, workspace)
     await bus.publish(js, event)  # a relay crash after publishing: the row is published again
     await outbox.Relay(pool, js).publish_pending()
     spec = bus.ConsumerSpec(

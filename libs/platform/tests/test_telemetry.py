@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from rawdrive_devkit.testkit import serving
 from rawdrive_platform.config import Secret
 from rawdrive_platform.telemetry import (
     JsonLogFormatter,
@@ -108,11 +109,6 @@ async def test_spans_are_exported_over_otlp_http_when_the_endpoint_is_configured
 
     app = web.Application()
     app.router.add_post("/v1/traces", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     script = textwrap.dedent("""
         import logging
         from opentelemetry import trace
@@ -122,7 +118,7 @@ async def test_spans_are_exported_over_otlp_http_when_the_endpoint_is_configured
             logging.getLogger("svc").info("hello")
         provider.shutdown()
     """)
-    try:
+    async with serving(app) as port:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", script,
             env=os.environ | {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
@@ -130,8 +126,6 @@ async def test_spans_are_exported_over_otlp_http_when_the_endpoint_is_configured
             stderr=asyncio.subprocess.PIPE,
         )
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    finally:
-        await runner.cleanup()
     assert process.returncode == 0, stderr.decode()
     assert any(b"exported-span" in body and b"exporting-service" in body for body in received)
     [log] = [msgspec.json.decode(line) for line in stderr.decode().splitlines()]

@@ -34,8 +34,15 @@ from rawdrive_contracts import (
     new_event,
 )
 from rawdrive_devkit.devstack.servers import NatsServer, S3Connection, free_port
-from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
-from rawdrive_platform import bus, db, deadletter
+from rawdrive_devkit.testkit import (
+    consumer_for_test,
+    consuming,
+    jetstream,
+    managed_profile,
+    migrated_pool,
+    stored_events,
+)
+from rawdrive_platform import bus, deadletter
 from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.profiles import StorageResolver, UnknownProfile
 from rawdrive_platform.storage import Storage, StorageProfile
@@ -132,18 +139,15 @@ class Env:
 
 @pytest.fixture
 async def env(fresh_database_url: str, nats_url: str, s3_server: S3Connection) -> AsyncIterator[Env]:
-    await db.migrate(fresh_database_url, "verifier", MIGRATIONS)
-    pool = await db.create_pool(fresh_database_url, "verifier")
-    nc = await bus.connect(nats_url, name="test-verifier")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
     storage = await Storage.open(managed_profile(s3_server))
     try:
-        yield Env(pool=pool, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:12]}")
+        async with (
+            migrated_pool(fresh_database_url, "verifier", MIGRATIONS) as pool,
+            jetstream(nats_url, "test-verifier") as js,
+        ):
+            yield Env(pool=pool, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:12]}")
     finally:
         await storage.close()
-        await nc.close()
-        await pool.close()
 
 
 async def test_a_tus_upload_whose_bytes_match_is_verified_with_everything_downstream_needs(env: Env):

@@ -43,8 +43,8 @@ from rawdrive_contracts import (
 )
 from rawdrive_contracts.facts import carry
 from rawdrive_devkit.devstack.servers import S3Connection, loopback_endpoint_policy
-from rawdrive_devkit.testkit import consumer_for_test, consuming, stored_events
-from rawdrive_platform import bus, db, keys
+from rawdrive_devkit.testkit import consumer_for_test, consuming, jetstream, migrated_pool, stored_events
+from rawdrive_platform import bus, keys
 from rawdrive_platform.config import Secret
 from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.profiles import (
@@ -236,20 +236,20 @@ def _targets(*targets: SweepTarget):
 
 @pytest.fixture
 async def env(fresh_database_url: str, nats_url: str, s3_server: S3Connection) -> AsyncIterator[Env]:
-    await db.migrate(fresh_database_url, "janitor", MIGRATIONS)
-    pool = await db.create_pool(fresh_database_url, "janitor")
-    nc = await bus.connect(nats_url, name="test-janitor")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
     storage = await CountingStorage.open(profile_for(s3_server))
-    env = Env(dsn=fresh_database_url, pool=pool, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:12]}")
     try:
-        yield env
+        async with (
+            migrated_pool(fresh_database_url, "janitor", MIGRATIONS) as pool,
+            jetstream(nats_url, "test-janitor") as js,
+        ):
+            env = Env(dsn=fresh_database_url, pool=pool, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:12]}")
+            try:
+                yield env
+            finally:
+                for opened in env.storages:  # the ones a test opened
+                    await opened.close()
     finally:
-        for opened in (storage, *env.storages):
-            await opened.close()
-        await nc.close()
-        await pool.close()
+        await storage.close()
 
 
 # -- expiry -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from rawdrive_contracts import (
     new_event,
 )
 from rawdrive_devkit.devstack.servers import S3Connection
-from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
+from rawdrive_devkit.testkit import consumer_for_test, consuming, jetstream, managed_profile, stored_events
 from rawdrive_platform import bus, keys
 from rawdrive_platform.storage import Storage
 
@@ -87,15 +87,13 @@ class Env:
 
 @pytest.fixture
 async def env(nats_url: str, s3_server: S3Connection) -> AsyncIterator[Env]:
-    nc = await bus.connect(nats_url, name="test-media-processor")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
     storage = await Storage.open(managed_profile(s3_server))
     try:
-        yield Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=f"ws{uuid.uuid4().hex[:12]}")
+        async with jetstream(nats_url, "test-media-processor") as js:
+            sandbox = Sandbox(Limits(timeout_s=60))
+            yield Env(js=js, storage=storage, sandbox=sandbox, workspace=f"ws{uuid.uuid4().hex[:12]}")
     finally:
         await storage.close()
-        await nc.close()
 
 
 async def object_bytes(storage: Storage, key: str) -> bytes:

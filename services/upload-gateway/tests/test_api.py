@@ -29,8 +29,8 @@ from rawdrive_contracts import (
     decode,
     new_event,
 )
-from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile
-from rawdrive_platform import bus, db
+from rawdrive_devkit.testkit import consumer_for_test, consuming, jetstream, managed_profile, migrated_pool
+from rawdrive_platform import bus
 from rawdrive_platform.outbox import OutboxRow, UnitOfWork, outbox_row
 from rawdrive_platform.storage import Storage
 from upload_gateway.app import create_app, token_verifier
@@ -99,34 +99,25 @@ class Harness:
 
 @pytest.fixture
 async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
-    await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
-    pool = await db.create_pool(fresh_database_url, "gateway")
-    storage = await Storage.open(managed_profile(s3_server))
     settings = settings_for(
         fresh_database_url, s3_server, SECRET, nats_url=nats_url, commit_wait_s=1.5, cors_origins=("https://app.example",)
     )
-    gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
-    client = TestClient(TestServer(create_app(gw, mounts=[mount_tus])))
-    await client.start_server()
+    storage = await Storage.open(managed_profile(s3_server))
     try:
-        yield Harness(client=client, gw=gw, workspace=f"ws{uuid.uuid4().hex[:10]}")
+        async with migrated_pool(fresh_database_url, "gateway", MIGRATIONS) as pool:
+            gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
+            async with TestClient(TestServer(create_app(gw, mounts=[mount_tus]))) as client:
+                yield Harness(client=client, gw=gw, workspace=f"ws{uuid.uuid4().hex[:10]}")
     finally:
-        await client.close()
         await storage.close()
-        await pool.close()
 
 
 @pytest.fixture
 async def verdict_consumer(harness, nats_url) -> AsyncIterator[bus.JetStreamContext]:
     """The gateway's verdict consumer running, and a JetStream handle to publish verdicts with."""
-    nc = await bus.connect(nats_url, name="test-gateway")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
-    try:
+    async with jetstream(nats_url, "test-gateway") as js:
         async with consuming(js, verdicts.HANDLERS, UnitOfWork(harness.gw.pool), consumer_for_test(verdicts.HANDLERS)):
             yield js
-    finally:
-        await nc.close()
 
 
 async def problem(response: aiohttp.ClientResponse) -> dict:

@@ -36,8 +36,15 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
-from rawdrive_devkit.testkit import consumer_for_test, consuming, managed_profile, stored_events
-from rawdrive_platform import bus, db, keys
+from rawdrive_devkit.testkit import (
+    consumer_for_test,
+    consuming,
+    jetstream,
+    managed_profile,
+    migrated_pool,
+    stored_events,
+)
+from rawdrive_platform import bus, keys
 from rawdrive_platform.health import Health
 from rawdrive_platform.outbox import Relay, UnitOfWork
 from rawdrive_platform.storage import Storage
@@ -113,31 +120,23 @@ class Harness:
 
 @pytest.fixture
 async def harness(fresh_database_url, s3_server, nats_url) -> AsyncIterator[Harness]:
-    await db.migrate(fresh_database_url, "gateway", MIGRATIONS)
-    pool = await db.create_pool(fresh_database_url, "gateway")
-    storage = await Storage.open(managed_profile(s3_server))
     settings = settings_for(fresh_database_url, s3_server, SECRET, nats_url=nats_url, asset_url_ttl_s=120)
-    gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
-    app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])  # what __main__ mounts
-    Health().mount(app)  # as Runtime.serve_health does in __main__
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    nc = await bus.connect(nats_url, name="test-catalogue")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
+    storage = await Storage.open(managed_profile(s3_server))
     workspace = f"ws{uuid.uuid4().hex[:10]}"
     try:
-        async with contextlib.AsyncExitStack() as consumers:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(migrated_pool(fresh_database_url, "gateway", MIGRATIONS))
+            js = await stack.enter_async_context(jetstream(nats_url, "test-catalogue"))
             for table in (asset_events.HANDLERS, verdicts.HANDLERS):
-                await consumers.enter_async_context(
-                    consuming(js, table, UnitOfWork(pool), consumer_for_test(table, workspace))
-                )
+                spec = consumer_for_test(table, workspace)
+                await stack.enter_async_context(consuming(js, table, UnitOfWork(pool), spec))
+            gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
+            app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])  # what __main__ mounts
+            Health().mount(app)  # as Runtime.serve_health does in __main__
+            client = await stack.enter_async_context(TestClient(TestServer(app)))
             yield Harness(client=client, gw=gw, js=js, workspace=workspace)
     finally:
-        await nc.close()
-        await client.close()
         await storage.close()
-        await pool.close()
 
 
 async def problem(response: aiohttp.ClientResponse) -> dict:

@@ -30,7 +30,7 @@ from rawdrive_contracts import (
     Variants,
     new_event,
 )
-from rawdrive_devkit.testkit import managed_profile
+from rawdrive_devkit.testkit import jetstream, managed_profile
 from rawdrive_platform import bus, keys
 from rawdrive_platform.config import Secret, load_settings
 from rawdrive_platform.storage import Storage
@@ -88,19 +88,17 @@ async def console(s3_server, nats_url) -> AsyncIterator[Console]:
         s3_secret_access_key=Secret(s3_server.secret_access_key), s3_endpoint=s3_server.endpoint, nats_url=nats_url,
         console_dev_token=True, asset_url_ttl_s=120,
     ))  # fmt: skip
-    nc = await bus.connect(nats_url, name="test-console")
-    js = nc.jetstream()
-    await bus.provision(js, bus.StreamSettings())
     # The feed needs no database: a pool is never touched by the console's routes.
     gw = Gateway(settings=settings, pool=None, storage=storage, tokens=token_verifier(settings))  # type: ignore[arg-type]
-    app = create_app(gw, mounts=[routes.console_mount(settings, js)])
-    client = TestClient(TestServer(app))
-    await client.start_server()
     try:
-        yield Console(client=client, gw=gw, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:10]}")
+        async with jetstream(nats_url, "test-console") as js:
+            client = TestClient(TestServer(create_app(gw, mounts=[routes.console_mount(settings, js)])))
+            await client.start_server()
+            try:
+                yield Console(client=client, gw=gw, js=js, storage=storage, workspace=f"ws{uuid.uuid4().hex[:10]}")
+            finally:
+                await client.close()
     finally:
-        await client.close()
-        await nc.close()
         await storage.close()
 
 

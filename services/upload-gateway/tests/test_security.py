@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from rawdrive_devkit.testkit import serving
 from rawdrive_platform.config import Secret
 from rawdrive_platform.storage import content_disposition
 from upload_gateway.app import token_verifier
@@ -76,15 +77,8 @@ async def jwks() -> AsyncIterator[tuple[str, rsa.RSAPrivateKey]]:
 
     app = web.Application()
     app.router.add_get("/jwks", keys)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as port:
         yield f"http://127.0.0.1:{port}/jwks", key
-    finally:
-        await runner.cleanup()
 
 
 async def test_in_jwks_mode_a_token_of_another_issuer_or_audience_is_refused(jwks):

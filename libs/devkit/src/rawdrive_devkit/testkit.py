@@ -1,6 +1,6 @@
 """Small helpers the services' tests share: a service's handler table consuming in the test's
-process, the events a service under test has announced, and the test S3 server as the managed
-storage profile."""
+process, the events a service under test has announced, the test S3 server as the managed
+storage profile, and a stand-in HTTP server (a collector, a JWKS, a hostile endpoint)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,47 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources.abc import Traversable
 from typing import Any, TypeVar
 
+import asyncpg
 import msgspec
+from aiohttp import web
 from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, decode
 from rawdrive_devkit.devstack.servers import S3Connection
-from rawdrive_platform import bus
+from rawdrive_platform import bus, db
 from rawdrive_platform.config import Secret
 from rawdrive_platform.consumers import HandlerTable
 from rawdrive_platform.storage import StorageProfile
 
 D = TypeVar("D")
+
+
+@asynccontextmanager
+async def migrated_pool(database_url: str, schema: str, migrations: Traversable) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on `schema` of the test's database with the service's `migrations` (and the
+    outbox's) applied, as the service starts; closed when the block ends."""
+    await db.migrate(database_url, schema, migrations)
+    pool = await db.create_pool(database_url, schema)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def jetstream(nats_url: str, name: str, **stream_settings: Any) -> AsyncIterator[JetStreamContext]:
+    """A connection of the test's own to NATS, as `name`, with the pipeline's streams provisioned
+    (`stream_settings`: bus.StreamSettings' fields); closed when the block ends."""
+    nc = await bus.connect(nats_url, name=name)
+    try:
+        js = nc.jetstream()
+        await bus.provision(js, bus.StreamSettings(**stream_settings))
+        yield js
+    finally:
+        await nc.close()
 
 
 def consumer_for_test(table: HandlerTable[Any], workspace_id: str | None = None, **settings: Any) -> bus.ConsumerSpec:
@@ -87,3 +115,15 @@ def managed_profile(connection: S3Connection) -> StorageProfile:
         access_key_id=connection.access_key_id,
         secret_access_key=Secret(connection.secret_access_key),
     )
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """`app` served on a free loopback port while the block runs; yields the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

@@ -191,8 +191,9 @@ async def test_a_decode_over_its_memory_cap_fails_and_the_next_one_is_served(san
 async def test_a_variant_that_cannot_be_written_fails_the_decode_with_a_reason(sandbox: Sandbox, tmp_path: Path) -> None:
     # Variants are encoded on other threads than the one scaling them: their errors must still
     # reach the caller, or the asset would be announced with variants that were never written.
+    source = DATA / "mei_Samsung_SM-J327T1.jpg"
     with pytest.raises(Unprocessable) as failure:
-        await decode(sandbox, DATA / "mei_Samsung_SM-J327T1.jpg", tmp_path / "missing")
+        await sandbox.process(str(source), "jpeg", str(tmp_path / "missing"))  # no such work folder
     assert failure.value.reason == "decode_failed"
     assert "large.webp" in failure.value.detail
 

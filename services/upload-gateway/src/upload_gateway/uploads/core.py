@@ -77,18 +77,17 @@ def new_session(
     """The session row and the event announcing it (pure). `commit_on_complete`: the gateway
     commits the session itself when its last byte arrives (the tus creation endpoint's)."""
     plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
-    session = UploadSession(
+    session = carry(
+        request,  # what the client declared as it is: library, folder, size, protocol
+        UploadSession,
         upload_id=new_id(),
         workspace_id=workspace_id,
         asset_id=asset_id,
-        library_id=request.library_id,
-        folder_id=request.folder_id,
+        # The name, type and kind as check_new_file normalised them, the digest in lower case.
         file_name=file.shown,
         mime_type=file.mime_type,
         kind=file.kind,
-        size_bytes=request.size_bytes,
         sha256=request.sha256.lower() if request.sha256 else None,
-        resumable_protocol=request.resumable_protocol,
         provider=storage.profile.provider,
         storage_profile_ref=profile_ref,
         object_key=object_key,

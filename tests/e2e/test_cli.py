@@ -6,7 +6,9 @@ that sends nothing, S3 multipart with parallel parts, kill -9 mid-upload and a r
 from the gateway's offset, a file over the limit reported while the others go on, a bad token
 and an unreachable gateway as one line each, the same bytes under another name and folder not sent
 again, `events` (following and catching up) showing
-asset.created, the assets commands, development tokens and the dead-letter commands.
+asset.created, the assets commands, development tokens, Ctrl-C on a folder upload (one line, exit
+130, state kept, the rerun resumes) and a real dead letter (the janitor refusing an event) listed,
+shown and replayed to the janitor, which refuses the copy again with its reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,11 +34,13 @@ MIXED = ("exiftool_GPS.jpg", "png_rgba_alpha.png", "heic_generated.heic", "mei_w
 
 # NATS as the operator: the provisioning identity, which the dev stack's .data/env gives the CLI.
 OPERATOR_NATS: dict[str, str] = {}
+OPERATOR_URL: dict[str, str] = {}  # the same identity as a URL with credentials, for the test's own publishes
 
 
 @pytest.fixture(scope="module")
 async def world(module_service_env, tmp_path_factory, pipeline_opener, nats_identities):
     OPERATOR_NATS.update(nats_identities.env("provision"))
+    OPERATOR_URL["url"] = nats_identities.url_as("provision")
     async for pipeline, client in pipeline_opener(module_service_env, tmp_path_factory.mktemp("cli")):
         yield pipeline, client
 
@@ -150,6 +155,20 @@ async def test_s3_multipart_sends_parallel_parts_straight_to_storage(world, tmp_
     assert asset["size_bytes"] == photo.stat().st_size
 
 
+async def first_confirmed_offset(upload: subprocess.Popen, state_file: Path) -> dict:
+    """The first state file entry whose confirmed offset is inside its file (after a 5 MiB PATCH,
+    before the last), read while `upload` still runs: the moment to stop it mid-file."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and upload.poll() is None:
+        if state_file.exists():
+            entries = [e for e in json.loads(state_file.read_text()).values()
+                       if 0 < e.get("offset", 0) < e["version"]["size"]]
+            if entries:
+                return entries[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no offset recorded; exit {upload.poll()}: {upload.stderr.read() if upload.stderr else ''}")
+
+
 async def test_killed_mid_upload_the_same_command_resumes_from_the_gateways_offset(world, tmp_path):
     pipeline, client = world
     photo = noise_jpeg(tmp_path / "resume.jpg", 4000, 3000)
@@ -158,17 +177,7 @@ async def test_killed_mid_upload_the_same_command_resumes_from_the_gateways_offs
     state_file = Path(env["RAWDRIVE_STATE_FILE"])
     command = [*CLI, "upload", "--json", "--protocol", "tus", "--limit-rate", "2M", str(photo)]
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Kill it once the state file records a confirmed offset (the first 5 MiB PATCH), before the end.
-    deadline = time.monotonic() + 120
-    recorded = None
-    while time.monotonic() < deadline and first.poll() is None:
-        if state_file.exists():
-            entries = list(json.loads(state_file.read_text()).values())
-            if entries and entries[0].get("offset", 0) > 0:
-                recorded = entries[0]
-                break
-        await asyncio.sleep(0.05)
-    assert recorded is not None, f"no offset recorded; exit {first.poll()}: {first.stderr.read() if first.stderr else ''}"
+    recorded = await first_confirmed_offset(first, state_file)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     assert 0 < recorded["offset"] < size
@@ -181,6 +190,39 @@ async def test_killed_mid_upload_the_same_command_resumes_from_the_gateways_offs
     assert outcome["state"] == "available", outcome
     _, asset = await client.asset(outcome["asset_id"])
     assert asset["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+
+
+async def test_ctrl_c_on_a_folder_upload_says_so_in_one_line_and_the_rerun_resumes(world, tmp_path):
+    pipeline, client = world
+    folder = tmp_path / "Camera"
+    folder.mkdir()
+    big = noise_jpeg(folder / "IMG_0001.jpg", 4000, 3000)  # two 5 MiB PATCHes at least
+    small = noise_jpeg(folder / "IMG_0002.jpg", 640, 480)
+    env = cli_env(pipeline, tmp_path, COLUMNS="200")
+    state_file = Path(env["RAWDRIVE_STATE_FILE"])
+    command = [*CLI, "upload", "--protocol", "tus", "--jobs", "2", "--limit-rate", "2M", str(folder)]
+    first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    recorded = await first_confirmed_offset(first, state_file)
+    assert recorded["version"]["size"] == big.stat().st_size  # the small one fits in one PATCH
+    first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = await asyncio.to_thread(first.communicate, timeout=30)
+    assert first.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["interrupted; rerun the same command to resume"], stderr
+    # The state file was left whole, private, and names the interrupted session.
+    assert state_file.stat().st_mode & 0o777 == 0o600
+    saved = [e for e in json.loads(state_file.read_text()).values() if e.get("upload_id") == recorded["upload_id"]]
+    assert len(saved) == 1 and saved[0]["offset"] >= recorded["offset"]
+
+    again = await run(env, "upload", "--json", "--protocol", "tus", str(folder))
+    assert again.returncode == 0, again.stderr + again.stdout
+    seen = outcomes(again)
+    resumed = seen[big.name]
+    assert (resumed["upload_id"], resumed["state"]) == (recorded["upload_id"], "available"), resumed
+    assert saved[0]["offset"] <= resumed["resumed_from"] < big.stat().st_size
+    assert seen[small.name]["state"] == "available", seen[small.name]
+    for photo in (big, small):
+        _, asset = await client.asset(seen[photo.name]["asset_id"])
+        assert asset["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
 
 
 async def test_a_file_over_the_limit_is_reported_and_the_others_are_uploaded(world, tmp_path, media_dir):
@@ -294,12 +336,68 @@ async def test_a_development_token_opens_the_workspace_with_its_role(world, tmp_
     assert "RAWDRIVE_JWT_SECRET" in (await run(cli_env(pipeline, tmp_path), "token")).stderr
 
 
-async def test_dead_letters_are_listed_and_an_unknown_one_is_refused(world, tmp_path):
-    pipeline, _ = world
-    env = cli_env(pipeline, tmp_path)
+async def dlq_entries(env: dict[str, str]) -> list[dict]:
     listed = await run(env, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    for line in listed.stdout.splitlines():
-        assert {"seq", "kind", "stream", "reason"} <= set(json.loads(line))
-    shown = await run(env, "dlq", "show", "999999999")
-    assert shown.returncode == 2 and "rawdrive dlq list" in shown.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+async def dead_letter_of(env: dict[str, str], event_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [letter for letter in await dlq_entries(env) if letter["event_id"] == event_id]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no dead letter for event {event_id} within {timeout_s} s")
+
+
+async def test_a_dead_letter_is_listed_shown_and_replayed_to_the_service_that_refused_it(world, tmp_path):
+    from rawdrive_contracts import UploadAborted, new_event
+    from rawdrive_platform import bus
+
+    pipeline, _ = world
+    env = cli_env(pipeline, tmp_path, COLUMNS="300")
+    # An aborted upload naming a storage profile the janitor cannot resolve: it cannot reach the
+    # bytes, so it terminates the event with the reason, and JetStream dead-letters it.
+    profile = f"sp-unknown-{uuid.uuid4().hex[:8]}"
+    event = new_event(UploadAborted(
+        workspace_id=pipeline.workspace, upload_id=uuid.uuid4().hex, asset_id=uuid.uuid4().hex,
+        storage_profile_ref=profile, object_key=f"workspaces/{pipeline.workspace}/assets/x/original/x.jpg",
+        aborted_by="e2e-operator",
+    ), source="e2e")
+    nc = await bus.connect(OPERATOR_URL["url"], name="e2e-cli-dlq")
+    try:
+        assert await bus.publish(nc.jetstream(), event)
+    finally:
+        await nc.close()
+
+    letter = await dead_letter_of(env, event.id)
+    assert (letter["kind"], letter["stream"], letter["consumer"]) == ("terminated", "RAWDRIVE_UPLOADS", "janitor-uploads")
+    assert letter["subject"] == f"rawdrive.upload.aborted.{pipeline.workspace}"
+    assert letter["reason"].startswith(f"storage profile {profile!r}"), letter  # why it cannot resolve it follows
+    table = await run(env, "dlq", "list")
+    [row] = [line for line in table.stdout.splitlines() if profile in line]
+    cells = [cell.strip() for cell in row.split("│")]
+    assert cells[1:5] == [str(letter["seq"]), "terminated", "RAWDRIVE_UPLOADS", "janitor-uploads"], row
+
+    shown = await run(env, "dlq", "show", str(letter["seq"]))
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+    assert shown["dead_letter"] == letter
+    assert shown["original"]["subject"] == letter["subject"]
+    assert (shown["original"]["data"]["id"], shown["original"]["data"]["data"]["storage_profile_ref"]) == (event.id, profile)
+
+    replayed = await run(env, "dlq", "replay", str(letter["seq"]))
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == f"replayed dead letter {letter['seq']} to its original subject and dropped it"
+    # The janitor got the copy (its own dedup id), still cannot resolve the profile, and says so again.
+    again = await dead_letter_of(env, f"{event.id}:replay:{letter['seq']}")
+    assert (again["kind"], again["consumer"], again["reason"]) == ("terminated", "janitor-uploads", letter["reason"])
+    assert again["seq"] > letter["seq"]
+    assert letter["seq"] not in {d["seq"] for d in await dlq_entries(env)}
+
+    gone = await run(env, "dlq", "replay", str(letter["seq"]))
+    assert gone.returncode == 2 and "rawdrive dlq list" in gone.stderr
+    unknown = await run(env, "dlq", "show", "999999999")
+    assert unknown.returncode == 2 and "rawdrive dlq list" in unknown.stderr

@@ -3,7 +3,8 @@ pipeline (every service a process, real NATS, PostgreSQL and SeaweedFS), the gat
 RAWDRIVE_CONSOLE=1: sign in with a token, drop three photos and a video onto the Uppy Dashboard,
 see four thumbnails arrive on the live feed (the page lists the catalogue once and never polls),
 delete one and restore it from the page, and see a delete and restore made elsewhere arrive live;
-pause an upload on a slow link and resume it to the same bytes. A screenshot of the page is saved beside the test's logs (its path is printed).
+pause an upload on a slow link and resume it to the same bytes; drop a folder (and pick another in
+the Dashboard's folder picker) and see every file in their subfolders become an asset. A screenshot of the page is saved beside the test's logs (its path is printed).
 """
 
 from __future__ import annotations
@@ -180,3 +181,56 @@ async def test_a_paused_upload_stays_paused_and_resumes_to_the_same_bytes(world,
     # The verifier hashed what storage holds: exactly the file, nothing sent twice or skipped.
     body = photo.read_bytes()
     assert (asset["size_bytes"], asset["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+
+
+def noise_images(folder: Path, relative_paths: list[str]) -> dict[str, Path]:
+    """Fresh images (random noise, so bytes no other test sent) at these paths: name -> path."""
+    made = {}
+    for relative in relative_paths:
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["convert", "-size", "800x600", "xc:gray", "+noise", "Random", str(path)], check=True, timeout=60)
+        made[path.name] = path
+    return made
+
+
+async def test_a_dropped_folder_and_a_picked_folder_upload_every_file_in_their_subfolders(world, browser, tmp_path):
+    from playwright.async_api import expect
+
+    pipeline, client = world
+    dropped = noise_images(tmp_path / "Holiday", ["beach.jpg", "day-2/harbour.png", "day-2/evening/dinner.webp"])
+    picked = noise_images(tmp_path / "Scans", ["letter.png", "2024/receipt.jpg"])
+    page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    await page.goto(f"{pipeline.base_url}/console")
+    await page.fill("#token", pipeline.token)
+    await page.click("#sign-in-form button[type=submit]")
+    await expect(page.locator("#feed-state")).to_have_text("live", timeout=15_000)
+    await page.fill("#library-id", LIBRARY)
+
+    # The Dashboard's "browse folders" picker (fileManagerSelectionType "both"): a webkitdirectory
+    # input, there while the Dashboard is empty (then it lists the files).
+    folder_input = page.locator(".uppy-Dashboard-input[webkitdirectory]")
+    await expect(folder_input).to_have_count(1)
+    await folder_input.set_input_files(str(tmp_path / "Scans"))
+    # A folder dragged from the file manager: Chromium's own drag and drop (DevTools protocol)
+    # with the folder's path, so the page gets a directory entry as from a real drop.
+    dashboard = page.locator(".uppy-Dashboard-inner")
+    box = await dashboard.bounding_box()
+    assert box is not None
+    drag = {"x": box["x"] + box["width"] / 2, "y": box["y"] + box["height"] / 2,
+            "data": {"items": [], "files": [str(tmp_path / "Holiday")], "dragOperationsMask": 1}}  # 1: copy
+    devtools = await page.context.new_cdp_session(page)
+    for step in ("dragEnter", "dragOver", "drop"):
+        await devtools.send("Input.dispatchDragEvent", {"type": step, **drag})
+
+    for name, path in (dropped | picked).items():
+        card = page.locator("#assets .card", has_text=name)
+        await expect(card.locator("img")).to_be_visible(timeout=120_000)
+        asset = await client.asset_when(await card.get_attribute("data-asset-id"), {"available"})
+        body = path.read_bytes()
+        assert (asset["file_name"], asset["library_id"]) == (name, LIBRARY)
+        assert (asset["size_bytes"], asset["sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+        assert asset["variants"]["thumb"]
+    assert not errors, errors

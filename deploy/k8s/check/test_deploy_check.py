@@ -427,3 +427,26 @@ def test_a_service_connecting_as_another_identity_or_anonymously_fails(k8s, caps
     assert ("Deployment/media-processor container app: RAWDRIVE_NATS_PASSWORD is not key 'provision' "
             "of Secret rawdrive-nats") in out
     assert "Deployment/janitor container app: no RAWDRIVE_NATS_USER" in out
+
+
+def test_the_gateway_dockerfile_builds_the_console_bundle_the_makefile_builds():
+    root = HERE.parents[2]
+    dockerfile, makefile = (root / "services/upload-gateway/Dockerfile").read_text(), (root / "Makefile").read_text()
+    assert deploy_check.console_bundle_findings(dockerfile, makefile) == []
+
+    vendor = "services/upload-gateway/src/upload_gateway/console/static/vendor"
+    no_copy = "\n".join(line for line in dockerfile.splitlines() if "--from=console" not in line and line.strip() != vendor)
+    assert no_copy != dockerfile
+    assert any("missing before `pip wheel`" in f for f in deploy_check.console_bundle_findings(no_copy, makefile))
+
+    no_build = dockerfile.replace("RUN npm run build", "RUN true")
+    assert any("`npm run build`" in f for f in deploy_check.console_bundle_findings(no_build, makefile))
+
+    # The Makefile moves the web project: the Dockerfile no longer builds what it builds.
+    moved = makefile.replace("console/web\n", "console/site\n", 1)
+    assert any("WORKDIR" in f for f in deploy_check.console_bundle_findings(dockerfile, moved))
+
+    no_stage = dockerfile.replace("FROM ${NODE_IMAGE} AS console", "FROM ${PYTHON_IMAGE} AS console")
+    assert deploy_check.console_bundle_findings(no_stage, makefile) == [
+        "services/upload-gateway/Dockerfile: no named Node stage (FROM node:... AS name) builds the console bundle"
+    ]

@@ -28,6 +28,7 @@ from upload_gateway.uploads.sessions import UploadSession, gone, require_open
 from upload_gateway.uploads.tus import OpenedUpload, PostgresS3Store, TusTarget, creation_routes, tus_routes
 from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, TUS_OPERATIONS
 from upload_gateway.uploads.tus.protocol import Creation, TusError, effective_method, parse_checksum
+from upload_gateway.uploads.tus_partials import PARTIAL_PATH, PartialUploads
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
@@ -180,9 +181,11 @@ def mount_tus(app: web.Application) -> None:
     (patch_limits); after create_app set GATEWAY."""
     store = PostgresS3Store(app[GATEWAY].pool)
     max_size = max(SIZE_LIMITS.values())
+    partials = PartialUploads(store, open_tus_upload)
     routes = [
         *tus_routes(lambda _: store, tus_target, max_size=max_size),
-        *creation_routes(store, open_tus_upload, max_size=max_size),
+        *tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH),
+        *creation_routes(store, open_tus_upload, partials, max_size=max_size),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
     document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS))

@@ -64,6 +64,11 @@ def parse_concat(header: str | None) -> Concat | None:
     return Concat(urls, value)
 
 
+def is_final(concat: str | None) -> bool:
+    """Whether a stored Upload-Concat is a final upload's."""
+    return concat is not None and concat.startswith(_FINAL)
+
+
 def url_path(url: str) -> str:
     """The path of a partial upload's URL as the client wrote it (absolute or a path)."""
     return urlsplit(url).path

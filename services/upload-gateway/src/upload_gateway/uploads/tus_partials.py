@@ -48,7 +48,6 @@ from upload_gateway.uploads.tus.protocol import (
 )
 from upload_gateway.uploads.tus.store import JoinSource
 
-PARTIAL_PATH = "/v1/workspaces/{workspace_id}/tus/{upload_id}"
 # Expired partials of a workspace removed when another partial is created there.
 EXPIRED_PER_CREATION = 10
 _PARTIAL_URL = re.compile(r"/v1/workspaces/(?P<workspace_id>[^/]+)/tus/(?P<upload_id>[^/]+)/?$")

@@ -27,9 +27,10 @@ from upload_gateway.uploads.routes import OPENER, authorize_upload
 from upload_gateway.uploads.sessions import UploadSession, gone, require_open
 from upload_gateway.uploads.tus import OpenedUpload, PostgresS3Store, TusTarget, creation_routes, tus_routes
 from upload_gateway.uploads.tus.concat import is_final
-from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, TUS_OPERATIONS
+from upload_gateway.uploads.tus.creation import PARTIAL_PATH
+from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, PARTIAL_OPERATIONS, TUS_OPERATIONS
 from upload_gateway.uploads.tus.protocol import Creation, Forbidden, TusError, effective_method, parse_checksum
-from upload_gateway.uploads.tus_partials import PARTIAL_PATH, PartialUploads
+from upload_gateway.uploads.tus_partials import PartialUploads
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
@@ -196,4 +197,4 @@ def mount_tus(app: web.Application) -> None:
         *creation_routes(store, open_tus_upload, partials, max_size=max_size),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
-    document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS))
+    document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS, *PARTIAL_OPERATIONS))

@@ -35,6 +35,8 @@ from upload_gateway.uploads.tus.store import JoinSource, TusStore, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
 CREATION_PATH = "/v1/workspaces/{workspace_id}/tus"
+# A partial upload's own URL (tus concatenation): an upload without a session.
+PARTIAL_PATH = "/v1/workspaces/{workspace_id}/tus/{upload_id}"
 
 
 class OpenedUpload(msgspec.Struct, frozen=True):
@@ -114,6 +116,7 @@ class _Creation:
         method = protocol.effective_method("POST", request.headers.get("X-HTTP-Method-Override"))
         if method != "POST":
             raise protocol.BadRequest(f"{method} goes to the upload's URL (Location), not to the creation endpoint")
+        protocol.check_version(request.headers)
         concat = parse_concat(request.headers.get("Upload-Concat"))
         if concat is not None and concat.is_final:
             return await self._create_final(request, concat)
@@ -136,7 +139,6 @@ class _Creation:
     async def _create_final(self, request: web.Request, concat: Concat) -> web.Response:
         """A final upload: no length (the partials' sum) and no body of its own; its object is
         the partials joined on the storage side, then the partials are gone."""
-        protocol.check_version(request.headers)
         if "Upload-Length" in request.headers:
             raise protocol.BadRequest("a final upload takes no Upload-Length: it is the sum of its partial uploads")
         if request.can_read_body:

@@ -1,6 +1,6 @@
 """tus-js-client's parallel uploads (tus concatenation) through the whole pipeline.
 
-A real video (made by ffmpeg from noise, so it does not compress: RAWDRIVE_PARALLEL_TUS_MIB
+A real video (made by ffmpeg from noise, so it does not compress: at most RAWDRIVE_PARALLEL_TUS_MIB
 MiB, 64 by default; issue 19's figure, 500, is run by hand or by bench/parallel_tus_bench.py)
 goes to the workspace's creation endpoint with `parallelUploads: 4` and only a user token: four
 partial uploads at once, then the final upload, which storage joins (UploadPartCopy) and the
@@ -14,29 +14,16 @@ import asyncio
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from rawdrive_devkit.testing import node_for
+from rawdrive_devkit.testing import node_for, noise_video
 
 CREATED = "com.rawdrive.asset.created.v1"
 TUS_JS = Path(__file__).parents[2] / "services" / "upload-gateway" / "tests" / "tus" / "js"
 MIB = 1024 * 1024
 SIZE_MIB = int(os.environ.get("RAWDRIVE_PARALLEL_TUS_MIB", "64"))
-
-
-def noise_video(path: Path, size_mib: int) -> None:
-    """An MP4 of about `size_mib` MiB: lossless H.264 of noise at 1280x720 (about 1.2 MiB a
-    frame), as incompressible as camera footage."""
-    frames = max(2, size_mib * 10 // 12)
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=1280x720:r=25",
-         "-vf", "noise=alls=100:allf=t+u", "-frames:v", str(frames),
-         "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p", str(path)],
-        check=True, timeout=300,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +35,7 @@ async def world(module_service_env, tmp_path_factory, pipeline_opener):
 async def test_tus_js_client_parallel_uploads_of_a_large_video_become_one_asset_with_its_sha256(world):
     pipeline, client, tmp = world
     video = tmp / "clip.mp4"
-    await asyncio.to_thread(noise_video, video, SIZE_MIB)
+    await asyncio.to_thread(noise_video, video, SIZE_MIB * MIB)
     data = video.read_bytes()
     assert len(data) > 40 * MIB  # four partials of over 5 MiB each: joined by storage, not the gateway
     endpoint = f"{pipeline.base_url}/v1/workspaces/{pipeline.workspace}/tus"

@@ -165,3 +165,16 @@ async def test_an_expired_partial_is_refused_and_removed_when_the_next_one_is_cr
     assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_partials") == 1
     assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_uploads") == 1
     assert await tus_keys(live) == []  # the old partial's object is gone; the new one has no bytes yet
+
+
+async def test_a_join_that_storage_fails_aborts_the_final_session_and_keeps_the_other_partials(live_gateway):
+    live = live_gateway
+    kept, lost = await partial(live, b"kept bytes"), await partial(live, b"lost bytes")
+    [lost_key] = [key for key in await tus_keys(live) if lost.rsplit("/", 1)[1] in key]
+    await live.gw.storage.delete([lost_key])  # storage lost the partial's object behind our back
+    async with await final(live, [kept, lost]) as response:
+        assert response.status == 502, await response.text()
+    assert await live.gw.pool.fetch("SELECT state FROM upload_sessions") == [("aborted",)]
+    assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_uploads WHERE concat LIKE 'final;%'") == 0
+    async with live.http.head(kept, headers=TUS | live.user()) as response:
+        assert (response.status, response.headers["Upload-Offset"]) == (200, "10")

@@ -7,6 +7,12 @@ this URL and `Authorization: Bearer <user token>` needs nothing else: one POST w
 first bytes when the POST carries them (creation-with-upload). The answer is 201 with
 `Location`, the upload's own tus URL, which then takes HEAD, PATCH and DELETE.
 
+Concatenation (tus's extension, for tus-js-client's `parallelUploads`): `Upload-Concat: partial`
+creates a partial upload through the session layer's `Concatenation.open_partial` (an upload
+with an owner but no session, at PARTIAL_PATH); `Upload-Concat: final;<url> ...` has
+`open_final` check the partials and open the file's session, and the store join the partials'
+objects into its object (`TusStore.concatenate`); the partials are then terminated.
+
 As with the upload routes (routes.py), this module knows the protocol and the store port
 (TusStore) only: `open_upload(request, creation)` belongs to the session layer, which checks the
 caller, opens the session the creation stands for and returns its TusTarget and URL
@@ -18,18 +24,21 @@ is 400, since tus has no 422; each with `Tus-Resumable`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 
+from rawdrive_platform.storage import StorageError
 from upload_gateway.errors import UploadError
 from upload_gateway.http.problems import Problem, problem_for, problem_response
 from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.concat import Concat, parse_concat
-from upload_gateway.uploads.tus.protocol import Creation
+from upload_gateway.uploads.tus.protocol import Creation, TusError
 from upload_gateway.uploads.tus.routes import Handler, answering_tus_errors
 from upload_gateway.uploads.tus.store import JoinSource, TusStore, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
@@ -146,10 +155,18 @@ class _Creation:
         metadata = request.headers.get("Upload-Metadata") or None
         protocol.parse_metadata(metadata)  # malformed metadata is refused before anything exists
         final = await self._concatenation.open_final(request, concat, metadata)
-        state = await self._store.concatenate(final.target, final.creation, final.sources)
+        try:
+            state = await self._store.concatenate(final.target, final.creation, final.sources)
+        except BaseException:
+            # No object: the session would only hold a quota place until it expired. The
+            # partials are intact, so the client may create the final upload again.
+            await asyncio.shield(final.target.on_terminate())
+            raise
         for partial in final.partials:
-            await self._store.terminate(partial)
-            await partial.on_terminate()
+            # The final upload exists: a partial that cannot be removed now expires instead.
+            with contextlib.suppress(TusError, StorageError):
+                await self._store.terminate(partial)
+                await partial.on_terminate()
         return _created(state, final.target, final.location)
 
 

@@ -7,6 +7,7 @@ import os
 
 from rawdrive_contracts import CommitRequested, decode
 from upload_gateway.auth import mint_dev_token
+from upload_gateway.uploads.tus.concat import CopyPlan, ThroughGateway, plan_join
 
 from ..conftest import LIVE_SECRET
 from .conftest import OCTETS, TUS, MiB
@@ -74,15 +75,23 @@ async def joins(live, lengths: list[int]) -> None:
 
 async def test_partials_of_tus_js_client_sizes_join_by_range_copies(live_gateway):
     quarter = 5 * MiB + 3
-    await joins(live_gateway, [quarter, quarter, quarter, quarter + 2])
+    lengths = [quarter, quarter, quarter, quarter + 2]
+    plan = plan_join(lengths)
+    assert isinstance(plan, CopyPlan) and plan.seams == ()  # the layout this test runs
+    await joins(live_gateway, lengths)
 
 
 async def test_partials_of_unequal_sizes_join_through_seams_into_the_exact_file(live_gateway):
-    await joins(live_gateway, [12 * MiB + 1, 7 * MiB, 9 * MiB + 5])
+    lengths = [12 * MiB + 1, 7 * MiB, 9 * MiB + 5]
+    plan = plan_join(lengths)
+    assert isinstance(plan, CopyPlan) and len(plan.seams) == 2
+    await joins(live_gateway, lengths)
 
 
 async def test_partials_under_the_s3_part_minimum_of_a_small_file_are_joined_by_the_gateway(live_gateway):
-    await joins(live_gateway, [1 * MiB, 0, 2 * MiB + 7, 3])
+    lengths = [1 * MiB, 0, 2 * MiB + 7, 3]
+    assert isinstance(plan_join(lengths), ThroughGateway)
+    await joins(live_gateway, lengths)
 
 
 async def test_a_partial_is_its_owners_alone(live_gateway):

@@ -33,6 +33,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "tus_bench": ("tus_bench.py", [], ["--sizes-mib", "20", "--concurrency", "1", "4", "--sessions", "100"]),
     "tus_vs_node": ("tus_vs_node.py", [], ["--sizes-mib", "50", "--concurrency", "1", "4", "--rounds", "1"]),
     "verify_bench": ("verify_bench.py", [], ["--sizes-mib", "20", "--rounds", "1"]),
+    "parallel_tus_bench": ("parallel_tus_bench.py", [], ["--size-mib", "64", "--rounds", "1"]),
     "thumbnail_bench": ("thumbnail_bench.py", [], ["--rounds", "1"]),
     "load": ("load.py", [], ["--uploads", "8", "--single-rounds", "3"]),
     # The same batch with at most 8 uploads in flight: the pipeline's figures even while 50 at once

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from rawdrive_platform import keys
 from rawdrive_platform.keys import (
     FALLBACK_FILENAME,
     MAX_FILENAME_BYTES,
@@ -204,3 +205,12 @@ def test_keys_outside_asset_prefixes_belong_to_no_asset():
         "elsewhere/workspaces/ws1/assets/a1/original/x",
     ):
         assert asset_of_key(key) is None, key
+
+
+def test_a_tus_piece_lives_under_an_asset_prefix_of_its_upload_and_is_read_back_as_that_asset():
+    key = keys.tus_piece_key("ws-1", "up-1", "partial", key_prefix="tenant/ws-1/")
+    assert key == "tenant/ws-1/workspaces/ws-1/assets/up-1/tus/partial"
+    assert keys.asset_of_key(key, "tenant/ws-1/") == keys.AssetRef("ws-1", "up-1")
+    assert keys.parse_asset_key(key, "tenant/ws-1/") is None  # neither an original nor a derived object
+    with pytest.raises(keys.InvalidKeyPart):
+        keys.tus_piece_key("ws-1", "up-1", "../x")

@@ -198,6 +198,21 @@ async def test_multipart_upload_lists_its_parts_and_completes_into_one_object(st
     assert [u async for u in storage.list_multipart_uploads(key)] == []
 
 
+async def test_copied_parts_join_byte_ranges_of_other_objects_into_one_object(storage, key):
+    first, second = os.urandom(5 * MiB + 3), os.urandom(2 * MiB)
+    await storage.put(f"{key}.a", first, "application/octet-stream")
+    await storage.put(f"{key}.b", second, "application/octet-stream")
+    upload_id = await storage.create_multipart(key, "video/mp4")
+    parts = [
+        await storage.copy_part(key, upload_id, 1, f"{key}.a", 3, 5 * MiB + 3),
+        await storage.copy_part(key, upload_id, 2, f"{key}.b", 10, 2 * MiB),
+    ]
+    await storage.complete_multipart(key, upload_id, parts)
+    assert (await storage.head(key)).size == 5 * MiB + 2 * MiB - 10
+    assert b"".join([chunk async for chunk in storage.iter_chunks(key)]) == first[3:] + second[10:]
+    await storage.delete([key, f"{key}.a", f"{key}.b"])
+
+
 async def test_a_streamed_part_is_sent_as_its_body_produces_it_and_a_short_one_leaves_nothing(storage, key):
     whole, short = os.urandom(5 * MiB), os.urandom(3 * MiB)
     upload_id = await storage.create_multipart(key, "image/jpeg")

@@ -298,3 +298,23 @@ def node_for(package_dir: Path) -> str:
         assert installed.returncode == 0, f"npm ci in {package_dir} failed:\n{installed.stderr}"
     return str(Path(ROOT_DIR) / "bin" / "node")
 
+
+
+def noise_video(path: Path, size_bytes: int) -> None:
+    """A real MP4 (lossless H.264 of 1280x720 noise, so it compresses no more than camera
+    footage) of between 90% and 100% of `size_bytes`, made by Debian's ffmpeg. The frame count
+    is estimated from the raw frame size, then corrected once from the first file's size."""
+    frame = 1280 * 720 * 3 // 2  # one raw yuv420p frame; noise encodes losslessly to about that
+    frames = max(2, size_bytes * 95 // 100 // frame)
+    for _ in range(2):
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=1280x720:r=25",
+             "-vf", "noise=alls=100:allf=t+u", "-frames:v", str(frames),
+             "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-pix_fmt", "yuv420p", str(path)],
+            check=True, timeout=900,
+        )  # fmt: skip
+        made = path.stat().st_size
+        if size_bytes * 9 // 10 <= made <= size_bytes:
+            return
+        frames = max(2, frames * size_bytes * 95 // 100 // made)
+    raise AssertionError(f"ffmpeg made {made} bytes, not 90-100% of {size_bytes}")

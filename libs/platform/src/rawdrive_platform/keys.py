@@ -6,6 +6,7 @@ Layout (under an optional per-profile ``key_prefix``):
     workspaces/{workspace_id}/assets/{asset_id}/derived/{variant}/{filename}
     workspaces/{workspace_id}/avatars/{user_id}/{filename}
     workspaces/{workspace_id}/invitations/{invitation_id}/{filename}
+    workspaces/{workspace_id}/assets/{upload_id}/tus/{piece}
 
 Identifiers (workspace, asset, user, invitation ids and variant names) must match
 ``[A-Za-z0-9][A-Za-z0-9_-]{0,63}``: UUIDs, ULIDs and names like ``webp-2560`` pass, and
@@ -130,6 +131,14 @@ def invitation_key(
     prefix = workspace_prefix(workspace_id, key_prefix)
     invitation = check_id(invitation_id, "invitation id")
     return f"{prefix}invitations/{invitation}/{check_filename(filename)}"
+
+
+def tus_piece_key(workspace_id: str, upload_id: str, piece: str, key_prefix: str = "") -> str:
+    """A tus partial upload's bytes (piece ``partial``) or a piece a concatenation copies
+    together (``seam-1``, ...): under an asset prefix of the tus upload's own id, which no asset
+    has, so the janitor's sweeps (stale multipart uploads, orphans) treat them as they treat
+    any abandoned upload's objects."""
+    return f"{asset_prefix(workspace_id, upload_id, key_prefix)}tus/{check_id(piece, 'piece')}"
 
 
 def parse_asset_key(key: str, key_prefix: str = "") -> AssetKey | None:

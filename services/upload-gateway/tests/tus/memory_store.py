@@ -4,7 +4,7 @@ A target's `storage` is a plain dict here, the "bucket": a finished upload's byt
 under the target's object_key. The lock hands the store nothing to record through (None).
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +21,7 @@ from upload_gateway.uploads.tus.protocol import (
     check_fits,
     check_offset,
 )
-from upload_gateway.uploads.tus.store import BodyInterrupted, Reader, UploadState
+from upload_gateway.uploads.tus.store import BodyInterrupted, JoinSource, Reader, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
 READ_SIZE = 64 * 1024
@@ -52,10 +52,11 @@ class _Upload:
     expires_at: datetime
     data: bytearray = field(default_factory=bytearray)
     completed: bool = False
+    concat: str | None = None
 
     def state(self, upload_id: str) -> UploadState:
         return UploadState(upload_id=upload_id, offset=len(self.data), length=self.length, metadata=self.metadata,
-                           expires_at=self.expires_at, completed=self.completed)
+                           expires_at=self.expires_at, completed=self.completed, concat=self.concat)
 
 
 class MemoryTusStore:
@@ -75,7 +76,9 @@ class MemoryTusStore:
             raise BadRequest(f"Upload-Length {creation.length} differs from the session's {target.size_bytes}")
         async with self.lock.hold(target.upload_id) as held:
             if target.upload_id not in self.uploads:
-                self.uploads[target.upload_id] = _Upload(creation.length, creation.raw_metadata, target.expires_at)
+                self.uploads[target.upload_id] = _Upload(
+                    creation.length, creation.raw_metadata, target.expires_at, concat=creation.concat
+                )
                 if creation.length == 0:
                     await self._complete(held, target, self.uploads[target.upload_id])
             return self.uploads[target.upload_id].state(target.upload_id)
@@ -107,6 +110,16 @@ class MemoryTusStore:
             if len(upload.data) == upload.length:
                 await self._complete(held, target, upload)
             return upload.state(target.upload_id)
+
+    async def concatenate(self, target: MemoryTarget, creation: Creation, sources: Sequence[JoinSource]) -> UploadState:
+        async with self.lock.hold(target.upload_id) as held:
+            if target.upload_id not in self.uploads:
+                joined = bytearray(b"".join(target.storage[source.object_key] for source in sources))
+                upload = _Upload(creation.length, creation.raw_metadata, target.expires_at, joined, concat=creation.concat)
+                self.uploads[target.upload_id] = upload
+                await target.on_progress(held, len(joined))
+                await self._complete(held, target, upload)
+            return self.uploads[target.upload_id].state(target.upload_id)
 
     async def confirm_complete(self, target: MemoryTarget) -> None:
         await target.on_complete(None)

@@ -45,6 +45,8 @@ POLICY_REFUSALS: dict[str, str] = {
     "tests/extensions/checksum/opt-csum-001-empty-chunk.hurl": _EMPTY,
     "tests/extensions/termination/ext-term-005-completed-upload.hurl":
         "a complete upload is being verified or is an asset: termination answers 409 (delete the asset instead)",
+    "tests/extensions/concatenation/ext-concat-012-final-does-not-inherit-partial-metadata.hurl":
+        "a final upload must name its file, so the runner adds the JPEG metadata to its POST; HEAD then echoes it",
 }
 
 

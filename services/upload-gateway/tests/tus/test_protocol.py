@@ -49,7 +49,7 @@ def test_a_missing_or_other_version_is_412_and_names_the_supported_version(heade
 def test_options_headers_announce_version_extensions_checksums_and_max_size():
     headers = protocol.options_headers(500 * 1024 * 1024)
     assert headers["Tus-Version"] == "1.0.0"
-    assert headers["Tus-Extension"] == "creation,creation-with-upload,termination,checksum,expiration"
+    assert headers["Tus-Extension"] == "creation,creation-with-upload,termination,checksum,expiration,concatenation"
     assert headers["Tus-Checksum-Algorithm"] == "sha1,sha256"
     assert headers["Tus-Max-Size"] == "524288000"
 

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from rawdrive_platform.storage import Storage
-from upload_gateway.errors import InvalidRequest
+from upload_gateway.errors import InvalidRequest, UploadError
 from upload_gateway.gateway import GATEWAY, Gateway, storage_for, utcnow
 from upload_gateway.http.openapi import document
 from upload_gateway.http.problems import from_validation_error
@@ -26,8 +26,11 @@ from upload_gateway.uploads.patch_limits import limit_patches
 from upload_gateway.uploads.routes import OPENER, authorize_upload
 from upload_gateway.uploads.sessions import UploadSession, gone, require_open
 from upload_gateway.uploads.tus import OpenedUpload, PostgresS3Store, TusTarget, creation_routes, tus_routes
-from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, TUS_OPERATIONS
-from upload_gateway.uploads.tus.protocol import Creation, TusError, effective_method, parse_checksum
+from upload_gateway.uploads.tus.concat import is_final
+from upload_gateway.uploads.tus.creation import PARTIAL_PATH
+from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, PARTIAL_OPERATIONS, TUS_OPERATIONS
+from upload_gateway.uploads.tus.protocol import Creation, Forbidden, TusError, effective_method, parse_checksum
+from upload_gateway.uploads.tus_partials import PartialUploads
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
 _READ_ONLY = frozenset({"HEAD", "OPTIONS"})
@@ -72,7 +75,14 @@ async def session_target(
     if closed is not None:
         raise closed
     if method not in _READ_ONLY:
-        require_open(session, now)
+        try:
+            require_open(session, now)
+        except UploadError:
+            # A final upload of a concatenation is complete at its creation: tus says 403.
+            state = await PostgresS3Store(gw.pool).state(session.upload_id)
+            if method == "PATCH" and state is not None and is_final(state.concat):
+                raise Forbidden("a final upload takes no PATCH: its bytes are its partial uploads'") from None
+            raise
 
     async def on_progress(conn: asyncpg.Connection, offset: int) -> None:
         await repository.record_progress(conn, session.upload_id, offset)
@@ -180,9 +190,11 @@ def mount_tus(app: web.Application) -> None:
     (patch_limits); after create_app set GATEWAY."""
     store = PostgresS3Store(app[GATEWAY].pool)
     max_size = max(SIZE_LIMITS.values())
+    partials = PartialUploads(store, open_tus_upload)
     routes = [
         *tus_routes(lambda _: store, tus_target, max_size=max_size),
-        *creation_routes(store, open_tus_upload, max_size=max_size),
+        *tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH),
+        *creation_routes(store, open_tus_upload, partials, max_size=max_size),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
-    document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS))
+    document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS, *PARTIAL_OPERATIONS))

@@ -4,7 +4,7 @@ creation_routes, not a route table."""
 from upload_gateway.http.openapi import Header, Operation, Reply
 from upload_gateway.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from upload_gateway.uploads.tus import protocol as tus
-from upload_gateway.uploads.tus.creation import CREATION_PATH
+from upload_gateway.uploads.tus.creation import CREATION_PATH, PARTIAL_PATH
 from upload_gateway.uploads.tus.routes import TUS_PATH
 
 _TUS_RESUMABLE = Header("Tus-Resumable", f"Always {tus.TUS_VERSION}", required=True)
@@ -97,21 +97,50 @@ CREATION_OPERATIONS = (
         summary="Open an upload session and its tus upload in one request (creation, creation-with-upload)",
         headers=(
             _TUS_RESUMABLE,
-            Header("Upload-Length", "The file's size in bytes (at least 1)", required=True, type="integer"),
-            Header("Upload-Metadata", "base64 `filename` (required), `filetype`, `library_id`, `folder_id`, "
-                   "`sha256` (hex)", required=True),
+            Header("Upload-Length", "The file's size in bytes (at least 1); none on a final upload",
+                   type="integer"),
+            Header("Upload-Metadata", "base64 `filename` (required but on a partial upload), `filetype`, "
+                   "`library_id`, `folder_id`, `sha256` (hex)"),
+            Header("Upload-Concat", "`partial`: a partial upload (its own URL, no session); `final;<url> <url> ...`: "
+                   "the session of the file those finished partial uploads make, joined by storage"),
             Header("Content-Type", f"{tus.PATCH_CONTENT_TYPE} when the body carries the first bytes"),
             Header("Upload-Checksum", "`sha1 <base64>` or `sha256 <base64>` of the body"),
         ),
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(
             Reply(201, "Created: send the rest to Location", headers=(
-                "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")),
+                "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires",
+                "Upload-Concat")),
             Reply(412, f"Tus-Resumable is not {tus.TUS_VERSION}", str, "text/plain", headers=("Tus-Version",)),
+            Reply(403, "A body on a final upload", str, "text/plain"),
             Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
             Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
         ),
         # 429: the workspace's quota, or the sender's concurrent byte-sending requests (patch_limits.py).
         problems=(400, 401, 403, 404, 413, 429, 502, 503),
     ),
+)
+
+_PARTIAL_NOTE = (
+    "A partial upload (tus concatenation) made by the creation endpoint with `Upload-Concat: partial`: only "
+    "the user who made it may send, read or terminate it, or name it in a final upload, which removes it."
+)
+PARTIAL_OPERATIONS = tuple(
+    Operation(
+        method=method, path=PARTIAL_PATH, operation_id=f"tusPartial{name}", tag="tus", description=_PARTIAL_NOTE,
+        summary=summary, headers=headers, replies=(reply, *_TUS_ERRORS), problems=(401, 403, 404, 429),
+        **({"body": bytes, "body_media_type": tus.PATCH_CONTENT_TYPE} if method == "PATCH" else {}),
+    )
+    for method, name, summary, headers, reply in (
+        ("HEAD", "Offset", "How many bytes of the partial upload are stored", (_TUS_RESUMABLE,),
+         Reply(200, "The offset", headers=(*_OFFSET_HEADERS, "Upload-Metadata", "Upload-Concat"))),
+        ("PATCH", "Append", "Append bytes to the partial upload at Upload-Offset", (
+            _TUS_RESUMABLE,
+            Header("Upload-Offset", "Where these bytes start", required=True, type="integer"),
+            Header("Content-Type", tus.PATCH_CONTENT_TYPE, required=True),
+            Header("Upload-Checksum", "`sha1 <base64>` or `sha256 <base64>` of this request's body"),
+        ), Reply(204, "Stored", headers=_OFFSET_HEADERS)),
+        ("DELETE", "Terminate", "Terminate the partial upload", (_TUS_RESUMABLE,),
+         Reply(204, "Terminated", headers=("Tus-Resumable",))),
+    )
 )

@@ -25,13 +25,14 @@ its key, the completion is recorded instead.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import asyncpg
 import msgspec
 
 from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, UploadedPart
+from upload_gateway.uploads.tus.join import join_objects
 from upload_gateway.uploads.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -44,7 +45,7 @@ from upload_gateway.uploads.tus.protocol import (
     check_fits,
     check_offset,
 )
-from upload_gateway.uploads.tus.store import BodyInterrupted, Reader, TusLock, UploadState
+from upload_gateway.uploads.tus.store import BodyInterrupted, JoinSource, Reader, TusLock, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
 Target = TusTarget[asyncpg.Connection, Storage]
@@ -64,7 +65,7 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _STATE_COLUMNS = """upload_id, upload_offset AS offset, upload_length AS length, metadata,
-                    expires_at, completed_at IS NOT NULL AS completed"""
+                    expires_at, completed_at IS NOT NULL AS completed, concat"""
 
 
 class AdvisoryLock:
@@ -138,12 +139,12 @@ class PostgresS3Store:
                 multipart_id = await storage.create_multipart(target.object_key, target.content_type)
             record = await conn.fetchrow(
                 f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
-                        upload_length, part_size, metadata, expires_at, completed_at)
+                        upload_length, part_size, metadata, expires_at, completed_at, concat)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                            CASE WHEN $5::bigint = 0 THEN now() END)
+                            CASE WHEN $5::bigint = 0 THEN now() END, $9)
                     RETURNING {_STATE_COLUMNS}""",
                 target.upload_id, target.workspace_id, target.object_key, multipart_id,
-                creation.length, target.part_size, creation.raw_metadata, target.expires_at,
+                creation.length, target.part_size, creation.raw_metadata, target.expires_at, creation.concat,
             )
             if creation.length == 0:
                 await target.on_complete(conn)
@@ -177,6 +178,28 @@ class PostgresS3Store:
             record = await conn.fetchrow(
                 f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
             )
+        return UploadState(**record)
+
+    async def concatenate(self, target: Target, creation: Creation, sources: Sequence[JoinSource]) -> UploadState:
+        """The final upload: the partials' objects joined by storage (join.py), recorded complete."""
+        async with self._lock.hold(target.upload_id) as conn:
+            existing = await self.state(target.upload_id, conn)
+            if existing is not None:
+                return existing
+            part_size = await join_objects(
+                target.storage, workspace_id=target.workspace_id, upload_id=target.upload_id,
+                key=target.object_key, content_type=target.content_type, sources=sources,
+            )
+            record = await conn.fetchrow(
+                f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, upload_length, part_size,
+                        upload_offset, metadata, expires_at, completed_at, concat)
+                    VALUES ($1, $2, $3, $4, $5, $4, $6, $7, now(), $8)
+                    RETURNING {_STATE_COLUMNS}""",
+                target.upload_id, target.workspace_id, target.object_key, creation.length, part_size,
+                creation.raw_metadata, target.expires_at, creation.concat,
+            )
+            await target.on_progress(conn, creation.length)
+            await target.on_complete(conn)
         return UploadState(**record)
 
     async def confirm_complete(self, target: Target) -> None:

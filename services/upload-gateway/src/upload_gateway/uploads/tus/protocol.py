@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import msgspec
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration")
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration", "concatenation")
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
 _OVERRIDABLE = frozenset({"POST", "HEAD", "PATCH", "DELETE"})
@@ -33,6 +33,10 @@ class TusError(Exception):
 
 class BadRequest(TusError):
     status = 400
+
+
+class Forbidden(TusError):
+    status = 403  # a PATCH to a final upload of a concatenation
 
 
 class UploadNotFound(TusError):
@@ -82,6 +86,7 @@ class Creation(msgspec.Struct, frozen=True):
     length: int
     metadata: dict[str, str | None]
     raw_metadata: str | None  # echoed verbatim on HEAD, as the spec asks
+    concat: str | None = None  # Upload-Concat of a partial or final upload, echoed on HEAD
 
 
 class Patch(msgspec.Struct, frozen=True):
@@ -160,13 +165,13 @@ def parse_checksum(header: str | None) -> Checksum | None:
     return Checksum(algorithm, digest)  # type: ignore[arg-type]  # checked against the tuple
 
 
-def parse_creation(headers: Mapping[str, str]) -> Creation:
+def parse_creation(headers: Mapping[str, str], *, concat: str | None = None) -> Creation:
     check_version(headers)
     if "Upload-Defer-Length" in headers:
         raise BadRequest("Upload-Defer-Length is not supported: the session fixes the length")
     length = parse_non_negative("Upload-Length", headers.get("Upload-Length"))
     raw = headers.get("Upload-Metadata")
-    return Creation(length=length, metadata=parse_metadata(raw), raw_metadata=raw or None)
+    return Creation(length=length, metadata=parse_metadata(raw), raw_metadata=raw or None, concat=concat)
 
 
 def session_creation(length: int) -> Creation:

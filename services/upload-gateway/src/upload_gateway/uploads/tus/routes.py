@@ -113,6 +113,8 @@ class _Handlers:
         headers = _upload_headers(state) | target.response_headers
         if state.metadata is not None:
             headers["Upload-Metadata"] = state.metadata
+        if state.concat is not None:
+            headers["Upload-Concat"] = state.concat
         return web.Response(status=200, headers=headers)
 
     async def patch(self, request: web.Request) -> web.Response:

@@ -3,11 +3,12 @@ store serialises the requests that change an upload with a `TusLock`, a separate
 
 `PostgresS3Store` (pg_store.py: bytes in one S3 multipart upload, state and the unaligned tail
 in PostgreSQL, PostgreSQL advisory locks) is the implementation the gateway runs; the tests run
-the routes against an in-memory one as well. tus's concatenation extension is not offered, so
-the port has no `concatenate` yet: it comes with the extension and its first implementation.
+the routes against an in-memory one as well. `concatenate` joins finished partial uploads into
+a final one (tus's concatenation; the layout is concat.py's, PostgresS3Store copies on the
+storage side).
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -30,6 +31,15 @@ class UploadState(msgspec.Struct, frozen=True, kw_only=True):
     metadata: str | None
     expires_at: datetime
     completed: bool
+    concat: str | None = None  # Upload-Concat of a partial or final upload (concatenation)
+
+
+class JoinSource(msgspec.Struct, frozen=True):
+    """A finished partial upload whose object a final upload joins."""
+
+    upload_id: str
+    object_key: str
+    length: int
 
 
 class BodyInterrupted(Exception):
@@ -77,6 +87,15 @@ class TusStore(Protocol):
     async def confirm_complete(self, target: TusTarget[Any, Any]) -> None:
         """Tell the session layer again that a finished upload is complete (a HEAD after a lost
         answer): runs `target.on_complete`, which records idempotently."""
+        ...
+
+    async def concatenate(
+        self, target: TusTarget[Any, Any], creation: Creation, sources: Sequence[JoinSource]
+    ) -> UploadState:
+        """Create the final upload `target` (`creation`: its length, the sum of the sources',
+        its metadata and Upload-Concat) as the finished partial uploads `sources` joined in
+        order, record it complete and run `target.on_progress` and `target.on_complete`. A
+        final that exists already is returned unchanged (client retries)."""
         ...
 
     async def terminate(self, target: TusTarget[Any, Any]) -> None:

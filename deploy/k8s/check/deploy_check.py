@@ -84,7 +84,7 @@ INGRESS_STREAMING = {
     "nginx.ingress.kubernetes.io/proxy-body-size": "0",
 }
 # What the gateway Ingress may route: the API, not the /metrics and probes on the same port.
-INGRESS_PUBLIC_PATHS = {("/v1", "Prefix"), ("/openapi.json", "Exact")}
+INGRESS_PUBLIC_PATHS = {("/v1", "Prefix"), ("/openapi.json", "Exact"), ("/docs", "Prefix")}
 
 POLICY = """\
 pod: not hostNetwork/hostPID/hostIPC; no hostPath volume; runAsNonRoot; runAsUser not 0;
@@ -97,8 +97,8 @@ long-running workloads: liveness and readiness probes; terminationGracePeriodSec
      again for the API's in-flight requests] + cancelled-worker unwind + NATS drain
 autoscaled Deployments (HPA or KEDA): no spec.replicas; KEDA ScaledObjects: a fallback, and a
      prometheus trigger's query filters on the ScaledObject's own namespace
-gateway Ingress: request buffering off, no body-size cap; routes /v1 and /openapi.json only
-gateway HTTPRoute: routes /v1 and /openapi.json only, request and backend timeouts equal to the
+gateway Ingress: request buffering off, no body-size cap; routes /v1, /openapi.json and /docs only
+gateway HTTPRoute: routes /v1, /openapi.json and /docs only, request and backend timeouts equal to the
      Ingress's proxy-read-timeout
 NetworkPolicies: NETWORK_CLAIMS (default deny; only the listed ingress and egress, with ports)
 NATS: every Deployment's app container connects as a user of rawdrive_platform.busauth
@@ -446,7 +446,7 @@ def ingress_findings(obj: dict[str, Any]) -> list[str]:
         for path in (rule.get("http") or {}).get("paths") or []:
             if (path.get("path"), path.get("pathType")) not in INGRESS_PUBLIC_PATHS:
                 out.append(f"{name_of(obj)}: routes {path.get('pathType')} {path.get('path')!r}, beyond the "
-                           "public API (/v1, /openapi.json): /metrics and the probes would be public")
+                           "public API (/v1, /openapi.json, /docs): /metrics and the probes would be public")
     if obj["spec"].get("defaultBackend"):
         out.append(f"{name_of(obj)}: a defaultBackend routes every path, /metrics and the probes too")
     return out
@@ -471,7 +471,7 @@ def httproute_findings(obj: dict[str, Any], upload_timeout_s: float | None) -> l
             path = match.get("path") or {"type": "PathPrefix", "value": "/"}
             if (path.get("value"), {"PathPrefix": "Prefix"}.get(path.get("type"), path.get("type"))) not in INGRESS_PUBLIC_PATHS:
                 out.append(f"{where}: routes {path.get('type')} {path.get('value')!r}, beyond the public API "
-                           "(/v1, /openapi.json): /metrics and the probes would be public")
+                           "(/v1, /openapi.json, /docs): /metrics and the probes would be public")
         timeouts = rule.get("timeouts") or {}
         for field in ("request", "backendRequest"):
             try:

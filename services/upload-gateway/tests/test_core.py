@@ -39,10 +39,11 @@ from upload_gateway.errors import (
 )
 from upload_gateway.http.problems import PROBLEMS, from_validation_error, problem_for
 from upload_gateway.settings import Settings
-from upload_gateway.uploads.core import new_id
+from upload_gateway.uploads import api
+from upload_gateway.uploads.core import new_id, part_plan
 from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.uploads.names import display_name
-from upload_gateway.uploads.parts import MAX_PARTS, MIN_PART_SIZE, parts_received, plan_parts
+from upload_gateway.uploads.parts import MAX_PARTS, MIN_PART_SIZE, PartPlan, parts_received, plan_parts
 from upload_gateway.uploads.sessions import (
     COMMIT_ATTEMPTS,
     REJECTIONS,
@@ -289,6 +290,25 @@ def test_the_part_plan_follows_r2s_rules_for_any_size(size):
     assert 1 <= plan.part_count <= MAX_PARTS
     last = size - plan.part_size * (plan.part_count - 1)
     assert 0 < last <= plan.part_size
+
+
+def _create(size: int, protocol: str = "s3_multipart", **extra) -> api.CreateUpload:
+    return msgspec.convert({"file_name": "a.mp4", "mime_type": "video/mp4", "size_bytes": size, "library_id": "l",
+                            "resumable_protocol": protocol, **extra}, api.CreateUpload)  # fmt: skip
+
+
+def test_a_client_may_choose_its_part_size_and_gets_exactly_it_or_a_clear_refusal():
+    # What Uppy's getChunkSize cut before the session existed: the session must use the same.
+    assert part_plan(_create(20 * MIB, part_size=6 * MIB)) == PartPlan(part_size=6 * MIB, part_count=4)
+    assert part_plan(_create(20 * MIB)) == plan_parts(20 * MIB)
+    assert part_plan(_create(20 * MIB, "tus")) is None
+    with pytest.raises(errors.InvalidRequest, match="10000 are allowed") as refused:
+        part_plan(_create(MIN_PART_SIZE * MAX_PARTS + 1, part_size=MIN_PART_SIZE))
+    assert refused.value.errors[0].path == "$.part_size"
+    with pytest.raises(errors.InvalidRequest, match="for s3_multipart sessions"):
+        part_plan(_create(20 * MIB, "tus", part_size=6 * MIB))
+    with pytest.raises(msgspec.ValidationError, match="part_size"):
+        _create(20 * MIB, part_size=MIN_PART_SIZE - 1)  # under R2's and S3's minimum part
 
 
 def test_part_size_is_8_mib_until_a_file_needs_more_than_ten_thousand_parts():

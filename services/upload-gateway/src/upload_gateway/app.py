@@ -9,6 +9,7 @@ from aiohttp import web
 
 from upload_gateway.auth import TokenVerifier, derived_upload_secret
 from upload_gateway.catalogue import routes as catalogue_routes
+from upload_gateway.console.docs import mount_docs
 from upload_gateway.gateway import GATEWAY, Gateway
 from upload_gateway.http.access import access_middleware
 from upload_gateway.http.cors import cors_middleware
@@ -43,7 +44,8 @@ def token_verifier(settings: Settings) -> TokenVerifier:
 def create_app(
     gateway: Gateway, *, mounts: Sequence[Callable[[web.Application], None]] = ()
 ) -> web.Application:
-    """The whole HTTP API; `mounts` add more routes (the tus endpoint) before it starts."""
+    """The whole HTTP API and its documentation (/openapi.json, /docs); `mounts` add more routes
+    (the tus endpoint) before it starts."""
     # The access log outermost: it times and counts everything. Then tracing: its span covers the
     # CORS and problem answers too.
     middlewares = [
@@ -58,5 +60,6 @@ def create_app(
     mount(app, catalogue_routes.ROUTES)
     for mount_more in mounts:
         mount_more(app)
+    mount_docs(app)
     mount_openapi(app, description=accepted_files())
     return app

@@ -15,7 +15,7 @@ import msgspec
 
 from rawdrive_contracts import Provider, RejectionReason, ResumableProtocol
 from upload_gateway.http.requests import Id
-from upload_gateway.uploads.parts import MAX_PARTS
+from upload_gateway.uploads.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from upload_gateway.uploads.sessions import State
 
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
@@ -33,6 +33,9 @@ class CreateUpload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # skip: when an available asset of the workspace already has these bytes (`sha256`), answer
     # with it (DuplicateFound) instead of opening a session. upload: always open one.
     on_duplicate: Literal["upload", "skip"] = "upload"
+    # s3_multipart only: the client's part size (a browser uploader cuts its parts before it opens
+    # the session: Uppy's getChunkSize). Every part but the last has it; default: the gateway's plan.
+    part_size: Annotated[int, msgspec.Meta(ge=MIN_PART_SIZE, le=MAX_PART_SIZE)] | None = None
 
 
 class DuplicateFound(msgspec.Struct, frozen=True):

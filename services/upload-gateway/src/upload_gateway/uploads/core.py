@@ -20,7 +20,7 @@ from upload_gateway.settings import Settings
 from upload_gateway.uploads import api
 from upload_gateway.uploads.limits import check_file, essence
 from upload_gateway.uploads.names import display_name
-from upload_gateway.uploads.parts import plan_parts
+from upload_gateway.uploads.parts import MAX_PARTS, PartPlan, plan_parts
 from upload_gateway.uploads.sessions import REJECTION_TEXTS, State, UploadSession, attempts_left
 
 # Workspaces whose last seen active storage profile a gateway remembers (see SessionOpener).
@@ -42,11 +42,32 @@ class NewFile(msgspec.Struct, frozen=True):
 
 
 def check_new_file(request: api.CreateUpload) -> NewFile:
-    """The file a create request describes, or UnsupportedType / FileTooLarge."""
+    """The file a create request describes, or UnsupportedType / FileTooLarge (or InvalidRequest
+    for a part size that cannot carry it)."""
     shown = display_name(request.file_name)
     file_name = safe_filename(shown)
     kind = check_file(file_name, request.mime_type, request.size_bytes)
+    part_plan(request)
     return NewFile(shown, file_name, kind, essence(request.mime_type))
+
+
+def part_plan(request: api.CreateUpload) -> PartPlan | None:
+    """An S3 multipart session's parts: of the client's `part_size` when it gave one, else the
+    gateway's plan; None for tus. Raises InvalidRequest for a part size it cannot use."""
+    def refuse(message: str) -> InvalidRequest:
+        return InvalidRequest(message, errors=[FieldError(path="$.part_size", message=message)])
+
+    if request.resumable_protocol != "s3_multipart":
+        if request.part_size is not None:
+            raise refuse("part_size is for s3_multipart sessions; tus sends the bytes in chunks of any size")
+        return None
+    if request.part_size is None:
+        return plan_parts(request.size_bytes)
+    part_count = -(-request.size_bytes // request.part_size)
+    if part_count > MAX_PARTS:
+        raise refuse(f"{request.size_bytes} bytes in parts of {request.part_size} make {part_count} parts; "
+                     f"at most {MAX_PARTS} are allowed")  # fmt: skip
+    return PartPlan(part_size=request.part_size, part_count=part_count)
 
 
 def new_id() -> str:
@@ -76,7 +97,7 @@ def new_session(
 ) -> tuple[UploadSession, UploadSessionCreated]:
     """The session row and the event announcing it (pure). `commit_on_complete`: the gateway
     commits the session itself when its last byte arrives (the tus creation endpoint's)."""
-    plan = plan_parts(request.size_bytes) if request.resumable_protocol == "s3_multipart" else None
+    plan = part_plan(request)
     session = carry(
         request,  # what the client declared as it is: library, folder, size, protocol
         UploadSession,

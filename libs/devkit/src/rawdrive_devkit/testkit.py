@@ -1,15 +1,22 @@
-"""Small helpers the services' tests share: the events a service under test has announced, and
-the test S3 server as the managed storage profile."""
+"""Small helpers the services' and the end-to-end tests share: the events a service under test
+has announced, the test S3 server as the managed storage profile, a janitor sweep with every age
+at zero, and a workspace's dead letters."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from typing import Any
 
 from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, decode
 from rawdrive_devkit.devstack.servers import S3Connection
+from rawdrive_devkit.testing import NatsIdentities
+from rawdrive_platform import bus
 from rawdrive_platform.config import Secret
+from rawdrive_platform.deadletter import DeadLetter, list_dead_letters
 from rawdrive_platform.storage import StorageProfile
 
 
@@ -42,3 +49,26 @@ def managed_profile(connection: S3Connection) -> StorageProfile:
         access_key_id=connection.access_key_id,
         secret_access_key=Secret(connection.secret_access_key),
     )
+
+
+def janitor_pass(env: dict[str, str], identities: NatsIdentities) -> dict:
+    """One `janitor sweep` as the janitor's NATS identity over `env`'s database and bucket, with
+    every age threshold at zero (orphans are reported, not deleted): multipart uploads a fault
+    orphaned (created in S3 by a session whose database write then failed) are its to abort.
+    Returns the sweep's JSON report."""
+    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0",
+                 **identities.env("janitor")}
+    result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+async def dead_letters_of(nats_url: str, workspace: str) -> list[DeadLetter]:
+    """The dead letters of one workspace's events (their subjects end with its id)."""
+    nc = await bus.connect(nats_url, name="test-deadletters")
+    try:
+        letters = await list_dead_letters(nc.jetstream())
+    finally:
+        await nc.close()
+    return [d for d in letters if d.subject and d.subject.endswith(f".{workspace}")]

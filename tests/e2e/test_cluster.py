@@ -11,14 +11,18 @@ node's routes (healed after PARTITION_S), a slow and lossy client link (tus thro
 with latency, a bandwidth cap and a cut mid-PATCH; the upload then resumes on the other gateway
 replica), and promoting the standby while killing the old primary. Each phase runs its share of
 the batch, mixed tus and S3 multipart, JPEG / PNG / HEIC / MP4, and fires its fault once a third
-of its uploads are committed. After each phase: every committed upload has exactly one
+of its uploads are committed (fewer when the phase has more uploads than workers: see
+`fault_after`). After each phase: every committed upload has exactly one
 `asset.created` (one stream message, one event id), none failed or is missing, a janitor run
 with every age at zero finds no multipart upload and no orphan, and every dead letter of the
-workspace has a reason. Printed per fault: recovery time (fault to the next `asset.created` the
-outside consumer sees) and the client retries it caused.
+workspace has a reason. Printed per fault: the uploads in flight when it struck, recovery time
+(fault to the next `asset.created` the stream stored, and to the one the outside consumer saw)
+and the client retries it caused.
 
 Size: RAWDRIVE_E2E_CLUSTER_UPLOADS (default 25: 5 a phase) with RAWDRIVE_E2E_CLUSTER_WORKERS
-uploads in flight (default 5); `make test-cluster` runs 200 with 40 in flight.
+uploads in flight (default 5). `make test-cluster` runs the issue's 200 in flight: 1,100 uploads,
+220 a phase, so that 20 are still queued when the fault fires (after 10 commits) and all 200
+workers have an upload in flight when it strikes; each fault's line prints that count.
 """
 
 from __future__ import annotations
@@ -260,7 +264,11 @@ def cluster_identities(cluster_servers: ClusterServers) -> NatsIdentities:
 
 @pytest.fixture(scope="module")
 def cluster_env(cluster_service_env) -> dict[str, str]:
-    return cluster_service_env
+    """One user sends every upload: the per-user limit on tus requests sending bytes at once (8
+    per gateway replica by default) would answer most of WORKERS with 429 and keep them out of
+    flight. The per-workspace quotas (5,000 open sessions, 100 GiB declared) already hold the
+    largest run."""
+    return {**cluster_service_env, "RAWDRIVE_MAX_CONCURRENT_PATCHES_PER_USER": str(WORKERS)}
 
 
 @dataclass
@@ -268,22 +276,33 @@ class FaultReport:
     name: str
     recovery_s: float | None = None  # fault to the next asset.created stored in the stream
     seen_after_s: float | None = None  # fault to the next asset.created the outside consumer got
+    in_flight: int = 0  # uploads started and not yet committed when the fault struck
     retries: int = 0
     resumed_elsewhere: int = 0
     proxy_cuts: int = 0
 
 
+def fault_after(count: int) -> int:
+    """How many of a phase's `count` uploads are committed when its fault fires: a third, or
+    fewer when the phase has more uploads than workers, so that uploads are still queued and all
+    WORKERS are in flight when it strikes."""
+    if count > WORKERS:
+        return max(1, min(count // 3, (count - WORKERS) // 2))
+    return max(1, count // 3)
+
+
 async def run_phase(clients, counters: Counters, name: str, count: int, first_n: int, inject,
                     events, *, kinds=SMALL_KINDS, tus_route: tuple[str, str] | None = None,
                     from_start: bool = False) -> tuple[list[str], FaultReport]:
-    """`count` uploads (`WORKERS` at a time, tus and multipart alternating); `inject` fires once a
-    third of them are committed (at once with `from_start`) and returns when its fault took
-    effect, if later. Returns the committed asset ids and the fault's report."""
+    """`count` uploads (`WORKERS` at a time, tus and multipart alternating); `inject` fires once
+    `fault_after(count)` of them are committed (at once with `from_start`) and returns when its
+    fault took effect, if later. Returns the committed asset ids and the fault's report."""
     report = FaultReport(name)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(first_n, first_n + count):
         queue.put_nowait(n)
     committed: list[str] = []
+    in_flight = {"uploads": 0}
     progress = asyncio.Event()
     retries_before, resumed_before = counters.retries, counters.resumed_elsewhere
 
@@ -292,10 +311,12 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
         while not queue.empty():
             n = queue.get_nowait()
             protocol = "tus" if n % 2 == 0 or tus_route else "s3_multipart"
+            in_flight["uploads"] += 1
             try:
                 committed.append(await client.upload(n, protocol, kinds, tus_route))
             except Exception as exc:  # counted and reported, never silently dropped
                 counters.errors.append(f"{name} upload {n} ({protocol}): {exc!r}")
+            in_flight["uploads"] -= 1
             progress.set()
 
     def created_since(moment: float) -> list[float]:
@@ -304,11 +325,13 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
                       for seq in seqs if events.stored_at[seq] >= moment)
 
     async def fault() -> float:
-        while not from_start and len(committed) < max(count // 3, 1):
+        while not from_start and len(committed) < fault_after(count):
             progress.clear()
             await progress.wait()
-        started = time.time()
-        started = await inject() or started
+        started, report.in_flight = time.time(), in_flight["uploads"]
+        took_effect = await inject()
+        if took_effect:  # later than it fired (the lossy link's first cut): count then
+            started, report.in_flight = took_effect, in_flight["uploads"]
         try:
             await events.wait(lambda: bool(created_since(started)), timeout_s=UPLOAD_TIMEOUT_S)
         except TimeoutError:
@@ -384,7 +407,9 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
             link.start()
             headers = {"Authorization": f"Bearer {pipeline.token}"}
             timeout = aiohttp.ClientTimeout(total=120)
-            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+            # No cap on connections (aiohttp's default is 100): every worker's request is on the wire.
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
                 clients = [ClusterClient(http, pipeline.workspace, gateways, counters),
                            ClusterClient(http, pipeline.workspace, gateways[::-1], counters)]
 
@@ -447,8 +472,8 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                     await nc.close()
 
     assert len(all_committed) == per_phase * len(phases)
-    lines = [f"  {r.name}: published again after {r.recovery_s:.1f} s (seen by the outside consumer after "
-             f"{r.seen_after_s:.1f} s), {r.retries} client retries"
+    lines = [f"  {r.name} ({r.in_flight} uploads in flight): published again after {r.recovery_s:.1f} s "
+             f"(seen by the outside consumer after {r.seen_after_s:.1f} s), {r.retries} client retries"
              + (f", {r.proxy_cuts} connections cut, {r.resumed_elsewhere} resumed on the other gateway"
                 if r.proxy_cuts else "") for r in reports]
     print(f"\n{len(all_committed)} uploads ({WORKERS} in flight) through 5 faults in "

@@ -251,7 +251,7 @@ async def test_a_batch_survives_killed_services_and_restarted_servers_with_every
         assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"
 
     # "No multipart upload or orphan object remains after a janitor run."
-    report = await asyncio.to_thread(janitor_pass, {**module_service_env, **nats_identities.env("janitor")})
+    report = await asyncio.to_thread(janitor_pass, module_service_env, nats_identities)
     orphans = [r for r in report["removals"] if r["reason"] == "orphan"]
     assert not orphans and not report["orphans_kept"] and report["errors"] == 0, report
     assert pipeline.multipart_uploads_under("workspaces/") == []

@@ -135,7 +135,7 @@ class ClusterClient:
     def __init__(self, http: aiohttp.ClientSession, ws: str, gateways: list[str], counters: Counters) -> None:
         self.http = http
         self.ws = ws
-        self.gateways = gateways  # base URLs; the first is where an upload starts
+        self.gateways = gateways  # base URLs, where uploads start in turn (see upload)
         self.counters = counters
 
     async def patiently(self, step, deadline: float):
@@ -157,7 +157,9 @@ class ClusterClient:
         name, mime, body = make_file(kinds, n)
         request = {"file_name": name, "mime_type": mime, "size_bytes": len(body), "library_id": "lib1",
                    "resumable_protocol": protocol, "sha256": hashlib.sha256(body).hexdigest()}
-        base = self.gateways[n % len(self.gateways)]
+        # Not by n: worker i starts with upload i through client i % 2, whose list is reversed
+        # for odd i, so indexing by n sent every first upload (most of a phase) to gateway 0.
+        base = self.gateways[(n // 2) % len(self.gateways)]
 
         async def create() -> dict:
             async with self.http.post(f"{base}/v1/workspaces/{self.ws}/uploads", json=request) as response:

@@ -268,9 +268,10 @@ def cluster_identities(cluster_servers: ClusterServers) -> NatsIdentities:
 def cluster_env(cluster_service_env) -> dict[str, str]:
     """One user sends every upload: the per-user limit on tus requests sending bytes at once (8
     per gateway replica by default) would answer most of WORKERS with 429 and keep them out of
-    flight. The per-workspace quotas (5,000 open sessions, 100 GiB declared) already hold the
-    largest run."""
-    return {**cluster_service_env, "RAWDRIVE_MAX_CONCURRENT_PATCHES_PER_USER": str(WORKERS)}
+    flight. Twice the workers: a PATCH retried after a client timeout may meet its abandoned
+    predecessor still holding a place. The per-workspace quotas (5,000 open sessions, 100 GiB
+    declared) already hold the largest run."""
+    return {**cluster_service_env, "RAWDRIVE_MAX_CONCURRENT_PATCHES_PER_USER": str(2 * WORKERS)}
 
 
 @dataclass

@@ -418,22 +418,21 @@ def _with_database(dsn: str, database: str) -> str:
     return urllib.parse.urlsplit(dsn)._replace(path=f"/{database}").geturl()
 
 
-@pytest.fixture(scope="module")
-def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dict[str, str]]:
-    """Like service_env, but for a whole module: its own database and its own bucket, so the
-    janitor's sweeps see only this module's objects."""
+def _own_database_and_bucket(admin_dsn: str, dsn_of, nats_url: str, s3_server, **settings: str) -> Iterator[dict[str, str]]:
+    """The services' env for one module: its own database (`dsn_of(name)`, created and dropped
+    through `admin_dsn`) and its own bucket, so the janitor's sweeps see only this module's objects;
+    `settings` adds RAWDRIVE_* of its own."""
     from rawdrive_devkit.devstack.servers import create_database, drop_database, s3_client
 
     name = f"e2e_{uuid.uuid4().hex[:12]}"
-    admin = _with_database(database_url, "postgres")
-    create_database(admin, name)
+    create_database(admin_dsn, name)
     bucket = f"e2e-{uuid.uuid4().hex[:12]}"
     s3_client(s3_server).create_bucket(Bucket=bucket)
     try:
         yield {
             **os.environ,
-            "RAWDRIVE_NATS_URL": nats_identities.url,
-            "RAWDRIVE_DATABASE_URL": _with_database(database_url, name),
+            "RAWDRIVE_NATS_URL": nats_url,
+            "RAWDRIVE_DATABASE_URL": dsn_of(name),
             "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
             "RAWDRIVE_S3_REGION": s3_server.region,
             "RAWDRIVE_S3_BUCKET": bucket,
@@ -442,9 +441,25 @@ def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dic
             "RAWDRIVE_JWT_SECRET": JWT_SECRET,
             "RAWDRIVE_CONSUMER_ACK_WAIT_S": "5",
             "RAWDRIVE_LOG_LEVEL": "INFO",
+            **settings,
         }
     finally:
-        drop_database(admin, name)
+        drop_database(admin_dsn, name)
+
+
+@pytest.fixture(scope="module")
+def module_service_env(nats_identities, database_url, s3_server) -> Iterator[dict[str, str]]:
+    """Like service_env, but for a whole module: its own database and its own bucket."""
+    yield from _own_database_and_bucket(_with_database(database_url, "postgres"),
+                                        lambda name: _with_database(database_url, name), nats_identities.url, s3_server)
+
+
+@pytest.fixture(scope="module")
+def cluster_service_env(cluster_servers, s3_server) -> Iterator[dict[str, str]]:
+    """module_service_env against the module's `cluster_servers`: every NATS URL, the multi-host
+    DSN (services follow a promotion), streams at replicas 3."""
+    yield from _own_database_and_bucket(cluster_servers.postgres.dsn("postgres"), cluster_servers.postgres.dsn,
+                                        cluster_servers.nats.url, s3_server, RAWDRIVE_STREAM_REPLICAS="3")
 
 
 async def open_pipeline(env: dict[str, str], log_dir: Path, replicas: int = 1, identities=None):

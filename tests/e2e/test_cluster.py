@@ -11,25 +11,26 @@ node's routes (healed after PARTITION_S), a slow and lossy client link (tus thro
 with latency, a bandwidth cap and a cut mid-PATCH; the upload then resumes on the other gateway
 replica), and promoting the standby while killing the old primary. Each phase runs its share of
 the batch, mixed tus and S3 multipart, JPEG / PNG / HEIC / MP4, and fires its fault once a third
-of its uploads are committed. After each phase: every committed upload has exactly one
+of its uploads are committed (fewer when the phase has more uploads than workers: see
+`fault_after`). After each phase: every committed upload has exactly one
 `asset.created` (one stream message, one event id), none failed or is missing, a janitor run
 with every age at zero finds no multipart upload and no orphan, and every dead letter of the
-workspace has a reason. Printed per fault: recovery time (fault to the next `asset.created` the
-outside consumer sees) and the client retries it caused.
+workspace has a reason. Printed per fault: the uploads in flight when it struck, recovery time
+(fault to the next `asset.created` the stream stored, and to the one the outside consumer saw)
+and the client retries it caused.
 
 Size: RAWDRIVE_E2E_CLUSTER_UPLOADS (default 25: 5 a phase) with RAWDRIVE_E2E_CLUSTER_WORKERS
-uploads in flight (default 5); `make test-cluster` runs 200 with 40 in flight.
+uploads in flight (default 5). `make test-cluster` runs the issue's 200 in flight: 1,100 uploads,
+220 a phase, so that 20 are still queued when the fault fires (after 10 commits) and all 200
+workers have an upload in flight when it strikes; each fault's line prints that count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import struct
-import subprocess
-import sys
 import time
 import urllib.parse
 import uuid
@@ -43,11 +44,10 @@ import pytest
 
 from rawdrive_devkit.devstack.cluster import ClusterServers, kill
 from rawdrive_devkit.devstack.faultproxy import FaultProxy, Faults
-from rawdrive_devkit.devstack.servers import create_database, drop_database, s3_client
 from rawdrive_devkit.testing import NatsIdentities
+from rawdrive_devkit.testkit import dead_letters_of, janitor_pass
 from rawdrive_platform import bus
 from rawdrive_platform.busauth import PROVISION
-from rawdrive_platform.deadletter import list_dead_letters
 
 UPLOADS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_UPLOADS", "25"))
 WORKERS = int(os.environ.get("RAWDRIVE_E2E_CLUSTER_WORKERS", "5"))
@@ -56,7 +56,6 @@ UPLOAD_TIMEOUT_S = 300.0
 CREATED = "com.rawdrive.asset.created.v1"
 FAILED = "com.rawdrive.asset.processing_failed.v1"
 NO_REASON = "terminated without a reason"
-JWT_SECRET = "e2e-secret-of-at-least-thirty-two-bytes"
 MEDIA = Path(__file__).parents[2] / "services" / "media-processor" / "tests" / "data"
 # A slow, lossy mobile link: 20 ms each way, 2 MB/s, and the connection drops after 64 KiB.
 SLOW_LINK = Faults(latency_s=0.02, bandwidth_bytes_s=2_000_000, cut_after_bytes=64 * 1024)
@@ -136,7 +135,7 @@ class ClusterClient:
     def __init__(self, http: aiohttp.ClientSession, ws: str, gateways: list[str], counters: Counters) -> None:
         self.http = http
         self.ws = ws
-        self.gateways = gateways  # base URLs; the first is where an upload starts
+        self.gateways = gateways  # base URLs, where uploads start in turn (see upload)
         self.counters = counters
 
     async def patiently(self, step, deadline: float):
@@ -158,7 +157,9 @@ class ClusterClient:
         name, mime, body = make_file(kinds, n)
         request = {"file_name": name, "mime_type": mime, "size_bytes": len(body), "library_id": "lib1",
                    "resumable_protocol": protocol, "sha256": hashlib.sha256(body).hexdigest()}
-        base = self.gateways[n % len(self.gateways)]
+        # Not by n: worker i starts with upload i through client i % 2, whose list is reversed
+        # for odd i, so indexing by n sent every first upload (most of a phase) to gateway 0.
+        base = self.gateways[(n // 2) % len(self.gateways)]
 
         async def create() -> dict:
             async with self.http.post(f"{base}/v1/workspaces/{self.ws}/uploads", json=request) as response:
@@ -264,48 +265,13 @@ def cluster_identities(cluster_servers: ClusterServers) -> NatsIdentities:
 
 
 @pytest.fixture(scope="module")
-def cluster_env(cluster_servers: ClusterServers, s3_server):
-    name = f"e2e_cluster_{uuid.uuid4().hex[:8]}"
-    admin = cluster_servers.postgres.dsn("postgres")
-    create_database(admin, name)
-    bucket = f"e2e-cluster-{uuid.uuid4().hex[:8]}"
-    s3_client(s3_server).create_bucket(Bucket=bucket)
-    try:
-        yield {
-            **os.environ,
-            "RAWDRIVE_NATS_URL": cluster_servers.nats.url,
-            "RAWDRIVE_DATABASE_URL": cluster_servers.postgres.dsn(name),
-            "RAWDRIVE_STREAM_REPLICAS": "3",
-            "RAWDRIVE_S3_ENDPOINT": s3_server.endpoint,
-            "RAWDRIVE_S3_REGION": s3_server.region,
-            "RAWDRIVE_S3_BUCKET": bucket,
-            "RAWDRIVE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
-            "RAWDRIVE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-            "RAWDRIVE_JWT_SECRET": JWT_SECRET,
-            "RAWDRIVE_CONSUMER_ACK_WAIT_S": "5",
-            "RAWDRIVE_LOG_LEVEL": "INFO",
-        }
-    finally:
-        drop_database(cluster_servers.postgres.dsn("postgres"), name)
-
-
-def janitor_pass(env: dict[str, str], identities: NatsIdentities) -> dict:
-    """One janitor sweep, as the janitor, with every age threshold at zero (orphans reported, not deleted)."""
-    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0",
-                 **identities.env("janitor")}
-    result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-async def dead_letters_of(nats_url: str, workspace: str) -> list:
-    nc = await bus.connect(nats_url, name="e2e-cluster-deadletters")
-    try:
-        letters = await list_dead_letters(nc.jetstream())
-    finally:
-        await nc.close()
-    return [d for d in letters if d.subject and d.subject.endswith(f".{workspace}")]
+def cluster_env(cluster_service_env) -> dict[str, str]:
+    """One user sends every upload: the per-user limit on tus requests sending bytes at once (8
+    per gateway replica by default) would answer most of WORKERS with 429 and keep them out of
+    flight. Twice the workers: a PATCH retried after a client timeout may meet its abandoned
+    predecessor still holding a place. The per-workspace quotas (5,000 open sessions, 100 GiB
+    declared) already hold the largest run."""
+    return {**cluster_service_env, "RAWDRIVE_MAX_CONCURRENT_PATCHES_PER_USER": str(2 * WORKERS)}
 
 
 @dataclass
@@ -313,22 +279,33 @@ class FaultReport:
     name: str
     recovery_s: float | None = None  # fault to the next asset.created stored in the stream
     seen_after_s: float | None = None  # fault to the next asset.created the outside consumer got
+    in_flight: int = 0  # uploads started and not yet committed when the fault struck
     retries: int = 0
     resumed_elsewhere: int = 0
     proxy_cuts: int = 0
 
 
+def fault_after(count: int) -> int:
+    """How many of a phase's `count` uploads are committed when its fault fires: a third, or
+    fewer when the phase has more uploads than workers, so that uploads are still queued and all
+    WORKERS are in flight when it strikes."""
+    if count > WORKERS:
+        return max(1, min(count // 3, (count - WORKERS) // 2))
+    return max(1, count // 3)
+
+
 async def run_phase(clients, counters: Counters, name: str, count: int, first_n: int, inject,
                     events, *, kinds=SMALL_KINDS, tus_route: tuple[str, str] | None = None,
                     from_start: bool = False) -> tuple[list[str], FaultReport]:
-    """`count` uploads (`WORKERS` at a time, tus and multipart alternating); `inject` fires once a
-    third of them are committed (at once with `from_start`) and returns when its fault took
-    effect, if later. Returns the committed asset ids and the fault's report."""
+    """`count` uploads (`WORKERS` at a time, tus and multipart alternating); `inject` fires once
+    `fault_after(count)` of them are committed (at once with `from_start`) and returns when its
+    fault took effect, if later. Returns the committed asset ids and the fault's report."""
     report = FaultReport(name)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(first_n, first_n + count):
         queue.put_nowait(n)
     committed: list[str] = []
+    in_flight = {"uploads": 0}
     progress = asyncio.Event()
     retries_before, resumed_before = counters.retries, counters.resumed_elsewhere
 
@@ -337,10 +314,12 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
         while not queue.empty():
             n = queue.get_nowait()
             protocol = "tus" if n % 2 == 0 or tus_route else "s3_multipart"
+            in_flight["uploads"] += 1
             try:
                 committed.append(await client.upload(n, protocol, kinds, tus_route))
             except Exception as exc:  # counted and reported, never silently dropped
                 counters.errors.append(f"{name} upload {n} ({protocol}): {exc!r}")
+            in_flight["uploads"] -= 1
             progress.set()
 
     def created_since(moment: float) -> list[float]:
@@ -349,11 +328,13 @@ async def run_phase(clients, counters: Counters, name: str, count: int, first_n:
                       for seq in seqs if events.stored_at[seq] >= moment)
 
     async def fault() -> float:
-        while not from_start and len(committed) < max(count // 3, 1):
+        while not from_start and len(committed) < fault_after(count):
             progress.clear()
             await progress.wait()
-        started = time.time()
-        started = await inject() or started
+        started, report.in_flight = time.time(), in_flight["uploads"]
+        took_effect = await inject()
+        if took_effect:  # later than it fired (the lossy link's first cut): count then
+            started, report.in_flight = took_effect, in_flight["uploads"]
         try:
             await events.wait(lambda: bool(created_since(started)), timeout_s=UPLOAD_TIMEOUT_S)
         except TimeoutError:
@@ -429,7 +410,9 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
             link.start()
             headers = {"Authorization": f"Bearer {pipeline.token}"}
             timeout = aiohttp.ClientTimeout(total=120)
-            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+            # No cap on connections (aiohttp's default is 100): every worker's request is on the wire.
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
                 clients = [ClusterClient(http, pipeline.workspace, gateways, counters),
                            ClusterClient(http, pipeline.workspace, gateways[::-1], counters)]
 
@@ -492,8 +475,8 @@ async def test_uploads_survive_leader_kills_a_partition_a_lossy_link_and_a_datab
                     await nc.close()
 
     assert len(all_committed) == per_phase * len(phases)
-    lines = [f"  {r.name}: published again after {r.recovery_s:.1f} s (seen by the outside consumer after "
-             f"{r.seen_after_s:.1f} s), {r.retries} client retries"
+    lines = [f"  {r.name} ({r.in_flight} uploads in flight): published again after {r.recovery_s:.1f} s "
+             f"(seen by the outside consumer after {r.seen_after_s:.1f} s), {r.retries} client retries"
              + (f", {r.proxy_cuts} connections cut, {r.resumed_elsewhere} resumed on the other gateway"
                 if r.proxy_cuts else "") for r in reports]
     print(f"\n{len(all_committed)} uploads ({WORKERS} in flight) through 5 faults in "

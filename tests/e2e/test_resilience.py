@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 
 import aiohttp
 import pytest
 
-from rawdrive_platform import bus
-from rawdrive_platform.deadletter import list_dead_letters
+from rawdrive_devkit.testkit import dead_letters_of, janitor_pass
 
 UPLOADS = int(os.environ.get("RAWDRIVE_E2E_RESILIENCE_UPLOADS", "200"))
 REPLICA_UPLOADS = int(os.environ.get("RAWDRIVE_E2E_REPLICA_UPLOADS", "30"))
@@ -170,26 +166,6 @@ async def settle(pipeline, committed: list[str], timeout_s: float) -> None:
     )
 
 
-def janitor_pass(env: dict[str, str]) -> dict:
-    """One janitor run over this module's bucket with every age threshold at zero (orphans are
-    reported, not deleted): multipart uploads a fault orphaned (created in S3 by a session whose
-    database write then failed) are its to abort."""
-    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0"}
-    result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-async def dead_letters_of(nats_url: str, workspace: str) -> list:
-    nc = await bus.connect(nats_url, name="e2e-deadletters")
-    try:
-        letters = await list_dead_letters(nc.jetstream())
-    finally:
-        await nc.close()
-    return [d for d in letters if d.subject and d.subject.endswith(f".{workspace}")]
-
-
 def assert_exactly_once(pipeline, committed: list[str]) -> None:
     events = pipeline.events
     lost = [a for a in committed if not events.of(CREATED, a)]
@@ -275,7 +251,7 @@ async def test_a_batch_survives_killed_services_and_restarted_servers_with_every
         assert service.process.poll() is None, f"{service.module} died:\n{service.log_tail()}"
 
     # "No multipart upload or orphan object remains after a janitor run."
-    report = await asyncio.to_thread(janitor_pass, {**module_service_env, **nats_identities.env("janitor")})
+    report = await asyncio.to_thread(janitor_pass, module_service_env, nats_identities)
     orphans = [r for r in report["removals"] if r["reason"] == "orphan"]
     assert not orphans and not report["orphans_kept"] and report["errors"] == 0, report
     assert pipeline.multipart_uploads_under("workspaces/") == []

@@ -1,10 +1,14 @@
-"""Small helpers the services' tests share: a service's handler table consuming in the test's
-process, the events a service under test has announced, the test S3 server as the managed
-storage profile, and a stand-in HTTP server (a collector, a JWKS, a hostile endpoint)."""
+"""Small helpers the services' and the end-to-end tests share: a service's handler table
+consuming in the test's process, the events a service under test has announced, the test S3
+server as the managed storage profile, a stand-in HTTP server (a collector, a JWKS, a hostile
+endpoint), a janitor sweep with every age at zero, and a workspace's dead letters."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,9 +22,11 @@ from nats.js import JetStreamContext
 
 from rawdrive_contracts import CloudEvent, decode
 from rawdrive_devkit.devstack.servers import S3Connection
+from rawdrive_devkit.testing import NatsIdentities
 from rawdrive_platform import bus, db
 from rawdrive_platform.config import Secret
 from rawdrive_platform.consumers import HandlerTable
+from rawdrive_platform.deadletter import DeadLetter, list_dead_letters
 from rawdrive_platform.storage import StorageProfile
 
 D = TypeVar("D")
@@ -127,3 +133,26 @@ async def serving(app: web.Application) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+def janitor_pass(env: dict[str, str], identities: NatsIdentities) -> dict:
+    """One `janitor sweep` as the janitor's NATS identity over `env`'s database and bucket, with
+    every age threshold at zero (orphans are reported, not deleted): multipart uploads a fault
+    orphaned (created in S3 by a session whose database write then failed) are its to abort.
+    Returns the sweep's JSON report."""
+    overrides = {"RAWDRIVE_JANITOR_ORPHAN_MIN_AGE_HOURS": "0", "RAWDRIVE_JANITOR_MULTIPART_MIN_AGE_HOURS": "0",
+                 **identities.env("janitor")}
+    result = subprocess.run([sys.executable, "-m", "janitor", "sweep"], env={**env, **overrides},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+async def dead_letters_of(nats_url: str, workspace: str) -> list[DeadLetter]:
+    """The dead letters of one workspace's events (their subjects end with its id)."""
+    nc = await bus.connect(nats_url, name="test-deadletters")
+    try:
+        letters = await list_dead_letters(nc.jetstream())
+    finally:
+        await nc.close()
+    return [d for d in letters if d.subject and d.subject.endswith(f".{workspace}")]

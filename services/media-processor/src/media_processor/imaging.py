@@ -2,9 +2,10 @@
 
 Imported only in decoding children (through the sandbox's forkserver), never by the service
 process or a test run: importing it points ImageMagick at the project's policy before Wand loads
-it, for the whole process, and that policy's `time` limit counts from the process's first pixel
-operation, after which ImageMagick exit(1)s the process (a budget for a one-asset child, death
-for a long-lived process). The pure parts (metadata.py, variants.py...) are tested without it. Every
+it, for the whole process (coder rights and resource limits meant for one decode). A decode's
+deadline is the sandbox's alone: the policy sets no ImageMagick `time` limit, which would
+_exit(1) the child instead of letting it fail as a timeout. The pure parts (metadata.py,
+variants.py...) are tested without it. Every
 ImageMagick read names its coder and frame (`jpeg:/path[0]`), so content is never guessed and
 animations give their first frame. Video frames come from ffmpeg, PDF pages from Ghostscript
 (-dSAFER) and RAW pictures from LibRaw (rawpy, in this process); ImageMagick only ever reads

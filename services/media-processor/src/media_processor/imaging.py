@@ -76,19 +76,20 @@ from media_processor.metadata import (  # noqa: E402
     video_metadata,
 )
 from media_processor.motion import locate_video  # noqa: E402
-from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
+from media_processor.variants import (  # noqa: E402
+    LONG_EDGES,
+    WEBP_METHOD,
+    WEBP_QUALITY,
+    Size,
+    decode_hint,
+    display_size,
+    fit,
+    plan,
+)
 from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 
 hachoir.core.config.quiet = True
 
-# libwebp's effort (0 fast .. 6 small) and quality. The large encode is on the critical path of
-# every photo: method 4 (the default) takes ~0.55 s CPU for a 2560 px variant, method 0 ~0.12 s.
-# Method 0 does the least rate-distortion search, so it needs a higher quality for the same fidelity: at 83,
-# measured with ffmpeg against the unencoded variant (large and medium of a real phone photo, a
-# 12 MP and a 24 MP JPEG), SSIM and PSNR are equal or better than method 4 at 80 everywhere
-# (at 82 the 12 MP large falls short). The price is bytes: +21-38% for those variants.
-WEBP_QUALITY = 83
-WEBP_METHOD = 0
 # The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2

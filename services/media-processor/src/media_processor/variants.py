@@ -67,7 +67,8 @@ def plan(display: Size) -> tuple[PlannedVariant, ...]:
 def decode_hint(stored: Size) -> Size:
     """The `jpeg:size` hint: the largest variant in the stored orientation, same aspect ratio.
 
-    libjpeg then decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this large. A hint
+    libjpeg then decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this large; pixels
+    from libheif and LibRaw are reduced to exactly this before ImageMagick takes them. A hint
     with another aspect ratio (a square one) makes ImageMagick 6 ignore it and decode everything.
     """
     return fit(stored, LONG_EDGES[0][1])

@@ -16,8 +16,8 @@ Every route first compares the picture size the file declares (dimensions.py for
 for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
 
 Damaged files (decided per case; consumers read it in libs/contracts/README.md): damage a decoder works around (a JPEG
-cut short or with corrupt data, which libjpeg fills in grey; a video frame ffmpeg decoded with
-errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
+cut short or with corrupt data, which libjpeg fills in grey; a HEIC cut short, whose missing
+tiles libheif leaves blank; a video frame ffmpeg decoded with errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
 user's own, stored intact, and most of the picture is there; damage no decoder works around (a
 PNG whose image data is broken: libpng gives no picture at all, a RAW whose sensor data LibRaw
 calls corrupt) fails with cause corrupt_content.
@@ -55,7 +55,13 @@ from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
-from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
+from media_processor.dimensions import (  # noqa: E402
+    PixelLimits,
+    declared_size,
+    excess,
+    heif_cut_short,
+    heif_icc_profile,
+)
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.jobs import (  # noqa: E402
     Job,
@@ -166,14 +172,22 @@ def _heif(job: Job) -> Outcome:
         heif = pillow_heif.open_heif(job.path, convert_hdr_to_8bit=True)
         pixels = Pixels(heif.data, heif.size[0], heif.size[1], _HEIF_CHANNELS.get(heif.mode, ""), heif.stride)
     except (ValueError, RuntimeError, OSError) as exc:  # pillow-heif's errors carry libheif's message
+        if str(exc).startswith("Invalid input"):  # the file's own data: cut short, broken boxes
+            raise corrupt_content(f"libheif: {exc}") from None
         raise Unprocessable("decode_failed", f"libheif: {exc}") from None
     if not pixels.channels:
         raise Unprocessable("decode_failed", f"libheif gave pixels of an unexpected kind ({heif.mode})")
+    data = Path(job.path).read_bytes()
     # From the container's `colr` box: Display P3 on iPhones (heif_icc_profile is tested alone).
-    profile = heif_icc_profile(Path(job.path).read_bytes())
-    del heif
+    profile = heif_icc_profile(data)
+    # libheif decodes a file cut short without a word, leaving the tiles it lacks blank.
+    cut = heif_cut_short(data)
+    del heif, data
     rendered = render(pixels, job.workdir, profile=profile)
-    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), rendered.warnings), variants=rendered.variants)
+    warnings = rendered.warnings
+    if cut is not None:
+        warnings += (decode_warning(f"libheif: file truncated, its {cut.decode('latin-1')} box ends past the end of the file"),)
+    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), warnings), variants=rendered.variants)
 
 
 def _raw(job: Job) -> Outcome:

@@ -13,14 +13,18 @@ Inputs look like users' files (issue 22):
   full-size JPEG preview (as cameras write them: the processor uses the preview) and once without
   (a half-size demosaic by LibRaw).
 
-Ours is `imaging.process` (what a sandbox child runs: header check, EXIF, decode, ICC, variants).
-The baseline is libvips doing the same work: for JPEG and HEIC the faster of two ways (three
+Ours runs as production runs it: `Sandbox.process`, a decoding child forked from the decoders'
+forkserver (started and warmed before the clock, as the processor does once), with the
+decoders' environment, policy and limits (header check, EXIF, decode, ICC, variants). The
+baseline is libvips doing the same work: for JPEG and HEIC the faster of two ways (three
 `thumbnail` calls from the file, shrink-on-load each time; or one `thumbnail` to 2560 and the
 smaller two from it), for RAW rawpy (the same LibRaw decode) and then libvips. Each measurement
-runs in a fresh process (peak RSS from wait4), alternating ours and the baseline; wall and CPU
-time are measured around the work (imports excluded). Then the pixel-limit refusal (a few-KB
-file declaring gigapixels, through the sandbox: fork, header, refusal) and the service path of a
-video and a PDF. Compare figures within one run only: the machine is shared.
+runs in a fresh process, alternating ours and the baseline. Wall time is measured around the
+work (imports excluded); CPU time is the decoding child's (as its forkserver reaped it) for ours,
+the process's for the baseline; peak RSS is the decoding child's VmHWM (sampled every 10 ms) for
+ours, the process's for the baseline. Then the pixel-limit refusal (a few-KB file declaring
+gigapixels, through the sandbox: fork, header, refusal) and the service path of a video and a
+PDF. Compare figures within one run only: the machine is shared.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -202,21 +208,15 @@ def prepare() -> dict[str, Path]:
 # -- one measurement, in its own process --------------------------------------------------------
 
 
-def worker(kind: str, name: str, source: str, outdir: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every thread) of the work alone."""
+def worker(kind: str, name: str, source: str, outdir: str) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of every thread, peak RSS in MiB) of the work alone."""
     if kind == "ours":
-        from media_processor import imaging
-        from media_processor.jobs import Job
-
-        job = Job(path=source, family=FAMILIES[name], workdir=outdir, timeout_s=300)  # type: ignore[arg-type]
-        started, cpu = time.perf_counter(), time.process_time()
-        imaging.process(job)
-        return time.perf_counter() - started, time.process_time() - cpu
+        return ours(FAMILIES[name], source, outdir)
     if name == "heic":
         sys.modules["_libvips"] = None  # type: ignore[assignment]  # the system libvips: it has HEVC
     import pyvips
 
-    from media_processor.imaging import WEBP_METHOD, WEBP_QUALITY
+    from media_processor.variants import WEBP_METHOD, WEBP_QUALITY
 
     # Debian's libvips 8.14 (the HEIC baseline) names "keep nothing" strip=True.
     bare = {"keep": "none"} if pyvips.at_least_libvips(8, 15) else {"strip": True}
@@ -248,22 +248,80 @@ def worker(kind: str, name: str, source: str, outdir: str) -> tuple[float, float
         save(large, EDGES[0])
         for edge in EDGES[1:]:
             save(large.thumbnail_image(edge), edge)
-    return time.perf_counter() - started, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ours(family: str, source: str, outdir: str) -> tuple[float, float, float]:
+    """The processor's path: a decoding child of the sandbox's forkserver, as in production."""
+    from media_processor.sandbox import Limits, Sandbox
+
+    sandbox = Sandbox(Limits(timeout_s=300))
+    sandbox.start()  # the forkserver and its import of the decoders: once per processor, not timed
+    (forkserver,) = (c for c in children(os.getpid()) if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes())
+    reaped = reaped_cpu_s(forkserver)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:  # the decoding child's high-water mark, until it is gone
+        while not done.wait(0.01):
+            for child in children(forkserver):
+                try:
+                    status = Path(f"/proc/{child}/status").read_text()
+                except OSError:
+                    continue
+                kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+                peak[0] = max(peak[0], kib / 1024)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        asyncio.run(sandbox.process(source, family, outdir))  # type: ignore[arg-type]
+        wall = time.perf_counter() - started
+    finally:
+        done.set()
+        sampler.join()
+    # The child has been joined, so its forkserver has reaped it: its CPU is in the children's.
+    return wall, reaped_cpu_s(forkserver) - reaped, peak[0]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def reaped_cpu_s(pid: int) -> float:
+    """CPU seconds of every child `pid` has reaped (cutime + cstime), and of what they ran."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def refusal_ms(source: str) -> float:
+    """Median milliseconds of the refusal's own work (header read and compare), in this process."""
+    from media_processor import imaging
+    from media_processor.jobs import Job, Unprocessable
+
+    own = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(20):
+            started = time.perf_counter()
+            try:
+                imaging.process(Job(path=source, family="jpeg", workdir=workdir, timeout_s=60))
+            except Unprocessable:
+                pass
+            own.append(time.perf_counter() - started)
+    return statistics.median(own) * 1000
 
 
 def measure(kind: str, name: str, source: Path) -> tuple[float, float, float]:
     """(seconds, peak RSS in MiB, CPU seconds) of one run in a fresh process."""
     with tempfile.TemporaryDirectory() as outdir:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, name, str(source), outdir], stdout=subprocess.PIPE
-        )
-        assert process.stdout is not None
-        output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        if status != 0:
-            raise SystemExit(f"{kind} worker for {name} failed with status {status}")
-    wall, cpu = (float(field) for field in output.split())
-    return wall, usage.ru_maxrss / 1024, cpu
+        made = subprocess.run([sys.executable, __file__, "--worker", kind, name, str(source), outdir],
+                              stdout=subprocess.PIPE, check=False)
+        if made.returncode != 0:
+            raise SystemExit(f"{kind} worker for {name} failed with status {made.returncode}")
+    wall, cpu, peak = (float(field) for field in made.stdout.split())
+    return wall, peak, cpu
 
 
 async def sandboxed(source: Path, family: str, rounds: int = 1, **limits: int) -> list[float]:
@@ -303,7 +361,8 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(*worker(*args.worker))
+        kind, _, source, _ = args.worker
+        print(refusal_ms(source) if kind == "refusal" else " ".join(map(str, worker(*args.worker))))
         return
     if args.prepare:
         print(json.dumps({name: str(path) for name, path in prepare().items()}))
@@ -338,20 +397,11 @@ def main() -> None:
         figures.append(figure(f"{label}, peak RSS (ours vs {baseline_name})", "MiB",
                               max(m for _, m, _ in runs["ours"]), max(m for _, m, _ in runs[baseline])))
 
-    # The refusal's own work, in this process: what it costs besides the sandbox's fork.
-    from media_processor import imaging
-    from media_processor.jobs import Job, Unprocessable
-
-    own = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for _ in range(20):
-            started = time.perf_counter()
-            try:
-                imaging.process(Job(path=str(inputs["flood"]), family="jpeg", workdir=workdir, timeout_s=60))
-            except Unprocessable:
-                pass
-            own.append(time.perf_counter() - started)
-    ms = statistics.median(own) * 1000
+    # The refusal's own work, what it costs besides the sandbox's fork: in a process of its own,
+    # because importing the decoders' module loads their ImageMagick policy into that process.
+    refusal = subprocess.run([sys.executable, __file__, "--worker", "refusal", "flood", str(inputs["flood"]), "-"],
+                             check=True, capture_output=True, text=True)
+    ms = float(refusal.stdout)
     print(f"pixel-limit refusal in-process (header read and compare only), gigapixel JPEG: median {ms:.2f} ms")
     figures.append(figure("pixel-limit refusal in-process, gigapixel JPEG", "ms", ms, None,
                           f"< {REFUSAL_TARGET_MS:.0f} ms", ms < REFUSAL_TARGET_MS))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from wand.image import Image
+from wand.resource import limits as magick_limits
 
 from media_processor.magic import Family
 from media_processor.sandbox import Limits, Outcome, Sandbox, Unprocessable
@@ -178,6 +179,15 @@ async def test_a_decode_past_its_deadline_is_killed_and_the_next_one_is_served(t
     assert failure.value.reason == "timeout"
     outcome = await decode(Sandbox(Limits(timeout_s=60)), DATA / "exiftool_GPS.jpg", tmp_path)
     assert outcome.variants
+
+
+async def test_imagemagick_in_a_decoding_child_never_ends_a_decode_before_the_sandbox_deadline() -> None:
+    # ImageMagick's own `time` limit _exit(1)s the process when it runs out, so a slow asset past
+    # it would fail as "the decoder died" instead of as a timeout: the sandbox's deadline
+    # (Limits.timeout_s, RAWDRIVE_DECODE_TIMEOUT_S) must be the only one. Read in a child, where
+    # the decoders' policy is loaded; a deadline longer than any limit a policy would set.
+    patient = Sandbox(Limits(timeout_s=3600))
+    assert await patient.call(magick_limits.__getitem__, "time") > patient.limits.timeout_s
 
 
 async def test_a_decode_over_its_memory_cap_fails_and_the_next_one_is_served(sandbox: Sandbox, tmp_path: Path) -> None:

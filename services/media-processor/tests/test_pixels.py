@@ -1,25 +1,26 @@
 """Issue 22's pixel side: limits before decoding, damaged files, colour management.
 
 Every file is generated here (or is a committed sample altered here): gigapixel declarations in
-a few hundred bytes, JPEGs cut short, PNGs with broken image data, videos with corrupt frames and
+a few hundred bytes, JPEGs and HEICs cut short, PNGs with broken image data, videos with corrupt frames and
 wide-gamut pictures tagged with colord's Adobe RGB profile (CC0, `data/colord_AdobeRGB1998.icc`).
 """
 
 from __future__ import annotations
 
+import io
 import random
 import struct
 import zlib
 from pathlib import Path
 
+import pillow_heif
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from wand.color import Color
 from wand.image import Image
-from wand.resource import limits
 
-from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile
+from media_processor.dimensions import PixelLimits, declared_size, excess, heif_cut_short, heif_icc_profile
 from media_processor.magic import Family
 from media_processor.metadata import decode_warning
 from media_processor.sandbox import Limits, Sandbox, Unprocessable
@@ -202,13 +203,6 @@ async def test_every_route_compares_the_declared_size_with_the_configured_limits
     assert (await decode(Sandbox(Limits(timeout_s=60)), DATA / name, tmp_path)).variants
 
 
-def test_this_process_reads_pixels_without_the_decoders_time_limit() -> None:
-    """Tests make and read pictures with Wand here, in one long-lived process. The decoders' policy
-    (importing media_processor.imaging brings it) would have ImageMagick exit(1) this process 60 s
-    after its first pixel, mid-test and silently under pytest's capture: it is for children only."""
-    assert limits["time"] == 2**63 - 1  # ImageMagick's "no limit"
-
-
 # -- damaged files ------------------------------------------------------------------------------
 
 
@@ -238,6 +232,43 @@ async def test_a_jpeg_with_corrupt_scan_data_is_available_with_a_corrupt_data_wa
     outcome = await decode(sandbox, written(tmp_path, "corrupt.jpg", bytes(data)), tmp_path)
     assert [w.code for w in outcome.metadata.warnings] == ["corrupt_data"]
     assert "Corrupt JPEG data" in outcome.metadata.warnings[0].detail
+
+
+def grid_heic(monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A 1024x768 HEIC in 256 px tiles, as phones write them (an iPhone's are 512 px)."""
+    monkeypatch.setattr(pillow_heif.options, "GRID_TILE_SIZE", 256)
+    rows = bytes(random.Random(22).randrange(256) for _ in range(1024 * 3)) * 768
+    out = io.BytesIO()
+    pillow_heif.from_bytes("RGB", (1024, 768), rows).save(out, quality=60)
+    return out.getvalue()
+
+
+async def test_a_tiled_heic_cut_short_is_available_with_a_truncated_warning(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # libheif decodes it without complaint, leaving the tiles it lacks blank: the container says it.
+    whole = grid_heic(monkeypatch)
+    outcome = await decode(sandbox, written(tmp_path, "cut.heic", whole[: len(whole) * 2 // 3]), tmp_path)
+    assert [w.code for w in outcome.metadata.warnings] == ["truncated"]
+    assert "mdat box ends past the end of the file" in outcome.metadata.warnings[0].detail
+    assert {v.name: (v.width, v.height) for v in outcome.variants}["large"] == (1024, 768)
+    assert (await decode(sandbox, written(tmp_path, "whole.heic", whole), tmp_path)).metadata.warnings == ()
+
+
+async def test_a_single_image_heic_cut_short_fails_as_corrupt_content(sandbox: Sandbox, tmp_path: Path) -> None:
+    whole = (DATA / "heic_generated.heic").read_bytes()
+    with pytest.raises(Unprocessable) as failure:
+        await decode(sandbox, written(tmp_path, "cut.heic", whole[: len(whole) * 2 // 3]), tmp_path)
+    assert (failure.value.reason, failure.value.cause) == ("decode_failed", "corrupt_content")
+    assert "outside of file bounds" in failure.value.detail
+
+
+def test_a_heif_cut_short_is_told_from_one_with_a_trailer() -> None:
+    whole = (DATA / "heic_generated.heic").read_bytes()
+    assert heif_cut_short(whole) is None
+    assert heif_cut_short(whole[:-1]) == b"mdat"
+    assert heif_cut_short(whole[:20]) == b"ftyp"
+    assert heif_cut_short(whole + b"SEFH\x00\x00\x00\x07 phone trailer, not a box") is None
 
 
 def broken_idat(width: int, height: int) -> bytes:

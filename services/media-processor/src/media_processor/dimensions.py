@@ -136,6 +136,38 @@ def _boxes(data: memoryview, start: int, end: int) -> Iterator[tuple[bytes, int,
         at += size
 
 
+# The top-level boxes of a HEIF file (and of an MP4 appended to one, a motion photo).
+_TOP_LEVEL_BOXES = frozenset({b"ftyp", b"meta", b"mdat", b"moov", b"free", b"skip", b"wide"})
+
+
+def heif_cut_short(data: bytes | memoryview) -> bytes | None:
+    """The type of a top-level box that ends past the end of the file (a HEIF cut short), if any.
+
+    Boxes are followed from the start while they are ones a HEIF file has at its top level:
+    data of another kind after them (a trailer some phones append) ends the walk, not the file.
+    """
+    view = memoryview(data)
+    at, end = 0, len(view)
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", view, at)
+        if kind not in _TOP_LEVEL_BOXES:
+            return None
+        header = 8
+        if size == 1:
+            if at + 16 > end:
+                return kind
+            (size,) = struct.unpack_from(">Q", view, at + 8)
+            header = 16
+        elif size == 0:  # to the end of the file, however long it is
+            return None
+        if size < header:
+            return None
+        if at + size > end:
+            return kind
+        at += size
+    return None
+
+
 def _heif_properties(data: memoryview) -> Iterator[tuple[bytes, int, int]]:
     """Every item property (meta > iprp > ipco > *) of a HEIF file: (type, body start, end)."""
     for kind, start, end in _boxes(data, 0, len(data)):

@@ -2,20 +2,22 @@
 
 Imported only in decoding children (through the sandbox's forkserver), never by the service
 process or a test run: importing it points ImageMagick at the project's policy before Wand loads
-it, for the whole process, and that policy's `time` limit counts from the process's first pixel
-operation, after which ImageMagick exit(1)s the process (a budget for a one-asset child, death
-for a long-lived process). The pure parts (metadata.py, variants.py...) are tested without it. Every
+it, for the whole process (coder rights and resource limits meant for one decode). A decode's
+deadline is the sandbox's alone: the policy sets no ImageMagick `time` limit, which would
+_exit(1) the child instead of letting it fail as a timeout. The pure parts (metadata.py,
+variants.py...) are tested without it. Every
 ImageMagick read names its coder and frame (`jpeg:/path[0]`), so content is never guessed and
 animations give their first frame. Video frames come from ffmpeg, PDF pages from Ghostscript
-(-dSAFER) and RAW pictures from LibRaw (rawpy, in this process); ImageMagick only ever reads
-JPEG, PNG, WebP, HEIC or PPM.
+(-dSAFER), HEIC/HEIF pictures from libheif (pillow-heif) and RAW pictures from LibRaw (rawpy),
+the last two in this process, handed to ImageMagick as pixels; ImageMagick only ever reads JPEG,
+PNG, WebP or PPM.
 
 Every route first compares the picture size the file declares (dimensions.py for images, LibRaw
 for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
 
 Damaged files (decided per case; consumers read it in libs/contracts/README.md): damage a decoder works around (a JPEG
-cut short or with corrupt data, which libjpeg fills in grey; a video frame ffmpeg decoded with
-errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
+cut short or with corrupt data, which libjpeg fills in grey; a HEIC cut short, whose missing
+tiles libheif leaves blank; a video frame ffmpeg decoded with errors) leaves the asset available with `metadata.warnings` naming it, because the file is the
 user's own, stored intact, and most of the picture is there; damage no decoder works around (a
 PNG whose image data is broken: libpng gives no picture at all, a RAW whose sensor data LibRaw
 calls corrupt) fails with cause corrupt_content.
@@ -28,6 +30,7 @@ before its profiles are stripped; an untagged picture is taken as sRGB and left 
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import re
@@ -41,14 +44,24 @@ os.environ["MAGICK_CONFIGURE_PATH"] = str(files("media_processor") / "magick")
 
 import hachoir.core.config  # noqa: E402
 import msgspec  # noqa: E402
+import numpy  # noqa: E402
+import PIL.Image  # noqa: E402
+import pillow_heif  # noqa: E402
 import rawpy  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
+from PIL import ImageCms  # noqa: E402
 from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
-from media_processor.dimensions import PixelLimits, declared_size, excess, heif_icc_profile  # noqa: E402
+from media_processor.dimensions import (  # noqa: E402
+    PixelLimits,
+    declared_size,
+    excess,
+    heif_cut_short,
+    heif_icc_profile,
+)
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.jobs import (  # noqa: E402
     Job,
@@ -69,19 +82,20 @@ from media_processor.metadata import (  # noqa: E402
     video_metadata,
 )
 from media_processor.motion import locate_video  # noqa: E402
-from media_processor.variants import LONG_EDGES, Size, decode_hint, display_size, fit, plan  # noqa: E402
+from media_processor.variants import (  # noqa: E402
+    LONG_EDGES,
+    WEBP_METHOD,
+    WEBP_QUALITY,
+    Size,
+    decode_hint,
+    display_size,
+    fit,
+    plan,
+)
 from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 
 hachoir.core.config.quiet = True
 
-# libwebp's effort (0 fast .. 6 small) and quality. The large encode is on the critical path of
-# every photo: method 4 (the default) takes ~0.55 s CPU for a 2560 px variant, method 0 ~0.12 s.
-# Method 0 does the least rate-distortion search, so it needs a higher quality for the same fidelity: at 83,
-# measured with ffmpeg against the unencoded variant (large and medium of a real phone photo, a
-# 12 MP and a 24 MP JPEG), SSIM and PSNR are equal or better than method 4 at 80 everywhere
-# (at 82 the 12 MP large falls short). The price is bytes: +21-38% for those variants.
-WEBP_QUALITY = 83
-WEBP_METHOD = 0
 # The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2
@@ -97,6 +111,7 @@ PREVIEW_MIN_LONG_EDGE = 1280
 PDF_MIN_DPI, PDF_MAX_DPI = 18, 300
 # colord's sRGB profile (CC0-1.0, Debian colord-data): every tagged picture is converted to it.
 SRGB_PROFILE = (files("media_processor") / "icc" / "sRGB.icc").read_bytes()
+_SRGB_CMS = ImageCms.ImageCmsProfile(io.BytesIO(SRGB_PROFILE))
 # LibRaw's Orientation (sizes.flip) -> EXIF orientation, for RAWs whose EXIF we cannot read (CR3).
 _FLIP_TO_ORIENTATION = {0: 1, 3: 3, 5: 8, 6: 6}
 
@@ -112,6 +127,8 @@ def process(job: Job) -> Outcome:
     route = DECODING[job.family].route
     if route == "image":
         return with_motion_video(_photo(job), job, deadline)
+    if route == "heif":
+        return with_motion_video(_heif(job), job, deadline)
     if route == "raw":
         return _raw(job)
     if route == "video":
@@ -135,10 +152,42 @@ def _photo(job: Job) -> Outcome:
     refuse_oversized(stored, job.pixels, job.family)
     exif = _exif(job.path, job.family)
     hint = stored if job.family == "jpeg" else None
-    # ImageMagick 6 reads no ICC profile from HEIC: hand it the one the container carries.
-    profile = heif_icc_profile(Path(job.path).read_bytes()) if job.family == "heif" else None
-    rendered = render(job.path, coder, job.workdir, stored=hint, profile=profile)
+    rendered = render(job.path, job.workdir, coder=coder, stored=hint)
     return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), rendered.warnings), variants=rendered.variants)
+
+
+def _heif(job: Job) -> Outcome:
+    """HEIC/HEIF through libheif (pillow-heif's build), not ImageMagick 6's HEIC coder.
+
+    That coder asks libheif for YCbCr planes and converts them to RGB itself in 16-bit floating
+    point, and reads no ICC profile: 0.94 s CPU for a 12 MP iPhone photo here, against 0.30 s
+    for pillow-heif's libheif 1.23 decoding straight to 8-bit RGB (0.52 s for Debian's libheif
+    1.15, as libvips uses it). libheif applies the container's rotation and mirroring (irot,
+    imir), as the coder did; the picture carries no other orientation.
+    """
+    stored = _declared_size(job.path, job.family)
+    refuse_oversized(stored, job.pixels, job.family)
+    exif = _exif(job.path, job.family)
+    try:
+        heif = pillow_heif.open_heif(job.path, convert_hdr_to_8bit=True)
+        pixels = Pixels(heif.data, heif.size[0], heif.size[1], _HEIF_CHANNELS.get(heif.mode, ""), heif.stride)
+    except (ValueError, RuntimeError, OSError) as exc:  # pillow-heif's errors carry libheif's message
+        if str(exc).startswith("Invalid input"):  # the file's own data: cut short, broken boxes
+            raise corrupt_content(f"libheif: {exc}") from None
+        raise Unprocessable("decode_failed", f"libheif: {exc}") from None
+    if not pixels.channels:
+        raise Unprocessable("decode_failed", f"libheif gave pixels of an unexpected kind ({heif.mode})")
+    data = Path(job.path).read_bytes()
+    # From the container's `colr` box: Display P3 on iPhones (heif_icc_profile is tested alone).
+    profile = heif_icc_profile(data)
+    # libheif decodes a file cut short without a word, leaving the tiles it lacks blank.
+    cut = heif_cut_short(data)
+    del heif, data
+    rendered = render(pixels, job.workdir, profile=profile)
+    warnings = rendered.warnings
+    if cut is not None:
+        warnings += (decode_warning(f"libheif: file truncated, its {cut.decode('latin-1')} box ends past the end of the file"),)
+    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), warnings), variants=rendered.variants)
 
 
 def _raw(job: Job) -> Outcome:
@@ -156,17 +205,17 @@ def _raw(job: Job) -> Outcome:
             orientation = exif.orientation if exif.orientation in range(1, 9) else _FLIP_TO_ORIENTATION.get(sizes.flip)
             picture = _raw_preview(raw, job)
             if picture is None:
-                pixels = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
-                picture = (_write_ppm(pixels, Path(job.workdir, "decoded.ppm")), "ppm", None)
+                decoded = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
+                picture = _rgb_array(decoded), None, None
     except rawpy.LibRawDataError as exc:
         raise corrupt_content(f"LibRaw: {exc}") from None
     except rawpy.LibRawTooBigError as exc:
         raise too_many_pixels(f"LibRaw: {exc}") from None
     except rawpy.LibRawError as exc:
         raise Unprocessable("decode_failed", f"LibRaw: {type(exc).__name__}: {exc}") from None
-    path, coder, stored = picture
+    source, coder, stored = picture
     # Previews and LibRaw's output carry no orientation of their own: the RAW's says it.
-    rendered = render(str(path), coder, job.workdir, stored=stored, orientation=orientation)
+    rendered = render(source, job.workdir, coder=coder, stored=stored, orientation=orientation)
     metadata = photo_metadata(exif, display_size(sensor, orientation))
     return Outcome(metadata=_warned(metadata, rendered.warnings), variants=rendered.variants)
 
@@ -199,7 +248,7 @@ def _video(job: Job, deadline: float) -> Outcome:
             break
     else:
         raise corrupt_content("ffmpeg could not decode a single video frame: " + "; ".join(complaints)[-300:])
-    rendered = render(str(frame), "ppm", job.workdir)
+    rendered = render(str(frame), job.workdir, coder="ppm")
     warnings = _ffmpeg_warnings(complaints) + rendered.warnings
     return Outcome(metadata=_warned(metadata, warnings), variants=rendered.variants)
 
@@ -219,7 +268,7 @@ def _pdf(job: Job, deadline: float) -> Outcome:
     )
     if not page.exists() or page.stat().st_size == 0:
         raise Unprocessable("decode_failed", "Ghostscript rendered no page")
-    rendered = render(str(page), "ppm", job.workdir)
+    rendered = render(str(page), job.workdir, coder="ppm")
     return Outcome(metadata=MediaMetadata(page_count=pages), variants=rendered.variants)
 
 
@@ -287,29 +336,47 @@ def _motion_poster(video: Path, at: float, deadline: float) -> Produced | None:
 # -- ImageMagick -------------------------------------------------------------------------------
 
 
+class Pixels(msgspec.Struct, frozen=True):
+    """A decoded 8-bit picture another library handed over (libheif, LibRaw): rows of `stride`
+    bytes, each `width` pixels of the `channels` ImageMagick names ("RGB", "RGBA", "I")."""
+
+    data: object  # a buffer: memoryview, numpy array
+    width: int
+    height: int
+    channels: str
+    stride: int
+
+
+_HEIF_CHANNELS = {"RGB": "RGB", "RGBA": "RGBA", "L": "I"}
+
+
 def render(
-    path: str,
-    coder: str,
+    source: str | Pixels,
     workdir: str,
     *,
+    coder: str | None = None,
     stored: Size | None = None,
     orientation: int | None = None,
     profile: bytes | None = None,
 ) -> Rendered:
-    """Decode frame 0 with the named coder; write every variant as stripped sRGB WebP.
+    """Decode a file's frame 0 with the named coder, or take decoded pixels; write every variant
+    as stripped sRGB WebP.
 
     `stored` is the picture's size from its header, given for JPEG only: libjpeg then decodes at
     the smallest 1/2, 1/4 or 1/8 scale still at least as large as the largest variant. The
     `orientation` overrides the picture's own (a RAW preview is oriented by the RAW's EXIF), and
-    `profile` is the ICC profile when the coder cannot read it from the file (HEIC).
+    `profile` is the ICC profile when the pixels come without one (HEIC).
     """
-    source = f"{coder}:{path}[0]"
     try:
         with Image() as img:
-            if stored is not None and coder == "jpeg":
-                hint = decode_hint(stored)
-                img.options["jpeg:size"] = f"{hint.width}x{hint.height}"
-            img.read(filename=source)
+            if isinstance(source, Pixels):
+                stored = stored or Size(source.width, source.height)
+                _constitute(img, _reduced(source))
+            else:
+                if stored is not None and coder == "jpeg":
+                    hint = decode_hint(stored)
+                    img.options["jpeg:size"] = f"{hint.width}x{hint.height}"
+                img.read(filename=f"{coder}:{source}[0]")
             warnings = _decoder_warnings(img)
             if stored is None:
                 stored = Size(img.width, img.height)
@@ -381,6 +448,37 @@ def _variants(source: Image, workdir: str, profile: bytes | None = None) -> tupl
     return tuple(produced)
 
 
+def _reduced(pixels: Pixels) -> Pixels:
+    """Pixels larger than the largest variant, area-averaged down to it in 8 bits by Pillow.
+
+    The same box filter as ImageMagick's ScaleImage (see FINAL_FILTER), before the pixels reach
+    ImageMagick instead of after: 0.07 s CPU for a 12 MP HEIC (0.04 s for a half-size 24 MP
+    RAW), where ImageMagick takes 0.16 s (0.09 s) on its 16-bit copy, which is also made of the
+    full picture instead of the variant.
+    """
+    target = decode_hint(Size(pixels.width, pixels.height))
+    if (target.width, target.height) == (pixels.width, pixels.height):
+        return pixels
+    mode = _PILLOW_MODES[pixels.channels]
+    picture = PIL.Image.frombuffer(mode, (pixels.width, pixels.height), pixels.data, "raw", mode, pixels.stride, 1)  # type: ignore[arg-type]
+    reduced = picture.resize((target.width, target.height), PIL.Image.Resampling.BOX)
+    return Pixels(reduced.tobytes(), target.width, target.height, pixels.channels, target.width * len(pixels.channels))
+
+
+_PILLOW_MODES = {"RGB": "RGB", "RGBA": "RGBA", "I": "L"}
+
+
+def _constitute(img: Image, pixels: Pixels) -> None:
+    """The pixels as `img`'s one frame, copied in by ImageMagick (no coder, no file)."""
+    rows = numpy.frombuffer(pixels.data, numpy.uint8).reshape(pixels.height, pixels.stride)  # type: ignore[call-overload]
+    packed = numpy.ascontiguousarray(rows[:, : pixels.width * len(pixels.channels)])  # a copy only if rows are padded
+    if not library.MagickConstituteImage(
+        img.wand, pixels.width, pixels.height, pixels.channels.encode(), _CHAR_PIXEL, packed.ctypes.data
+    ):
+        img.raise_exception()
+        raise Unprocessable("decode_failed", "ImageMagick could not take the decoded pixels")
+
+
 def _encode(img: Image, out: Path) -> None:
     with img:
         img.compression_quality = WEBP_QUALITY
@@ -422,7 +520,7 @@ def _declared_size(path: str, family: Family) -> Size | None:
             return declared_size(mapped, family)
 
 
-def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[Path, str, Size | None] | None:
+def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[str | Pixels, str | None, Size | None] | None:
     """The embedded preview as (file, coder, declared size), if large enough for the variants."""
     try:
         thumb = raw.extract_thumb()
@@ -435,20 +533,18 @@ def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[Path, str, Size | None] | 
         refuse_oversized(size, job.pixels, "RAW preview")
         path = Path(job.workdir, "preview.jpg")
         path.write_bytes(thumb.data)
-        return path, "jpeg", size
+        return str(path), "jpeg", size
     height, width = thumb.data.shape[:2]
     if max(width, height) < PREVIEW_MIN_LONG_EDGE or thumb.data.ndim != 3 or thumb.data.shape[2] != 3:
         return None
-    return _write_ppm(thumb.data, Path(job.workdir, "preview.ppm")), "ppm", None
+    return _rgb_array(thumb.data), None, None
 
 
-def _write_ppm(pixels: object, path: Path) -> Path:
-    """An 8-bit RGB array (height x width x 3) as a binary PPM for ImageMagick's PPM coder."""
-    height, width = pixels.shape[:2]  # type: ignore[attr-defined]
-    with path.open("wb") as out:
-        out.write(b"P6\n%d %d\n255\n" % (width, height))
-        out.write(memoryview(pixels).cast("B"))  # type: ignore[arg-type]
-    return path
+def _rgb_array(array: numpy.ndarray) -> Pixels:
+    """LibRaw's 8-bit RGB array (height x width x 3) as Pixels."""
+    height, width = array.shape[:2]
+    packed = numpy.ascontiguousarray(array, numpy.uint8)
+    return Pixels(packed, width, height, "RGB", width * 3)
 
 
 # -- damage and colour --------------------------------------------------------------------------
@@ -470,6 +566,7 @@ libmagick.GetImageException.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Excepti
 libmagick.GetImageException.restype = None
 libmagick.DestroyExceptionInfo.argtypes = [ctypes.POINTER(_ExceptionInfo)]
 libmagick.DestroyExceptionInfo.restype = ctypes.c_void_p
+_CHAR_PIXEL = 1  # MagickCore's StorageType CharPixel: one byte a channel
 library.MagickProfileImage.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 library.MagickProfileImage.restype = ctypes.c_int
 _WARNING_SEVERITIES = range(300, 400)  # ImageMagick's warning band (CorruptImageWarning is 325)
@@ -510,13 +607,47 @@ def _ffmpeg_warnings(complaints: list[str]) -> tuple[DecodeWarning, ...]:
 
 
 def _to_srgb(img: Image, profile: bytes) -> None:
-    """Convert from the picture's own ICC profile to sRGB (LittleCMS), then drop the profile."""
+    """Convert from the picture's own ICC profile to sRGB (LittleCMS), then drop the profile.
+
+    An RGB picture with an RGB profile (Display P3, Adobe RGB: nearly every tagged photo) goes
+    through LittleCMS in 8 bits, by Pillow's ImageCms: there LittleCMS joins the two matrix-shaper
+    profiles into one optimised transform, 0.15 s CPU for a 2560 x 1920 variant with the copies
+    out of and back into ImageMagick, where ImageMagick 6 takes 1.0 s (16-bit pixels through an
+    interpolated table). Any other pair (CMYK, grey) goes through ImageMagick.
+    """
+    channels = "RGBA" if img.alpha_channel else "RGB"
+    transform = _rgb_transform(profile, channels) if img.colorspace == "srgb" else None
+    if transform is not None:
+        width, height = img.width, img.height
+        pixels = bytearray(width * height * len(channels))
+        address = ctypes.addressof(ctypes.c_char.from_buffer(pixels))
+        if not library.MagickExportImagePixels(img.wand, 0, 0, width, height, channels.encode(), _CHAR_PIXEL, address):
+            img.raise_exception()
+        converted = ImageCms.applyTransform(PIL.Image.frombuffer(channels, (width, height), pixels, "raw", channels, 0, 1), transform)
+        assert converted is not None
+        if not library.MagickImportImagePixels(
+            img.wand, 0, 0, width, height, channels.encode(), _CHAR_PIXEL, converted.tobytes()
+        ):
+            img.raise_exception()
+        img.strip()
+        return
     for icc in (profile, SRGB_PROFILE):
         # The first call attaches the picture's profile; the second converts from it to sRGB.
         if not library.MagickProfileImage(img.wand, b"icc", icc, len(icc)):
             img.raise_exception()
             raise Unprocessable("decode_failed", "ImageMagick could not apply the picture's ICC profile")
     img.strip()
+
+
+def _rgb_transform(profile: bytes, channels: str) -> ImageCms.ImageCmsTransform | None:
+    """LittleCMS' transform from an RGB profile to sRGB, or None for a profile of another kind."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    except (OSError, ImageCms.PyCMSError):
+        return None  # ImageMagick then says what is wrong with it
+    if source.profile.xcolor_space != "RGB ":
+        return None
+    return ImageCms.buildTransform(source, _SRGB_CMS, channels, channels)
 
 
 def _ffprobe(path: str, demuxer: str, deadline: float) -> Probe | None:

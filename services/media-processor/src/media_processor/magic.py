@@ -15,8 +15,8 @@ import msgspec
 
 from rawdrive_contracts.formats import Family, declared_families
 
-# How a family is turned into pixels: ImageMagick, the RAW route, ffmpeg, Ghostscript.
-Route = Literal["image", "raw", "video", "pdf"]
+# How a family is turned into pixels: ImageMagick, libheif, LibRaw, ffmpeg, Ghostscript.
+Route = Literal["image", "heif", "raw", "video", "pdf"]
 
 # Enough for every signature below, including a TIFF's IFD0 and its Make string.
 HEAD_BYTES = 64 * 1024
@@ -34,7 +34,7 @@ DECODING: dict[Family, Decoding] = {
     "jpeg": Decoding("image", coder="jpeg"),
     "png": Decoding("image", coder="png"),
     "webp": Decoding("image", coder="webp"),
-    "heif": Decoding("image", coder="heic"),
+    "heif": Decoding("heif"),
     "cr2": Decoding("raw"),
     "nef": Decoding("raw"),
     "arw": Decoding("raw"),

@@ -5,8 +5,9 @@ policy (importing Wand takes about a second here; a fork takes milliseconds). Ea
 its own process group and caps its address space, CPU time and file sizes before touching the
 file; the programs it runs (ffmpeg, ffprobe, Ghostscript) inherit those limits; LibRaw (RAW)
 runs inside the child itself. When the
-deadline passes the parent kills the whole group, so a pixel flood, a decoder loop or a crash
-fails that one asset and the worker goes on serving.
+deadline (Limits.timeout_s, the only one: ImageMagick's policy sets none) passes the parent kills
+the whole group and reports a timeout, so a pixel flood, a decoder loop or a crash fails that one
+asset and the worker goes on serving.
 
 A decoder exploit must not hold the service's secrets: the forkserver is exec'd through a
 launcher with an empty environment plus what the decoders need (PATH, HOME and the temp dirs

@@ -1,4 +1,5 @@
-"""Variant geometry: which sizes to make from a picture, and what to ask the decoder for.
+"""Variant geometry: which sizes to make from a picture, what to ask the decoder for, and the
+WebP settings every variant is written with.
 
 Pure arithmetic. Long edges are fixed per variant, pictures are never upscaled, the aspect ratio
 is kept (rounded to whole pixels, never below 1), and EXIF orientations 5-8 swap width and height.
@@ -16,6 +17,15 @@ ExtraVariantName = Literal["motion", "motion_poster"]
 
 # Largest first: each variant is made from the one before it, which is cheaper than the original.
 LONG_EDGES: tuple[tuple[VariantName, int], ...] = (("large", 2560), ("medium", 1280), ("thumb", 320))
+
+# libwebp's effort (0 fast .. 6 small) and quality. The large encode is on the critical path of
+# every photo: method 4 (the default) takes ~0.55 s CPU for a 2560 px variant, method 0 ~0.12 s.
+# Method 0 does the least rate-distortion search, so it needs a higher quality for the same fidelity: at 83,
+# measured with ffmpeg against the unencoded variant (large and medium of a real phone photo, a
+# 12 MP and a 24 MP JPEG), SSIM and PSNR are equal or better than method 4 at 80 everywhere
+# (at 82 the 12 MP large falls short). The price is bytes: +21-38% for those variants.
+WEBP_QUALITY = 83
+WEBP_METHOD = 0
 
 
 class Size(msgspec.Struct, frozen=True):
@@ -57,7 +67,8 @@ def plan(display: Size) -> tuple[PlannedVariant, ...]:
 def decode_hint(stored: Size) -> Size:
     """The `jpeg:size` hint: the largest variant in the stored orientation, same aspect ratio.
 
-    libjpeg then decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this large. A hint
+    libjpeg then decodes at the smallest 1/2, 1/4 or 1/8 scale still at least this large; pixels
+    from libheif and LibRaw are reduced to exactly this before ImageMagick takes them. A hint
     with another aspect ratio (a square one) makes ImageMagick 6 ignore it and decode everything.
     """
     return fit(stored, LONG_EDGES[0][1])

@@ -193,7 +193,9 @@ def mount_tus(app: web.Application) -> None:
     partials = PartialUploads(store, open_tus_upload)
     routes = [
         *tus_routes(lambda _: store, tus_target, max_size=max_size),
-        *tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH),
+        # A partial exists once the creation endpoint made it: its own URL takes no POST.
+        *(r for r in tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH)
+          if r.method != "POST"),
         *creation_routes(store, open_tus_upload, partials, max_size=max_size),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too

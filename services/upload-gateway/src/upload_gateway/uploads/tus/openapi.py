@@ -125,8 +125,14 @@ _PARTIAL_NOTE = (
     "A partial upload (tus concatenation) made by the creation endpoint with `Upload-Concat: partial`: only "
     "the user who made it may send, read or terminate it, or name it in a final upload, which removes it."
 )
-PARTIAL_OPERATIONS = tuple(
+PARTIAL_OPERATIONS = (
     Operation(
+        method="OPTIONS", path=PARTIAL_PATH, operation_id="tusPartialOptions", tag="tus", auth="none",
+        description=_PARTIAL_NOTE, summary="tus capabilities",
+        replies=(Reply(204, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
+                                                    "Tus-Checksum-Algorithm")),),
+    ),
+    *(Operation(
         method=method, path=PARTIAL_PATH, operation_id=f"tusPartial{name}", tag="tus", description=_PARTIAL_NOTE,
         summary=summary, headers=headers, replies=(reply, *_TUS_ERRORS), problems=(401, 403, 404, 429),
         **({"body": bytes, "body_media_type": tus.PATCH_CONTENT_TYPE} if method == "PATCH" else {}),
@@ -142,5 +148,5 @@ PARTIAL_OPERATIONS = tuple(
         ), Reply(204, "Stored", headers=_OFFSET_HEADERS)),
         ("DELETE", "Terminate", "Terminate the partial upload", (_TUS_RESUMABLE,),
          Reply(204, "Terminated", headers=("Tus-Resumable",))),
-    )
+    )),
 )

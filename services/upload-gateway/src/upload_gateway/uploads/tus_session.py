@@ -178,11 +178,13 @@ def mount_tus(app: web.Application) -> None:
     """Add the tus endpoint at the session's upload_url and the workspace's creation endpoint,
     both through one PostgreSQL+S3 store, with each user's byte-sending requests limited
     (patch_limits); after create_app set GATEWAY."""
-    store = PostgresS3Store(app[GATEWAY].pool)
+    gw = app[GATEWAY]
+    store = PostgresS3Store(gw.pool)
     max_size = max(SIZE_LIMITS.values())
+    idle_timeout_s = gw.settings.tus_idle_timeout_s
     routes = [
-        *tus_routes(lambda _: store, tus_target, max_size=max_size),
-        *creation_routes(store, open_tus_upload, max_size=max_size),
+        *tus_routes(lambda _: store, tus_target, max_size=max_size, idle_timeout_s=idle_timeout_s),
+        *creation_routes(store, open_tus_upload, max_size=max_size, idle_timeout_s=idle_timeout_s),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
     document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS))

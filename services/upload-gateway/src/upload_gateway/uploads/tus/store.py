@@ -2,7 +2,7 @@
 store serialises the requests that change an upload with a `TusLock`, a separate part.
 
 `PostgresS3Store` (pg_store.py: bytes in one S3 multipart upload, state and the unaligned tail
-in PostgreSQL, PostgreSQL advisory locks) is the implementation the gateway runs; the tests run
+in PostgreSQL, leases in PostgreSQL: lease.py) is the implementation the gateway runs; the tests run
 the routes against an in-memory one as well. tus's concatenation extension is not offered, so
 the port has no `concatenate` yet: it comes with the extension and its first implementation.
 """
@@ -45,7 +45,9 @@ class TusLock(Protocol[Held_co]):
 
     def hold(self, upload_id: str) -> AbstractAsyncContextManager[Held_co]:
         """Hold the upload for the block, or raise protocol.UploadLocked (423) at once when another
-        request holds it; yields what the store records through while it holds the lock."""
+        request holds it; yields what the store records through while it holds the lock. Holding
+        must not tie up a scarce resource (a pooled connection) while a body streams: a slow
+        client would hold it for as long as it takes to send."""
         ...
 
 

@@ -29,7 +29,7 @@ its key, the completion is recorded instead.
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 
 import asyncpg
 import msgspec

@@ -18,7 +18,6 @@ long as the ingress lets a request live (an hour).
 """
 
 import asyncio
-
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any

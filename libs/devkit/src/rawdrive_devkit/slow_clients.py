@@ -16,6 +16,7 @@ generating them costs no CPU the gateway would miss.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ _NOISE = os.urandom(MIB)
 _MP4_SIGNATURE = b"\x00\x00\x00\x18ftypmp42"
 
 
+@functools.cache  # one copy per size, shared by every client sending it (100 x 16 MiB otherwise)
 def file_bytes(size: int) -> bytes:
     repeated = _NOISE * (size // MIB + 1)
     return (_MP4_SIGNATURE + repeated)[:size]

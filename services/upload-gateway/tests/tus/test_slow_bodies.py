@@ -129,3 +129,31 @@ async def test_a_lease_left_by_a_dead_gateway_is_refused_until_it_runs_out_then_
     await sql(gateway, "UPDATE tus_leases SET expires_at = now() - interval '1 second' WHERE upload_id = $1", upload_id)
     assert (await patch(http, url, 0, data)).status == 204
     assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_bodies_slower_than_the_lease_ttl_keep_their_uploads_by_renewal(gateway, http, storage):
+    base = await gateway.instance(lease_ttl_s=2.0)  # renewed every 0.5 s, given up after 1.5 s unrenewed
+    data = os.urandom(PART + MiB)
+    sessions = [gateway.session(len(data)) for _ in range(3)]
+    for session in sessions:
+        await create(http, tus_url(base, session), len(data))
+    arrived = [asyncio.Event() for _ in sessions]
+    release = asyncio.Event()
+
+    async def slow_body(index: int):
+        yield data[:MiB]
+        arrived[index].set()
+        await release.wait()
+        yield data[MiB:]
+
+    patches = [
+        asyncio.create_task(patch(http, tus_url(base, s), 0, slow_body(i), **{"Content-Length": str(len(data))}))
+        for i, s in enumerate(sessions)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in arrived)), 30)
+    await asyncio.sleep(4.0)  # twice the ttl: only renewals keep the leases
+    assert await sql(gateway, "SELECT count(*) FROM tus_leases WHERE expires_at > now()") == len(sessions)
+    release.set()
+    assert [response.status for response in await asyncio.gather(*patches)] == [204] * len(sessions)
+    for session in sessions:
+        assert await object_bytes(storage, session.target.object_key) == data

@@ -4,8 +4,10 @@ checked by every write of the upload's row in that write's own short transaction
 
 Why not a session advisory lock any more: it pinned one pooled connection per request for as long
 as its body arrived, so ten phones on slow links filled a pool of ten and every other request
-of the pod waited (issue 21). A lease is a row: claiming, renewing and releasing it each borrow a
-connection for one statement.
+of the pod waited (issue 21). A lease is a row: claiming and releasing it each borrow a
+connection for one statement, and one statement renews every lease the process holds, every few
+seconds, however many bodies stream (one renewal per request was 20 statements a second at 100
+slow clients, enough to fill a pool on a starved CPU).
 
 Correctness rests on the fence, not on timing: `Lease.record()` opens a transaction whose first
 statement extends the lease only if this request still holds it (and keeps the row locked until
@@ -70,8 +72,9 @@ def lease_status(terms: LeaseTerms, *, confirmed_at: float, lost: bool, now: flo
 
 
 def renewal_delay_s(terms: LeaseTerms, *, confirmed_at: float, now: float, failures: int) -> float:
-    """Seconds until the next renewal attempt: at the schedule, or after a failed attempt soon
-    again (a second, then two...) while the lease can still be saved."""
+    """Seconds until the next renewal of the process's leases, the last one having succeeded at
+    `confirmed_at`: at the schedule, or after a failed attempt soon again (a second, then two...)
+    while the leases can still be saved."""
     if failures:
         return min(float(2 ** (failures - 1)), terms.renew_every_s)
     return max(0.0, confirmed_at + terms.renew_every_s - now)
@@ -94,6 +97,11 @@ _RENEW = """
     UPDATE tus_leases SET expires_at = now() + make_interval(secs => $3)
     WHERE upload_id = $1 AND holder = $2
     RETURNING true"""
+_RENEW_ALL = """
+    UPDATE tus_leases AS lease SET expires_at = now() + make_interval(secs => $3)
+    FROM unnest($1::text[], $2::uuid[]) AS held (upload_id, holder)
+    WHERE lease.upload_id = held.upload_id AND lease.holder = held.holder
+    RETURNING lease.upload_id, lease.holder"""
 _RELEASE = "DELETE FROM tus_leases WHERE upload_id = $1 AND holder = $2"
 
 
@@ -127,40 +135,25 @@ class Lease:
             if not await conn.fetchval(_RENEW, self.upload_id, self._holder, self._terms.ttl_s):
                 self._lost = True
                 raise LeaseLost("another request took over this upload")
-            self._confirmed_at = sent
+            self._confirmed(sent)
             yield conn
 
-    async def keep(self) -> None:
-        """Renew on schedule until cancelled or lost. A failed renewal (database down, pool busy)
-        is retried; only the database saying the lease is someone else's, or the time running
-        out, loses it."""
-        failures = 0
-        while True:
-            await asyncio.sleep(renewal_delay_s(
-                self._terms, confirmed_at=self._confirmed_at, now=time.monotonic(), failures=failures
-            ))
-            if self.status() == "lost":
-                return
-            sent = time.monotonic()
-            try:
-                renewed = await self._pool.fetchval(_RENEW, self.upload_id, self._holder, self._terms.ttl_s)
-            except Exception as error:  # noqa: BLE001 - any failure: try again while time is left
-                failures += 1
-                log.warning("tus lease renewal failed", extra={"upload_id": self.upload_id, "error": repr(error)})
-                continue
-            if not renewed:
-                self._lost = True
-                return
-            failures = 0
-            self._confirmed_at = sent
+    def _confirmed(self, sent: float) -> None:
+        self._confirmed_at = max(self._confirmed_at, sent)
+
+    def _taken(self) -> None:
+        self._lost = True
 
 
 class LeaseLock:
-    """A TusLock over PostgreSQL leases (any instance): yields the Lease the store records through."""
+    """A TusLock over PostgreSQL leases (any instance): yields the Lease the store records
+    through. One per process (the store's): it renews every lease it holds in one statement."""
 
     def __init__(self, pool: asyncpg.Pool, terms: LeaseTerms | None = None):
         self._pool = pool
         self._terms = terms or LeaseTerms()
+        self._held: dict[tuple[str, uuid.UUID], Lease] = {}
+        self._keeper: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[Lease]:
@@ -169,13 +162,44 @@ class LeaseLock:
         if not await self._pool.fetchval(_CLAIM, upload_id, holder, self._terms.ttl_s):
             raise UploadLocked("another request is writing this upload")
         lease = Lease(self._pool, upload_id, holder, self._terms, sent)
-        keeper = asyncio.ensure_future(lease.keep())
+        self._held[(upload_id, holder)] = lease
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.ensure_future(self._keep())
         try:
             yield lease
         finally:
-            keeper.cancel()
+            del self._held[(upload_id, holder)]
             # Shielded: a cancelled request still frees the upload for its client's retry at once.
             await asyncio.shield(self._release(upload_id, holder))
+
+    async def _keep(self) -> None:
+        """Renew every held lease on schedule, while any is held. A failed renewal (database
+        down, pool busy) is retried; only the database no longer naming a request as the holder,
+        or the time running out (Lease.check), loses a lease."""
+        last_success, failures = time.monotonic(), 0
+        while self._held:
+            await asyncio.sleep(renewal_delay_s(self._terms, confirmed_at=last_success, now=time.monotonic(),
+                                                failures=failures))  # fmt: skip
+            held = list(self._held.items())
+            if not held:
+                return
+            sent = time.monotonic()
+            try:
+                renewed = await self._pool.fetch(
+                    _RENEW_ALL, [upload_id for (upload_id, _), _ in held], [holder for (_, holder), _ in held],
+                    self._terms.ttl_s,
+                )
+            except Exception as error:  # noqa: BLE001 - any failure: try again while time is left
+                failures += 1
+                log.warning("tus lease renewal failed", extra={"leases": len(held), "error": repr(error)})
+                continue
+            last_success, failures = sent, 0
+            still_ours = {(row["upload_id"], row["holder"]) for row in renewed}
+            for key, lease in held:
+                if key in still_ours:
+                    lease._confirmed(sent)
+                elif key in self._held:  # not released meanwhile: another request has the upload
+                    lease._taken()
 
     async def _release(self, upload_id: str, holder: uuid.UUID) -> None:
         try:

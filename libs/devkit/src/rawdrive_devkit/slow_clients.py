@@ -5,7 +5,8 @@ Slow clients reach the gateway through a FaultProxy capping each connection's ba
 on a poor link); each opens a session, creates its tus upload and sends the whole file in one
 PATCH, as tus-js-client does by default. Fast clients talk to the gateway directly and send 5 MiB
 PATCHes. The fast ones upload alone (unloaded), then while every slow PATCH is streaming
-(loaded), then alone again once the slow ones are done. Meanwhile `/readyz` is polled as a kubelet would (1 s timeout) and `/metrics` is read
+(loaded), then alone again once the slow ones are done. Meanwhile `/readyz` is polled with the
+deployed probe's timeout (3 s), more often than a kubelet does, and `/metrics` is read
 for the pool's connections in use, its acquire timeouts and the uploads in flight.
 
 Every client is its own user (the gateway limits tus requests per user and replica), a member
@@ -20,6 +21,7 @@ import functools
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,6 +33,8 @@ MIB = 1024 * 1024
 TUS_CHUNK = 5 * MIB
 _NOISE = os.urandom(MIB)
 _MP4_SIGNATURE = b"\x00\x00\x00\x18ftypmp42"
+# deploy/k8s/base/upload-gateway.yaml's readinessProbe timeoutSeconds.
+PROBE_TIMEOUT_S = 3.0
 
 
 @functools.cache  # one copy per size, shared by every client sending it (100 x 16 MiB otherwise)
@@ -45,6 +49,7 @@ class Observed:
 
     statuses: Counter[int] = field(default_factory=Counter)  # every answer a client got
     readyz: Counter[str] = field(default_factory=Counter)  # "200", "503", "timeout", ...
+    readyz_failures_in_a_row: int = 0  # at most (the deployed probe turns unready at 2)
     pool_in_use: list[tuple[float, float]] = field(default_factory=list)  # (monotonic time, connections)
     pool_max: float = 0.0
     acquire_timeouts: float = 0.0
@@ -161,16 +166,20 @@ class _Clients:
 
 
 async def _watch_readiness(gateway_url: str, observed: Observed, stop: asyncio.Event) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+    in_a_row = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as http:
         while not stop.is_set():
             try:
                 async with http.get(f"{gateway_url}/readyz") as response:
-                    observed.readyz[str(response.status)] += 1
+                    answer = str(response.status)
             except TimeoutError:
-                observed.readyz["timeout"] += 1
+                answer = "timeout"
             except aiohttp.ClientError as error:
-                observed.readyz[type(error).__name__] += 1
-            await asyncio.sleep(0.25)
+                answer = type(error).__name__
+            observed.readyz[answer] += 1
+            in_a_row = 0 if answer == "200" else in_a_row + 1
+            observed.readyz_failures_in_a_row = max(observed.readyz_failures_in_a_row, in_a_row)
+            await asyncio.sleep(0.5)
 
 
 async def _watch_metrics(gateway_url: str, observed: Observed, stop: asyncio.Event) -> None:
@@ -200,25 +209,33 @@ async def _watch_metrics(gateway_url: str, observed: Observed, stop: asyncio.Eve
 
 async def run(
     gateway_url: str, slow_url: str, *, secret: str, workspace: str, slow: int, slow_size: int, fast: int,
-    fast_size: int,
+    fast_size: int, phase: Callable[[str], None] = lambda name: None,
 ) -> Report:
-    """The scenario: `slow_url` is the FaultProxy in front of `gateway_url`."""
+    """The scenario: `slow_url` is the FaultProxy in front of `gateway_url`. `phase(name)` is
+    called as each phase starts: unloaded, opening (the slow sessions), loaded, draining (the
+    slow bodies finish), unloaded_after, end."""
     observed = Observed()
     clients = _Clients(gateway_url, slow_url, secret, workspace, observed)
     stop = asyncio.Event()
     watchers = [asyncio.create_task(_watch_readiness(gateway_url, observed, stop)),
                 asyncio.create_task(_watch_metrics(gateway_url, observed, stop))]  # fmt: skip
     try:
+        phase("unloaded")
         unloaded = await clients.fast_round(fast, fast_size)
+        phase("opening")
         uploads = [SlowUpload(slow_size) for _ in range(slow)]
         slow_tasks = [asyncio.create_task(clients.slow_upload(i, u)) for i, u in enumerate(uploads)]
         await asyncio.gather(*(u.patching.wait() for u in uploads))
         await asyncio.sleep(1.0)  # every slow body is on its way
         all_streaming_from = time.monotonic()
+        phase("loaded")
         loaded = await clients.fast_round(fast, fast_size)
         streaming = sum(1 for task in slow_tasks if not task.done())
+        phase("draining")
         await asyncio.gather(*slow_tasks)
+        phase("unloaded_after")
         unloaded_after = await clients.fast_round(fast, fast_size)
+        phase("end")
     finally:
         stop.set()
         await asyncio.gather(*watchers, return_exceptions=True)

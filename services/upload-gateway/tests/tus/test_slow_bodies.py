@@ -47,9 +47,15 @@ async def test_more_streaming_bodies_than_pool_connections_hold_none_and_others_
         for i, s in enumerate(sessions)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in arrived)), 30)
-    await asyncio.sleep(0.5)  # every request has claimed its upload and is waiting for bytes
-    assert await in_use(pool) == 0
-    assert await sql(gateway, "SELECT count(*) FROM tus_leases") == len(sessions)
+    # Every request claims its upload and reads its row, then waits for bytes holding no
+    # connection: the pool empties (on a loaded machine the claims take a moment). A lock held
+    # on a pooled connection would keep all 20 lent out, and 5 requests waiting, for good.
+    for _ in range(400):
+        claimed = await sql(gateway, "SELECT count(*) FROM tus_leases")
+        if claimed == len(sessions) and await in_use(pool) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (claimed, await in_use(pool)) == (len(sessions), 0)
     # Another upload is served meanwhile, at once.
     other = gateway.session(100)
     await create(http, tus_url(base, other), 100)
@@ -106,10 +112,14 @@ async def test_a_request_whose_lease_was_taken_over_records_nothing_and_answers_
 
     slow = asyncio.create_task(patch(http, url, 0, slow_body(), **{"Content-Length": str(len(data))}))
     await started.wait()
-    await asyncio.sleep(0.3)
-    # As if the lease had run out and another gateway's request had claimed the upload.
-    taken = await sql(gateway, "UPDATE tus_leases SET holder = gen_random_uuid() WHERE upload_id = $1 RETURNING true",
-                      session.target.upload_id)  # fmt: skip
+    # As if the lease had run out and another gateway's request had claimed the upload (once the
+    # server has claimed it).
+    for _ in range(400):
+        taken = await sql(gateway, "UPDATE tus_leases SET holder = gen_random_uuid() WHERE upload_id = $1 RETURNING true",
+                          session.target.upload_id)  # fmt: skip
+        if taken:
+            break
+        await asyncio.sleep(0.05)
     assert taken
     release.set()
     assert (await slow).status == 423

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench_stack import JWT_SECRET, bench_stack
@@ -130,8 +131,10 @@ def main() -> int:
     if slow_kib_s:
         print(f"slow uploads completed: {len(done)}/{args.slow}; KiB/s each: min {slow_kib_s[0]:.0f}, "
               f"median {statistics.median(slow_kib_s):.0f}, max {slow_kib_s[-1]:.0f} (link cap {args.slow_kib_s})")
-    for error in observed.errors[:10]:
-        print(f"  client error: {error}")
+    # "slow-7: AssertionError('tus creation: 503 {...')" -> "AssertionError('tus creation: 503", counted.
+    kinds = Counter(error.split(": ", 1)[-1].split(" {")[0][:100] for error in observed.errors)
+    for kind, count in kinds.most_common():
+        print(f"  client errors: {count} x {kind}")
     print("gateway process per phase: wall s, CPU s (cores), s waiting for a CPU")
     for name, wall, cpu, wait in phases.rows():
         print(f"  {name:<15} {wall:7.1f} {cpu:7.1f} ({cpu / wall:.2f}) {wait:7.1f}")

@@ -1,7 +1,7 @@
 """Slow clients on one gateway (issue 21): 100 tus clients at 256 KiB/s each plus 5 fast ones.
 
     .venv/bin/python bench/slow_clients_bench.py [--slow 100] [--slow-kib-s 256] [--slow-size-mib 24]
-        [--fast 5] [--fast-size-mib 30] [--json PATH]
+        [--fast 5] [--fast-size-mib 100] [--json PATH]
 
 Starts its own NATS, PostgreSQL and SeaweedFS and one gateway process with its default pool (10
 connections); the slow clients reach it through a FaultProxy (in a child process of its own, so
@@ -94,7 +94,7 @@ def main() -> int:
     parser.add_argument("--slow-kib-s", type=int, default=256)
     parser.add_argument("--slow-size-mib", type=int, default=24)
     parser.add_argument("--fast", type=int, default=5)
-    parser.add_argument("--fast-size-mib", type=int, default=30)
+    parser.add_argument("--fast-size-mib", type=int, default=100)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here (for run_all.py)")
     args = parser.parse_args()
 

@@ -12,8 +12,9 @@ run: the fast clients' MiB/s alone (before and after) and while every slow body 
 ratio (target >= 0.8x), /readyz answers (target: all 200), 5xx answers (target 0), the pool's
 connections in use while the slow bodies stream against its size, acquire timeouts, uploads in
 flight at most, and each slow client's KiB/s (every upload completes, near its link's cap).
-Per phase, the gateway process's CPU time and its time waiting for a CPU (/proc/PID/schedstat
-of its threads): on a shared machine the second says how much of a slowdown is the machine's.
+Per phase, the CPU time and the time waiting for a CPU (/proc/PID/task/*/schedstat) of the
+gateway process and of this one (the clients): on a shared machine they say how much of a
+slowdown is the machine's, and whether the gateway or the clients ran out of CPU.
 """
 
 from __future__ import annotations
@@ -74,18 +75,18 @@ def schedstat_s(pid: int) -> tuple[float, float]:
 
 
 class Phases:
-    """The gateway's CPU and CPU wait per phase of the scenario."""
+    """CPU and CPU wait per phase of the scenario, of the gateway and of this process (the clients)."""
 
     def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.marks: list[tuple[str, float, float, float]] = []  # (phase, wall, cpu, wait)
+        self.pids = (pid, os.getpid())
+        self.marks: list[tuple[str, float, tuple[float, ...]]] = []  # (phase, wall, cpu and wait of each)
 
     def __call__(self, name: str) -> None:
-        self.marks.append((name, time.monotonic(), *schedstat_s(self.pid)))
+        self.marks.append((name, time.monotonic(), sum((schedstat_s(pid) for pid in self.pids), ())))
 
-    def rows(self) -> list[tuple[str, float, float, float]]:
-        return [(name, wall2 - wall, cpu2 - cpu, wait2 - wait)
-                for (name, wall, cpu, wait), (_, wall2, cpu2, wait2) in zip(self.marks, self.marks[1:])]
+    def rows(self) -> list[tuple[str, float, list[float]]]:
+        return [(name, wall2 - wall, [b - a for a, b in zip(stats, stats2)])
+                for (name, wall, stats), (_, wall2, stats2) in zip(self.marks, self.marks[1:])]
 
 
 def main() -> int:
@@ -135,9 +136,10 @@ def main() -> int:
     kinds = Counter(error.split(": ", 1)[-1].split(" {")[0][:100] for error in observed.errors)
     for kind, count in kinds.most_common():
         print(f"  client errors: {count} x {kind}")
-    print("gateway process per phase: wall s, CPU s (cores), s waiting for a CPU")
-    for name, wall, cpu, wait in phases.rows():
-        print(f"  {name:<15} {wall:7.1f} {cpu:7.1f} ({cpu / wall:.2f}) {wait:7.1f}")
+    print("per phase: wall s | gateway: CPU s (cores), s waiting for a CPU | clients (this process): the same")
+    for name, wall, (cpu, wait, client_cpu, client_wait) in phases.rows():
+        print(f"  {name:<15} {wall:7.1f} | {cpu:6.1f} ({cpu / wall:.2f}) {wait:6.1f} | "
+              f"{client_cpu:6.1f} ({client_cpu / wall:.2f}) {client_wait:6.1f}")
     print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
 
     ready = observed.readyz_failures_in_a_row < 2

@@ -39,9 +39,11 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "thumbnail_bench": ("thumbnail_bench.py", [], ["--rounds", "1"]),
     "load": ("load.py", [], ["--uploads", "8", "--single-rounds", "3"]),
     # The same batch with at most 8 uploads in flight: the pipeline's figures even while 50 at once
-    # stall the gateway (every PATCH holds a pool connection and asks for a second one; pool of 10).
+    # stalled the gateway (before issue 21 every PATCH held a pool connection; pool of 10).
     "load_8_at_a_time": ("load.py", ["--concurrency", "8", "--single-rounds", "0"],
                          ["--uploads", "8", "--concurrency", "4", "--single-rounds", "0"]),
+    "slow_clients_bench": ("slow_clients_bench.py", [],
+                           ["--slow", "30", "--slow-size-mib", "8", "--fast", "3", "--fast-size-mib", "20"]),
 }
 
 

@@ -151,3 +151,31 @@ async def test_s3_check_passes_for_the_bucket_and_fails_with_a_wrong_secret(s3_s
     finally:
         await good.close()
         await bad.close()
+
+
+def dependency_up(name: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("rawdrive_dependency_up", {"dependency": name})
+
+
+async def test_dependencies_that_do_not_gate_readiness_go_to_the_gauge_only(client_for):
+    # The gateway's choice: NATS or storage having a bad minute must not take the pod out of rotation.
+    health = Health(timeout_s=0.2, dependencies_gate_readiness=False)
+    health.add_dependency("nats", passing)
+    health.add_dependency("s3", failing)
+    health.add_dependency("postgres", hanging)
+    response = await (await client_for(health)).get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready", "failing": [], "checks": {}}
+    await health.sample_dependencies()
+    assert (dependency_up("nats"), dependency_up("s3"), dependency_up("postgres")) == (1.0, 0.0, 0.0)
+
+
+async def test_dependencies_gate_readiness_by_default_as_workers_keep_them(client_for):
+    health = Health(timeout_s=0.2)
+    health.add_check("serving", passing)
+    health.add_dependency("nats", failing)
+    response = await (await client_for(health)).get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["failing"] == ["nats"]

@@ -690,8 +690,9 @@ async def test_bytes_sent_over_tus_show_as_received_on_the_session(harness):
 
 
 async def test_more_concurrent_tus_uploads_than_pool_connections_all_complete(harness):
-    # Each tus request holds a pool connection for its upload's lock; nothing it does while
-    # locked may need a second one, or a full pool deadlocks (seen at 50 concurrent uploads).
+    # More uploads at once than the pool has connections: a tus request holds none while its
+    # body streams (a lease, uploads/tus/lease.py); when it held one for its lock and asked for a
+    # second, a full pool deadlocked (seen at 50 concurrent uploads).
     size = 6 * MIB  # one 5 MiB part and a tail: progress is recorded mid-body
     uploads = [await harness.create(size_bytes=size) for _ in range(40)]  # the pool holds 10
     # One user sends them all: lift that user's limit on concurrent PATCHes (test_quotas.py).
@@ -710,7 +711,7 @@ async def test_more_concurrent_tus_uploads_than_pool_connections_all_complete(ha
         async def slow_body():
             for _ in range(6):
                 yield os.urandom(MIB)
-                await asyncio.sleep(0.2)  # keep every upload's lock held at the same time
+                await asyncio.sleep(0.2)  # keep every upload's body streaming at the same time
 
         headers |= {"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
                     "Content-Length": str(size)}

@@ -4,17 +4,31 @@ Each service owns its data in its own schema (`gateway`, `verifier`...); its poo
 points there, so SQL stays unqualified. Migrations are plain `NNNN_name.sql` files applied in
 order, each in its own transaction, under an advisory lock: several replicas starting at once
 apply each file exactly once. An applied file that was edited afterwards stops the start-up.
+
+A pool made by `create_pool` may bound how long anything waits for one of its connections
+(`acquire_timeout_s`): past it, PoolExhausted, which is in DATABASE_DOWN (retry later) and which
+the gateway answers with 503 and Retry-After, instead of requests queueing without end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Generator
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from types import TracebackType
+from typing import Any
 
 import asyncpg
+import asyncpg.pool
 import msgspec
+
+from rawdrive_platform.metrics import DB_POOL_ACQUIRE_TIMEOUTS
+
+
+class PoolExhausted(Exception):
+    """No pooled connection came free within the pool's acquire timeout: retry later."""
 
 # What asyncpg raises while PostgreSQL restarts or a connection breaks: retry later. It includes
 # InternalClientError, seen when a pool connection broke mid-reset during a server restart.
@@ -23,6 +37,7 @@ DATABASE_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+    PoolExhausted,
 )
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -108,10 +123,60 @@ async def migrate(dsn: str, schema: str, service_migrations: Traversable) -> lis
     return applied
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+class BoundedPool(asyncpg.Pool):
+    """An asyncpg pool whose every acquire (also inside `pool.fetch...`) waits at most
+    `acquire_timeout_s` (None: for ever), then raises PoolExhausted."""
+
+    def __init__(self, *args: Any, schema: str, acquire_timeout_s: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.schema = schema
+        self.acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> _Acquiring:  # type: ignore[override]
+        timeout = self.acquire_timeout_s if timeout is None else timeout
+        return _Acquiring(super().acquire(timeout=timeout), self.schema, timeout)
+
+
+class _Acquiring:
+    """asyncpg's acquire context (`async with` or `await`), with its timeout as PoolExhausted."""
+
+    __slots__ = ("_inner", "_schema", "_timeout_s")
+
+    def __init__(self, inner: asyncpg.pool.PoolAcquireContext, schema: str, timeout_s: float | None) -> None:
+        self._inner = inner
+        self._schema = schema
+        self._timeout_s = timeout_s
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            return await self._inner.__aenter__()
+        except TimeoutError:
+            DB_POOL_ACQUIRE_TIMEOUTS.labels(self._schema).inc()
+            raise PoolExhausted(f"no database connection came free within {self._timeout_s:g} s") from None
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)
+
+    def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
+        return self.__aenter__().__await__()
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float | None = None
+) -> asyncpg.Pool:
+    pool = BoundedPool(
         dsn,
+        schema=_check_schema(schema),
+        acquire_timeout_s=acquire_timeout_s,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"search_path": _check_schema(schema), "application_name": f"rawdrive-{schema}"},
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        server_settings={"search_path": schema, "application_name": f"rawdrive-{schema}"},
     )
+    return await pool

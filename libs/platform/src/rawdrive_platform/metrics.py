@@ -17,7 +17,7 @@ from types import TracebackType
 import asyncpg
 from aiohttp import web
 from nats.js import JetStreamContext
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from rawdrive_platform.bus import DEADLETTER_STREAM
 
@@ -45,6 +45,31 @@ OUTBOX_OLDEST_AGE = Gauge(
     "rawdrive_outbox_oldest_row_age_seconds",
     "Age of the oldest outbox row of this service not yet published (0 when none waits)",
 )
+
+# -- dependencies and the database pool --------------------------------------------------------
+DEPENDENCY_UP = Gauge(
+    "rawdrive_dependency_up",
+    "1 while the last check of a dependency (nats, postgres, s3) passed, else 0; sampled. The "
+    "gateway's readiness does not follow it: alerts do",
+    ["dependency"],
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "rawdrive_db_pool_connections",
+    "PostgreSQL pool connections of this process: in_use (lent out) and max, at scrape time",
+    ["schema", "state"],
+)
+DB_POOL_ACQUIRE_TIMEOUTS = Counter(
+    "rawdrive_db_pool_acquire_timeouts",
+    "Waits for a pooled PostgreSQL connection that ran out of time (the gateway answered 503)",
+    ["schema"],
+)
+
+
+def watch_pool(pool: asyncpg.Pool, schema: str) -> None:
+    """Read `pool`'s connections into DB_POOL_CONNECTIONS whenever /metrics is scraped."""
+    DB_POOL_CONNECTIONS.labels(schema, "in_use").set_function(lambda: pool.get_size() - pool.get_idle_size())
+    DB_POOL_CONNECTIONS.labels(schema, "max").set_function(pool.get_max_size)
+
 
 class Stopwatch:
     """Observes the seconds a `with` block took into `histogram`, under the kind known by its end

@@ -15,7 +15,9 @@ fetches no more), then connections close in reverse order of opening. A worker t
 stops the whole process with a non-zero exit, so the orchestrator restarts it.
 
 The health port also serves `/metrics`; the Runtime samples the lag and dead letters of every
-consumer it runs and the backlog of every outbox it relays (`metrics`).
+consumer it runs, the backlog of every outbox it relays and the health of every dependency it
+opened (`metrics`). Readiness fails once the service is stopping; whether it also follows the
+dependencies is the service's choice (`serve_health`, see health.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from nats.js import JetStreamContext
 from rawdrive_platform import bus, db, metrics
 from rawdrive_platform.config import CommonSettings, ConfigError, load_settings
 from rawdrive_platform.consumers import HandlerTable
-from rawdrive_platform.health import Health, nats_check, postgres_check, s3_check
+from rawdrive_platform.health import CheckFailed, Health, nats_check, postgres_check, s3_check
 from rawdrive_platform.outbox import Relay
 from rawdrive_platform.profiles import ProfileResolver, master_key, profile_resolver
 from rawdrive_platform.storage import Storage, StorageRegistry, managed_storage_profile
@@ -82,23 +84,30 @@ class Runtime:
         if self._nc is None:
             self._nc = await bus.connect(self.settings, name=self.name)
             self._exit.push_async_callback(self._nc.drain)
-            self.health.add_check("nats", nats_check(self._nc))
+            self.health.add_dependency("nats", nats_check(self._nc))
         return self._nc.jetstream()
 
-    async def database(self, schema: str, migrations: Traversable) -> asyncpg.Pool:
-        """Apply this service's migrations, then open its pool (search_path = its schema)."""
+    async def database(
+        self, schema: str, migrations: Traversable, *, max_size: int = 10, acquire_timeout_s: float | None = None
+    ) -> asyncpg.Pool:
+        """Apply this service's migrations, then open its pool (search_path = its schema) of at
+        most `max_size` connections; a wait for one longer than `acquire_timeout_s` raises
+        db.PoolExhausted. Its connections in use are on /metrics."""
         applied = await db.migrate(self.settings.database_url, schema, migrations)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
-        pool = await db.create_pool(self.settings.database_url, schema)
+        pool = await db.create_pool(
+            self.settings.database_url, schema, max_size=max_size, acquire_timeout_s=acquire_timeout_s
+        )
         self._exit.push_async_callback(pool.close)
-        self.health.add_check("postgres", postgres_check(pool))
+        self.health.add_dependency("postgres", postgres_check(pool))
+        metrics.watch_pool(pool, schema)
         return pool
 
     async def managed_storage(self) -> Storage:
         """The platform's own bucket; other profiles come from `self.storages` on demand."""
         storage = await self.storages.get(managed_storage_profile(self.settings))
-        self.health.add_check("s3", s3_check(storage))
+        self.health.add_dependency("s3", s3_check(storage))
         return storage
 
     async def storage_resolver(self) -> ProfileResolver:
@@ -147,8 +156,15 @@ class Runtime:
     def start(self, worker: Worker, *, name: str | None = None) -> None:
         self._workers.append(asyncio.create_task(worker(self.stop), name=name or getattr(worker, "__qualname__", None)))
 
-    async def serve_health(self, app: web.Application | None = None, port: int | None = None) -> None:
-        """Serve /livez, /readyz and /metrics, on `app` (which then serves everything) or on its own."""
+    async def serve_health(
+        self, app: web.Application | None = None, port: int | None = None, *, ready_on_dependencies: bool = True
+    ) -> None:
+        """Serve /livez, /readyz and /metrics, on `app` (which then serves everything) or on its own.
+        `ready_on_dependencies=False`: readiness says only whether this process can serve (not
+        stopping); the dependencies go to rawdrive_dependency_up alone."""
+        self.health.dependencies_gate_readiness = ready_on_dependencies
+        self.health.add_check("serving", self._serving)
+        self._samplers["dependencies"] = self.health.sample_dependencies
         app = app if app is not None else web.Application()
         self.health.mount(app)
         metrics.mount(app)
@@ -156,6 +172,10 @@ class Runtime:
         await runner.setup()
         await web.TCPSite(runner, "0.0.0.0", port or self.settings.health_port).start()
         self._exit.push_async_callback(runner.cleanup)
+
+    async def _serving(self) -> None:
+        if self.stop.is_set():
+            raise CheckFailed("stopping")
 
     async def _sample(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

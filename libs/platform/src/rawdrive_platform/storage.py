@@ -528,8 +528,12 @@ class Storage:
         args = _client_args(profile) | {"config": _async_client_config(profile)}
         client = await closer.enter_async_context(_boto_session().client("s3", **args))
         resolver = _CheckedResolver(profile.endpoint_policy) if profile.checked else None
+        # No connection limit for streamed parts: each is fed at its client's pace (a phone at
+        # 256 KiB/s holds one for 20 s a part), so a fixed limit let slow clients' parts queue
+        # every other upload's behind them. They are bounded anyway: at most two per tus request
+        # in flight, the load the gateway scales on.
         http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, resolver=resolver),
+            connector=aiohttp.TCPConnector(limit=0, resolver=resolver),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=60),
         )
         closer.push_async_callback(http.close)

@@ -21,7 +21,9 @@ async def main(runtime: Runtime) -> None:
     assert isinstance(settings, Settings)
     tokens = token_verifier(settings)  # refuses to start without a way to check tokens
     js = await runtime.jetstream()
-    pool = await runtime.database("gateway", MIGRATIONS)
+    pool = await runtime.database(
+        "gateway", MIGRATIONS, max_size=settings.db_pool_max_size, acquire_timeout_s=settings.db_pool_acquire_timeout_s
+    )
     storage = await runtime.managed_storage()
     profiles = await runtime.storage_resolver()
     runtime.relay(pool, js)
@@ -31,7 +33,9 @@ async def main(runtime: Runtime) -> None:
     gateway = Gateway(settings=settings, pool=pool, storage=storage, tokens=tokens, profiles=profiles)
     console = [console_mount(settings, js)] if settings.console else []
     app = create_app(gateway, mounts=[mount_tus, mount_storage_profiles, *console])
-    await runtime.serve_health(app, port=settings.http_port)
+    # Readiness: this pod can serve. NATS, PostgreSQL and storage outages are answered per request
+    # (503 with Retry-After) and watched through rawdrive_dependency_up, not by leaving rotation.
+    await runtime.serve_health(app, port=settings.http_port, ready_on_dependencies=False)
 
 
 if __name__ == "__main__":

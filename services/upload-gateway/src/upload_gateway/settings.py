@@ -40,3 +40,9 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     max_bytes_in_flight_per_workspace: Annotated[int, msgspec.Meta(ge=1)] = 100 * 1024**3
     # Per user and per replica, in memory: tus requests sending bytes at once.
     max_concurrent_patches_per_user: Annotated[int, msgspec.Meta(ge=1)] = 8
+    # A tus request body that sends nothing for this long is cut; its bytes are kept (resumable).
+    tus_idle_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    # The PostgreSQL pool: its size, and how long a request waits for a connection before it is
+    # answered 503 with Retry-After (no request holds one while a body streams).
+    db_pool_max_size: Annotated[int, msgspec.Meta(ge=2, le=500)] = 10
+    db_pool_acquire_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0

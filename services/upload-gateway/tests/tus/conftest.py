@@ -17,7 +17,7 @@ from rawdrive_platform.db import create_pool, migrate
 from rawdrive_platform.keys import original_key
 from rawdrive_platform.storage import Storage, StorageProfile
 from upload_gateway.uploads.parts import MIN_PART_SIZE
-from upload_gateway.uploads.tus import PostgresS3Store, TusTarget, tus_routes
+from upload_gateway.uploads.tus import LeaseLock, LeaseTerms, PostgresS3Store, TusTarget, tus_routes
 
 MiB = 1024 * 1024
 MAX_SIZE = 500 * MiB
@@ -44,7 +44,7 @@ class Gateway:
         self.dsn = dsn
         self.sessions: dict[str, Session] = {}
         self._runners: list[web.AppRunner] = []
-        self._pools: list = []
+        self.pools: list = []
 
     def session(self, size_bytes: int, *, part_size: int = MIN_PART_SIZE, expires_in_s: int = 3600) -> Session:
         upload_id = uuid.uuid4().hex
@@ -75,15 +75,19 @@ class Gateway:
         self.sessions[upload_id] = record
         return record
 
-    async def instance(self, *, handler_cancellation: bool = False) -> str:
+    async def instance(
+        self, *, handler_cancellation: bool = False, idle_timeout_s: float | None = None, lease_ttl_s: float | None = None
+    ) -> str:
         """Start one more gateway process-equivalent (own pool, own store); returns its base URL.
+        Its pool is `self.pools[-1]`; `idle_timeout_s` and `lease_ttl_s` as the gateway's settings.
 
         `handler_cancellation` is aiohttp's choice of cancelling a handler whose client went away
         (off in web.run_app, on in aiohttp's TestServer): the store must keep bytes either way.
         """
         pool = await create_pool(self.dsn, "gateway", max_size=20)
-        self._pools.append(pool)
-        store = PostgresS3Store(pool)
+        self.pools.append(pool)
+        terms = LeaseTerms() if lease_ttl_s is None else LeaseTerms(ttl_s=lease_ttl_s)
+        store = PostgresS3Store(pool, lock=LeaseLock(pool, terms))
 
         async def authorize(request: web.Request) -> TusTarget:
             record = self.sessions.get(request.match_info["upload_id"])
@@ -94,7 +98,7 @@ class Gateway:
             return record.target
 
         app = web.Application()
-        app.add_routes(tus_routes(lambda request: store, authorize, max_size=MAX_SIZE))
+        app.add_routes(tus_routes(lambda request: store, authorize, max_size=MAX_SIZE, idle_timeout_s=idle_timeout_s))
         runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
         await runner.setup()
         self._runners.append(runner)
@@ -106,7 +110,7 @@ class Gateway:
     async def close(self) -> None:
         for runner in self._runners:
             await runner.cleanup()
-        for pool in self._pools:
+        for pool in self.pools:
             await pool.close()
 
 

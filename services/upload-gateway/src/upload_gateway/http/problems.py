@@ -27,6 +27,7 @@ import msgspec
 from aiohttp import web
 
 from rawdrive_platform import storage as s3
+from rawdrive_platform.db import PoolExhausted
 from upload_gateway.errors import (
     Aborted,
     BodyTooLarge,
@@ -69,6 +70,8 @@ T = TypeVar("T")
 MAX_JSON_DEPTH = 32
 # What a client is told to wait after storage was unreachable or throttling, wherever it happened.
 STORAGE_RETRY_AFTER_S = 5
+# What a client is told to wait when no database connection came free in time (db.PoolExhausted).
+BUSY_RETRY_AFTER_S = 2
 
 
 class Problem(ProblemFacts, frozen=True, kw_only=True, omit_defaults=True):
@@ -247,6 +250,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except UploadError as error:
         return problem_response(problem_for(error), error.headers)
+    except PoolExhausted as error:
+        log.warning("database pool exhausted", extra={"method": request.method, "path": request.path})
+        busy = Unavailable(f"{error}; retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        return problem_response(problem_for(busy), busy.headers)
     except web.HTTPException as error:
         translated = from_http_exception(error)
         if translated is None:

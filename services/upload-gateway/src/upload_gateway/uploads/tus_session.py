@@ -188,15 +188,18 @@ def mount_tus(app: web.Application) -> None:
     """Add the tus endpoint at the session's upload_url and the workspace's creation endpoint,
     both through one PostgreSQL+S3 store, with each user's byte-sending requests limited
     (patch_limits); after create_app set GATEWAY."""
-    store = PostgresS3Store(app[GATEWAY].pool)
+    gw = app[GATEWAY]
+    store = PostgresS3Store(gw.pool)
     max_size = max(SIZE_LIMITS.values())
+    idle_timeout_s = gw.settings.tus_idle_timeout_s
     partials = PartialUploads(store, open_tus_upload)
     routes = [
-        *tus_routes(lambda _: store, tus_target, max_size=max_size),
+        *tus_routes(lambda _: store, tus_target, max_size=max_size, idle_timeout_s=idle_timeout_s),
         # A partial exists once the creation endpoint made it: its own URL takes no POST.
-        *(r for r in tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH)
+        *(r for r in tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH,
+                                idle_timeout_s=idle_timeout_s)
           if r.method != "POST"),
-        *creation_routes(store, open_tus_upload, partials, max_size=max_size),
+        *creation_routes(store, open_tus_upload, partials, max_size=max_size, idle_timeout_s=idle_timeout_s),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
     document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS, *PARTIAL_OPERATIONS))

@@ -39,7 +39,7 @@ from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.concat import Concat, parse_concat
 from upload_gateway.uploads.tus.protocol import Creation, TusError
-from upload_gateway.uploads.tus.routes import Handler, answering_tus_errors
+from upload_gateway.uploads.tus.routes import Handler, answering_tus_errors, body_reader
 from upload_gateway.uploads.tus.store import JoinSource, TusStore, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
@@ -80,9 +80,10 @@ class Concatenation(Protocol):
 
 
 def creation_routes(store: TusStore, open_upload: OpenUpload, concatenation: Concatenation, *, max_size: int,
-                    path: str = CREATION_PATH) -> list[web.RouteDef]:  # fmt: skip
-    """OPTIONS (no auth) and POST (creation, creation-with-upload, concatenation) on `path`."""
-    handlers = _Creation(store, open_upload, concatenation, max_size)
+                    path: str = CREATION_PATH, idle_timeout_s: float | None = None) -> list[web.RouteDef]:  # fmt: skip
+    """OPTIONS (no auth) and POST (creation, creation-with-upload, concatenation) on `path`; a
+    body idle for `idle_timeout_s` is cut as on the upload's URL (routes.body_reader)."""
+    handlers = _Creation(store, open_upload, concatenation, max_size, idle_timeout_s)
     return [
         web.options(path, handlers.options),
         web.post(path, answering_tus_errors(_answering_problems(handlers.create))),
@@ -111,11 +112,13 @@ def _answering_problems(handler: Handler) -> Handler:
 
 
 class _Creation:
-    def __init__(self, store: TusStore, open_upload: OpenUpload, concatenation: Concatenation, max_size: int):
+    def __init__(self, store: TusStore, open_upload: OpenUpload, concatenation: Concatenation, max_size: int,
+                 idle_timeout_s: float | None):
         self._store = store
         self._open_upload = open_upload
         self._concatenation = concatenation
         self._max_size = max_size
+        self._idle_timeout_s = idle_timeout_s
 
     async def options(self, request: web.Request) -> web.Response:
         # 200, not 204: what the public compliance suite and tusd answer.
@@ -142,7 +145,7 @@ class _Creation:
         state = await self._store.create(target, creation)
         if patch is not None:
             with UPLOADS_IN_FLIGHT.track_inprogress():
-                state = await self._store.write(target, patch, request.content.read)
+                state = await self._store.write(target, patch, body_reader(request, self._idle_timeout_s))
         return _created(state, opened.target, opened.location)
 
     async def _create_final(self, request: web.Request, concat: Concat) -> web.Response:

@@ -10,10 +10,13 @@ under the asset's `original/` prefix, and nothing is left to clean up in the buc
 at most one part of bytea per unaligned request, is what tusd's S3 store pays as an S3 object.
 
 A row changes only after the S3 write it describes succeeded. Each request that changes an
-upload holds a PostgreSQL advisory lock on it for its whole duration (AdvisoryLock, a TusLock), so two gateway instances
-never write the same upload at once; the loser gets UploadLocked (423) at once instead of waiting.
-The target's callbacks run right after each durable change, even when the body was cut (and
-the handler cancelled), so the session layer's byte count never trails what HEAD reports.
+upload holds a lease on it for its whole duration (lease.LeaseLock, a TusLock), so two gateway
+instances never write the same upload at once; the loser gets UploadLocked (423) at once instead
+of waiting. No database connection is held while bytes arrive: each change of the row is one
+short transaction of its own (`Lease.record()`) that first checks the lease is still this
+request's, so the offset and the tail still change together in one statement. The target's
+callbacks run in that transaction right after each durable change, even when the body was cut
+(and the handler cancelled), so the session layer's byte count never trails what HEAD reports.
 
 Storage can lose an unfinished multipart upload (NoSuchUpload: an S3 restart, an abort behind
 our back) or parts of it. HEAD therefore asks storage what it still holds, and a PATCH that
@@ -26,13 +29,14 @@ its key, the completion is recorded instead.
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 
 import asyncpg
 import msgspec
 
 from rawdrive_platform.storage import ObjectMissing, Storage, StorageError, UploadedPart
 from upload_gateway.uploads.tus.join import join_objects
+from upload_gateway.uploads.tus.lease import Lease, LeaseLock, LeaseLost
 from upload_gateway.uploads.tus.protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -68,39 +72,19 @@ _STATE_COLUMNS = """upload_id, upload_offset AS offset, upload_length AS length,
                     expires_at, completed_at IS NOT NULL AS completed, concat"""
 
 
-class AdvisoryLock:
-    """A TusLock over PostgreSQL: a session advisory lock on the upload (any instance), held on
-    one connection, which the store then records through."""
-
-    def __init__(self, pool: asyncpg.Pool):
-        self._pool = pool
-
-    @asynccontextmanager
-    async def hold(self, upload_id: str) -> AsyncIterator[asyncpg.Connection]:
-        lock = f"rawdrive.tus.{upload_id}"
-        async with self._pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock):
-                raise UploadLocked("another request is writing this upload")
-            try:
-                yield conn
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock)
-
-
 class PostgresS3Store:
     """Create, write, inspect and terminate tus uploads. One per process; safe to share."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, lock: TusLock[asyncpg.Connection] | None = None, read_size: int = READ_SIZE
+        self, pool: asyncpg.Pool, *, lock: TusLock[Lease] | None = None, read_size: int = READ_SIZE
     ):
         self._pool = pool
-        self._lock = lock or AdvisoryLock(pool)
+        self._lock = lock or LeaseLock(pool)
         self._read_size = read_size
 
-    async def state(self, upload_id: str, conn: asyncpg.Connection | None = None) -> UploadState | None:
-        """The upload's state; inside a locked request pass its connection (the pool may be
-        exhausted by every active upload's lock)."""
-        record = await (conn or self._pool).fetchrow(
+    async def state(self, upload_id: str) -> UploadState | None:
+        """The upload's state as last recorded."""
+        record = await self._pool.fetchrow(
             f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", upload_id
         )
         return None if record is None else UploadState(**record)
@@ -113,11 +97,11 @@ class PostgresS3Store:
         if state is None or state.completed:
             return state
         try:
-            async with self._lock.hold(target.upload_id) as conn:
-                row = await self._row(conn, target.upload_id)
+            async with self._lock.hold(target.upload_id) as lease:
+                row = await self._row(target.upload_id)
                 if row is not None and row.multipart_id is not None:
-                    await self._reconcile(conn, target, row)
-                return await self.state(target.upload_id, conn)
+                    await self._reconcile(lease, target, row)
+                return await self.state(target.upload_id)
         except UploadLocked:
             return state
 
@@ -127,8 +111,8 @@ class PostgresS3Store:
             raise BadRequest(
                 f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
             )
-        async with self._lock.hold(target.upload_id) as conn:
-            existing = await self.state(target.upload_id, conn)
+        async with self._lock.hold(target.upload_id) as lease:
+            existing = await self.state(target.upload_id)
             if existing is not None:
                 return existing
             storage = target.storage
@@ -137,23 +121,24 @@ class PostgresS3Store:
                 await storage.put(target.object_key, b"", target.content_type)
             else:
                 multipart_id = await storage.create_multipart(target.object_key, target.content_type)
-            record = await conn.fetchrow(
-                f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
-                        upload_length, part_size, metadata, expires_at, completed_at, concat)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                            CASE WHEN $5::bigint = 0 THEN now() END, $9)
-                    RETURNING {_STATE_COLUMNS}""",
-                target.upload_id, target.workspace_id, target.object_key, multipart_id,
-                creation.length, target.part_size, creation.raw_metadata, target.expires_at, creation.concat,
-            )
-            if creation.length == 0:
-                await target.on_complete(conn)
+            async with lease.record() as conn:
+                record = await conn.fetchrow(
+                    f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, multipart_id,
+                            upload_length, part_size, metadata, expires_at, completed_at, concat)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                                CASE WHEN $5::bigint = 0 THEN now() END, $9)
+                        RETURNING {_STATE_COLUMNS}""",
+                    target.upload_id, target.workspace_id, target.object_key, multipart_id,
+                    creation.length, target.part_size, creation.raw_metadata, target.expires_at, creation.concat,
+                )
+                if creation.length == 0:
+                    await target.on_complete(conn)
         return UploadState(**record)
 
     async def write(self, target: Target, patch: Patch, read: Reader) -> UploadState:
         """Append the body at `patch.offset`; completes the object when the length is reached."""
-        async with self._lock.hold(target.upload_id) as conn:
-            row = await self._row(conn, target.upload_id)
+        async with self._lock.hold(target.upload_id) as lease:
+            row = await self._row(target.upload_id)
             if row is None:
                 raise UploadNotFound("no tus upload was created for this session")
             check_offset(patch.offset, row.offset)
@@ -166,40 +151,40 @@ class PostgresS3Store:
                 read, declared = _memory_reader(body), len(body)
             if row.multipart_id is not None and row.offset < row.length:
                 try:
-                    await self._stream(conn, target, row, read, declared)
+                    await self._stream(lease, target, row, read, declared)
                 except ObjectMissing:
-                    current = await self._row(conn, target.upload_id)
+                    current = await self._row(target.upload_id)
                     assert current is not None
-                    offset = await self._reconcile(conn, target, current)
+                    offset = await self._reconcile(lease, target, current)
                     if offset < current.length:
                         raise OffsetMismatch(
                             f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
                         ) from None
-            record = await conn.fetchrow(
-                f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
-            )
-        return UploadState(**record)
+            state = await self.state(target.upload_id)
+        assert state is not None  # only termination removes the row, under the lease
+        return state
 
     async def concatenate(self, target: Target, creation: Creation, sources: Sequence[JoinSource]) -> UploadState:
         """The final upload: the partials' objects joined by storage (join.py), recorded complete."""
-        async with self._lock.hold(target.upload_id) as conn:
-            existing = await self.state(target.upload_id, conn)
+        async with self._lock.hold(target.upload_id) as lease:
+            existing = await self.state(target.upload_id)
             if existing is not None:
                 return existing
             part_size = await join_objects(
                 target.storage, workspace_id=target.workspace_id, upload_id=target.upload_id,
                 key=target.object_key, content_type=target.content_type, sources=sources,
             )
-            record = await conn.fetchrow(
-                f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, upload_length, part_size,
-                        upload_offset, metadata, expires_at, completed_at, concat)
-                    VALUES ($1, $2, $3, $4, $5, $4, $6, $7, now(), $8)
-                    RETURNING {_STATE_COLUMNS}""",
-                target.upload_id, target.workspace_id, target.object_key, creation.length, part_size,
-                creation.raw_metadata, target.expires_at, creation.concat,
-            )
-            await target.on_progress(conn, creation.length)
-            await target.on_complete(conn)
+            async with lease.record() as conn:
+                record = await conn.fetchrow(
+                    f"""INSERT INTO tus_uploads (upload_id, workspace_id, object_key, upload_length, part_size,
+                            upload_offset, metadata, expires_at, completed_at, concat)
+                        VALUES ($1, $2, $3, $4, $5, $4, $6, $7, now(), $8)
+                        RETURNING {_STATE_COLUMNS}""",
+                    target.upload_id, target.workspace_id, target.object_key, creation.length, part_size,
+                    creation.raw_metadata, target.expires_at, creation.concat,
+                )
+                await target.on_progress(conn, creation.length)
+                await target.on_complete(conn)
         return UploadState(**record)
 
     async def confirm_complete(self, target: Target) -> None:
@@ -210,8 +195,8 @@ class PostgresS3Store:
 
     async def terminate(self, target: Target) -> None:
         """Abort the multipart upload (or delete the finished object) and forget the upload."""
-        async with self._lock.hold(target.upload_id) as conn:
-            record = await conn.fetchrow(
+        async with self._lock.hold(target.upload_id) as lease:
+            record = await self._pool.fetchrow(
                 "SELECT object_key, multipart_id, completed_at IS NOT NULL AS completed"
                 " FROM tus_uploads WHERE upload_id = $1",
                 target.upload_id,
@@ -222,20 +207,19 @@ class PostgresS3Store:
                 await target.storage.delete([record["object_key"]])
             else:
                 await target.storage.abort_multipart(record["object_key"], record["multipart_id"])
-            await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
+            async with lease.record() as conn:
+                await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
 
-    async def _stream(
-        self, conn: asyncpg.Connection, target: Target, row: _Row, read: Reader,
-        declared: int | None,
-    ) -> None:
+    async def _stream(self, lease: Lease, target: Target, row: _Row, read: Reader, declared: int | None) -> None:
         """Send the body on into S3 parts as it arrives.
 
         A part starts uploading as soon as this body (its `declared` length) is known to fill it;
         its bytes stream to S3 while the client is still sending them, and the part is recorded
         once S3 answered. Bytes of a part that this body cannot fill are gathered and kept as
         the tail. Memory stays within one part being gathered plus one being sent per upload.
+        Between reads the lease is checked: a request that lost it stops, recording nothing.
         """
-        parts = _PartWriter(conn, target, row)
+        parts = _PartWriter(lease, target, row)
         body_end = None if declared is None else row.offset + declared
         position = row.offset  # the upload offset of the next byte to arrive
         pending: list[bytes] = [row.tail] if row.tail else []  # bytes since the last whole part
@@ -257,6 +241,11 @@ class PostgresS3Store:
                 raise BodyInterrupted(offset) from error
             if not chunk:
                 break
+            try:
+                lease.check()
+            except LeaseLost:
+                await parts.drop()
+                raise
             if position + len(chunk) > row.length:
                 await parts.abandon()
                 await parts.settle()
@@ -269,12 +258,12 @@ class PostgresS3Store:
         await parts.abandon()  # a body that ended before filling the part it fed
         await parts.settle()
         if parts.handed == row.length:
-            await self._finish(conn, target, row, parts.etags)
+            await self._finish(lease, target, row, parts.etags)
         elif not tail_is_stored:
-            await _keep_tail(conn, target, parts.stored, b"".join(pending))
+            await _keep_tail(lease, target, parts.stored, b"".join(pending))
 
-    async def _row(self, conn: asyncpg.Connection, upload_id: str) -> _Row | None:
-        record = await conn.fetchrow(
+    async def _row(self, upload_id: str) -> _Row | None:
+        record = await self._pool.fetchrow(
             """SELECT object_key, multipart_id, upload_length AS length, part_size,
                       part_etags, upload_offset AS offset, tail
                FROM tus_uploads WHERE upload_id = $1""",
@@ -282,7 +271,7 @@ class PostgresS3Store:
         )
         return None if record is None else _Row(**record)
 
-    async def _reconcile(self, conn: asyncpg.Connection, target: Target, row: _Row) -> int:
+    async def _reconcile(self, lease: Lease, target: Target, row: _Row) -> int:
         """Set an unfinished upload back to the parts storage still holds, in order; a fresh
         multipart upload replaces one storage lost altogether, unless the whole object is there
         (then the completion is recorded). Returns the offset."""
@@ -295,7 +284,7 @@ class PostgresS3Store:
             if info is not None and info.size == row.length:
                 # Not lost but completed: a previous attempt completed the object, then lost the
                 # row's update (a database failover under it, never acknowledged). Record it.
-                await self._record_completion(conn, target, row, list(row.part_etags))
+                await self._record_completion(lease, target, row, list(row.part_etags))
                 return row.length
             multipart_id = await storage.create_multipart(row.object_key, target.content_type)
             kept: list[str] = []
@@ -312,15 +301,16 @@ class PostgresS3Store:
         # The tail (in PostgreSQL) still counts when every part before it survived: no part yet.
         tail = row.tail if len(kept) == len(row.part_etags) else b""
         offset = len(kept) * row.part_size + len(tail)
-        await conn.execute(
-            """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = $4, upload_offset = $5,
-                      updated_at = now() WHERE upload_id = $1""",
-            target.upload_id, multipart_id, kept, tail, offset,
-        )
-        await target.on_progress(conn, offset)
+        async with lease.record() as conn:
+            await conn.execute(
+                """UPDATE tus_uploads SET multipart_id = $2, part_etags = $3, tail = $4, upload_offset = $5,
+                          updated_at = now() WHERE upload_id = $1""",
+                target.upload_id, multipart_id, kept, tail, offset,
+            )
+            await target.on_progress(conn, offset)
         return offset
 
-    async def _finish(self, conn: asyncpg.Connection, target: Target, row: _Row, etags: list[str]) -> None:
+    async def _finish(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> None:
         storage, key = target.storage, row.object_key
         try:
             await storage.complete_multipart(key, row.multipart_id, _parts(etags))
@@ -329,20 +319,19 @@ class PostgresS3Store:
             info = await storage.head(key)
             if info is None or info.size != row.length:
                 raise
-        await self._record_completion(conn, target, row, etags)
+        await self._record_completion(lease, target, row, etags)
 
-    async def _record_completion(
-        self, conn: asyncpg.Connection, target: Target, row: _Row, etags: list[str]
-    ) -> None:
+    async def _record_completion(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> None:
         # Offset reaches the length only together with completion: HEAD never reports a full
         # offset for an object that does not exist yet.
-        await conn.execute(
-            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
-                      completed_at = now(), updated_at = now() WHERE upload_id = $1""",
-            target.upload_id, etags,
-        )
-        await target.on_progress(conn, row.length)
-        await target.on_complete(conn)
+        async with lease.record() as conn:
+            await conn.execute(
+                """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
+                          completed_at = now(), updated_at = now() WHERE upload_id = $1""",
+                target.upload_id, etags,
+            )
+            await target.on_progress(conn, row.length)
+            await target.on_complete(conn)
 
 
 class _PartFeed:
@@ -374,8 +363,8 @@ class _PartWriter:
     order and the row never counts a part S3 does not have.
     """
 
-    def __init__(self, conn: asyncpg.Connection, target: Target, row: _Row) -> None:
-        self._conn = conn
+    def __init__(self, lease: Lease, target: Target, row: _Row) -> None:
+        self._lease = lease
         self._target = target
         self._row = row
         self.etags = list(row.part_etags)
@@ -432,12 +421,13 @@ class _PartWriter:
         self.etags.append(part.etag)
         if self.stored == self._row.length:
             return  # the final part: completion records it with the object
-        await self._conn.execute(
-            """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
-                      updated_at = now() WHERE upload_id = $1""",
-            self._target.upload_id, self.etags, self.stored,
-        )
-        await self._target.on_progress(self._conn, self.stored)
+        async with self._lease.record() as conn:
+            await conn.execute(
+                """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = $3,
+                          updated_at = now() WHERE upload_id = $1""",
+                self._target.upload_id, self.etags, self.stored,
+            )
+            await self._target.on_progress(conn, self.stored)
 
     async def keep_after_break(self, pending: list[bytes], tail_is_stored: bool) -> int:
         """After a broken body: record the part sent, keep the rest as the tail; the offset."""
@@ -448,17 +438,26 @@ class _PartWriter:
             return self.stored
         tail = b"".join(pending)
         if not tail_is_stored:
-            await _keep_tail(self._conn, self._target, self.stored, tail)
+            await _keep_tail(self._lease, self._target, self.stored, tail)
         return self.stored + len(tail)
 
+    async def drop(self) -> None:
+        """After the lease was lost: stop both parts and record nothing."""
+        await self.abandon()
+        if self._sent is not None:
+            task, self._sent = self._sent, None
+            with suppress(StorageError):
+                await asyncio.shield(task)
 
-async def _keep_tail(conn: asyncpg.Connection, target: Target, stored: int, tail: bytes) -> None:
-    await conn.execute(
-        """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
-           WHERE upload_id = $1""",
-        target.upload_id, tail, stored + len(tail),
-    )
-    await target.on_progress(conn, stored + len(tail))
+
+async def _keep_tail(lease: Lease, target: Target, stored: int, tail: bytes) -> None:
+    async with lease.record() as conn:
+        await conn.execute(
+            """UPDATE tus_uploads SET tail = $2, upload_offset = $3, updated_at = now()
+               WHERE upload_id = $1""",
+            target.upload_id, tail, stored + len(tail),
+        )
+        await target.on_progress(conn, stored + len(tail))
 
 
 def _etag(value: str) -> str:

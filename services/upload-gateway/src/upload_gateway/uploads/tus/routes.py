@@ -10,8 +10,14 @@ raises its own problem+json errors (401, 404, 410). Everything after that answer
 codes and short text bodies, because tus clients act on the status alone; storage failures are
 answered as the rest of the API answers them (problems.from_storage_error: 503 with Retry-After
 "storage unavailable, retry", or 502), never with storage's own text.
+
+A body that sends nothing for `idle_timeout_s` is cut (`body_reader`): what arrived before is
+kept, the client is answered 408 and the connection closed, and the upload resumes from HEAD. Without
+it a stalled client would hold its upload's lease, its per-user PATCH slot and a socket for as
+long as the ingress lets a request live (an hour).
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -23,7 +29,7 @@ from upload_gateway.http.problems import from_storage_error, problem_for, proble
 from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.protocol import TusError
-from upload_gateway.uploads.tus.store import BodyInterrupted, TusStore, UploadState
+from upload_gateway.uploads.tus.store import BodyInterrupted, Reader, TusStore, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
 TUS_PATH = "/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"
@@ -34,10 +40,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def tus_routes(
-    store_for: StoreFor, authorize: Authorize, *, max_size: int, path: str = TUS_PATH
+    store_for: StoreFor, authorize: Authorize, *, max_size: int, path: str = TUS_PATH,
+    idle_timeout_s: float | None = None,
 ) -> list[web.RouteDef]:
-    """OPTIONS (no auth), POST (creation, creation-with-upload), HEAD, PATCH, DELETE on `path`."""
-    handlers = _Handlers(store_for, authorize, max_size)
+    """OPTIONS (no auth), POST (creation, creation-with-upload), HEAD, PATCH, DELETE on `path`;
+    a body idle for `idle_timeout_s` is cut (None: never)."""
+    handlers = _Handlers(store_for, authorize, max_size, idle_timeout_s)
     return [
         web.options(path, answering_tus_errors(handlers.options)),
         web.post(path, answering_tus_errors(handlers.post)),
@@ -54,12 +62,37 @@ def answering_tus_errors(handler: Handler) -> Handler:
         except TusError as error:
             return _plain(error.status, str(error), protocol.error_headers(error))
         except BodyInterrupted as error:  # the client is usually gone; this is for the log
+            if isinstance(error.__cause__, BodyIdle):
+                # The rest of the body is not waited for: close rather than read it.
+                response = _plain(408, f"{error.__cause__}; {error}", {"Tus-Resumable": protocol.TUS_VERSION})
+                response.force_close()
+                return response
             return _plain(400, str(error), {"Tus-Resumable": protocol.TUS_VERSION})
         except StorageError as error:  # tus clients retry a 5xx after a HEAD
             failure = from_storage_error(error, f"tus {request.method}")
             return problem_response(problem_for(failure), failure.headers)
 
     return answer
+
+
+class BodyIdle(Exception):
+    """The client sent no byte of its body for the idle timeout."""
+
+
+def body_reader(request: web.Request, idle_timeout_s: float | None) -> Reader:
+    """`read(n)` of the request body, raising BodyIdle when no byte came for `idle_timeout_s`."""
+    read = request.content.read
+    if idle_timeout_s is None:
+        return read
+
+    async def read_or_cut(size: int) -> bytes:
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                return await read(size)
+        except TimeoutError:
+            raise BodyIdle(f"no bytes arrived for {idle_timeout_s:g} s") from None
+
+    return read_or_cut
 
 
 def _plain(status: int, text: str, headers: dict[str, str]) -> web.Response:
@@ -71,10 +104,11 @@ def _now() -> datetime:
 
 
 class _Handlers:
-    def __init__(self, store_for: StoreFor, authorize: Authorize, max_size: int):
+    def __init__(self, store_for: StoreFor, authorize: Authorize, max_size: int, idle_timeout_s: float | None):
         self._store_for = store_for
         self._authorize = authorize
         self._max_size = max_size
+        self._idle_timeout_s = idle_timeout_s
 
     async def options(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers=protocol.options_headers(self._max_size))
@@ -93,7 +127,7 @@ class _Handlers:
         if request.can_read_body:  # creation-with-upload
             patch = protocol.parse_patch(request.headers, creation=True)
             with UPLOADS_IN_FLIGHT.track_inprogress():
-                state = await store.write(target, patch, request.content.read)
+                state = await store.write(target, patch, body_reader(request, self._idle_timeout_s))
         headers = _upload_headers(state) | target.response_headers | {"Location": str(request.rel_url)}
         return web.Response(status=201, headers=headers)
 
@@ -127,7 +161,7 @@ class _Handlers:
             # the offset check then answers as for any upload at 0.
             await store.create(target, protocol.session_creation(target.size_bytes))
         with UPLOADS_IN_FLIGHT.track_inprogress():
-            state = await store.write(target, patch, request.content.read)
+            state = await store.write(target, patch, body_reader(request, self._idle_timeout_s))
         return web.Response(status=204, headers=_upload_headers(state) | target.response_headers)
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -2,9 +2,9 @@
 store serialises the requests that change an upload with a `TusLock`, a separate part.
 
 `PostgresS3Store` (pg_store.py: bytes in one S3 multipart upload, state and the unaligned tail
-in PostgreSQL, PostgreSQL advisory locks) is the implementation the gateway runs; the tests run
-the routes against an in-memory one as well. `concatenate` joins finished partial uploads into
-a final one (tus's concatenation; the layout is concat.py's, PostgresS3Store copies on the
+in PostgreSQL, leases in PostgreSQL: lease.py) is the implementation the gateway runs; the tests
+run the routes against an in-memory one as well. `concatenate` joins finished partial uploads
+into a final one (tus's concatenation; the layout is concat.py's, PostgresS3Store copies on the
 storage side).
 """
 
@@ -55,7 +55,9 @@ class TusLock(Protocol[Held_co]):
 
     def hold(self, upload_id: str) -> AbstractAsyncContextManager[Held_co]:
         """Hold the upload for the block, or raise protocol.UploadLocked (423) at once when another
-        request holds it; yields what the store records through while it holds the lock."""
+        request holds it; yields what the store records through while it holds the lock. Holding
+        must not tie up a scarce resource (a pooled connection) while a body streams: a slow
+        client would hold it for as long as it takes to send."""
         ...
 
 

@@ -8,8 +8,8 @@ import msgspec
 
 from upload_gateway.uploads.parts import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 
-# What a store records through while it holds an upload's lock (PostgresS3Store: the connection
-# holding the advisory lock), and where it keeps the bytes (PostgresS3Store: a bucket's Storage).
+# What a store records through (PostgresS3Store: the connection of the short transaction that
+# changes the upload's row), and where it keeps the bytes (PostgresS3Store: a bucket's Storage).
 Held = TypeVar("Held")
 Bytes = TypeVar("Bytes")
 
@@ -21,8 +21,8 @@ class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True)
     kept tail, completion), also when the client cut the body off; `on_complete(held)` runs once
     the object exists at `object_key`, and again on any later HEAD that finds the upload
     complete, so the session layer must treat both as idempotent. Both run while the upload is
-    locked and get what the store holds the lock with: recording on the lock's own connection
-    never waits for a second one from a pool that every active upload's lock may have exhausted.
+    locked and get what the store records the change through (PostgresS3Store: the connection of
+    that change's transaction, so the session's count commits with the upload's offset).
     `on_terminate()` runs after a termination removed the stored bytes and the upload's state.
     """
 

@@ -95,7 +95,9 @@ async def resilient_upload(http: aiohttp.ClientSession, ws: str, body: bytes, n:
         if offset < len(body):
             patch = {**tus, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
             async with http.patch(session["upload_url"], data=body[offset:], headers=patch) as r:
-                if r.status >= 500 or r.status == 409:  # 409: the offset moved under a lost answer
+                # As stock tus clients do: 409, the offset moved under a lost answer; 423, a killed
+                # gateway's lease on the upload has not run out yet.
+                if r.status >= 500 or r.status in (409, 423):
                     raise Retry(await r.text())
                 assert r.status == 204, await r.text()
 

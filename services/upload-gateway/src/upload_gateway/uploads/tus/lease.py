@@ -43,9 +43,10 @@ LeaseStatus = Literal["held", "renew", "lost"]
 class LeaseTerms(msgspec.Struct, frozen=True, kw_only=True):
     """How long a claim or renewal holds in the database (`ttl_s`), and the local schedule."""
 
-    # A gateway that dies keeps its uploads for at most this long (423 to a resuming client,
-    # which tus clients retry); a live one renews well before.
-    ttl_s: float = 20.0
+    # A gateway that dies keeps its uploads for at most this long (423 to a resuming client):
+    # shorter than stock tus clients' retries of a 423 (tus-js-client's and Uppy's default
+    # delays 0, 1, 3 and 5 s), so a client resuming on another pod gets through on its own.
+    ttl_s: float = 8.0
 
     @property
     def renew_every_s(self) -> float:

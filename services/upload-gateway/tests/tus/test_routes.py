@@ -10,7 +10,7 @@ import pytest
 
 from rawdrive_platform.storage import ObjectMissing
 
-from .conftest import OCTETS, TUS, MiB, tus_url
+from .conftest import OCTETS, TUS, MiB, held_body, raw_patch, tus_url
 
 PART = 5 * MiB
 
@@ -179,15 +179,7 @@ async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_comple
     url = tus_url(first, session)
     await create(http, url, len(data))
 
-    split = urlsplit(url)
-    reader, writer = await asyncio.open_connection(split.hostname, split.port)
-    writer.write(
-        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-    )
-    writer.write(data[:sent])
-    await writer.drain()
+    _, writer = await raw_patch(url, data, sent)
     writer.close()  # the client goes away with the body unfinished
     await writer.wait_closed()
 
@@ -376,15 +368,8 @@ async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http
     first, second = await gateway.instance(), await gateway.instance()
     await create(http, tus_url(first, session), len(data))
     started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_body():
-        yield data[:MiB]
-        started.set()
-        await release.wait()
-        yield data[MiB:]
-
     slow = asyncio.create_task(
-        patch(http, tus_url(first, session), 0, slow_body(), **{"Content-Length": str(len(data))})
+        patch(http, tus_url(first, session), 0, held_body(data, started, release), **{"Content-Length": str(len(data))})
     )
     await started.wait()
     await asyncio.sleep(0.2)  # let the server take the lock

@@ -8,7 +8,7 @@ import os
 import asyncpg
 
 from .conftest import MiB, held_body, raw_patch, tus_url
-from .test_routes import create, object_bytes, offset_of, patch
+from .test_routes import create, created_upload, object_bytes, offset_of, patch
 
 PART = 5 * MiB
 
@@ -65,9 +65,7 @@ async def test_a_body_that_stalls_is_cut_after_the_idle_timeout_and_its_bytes_ar
     base = await gateway.instance(idle_timeout_s=1.0)
     data = os.urandom(PART + 2 * MiB)
     sent = PART + MiB + 3  # one part to S3, a tail to PostgreSQL
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
 
     reader, writer = await raw_patch(url, data, sent)
     # The client stays connected and sends nothing more.
@@ -85,9 +83,7 @@ async def test_a_body_that_stalls_is_cut_after_the_idle_timeout_and_its_bytes_ar
 async def test_a_request_whose_lease_was_taken_over_records_nothing_and_answers_423(gateway, http, storage):
     base = await gateway.instance()
     data = os.urandom(PART + MiB)
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
     started, release = asyncio.Event(), asyncio.Event()
     body = held_body(data, started, release)
     slow = asyncio.create_task(patch(http, url, 0, body, **{"Content-Length": str(len(data))}))
@@ -110,9 +106,7 @@ async def test_a_request_whose_lease_was_taken_over_records_nothing_and_answers_
 async def test_a_lease_left_by_a_dead_gateway_is_refused_until_it_runs_out_then_claimed(gateway, http, storage):
     base = await gateway.instance()
     data = os.urandom(1000)
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
     upload_id = session.target.upload_id
     await sql(gateway, "INSERT INTO tus_leases VALUES ($1, gen_random_uuid(), now() + interval '1 minute')", upload_id)
     assert (await patch(http, url, 0, data)).status == 423

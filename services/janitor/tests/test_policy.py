@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,23 +127,22 @@ def test_a_purged_asset_is_not_purged_again():
 prefixes = st.one_of(st.just(""), st.tuples(ids, ids).map(lambda p: f"tenants/{p[0]}/"))
 
 
-def test_an_orphan_is_an_unknown_assets_object_old_enough():
+@pytest.mark.parametrize(
+    ("sweeps", "min_age"),
+    [(is_orphan, TH.orphan_min_age), (is_stale_multipart, TH.multipart_min_age)],
+    ids=["orphan: unknown asset", "stale multipart upload: no open session"],
+)
+def test_an_assets_object_is_swept_when_old_enough_and_its_asset_is_not_in_the_set(sweeps, min_age):
     key = keys.original_key("ws1", "a1", "IMG.JPG")
-    old = T0 - TH.orphan_min_age
-    assert is_orphan(key, old, set(), T0, TH)
-    assert not is_orphan(key, old, {"a1"}, T0, TH)
-    assert not is_orphan(key, old + timedelta(seconds=1), set(), T0, TH)
-    assert not is_orphan(keys.avatar_key("ws1", "u1", "me.jpg"), old, set(), T0, TH)
+    old = T0 - min_age
+    assert sweeps(key, old, set(), T0, TH)
+    assert not sweeps(key, old, {"a1"}, T0, TH)
+    assert not sweeps(key, old + timedelta(seconds=1), set(), T0, TH)
 
 
-def test_a_stale_multipart_upload_is_old_and_not_an_open_sessions():
-    key = keys.original_key("ws1", "a1", "IMG.JPG")
-    old = T0 - TH.multipart_min_age
-    assert is_stale_multipart(key, old, set(), T0, TH)
-    assert not is_stale_multipart(key, old, {"a1"}, T0, TH)
-    assert not is_stale_multipart(key, old + timedelta(seconds=1), set(), T0, TH)
-    # Outside the key layout altogether, age alone decides.
-    assert is_stale_multipart("stray/upload.bin", old, {"a1"}, T0, TH)
+def test_an_object_outside_the_assets_is_never_an_orphan_but_a_multipart_upload_goes_by_age_alone():
+    assert not is_orphan(keys.avatar_key("ws1", "u1", "me.jpg"), T0 - TH.orphan_min_age, set(), T0, TH)
+    assert is_stale_multipart("stray/upload.bin", T0 - TH.multipart_min_age, {"a1"}, T0, TH)
 
 
 def test_a_report_counts_objects_bytes_and_multipart_uploads_apart():

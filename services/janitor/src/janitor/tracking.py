@@ -22,14 +22,10 @@ from rawdrive_contracts import (
     CloudEvent,
     CommitRefused,
     CommitRequested,
-    UploadAborted,
     UploadExpired,
-    UploadRejected,
     UploadSessionCreated,
     UploadVerified,
 )
-
-CLOSING_EVENTS = (UploadVerified, UploadRejected, UploadAborted, UploadExpired)
 
 _SESSION_COLUMNS = """upload_id, workspace_id, asset_id, storage_profile_ref, object_key, expires_at,
                       commit_requested_at, closed_by"""

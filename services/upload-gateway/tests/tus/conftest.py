@@ -1,12 +1,14 @@
 """A minimal gateway for the tus routes: real PostgreSQL and S3, a test `authorize`, and as many
 app instances over the same database as a test wants (to resume on "another instance")."""
 
+import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib.resources import files
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -117,6 +119,30 @@ class Gateway:
 def tus_url(base: str, session: Session) -> str:
     target = session.target
     return f"{base}/v1/workspaces/{target.workspace_id}/uploads/{target.upload_id}/tus"
+
+
+async def held_body(data: bytes, started: asyncio.Event, release: asyncio.Event) -> AsyncIterator[bytes]:
+    """A PATCH body caught mid-way: its first MiB, then `started` is set and nothing more comes
+    until `release` is, then the rest."""
+    yield data[:MiB]
+    started.set()
+    await release.wait()
+    yield data[MiB:]
+
+
+async def raw_patch(url: str, data: bytes, sent: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PATCH at offset 0 announcing all of `data` but sending only its first `sent` bytes, over
+    a socket of its own, so that the test decides what the client does next (stall, go away)."""
+    split = urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    writer.write(
+        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+    )
+    writer.write(data[:sent])
+    await writer.drain()
+    return reader, writer
 
 
 @pytest.fixture(scope="session")

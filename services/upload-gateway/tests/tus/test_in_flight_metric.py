@@ -6,7 +6,7 @@ import os
 
 from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 
-from .conftest import OCTETS, TUS, MiB, tus_url
+from .conftest import OCTETS, TUS, MiB, held_body, tus_url
 
 
 def in_flight() -> float:
@@ -21,15 +21,8 @@ async def test_a_streaming_patch_counts_while_its_body_arrives_and_a_refused_one
     assert created.status == 201
     before = in_flight()
     started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_body():
-        yield data[:MiB]
-        started.set()
-        await release.wait()
-        yield data[MiB:]
-
     headers = OCTETS | {"Upload-Offset": "0", "Content-Length": str(len(data))}
-    slow = asyncio.create_task(http.patch(url, data=slow_body(), headers=headers))
+    slow = asyncio.create_task(http.patch(url, data=held_body(data, started, release), headers=headers))
     await started.wait()
     for _ in range(50):  # the server reads the first MiB shortly after the client sent it
         if in_flight() == before + 1:

@@ -10,7 +10,7 @@ import pytest
 
 from rawdrive_platform.storage import ObjectMissing
 
-from .conftest import OCTETS, TUS, MiB, tus_url
+from .conftest import OCTETS, TUS, MiB, held_body, raw_patch, tus_url
 
 PART = 5 * MiB
 
@@ -23,6 +23,14 @@ async def create(http, url, length, **headers):
 
 async def patch(http, url, offset, body, **headers):
     return await http.patch(url, data=body, headers=OCTETS | {"Upload-Offset": str(offset)} | headers)
+
+
+async def created_upload(gateway, http, length: int, base: str | None = None):
+    """A session of `length` bytes and its tus URL on `base` (a new instance when none), created."""
+    session = gateway.session(length)
+    url = tus_url(base or await gateway.instance(), session)
+    await create(http, url, length)
+    return session, url
 
 
 async def offset_of(http, url) -> int:
@@ -134,9 +142,7 @@ async def test_head_after_a_lost_completion_reports_the_whole_object(gateway, ht
 
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
     data = os.urandom(6 * MiB + 5)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     offset = 0
     for size in (1, MiB - 1, 2 * MiB, 2 * MiB, MiB + 5):
         response = await patch(http, url, offset, data[offset : offset + size])
@@ -149,9 +155,7 @@ async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(g
 
 async def test_3_mib_chunks_on_5_mib_parts_give_equal_parts_except_the_last(gateway, http, storage):
     data = os.urandom(13 * MiB + 17)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     offset = 0
     while offset < len(data):
         if offset + 3 * MiB >= len(data):  # before the last chunk: the parts so far
@@ -179,15 +183,7 @@ async def test_a_patch_cut_mid_body_keeps_every_byte_and_another_instance_comple
     url = tus_url(first, session)
     await create(http, url, len(data))
 
-    split = urlsplit(url)
-    reader, writer = await asyncio.open_connection(split.hostname, split.port)
-    writer.write(
-        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-    )
-    writer.write(data[:sent])
-    await writer.drain()
+    _, writer = await raw_patch(url, data, sent)
     writer.close()  # the client goes away with the body unfinished
     await writer.wait_closed()
 
@@ -213,9 +209,7 @@ async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_up
 ):
     data = os.urandom(12 * MiB + 5)
     sent = 7 * MiB + 3  # one whole part in S3 and a tail in PostgreSQL
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     assert (await patch(http, url, 0, data[:sent])).status == 204
     assert await offset_of(http, url) == sent  # storage holds every recorded part: nothing changes
     lost = await multipart_id(gateway, session)
@@ -232,9 +226,7 @@ async def test_head_after_storage_lost_the_multipart_upload_reports_0_and_the_up
 
 async def test_bytes_kept_as_the_tail_outlive_a_lost_multipart_upload_that_held_no_part_yet(gateway, http, storage):
     data = os.urandom(6 * MiB + 5)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     assert (await patch(http, url, 0, data[: 2 * MiB])).status == 204  # all of it a tail in PostgreSQL
     lost = await multipart_id(gateway, session)
     await storage.abort_multipart(session.target.object_key, lost)
@@ -250,9 +242,7 @@ async def test_a_patch_that_meets_a_lost_multipart_upload_is_409_and_head_then_s
 ):
     data = os.urandom(12 * MiB + 5)
     sent = 7 * MiB + 3
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     assert (await patch(http, url, 0, data[:sent])).status == 204
     await storage.abort_multipart(session.target.object_key, await multipart_id(gateway, session))
 
@@ -295,9 +285,7 @@ async def test_bytes_past_the_declared_length_are_413_with_or_without_content_le
     gateway, http, storage
 ):
     data = os.urandom(6 * MiB)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     assert (await patch(http, url, 0, data + b"!")).status == 413
     assert await offset_of(http, url) == 0
 
@@ -323,9 +311,7 @@ async def test_upload_length_must_equal_the_session_size(gateway, http):
 @pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
 async def test_checksummed_patches_apply_when_they_match_and_460_when_not(gateway, http, storage, algorithm):
     data = os.urandom(6 * MiB)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     first, rest = data[: 4 * MiB], data[4 * MiB :]
     ok = await patch(http, url, 0, first, **{"Upload-Checksum": digest(algorithm, first)})
     assert ok.status == 204
@@ -376,15 +362,8 @@ async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http
     first, second = await gateway.instance(), await gateway.instance()
     await create(http, tus_url(first, session), len(data))
     started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_body():
-        yield data[:MiB]
-        started.set()
-        await release.wait()
-        yield data[MiB:]
-
     slow = asyncio.create_task(
-        patch(http, tus_url(first, session), 0, slow_body(), **{"Content-Length": str(len(data))})
+        patch(http, tus_url(first, session), 0, held_body(data, started, release), **{"Content-Length": str(len(data))})
     )
     await started.wait()
     await asyncio.sleep(0.2)  # let the server take the lock
@@ -396,9 +375,7 @@ async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http
 
 async def test_method_override_tunnels_patch_head_and_delete_through_post(gateway, http, storage):
     data = os.urandom(MiB)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
     response = await http.post(
         url, data=data,
         headers=OCTETS | {"Upload-Offset": "0", "X-HTTP-Method-Override": "PATCH"},
@@ -475,9 +452,7 @@ async def test_memory_is_bounded_by_parts_whatever_the_patch_size(gateway, http,
     import tracemalloc
 
     data = os.urandom(26 * MiB)
-    session = gateway.session(len(data))
-    url = tus_url(await gateway.instance(), session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data))
 
     async def body():  # the client streams too, so only the server's buffers count
         for start in range(0, len(data), MiB):

@@ -4,12 +4,11 @@ PostgreSQL and SeaweedFS, through HTTP."""
 
 import asyncio
 import os
-from urllib.parse import urlsplit
 
 import asyncpg
 
-from .conftest import MiB, tus_url
-from .test_routes import create, object_bytes, offset_of, patch
+from .conftest import MiB, held_body, raw_patch, tus_url
+from .test_routes import create, created_upload, object_bytes, offset_of, patch
 
 PART = 5 * MiB
 
@@ -35,15 +34,10 @@ async def test_more_streaming_bodies_than_pool_connections_hold_none_and_others_
     data = os.urandom(2 * MiB)
     arrived = [asyncio.Event() for _ in sessions]
     release = asyncio.Event()
-
-    async def stalling_body(index: int):
-        yield data[:MiB]
-        arrived[index].set()
-        await release.wait()
-        yield data[MiB:]
-
     patches = [
-        asyncio.create_task(patch(http, tus_url(base, s), 0, stalling_body(i), **{"Content-Length": str(2 * MiB)}))
+        asyncio.create_task(
+            patch(http, tus_url(base, s), 0, held_body(data, arrived[i], release), **{"Content-Length": str(2 * MiB)})
+        )
         for i, s in enumerate(sessions)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in arrived)), 30)
@@ -71,19 +65,9 @@ async def test_a_body_that_stalls_is_cut_after_the_idle_timeout_and_its_bytes_ar
     base = await gateway.instance(idle_timeout_s=1.0)
     data = os.urandom(PART + 2 * MiB)
     sent = PART + MiB + 3  # one part to S3, a tail to PostgreSQL
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
 
-    split = urlsplit(url)
-    reader, writer = await asyncio.open_connection(split.hostname, split.port)
-    writer.write(
-        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-    )
-    writer.write(data[:sent])
-    await writer.drain()
+    reader, writer = await raw_patch(url, data, sent)
     # The client stays connected and sends nothing more.
     status_line = await asyncio.wait_for(reader.readline(), 15)
     assert status_line.split()[1] == b"408", status_line
@@ -99,18 +83,10 @@ async def test_a_body_that_stalls_is_cut_after_the_idle_timeout_and_its_bytes_ar
 async def test_a_request_whose_lease_was_taken_over_records_nothing_and_answers_423(gateway, http, storage):
     base = await gateway.instance()
     data = os.urandom(PART + MiB)
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
     started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_body():
-        yield data[:MiB]
-        started.set()
-        await release.wait()
-        yield data[MiB:]
-
-    slow = asyncio.create_task(patch(http, url, 0, slow_body(), **{"Content-Length": str(len(data))}))
+    body = held_body(data, started, release)
+    slow = asyncio.create_task(patch(http, url, 0, body, **{"Content-Length": str(len(data))}))
     await started.wait()
     # As if the lease had run out and another gateway's request had claimed the upload (once the
     # server has claimed it).
@@ -130,9 +106,7 @@ async def test_a_request_whose_lease_was_taken_over_records_nothing_and_answers_
 async def test_a_lease_left_by_a_dead_gateway_is_refused_until_it_runs_out_then_claimed(gateway, http, storage):
     base = await gateway.instance()
     data = os.urandom(1000)
-    session = gateway.session(len(data))
-    url = tus_url(base, session)
-    await create(http, url, len(data))
+    session, url = await created_upload(gateway, http, len(data), base)
     upload_id = session.target.upload_id
     await sql(gateway, "INSERT INTO tus_leases VALUES ($1, gen_random_uuid(), now() + interval '1 minute')", upload_id)
     assert (await patch(http, url, 0, data)).status == 423
@@ -149,15 +123,10 @@ async def test_bodies_slower_than_the_lease_ttl_keep_their_uploads_by_renewal(ga
         await create(http, tus_url(base, session), len(data))
     arrived = [asyncio.Event() for _ in sessions]
     release = asyncio.Event()
-
-    async def slow_body(index: int):
-        yield data[:MiB]
-        arrived[index].set()
-        await release.wait()
-        yield data[MiB:]
-
     patches = [
-        asyncio.create_task(patch(http, tus_url(base, s), 0, slow_body(i), **{"Content-Length": str(len(data))}))
+        asyncio.create_task(
+            patch(http, tus_url(base, s), 0, held_body(data, arrived[i], release), **{"Content-Length": str(len(data))})
+        )
         for i, s in enumerate(sessions)
     ]
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in arrived)), 30)

@@ -69,10 +69,10 @@ class SessionWriter:
     usage is counted under a lock, in the transaction that inserts the admitted sessions; a
     refused one fails its own request with the refusal. That lock is per workspace, so a second
     statement on one of a batch's workspaces would only wait for it, holding a pooled connection
-    meanwhile (a hundred creations in one workspace then starved every other request of the
-    pool): a workspace is written by one flusher at a time, and its sessions arriving meanwhile
-    wait in `_pending`, costing no connection, for that flusher's next batch. The lock in
-    PostgreSQL still keeps replicas apart.
+    meanwhile, and the other workspaces of its batch with it (with one workspace's lock held by
+    another replica, creations in other workspaces hung behind it): a workspace is written by
+    one flusher at a time, and its sessions arriving meanwhile wait in `_pending`, costing no
+    connection, for that flusher's next batch. The lock in PostgreSQL still keeps replicas apart.
     """
 
     def __init__(
@@ -102,19 +102,19 @@ class SessionWriter:
         try:
             # One connection for a whole burst of batches: the pool resets a connection on
             # release (another round trip), so release it only once nothing is waiting. The
-            # outer loop: inserts that arrived during that release are this flusher's too.
-            # No connection is taken while every pending session's workspace is another's.
-            while self._takeable():
+            # outer loop: inserts that arrived during that release are this flusher's too. A
+            # batch is taken before its connection, so no connection is held for nothing.
+            while batch := self._take():
                 async with self._pool.acquire() as conn:
-                    while batch := self._take():
-                        try:
-                            await self._write(conn, batch)
-                        finally:
-                            self._writing.difference_update(session.workspace_id for session, _, _ in batch)
-                        batch = []
+                    while batch:
+                        await self._write(conn, batch)
+                        self._written(batch)
+                        batch = self._take()
         except Exception as error:  # noqa: BLE001 - no connection: every waiter gets the failure
+            self._written(batch)
             self._fail_others(batch, error)
         except BaseException:  # cancelled at shutdown: no waiter may hang
+            self._written(batch)
             self._fail_others(batch, RuntimeError("the session writer stopped"))
             raise
         finally:
@@ -122,10 +122,11 @@ class SessionWriter:
             # meanwhile would count this flusher as running and wait with nobody to write it.
             self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
-    def _takeable(self) -> bool:
-        return any(session.workspace_id not in self._writing for session, _, _ in self._pending)
+    def _written(self, batch: list[_Pending]) -> None:
+        """The batch's workspaces are free for the next flusher to take."""
+        self._writing.difference_update(session.workspace_id for session, _, _ in batch)
 
-    def _take(self) -> list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]:
+    def _take(self) -> list[_Pending]:
         """The next batch: pending sessions, in order, of workspaces no other flusher is writing
         (all of them without limits), now this flusher's."""
         if self._limits is None:
@@ -142,7 +143,7 @@ class SessionWriter:
         self._pending = left
         return batch
 
-    def _fail_others(self, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]], error: BaseException) -> None:
+    def _fail_others(self, batch: list[_Pending], error: BaseException) -> None:
         """This flusher failed (no connection, or a broken one): its batch and every session
         waiting fail with it, except those of workspaces another flusher is writing (it takes
         them next)."""

@@ -66,8 +66,6 @@ async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGat
         http = await stack.enter_async_context(aiohttp.ClientSession())
 
         async def start(*, s3_endpoint: str | None = None, **settings: object) -> LiveGateway:
-            pool = await db.create_pool(fresh_database_url, "gateway")
-            stack.push_async_callback(pool.close)
             profile = managed_profile(s3_server)
             storage = await Storage.open(msgspec.structs.replace(profile, endpoint=s3_endpoint or profile.endpoint))
             stack.push_async_callback(storage.close)
@@ -78,6 +76,10 @@ async def start_gateway(fresh_database_url, s3_server) -> AsyncIterator[StartGat
                 fresh_database_url, s3_server, LIVE_SECRET, s3_endpoint=s3_endpoint or s3_server.endpoint,
                 public_url=url, cors_origins=LIVE_CORS_ORIGINS, **settings,
             )  # fmt: skip
+            # As __main__ makes it: the pool's size and acquire timeout are settings.
+            pool = await db.create_pool(fresh_database_url, "gateway", max_size=settings.db_pool_max_size,
+                                        acquire_timeout_s=settings.db_pool_acquire_timeout_s)  # fmt: skip
+            stack.push_async_callback(pool.close)
             gw = Gateway(settings=settings, pool=pool, storage=storage, tokens=token_verifier(settings))
             app = create_app(gw, mounts=[mount_tus, mount_storage_profiles])
             metrics.mount(app)  # as Runtime.serve_health does for the running service

@@ -39,6 +39,7 @@ from upload_gateway.storage_profiles import store as profile_store
 from upload_gateway.storage_profiles.store import ActiveProfile
 from upload_gateway.uploads import api, core, repository, verdicts
 from upload_gateway.uploads.patch_limits import PATCH_LIMIT
+from upload_gateway.uploads.quotas import QuotaLimits
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
 
@@ -255,6 +256,28 @@ async def test_up_to_max_in_flight_statements_run_at_once_and_every_creation_is_
     if writer._flushers:
         await asyncio.wait_for(asyncio.gather(*writer._flushers), timeout=30)
     assert not writer._flushers
+
+
+@pytest.mark.parametrize("workspaces", [1, 2])
+async def test_under_quotas_one_statement_runs_per_workspace_at_once_and_every_creation_is_written(
+    harness, workspaces
+):
+    """Issue 21: a second statement on a workspace would only wait for its quota lock, holding a
+    connection; so with 3 allowed in flight, one workspace's creations use one connection, and
+    two workspaces' two."""
+    async with harness.gw.pool.acquire(), harness.gw.pool.acquire():  # two connections open (as above)
+        pass
+    pool = CountingPool(harness.gw.pool)
+    limits = QuotaLimits(max_open_uploads=100, max_bytes_in_flight=10**9)
+    writer = repository.SessionWriter(pool, max_batch=1, max_in_flight=3, limits=limits)  # type: ignore[arg-type]
+    sessions = [new_session(harness, workspace_id=f"{harness.workspace}-{i % workspaces}") for i in range(8)]
+    assert await asyncio.gather(*(writer.insert(*session) for session in sessions)) == [True] * 8
+    assert pool.most_held == workspaces
+    ids = {session.upload_id for session, _ in sessions}
+    assert await stored_ids(harness) == (ids, ids)
+    if writer._flushers:
+        await asyncio.wait_for(asyncio.gather(*writer._flushers), timeout=30)
+    assert not writer._flushers and not writer._writing
 
 
 async def test_a_session_under_a_profile_no_longer_active_writes_neither_row_nor_event(harness):

@@ -4,8 +4,11 @@ the uploads API and the tus endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -171,3 +174,55 @@ async def test_storage_down_is_the_same_retryable_503_on_the_uploads_api_and_tus
         text = found["detail"] + found["title"]
         for secret in (str(port), s3_server.bucket, "127.0.0.1", "workspaces/", "connect", "Connect", "endpoint"):
             assert secret not in text, (secret, text)
+
+
+# -- slow JSON bodies (issue 21) ---------------------------------------------------------------
+
+
+async def _stalled_request(
+    url: str, method: str, path: str, headers: dict[str, str], sent: bytes
+) -> tuple[float, bytes]:
+    """Headers promising 200 bytes of JSON, `sent` of them, then silence: how long the gateway's
+    answer took to begin, and the answer (its head and its Content-Length of body)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Type: application/json\r\n"
+                     f"Content-Length: 200\r\n\r\n".encode() + sent)  # fmt: skip
+        await writer.drain()
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            waited = time.monotonic() - started
+            length = re.search(rb"(?i)content-length: (\d+)", answer)
+            assert length is not None, answer
+            return waited, answer + await reader.readexactly(int(length[1]))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("route", ["create", "parts", "commit", "storage-profile"])
+async def test_a_json_body_that_stalls_is_408_as_a_problem_and_the_connection_closed(start_gateway, route):
+    live = await start_gateway(json_body_timeout_s=1)
+    session = await live.open_session(6 * 1024 * 1024, resumable_protocol="s3_multipart")
+    path, role = {
+        "create": (f"/v1/workspaces/{live.workspace}/uploads", "member"),
+        "parts": (f"/v1/workspaces/{live.workspace}/uploads/{session['upload_id']}/parts", "member"),
+        "commit": (f"/v1/workspaces/{live.workspace}/uploads/{session['upload_id']}/commit", "member"),
+        "storage-profile": (f"/v1/workspaces/{live.workspace}/storage-profile", "admin"),
+    }[route]
+    method = "PUT" if route == "storage-profile" else "POST"
+    waited, answer = await _stalled_request(live.url, method, path, live.user(role), b'{"file_name": "IMG_')
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"]) == (408, "body_timeout")
+    assert "did not arrive within 1 s" in problem["detail"]
+    assert 1 <= waited < 5
+    assert b"connection: close" in head.lower()
+    # Nothing changed: one session, still open.
+    assert await live.gw.pool.fetchval("SELECT count(*) FROM upload_sessions") == 1
+    async with live.http.get(live.uploads(f"/{session['upload_id']}"), headers=live.user()) as response:
+        assert (await response.json())["state"] in ("created", "uploading")

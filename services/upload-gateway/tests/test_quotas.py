@@ -5,10 +5,14 @@ per-user limit on concurrent tus PATCHes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections import Counter
 
 import aiohttp
+import asyncpg
+from prometheus_client import REGISTRY
 
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.patch_limits import PATCH_LIMIT
@@ -27,11 +31,13 @@ async def problem(response: aiohttp.ClientResponse) -> dict:
 # -- per-workspace limits ----------------------------------------------------------------------
 
 
-async def create(live, workspace: str, size_bytes: int, **fields: object) -> aiohttp.ClientResponse:
+async def create(
+    live, workspace: str, size_bytes: int, http: aiohttp.ClientSession | None = None, **fields: object
+) -> aiohttp.ClientResponse:
     token = mint_dev_token(LIVE_SECRET, sub="alice", workspaces={workspace: "member"}, ttl_s=600)
     body = {"file_name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size_bytes": size_bytes,
             "library_id": "lib1", "resumable_protocol": "tus"} | fields  # fmt: skip
-    async with live.http.post(f"{live.url}/v1/workspaces/{workspace}/uploads", json=body,
+    async with (http or live.http).post(f"{live.url}/v1/workspaces/{workspace}/uploads", json=body,
                               headers={"Authorization": f"Bearer {token}"}) as response:
         await response.read()
         return response
@@ -78,6 +84,63 @@ async def test_two_replicas_creating_at_once_never_pass_the_limit_together(start
     opened = await replicas[0].gw.pool.fetchval(
         "SELECT count(*) FROM upload_sessions WHERE workspace_id = $1", workspace)
     assert opened == limit
+
+
+async def test_creations_queued_behind_a_workspaces_quota_lock_hold_one_pooled_connection_not_one_each(
+    start_gateway, fresh_database_url
+):
+    """Issue 21: while a workspace's quota lock is held (another replica inserting), 100
+    creations in it, arriving in waves, wait on one of this gateway's 3 connections; the others
+    keep serving other workspaces, nobody is answered 503, and all 100 are admitted once the lock
+    is free."""
+    live = await start_gateway(db_pool_max_size=3, db_pool_acquire_timeout_s=1.0)
+    timeouts_before = _acquire_timeouts()
+    async with contextlib.AsyncExitStack() as stack:
+        other_replica = await asyncpg.connect(fresh_database_url)
+        stack.push_async_callback(other_replica.close)
+        transaction = other_replica.transaction()
+        await transaction.start()
+        await other_replica.execute("SELECT pg_advisory_xact_lock(hashtext('rawdrive.upload_quota'), hashtext($1))",
+                                    live.workspace)  # fmt: skip
+        queued = []
+        for _ in range(10):  # in waves, as a phone's gallery upload sends them: each finds the lock held
+            queued += [asyncio.create_task(create(live, live.workspace, 1000)) for _ in range(10)]
+            await asyncio.sleep(0.1)
+        # Other workspaces' creations, on a client of their own (the 100 hold live.http's 100
+        # connections), are admitted meanwhile: no batch waits on the locked workspace with them.
+        other_clients = await stack.enter_async_context(aiohttp.ClientSession())
+        others = await asyncio.wait_for(
+            asyncio.gather(*(create(live, f"other{i}", 1000, other_clients) for i in range(6))), 10
+        )
+        assert [answer.status for answer in others] == [201] * 6
+        # Longer than the acquire timeout: one connection waits on the lock, not one per wave.
+        await asyncio.sleep(1.5)
+        assert await _gateway_connections_waiting_for_a_lock(other_replica, at_least=1) == 1
+        # A request reading through the pool is served (not 503 after the 1 s acquire timeout).
+        token = mint_dev_token(LIVE_SECRET, sub="alice", workspaces={"other0": "member"}, ttl_s=600)
+        upload_id = (await others[0].json())["upload_id"]
+        async with other_clients.get(f"{live.url}/v1/workspaces/other0/uploads/{upload_id}",
+                                     headers={"Authorization": f"Bearer {token}"}) as response:  # fmt: skip
+            assert response.status == 200, await response.text()
+        assert not any(task.done() for task in queued)
+        await transaction.commit()
+    answers = await asyncio.gather(*queued)
+    assert Counter(answer.status for answer in answers) == {201: 100}
+    assert _acquire_timeouts() == timeouts_before
+
+
+def _acquire_timeouts() -> float:
+    return REGISTRY.get_sample_value("rawdrive_db_pool_acquire_timeouts_total", {"schema": "gateway"}) or 0.0
+
+
+async def _gateway_connections_waiting_for_a_lock(conn: asyncpg.Connection, at_least: int) -> int:
+    deadline = time.monotonic() + 10
+    while True:
+        waiting = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                      "'rawdrive-gateway' AND wait_event_type = 'Lock'")  # fmt: skip
+        if waiting >= at_least or time.monotonic() > deadline:
+            return waiting
+        await asyncio.sleep(0.05)
 
 
 # -- per-user concurrent PATCHes ---------------------------------------------------------------

@@ -14,7 +14,7 @@ from upload_gateway.gateway import GATEWAY, Gateway
 from upload_gateway.http.access import access_middleware
 from upload_gateway.http.cors import cors_middleware
 from upload_gateway.http.openapi import mount, mount_openapi
-from upload_gateway.http.problems import problem_middleware
+from upload_gateway.http.problems import JSON_BODY_TIMEOUT, problem_middleware
 from upload_gateway.http.tracing import tracing_middleware
 from upload_gateway.settings import Settings
 from upload_gateway.uploads import repository
@@ -56,6 +56,7 @@ def create_app(
     ]
     app = web.Application(middlewares=middlewares)
     app[GATEWAY] = gateway
+    app[JSON_BODY_TIMEOUT] = gateway.settings.json_body_timeout_s
     mount_uploads(app)
     mount(app, catalogue_routes.ROUTES)
     for mount_more in mounts:

@@ -130,6 +130,10 @@ class BodyTooLarge(UploadError):
     """The JSON request body itself is over the server's limit (not the file being uploaded)."""
 
 
+class BodyTimeout(UploadError):
+    """The JSON request body did not arrive in full within the server's time for it."""
+
+
 class StorageError(UploadError):
     """Object storage refused or failed; retrying the same request will not help."""
 

@@ -42,6 +42,9 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     max_concurrent_patches_per_user: Annotated[int, msgspec.Meta(ge=1)] = 8
     # A tus request body that sends nothing for this long is cut; its bytes are kept (resumable).
     tus_idle_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    # A JSON request body (session, parts, commit, storage profile: a few KiB, at most 1 MiB) must be
+    # in within this long, or the request is 408 and its connection closed.
+    json_body_timeout_s: Annotated[float, msgspec.Meta(ge=1, le=600)] = 30.0
     # The PostgreSQL pool: its size, and how long a request waits for a connection before it is
     # answered 503 with Retry-After (no request holds one while a body streams).
     db_pool_max_size: Annotated[int, msgspec.Meta(ge=2, le=500)] = 10

@@ -3,7 +3,10 @@ upload that storage joins from them, and the rules partials live by (owner, quot
 
 from __future__ import annotations
 
+import asyncio
 import os
+
+import asyncpg
 
 from rawdrive_contracts import CommitRequested, decode
 from upload_gateway.auth import mint_dev_token
@@ -187,3 +190,35 @@ async def test_a_join_that_storage_fails_aborts_the_final_session_and_keeps_the_
     assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_uploads WHERE concat LIKE 'final;%'") == 0
     async with live.http.head(kept, headers=TUS | live.user()) as response:
         assert (response.status, response.headers["Upload-Offset"]) == (200, "10")
+
+
+async def test_partials_queued_behind_a_workspaces_quota_lock_hold_one_pooled_connection(
+    start_gateway, fresh_database_url
+):
+    """Issue 21: 30 partials created at once (parallel uploads of several files) while the
+    workspace's quota lock is held elsewhere wait for it on one of the gateway's 3 connections,
+    not one each: nobody is answered 503 for want of a connection, and all are admitted after."""
+    live = await start_gateway(db_pool_max_size=3, db_pool_acquire_timeout_s=1.0)
+    other_replica = await asyncpg.connect(fresh_database_url)
+    try:
+        transaction = other_replica.transaction()
+        await transaction.start()
+        await other_replica.execute("SELECT pg_advisory_xact_lock(hashtext('rawdrive.upload_quota'), hashtext($1))",
+                                    live.workspace)  # fmt: skip
+
+        async def create_partial() -> int:
+            async with live.http.post(creation_url(live), headers=TUS | live.user() | {
+                "Upload-Length": "1000", "Upload-Concat": "partial"}) as response:  # fmt: skip
+                await response.read()
+                return response.status
+
+        created = [asyncio.create_task(create_partial()) for _ in range(30)]
+        await asyncio.sleep(2)  # past the acquire timeout
+        waiting = await other_replica.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                               "'rawdrive-gateway' AND wait_event_type = 'Lock'")  # fmt: skip
+        assert waiting == 1
+        assert not any(task.done() for task in created), [task.result() for task in created if task.done()]
+        await transaction.commit()
+    finally:
+        await other_replica.close()
+    assert await asyncio.gather(*created) == [201] * 30

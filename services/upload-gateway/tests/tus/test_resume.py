@@ -114,3 +114,26 @@ async def test_a_head_before_any_byte_answers_the_session_length_at_offset_0(liv
     # Without the upload token it stays closed.
     async with live_gateway.http.head(session["upload_url"], headers={"Tus-Resumable": "1.0.0"}) as response:
         assert response.status == 401
+
+
+async def test_stock_tus_js_client_resumes_by_itself_after_its_frozen_body_is_cut(
+    start_gateway, node, tmp_path  # noqa: F811
+):
+    """Issue 21: the idle cut is answered 503 (routes.py), which tus-js-client retries with its
+    default rules, from HEAD at the bytes kept; a 408 would have ended its upload with an error."""
+    live = await start_gateway(tus_idle_timeout_s=1)
+    data = os.urandom(SIZE)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    session = await live.open_session(len(data))
+    lines = await run(node, str(JS / "stall.mjs"), session["upload_url"], str(path), json.dumps(session["headers"]))
+    half = 5 * MiB // 2
+    assert lines[:3] == [
+        {"method": "HEAD", "status": 200, "offset": 0},
+        {"method": "PATCH", "status": 503, "offset": None},
+        {"method": "HEAD", "status": 200, "offset": half},  # what arrived before the link froze
+    ], lines
+    assert {line["method"] for line in lines[3:-1]} <= {"PATCH", "HEAD"}
+    assert lines[-1] == {"done": True, "url": session["upload_url"]}
+    assert await stored_bytes(live, session) == data
+    assert await bytes_received(live, session) == len(data)

@@ -195,7 +195,9 @@ def _responses(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
             response["headers"] = {name: {"schema": {"type": "string"}} for name in reply.headers}
         responses[str(reply.status)] = response
     problem = {"content": {PROBLEM_CONTENT_TYPE: {"schema": schema_of[Problem]}}}
-    for status in op.problems:
+    # Every JSON body may arrive too slowly (problems.decode_body).
+    slow_body = (408,) if op.body is not None and op.body_media_type == "application/json" else ()
+    for status in (*op.problems, *slow_body):
         responses.setdefault(str(status), {"description": HTTPStatus(status).phrase, **problem})
     # Whatever else goes wrong (a malformed request, a method not allowed, a bug) is a problem too.
     responses["default"] = {"description": "An error (RFC 9457 problem details)", **problem}

@@ -15,6 +15,7 @@ The request's own content (JSON) is supported; it is the file it describes that 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import difflib
 import logging
@@ -30,6 +31,7 @@ from rawdrive_platform import storage as s3
 from rawdrive_platform.db import PoolExhausted
 from upload_gateway.errors import (
     Aborted,
+    BodyTimeout,
     BodyTooLarge,
     ChecksumMismatch,
     FieldError,
@@ -72,6 +74,10 @@ MAX_JSON_DEPTH = 32
 STORAGE_RETRY_AFTER_S = 5
 # What a client is told to wait when no database connection came free in time (db.PoolExhausted).
 BUSY_RETRY_AFTER_S = 2
+# How long a JSON request body may take to arrive in full (RAWDRIVE_JSON_BODY_TIMEOUT_S, set on the
+# app by create_app). Total, not idle: a client trickling a byte now and then would otherwise hold
+# its handler for as long as the ingress lets a request live.
+JSON_BODY_TIMEOUT = web.AppKey("json_body_timeout_s", float)
 
 
 class Problem(ProblemFacts, frozen=True, kw_only=True, omit_defaults=True):
@@ -110,6 +116,7 @@ PROBLEMS: dict[type[UploadError], ProblemSpec] = {
     Unauthorized: ProblemSpec(401, "unauthorized", "Unauthorized"),
     Forbidden: ProblemSpec(403, "forbidden", "Forbidden"),
     BodyTooLarge: ProblemSpec(413, "body_too_large", "Request body too large"),
+    BodyTimeout: ProblemSpec(408, "body_timeout", "Request body too slow"),
     StorageError: ProblemSpec(502, "storage_error", "Storage error"),
     StorageUnavailable: ProblemSpec(503, "storage_error", "Storage unavailable"),
     StorageProfileRejected: ProblemSpec(422, "storage_profile_rejected", "Storage profile check failed"),
@@ -143,8 +150,14 @@ def problem_for(error: UploadError) -> Problem:
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:
     """A JSON body as a Struct, strictly typed, unknown fields refused (the request Structs
-    forbid them: a typo such as `sha_256` must not silently skip a check)."""
-    raw = await request.read()
+    forbid them: a typo such as `sha_256` must not silently skip a check). A body not in within
+    the app's JSON_BODY_TIMEOUT is 408 (BodyTimeout, the connection then closed)."""
+    timeout_s = request.config_dict[JSON_BODY_TIMEOUT]
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s; send it again") from None
     if not raw:
         # No body counts as {}: a commit needs no fields, and a create then names what is missing.
         raw = b"{}"
@@ -249,7 +262,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except UploadError as error:
-        return problem_response(problem_for(error), error.headers)
+        response = problem_response(problem_for(error), error.headers)
+        if isinstance(error, BodyTimeout):  # the rest of the body is not waited for: close instead
+            response.force_close()
+        return response
     except PoolExhausted as error:
         log.warning("database pool exhausted", extra={"method": request.method, "path": request.path})
         busy = Unavailable(f"{error}; retry later", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import msgspec
@@ -67,7 +67,12 @@ class SessionWriter:
 
     With `limits`, each batch is admitted under its workspaces' quotas first (quotas.admit): their
     usage is counted under a lock, in the transaction that inserts the admitted sessions; a
-    refused one fails its own request with the refusal.
+    refused one fails its own request with the refusal. That lock is per workspace, so a second
+    statement on one of a batch's workspaces would only wait for it, holding a pooled connection
+    meanwhile, and the other workspaces of its batch with it (with one workspace's lock held by
+    another replica, creations in other workspaces hung behind it): a workspace is written by
+    one flusher at a time, and its sessions arriving meanwhile wait in `_pending`, costing no
+    connection, for that flusher's next batch. The lock in PostgreSQL still keeps replicas apart.
     """
 
     def __init__(
@@ -80,6 +85,8 @@ class SessionWriter:
         self._max_in_flight = max_in_flight
         self._pending: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        # Workspaces a flusher is writing now (only with limits: without, nothing waits on them).
+        self._writing: set[str] = set()
 
     async def insert(self, session: UploadSession, created: OutboxRow) -> bool:
         """Commit the session and its event; False (nothing written) when the session's
@@ -95,24 +102,54 @@ class SessionWriter:
         try:
             # One connection for a whole burst of batches: the pool resets a connection on
             # release (another round trip), so release it only once nothing is waiting. The
-            # outer loop: inserts that arrived during that release are this flusher's too.
-            while self._pending:
+            # outer loop: inserts that arrived during that release are this flusher's too. A
+            # batch is taken before its connection, so no connection is held for nothing.
+            while batch := self._take():
                 async with self._pool.acquire() as conn:
-                    while self._pending:
-                        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                    while batch:
                         await self._write(conn, batch)
-                        batch = []
+                        self._written(batch)
+                        batch = self._take()
         except Exception as error:  # noqa: BLE001 - no connection: every waiter gets the failure
-            _fail(batch + self._pending, error)
-            self._pending = []
+            self._written(batch)
+            self._fail_others(batch, error)
         except BaseException:  # cancelled at shutdown: no waiter may hang
-            _fail(batch + self._pending, RuntimeError("the session writer stopped"))
-            self._pending = []
+            self._written(batch)
+            self._fail_others(batch, RuntimeError("the session writer stopped"))
             raise
         finally:
             # Here, not in a done callback: that runs a loop turn later, and an insert arriving
             # meanwhile would count this flusher as running and wait with nobody to write it.
             self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _written(self, batch: list[_Pending]) -> None:
+        """The batch's workspaces are free for the next flusher to take."""
+        self._writing.difference_update(session.workspace_id for session, _, _ in batch)
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: pending sessions, in order, of workspaces no other flusher is writing
+        (all of them without limits), now this flusher's."""
+        if self._limits is None:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            return batch
+        batch, left = [], []
+        for item in self._pending:
+            if len(batch) < self._max_batch and item[0].workspace_id not in self._writing:
+                batch.append(item)
+            else:
+                left.append(item)
+        # Marked after the loop: a workspace this batch takes stays takeable for its later sessions.
+        self._writing.update(session.workspace_id for session, _, _ in batch)
+        self._pending = left
+        return batch
+
+    def _fail_others(self, batch: list[_Pending], error: BaseException) -> None:
+        """This flusher failed (no connection, or a broken one): its batch and every session
+        waiting fail with it, except those of workspaces another flusher is writing (it takes
+        them next)."""
+        mine = [item for item in self._pending if item[0].workspace_id not in self._writing]
+        self._pending = [item for item in self._pending if item[0].workspace_id in self._writing]
+        _fail(batch + mine, error)
 
     async def _write(
         self, conn: asyncpg.Connection, batch: list[tuple[UploadSession, OutboxRow, asyncio.Future[bool]]]
@@ -155,6 +192,27 @@ async def _admit(
     admitted = [item for item, refusal in zip(batch, verdicts) if refusal is None]
     refusals = [(item[2], refusal) for item, refusal in zip(batch, verdicts) if refusal is not None]
     return admitted, refusals
+
+
+class QuotaTurns:
+    """Admissions under one workspace's quota lock take turns in this process before they take a
+    pooled connection: PostgreSQL would let them in one at a time anyway, each of the others
+    meanwhile holding a connection (30 partials at once in one workspace held a pool of 3)."""
+
+    def __init__(self) -> None:
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # workspace -> lock, [holders + waiters]
+
+    @contextlib.asynccontextmanager
+    async def turn(self, workspace_id: str) -> AsyncIterator[None]:
+        lock, users = self._turns.setdefault(workspace_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[workspace_id]
 
 
 async def lock_usage(conn: asyncpg.Connection, workspace_ids: Sequence[str]) -> dict[str, quotas.Usage]:

@@ -73,10 +73,12 @@ class PartialUploads:
         """`open_upload`: how the creation endpoint opens an upload session (the final's)."""
         self._store = store
         self._open_upload = open_upload
+        self._quota_turns = repository.QuotaTurns()
 
     async def open_partial(self, request: web.Request, creation: Creation) -> OpenedUpload:
         """A partial upload for a member with the upload role, admitted under the workspace's
-        quotas in the transaction that records it."""
+        quotas in the transaction that records it (one such transaction of the workspace at a time
+        in this process: the others wait for their turn without a connection)."""
         gw = request.config_dict[GATEWAY]
         principal, workspace_id = await user(request, gw.tokens, "upload")
         await self._forget_expired(gw, workspace_id)
@@ -90,7 +92,7 @@ class PartialUploads:
             size_bytes=creation.length, expires_at=utcnow() + timedelta(seconds=gw.settings.session_ttl_s),
         )  # fmt: skip
         limits = QuotaLimits.from_settings(gw.settings)
-        async with gw.pool.acquire() as conn, conn.transaction():
+        async with self._quota_turns.turn(workspace_id), gw.pool.acquire() as conn, conn.transaction():
             usage = (await repository.lock_usage(conn, [workspace_id])).get(workspace_id, Usage())
             refusal = refused(limits, usage, partial.size_bytes)
             if refusal is not None:

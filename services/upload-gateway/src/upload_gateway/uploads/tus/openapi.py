@@ -19,7 +19,9 @@ _TUS_ERRORS = (
     Reply(460, "Upload-Checksum does not match the body", str, "text/plain"),
     # Storage failures are answered as everywhere else in the API (problems.from_storage_error).
     Reply(502, "Storage refused", Problem, PROBLEM_CONTENT_TYPE),
-    Reply(503, "Storage unavailable; retry after Retry-After seconds", Problem, PROBLEM_CONTENT_TYPE,
+    # And a body that sent nothing for RAWDRIVE_TUS_IDLE_TIMEOUT_S (routes.py): 503, which stock clients retry.
+    Reply(503, "Storage unavailable, or the body idled and was cut (its bytes kept); retry after Retry-After "
+               "seconds, resuming from HEAD", Problem, PROBLEM_CONTENT_TYPE,
           headers=("Retry-After",)),
 )
 _OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")

@@ -12,9 +12,12 @@ answered as the rest of the API answers them (problems.from_storage_error: 503 w
 "storage unavailable, retry", or 502), never with storage's own text.
 
 A body that sends nothing for `idle_timeout_s` is cut (`body_reader`): what arrived before is
-kept, the client is answered 408 and the connection closed, and the upload resumes from HEAD. Without
-it a stalled client would hold its upload's lease, its per-user PATCH slot and a socket for as
-long as the ingress lets a request live (an hour).
+kept, the client is answered 503 `unavailable` with Retry-After (problem+json, as a storage outage
+is) and the connection closed, and the upload resumes from HEAD. Without it a stalled client would
+hold its upload's lease, its per-user PATCH slot and a socket for as long as the ingress lets a
+request live (an hour). 503, not 408: stock tus clients give up on a 4xx other than 409 and 423
+(tus-js-client's defaultOnShouldRetry; Uppy adds 429) and retry a 5xx by themselves, which is what
+resumes the upload; tusd answers its own read timeout with a 500 for the same reason.
 """
 
 import asyncio
@@ -25,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from rawdrive_platform.storage import StorageError
+from upload_gateway.errors import Unavailable
 from upload_gateway.http.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
@@ -37,6 +41,8 @@ TUS_PATH = "/v1/workspaces/{workspace_id}/uploads/{upload_id}/tus"
 Authorize = Callable[[web.Request], Awaitable[TusTarget[Any, Any]]]
 StoreFor = Callable[[web.Request], TusStore]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a client whose body was cut for idling is told to wait before it resumes: nothing is busy.
+IDLE_RETRY_AFTER_S = 1
 
 
 def tus_routes(
@@ -64,7 +70,9 @@ def answering_tus_errors(handler: Handler) -> Handler:
         except BodyInterrupted as error:  # the client is usually gone; this is for the log
             if isinstance(error.__cause__, BodyIdle):
                 # The rest of the body is not waited for: close rather than read it.
-                response = _plain(408, f"{error.__cause__}; {error}", {"Tus-Resumable": protocol.TUS_VERSION})
+                cut = Unavailable(f"{error.__cause__}; {error}; resume from HEAD",
+                                  headers={"Retry-After": str(IDLE_RETRY_AFTER_S), "Tus-Resumable": protocol.TUS_VERSION})  # fmt: skip
+                response = problem_response(problem_for(cut), cut.headers)
                 response.force_close()
                 return response
             return _plain(400, str(error), {"Tus-Resumable": protocol.TUS_VERSION})

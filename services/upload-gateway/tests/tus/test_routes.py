@@ -265,6 +265,32 @@ async def test_a_one_part_put_whose_completion_was_lost_is_found_by_head_or_put_
         assert session.progress[-1] == len(data) and session.completions >= 2
 
 
+async def test_a_one_part_upload_created_with_a_multipart_upload_before_this_change_completes_by_it(
+    gateway, http, storage
+):
+    """Uploads created before one-part files became one PutObject have a multipart upload; one
+    in flight across the deployment goes on with it."""
+    import asyncpg
+
+    data = os.urandom(2 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:MiB])).status == 204
+    old = await storage.create_multipart(session.target.object_key, "image/jpeg")
+    conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
+    try:
+        await conn.execute("UPDATE tus_uploads SET multipart_id = $2 WHERE upload_id = $1", session.target.upload_id, old)
+    finally:
+        await conn.close()
+
+    assert await offset_of(http, url) == MiB
+    assert (await patch(http, url, MiB, data[MiB:])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+    with pytest.raises(ObjectMissing):  # completed: no longer an open multipart upload
+        await storage.list_parts(session.target.object_key, old)
+
+
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
     data = os.urandom(6 * MiB + 5)
     session = gateway.session(len(data))

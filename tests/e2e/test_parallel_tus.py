@@ -65,3 +65,47 @@ async def test_tus_js_client_parallel_uploads_of_a_large_video_become_one_asset_
     keys = await asyncio.to_thread(pipeline.keys_under, workspace_prefix)
     assert not [key for key in keys if "/tus/" in key], keys
     assert await asyncio.to_thread(pipeline.multipart_uploads_under, workspace_prefix) == []
+
+
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-patch", "two-partials"])
+async def test_a_phone_photo_of_one_part_is_put_whole_and_becomes_one_asset_with_its_sha256(world, media_dir, parallel):
+    """A photo under one part (5 MiB) is stored by one PutObject, no multipart upload: sent in one
+    PATCH, or as two partial uploads of one PutObject each that the gateway joins (partials
+    under 5 MiB: read and uploaded again), through the whole pipeline to `asset.created`."""
+    import asyncpg
+
+    pipeline, client, tmp = world
+    photo = media_dir / "mei_Samsung_SM-J327T1.jpg"
+    data = photo.read_bytes()
+    assert len(data) < 5 * MIB
+    endpoint = f"{pipeline.base_url}/v1/workspaces/{pipeline.workspace}/tus"
+    headers = {"Authorization": f"Bearer {pipeline.token}"}
+    metadata = {"filename": f"phone-{parallel}.jpg", "filetype": "image/jpeg"}
+    process = await asyncio.create_subprocess_exec(
+        node_for(TUS_JS), str(TUS_JS / "parallel.mjs"), endpoint, str(photo), json.dumps(headers),
+        json.dumps(metadata), str(parallel), str(5 * MIB),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    upload_id = json.loads(stdout)["url"].rstrip("/").split("/")[-2]
+    async with client.http.get(f"/v1/workspaces/{pipeline.workspace}/uploads/{upload_id}") as response:
+        assert response.status == 200, await response.text()
+        asset_id = (await response.json())["asset_id"]
+
+    await pipeline.events.wait(lambda: pipeline.events.of(CREATED, asset_id), timeout_s=120)
+    [created] = pipeline.events.of(CREATED, asset_id)
+    assert (created["data"]["sha256"], created["data"]["size_bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert pipeline.events.invalid == []
+    conn = await asyncpg.connect(pipeline.env["RAWDRIVE_DATABASE_URL"], server_settings={"search_path": "gateway"})
+    try:
+        row = await conn.fetchrow(
+            "SELECT multipart_id, completed_at IS NOT NULL AS completed FROM tus_uploads WHERE upload_id = $1", upload_id
+        )
+    finally:
+        await conn.close()
+    assert (row["multipart_id"], row["completed"]) == (None, True)  # a final upload's join is storage's
+    workspace_prefix = f"workspaces/{pipeline.workspace}/"
+    assert await asyncio.to_thread(pipeline.multipart_uploads_under, workspace_prefix) == []
+    keys = await asyncio.to_thread(pipeline.keys_under, workspace_prefix)
+    assert not [key for key in keys if "/tus/" in key], keys

@@ -239,6 +239,26 @@ async def test_a_streamed_part_is_sent_as_its_body_produces_it_and_a_short_one_l
     assert await storage.get_range(key, 0, 5 * MiB) == whole
 
 
+async def test_a_streamed_put_stores_the_object_whole_and_a_short_body_stores_nothing(storage, key):
+    whole, short = os.urandom(2 * MiB + 5), os.urandom(MiB)
+
+    async def body(data: bytes, then_stop: bool = False):
+        for start in range(0, len(data), MiB // 2):
+            yield data[start : start + MiB // 2]
+        if then_stop:
+            raise ConnectionResetError("the client went away")
+
+    with pytest.raises((StorageError, ConnectionResetError, aiohttp.ClientError)):
+        await storage.stream_put(key, "image/jpeg", 2 * MiB, body(short, then_stop=True))
+    assert await storage.head(key) is None
+
+    etag = await storage.stream_put(key, "image/jpeg", len(whole), body(whole))
+    info = await storage.head(key)
+    assert info is not None and (info.size, info.etag, info.content_type) == (len(whole), etag, "image/jpeg")
+    assert b"".join([chunk async for chunk in storage.iter_chunks(key)]) == whole
+    await storage.delete([key])
+
+
 def test_an_s3_error_answer_maps_to_the_same_exceptions_as_botocore_errors():
     def xml(code: str) -> str:
         return f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>m</Message></Error>"

@@ -356,6 +356,14 @@ def _async_client_config(profile: StorageProfile) -> AioConfig:
     )
 
 
+# The header each of encryption_params' parameters becomes in a presigned request, which must
+# send it with the value signed.
+_ENCRYPTION_HEADERS = {
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+}
+
+
 def encryption_params(profile: StorageProfile) -> dict[str, str]:
     """Boto parameters for PutObject / CreateMultipartUpload that the profile requires."""
     if profile.encryption == "sse_s3":
@@ -723,6 +731,27 @@ class Storage:
                 if response.status != 200:
                     raise error_from_response(response.status, await response.text(), what)
                 return UploadedPart(part_number=part_number, etag=response.headers["ETag"].strip('"'))
+
+    async def stream_put(self, key: str, content_type: str, size: int, body: AsyncIterable[bytes]) -> str:
+        """Store an object of exactly `size` bytes while `body` is still producing them, in one
+        PutObject; returns its ETag. Presigned as stream_part is (the length signed, the payload
+        not), with the profile's encryption as signed headers: PutObject, unlike UploadPart,
+        takes them. A body that stops short, or a cancelled call, aborts the request: storage
+        creates no object from an incomplete body.
+        """
+        what = f"stream put {key}"
+        if self._http is None:
+            raise StorageError(f"{what}: this Storage was opened without an HTTP session")
+        encryption = encryption_params(self.profile)
+        params = {"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size, **encryption}
+        url = await self._presign("put_object", params, _STREAMED_PART_URL_S)
+        headers = {"Content-Length": str(size), "Content-Type": content_type}
+        headers |= {_ENCRYPTION_HEADERS[name]: value for name, value in encryption.items()}
+        with _translated_errors(what):
+            async with self._http.put(url, data=body, headers=headers, allow_redirects=False) as response:
+                if response.status != 200:
+                    raise error_from_response(response.status, await response.text(), what)
+                return response.headers["ETag"].strip('"')
 
     async def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]:
         parts: list[UploadedPart] = []

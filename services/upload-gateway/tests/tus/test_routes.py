@@ -87,9 +87,10 @@ async def test_a_file_sent_in_one_patch_becomes_the_object_at_its_key(gateway, h
     assert session.progress == [5 * MiB, 10 * MiB, len(data)] and session.completions == 1
 
 
-async def lose_the_completion(gateway, http, session, url, data) -> str:
+async def lose_the_completion(gateway, http, session, url, data) -> str | None:
     """Complete the upload, then set its row back as a database failover can (the commit that
-    recorded the completion was never acknowledged); the completed multipart upload's id."""
+    recorded the completion was never acknowledged); the completed multipart upload's id (None
+    for a one-part file, put in one request)."""
     import asyncpg
 
     await create(http, url, len(data))
@@ -111,7 +112,7 @@ async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_
     answered with an error, sends the body again from the offset the row still has; the multipart
     upload is gone, the object is whole: it is recorded as complete instead of failing on every
     retry or being sent again (found by tests/e2e/test_cluster.py)."""
-    data = os.urandom(2 * MiB + 7)  # one part: completing it is the first write to the row
+    data = os.urandom(PART + 7)  # two parts: the last one and the completion are written together
     session = gateway.session(len(data))
     url = tus_url(await gateway.instance(), session)
     completed = await lose_the_completion(gateway, http, session, url, data)
@@ -129,7 +130,7 @@ async def test_a_completion_whose_row_update_was_lost_is_recorded_when_the_body_
 async def test_head_after_a_lost_completion_reports_the_whole_object(gateway, http, storage):
     """The same loss met by a resuming client's HEAD first: the gone multipart upload is not
     taken for lost bytes (offset 0, a fresh upload) but for the completed object it became."""
-    data = os.urandom(2 * MiB + 7)
+    data = os.urandom(PART + 7)
     session = gateway.session(len(data))
     url = tus_url(await gateway.instance(), session)
     completed = await lose_the_completion(gateway, http, session, url, data)
@@ -138,6 +139,164 @@ async def test_head_after_a_lost_completion_reports_the_whole_object(gateway, ht
     assert await multipart_id(gateway, session) == completed
     assert await object_bytes(storage, session.target.object_key) == data
     assert session.progress[-1] == len(data) and session.completions >= 2
+
+
+async def test_a_file_of_one_part_in_one_patch_is_one_put_and_no_multipart_upload(gateway, http, storage):
+    data = os.urandom(2 * MiB + 3)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert await multipart_id(gateway, session) is None  # none created at the POST
+
+    response = await patch(http, url, 0, data)
+    assert response.status == 204, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert await multipart_id(gateway, session) is None
+    assert [u async for u in storage.list_multipart_uploads(session.target.object_key)] == []
+    assert session.progress == [len(data)] and session.completions == 1
+    assert await offset_of(http, url) == len(data)
+
+
+async def test_a_file_of_exactly_one_part_is_one_put_too(gateway, http, storage):
+    data = os.urandom(PART)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data)).status == 204
+    assert await multipart_id(gateway, session) is None
+    assert await object_bytes(storage, session.target.object_key) == data
+
+
+async def test_a_one_part_file_in_several_patches_is_kept_as_the_tail_then_put_whole(gateway, http, storage):
+    data = os.urandom(3 * MiB + 5)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    offset = 0
+    for size in (1, MiB, MiB, MiB + 4):
+        response = await patch(http, url, offset, data[offset : offset + size])
+        assert response.status == 204, await response.text()
+        offset += size
+        assert await offset_of(http, url) == offset
+        if offset < len(data):  # the bytes so far are the tail in PostgreSQL; nothing in S3
+            assert await storage.head(session.target.object_key) is None
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert await multipart_id(gateway, session) is None
+    assert session.progress == [1, MiB + 1, 2 * MiB + 1, len(data)]
+
+
+async def test_a_one_part_file_in_a_chunked_body_is_put_whole_and_one_running_past_its_length_is_not(
+    gateway, http, storage
+):
+    data = os.urandom(2 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+
+    async def chunked(extra: bytes = b""):  # no Content-Length: the end is known only at the end
+        yield data[:MiB]
+        yield data[MiB:] + extra
+
+    assert (await patch(http, url, 0, chunked(b"!"))).status == 413
+    # The whole length arrived, then one byte too many: storage got nothing of it.
+    assert await storage.head(session.target.object_key) is None
+    assert await offset_of(http, url) == 0 and session.completions == 0
+    response = await patch(http, url, 0, chunked())
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions == 1
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["read-fails", "handler-cancelled"])
+async def test_a_one_part_patch_cut_mid_body_stores_no_object_keeps_the_bytes_and_resumes(
+    gateway, http, storage, cancelled
+):
+    """The PutObject streams while the body arrives; a cut body ends it unfinished, so storage
+    keeps nothing, and the bytes that arrived are kept as the tail (as in a part of a larger
+    file): HEAD says where to resume, on any instance."""
+    data = os.urandom(3 * MiB)
+    sent = 2 * MiB + 3
+    session = gateway.session(len(data))
+    first = await gateway.instance(handler_cancellation=cancelled)
+    second = await gateway.instance()
+    url = tus_url(first, session)
+    await create(http, url, len(data))
+
+    split = urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    writer.write(
+        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+    )
+    writer.write(data[:sent])
+    await writer.drain()
+    writer.close()  # the client goes away with the body unfinished
+    await writer.wait_closed()
+
+    other = tus_url(second, session)
+    for _ in range(100):  # the first instance notices the cut on its own schedule
+        if session.progress[-1:] == [sent] and await offset_of(http, other) == sent:
+            break
+        await asyncio.sleep(0.05)
+    assert await offset_of(http, other) == sent
+    assert session.progress == [sent] and session.completions == 0
+    assert await storage.head(session.target.object_key) is None
+    assert await multipart_id(gateway, session) is None
+
+    for _ in range(100):  # the first instance may still hold the lease for a moment
+        response = await patch(http, other, sent, data[sent:])
+        if response.status != 423:
+            break
+        await asyncio.sleep(0.05)
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress[-1] == len(data) and session.completions == 1
+
+
+async def test_a_one_part_put_whose_completion_was_lost_is_found_by_head_or_put_again(gateway, http, storage):
+    """The PutObject landed and the row's update was lost: HEAD finds the whole object and
+    records the completion; a client that sends the body again instead just puts it again."""
+    data = os.urandom(2 * MiB + 7)
+    for resume_with_head in (True, False):
+        session = gateway.session(len(data))
+        url = tus_url(await gateway.instance(), session)
+        assert await lose_the_completion(gateway, http, session, url, data) is None
+        if resume_with_head:
+            assert await offset_of(http, url) == len(data)
+        else:
+            response = await patch(http, url, 0, data)
+            assert response.status == 204, await response.text()
+        assert await offset_of(http, url) == len(data)
+        assert await object_bytes(storage, session.target.object_key) == data
+        assert session.progress[-1] == len(data) and session.completions >= 2
+
+
+async def test_a_one_part_upload_created_with_a_multipart_upload_before_this_change_completes_by_it(
+    gateway, http, storage
+):
+    """Uploads created before one-part files became one PutObject have a multipart upload; one
+    in flight across the deployment goes on with it."""
+    import asyncpg
+
+    data = os.urandom(2 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    assert (await patch(http, url, 0, data[:MiB])).status == 204
+    old = await storage.create_multipart(session.target.object_key, "image/jpeg")
+    conn = await asyncpg.connect(gateway.dsn, server_settings={"search_path": "gateway"})
+    try:
+        await conn.execute("UPDATE tus_uploads SET multipart_id = $2 WHERE upload_id = $1", session.target.upload_id, old)
+    finally:
+        await conn.close()
+
+    assert await offset_of(http, url) == MiB
+    assert (await patch(http, url, MiB, data[MiB:])).status == 204
+    assert await object_bytes(storage, session.target.object_key) == data
+    with pytest.raises(ObjectMissing):  # completed: no longer an open multipart upload
+        await storage.list_parts(session.target.object_key, old)
 
 
 async def test_chunks_smaller_than_a_part_are_counted_exactly_after_each_patch(gateway, http, storage):
@@ -323,6 +482,21 @@ async def test_checksummed_patches_apply_when_they_match_and_460_when_not(gatewa
     assert await object_bytes(storage, session.target.object_key) == data
 
 
+async def test_a_one_part_file_in_one_checksummed_patch_is_checked_then_put_whole(gateway, http, storage):
+    data = os.urandom(3 * MiB)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    await create(http, url, len(data))
+    bad = await patch(http, url, 0, data, **{"Upload-Checksum": digest("sha256", b"other")})
+    assert bad.status == 460
+    assert await storage.head(session.target.object_key) is None and await offset_of(http, url) == 0
+    ok = await patch(http, url, 0, data, **{"Upload-Checksum": digest("sha256", data)})
+    assert ok.status == 204, await ok.text()
+    assert await multipart_id(gateway, session) is None
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions == 1
+
+
 async def test_a_checksummed_patch_larger_than_a_part_is_refused_before_it_is_read(gateway, http):
     session = gateway.session(12 * MiB)
     url = tus_url(await gateway.instance(), session)
@@ -354,6 +528,23 @@ async def test_termination_aborts_the_multipart_upload_and_forgets_the_upload(ga
         await storage.list_parts(session.target.object_key, upload)
     assert await storage.head(session.target.object_key) is None
     assert session.terminations == 1
+
+
+async def test_terminating_a_one_part_upload_deletes_its_tail_and_any_object(gateway, http, storage):
+    data = os.urandom(2 * MiB)
+    for landed in (False, True):
+        session = gateway.session(len(data))
+        url = tus_url(await gateway.instance(), session)
+        await create(http, url, len(data))
+        assert (await patch(http, url, 0, data[:MiB])).status == 204  # a tail, no multipart upload
+        if landed:  # as a PutObject that landed before its row's update was lost leaves it
+            await storage.put(session.target.object_key, data, "image/jpeg")
+        response = await http.delete(url, headers=TUS)
+        assert response.status == 204, await response.text()
+        head = await http.head(url, headers=TUS)
+        assert (head.status, head.headers["Upload-Offset"]) == (200, "0")
+        assert await storage.head(session.target.object_key) is None
+        assert session.terminations == 1
 
 
 async def test_a_second_patch_while_one_is_writing_gets_423_locked(gateway, http, storage):
@@ -402,6 +593,18 @@ async def test_creation_with_upload_stores_the_first_bytes_and_metadata_comes_ba
     assert head.headers["Upload-Offset"] == "1000"
     assert head.headers["Upload-Metadata"] == metadata
     assert head.headers["Upload-Length"] == str(6 * MiB)
+
+
+async def test_creation_with_upload_of_a_whole_one_part_file_completes_it_in_one_put(gateway, http, storage):
+    data = os.urandom(2 * MiB + 1)
+    session = gateway.session(len(data))
+    url = tus_url(await gateway.instance(), session)
+    response = await http.post(url, data=data, headers=OCTETS | {"Upload-Length": str(len(data))})
+    assert response.status == 201, await response.text()
+    assert response.headers["Upload-Offset"] == str(len(data))
+    assert await multipart_id(gateway, session) is None
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.progress == [len(data)] and session.completions == 1
 
 
 async def test_creating_an_existing_upload_again_keeps_its_bytes(gateway, http):

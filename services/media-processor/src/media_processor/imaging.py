@@ -51,8 +51,7 @@ import rawpy  # noqa: E402
 import simplejpeg  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
-from PIL import ImageCms  # noqa: E402
-from PIL import WebPImagePlugin  # noqa: E402, F401 - registers WebP and loads libwebp (see preinit below)
+from PIL import ImageCms, WebPImagePlugin  # noqa: E402, F401
 from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
@@ -99,7 +98,8 @@ from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa
 
 hachoir.core.config.quiet = True
 # Pillow registers its formats and loads libwebp on its first save: here, in the forkserver,
-# once, instead of in every decoding child forked from it (45 ms CPU a child).
+# once, instead of in every decoding child forked from it (45 ms CPU a child). Importing
+# WebPImagePlugin (above, unused by name) is what registers WebP and loads libwebp.
 PIL.Image.preinit()
 
 # The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an

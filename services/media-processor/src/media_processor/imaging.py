@@ -114,6 +114,12 @@ FINAL_FILTER = "lanczos"
 # picks pixels: 34.4 dB against a Lanczos reduction of the full decode, 24 MP camera JPEG); there
 # its triangle filter, whose support widens with the reduction, gives 42.2 dB, ImageMagick's
 # ScaleImage 42.0. From 2x on (2560 -> 1280), BOX is the block average ScaleImage makes.
+# Between variants Pillow first averages whole blocks (Image.reduce), leaving the filter this
+# much of the reduction: for BOX (2560 -> 1280) the block average is the filter, 16 -> 8 ms CPU;
+# Lanczos (1280 -> 320) still does the last 2x, 11 -> 5 ms, and thumb's PSNR moves 0.06 dB.
+REDUCING_GAP = {PIL.Image.Resampling.BOX: 1.0, PIL.Image.Resampling.LANCZOS: 2.0}
+
+
 def _reduction_filter(source: tuple[int, int], target: tuple[int, int]) -> PIL.Image.Resampling:
     return PIL.Image.Resampling.BOX if max(source) >= 2 * max(target) else PIL.Image.Resampling.BILINEAR
 
@@ -447,7 +453,8 @@ def render_decoded(decoded: Decoded, workdir: str, *, orientation: int | None = 
             size = (variant.size.width, variant.size.height)
             if picture.size != size:
                 last = variant is variants[-1]
-                picture = picture.resize(size, PIL.Image.Resampling.LANCZOS if last else _reduction_filter(picture.size, size))
+                kind = PIL.Image.Resampling.LANCZOS if last else _reduction_filter(picture.size, size)
+                picture = picture.resize(size, kind, reducing_gap=REDUCING_GAP.get(kind))
             if transform is not None and variant is variants[0]:
                 picture = ImageCms.applyTransform(picture, transform)
                 assert picture is not None

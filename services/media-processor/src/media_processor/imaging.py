@@ -102,7 +102,8 @@ hachoir.core.config.quiet = True
 # WebPImagePlugin (above, unused by name) is what registers WebP and loads libwebp.
 PIL.Image.preinit()
 
-# The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
+# On ImageMagick's route (the files it decodes: PNG, WebP, CMYK JPEG, video and PDF frames) the big
+# reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2
 # average, sharper than Triangle's 4-pixel support. The last, small step (medium -> thumb) is
@@ -391,7 +392,7 @@ def _jpeg(data: bytes) -> Decoded | None:
     libjpeg-turbo scales in the DCT on the way (to the smallest of its scales still at least as
     large as the largest variant) and hands over 8-bit RGB: 0.14 s CPU for a 24 MP camera JPEG
     here, where ImageMagick 6 takes 0.19 s to decode it at the same scale into its 16-bit pixels
-    and 0.10 s more to shrink those to 2560 px (Pillow, in _reduced: 0.04 s). Its warnings
+    and 0.10 s more to shrink those to 2560 px (Pillow, in render_decoded: 0.05 s). Its warnings
     (libjpeg's "Premature end of JPEG file", "Corrupt JPEG data: ...") raise in the strict
     decode; then a lenient one gives the pixels libjpeg made of the damaged file, as
     ImageMagick's coder did, and a JPEG libjpeg cannot decode at all fails it. CMYK and YCCK

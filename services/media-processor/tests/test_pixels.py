@@ -261,6 +261,17 @@ async def test_a_jpeg_with_corrupt_scan_data_is_available_with_a_corrupt_data_wa
     assert "Corrupt JPEG data" in outcome.metadata.warnings[0].detail
 
 
+async def test_a_jpeg_libjpeg_cannot_decode_fails_as_corrupt_content(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Its scan names a component the frame does not have: libjpeg-turbo's TurboJPEG API refuses
+    # it, and so does ImageMagick's coder, which then has the last word.
+    data = bytearray(small_jpeg())
+    sos = data.index(b"\xff\xda")
+    data[sos + 5] = 9  # the first scan component's selector
+    with pytest.raises(Unprocessable) as failure:
+        await decode(sandbox, written(tmp_path, "broken.jpg", bytes(data)), tmp_path)
+    assert (failure.value.reason, failure.value.cause) == ("decode_failed", "corrupt_content")
+
+
 def grid_heic(monkeypatch: pytest.MonkeyPatch) -> bytes:
     """A 1024x768 HEIC in 256 px tiles, as phones write them (an iPhone's are 512 px)."""
     monkeypatch.setattr(pillow_heif.options, "GRID_TILE_SIZE", 256)

@@ -177,7 +177,7 @@ def _photo(job: Job) -> Outcome:
     if decoded is not None:
         rendered = render_decoded(decoded, job.workdir, orientation=exif.orientation)
         warnings = rendered.warnings
-    else:  # CMYK JPEGs (ImageMagick converts them through their profile), PNG, WebP
+    else:  # PNG, WebP, and the JPEGs _jpeg leaves to ImageMagick (CMYK, undecodable)
         hint = stored if job.family == "jpeg" else None
         rendered = render(job.path, job.workdir, coder=coder, stored=hint)
         warnings = rendered.warnings
@@ -387,7 +387,7 @@ class Decoded(msgspec.Struct, frozen=True):
 
 
 def _jpeg(data: bytes) -> Decoded | None:
-    """A grey or YCbCr/RGB JPEG decoded by libjpeg-turbo (simplejpeg's build), None for CMYK.
+    """A grey or YCbCr/RGB JPEG decoded by libjpeg-turbo (simplejpeg's build), else None.
 
     libjpeg-turbo scales in the DCT on the way (to the smallest of its scales still at least as
     large as the largest variant) and hands over 8-bit RGB: 0.14 s CPU for a 24 MP camera JPEG
@@ -395,8 +395,9 @@ def _jpeg(data: bytes) -> Decoded | None:
     and 0.10 s more to shrink those to 2560 px (Pillow, in render_decoded: 0.05 s). Its warnings
     (libjpeg's "Premature end of JPEG file", "Corrupt JPEG data: ...") raise in the strict
     decode; then a lenient one gives the pixels libjpeg made of the damaged file, as
-    ImageMagick's coder did, and a JPEG libjpeg cannot decode at all fails it. CMYK and YCCK
-    JPEGs (press files) go to ImageMagick, which converts them through their profile.
+    ImageMagick's coder did. A JPEG the TurboJPEG API cannot decode at all (broken, or of a kind
+    it does not take) is ImageMagick's to decode or refuse, as before; so are CMYK and YCCK JPEGs
+    (press files), which it converts through their profile.
     """
     frame = jpeg_frame(data)
     if frame is None or frame.components not in (1, 3):
@@ -409,8 +410,8 @@ def _jpeg(data: bytes) -> Decoded | None:
     except ValueError as complaint:
         try:
             array = simplejpeg.decode_jpeg(data, colorspace, min_width=hint.width, min_height=hint.height, strict=False)
-        except ValueError as error:
-            raise corrupt_content(f"libjpeg: {error}") from None
+        except ValueError:
+            return None  # ImageMagick's coder decodes it or says what is wrong with it
         warnings = (decode_warning(f"libjpeg: {complaint}"),)
     height, width = array.shape[:2]
     pixels = Pixels(array, width, height, channels, width * len(channels))

@@ -261,6 +261,18 @@ async def test_a_jpeg_with_corrupt_scan_data_is_available_with_a_corrupt_data_wa
     assert "Corrupt JPEG data" in outcome.metadata.warnings[0].detail
 
 
+async def test_a_grey_jpeg_is_decoded_as_one_channel_and_written_grey(sandbox: Sandbox, tmp_path: Path) -> None:
+    with Image(width=3000, height=2000, pseudo="gradient:black-white") as img:
+        img.type = "grayscale"
+        data = blob(img, "jpeg")
+    assert data[data.index(b"\xff\xc0") + 9] == 1  # the frame has one component
+    outcome = await decode(sandbox, written(tmp_path, "grey.jpg", data), tmp_path)
+    assert {v.name: (v.width, v.height) for v in outcome.variants}["large"] == (2560, 1707)
+    with Image(filename=next(v.path for v in outcome.variants if v.name == "medium")) as medium:
+        red, green, blue = (medium[640, 426].red, medium[640, 426].green, medium[640, 426].blue)
+    assert red == green == blue and 0.3 < red < 0.7  # grey, halfway down the gradient
+
+
 async def test_a_jpeg_libjpeg_cannot_decode_fails_as_corrupt_content(sandbox: Sandbox, tmp_path: Path) -> None:
     # Its scan names a component the frame does not have: libjpeg-turbo's TurboJPEG API refuses
     # it, and so does ImageMagick's coder, which then has the last word.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import PIL.Image
 import pytest
 from wand.image import Image
 from wand.resource import limits as magick_limits
@@ -173,9 +175,14 @@ async def test_a_jpeg_zip_polyglot_is_re_encoded_without_its_payload(sandbox: Sa
 
 
 async def test_a_decode_past_its_deadline_is_killed_and_the_next_one_is_served(tmp_path: Path) -> None:
-    impatient = Sandbox(Limits(timeout_s=0.3))
+    # A 12 MP JPEG of colour noise: its decode alone (0.17 s CPU here) is past the deadline and
+    # its variants take as long again (the 5 MP sample this used could finish within 0.3 s since
+    # JPEG left ImageMagick).
+    slow = tmp_path / "noise_12mp.jpg"
+    PIL.Image.frombytes("RGB", (4000, 3000), random.Random(22).randbytes(4000 * 3000 * 3)).save(slow, quality=92)
+    impatient = Sandbox(Limits(timeout_s=0.1))
     with pytest.raises(Unprocessable) as failure:
-        await decode(impatient, DATA / "mei_Samsung_SM-J327T1.jpg", tmp_path)
+        await decode(impatient, slow, tmp_path)
     assert failure.value.reason == "timeout"
     outcome = await decode(Sandbox(Limits(timeout_s=60)), DATA / "exiftool_GPS.jpg", tmp_path)
     assert outcome.variants

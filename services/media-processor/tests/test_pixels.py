@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 from wand.color import Color
 from wand.image import Image
 
-from media_processor.dimensions import PixelLimits, declared_size, excess, heif_cut_short, heif_icc_profile
+from media_processor.dimensions import (
+    JpegFrame,
+    PixelLimits,
+    declared_size,
+    excess,
+    heif_cut_short,
+    heif_icc_profile,
+    jpeg_frame,
+)
 from media_processor.magic import Family
 from media_processor.metadata import decode_warning
 from media_processor.sandbox import Limits, Sandbox, Unprocessable
@@ -136,10 +144,29 @@ def test_a_jpeg_frame_header_after_large_app_segments_is_found() -> None:
     assert declared_size(data, "jpeg") == Size(2576, 1932)
 
 
+def test_a_jpeg_frame_names_its_components_and_joins_its_icc_chunks_in_sequence_order() -> None:
+    # Profiles above 64 KB span several APP2 segments, each numbered; join them by number.
+    def app2(number: int, count: int, body: bytes) -> bytes:
+        segment = b"ICC_PROFILE\x00" + bytes((number, count)) + body
+        return b"\xff\xe2" + struct.pack(">H", len(segment) + 2) + segment
+
+    data = small_jpeg()
+    tagged = data[:2] + app2(2, 2, ADOBE_RGB[100:]) + app2(1, 2, ADOBE_RGB[:100]) + data[2:]
+    frame = jpeg_frame(tagged)
+    assert frame is not None
+    assert (frame.size, frame.components, frame.icc_profile) == (Size(64, 48), 3, ADOBE_RGB)
+    assert jpeg_frame(data) == JpegFrame(size=Size(64, 48), components=3, icc_profile=None)
+    cmyk = jpeg_frame((DATA / "jpeg_cmyk.jpg").read_bytes())
+    assert cmyk is not None and cmyk.components == 4
+    assert jpeg_frame(data[:20]) is None
+
+
 @given(st.binary(max_size=300), st.sampled_from(["jpeg", "png", "webp", "heif", "isobmff"]))
 def test_reading_a_declared_size_from_arbitrary_bytes_never_raises(data: bytes, family: str) -> None:
     for prefix in (b"", b"\xff\xd8", b"RIFF\x00\x00\x00\x00WEBPVP8X", b"\x00\x00\x00\x10meta", b"\x00\x00\x00\x10moov"):
         declared_size(prefix + data, family)
+        if family == "jpeg":
+            jpeg_frame(prefix + data)
 
 
 def test_limits_name_what_is_too_large() -> None:
@@ -232,6 +259,29 @@ async def test_a_jpeg_with_corrupt_scan_data_is_available_with_a_corrupt_data_wa
     outcome = await decode(sandbox, written(tmp_path, "corrupt.jpg", bytes(data)), tmp_path)
     assert [w.code for w in outcome.metadata.warnings] == ["corrupt_data"]
     assert "Corrupt JPEG data" in outcome.metadata.warnings[0].detail
+
+
+async def test_a_grey_jpeg_is_decoded_as_one_channel_and_written_grey(sandbox: Sandbox, tmp_path: Path) -> None:
+    with Image(width=3000, height=2000, pseudo="gradient:black-white") as img:
+        img.type = "grayscale"
+        data = blob(img, "jpeg")
+    assert data[data.index(b"\xff\xc0") + 9] == 1  # the frame has one component
+    outcome = await decode(sandbox, written(tmp_path, "grey.jpg", data), tmp_path)
+    assert {v.name: (v.width, v.height) for v in outcome.variants}["large"] == (2560, 1707)
+    with Image(filename=next(v.path for v in outcome.variants if v.name == "medium")) as medium:
+        red, green, blue = (medium[640, 426].red, medium[640, 426].green, medium[640, 426].blue)
+    assert red == green == blue and 0.3 < red < 0.7  # grey, halfway down the gradient
+
+
+async def test_a_jpeg_libjpeg_cannot_decode_fails_as_corrupt_content(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Its scan names a component the frame does not have: libjpeg-turbo's TurboJPEG API refuses
+    # it, and so does ImageMagick's coder, which then has the last word.
+    data = bytearray(small_jpeg())
+    sos = data.index(b"\xff\xda")
+    data[sos + 5] = 9  # the first scan component's selector
+    with pytest.raises(Unprocessable) as failure:
+        await decode(sandbox, written(tmp_path, "broken.jpg", bytes(data)), tmp_path)
+    assert (failure.value.reason, failure.value.cause) == ("decode_failed", "corrupt_content")
 
 
 def grid_heic(monkeypatch: pytest.MonkeyPatch) -> bytes:

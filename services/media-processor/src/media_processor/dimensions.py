@@ -8,7 +8,8 @@ by the decoding routes, against the same limits. None means "not found": the dec
 its own, lower caps on what it decodes).
 
 Also HEIF's embedded ICC profile (`colr` of type `prof`/`rICC`): ImageMagick 6's HEIC coder
-ignores it, and an iPhone's Display P3 photo would otherwise pass as sRGB.
+ignores it, and an iPhone's Display P3 photo would otherwise pass as sRGB. And a JPEG's frame
+(components) and ICC profile (APP2), which libjpeg-turbo's TurboJPEG API does not hand over.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
-def _jpeg(data: memoryview) -> Size | None:
-    """The first frame header, skipping every segment (APP1's EXIF thumbnail included) by length."""
+def _jpeg_segments(data: memoryview) -> Iterator[tuple[int, int, int]]:
+    """Every marker segment up to the first scan: (marker, body start, body end), skipped by length."""
     at = 2
     while at + 4 <= len(data):
         if data[at] != 0xFF:
-            return None
+            return
         marker = data[at + 1]
         if marker == 0xFF:  # fill byte
             at += 1
@@ -83,14 +84,49 @@ def _jpeg(data: memoryview) -> Size | None:
         if marker in _STANDALONE:
             at += 2
             continue
+        if marker in (0xDA, 0xD9):  # scan data or end of image
+            return
         (length,) = struct.unpack_from(">H", data, at + 2)
-        if marker in _SOF:
-            height, width = struct.unpack_from(">HH", data, at + 5)
-            return Size(width, height) if width and height else None
-        if marker in (0xDA, 0xD9):  # scan data or end of image before any frame header
-            return None
+        yield marker, at + 4, at + 2 + length
         at += 2 + length
+
+
+def _jpeg(data: memoryview) -> Size | None:
+    """The first frame header, skipping every segment (APP1's EXIF thumbnail included) by length."""
+    for marker, body, _ in _jpeg_segments(data):
+        if marker in _SOF:
+            height, width = struct.unpack_from(">HH", data, body + 1)
+            return Size(width, height) if width and height else None
     return None
+
+
+class JpegFrame(msgspec.Struct, frozen=True):
+    size: Size
+    components: int  # 1 grey, 3 YCbCr (or RGB), 4 CMYK (or YCCK)
+    icc_profile: bytes | None
+
+
+_ICC_CHUNK = b"ICC_PROFILE\x00"
+
+
+def jpeg_frame(data: bytes | memoryview) -> JpegFrame | None:
+    """A JPEG's frame header and its ICC profile (APP2 chunks, joined in their sequence order)."""
+    view = memoryview(data)
+    chunks: dict[int, bytes] = {}
+    frame: tuple[Size, int] | None = None
+    try:
+        for marker, body, end in _jpeg_segments(view):
+            if marker == 0xE2 and bytes(view[body : body + 12]) == _ICC_CHUNK and end > body + 14:
+                chunks.setdefault(view[body + 12], bytes(view[body + 14 : end]))
+            elif marker in _SOF and frame is None:
+                height, width, components = struct.unpack_from(">HHB", view, body + 1)
+                frame = Size(width, height), components
+    except (struct.error, IndexError, ValueError):
+        return None
+    if frame is None or not frame[0].width or not frame[0].height:
+        return None
+    profile = b"".join(chunks[n] for n in sorted(chunks)) if chunks else None
+    return JpegFrame(size=frame[0], components=frame[1], icc_profile=profile)
 
 
 def _png(data: memoryview) -> Size | None:

@@ -8,9 +8,9 @@ _exit(1) the child instead of letting it fail as a timeout. The pure parts (meta
 variants.py...) are tested without it. Every
 ImageMagick read names its coder and frame (`jpeg:/path[0]`), so content is never guessed and
 animations give their first frame. Video frames come from ffmpeg, PDF pages from Ghostscript
-(-dSAFER), HEIC/HEIF pictures from libheif (pillow-heif) and RAW pictures from LibRaw (rawpy),
-the last two in this process, handed to ImageMagick as pixels; ImageMagick only ever reads JPEG,
-PNG, WebP or PPM.
+(-dSAFER), JPEG pictures from libjpeg-turbo (simplejpeg), HEIC/HEIF pictures from libheif
+(pillow-heif) and RAW pictures from LibRaw (rawpy), the last three in this process, handed to
+ImageMagick as pixels; ImageMagick only ever reads CMYK JPEG, PNG, WebP or PPM.
 
 Every route first compares the picture size the file declares (dimensions.py for images, LibRaw
 for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
@@ -48,9 +48,10 @@ import numpy  # noqa: E402
 import PIL.Image  # noqa: E402
 import pillow_heif  # noqa: E402
 import rawpy  # noqa: E402
+import simplejpeg  # noqa: E402
 from hachoir.metadata import extractMetadata  # noqa: E402
 from hachoir.parser import createParser  # noqa: E402
-from PIL import ImageCms  # noqa: E402
+from PIL import ImageCms, WebPImagePlugin  # noqa: E402, F401
 from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
@@ -61,6 +62,7 @@ from media_processor.dimensions import (  # noqa: E402
     excess,
     heif_cut_short,
     heif_icc_profile,
+    jpeg_frame,
 )
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.jobs import (  # noqa: E402
@@ -95,14 +97,34 @@ from media_processor.variants import (  # noqa: E402
 from rawdrive_contracts import DecodeWarning, MediaMetadata, MotionPhoto  # noqa: E402
 
 hachoir.core.config.quiet = True
+# Pillow registers its formats and loads libwebp on its first save: here, in the forkserver,
+# once, instead of in every decoding child forked from it (45 ms CPU a child). Importing
+# WebPImagePlugin (above, unused by name) is what registers WebP and loads libwebp.
+PIL.Image.preinit()
 
-# The big reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
+# On ImageMagick's route (the files it decodes: PNG, WebP, CMYK JPEG, video and PDF frames) the big
+# reductions (decoded picture -> large, large -> medium) use ImageMagick's ScaleImage, an
 # exact area average (a box integral, so no aliasing when reducing): a single row-order pass, about
 # half the time of a Triangle resize here, and for the exact 2x large -> medium step a plain 2x2
 # average, sharper than Triangle's 4-pixel support. The last, small step (medium -> thumb) is
 # cheap, so it gets Lanczos. Measured against a Lanczos resize of the full decode (SSIM after WebP
 # encoding): equal to Triangle for `large`, better for `medium` and `thumb`.
 FINAL_FILTER = "lanczos"
+# Pillow's reductions of pixels decoded in this process (render_decoded, _reduced): its BOX
+# averages whole pixels only, so below 2x it is no area average (at 3000 -> 2560 px it mostly
+# picks pixels: 34.4 dB against a Lanczos reduction of the full decode, 24 MP camera JPEG); there
+# its triangle filter, whose support widens with the reduction, gives 42.2 dB, ImageMagick's
+# ScaleImage 42.0. From 2x on (2560 -> 1280), BOX is the block average ScaleImage makes.
+# Between variants Pillow first averages whole blocks (Image.reduce), leaving the filter this
+# much of the reduction: for BOX (2560 -> 1280) the block average is the filter, 16 -> 8 ms CPU;
+# Lanczos (1280 -> 320) still does the last 2x, 11 -> 5 ms, and thumb's PSNR moves 0.06 dB.
+REDUCING_GAP = {PIL.Image.Resampling.BOX: 1.0, PIL.Image.Resampling.LANCZOS: 2.0}
+
+
+def _reduction_filter(source: tuple[int, int], target: tuple[int, int]) -> PIL.Image.Resampling:
+    return PIL.Image.Resampling.BOX if max(source) >= 2 * max(target) else PIL.Image.Resampling.BILINEAR
+
+
 # Threads encoding variants beside the one that scales them: one per core of the target machine.
 ENCODE_THREADS = 2
 # An embedded RAW preview at least this large is good enough for every variant but `large`.
@@ -151,9 +173,15 @@ def _photo(job: Job) -> Outcome:
     stored = _declared_size(job.path, job.family)
     refuse_oversized(stored, job.pixels, job.family)
     exif = _exif(job.path, job.family)
-    hint = stored if job.family == "jpeg" else None
-    rendered = render(job.path, job.workdir, coder=coder, stored=hint)
-    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), rendered.warnings), variants=rendered.variants)
+    decoded = _jpeg(Path(job.path).read_bytes()) if job.family == "jpeg" else None
+    if decoded is not None:
+        rendered = render_decoded(decoded, job.workdir, orientation=exif.orientation)
+        warnings = rendered.warnings
+    else:  # PNG, WebP, and the JPEGs _jpeg leaves to ImageMagick (CMYK, undecodable)
+        hint = stored if job.family == "jpeg" else None
+        rendered = render(job.path, job.workdir, coder=coder, stored=hint)
+        warnings = rendered.warnings
+    return Outcome(metadata=_warned(photo_metadata(exif, rendered.display), warnings), variants=rendered.variants)
 
 
 def _heif(job: Job) -> Outcome:
@@ -183,7 +211,7 @@ def _heif(job: Job) -> Outcome:
     # libheif decodes a file cut short without a word, leaving the tiles it lacks blank.
     cut = heif_cut_short(data)
     del heif, data
-    rendered = render(pixels, job.workdir, profile=profile)
+    rendered = render_decoded(Decoded(pixels, profile=profile), job.workdir)
     warnings = rendered.warnings
     if cut is not None:
         warnings += (decode_warning(f"libheif: file truncated, its {cut.decode('latin-1')} box ends past the end of the file"),)
@@ -194,7 +222,7 @@ def _raw(job: Job) -> Outcome:
     """LibRaw: the embedded preview when it is large enough, else a half-size demosaic.
 
     Half size is still at least as large as every variant for cameras above 10 MP, at a quarter
-    of the work; white balance as shot; no rotation by LibRaw (render() orients by the EXIF).
+    of the work; white balance as shot; no rotation by LibRaw (render_decoded() orients by the EXIF).
     """
     try:
         with rawpy.imread(job.path) as raw:
@@ -205,17 +233,15 @@ def _raw(job: Job) -> Outcome:
             orientation = exif.orientation if exif.orientation in range(1, 9) else _FLIP_TO_ORIENTATION.get(sizes.flip)
             picture = _raw_preview(raw, job)
             if picture is None:
-                decoded = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)
-                picture = _rgb_array(decoded), None, None
+                picture = Decoded(_rgb_array(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8, user_flip=0)))
     except rawpy.LibRawDataError as exc:
         raise corrupt_content(f"LibRaw: {exc}") from None
     except rawpy.LibRawTooBigError as exc:
         raise too_many_pixels(f"LibRaw: {exc}") from None
     except rawpy.LibRawError as exc:
         raise Unprocessable("decode_failed", f"LibRaw: {type(exc).__name__}: {exc}") from None
-    source, coder, stored = picture
     # Previews and LibRaw's output carry no orientation of their own: the RAW's says it.
-    rendered = render(source, job.workdir, coder=coder, stored=stored, orientation=orientation)
+    rendered = render_decoded(picture, job.workdir, orientation=orientation)
     metadata = photo_metadata(exif, display_size(sensor, orientation))
     return Outcome(metadata=_warned(metadata, rendered.warnings), variants=rendered.variants)
 
@@ -350,6 +376,132 @@ class Pixels(msgspec.Struct, frozen=True):
 _HEIF_CHANNELS = {"RGB": "RGB", "RGBA": "RGBA", "L": "I"}
 
 
+class Decoded(msgspec.Struct, frozen=True):
+    """A picture decoded in this process: its pixels, the size its file declares (when the
+    pixels are smaller: shrink-on-load), its ICC profile and what the decoder complained of."""
+
+    pixels: Pixels
+    stored: Size | None = None
+    profile: bytes | None = None
+    warnings: tuple[DecodeWarning, ...] = ()
+
+
+def _jpeg(data: bytes) -> Decoded | None:
+    """A grey or YCbCr/RGB JPEG decoded by libjpeg-turbo (simplejpeg's build), else None.
+
+    libjpeg-turbo scales in the DCT on the way (to the smallest of its scales still at least as
+    large as the largest variant) and hands over 8-bit RGB: 0.14 s CPU for a 24 MP camera JPEG
+    here, where ImageMagick 6 takes 0.19 s to decode it at the same scale into its 16-bit pixels
+    and 0.10 s more to shrink those to 2560 px (Pillow, in render_decoded: 0.05 s). Its warnings
+    (libjpeg's "Premature end of JPEG file", "Corrupt JPEG data: ...") raise in the strict
+    decode; then a lenient one gives the pixels libjpeg made of the damaged file, as
+    ImageMagick's coder did. A JPEG the TurboJPEG API cannot decode at all (broken, or of a kind
+    it does not take) is ImageMagick's to decode or refuse, as before; so are CMYK and YCCK JPEGs
+    (press files), which it converts through their profile.
+    """
+    frame = jpeg_frame(data)
+    if frame is None or frame.components not in (1, 3):
+        return None
+    hint = decode_hint(frame.size)
+    colorspace, channels = ("GRAY", "I") if frame.components == 1 else ("RGB", "RGB")
+    warnings: tuple[DecodeWarning, ...] = ()
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace, min_width=hint.width, min_height=hint.height)
+    except ValueError as complaint:
+        try:
+            array = simplejpeg.decode_jpeg(data, colorspace, min_width=hint.width, min_height=hint.height, strict=False)
+        except ValueError:
+            return None  # ImageMagick's coder decodes it or says what is wrong with it
+        warnings = (decode_warning(f"libjpeg: {complaint}"),)
+    height, width = array.shape[:2]
+    pixels = Pixels(array, width, height, channels, width * len(channels))
+    return Decoded(pixels, stored=frame.size, profile=frame.icc_profile, warnings=warnings)
+
+
+def render_decoded(decoded: Decoded, workdir: str, *, orientation: int | None = None) -> Rendered:
+    """Every variant of a picture decoded in this process, by Pillow: reduced, oriented,
+    converted to sRGB, scaled and written as stripped WebP, in 8 bits throughout.
+
+    ImageMagick 6 would first copy the pixels into its 16-bit ones (0.03 s for 2560 px), then
+    scale 2560 -> 1280 (0.04 s CPU) and 1280 -> 320 with Lanczos (0.05 s), where Pillow takes
+    0.02 s and 0.01 s; libwebp is the same library either way (the bytes Pillow writes with
+    these settings are ImageMagick's), and Pillow hands it the 8-bit pixels as they are. The
+    filters: area averages to `large` and `medium` (see _reduction_filter), Lanczos to `thumb`,
+    as on ImageMagick's route. A profile LittleCMS cannot take as RGB -> sRGB here (grey, CMYK, a broken one) goes
+    through ImageMagick's route instead, which converts or says what is wrong with it.
+    """
+    pixels = decoded.pixels
+    transform = None
+    if decoded.profile is not None:
+        transform = _rgb_transform(decoded.profile, pixels.channels) if pixels.channels in ("RGB", "RGBA") else None
+        if transform is None:
+            return render(pixels, workdir, stored=decoded.stored, orientation=orientation, profile=decoded.profile)
+    stored = decoded.stored or Size(pixels.width, pixels.height)
+    display = display_size(stored, orientation)
+    variants = plan(display)
+    mode = _PILLOW_MODES[pixels.channels]
+    picture = PIL.Image.frombuffer(mode, (pixels.width, pixels.height), pixels.data, "raw", mode, pixels.stride, 1)  # type: ignore[arg-type]
+    del pixels
+    produced: list[Produced] = []
+    with ThreadPoolExecutor(max_workers=ENCODE_THREADS) as encoders:
+        # Straight to `large` (in the stored orientation: turning the smaller picture costs less).
+        large = display_size(variants[0].size, orientation)
+        if picture.size != (large.width, large.height):
+            picture = _reduced_in_halves(picture, (large.width, large.height), encoders)
+        if orientation in _TRANSPOSES:
+            picture = picture.transpose(_TRANSPOSES[orientation])
+        encodes = []
+        for variant in variants:
+            size = (variant.size.width, variant.size.height)
+            if picture.size != size:
+                last = variant is variants[-1]
+                kind = PIL.Image.Resampling.LANCZOS if last else _reduction_filter(picture.size, size)
+                picture = picture.resize(size, kind, reducing_gap=REDUCING_GAP.get(kind))
+            if transform is not None and variant is variants[0]:
+                picture = ImageCms.applyTransform(picture, transform)
+                assert picture is not None
+            out = Path(workdir, f"{variant.name}.webp")
+            encodes.append(encoders.submit(_encode_pillow, picture, out))
+            produced.append(Produced(name=variant.name, path=str(out), width=size[0], height=size[1]))
+        for encode in encodes:
+            encode.result()
+    return Rendered(variants=tuple(produced), display=display, warnings=decoded.warnings)
+
+
+def _reduced_in_halves(picture: PIL.Image.Image, size: tuple[int, int], threads: ThreadPoolExecutor) -> PIL.Image.Image:
+    """`picture` reduced to `size`, its upper and lower halves on two threads at once.
+
+    The decode -> large reduction is the one step before any encode can start, so nothing else
+    overlaps it: 58 ms wall for 3000 -> 2560 px, 27 ms in halves, for the same CPU. Pillow
+    resamples the box of each half with the whole picture's scale and reads past the box for
+    the filter's support, so the halves join without a seam (they differ from one reduction by
+    at most 1 in 255, the float box edge's rounding).
+    """
+    width, height = size
+    top = height // 2
+    split = top * picture.height / height  # the source row where the output's lower half starts
+    kind = _reduction_filter(picture.size, size)
+    upper = threads.submit(picture.resize, (width, top), kind, (0, 0, picture.width, split))
+    lower = threads.submit(picture.resize, (width, height - top), kind, (0, split, picture.width, picture.height))
+    joined = PIL.Image.new(picture.mode, size)
+    joined.paste(upper.result(), (0, 0))
+    joined.paste(lower.result(), (0, top))
+    return joined
+
+
+# EXIF orientation -> the transposition that shows the picture upright.
+_TRANSPOSES = {
+    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT, 3: PIL.Image.Transpose.ROTATE_180, 4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
+    5: PIL.Image.Transpose.TRANSPOSE, 6: PIL.Image.Transpose.ROTATE_270, 7: PIL.Image.Transpose.TRANSVERSE,
+    8: PIL.Image.Transpose.ROTATE_90,
+}
+
+
+def _encode_pillow(picture: PIL.Image.Image, out: Path) -> None:
+    """libwebp through Pillow (which releases the GIL while it encodes); no EXIF, XMP or ICC."""
+    picture.save(out, "WEBP", quality=WEBP_QUALITY, method=WEBP_METHOD)
+
+
 def render(
     source: str | Pixels,
     workdir: str,
@@ -449,11 +601,9 @@ def _variants(source: Image, workdir: str, profile: bytes | None = None) -> tupl
 
 
 def _reduced(pixels: Pixels) -> Pixels:
-    """Pixels larger than the largest variant, area-averaged down to it in 8 bits by Pillow.
-
-    The same box filter as ImageMagick's ScaleImage (see FINAL_FILTER), before the pixels reach
-    ImageMagick instead of after: 0.07 s CPU for a 12 MP HEIC (0.04 s for a half-size 24 MP
-    RAW), where ImageMagick takes 0.16 s (0.09 s) on its 16-bit copy, which is also made of the
+    """Pixels larger than the largest variant, reduced to it in 8 bits by Pillow (see
+    _reduction_filter), before the pixels reach ImageMagick instead of after: 0.07 s CPU for a
+    12 MP HEIC (0.04 s for a half-size 24 MP RAW), where ImageMagick takes 0.16 s (0.09 s) on its 16-bit copy, which is also made of the
     full picture instead of the variant.
     """
     target = decode_hint(Size(pixels.width, pixels.height))
@@ -461,7 +611,7 @@ def _reduced(pixels: Pixels) -> Pixels:
         return pixels
     mode = _PILLOW_MODES[pixels.channels]
     picture = PIL.Image.frombuffer(mode, (pixels.width, pixels.height), pixels.data, "raw", mode, pixels.stride, 1)  # type: ignore[arg-type]
-    reduced = picture.resize((target.width, target.height), PIL.Image.Resampling.BOX)
+    reduced = picture.resize((target.width, target.height), _reduction_filter(picture.size, (target.width, target.height)))
     return Pixels(reduced.tobytes(), target.width, target.height, pixels.channels, target.width * len(pixels.channels))
 
 
@@ -520,8 +670,8 @@ def _declared_size(path: str, family: Family) -> Size | None:
             return declared_size(mapped, family)
 
 
-def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[str | Pixels, str | None, Size | None] | None:
-    """The embedded preview as (file, coder, declared size), if large enough for the variants."""
+def _raw_preview(raw: rawpy.RawPy, job: Job) -> Decoded | None:
+    """The embedded preview, decoded, if large enough for the variants (and not CMYK: no camera's is)."""
     try:
         thumb = raw.extract_thumb()
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
@@ -531,13 +681,11 @@ def _raw_preview(raw: rawpy.RawPy, job: Job) -> tuple[str | Pixels, str | None, 
         if size is None or size.long_edge < PREVIEW_MIN_LONG_EDGE:
             return None
         refuse_oversized(size, job.pixels, "RAW preview")
-        path = Path(job.workdir, "preview.jpg")
-        path.write_bytes(thumb.data)
-        return str(path), "jpeg", size
+        return _jpeg(thumb.data)
     height, width = thumb.data.shape[:2]
     if max(width, height) < PREVIEW_MIN_LONG_EDGE or thumb.data.ndim != 3 or thumb.data.shape[2] != 3:
         return None
-    return _rgb_array(thumb.data), None, None
+    return Decoded(_rgb_array(thumb.data))
 
 
 def _rgb_array(array: numpy.ndarray) -> Pixels:

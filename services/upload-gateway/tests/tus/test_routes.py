@@ -223,15 +223,7 @@ async def test_a_one_part_patch_cut_mid_body_stores_no_object_keeps_the_bytes_an
     url = tus_url(first, session)
     await create(http, url, len(data))
 
-    split = urlsplit(url)
-    reader, writer = await asyncio.open_connection(split.hostname, split.port)
-    writer.write(
-        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-    )
-    writer.write(data[:sent])
-    await writer.drain()
+    _, writer = await raw_patch(url, data, sent)
     writer.close()  # the client goes away with the body unfinished
     await writer.wait_closed()
 

@@ -159,8 +159,11 @@ async def test_storage_down_is_the_same_retryable_503_on_the_uploads_api_and_tus
     port = closed_port()
     gateway = await start_gateway(s3_endpoint=f"http://127.0.0.1:{port}")
 
-    session = await gateway.open_session(1000)  # a tus session touches no storage until the POST
-    headers = {"Authorization": session["headers"]["Authorization"], "Upload-Length": "1000"} | TUS
+    # A tus session touches no storage until the POST, which for a file of more than one part
+    # (5 MiB) opens its multipart upload; a file of one part waits for its bytes.
+    size = 6 * 1024 * 1024
+    session = await gateway.open_session(size)
+    headers = {"Authorization": session["headers"]["Authorization"], "Upload-Length": str(size)} | TUS
     async with gateway.http.post(session["upload_url"], headers=headers) as response:
         tus_problem, tus_retry = await problem(response), response.headers.get("Retry-After")
     multipart = CREATE | {"resumable_protocol": "s3_multipart", "file_name": "IMG_0002.jpg"}

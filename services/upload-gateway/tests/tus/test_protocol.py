@@ -49,7 +49,9 @@ def test_a_missing_or_other_version_is_412_and_names_the_supported_version(heade
 def test_options_headers_announce_version_extensions_checksums_and_max_size():
     headers = protocol.options_headers(500 * 1024 * 1024)
     assert headers["Tus-Version"] == "1.0.0"
-    assert headers["Tus-Extension"] == "creation,creation-with-upload,termination,checksum,expiration,concatenation"
+    assert headers["Tus-Extension"] == (
+        "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation"
+    )
     assert headers["Tus-Checksum-Algorithm"] == "sha1,sha256"
     assert headers["Tus-Max-Size"] == "524288000"
 
@@ -69,9 +71,58 @@ def test_creation_refuses_a_missing_or_malformed_length(length):
         protocol.parse_creation(headers)
 
 
-def test_deferred_length_is_refused_because_the_session_fixes_it():
+def test_deferred_length_is_refused_where_a_session_fixes_it():
     with pytest.raises(BadRequest, match="Defer"):
         protocol.parse_creation(V | {"Upload-Defer-Length": "1"})
+
+
+def test_deferred_length_where_allowed_is_a_creation_without_a_length():
+    creation = protocol.parse_creation(V | {"Upload-Defer-Length": "1", "Upload-Metadata": "a Zm9v"}, deferrable=True)
+    assert (creation.length, creation.metadata) == (None, {"a": "foo"})
+    # Without the header the length is required as ever.
+    assert protocol.parse_creation(V | {"Upload-Length": "7"}, deferrable=True).length == 7
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Upload-Defer-Length": "0"}, {"Upload-Defer-Length": "true"}, {"Upload-Defer-Length": "2"},
+     {"Upload-Defer-Length": ""}, {"Upload-Defer-Length": "1", "Upload-Length": "100"}],
+)  # fmt: skip
+def test_deferred_length_takes_only_1_and_never_beside_a_length(headers):
+    with pytest.raises(BadRequest):
+        protocol.parse_creation(V | headers, deferrable=True)
+
+
+def test_a_patch_may_carry_upload_length_but_a_creation_body_takes_it_from_the_post():
+    assert protocol.parse_patch(PATCH | {"Upload-Length": "12"}).length == 12
+    assert protocol.parse_patch(PATCH).length is None
+    assert protocol.parse_patch(PATCH | {"Upload-Length": "12"}, creation=True).length is None
+    with pytest.raises(BadRequest):
+        protocol.parse_patch(PATCH | {"Upload-Length": "twelve"})
+
+
+@pytest.mark.parametrize(
+    ("recorded", "declared", "known", "offset", "expected"),
+    [
+        (None, None, None, 5, None),  # deferred, nothing new: still unknown
+        (None, 12, None, 5, 12),  # a PATCH brings it
+        (None, 12, 12, 5, 12),  # the session opened for it agrees
+        (None, None, 12, 5, 12),  # the session knows it, the store had not recorded it
+        (12, None, 12, 5, 12),  # known: a PATCH need not repeat it
+        (12, 12, 12, 12, 12),  # may repeat it; the offset may equal it
+    ],
+)
+def test_settle_length_learns_a_deferred_length_once(recorded, declared, known, offset, expected):
+    assert protocol.settle_length(recorded, declared, known, offset) == expected
+
+
+@pytest.mark.parametrize(
+    ("recorded", "declared", "known", "offset"),
+    [(12, 13, 12, 0), (12, 13, None, 0), (None, 13, 12, 0), (12, None, 13, 0), (None, 4, None, 5)],
+)
+def test_settle_length_refuses_a_second_different_length_or_one_short_of_the_offset(recorded, declared, known, offset):
+    with pytest.raises(BadRequest):
+        protocol.settle_length(recorded, declared, known, offset)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +240,11 @@ def test_upload_expires_is_an_rfc_7231_date_in_gmt():
     headers = protocol.upload_headers(3, 10, moment)
     assert headers["Upload-Offset"] == "3" and headers["Upload-Length"] == "10"
     assert headers["Cache-Control"] == "no-store" and headers["Tus-Resumable"] == "1.0.0"
+
+
+def test_an_unknown_length_is_said_by_upload_defer_length_and_no_upload_length():
+    headers = protocol.upload_headers(3, None, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert headers["Upload-Defer-Length"] == "1" and "Upload-Length" not in headers
 
 
 @pytest.mark.parametrize(

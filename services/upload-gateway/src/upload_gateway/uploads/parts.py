@@ -59,6 +59,14 @@ def plan_parts(size_bytes: int, preferred: int = DEFAULT_PART_SIZE) -> PartPlan:
     return PartPlan(part_size=part_size, part_count=-(-size_bytes // part_size))
 
 
+def part_size_up_to(maximum: int, preferred: int = DEFAULT_PART_SIZE) -> int:
+    """The part size of an upload whose length is not known yet but at most `maximum` bytes
+    (tus creation-defer-length): its parts are cut before the length is known, so all but the
+    last must have this size whatever the length turns out to be. Planned for `maximum`, any
+    length up to it needs at most MAX_PARTS parts of it, each at least MIN_PART_SIZE."""
+    return plan_parts(maximum, preferred).part_size
+
+
 def planned_size(session: UploadSession, part_number: int) -> int:
     """The bytes part `part_number` (1-based, within the plan) must hold."""
     assert session.part_size and session.part_count and 1 <= part_number <= session.part_count

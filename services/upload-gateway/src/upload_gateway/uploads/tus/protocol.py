@@ -16,7 +16,9 @@ from typing import ClassVar, Literal
 import msgspec
 
 TUS_VERSION = "1.0.0"
-TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration", "concatenation")
+TUS_EXTENSIONS = (
+    "creation", "creation-with-upload", "creation-defer-length", "termination", "checksum", "expiration", "concatenation",
+)
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
 _OVERRIDABLE = frozenset({"POST", "HEAD", "PATCH", "DELETE"})
@@ -83,7 +85,7 @@ class Checksum(msgspec.Struct, frozen=True):
 
 
 class Creation(msgspec.Struct, frozen=True):
-    length: int
+    length: int | None  # None: deferred (Upload-Defer-Length), brought by a later PATCH
     metadata: dict[str, str | None]
     raw_metadata: str | None  # echoed verbatim on HEAD, as the spec asks
     concat: str | None = None  # Upload-Concat of a partial or final upload, echoed on HEAD
@@ -93,6 +95,7 @@ class Patch(msgspec.Struct, frozen=True):
     offset: int
     content_length: int | None  # None for a chunked body
     checksum: Checksum | None
+    length: int | None = None  # Upload-Length on a PATCH: how an upload created deferred learns it
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -165,13 +168,45 @@ def parse_checksum(header: str | None) -> Checksum | None:
     return Checksum(algorithm, digest)  # type: ignore[arg-type]  # checked against the tuple
 
 
-def parse_creation(headers: Mapping[str, str], *, concat: str | None = None) -> Creation:
+def parse_creation(headers: Mapping[str, str], *, concat: str | None = None, deferrable: bool = False) -> Creation:
+    """`deferrable`: whether `Upload-Defer-Length: 1` may stand for `Upload-Length` (the creation
+    endpoint's whole files; an upload session's URL has its session's length)."""
     check_version(headers)
-    if "Upload-Defer-Length" in headers:
-        raise BadRequest("Upload-Defer-Length is not supported: the session fixes the length")
-    length = parse_non_negative("Upload-Length", headers.get("Upload-Length"))
+    length = None if parse_defer_length(headers, allowed=deferrable) else parse_non_negative(
+        "Upload-Length", headers.get("Upload-Length")
+    )
     raw = headers.get("Upload-Metadata")
     return Creation(length=length, metadata=parse_metadata(raw), raw_metadata=raw or None, concat=concat)
+
+
+def parse_defer_length(headers: Mapping[str, str], *, allowed: bool) -> bool:
+    """Whether the creation defers its length: `Upload-Defer-Length: 1` (no other value), never
+    beside `Upload-Length`."""
+    value = headers.get("Upload-Defer-Length")
+    if value is None:
+        return False
+    if not allowed:
+        raise BadRequest("Upload-Defer-Length is not accepted here: this upload's session fixes the length")
+    if value.strip() != "1":
+        raise BadRequest(f"Upload-Defer-Length must be 1, got {value!r}")
+    if "Upload-Length" in headers:
+        raise BadRequest("send Upload-Length or Upload-Defer-Length: 1, not both")
+    return True
+
+
+def settle_length(recorded: int | None, declared: int | None, known: int | None, offset: int) -> int | None:
+    """The upload's length after a PATCH: `recorded` by the store (None: deferred so far),
+    `declared` by this PATCH's Upload-Length (None: not sent), `known` to the session layer
+    (None: no session yet). Once known it never changes: any two that differ are refused (400),
+    as is a length short of the bytes already received."""
+    stated = {value for value in (recorded, declared, known) if value is not None}
+    if len(stated) > 1:
+        first = recorded if recorded is not None else known
+        raise BadRequest(f"Upload-Length is {first} already; it cannot change to {declared}")
+    length = next(iter(stated), None)
+    if length is not None and length < offset:
+        raise BadRequest(f"Upload-Length {length} is less than the {offset} bytes already received")
+    return length
 
 
 def session_creation(length: int) -> Creation:
@@ -188,7 +223,10 @@ def parse_patch(headers: Mapping[str, str], *, creation: bool = False) -> Patch:
     offset = 0 if creation else parse_non_negative("Upload-Offset", headers.get("Upload-Offset"))
     raw_length = headers.get("Content-Length")
     content_length = None if raw_length is None else parse_non_negative("Content-Length", raw_length)
-    return Patch(offset, content_length, parse_checksum(headers.get("Upload-Checksum")))
+    length = None
+    if not creation and "Upload-Length" in headers:
+        length = parse_non_negative("Upload-Length", headers.get("Upload-Length"))
+    return Patch(offset, content_length, parse_checksum(headers.get("Upload-Checksum")), length)
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -234,11 +272,12 @@ def error_headers(error: TusError) -> dict[str, str]:
     return headers
 
 
-def upload_headers(offset: int, length: int, expires_at: datetime) -> dict[str, str]:
+def upload_headers(offset: int, length: int | None, expires_at: datetime) -> dict[str, str]:
+    """`length` None: not known yet (creation-defer-length), said by `Upload-Defer-Length: 1`."""
     return {
         "Tus-Resumable": TUS_VERSION,
         "Upload-Offset": str(offset),
-        "Upload-Length": str(length),
+        **({"Upload-Defer-Length": "1"} if length is None else {"Upload-Length": str(length)}),
         "Upload-Expires": http_date(expires_at),
         "Cache-Control": "no-store",
     }

@@ -20,6 +20,7 @@ from upload_gateway.uploads.tus.protocol import (
     UploadNotFound,
     check_fits,
     check_offset,
+    settle_length,
 )
 from upload_gateway.uploads.tus.store import BodyInterrupted, JoinSource, Reader, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
@@ -47,7 +48,7 @@ class MemoryLock:
 
 @dataclass
 class _Upload:
-    length: int
+    length: int | None  # None: deferred
     metadata: str | None
     expires_at: datetime
     data: bytearray = field(default_factory=bytearray)
@@ -72,7 +73,7 @@ class MemoryTusStore:
         return await self.state(target.upload_id)  # memory loses nothing behind our back
 
     async def create(self, target: MemoryTarget, creation: Creation) -> UploadState:
-        if creation.length != target.size_bytes:
+        if creation.length is not None and creation.length != target.size_bytes:
             raise BadRequest(f"Upload-Length {creation.length} differs from the session's {target.size_bytes}")
         async with self.lock.hold(target.upload_id) as held:
             if target.upload_id not in self.uploads:
@@ -88,14 +89,17 @@ class MemoryTusStore:
             upload = self.uploads.get(target.upload_id)
             if upload is None:
                 raise UploadNotFound("no tus upload was created for this session")
+            known = None if target.length_deferred else target.size_bytes
+            upload.length = settle_length(upload.length, patch.length, known, len(upload.data))
             check_offset(patch.offset, len(upload.data))
-            check_fits(len(upload.data), patch.content_length, upload.length)
+            most = target.size_bytes if upload.length is None else upload.length
+            check_fits(len(upload.data), patch.content_length, most)
             body = bytearray()
             try:
                 while chunk := await read(READ_SIZE):
                     body += chunk
-                    if len(upload.data) + len(body) > upload.length:
-                        raise PastLength(f"the body runs past Upload-Length {upload.length}")
+                    if len(upload.data) + len(body) > most:
+                        raise PastLength(f"the body runs past {most}")
             except (PastLength, ChecksumMismatch):
                 raise
             except Exception as error:
@@ -107,7 +111,7 @@ class MemoryTusStore:
                 raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
             upload.data += body
             await target.on_progress(held, len(upload.data))
-            if len(upload.data) == upload.length:
+            if len(upload.data) == upload.length and not upload.completed:
                 await self._complete(held, target, upload)
             return upload.state(target.upload_id)
 

@@ -57,6 +57,7 @@ from upload_gateway.uploads.tus.protocol import (
     UploadNotFound,
     check_fits,
     check_offset,
+    settle_length,
 )
 from upload_gateway.uploads.tus.store import BodyInterrupted, JoinSource, Reader, TusLock, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
@@ -70,7 +71,7 @@ READ_SIZE = 256 * 1024
 class _Row(msgspec.Struct, frozen=True, kw_only=True):
     object_key: str
     multipart_id: str | None
-    length: int
+    length: int | None  # None: deferred, not known yet
     part_size: int
     part_etags: list[str]
     offset: int
@@ -116,7 +117,7 @@ class PostgresS3Store:
 
     async def create(self, target: Target, creation: Creation) -> UploadState:
         """Start the upload; creating one that exists already changes nothing (client retries)."""
-        if creation.length != target.size_bytes:
+        if creation.length is not None and creation.length != target.size_bytes:
             raise BadRequest(
                 f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
             )
@@ -128,7 +129,7 @@ class PostgresS3Store:
             multipart_id = None
             if creation.length == 0:  # S3 cannot complete a multipart upload without parts
                 await storage.put(target.object_key, b"", target.content_type)
-            elif creation.length > target.part_size:  # one part or less: one PutObject, later
+            elif creation.length is None or creation.length > target.part_size:  # else one PutObject, later
                 multipart_id = await storage.create_multipart(target.object_key, target.content_type)
             async with lease.record() as conn:
                 record = await conn.fetchrow(
@@ -150,22 +151,32 @@ class PostgresS3Store:
             row = await self._row(target.upload_id)
             if row is None:
                 raise UploadNotFound("no tus upload was created for this session")
+            length = settle_length(row.length, patch.length, None if target.length_deferred else target.size_bytes,
+                                   row.offset)  # fmt: skip
+            learned = length is not None and row.length is None
+            if learned:  # a deferred length arrives, before anything else of the PATCH
+                async with lease.record() as conn:
+                    await conn.execute("UPDATE tus_uploads SET upload_length = $2, updated_at = now() WHERE upload_id = $1",
+                                       target.upload_id, length)  # fmt: skip
+                row = msgspec.structs.replace(row, length=length)
             check_offset(patch.offset, row.offset)
-            check_fits(row.offset, patch.content_length, row.length)
+            # Until its length arrives, a deferred upload holds at most its target's size.
+            check_fits(row.offset, patch.content_length, target.size_bytes if length is None else length)
             declared = patch.content_length
             if patch.checksum is not None:
                 body = await _read_whole(read, patch, limit=row.part_size, offset=row.offset)
                 if not patch.checksum.matches(body):
                     raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
                 read, declared = _memory_reader(body), len(body)
-            if row.offset < row.length:
+            # A length learned at the offset already held completes the upload with what it holds.
+            if length is None or row.offset < length or learned:
                 try:
                     await self._stream(lease, target, row, read, declared)
                 except ObjectMissing:
                     current = await self._row(target.upload_id)
                     assert current is not None
                     offset = await self._reconcile(lease, target, current)
-                    if offset < current.length:
+                    if current.length is None or offset < current.length:
                         raise OffsetMismatch(
                             f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
                         ) from None
@@ -233,16 +244,18 @@ class PostgresS3Store:
         """
         parts = _PartWriter(lease, target, row)
         body_end = None if declared is None else row.offset + declared
+        length = row.length  # None: deferred; every part a whole one until the length arrives
+        most = target.size_bytes if length is None else length  # what the body may run up to
         position = row.offset  # the upload offset of the next byte to arrive
         pending: list[bytes] = [row.tail] if row.tail else []  # bytes since the last whole part
         tail_is_stored = True
         while True:
             start = parts.handed
-            end = min(start + row.part_size, row.length)  # the part these bytes belong to
+            end = start + row.part_size if length is None else min(start + row.part_size, length)  # this part's end
             # A part starts once the body is known to fill it. The last part of a body of
             # undeclared length waits for the body's end (below): storage then never gets the
             # object (one-part uploads) or a last part of a body that runs past the length.
-            if not parts.feeding and start < end and ((body_end or 0) >= end or position == end < row.length):
+            if not parts.feeding and start < end and ((body_end or 0) >= end or position == end < most):
                 await parts.begin(end - start, pending)
             # At least 1: with the final byte in hand, one more byte means "past the length".
             want = max(1, min(self._read_size, end - position))
@@ -261,20 +274,22 @@ class PostgresS3Store:
             except LeaseLost:
                 await parts.drop()
                 raise
-            if position + len(chunk) > row.length:
+            if position + len(chunk) > most:
                 await parts.abandon()
                 await parts.settle()
-                raise PastLength(f"the body runs past Upload-Length {row.length}")
+                raise PastLength(f"the body runs past {'Upload-Length' if length is not None else 'the most this upload may hold,'} {most}")
             position += len(chunk)
             pending.append(chunk)
             tail_is_stored = False
             if parts.feeding and parts.feed(chunk):
                 pending.clear()  # the whole part is on its way to S3
         await parts.abandon()  # a body that ended before filling the part it fed
-        if position == row.length > parts.handed:  # the last part of a body of undeclared length
+        if position > parts.handed and (position == length or position - parts.handed == row.part_size):
+            # The last part of a body of undeclared length, or a whole part at the most a
+            # deferred upload may hold (never a tail: a tail is shorter than a part).
             await parts.begin(position - parts.handed, pending)
         await parts.settle()
-        if parts.handed == row.length:
+        if parts.handed == length:
             await self._finish(lease, target, row, parts.etags)
         elif not tail_is_stored:
             await _keep_tail(lease, target, parts.stored, b"".join(pending))
@@ -295,7 +310,7 @@ class PostgresS3Store:
         storage = target.storage
         if row.multipart_id is None:  # one part: nothing in S3 but the whole object
             info = await storage.head(row.object_key)
-            if info is not None and info.size == row.length:
+            if info is not None and row.length is not None and info.size == row.length:
                 # Its PutObject landed, then the row's update was lost (the lease or the
                 # database gone before it committed). Record it.
                 await self._record_completion(lease, target, row, [info.etag])
@@ -305,7 +320,7 @@ class PostgresS3Store:
             stored = {part.part_number: part for part in await storage.list_parts(row.object_key, row.multipart_id)}
         except ObjectMissing:
             info = await storage.head(row.object_key)
-            if info is not None and info.size == row.length:
+            if info is not None and row.length is not None and info.size == row.length:
                 # Not lost but completed: a previous attempt completed the object, then lost the
                 # row's update (a database failover under it, never acknowledged). Record it.
                 await self._record_completion(lease, target, row, list(row.part_etags))
@@ -351,6 +366,7 @@ class PostgresS3Store:
     async def _record_completion(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> None:
         # Offset reaches the length only together with completion: HEAD never reports a full
         # offset for an object that does not exist yet.
+        assert row.length is not None  # only an upload of known length completes
         async with lease.record() as conn:
             await conn.execute(
                 """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
@@ -403,7 +419,8 @@ class _PartWriter:
     @property
     def stored(self) -> int:
         """Bytes in parts S3 confirmed and the row records."""
-        return min(len(self.etags) * self._row.part_size, self._row.length)
+        whole = len(self.etags) * self._row.part_size  # a deferred upload's parts are all whole
+        return whole if self._row.length is None else min(whole, self._row.length)
 
     @property
     def feeding(self) -> bool:

@@ -126,6 +126,7 @@ class _Handlers:
         if method != "POST":
             return await {"HEAD": self.head, "PATCH": self.patch, "DELETE": self.delete}[method](request)
         creation = protocol.parse_creation(request.headers)
+        assert creation.length is not None  # not deferrable here: the session has its length
         if creation.length > self._max_size:
             raise protocol.PastLength(f"Upload-Length passes Tus-Max-Size {self._max_size}")
         target = await self._authorize(request)
@@ -152,7 +153,7 @@ class _Handlers:
             await store.confirm_complete(target)
         else:
             protocol.check_not_expired(target.expires_at, _now())
-        headers = _upload_headers(state) | target.response_headers
+        headers = _upload_headers(state, target) | target.response_headers
         if state.metadata is not None:
             headers["Upload-Metadata"] = state.metadata
         if state.concat is not None:
@@ -179,5 +180,10 @@ class _Handlers:
         await target.on_terminate()
         return web.Response(status=204, headers={"Tus-Resumable": protocol.TUS_VERSION})
 
-def _upload_headers(state: UploadState) -> dict[str, str]:
-    return protocol.upload_headers(state.offset, state.length, state.expires_at)
+def _upload_headers(state: UploadState, target: TusTarget[Any, Any] | None = None) -> dict[str, str]:
+    """The upload's headers; a deferred length that its session knows but the store has not
+    recorded yet (the PATCH that opened the session broke off first) is the session's."""
+    length = state.length
+    if length is None and target is not None and not target.length_deferred:
+        length = target.size_bytes
+    return protocol.upload_headers(state.offset, length, state.expires_at)

@@ -27,7 +27,7 @@ Held_co = TypeVar("Held_co", covariant=True)
 class UploadState(msgspec.Struct, frozen=True, kw_only=True):
     upload_id: str
     offset: int
-    length: int
+    length: int | None  # None: deferred, not known yet
     metadata: str | None
     expires_at: datetime
     completed: bool
@@ -83,6 +83,9 @@ class TusStore(Protocol):
 
     async def write(self, target: TusTarget[Any, Any], patch: Patch, read: Reader) -> UploadState:
         """Append the body at `patch.offset`; completes the object when the length is reached.
+        An upload created with its length deferred records it first (protocol.settle_length:
+        `patch.length`, or the session's `target.size_bytes` once it has one); until then its
+        body may run up to `target.size_bytes`.
         Raises BodyInterrupted, with every byte that arrived kept, when the body broke off."""
         ...
 

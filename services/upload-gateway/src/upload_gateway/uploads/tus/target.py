@@ -24,6 +24,9 @@ class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True)
     locked and get what the store records the change through (PostgresS3Store: the connection of
     that change's transaction, so the session's count commits with the upload's offset).
     `on_terminate()` runs after a termination removed the stored bytes and the upload's state.
+
+    `length_deferred`: the upload was created without its length (creation-defer-length) and has
+    no session yet; `size_bytes` is then the most it may hold, and `part_size` fits that.
     """
 
     upload_id: str
@@ -39,6 +42,7 @@ class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True)
     on_terminate: Callable[[], Awaitable[None]]
     # Added to every successful answer about the upload (e.g. the asset id the session layer chose).
     response_headers: dict[str, str] = {}
+    length_deferred: bool = False
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:

@@ -94,14 +94,16 @@ def new_session(
     ttl_s: int,
     trace_context: str,
     commit_on_complete: bool = False,
+    upload_id: str | None = None,
 ) -> tuple[UploadSession, UploadSessionCreated]:
     """The session row and the event announcing it (pure). `commit_on_complete`: the gateway
-    commits the session itself when its last byte arrives (the tus creation endpoint's)."""
+    commits the session itself when its last byte arrives (the tus creation endpoint's);
+    `upload_id`: the id an upload had before it was a session (tus creation-defer-length), else new."""
     plan = part_plan(request)
     session = carry(
         request,  # what the client declared as it is: library, folder, size, protocol
         UploadSession,
-        upload_id=new_id(),
+        upload_id=upload_id or new_id(),
         workspace_id=workspace_id,
         asset_id=asset_id,
         # The name, type and kind as check_new_file normalised them, the digest in lower case.

@@ -85,6 +85,7 @@ class PartialUploads:
         profile_ref = await profile_store.active_ref(gw.pool, workspace_id)
         storage = await storage_for(gw, profile_ref)
         upload_id = new_id()
+        assert creation.length is not None  # a partial upload cannot defer its length
         partial = Partial(
             upload_id=upload_id, workspace_id=workspace_id, created_by=principal.sub,
             storage_profile_ref=profile_ref,

@@ -27,9 +27,10 @@ from upload_gateway.uploads.routes import OPENER, authorize_upload
 from upload_gateway.uploads.sessions import UploadSession, gone, require_open
 from upload_gateway.uploads.tus import OpenedUpload, PostgresS3Store, TusTarget, creation_routes, tus_routes
 from upload_gateway.uploads.tus.concat import is_final
-from upload_gateway.uploads.tus.creation import PARTIAL_PATH
+from upload_gateway.uploads.tus.creation import PARTIAL_PATH, answering_problems
 from upload_gateway.uploads.tus.openapi import CREATION_OPERATIONS, PARTIAL_OPERATIONS, TUS_OPERATIONS
 from upload_gateway.uploads.tus.protocol import Creation, Forbidden, TusError, effective_method, parse_checksum
+from upload_gateway.uploads.tus_deferred import DeferredUploads
 from upload_gateway.uploads.tus_partials import PartialUploads
 
 # Requests that only read the upload's progress; every other one changes stored bytes.
@@ -56,6 +57,11 @@ async def tus_target(request: web.Request) -> Target:
     routes.authorize_upload: the session's upload token, or the user token of a member of the
     workspace, which is all a stock tus client configured with one header sends)."""
     sub, session = await authorize_upload(request)
+    return await request_target(request, sub, session)
+
+
+async def request_target(request: web.Request, sub: str, session: UploadSession) -> Target:
+    """The tus upload of `session` for this request (its method, its whole-file checksum)."""
     method = effective_method(request.method, request.headers.get("X-HTTP-Method-Override"))
     return await session_target(
         request.config_dict[GATEWAY], sub, session, method=method, file_sha256=whole_file_sha256(request, method)
@@ -167,6 +173,7 @@ async def open_tus_upload(request: web.Request, creation: Creation) -> OpenedUpl
     (`commit_on_complete`), so a stock tus client needs no second API."""
     gw = request.config_dict[GATEWAY]
     principal, workspace_id = await user(request, gw.tokens, "upload")
+    assert creation.length is not None  # a deferred length opens no session (tus_deferred)
     wanted = session_request(creation.length, creation.metadata)
     created = await request.config_dict[OPENER].open(principal.sub, workspace_id, wanted, commit_on_complete=True)
     session = await repository.get(gw.pool, workspace_id, created.upload_id)
@@ -193,13 +200,24 @@ def mount_tus(app: web.Application) -> None:
     max_size = max(SIZE_LIMITS.values())
     idle_timeout_s = gw.settings.tus_idle_timeout_s
     partials = PartialUploads(store, open_tus_upload)
+    deferred = DeferredUploads(store, session_request, request_target, ASSET_ID_HEADER)
+
+    async def open_upload(request: web.Request, creation: Creation) -> OpenedUpload:
+        return await (deferred.open if creation.length is None else open_tus_upload)(request, creation)
+
+    async def sessionless_target(request: web.Request) -> Target:
+        """The creation endpoint's uploads without a session of their own: deferred, partial."""
+        return await deferred.target(request) or await partials.target(request)
+
     routes = [
         *tus_routes(lambda _: store, tus_target, max_size=max_size, idle_timeout_s=idle_timeout_s),
-        # A partial exists once the creation endpoint made it: its own URL takes no POST.
-        *(r for r in tus_routes(lambda _: store, partials.target, max_size=max_size, path=PARTIAL_PATH,
-                                idle_timeout_s=idle_timeout_s)
+        # These exist once the creation endpoint made them: their own URL takes no POST. A PATCH
+        # that opens a deferred upload's session is refused as the creation endpoint refuses.
+        *(web.route(r.method, r.path, answering_problems(r.handler), **r.kwargs)
+          for r in tus_routes(lambda _: store, sessionless_target, max_size=max_size, path=PARTIAL_PATH,
+                              idle_timeout_s=idle_timeout_s)
           if r.method != "POST"),
-        *creation_routes(store, open_tus_upload, partials, max_size=max_size, idle_timeout_s=idle_timeout_s),
+        *creation_routes(store, open_upload, partials, max_size=max_size, idle_timeout_s=idle_timeout_s),
     ]
     app.add_routes(limit_patches(app, routes))  # creation-with-upload sends bytes too
     document(app, (*TUS_OPERATIONS, *CREATION_OPERATIONS, *PARTIAL_OPERATIONS))

@@ -86,7 +86,7 @@ def creation_routes(store: TusStore, open_upload: OpenUpload, concatenation: Con
     handlers = _Creation(store, open_upload, concatenation, max_size, idle_timeout_s)
     return [
         web.options(path, handlers.options),
-        web.post(path, answering_tus_errors(_answering_problems(handlers.create))),
+        web.post(path, answering_tus_errors(answering_problems(handlers.create))),
     ]
 
 
@@ -98,8 +98,10 @@ def tus_problem(error: UploadError) -> Problem:
     return msgspec.structs.replace(problem, status=400) if problem.status == 422 else problem
 
 
-def _answering_problems(handler: Handler) -> Handler:
-    """The session layer's refusals as problem+json, with Tus-Resumable as every tus answer."""
+def answering_problems(handler: Handler) -> Handler:
+    """The session layer's refusals as problem+json, with Tus-Resumable as every tus answer (also
+    on the URLs of uploads the creation endpoint made without a session: a deferred length's
+    PATCH opens one)."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         try:
@@ -132,13 +134,16 @@ class _Creation:
         concat = parse_concat(request.headers.get("Upload-Concat"))
         if concat is not None and concat.is_final:
             return await self._create_final(request, concat)
-        creation = protocol.parse_creation(request.headers, concat=None if concat is None else concat.raw)
-        if creation.length > self._max_size:
+        # A whole file may defer its length (`open_upload` then opens no session until it arrives).
+        creation = protocol.parse_creation(request.headers, concat=None if concat is None else concat.raw,
+                                           deferrable=concat is None)  # fmt: skip
+        most = self._max_size if creation.length is None else creation.length
+        if most > self._max_size:
             raise protocol.PastLength(f"Upload-Length passes Tus-Max-Size {self._max_size}")
         # A body that cannot be taken is refused before anything exists.
         patch = protocol.parse_patch(request.headers, creation=True) if request.can_read_body else None
         if patch is not None:
-            protocol.check_fits(0, patch.content_length, creation.length)
+            protocol.check_fits(0, patch.content_length, most)
         open_upload = self._open_upload if concat is None else self._concatenation.open_partial
         opened = await open_upload(request, creation)
         target = opened.target

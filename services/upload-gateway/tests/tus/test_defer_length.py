@@ -268,3 +268,25 @@ async def test_tus_js_client_sends_a_stream_of_unknown_length_to_a_committed_ses
     assert (session["state"], session["bytes_received"]) == ("verifying", len(data))
     [request] = await commit_requests(live)
     assert await object_at(live, request.object_key) == data
+
+
+async def test_whole_parts_of_a_chunked_body_then_the_length_alone_complete_the_upload(live_gateway):
+    """A body of undeclared length ending on a part boundary sends its last whole part (a tail is
+    shorter than a part); a PATCH bringing only the length then completes the object."""
+    live = live_gateway
+    data = os.urandom(10 * MiB)
+
+    async def chunked():
+        for at in range(0, len(data), MiB):
+            yield data[at : at + MiB]
+
+    url = await deferred(live)
+    async with await patch(live, url, 0, chunked()) as response:
+        assert response.status == 204, await response.text()
+        assert response.headers["Upload-Offset"] == str(len(data))
+    row = await live.gw.pool.fetchrow("SELECT cardinality(part_etags) AS parts, octet_length(tail) AS tail FROM tus_uploads")
+    assert (row["parts"], row["tail"]) == (2, 0)
+    async with await patch(live, url, len(data), b"", **{"Upload-Length": str(len(data))}) as response:
+        assert response.status == 204, await response.text()
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == data

@@ -7,12 +7,14 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from upload_gateway.uploads.parts import MIN_PART_SIZE
 from upload_gateway.uploads.tus import tus_routes
+from upload_gateway.uploads.tus.protocol import Creation
 
 from .conftest import OCTETS, TUS, Gateway, Session, tus_url
 from .memory_store import MemoryTarget, MemoryTusStore
@@ -138,3 +140,32 @@ async def test_method_override_tunnels_patch_and_head_through_post(harness):
     assert tunnelled.status == 204
     head = await harness.client.post(url(upload), headers=TUS | {"X-HTTP-Method-Override": "HEAD"})
     assert (head.status, head.headers["Upload-Offset"]) == (200, "3")
+
+
+async def deferred(harness: Harness, most: int) -> Session:
+    """An upload created with its length deferred (creation-defer-length): at most `most` bytes."""
+    upload = harness.upload(most)
+    upload.target = msgspec.structs.replace(upload.target, length_deferred=True)
+    await harness.store.create(upload.target, Creation(length=None, metadata={}, raw_metadata=None))
+    return upload
+
+
+async def test_a_deferred_length_is_said_on_head_until_a_patch_brings_it_then_it_is_fixed(harness):
+    upload = await deferred(harness, 100)
+    head = await harness.client.head(url(upload), headers=TUS)
+    assert (head.headers["Upload-Offset"], head.headers["Upload-Defer-Length"]) == ("0", "1")
+    assert "Upload-Length" not in head.headers
+    first = await patch(harness, upload, 0, b"abc")
+    assert (first.status, first.headers["Upload-Defer-Length"]) == (204, "1")
+    second = await patch(harness, upload, 3, b"de", **{"Upload-Length": "6"})
+    assert (second.status, second.headers["Upload-Length"]) == (204, "6")
+    assert (await patch(harness, upload, 5, b"f", **{"Upload-Length": "7"})).status == 400  # never changes
+    assert (await patch(harness, upload, 5, b"f", **{"Upload-Length": "6"})).status == 204
+    assert harness.bucket[upload.target.object_key] == b"abcdef" and upload.completions == 1
+
+
+async def test_a_deferred_upload_takes_no_body_past_the_most_it_may_hold(harness):
+    upload = await deferred(harness, 4)
+    assert (await patch(harness, upload, 0, b"abcde")).status == 413
+    assert (await patch(harness, upload, 0, b"abcd")).status == 204
+    assert await offset_of(harness, upload) == 4 and upload.completions == 0  # no length: not complete

@@ -66,7 +66,7 @@ async def test_options_announces_the_protocol_without_authorization(gateway, htt
     assert response.status == 204
     assert response.headers["Tus-Version"] == "1.0.0"
     assert response.headers["Tus-Extension"] == (
-        "creation,creation-with-upload,termination,checksum,expiration,concatenation"
+        "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation"
     )
     assert response.headers["Tus-Checksum-Algorithm"] == "sha1,sha256"
     assert response.headers["Tus-Max-Size"] == str(500 * MiB)

@@ -13,6 +13,10 @@ with an owner but no session, at PARTIAL_PATH); `Upload-Concat: final;<url> ...`
 `open_final` check the partials and open the file's session, and the store join the partials'
 objects into its object (`TusStore.concatenate`); the partials are then terminated.
 
+creation-defer-length: `Upload-Defer-Length: 1` instead of `Upload-Length` (a whole file only)
+hands `open_upload` a creation whose length is None; the session layer then opens no session
+until a PATCH brings the length (tus_deferred).
+
 As with the upload routes (routes.py), this module knows the protocol and the store port
 (TusStore) only: `open_upload(request, creation)` belongs to the session layer, which checks the
 caller, opens the session the creation stands for and returns its TusTarget and URL

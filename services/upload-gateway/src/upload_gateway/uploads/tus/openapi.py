@@ -99,8 +99,10 @@ CREATION_OPERATIONS = (
         summary="Open an upload session and its tus upload in one request (creation, creation-with-upload)",
         headers=(
             _TUS_RESUMABLE,
-            Header("Upload-Length", "The file's size in bytes (at least 1); none on a final upload",
-                   type="integer"),
+            Header("Upload-Length", "The file's size in bytes (at least 1); none on a final upload or with "
+                   "Upload-Defer-Length", type="integer"),
+            Header("Upload-Defer-Length", "`1`: the size is not known yet (creation-defer-length); the upload "
+                   "(its own URL) becomes the session when a PATCH brings Upload-Length", type="integer"),
             Header("Upload-Metadata", "base64 `filename` (required but on a partial upload), `filetype`, "
                    "`library_id`, `folder_id`, `sha256` (hex)"),
             Header("Upload-Concat", "`partial`: a partial upload (its own URL, no session); `final;<url> <url> ...`: "
@@ -111,8 +113,8 @@ CREATION_OPERATIONS = (
         body=bytes, body_media_type=tus.PATCH_CONTENT_TYPE,
         replies=(
             Reply(201, "Created: send the rest to Location", headers=(
-                "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires",
-                "Upload-Concat")),
+                "Location", "Upload-Asset-Id", "Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Defer-Length",
+                "Upload-Expires", "Upload-Concat")),
             Reply(412, f"Tus-Resumable is not {tus.TUS_VERSION}", str, "text/plain", headers=("Tus-Version",)),
             Reply(403, "A body on a final upload", str, "text/plain"),
             Reply(415, f"Content-Type is not {tus.PATCH_CONTENT_TYPE}", str, "text/plain"),
@@ -125,7 +127,10 @@ CREATION_OPERATIONS = (
 
 _PARTIAL_NOTE = (
     "A partial upload (tus concatenation) made by the creation endpoint with `Upload-Concat: partial`: only "
-    "the user who made it may send, read or terminate it, or name it in a final upload, which removes it."
+    "the user who made it may send, read or terminate it, or name it in a final upload, which removes it. "
+    "Also an upload made with `Upload-Defer-Length: 1`, for its maker only: HEAD says `Upload-Defer-Length: 1` "
+    "until a PATCH brings `Upload-Length`, which opens its session under the session API's rules (refused as "
+    "the creation endpoint refuses, the bytes kept) and is then fixed; it is committed when its last byte arrives."
 )
 PARTIAL_OPERATIONS = (
     Operation(
@@ -136,17 +141,18 @@ PARTIAL_OPERATIONS = (
     ),
     *(Operation(
         method=method, path=PARTIAL_PATH, operation_id=f"tusPartial{name}", tag="tus", description=_PARTIAL_NOTE,
-        summary=summary, headers=headers, replies=(reply, *_TUS_ERRORS), problems=(401, 403, 404, 429),
+        summary=summary, headers=headers, replies=(reply, *_TUS_ERRORS), problems=(400, 401, 403, 404, 413, 429),
         **({"body": bytes, "body_media_type": tus.PATCH_CONTENT_TYPE} if method == "PATCH" else {}),
     )
     for method, name, summary, headers, reply in (
         ("HEAD", "Offset", "How many bytes of the partial upload are stored", (_TUS_RESUMABLE,),
-         Reply(200, "The offset", headers=(*_OFFSET_HEADERS, "Upload-Metadata", "Upload-Concat"))),
+         Reply(200, "The offset", headers=(*_OFFSET_HEADERS, "Upload-Defer-Length", "Upload-Metadata", "Upload-Concat"))),
         ("PATCH", "Append", "Append bytes to the partial upload at Upload-Offset", (
             _TUS_RESUMABLE,
             Header("Upload-Offset", "Where these bytes start", required=True, type="integer"),
             Header("Content-Type", tus.PATCH_CONTENT_TYPE, required=True),
             Header("Upload-Checksum", "`sha1 <base64>` or `sha256 <base64>` of this request's body"),
+            Header("Upload-Length", "A deferred upload's size, once (then fixed)", type="integer"),
         ), Reply(204, "Stored", headers=_OFFSET_HEADERS)),
         ("DELETE", "Terminate", "Terminate the partial upload", (_TUS_RESUMABLE,),
          Reply(204, "Terminated", headers=("Tus-Resumable",))),

@@ -1,4 +1,5 @@
-"""tus-js-client's parallel uploads (tus concatenation) through the whole pipeline.
+"""tus-js-client's parallel uploads (tus concatenation), and its streams of unknown length (tus
+creation-defer-length), through the whole pipeline.
 
 A real video (made by ffmpeg from noise, so it does not compress: at most RAWDRIVE_PARALLEL_TUS_MIB
 MiB, 64 by default; issue 19's figure, 500, is run by hand or by bench/parallel_tus_bench.py)
@@ -109,3 +110,34 @@ async def test_a_phone_photo_of_one_part_is_put_whole_and_becomes_one_asset_with
     assert await asyncio.to_thread(pipeline.multipart_uploads_under, workspace_prefix) == []
     keys = await asyncio.to_thread(pipeline.keys_under, workspace_prefix)
     assert not [key for key in keys if "/tus/" in key], keys
+
+
+async def test_tus_js_client_streaming_a_video_of_unknown_length_becomes_one_asset_with_its_sha256(world):
+    """`uploadLengthDeferred: true` over a stream (defer.mjs): the upload is no session until the
+    PATCH that reaches the stream's end brings Upload-Length; its bytes went straight into the
+    session object's multipart upload, which the last part completes; the gateway commits."""
+    pipeline, client, tmp = world
+    video = tmp / "stream.mp4"
+    await asyncio.to_thread(noise_video, video, 12 * MIB)
+    data = video.read_bytes()
+    endpoint = f"{pipeline.base_url}/v1/workspaces/{pipeline.workspace}/tus"
+    headers = {"Authorization": f"Bearer {pipeline.token}"}
+    process = await asyncio.create_subprocess_exec(
+        node_for(TUS_JS), str(TUS_JS / "defer.mjs"), endpoint, str(video), json.dumps(headers),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=300)
+    assert process.returncode == 0, stderr.decode()
+    url = json.loads(stdout)["url"]
+    assert url.startswith(f"{endpoint}/")  # the deferred upload's own URL, not a session's
+    upload_id = url.rstrip("/").rsplit("/", 1)[1]
+    async with client.http.get(f"/v1/workspaces/{pipeline.workspace}/uploads/{upload_id}") as response:
+        assert response.status == 200, await response.text()
+        asset_id = (await response.json())["asset_id"]
+
+    await pipeline.events.wait(lambda: pipeline.events.of(CREATED, asset_id), timeout_s=300)
+    [created] = pipeline.events.of(CREATED, asset_id)
+    assert (created["data"]["sha256"], created["data"]["size_bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert pipeline.events.invalid == []
+    workspace_prefix = f"workspaces/{pipeline.workspace}/"
+    assert await asyncio.to_thread(pipeline.multipart_uploads_under, workspace_prefix) == []

@@ -290,3 +290,17 @@ async def test_whole_parts_of_a_chunked_body_then_the_length_alone_complete_the_
         assert response.status == 204, await response.text()
     [request] = await commit_requests(live)
     assert await object_at(live, request.object_key) == data
+
+
+async def test_a_deferred_creation_may_carry_the_first_bytes(live_gateway):
+    live = live_gateway
+    async with live.http.post(creation_url(live), data=b"first", headers=OCTETS | live.user() | {
+        "Upload-Defer-Length": "1", "Upload-Metadata": metadata(**JPEG_META),
+    }) as response:  # fmt: skip
+        assert response.status == 201, await response.text()
+        assert (response.headers["Upload-Offset"], response.headers["Upload-Defer-Length"]) == ("5", "1")
+        url = response.headers["Location"]
+    async with await patch(live, url, 5, b" last", **{"Upload-Length": "10"}) as response:
+        assert response.status == 204, await response.text()
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == b"first last"

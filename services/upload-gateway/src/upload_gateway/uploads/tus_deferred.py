@@ -34,7 +34,7 @@ from rawdrive_platform.keys import original_key
 from rawdrive_platform.outbox import outbox_row
 from rawdrive_platform.storage import Storage, StorageError
 from rawdrive_platform.telemetry import stored_context
-from upload_gateway.errors import InvalidRequest, NotFound
+from upload_gateway.errors import InvalidRequest, UploadError
 from upload_gateway.gateway import GATEWAY, SOURCE, Gateway, storage_for, utcnow
 from upload_gateway.http.requests import path_ids, user
 from upload_gateway.metrics import UPLOADS_STARTED
@@ -208,7 +208,7 @@ class DeferredUploads:
             fields = dict(row)
             opened = fields.pop("opened")
             deferred = msgspec.convert(fields, Deferred)
-            with contextlib.suppress(TusError, StorageError, NotFound, InvalidRequest):
+            with contextlib.suppress(TusError, StorageError, UploadError):
                 if not opened and await self._store.state(deferred.upload_id) is not None:
                     storage = await storage_for(gw, deferred.storage_profile_ref)
                     _, file = self._file(parse_metadata(deferred.metadata or None), 1)

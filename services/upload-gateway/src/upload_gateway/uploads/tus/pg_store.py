@@ -277,7 +277,8 @@ class PostgresS3Store:
             if position + len(chunk) > most:
                 await parts.abandon()
                 await parts.settle()
-                raise PastLength(f"the body runs past {'Upload-Length' if length is not None else 'the most this upload may hold,'} {most}")
+                limit = "Upload-Length" if length is not None else "the most this upload may hold,"
+                raise PastLength(f"the body runs past {limit} {most}")
             position += len(chunk)
             pending.append(chunk)
             tail_is_stored = False

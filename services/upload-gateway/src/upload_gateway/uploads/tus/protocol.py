@@ -209,8 +209,9 @@ def settle_length(recorded: int | None, declared: int | None, known: int | None,
     return length
 
 
-def session_creation(length: int) -> Creation:
-    """The creation a first PATCH implies when no POST came: the session's length, no metadata."""
+def session_creation(length: int | None) -> Creation:
+    """The creation a first PATCH implies when no POST came: the session's length (None: still
+    deferred), no metadata."""
     return Creation(length=length, metadata={}, raw_metadata=None)
 
 

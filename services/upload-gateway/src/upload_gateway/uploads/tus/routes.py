@@ -168,7 +168,7 @@ class _Handlers:
         if await store.state(target.upload_id) is None:
             # A client that took the URL as its upload URL skipped the POST (create is idempotent);
             # the offset check then answers as for any upload at 0.
-            await store.create(target, protocol.session_creation(target.size_bytes))
+            await store.create(target, protocol.session_creation(None if target.length_deferred else target.size_bytes))
         with UPLOADS_IN_FLIGHT.track_inprogress():
             state = await store.write(target, patch, body_reader(request, self._idle_timeout_s))
         return web.Response(status=204, headers=_upload_headers(state) | target.response_headers)

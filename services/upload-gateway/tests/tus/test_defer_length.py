@@ -304,3 +304,19 @@ async def test_a_deferred_creation_may_carry_the_first_bytes(live_gateway):
         assert response.status == 204, await response.text()
     [request] = await commit_requests(live)
     assert await object_at(live, request.object_key) == b"first last"
+
+
+async def test_two_patches_bringing_the_length_at_once_open_one_session(live_gateway):
+    live = live_gateway
+    url = await deferred(live)
+
+    async def send(body: bytes) -> int:
+        async with await patch(live, url, 0, body, **{"Upload-Length": "10"}) as response:
+            return response.status
+
+    statuses = sorted(await asyncio.gather(send(b"aaaaa"), send(b"bbbbb")))
+    assert statuses[0] == 204 and statuses[1] in (204, 409, 423), statuses  # one wins; the other is told to HEAD
+    [created] = await sessions_created(live)
+    assert created.size_bytes == 10
+    status, headers = await head(live, url)
+    assert (headers["Upload-Length"], headers["Upload-Offset"]) == ("10", "5" if statuses[1] != 204 else "10")

@@ -19,11 +19,19 @@ network at all. Without root (Kubernetes without CAP_SYS_ADMIN) there is no such
 the pod's NetworkPolicy is what keeps decoders off the network (docs/security.md). Each child
 also caps the number of processes its user may have (RLIMIT_NPROC: no fork bombs; the
 processor runs as a uid of its own so the count is its alone).
+
+Decoders live no longer than the service. The forkserver exits when the service's end of its
+"alive" pipe closes, which the kernel does however the service ends (SIGTERM, SIGKILL, a crash);
+multiprocessing also hands that end to every child it forks, so each decoder closes its copy
+first thing: otherwise a decode still at work (up to the deadline, or its CPU limit once nobody
+enforces the deadline) kept the forkserver, and itself, running after the service was gone. As
+the forkserver exits it kills every decoder's process group (stop_decoders).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import multiprocessing
 import os
@@ -34,6 +42,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from importlib.resources import files
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -88,6 +97,16 @@ def confine_forkserver() -> None:
         # A fresh network namespace has only a loopback interface, and it is down.
         if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+    atexit.register(stop_decoders)
+
+
+def stop_decoders() -> None:
+    """At the forkserver's exit (its service is gone): kill every decoder it forked, with what
+    the decoder runs (ffmpeg, Ghostscript), in their own process groups."""
+    for task in Path("/proc/self/task").iterdir():
+        for child in (task / "children").read_text().split():
+            os.kill(int(child), signal.SIGKILL)  # before its setsid() it has no group yet
+            _kill_group(int(child))
 
 
 class Sandbox:
@@ -143,6 +162,8 @@ class Sandbox:
             child.join(5)
             raise Unprocessable("decode_failed", f"the decoder died (exit status {child.exitcode})") from None
         finally:
+            if child.exitcode is None:  # still running (a timeout): maybe not yet in its own group
+                child.kill()
             _kill_group(child.pid)
             child.join(5)
             receiver.close()
@@ -160,6 +181,15 @@ def _kill_group(pid: int | None) -> None:
         pass
 
 
+def _release_forkserver() -> None:
+    """Close the child's copy of the service's end of the forkserver's "alive" pipe, so that
+    the pipe closes when the service ends, whatever this child is doing then."""
+    server = forkserver._forkserver  # the process-wide one (private: the same in 3.11 to 3.13)
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
 def _ready() -> None:
     """The child Sandbox.start() forks: the forkserver has served it, nothing else to do."""
 
@@ -172,6 +202,7 @@ def _decode(job: Job) -> Outcome:
 
 def _child(sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], limits: Limits) -> None:
     """Runs in the child: limit ourselves, then run; report the result or an Unprocessable."""
+    _release_forkserver()
     os.setsid()  # our own group, which the parent kills with everything we started
     cpu = int(limits.timeout_s) + 5
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))

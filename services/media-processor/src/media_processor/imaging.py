@@ -72,6 +72,7 @@ from media_processor.magic import DECODING, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
+    container_metadata,
     decode_warning,
     parse_probe,
     photo_metadata,
@@ -241,7 +242,7 @@ def _video(job: Job, deadline: float) -> Outcome:
     # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
     refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")
     probe = _ffprobe(job.path, demuxer, deadline)
-    metadata = video_metadata(probe, None if probe is not None else _hachoir(job.path))
+    metadata = video_metadata(probe) if probe is not None else container_metadata(_hachoir(job.path))
     stream = next((s for s in probe.streams if s.codec_type == "video"), None) if probe is not None else None
     if stream is not None and stream.width and stream.height:
         refuse_oversized(Size(stream.width, stream.height), job.pixels, "video frame")

@@ -143,8 +143,9 @@ class Sandbox:
 
     async def process(self, path: str, family: Family, workdir: str) -> Outcome:
         """Decode `path` in a child; a picture its file's head declares too large for the limits
-        is refused without one (a fork costs 20-50 ms on a busy machine). The child compares the
-        whole file's declared sizes again: a size past the head, a RAW's, a PDF page's."""
+        is refused without one (forking one to refuse cost 20-70 ms median here, with the load).
+        The child compares the whole file's declared sizes again: a size past the head, a RAW's,
+        a PDF page's."""
         job = Job(
             path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9, pixels=self.limits.pixels
         )

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from media_processor.exif import ExifTags, find_tiff, read_exif
 from media_processor.magic import TypeMismatch, check, declared_families, sniff
 from media_processor.metadata import (
+    HachoirFacts,
+    container_metadata,
     dms_to_degrees,
     exif_datetime,
     iso6709,
@@ -228,6 +230,15 @@ def test_video_metadata_comes_from_ffprobe_with_rotation_and_location() -> None:
     assert (metadata.video_codec, metadata.audio_codec) == ("h264", "aac")
     assert metadata.taken_at == datetime(2024, 5, 17, 12, 32, 5, tzinfo=timezone.utc)
     assert metadata.gps is not None and (metadata.gps.latitude, metadata.gps.longitude) == (51.4169, -0.0806)
+
+
+def test_a_video_ffprobe_cannot_open_gets_what_hachoir_read_with_its_date_left_naive() -> None:
+    facts = HachoirFacts(width=640, height=360, duration_s=4.0, frame_rate=25.0, creation_date=datetime(2021, 3, 4, 5, 6, 7))
+    metadata = container_metadata(facts)
+    assert (metadata.width, metadata.height, metadata.duration_s, metadata.frame_rate) == (640, 360, 4.0, 25.0)
+    assert (metadata.taken_at, metadata.taken_at_zone_source) == (datetime(2021, 3, 4, 5, 6, 7), "none")
+    assert container_metadata(HachoirFacts(width=640, height=360)).taken_at_zone_source is None
+    assert container_metadata(None) == container_metadata(HachoirFacts())
 
 
 def test_iso6709_outside_the_globe_is_ignored() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from media_processor.dimensions import (
 )
 from media_processor.magic import Family
 from media_processor.metadata import decode_warning
-from media_processor.sandbox import Limits, Sandbox, Unprocessable
+from media_processor.sandbox import DECLARED_SIZE_WITHIN, Limits, Sandbox, Unprocessable
 from media_processor.variants import Size
 
 from .sandboxed import decode
@@ -208,6 +210,53 @@ async def test_a_small_file_declaring_a_gigapixel_picture_is_refused_before_deco
     assert (failure.value.reason, failure.value.cause) == ("unsupported_content", "too_many_pixels")
     assert "above the limit" in failure.value.detail
     assert not list((tmp_path / "work").iterdir())  # nothing was decoded or written
+
+
+# Each file through a fresh interpreter's Sandbox, as the processor hands it an upload: the
+# verdict, and how many processes that interpreter has started by then (a decoder comes from the
+# forkserver, which stays its child).
+THROUGH_A_FRESH_SANDBOX = """
+import asyncio, sys
+from pathlib import Path
+from media_processor.sandbox import Sandbox, Unprocessable
+
+async def main(work, *files):
+    for path, family in zip(files[::2], files[1::2]):
+        try:
+            await Sandbox().process(path, family, work)
+            verdict = "decoded"
+        except Unprocessable as refused:
+            verdict = refused.cause or refused.reason
+        print(verdict, sum(len((t / "children").read_text().split()) for t in Path("/proc/self/task").iterdir()))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def through_a_fresh_sandbox(tmp_path: Path, files: dict[str, tuple[Family, bytes]]) -> list[tuple[str, int]]:
+    arguments = [str(tmp_path)]
+    for name, (family, content) in files.items():
+        arguments += [str(written(tmp_path, name, content)), family]
+    result = subprocess.run([sys.executable, "-c", THROUGH_A_FRESH_SANDBOX, *arguments],
+                            capture_output=True, text=True, timeout=120, check=True)
+    return [(verdict, int(processes)) for verdict, processes in (line.split() for line in result.stdout.splitlines())]
+
+
+def test_a_declared_gigapixel_picture_is_refused_without_forking_a_decoder(tmp_path: Path) -> None:
+    # The header decides: forking a decoder to read it cost 20-50 ms a refusal on a busy machine.
+    assert through_a_fresh_sandbox(tmp_path, GIGAPIXEL_FILES) == [("too_many_pixels", 0)] * len(GIGAPIXEL_FILES)
+
+
+def test_a_frame_header_past_the_head_the_service_reads_is_refused_by_the_decoder(tmp_path: Path) -> None:
+    # The service reads only the head of a file for it; the decoder reads the whole file.
+    flood = jpeg_declaring(60000, 50000)
+    comments = b"".join(b"\xff\xfe" + struct.pack(">H", 65535) + bytes(65533) for _ in range(3))
+    late = flood[:2] + comments + flood[2:]
+    assert late.index(b"\xff\xc0") > DECLARED_SIZE_WITHIN
+    assert declared_size(late, "jpeg") == Size(60000, 50000)
+    [(verdict, processes)] = through_a_fresh_sandbox(tmp_path, {"late_frame.jpg": ("jpeg", late)})
+    assert verdict == "too_many_pixels"
+    assert processes > 0  # the forkserver, which forked the decoder that refused it
 
 
 @pytest.mark.parametrize(

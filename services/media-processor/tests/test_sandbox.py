@@ -3,9 +3,12 @@ in its environment starts a Sandbox, and code run in a decoding child looks at i
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,57 @@ def test_the_processor_starts_without_a_database_url():
 
     settings = load_settings(Settings, {"RAWDRIVE_S3_BUCKET": "b", "RAWDRIVE_S3_ACCESS_KEY_ID": "id", "RAWDRIVE_S3_SECRET_ACCESS_KEY": "s"})
     assert settings.database_url is None
+
+
+# A processor in miniature: starts its sandbox, says so, then waits on a decode that would take
+# ten minutes (a hostile file, a slow program) when it is stopped.
+BUSY_SERVICE = """
+import asyncio, time
+from media_processor.sandbox import Limits, Sandbox
+
+sandbox = Sandbox(Limits(timeout_s=900))
+sandbox.start()
+print("started", flush=True)
+asyncio.run(sandbox.call(time.sleep, 600))
+"""
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: signal.Signals) -> None:
+    # As tests/e2e stops (SIGTERM) and crashes (SIGKILL) a processor, here one that dies of the
+    # signal with a decode in hand: nobody wants that decode's result any more.
+    service = subprocess.Popen([sys.executable, "-c", BUSY_SERVICE], stdout=subprocess.PIPE, text=True)
+    left: list[int] = []
+    try:
+        assert service.stdout is not None and service.stdout.readline().strip() == "started"
+        [forkserver] = [p for p in children(service.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        deadline = time.monotonic() + 30
+        while not children(forkserver) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [decoder] = children(forkserver)
+        service.send_signal(stop)
+        service.wait(30)
+        deadline = time.monotonic() + 10
+        while (left := [p for p in (forkserver, decoder) if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == [], "still running after the processor stopped"
+    finally:
+        for pid in left:  # as they were before the fix: for ten minutes
+            os.kill(pid, signal.SIGKILL)
+        if service.poll() is None:
+            service.kill()

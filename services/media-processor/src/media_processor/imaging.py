@@ -13,7 +13,8 @@ animations give their first frame. Video frames come from ffmpeg, PDF pages from
 ImageMagick as pixels; ImageMagick only ever reads CMYK JPEG, PNG, WebP or PPM.
 
 Every route first compares the picture size the file declares (dimensions.py for images, LibRaw
-for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel.
+for RAW, ffprobe for video, the page box for PDF) with the limits, before decoding a pixel. (The
+sandbox has already refused, without forking, what the head of an image or MP4 declares too large.)
 
 Damaged files (decided per case; consumers read it in libs/contracts/README.md): damage a decoder works around (a JPEG
 cut short or with corrupt data, which libjpeg fills in grey; a HEIC cut short, whose missing
@@ -56,14 +57,7 @@ from wand.api import libmagick, library  # noqa: E402
 from wand.exceptions import CorruptImageError, WandException  # noqa: E402
 from wand.image import Image  # noqa: E402
 
-from media_processor.dimensions import (  # noqa: E402
-    PixelLimits,
-    declared_size,
-    excess,
-    heif_cut_short,
-    heif_icc_profile,
-    jpeg_frame,
-)
+from media_processor.dimensions import declared_size, heif_cut_short, heif_icc_profile, jpeg_frame  # noqa: E402
 from media_processor.exif import ExifTags, find_tiff, read_exif  # noqa: E402
 from media_processor.jobs import (  # noqa: E402
     Job,
@@ -71,12 +65,14 @@ from media_processor.jobs import (  # noqa: E402
     Produced,
     Unprocessable,
     corrupt_content,
+    refuse_oversized,
     too_many_pixels,
 )
 from media_processor.magic import DECODING, Family  # noqa: E402
 from media_processor.metadata import (  # noqa: E402
     HachoirFacts,
     Probe,
+    container_metadata,
     decode_warning,
     parse_probe,
     photo_metadata,
@@ -156,12 +152,6 @@ def process(job: Job) -> Outcome:
     if route == "video":
         return _video(job, deadline)
     return _pdf(job, deadline)
-
-
-def refuse_oversized(size: Size | None, limits: PixelLimits, what: str) -> None:
-    problem = excess(size, limits) if size is not None else None
-    if problem is not None:
-        raise too_many_pixels(f"{what}: {problem}")
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -252,7 +242,7 @@ def _video(job: Job, deadline: float) -> Outcome:
     # MP4/MOV: from the track headers, without starting ffprobe (~0.1 s); the others after it.
     refuse_oversized(_declared_size(job.path, job.family), job.pixels, "video frame")
     probe = _ffprobe(job.path, demuxer, deadline)
-    metadata = video_metadata(probe, None if probe is not None else _hachoir(job.path))
+    metadata = video_metadata(probe) if probe is not None else container_metadata(_hachoir(job.path))
     stream = next((s for s in probe.streams if s.codec_type == "video"), None) if probe is not None else None
     if stream is not None and stream.width and stream.height:
         refuse_oversized(Size(stream.width, stream.height), job.pixels, "video frame")

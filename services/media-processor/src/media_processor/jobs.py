@@ -9,8 +9,8 @@ from typing import Literal
 
 import msgspec
 
-from media_processor.dimensions import PixelLimits
-from media_processor.variants import ExtraVariantName, VariantName
+from media_processor.dimensions import PixelLimits, excess
+from media_processor.variants import ExtraVariantName, Size, VariantName
 from rawdrive_contracts import MediaMetadata, ProcessingFailureReason
 from rawdrive_contracts.formats import Family
 
@@ -58,6 +58,13 @@ class Unprocessable(Exception):
 
 def too_many_pixels(detail: str) -> Unprocessable:
     return Unprocessable("unsupported_content", detail, "too_many_pixels")
+
+
+def refuse_oversized(size: Size | None, limits: PixelLimits, what: str) -> None:
+    """Raise too_many_pixels when a declared size is above the limits (None: nothing declared)."""
+    problem = excess(size, limits) if size is not None else None
+    if problem is not None:
+        raise too_many_pixels(f"{what}: {problem}")
 
 
 def corrupt_content(detail: str) -> Unprocessable:

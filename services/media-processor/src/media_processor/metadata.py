@@ -49,8 +49,6 @@ class HachoirFacts(msgspec.Struct, kw_only=True, omit_defaults=True):
     duration_s: float | None = None
     frame_rate: float | None = None
     creation_date: datetime | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
 
 
 # -- ffprobe's JSON (-show_format -show_streams), the parts we read ----------------------------
@@ -91,13 +89,11 @@ def parse_probe(raw: bytes) -> Probe:
 # -- photos -------------------------------------------------------------------------------------
 
 
-def photo_metadata(exif: ExifTags, display: Size | None, hachoir: HachoirFacts | None = None) -> MediaMetadata:
-    fallback = hachoir or HachoirFacts()
-    size = display or _size(fallback.width, fallback.height)
+def photo_metadata(exif: ExifTags, size: Size | None) -> MediaMetadata:
     taken_at, zone_source = photo_taken_at(exif)
     return MediaMetadata(
-        camera_make=exif.make or fallback.camera_make,
-        camera_model=exif.model or fallback.camera_model,
+        camera_make=exif.make,
+        camera_model=exif.model,
         lens_model=exif.lens_model,
         software=exif.software,
         taken_at=taken_at,
@@ -199,31 +195,32 @@ def dms_to_degrees(dms: tuple[float, ...] | None, ref: str | None, negative: str
 # -- videos -------------------------------------------------------------------------------------
 
 
-def video_metadata(probe: Probe | None, hachoir: HachoirFacts | None = None) -> MediaMetadata:
-    fallback = hachoir or HachoirFacts()
-    if probe is None:
-        return MediaMetadata(
-            width=fallback.width,
-            height=fallback.height,
-            duration_s=fallback.duration_s,
-            frame_rate=fallback.frame_rate,
-            taken_at=fallback.creation_date,
-            # hachoir hands over a naive date whatever the container meant by it.
-            taken_at_zone_source="none" if fallback.creation_date else None,
-        )
+def container_metadata(facts: HachoirFacts | None) -> MediaMetadata:
+    """A video's metadata where ffprobe gave up: what hachoir read of its container headers."""
+    if facts is None:
+        return MediaMetadata()
+    return MediaMetadata(
+        width=facts.width,
+        height=facts.height,
+        duration_s=facts.duration_s,
+        frame_rate=facts.frame_rate,
+        taken_at=facts.creation_date,
+        # hachoir hands over a naive date whatever the container meant by it.
+        taken_at_zone_source="none" if facts.creation_date else None,
+    )
+
+
+def video_metadata(probe: Probe) -> MediaMetadata:
     video = next((s for s in probe.streams if s.codec_type == "video"), None)
     audio = next((s for s in probe.streams if s.codec_type == "audio"), None)
     rotation = video_rotation(video) if video else None
     orientation = _ROTATION_TO_ORIENTATION.get(rotation) if rotation is not None else None
     size = _size(video.width, video.height) if video else None
-    size = size or _size(fallback.width, fallback.height)
     if size is not None and orientation in (6, 8):
         size = Size(size.height, size.width)
     # Container-level keys first; a stream's own tags only where the container has none.
     tags = {**(video.tags if video else {}), **probe.format.tags}
     taken_at, zone_source = video_taken_at(tags)
-    if taken_at is None and fallback.creation_date is not None:
-        taken_at, zone_source = fallback.creation_date, "none"
     return MediaMetadata(
         camera_make=_first(tags, _MAKE_KEYS),
         camera_model=_first(tags, _MODEL_KEYS),
@@ -235,8 +232,8 @@ def video_metadata(probe: Probe | None, hachoir: HachoirFacts | None = None) -> 
         rotation_deg=rotation,
         width=size.width if size else None,
         height=size.height if size else None,
-        duration_s=_duration(probe, video) or fallback.duration_s,
-        frame_rate=(_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else None) or fallback.frame_rate,
+        duration_s=_duration(probe, video),
+        frame_rate=_rate(video.avg_frame_rate) or _rate(video.r_frame_rate) if video else None,
         video_codec=video.codec_name if video else None,
         audio_codec=audio.codec_name if audio else None,
         bit_rate_bps=_bit_rate(probe.format.bit_rate) or (_bit_rate(video.bit_rate) if video else None),

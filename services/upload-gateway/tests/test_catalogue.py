@@ -36,6 +36,7 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
+from rawdrive_contracts.facts import carry
 from rawdrive_devkit.testkit import (
     consumer_for_test,
     consuming,
@@ -105,12 +106,10 @@ class Harness:
         return UploadVerified(**(fields | changes))
 
     def created(self, asset_id: str, variants: Variants | None = None) -> AssetCreated:
-        v = self.verified(asset_id)
-        return AssetCreated(
-            workspace_id=v.workspace_id, asset_id=asset_id, upload_id=v.upload_id, library_id=v.library_id,
-            file_name=v.file_name, mime_type=v.mime_type, size_bytes=v.size_bytes, sha256=v.sha256, kind="photo",
-            width=4000, height=3000, taken_at=datetime(2024, 7, 1, 12, 30), object_key=v.object_key,
-            storage_profile_ref="managed", variants=variants or Variants(),
+        """The processor's asset.created for the upload of `verified`: its facts carried over."""
+        return carry(
+            self.verified(asset_id), AssetCreated, kind="photo", width=4000, height=3000,
+            taken_at=datetime(2024, 7, 1, 12, 30), variants=variants or Variants(),
         )
 
     async def announced(self, event_type: type[EventData]) -> list[Any]:

@@ -59,7 +59,7 @@ from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads import verdicts
 from upload_gateway.uploads.tus_session import mount_tus
 
-from .gatewaykit import bearer, settings_for
+from .gatewaykit import GatewayUnderTest, settings_for
 
 SECRET = "catalogue-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -67,14 +67,8 @@ NON_ASCII_NAME = "Ünïcødé 写真 «1».jpg"
 
 
 @dataclass
-class Harness:
-    client: TestClient
-    gw: Gateway
+class Harness(GatewayUnderTest):
     js: JetStreamContext
-    workspace: str
-
-    def user(self, role: str = "member", workspace: str | None = None) -> dict[str, str]:
-        return bearer(SECRET, workspace or self.workspace, role)
 
     def path(self, suffix: str = "", workspace: str | None = None) -> str:
         return f"/v1/workspaces/{workspace or self.workspace}/assets{suffix}"

@@ -8,7 +8,6 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
 
@@ -43,22 +42,14 @@ from upload_gateway.uploads.quotas import QuotaLimits
 from upload_gateway.uploads.sessions import UploadSession
 from upload_gateway.uploads.tus_session import mount_tus
 
-from .gatewaykit import bearer, session_request, settings_for
+from .gatewaykit import GatewayUnderTest, session_request, settings_for
 
 SECRET = "integration-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"
 MIB = 1024 * 1024
 
 
-@dataclass
-class Harness:
-    client: TestClient
-    gw: Gateway
-    workspace: str
-
-    def user(self, role: str = "member", workspace: str | None = None, ttl_s: int = 600) -> dict[str, str]:
-        return bearer(SECRET, workspace or self.workspace, role, ttl_s)
-
+class Harness(GatewayUnderTest):
     def path(self, suffix: str = "", workspace: str | None = None) -> str:
         return f"/v1/workspaces/{workspace or self.workspace}/uploads{suffix}"
 

@@ -36,6 +36,7 @@ from rawdrive_contracts import (
     new_event,
     subject_filter,
 )
+from rawdrive_contracts.facts import carry
 from rawdrive_devkit.testkit import (
     consumer_for_test,
     consuming,
@@ -58,7 +59,7 @@ from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads import verdicts
 from upload_gateway.uploads.tus_session import mount_tus
 
-from .gatewaykit import bearer, settings_for
+from .gatewaykit import GatewayUnderTest, settings_for
 
 SECRET = "catalogue-secret-" + "x" * 20
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -66,14 +67,8 @@ NON_ASCII_NAME = "Ünïcødé 写真 «1».jpg"
 
 
 @dataclass
-class Harness:
-    client: TestClient
-    gw: Gateway
+class Harness(GatewayUnderTest):
     js: JetStreamContext
-    workspace: str
-
-    def user(self, role: str = "member", workspace: str | None = None) -> dict[str, str]:
-        return bearer(SECRET, workspace or self.workspace, role)
 
     def path(self, suffix: str = "", workspace: str | None = None) -> str:
         return f"/v1/workspaces/{workspace or self.workspace}/assets{suffix}"
@@ -105,12 +100,10 @@ class Harness:
         return UploadVerified(**(fields | changes))
 
     def created(self, asset_id: str, variants: Variants | None = None) -> AssetCreated:
-        v = self.verified(asset_id)
-        return AssetCreated(
-            workspace_id=v.workspace_id, asset_id=asset_id, upload_id=v.upload_id, library_id=v.library_id,
-            file_name=v.file_name, mime_type=v.mime_type, size_bytes=v.size_bytes, sha256=v.sha256, kind="photo",
-            width=4000, height=3000, taken_at=datetime(2024, 7, 1, 12, 30), object_key=v.object_key,
-            storage_profile_ref="managed", variants=variants or Variants(),
+        """The processor's asset.created for the upload of `verified`: its facts carried over."""
+        return carry(
+            self.verified(asset_id), AssetCreated, kind="photo", width=4000, height=3000,
+            taken_at=datetime(2024, 7, 1, 12, 30), variants=variants or Variants(),
         )
 
     async def announced(self, event_type: type[EventData]) -> list[Any]:

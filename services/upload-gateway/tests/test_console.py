@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
@@ -40,21 +40,16 @@ from upload_gateway.errors import InvalidRequest
 from upload_gateway.gateway import Gateway
 from upload_gateway.settings import Settings
 
-from .gatewaykit import bearer
+from .gatewaykit import GatewayUnderTest
 
 SECRET = "console-secret-" + "x" * 24
 
 
 @dataclass
-class Console:
-    client: TestClient
-    gw: Gateway
+class Console(GatewayUnderTest):
     js: JetStreamContext
     storage: Storage
-    workspace: str
-
-    def user(self, role: str = "viewer", workspace: str | None = None) -> dict[str, str]:
-        return bearer(SECRET, workspace or self.workspace, role)
+    default_role: ClassVar[str] = "viewer"
 
     def events_path(self, workspace: str | None = None) -> str:
         return f"/console/workspaces/{workspace or self.workspace}/events"

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
@@ -43,7 +43,7 @@ from upload_gateway.gateway import Gateway
 from upload_gateway.storage_profiles.routes import mount_storage_profiles
 from upload_gateway.uploads.tus_session import mount_tus
 
-from .gatewaykit import bearer, session_request, settings_for
+from .gatewaykit import GatewayUnderTest, session_request, settings_for
 
 SECRET = "profiles-secret-" + "x" * 24
 MIGRATIONS = files("upload_gateway") / "migrations"
@@ -63,16 +63,11 @@ def byos(start_s3_server) -> Iterator[S3Server]:
 
 
 @dataclass
-class Harness:
-    client: TestClient
-    gw: Gateway
-    workspace: str
+class Harness(GatewayUnderTest):
     master_key: str
     nc: Any
     responses: list[bytes]
-
-    def user(self, role: str = "admin", workspace: str | None = None) -> dict[str, str]:
-        return bearer(SECRET, workspace or self.workspace, role)
+    default_role: ClassVar[str] = "admin"
 
     @property
     def profile_path(self) -> str:

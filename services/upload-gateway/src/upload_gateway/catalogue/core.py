@@ -26,14 +26,11 @@ from rawdrive_contracts import (
     AssetPurged,
     AssetRestored,
     CloudEvent,
-    Kind,
-    MediaMetadata,
     ProcessingFailureReason,
     Provider,
     UploadVerified,
-    Variants,
 )
-from rawdrive_contracts.events import CaptureTime, Timestamp
+from rawdrive_contracts.events import Timestamp
 from rawdrive_contracts.facts import carry
 
 Status = Literal["processing", "available", "failed", "deleted"]
@@ -62,15 +59,30 @@ class Description(msgspec.Struct, frozen=True, kw_only=True):
     rank: int
 
 
-class Processed(msgspec.Struct, frozen=True, kw_only=True):
-    at: datetime
-    kind: Kind
-    width: int | None = None
-    height: int | None = None
-    duration_s: float | None = None
-    taken_at: CaptureTime | None = None
-    metadata: MediaMetadata = msgspec.field(default_factory=MediaMetadata)
-    variants: Variants = msgspec.field(default_factory=Variants)
+# What asset.created says about the media: the processed fact holds these, when it was said
+# (`at`), and nothing else; the assets API shows them.
+MEDIA_FACTS = ("kind", "width", "height", "duration_s", "taken_at", "metadata", "variants")
+
+
+def _as_declared(struct: type[msgspec.Struct], names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """The fields `names`, typed and defaulted as `struct` declares them, in msgspec.defstruct's form."""
+    declared = {field.name: field for field in msgspec.structs.fields(struct)}
+    return [
+        (field.name, field.type, msgspec.field(default=field.default, default_factory=field.default_factory))
+        for field in (declared[name] for name in names)
+    ]
+
+
+# Declared by the event, so a media fact is typed (and defaulted) in one place, asset.created.
+Processed = msgspec.defstruct(
+    "Processed", [("at", datetime), *_as_declared(AssetCreated, MEDIA_FACTS)], frozen=True, kw_only=True,
+    module=__name__,
+)
+
+
+def media_facts(source: Any) -> dict[str, Any]:
+    """The media facts of an asset.created or a Processed, by name."""
+    return {name: getattr(source, name) for name in MEDIA_FACTS}
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,16 +191,7 @@ def facts_of(event: CloudEvent[Any]) -> AssetFacts:
         case UploadVerified():
             return AssetFacts(**base, description=_description(data, rank=2), verified_at=data.verified_at)
         case AssetCreated():
-            processed = Processed(
-                at=event.time,
-                kind=data.kind,
-                width=data.width,
-                height=data.height,
-                duration_s=data.duration_s,
-                taken_at=data.taken_at,
-                metadata=data.metadata,
-                variants=data.variants,
-            )
+            processed = Processed(at=event.time, **media_facts(data))
             return AssetFacts(**base, description=_description(data, rank=1), processed=processed)
         case AssetProcessingFailed():
             failure = Failure(at=event.time, reason=data.reason, detail=data.detail, cause=data.cause)

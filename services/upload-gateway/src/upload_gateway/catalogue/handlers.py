@@ -4,6 +4,7 @@ announce the change in one transaction (the pure rules are in core.py)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from rawdrive_contracts import AssetDeleted, AssetRestored, Variant, new_event
 from rawdrive_contracts.facts import carry
@@ -16,6 +17,7 @@ from upload_gateway.catalogue.core import (
     AssetFacts,
     Deletion,
     Entry,
+    media_facts,
     merge,
     restore_outcome,
     status_of,
@@ -40,7 +42,7 @@ async def view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
     assert description is not None and status not in (None, "purged")  # only visible entries get here
     ttl_s = gw.settings.asset_url_ttl_s
     processed, deletion = facts.processed, facts.deletion
-    variants = None
+    media: dict[str, Any] = {}  # once processed: the media facts, the stored variants as links
     if processed is not None:
         storage = await storage_for(gw, description.storage_profile_ref)
 
@@ -59,20 +61,14 @@ async def view(gw: Gateway, entry: Entry, now: datetime) -> asset_api.Asset:
             thumb=await link(stored.thumb), medium=await link(stored.medium), large=await link(stored.large),
             motion=await link(stored.motion), motion_poster=await link(stored.motion_poster),
         )
+        media = media_facts(processed) | {"variants": variants, "urls_expire_at": now + timedelta(seconds=ttl_s)}
     return carry(
         description,  # what the file is: name, type, size, digest, library, folder, provider
         asset_api.Asset,
         asset_id=facts.asset_id,
         status=status,
         created_at=entry.created_at,
-        kind=processed.kind if processed else None,
-        width=processed.width if processed else None,
-        height=processed.height if processed else None,
-        duration_s=processed.duration_s if processed else None,
-        taken_at=processed.taken_at if processed else None,
-        metadata=processed.metadata if processed else None,
-        variants=variants,
-        urls_expire_at=now + timedelta(seconds=ttl_s) if variants is not None else None,
+        **media,
         failure=asset_api.ProcessingFailure(
             facts.failure.reason, PROCESSING_FAILURE_TEXTS[facts.failure.reason], facts.failure.cause
         )

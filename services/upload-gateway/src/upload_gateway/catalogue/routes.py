@@ -23,11 +23,12 @@ from upload_gateway.catalogue.core import (
 )
 from upload_gateway.errors import FieldError, InvalidRequest, NotFound
 from upload_gateway.gateway import GATEWAY, storage_for, utcnow
-from upload_gateway.http.openapi import Operation, Reply, Route
+from upload_gateway.http.openapi import Reply, RouteTable
 from upload_gateway.http.problems import from_validation_error, storage_errors
 from upload_gateway.http.requests import json_response, user
 
-PREFIX = "/v1/workspaces/{workspace_id}/assets"
+ROUTES = RouteTable(tag="assets", prefix="/v1/workspaces/{workspace_id}/assets")
+_ASSET_PROBLEMS = (401, 403, 404, 502, 503)
 
 
 def _asset_id(request: web.Request) -> str:
@@ -38,13 +39,13 @@ def _asset_id(request: web.Request) -> str:
     return asset_id
 
 
-async def show(request: web.Request) -> web.Response:
-    gw = request.config_dict[GATEWAY]
-    _, workspace_id = await user(request, gw.tokens, "read")
-    entry = await handlers.visible(gw, workspace_id, _asset_id(request))
-    return json_response(await handlers.view(gw, entry, utcnow()))
-
-
+@ROUTES.route(
+    "GET", "", operation_id="listAssets",
+    summary="List the workspace's assets, newest first, a page at a time",
+    query=asset_api.AssetQuery,
+    replies=(Reply(200, "A page; follow next_cursor for the next", asset_api.AssetPage),),
+    problems=(*_ASSET_PROBLEMS, 422),
+)
 async def listing(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     _, workspace_id = await user(request, gw.tokens, "read")
@@ -73,6 +74,25 @@ async def listing(request: web.Request) -> web.Response:
     )
 
 
+@ROUTES.route(
+    "GET", "/{asset_id}", operation_id="getAsset",
+    summary="An asset with its metadata and short-lived variant URLs",
+    replies=(Reply(200, "The asset", asset_api.Asset),),
+    problems=_ASSET_PROBLEMS,
+)
+async def show(request: web.Request) -> web.Response:
+    gw = request.config_dict[GATEWAY]
+    _, workspace_id = await user(request, gw.tokens, "read")
+    entry = await handlers.visible(gw, workspace_id, _asset_id(request))
+    return json_response(await handlers.view(gw, entry, utcnow()))
+
+
+@ROUTES.route(
+    "GET", "/{asset_id}/download", operation_id="downloadAsset",
+    summary="Redirect to a short-lived URL that downloads the original under its file name",
+    replies=(Reply(302, "Follow Location (RFC 6266 Content-Disposition on the target)", headers=("Location",)),),
+    problems=_ASSET_PROBLEMS,
+)
 async def download(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     _, workspace_id = await user(request, gw.tokens, "read")
@@ -87,66 +107,26 @@ async def download(request: web.Request) -> web.Response:
     return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
 
 
+@ROUTES.route(
+    "DELETE", "/{asset_id}", operation_id="deleteAsset",
+    summary="Soft delete: hidden from listings, restorable until purge_after, then purged",
+    replies=(Reply(204, "Deleted (or already deleted)"),),
+    problems=_ASSET_PROBLEMS,
+)
 async def delete(request: web.Request) -> web.Response:
     principal, workspace_id = await user(request, request.config_dict[GATEWAY].tokens, "delete")
     await handlers.change(request.config_dict[GATEWAY], principal, workspace_id, _asset_id(request), restore=False)
     return web.Response(status=204)
 
 
+@ROUTES.route(
+    "POST", "/{asset_id}/restore", operation_id="restoreAsset",
+    summary="Undo a soft delete within the retention period",
+    replies=(Reply(200, "Restored (or was not deleted)", asset_api.Asset),),
+    problems=(*_ASSET_PROBLEMS, 410),
+)
 async def restore(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     principal, workspace_id = await user(request, gw.tokens, "restore")
     entry = await handlers.change(gw, principal, workspace_id, _asset_id(request), restore=True)
     return json_response(await handlers.view(gw, entry, utcnow()))
-
-
-_ASSET_PROBLEMS = (401, 403, 404, 502, 503)
-
-ROUTES: tuple[Route, ...] = (
-    Route(
-        Operation(
-            method="GET", path=PREFIX, operation_id="listAssets", tag="assets",
-            summary="List the workspace's assets, newest first, a page at a time",
-            query=asset_api.AssetQuery,
-            replies=(Reply(200, "A page; follow next_cursor for the next", asset_api.AssetPage),),
-            problems=(*_ASSET_PROBLEMS, 422),
-        ),
-        listing,
-    ),
-    Route(
-        Operation(
-            method="GET", path=PREFIX + "/{asset_id}", operation_id="getAsset", tag="assets",
-            summary="An asset with its metadata and short-lived variant URLs",
-            replies=(Reply(200, "The asset", asset_api.Asset),),
-            problems=_ASSET_PROBLEMS,
-        ),
-        show,
-    ),
-    Route(
-        Operation(
-            method="GET", path=PREFIX + "/{asset_id}/download", operation_id="downloadAsset", tag="assets",
-            summary="Redirect to a short-lived URL that downloads the original under its file name",
-            replies=(Reply(302, "Follow Location (RFC 6266 Content-Disposition on the target)", headers=("Location",)),),
-            problems=_ASSET_PROBLEMS,
-        ),
-        download,
-    ),
-    Route(
-        Operation(
-            method="DELETE", path=PREFIX + "/{asset_id}", operation_id="deleteAsset", tag="assets",
-            summary="Soft delete: hidden from listings, restorable until purge_after, then purged",
-            replies=(Reply(204, "Deleted (or already deleted)"),),
-            problems=_ASSET_PROBLEMS,
-        ),
-        delete,
-    ),
-    Route(
-        Operation(
-            method="POST", path=PREFIX + "/{asset_id}/restore", operation_id="restoreAsset", tag="assets",
-            summary="Undo a soft delete within the retention period",
-            replies=(Reply(200, "Restored (or was not deleted)", asset_api.Asset),),
-            problems=(*_ASSET_PROBLEMS, 410),
-        ),
-        restore,
-    ),
-)

@@ -2,10 +2,11 @@
 becomes on the page, and how it is framed as a server-sent event.
 
 The feed reads RAWDRIVE_ASSETS with an ordered (ephemeral, in-memory, no acks) consumer filtered to
-the workspace's subjects of `FOLLOWED`; each message becomes one SSE message whose `id` is its
-stream sequence, so a client that reconnects with `Last-Event-ID` resumes right after it. An item
-is built from the event alone, not from the catalogue (which follows the same events through its
-own durable consumer and may not have merged this one yet).
+the workspace's subjects of the events the catalogue follows (its `ASSET_EVENTS`, so the page shows
+every change a listing will); each message becomes one SSE message whose `id` is its stream
+sequence, so a client that reconnects with `Last-Event-ID` resumes right after it. An item is built
+from the event alone, not from the catalogue (which follows the same events through its own
+durable consumer and may not have merged this one yet).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from rawdrive_contracts import (
     ProcessingFailureReason,
     subject_filter,
 )
+from upload_gateway.catalogue.core import ASSET_EVENTS
 from upload_gateway.errors import FieldError, InvalidRequest
 
-FOLLOWED = (AssetCreated, AssetProcessingFailed, AssetDeleted, AssetRestored, AssetPurged)
 # A comment line this often keeps proxies from closing an idle stream, and finds a client gone.
 KEEPALIVE_S = 15.0
 # SSE ids are stream sequences: JetStream's are unsigned 64-bit.
@@ -56,7 +57,7 @@ class FeedItem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 def subjects(workspace_id: str) -> list[str]:
     """The consumer's filters: the followed event types in this workspace only."""
-    return [subject_filter(event_type.spec, workspace_id) for event_type in FOLLOWED]
+    return [subject_filter(event_type.spec, workspace_id) for event_type in ASSET_EVENTS]
 
 
 def thumb_key(event: CloudEvent[Any]) -> tuple[str, str] | None:

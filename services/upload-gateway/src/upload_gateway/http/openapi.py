@@ -1,7 +1,8 @@
 """The route table and the OpenAPI 3.1 document built from it.
 
 A route module declares `ROUTES`: each an `Operation` (method, path, the msgspec types of its
-query, body and replies, the problems it answers) with its handler. `mount` registers the handler
+query, body and replies, the problems it answers) with its handler, most through a `RouteTable`
+whose decorator declares the operation on the handler itself. `mount` registers the handler
 and records the operation on the app in the same call, so a route cannot be served undocumented;
 routes built elsewhere (tus, health) are recorded with `document`. `/openapi.json` renders every
 recorded operation, with schemas from `msgspec.json.schema_components` over the very Structs the
@@ -11,9 +12,9 @@ handlers decode and encode.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -59,6 +60,33 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
 class Route(msgspec.Struct, frozen=True):
     operation: Operation
     handler: Any  # (web.Request) -> Awaitable[web.StreamResponse]
+
+
+Handler = TypeVar("Handler", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+
+
+class RouteTable:
+    """A route module's routes, under one tag and one path prefix, each declared on its handler
+    (`@ROUTES.route(...)`), in the order declared: the order aiohttp tries them in and
+    /openapi.json lists them."""
+
+    def __init__(self, *, tag: str, prefix: str) -> None:
+        self.tag = tag
+        self.prefix = prefix
+        self.routes: list[Route] = []
+
+    def route(self, method: str, path: str, **operation: Any) -> Callable[[Handler], Handler]:
+        """`path` is below the prefix; `operation` gives the rest of the handler's `Operation`."""
+
+        def declare(handler: Handler) -> Handler:
+            declared = Operation(method=method, path=self.prefix + path, tag=self.tag, **operation)
+            self.routes.append(Route(declared, handler))
+            return handler
+
+        return declare
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self.routes)
 
 
 OPERATIONS = web.AppKey("operations", list)

@@ -122,15 +122,10 @@ def view(profile: ActiveProfile | None) -> api.StorageProfileView:
     if profile is None:
         return api.StorageProfileView(mode="managed_r2", provider="r2", encryption="none")
     return api.StorageProfileView(
+        **profile.location(),
         mode=profile.mode,
         provider="byos",
-        encryption=profile.encryption,
         credentials_ref=profile.ref,
-        bucket=profile.bucket,
-        endpoint=profile.endpoint,
-        region=profile.region,
-        key_prefix=profile.key_prefix,
-        kms_key_id=profile.kms_key_id,
         access_key_id_masked=profile.masked_key_id,
         created_by=profile.created_by,
         created_at=profile.created_at,

@@ -11,13 +11,14 @@ from aiohttp import web
 from upload_gateway.auth import require
 from upload_gateway.errors import NotFound
 from upload_gateway.gateway import GATEWAY
-from upload_gateway.http.openapi import Operation, Reply, Route, mount
+from upload_gateway.http.openapi import Reply, RouteTable, mount
 from upload_gateway.http.problems import decode_body
 from upload_gateway.http.requests import json_response, path_ids, user
 from upload_gateway.uploads import api, handlers, repository
 from upload_gateway.uploads.sessions import UploadSession
 
-PREFIX = "/v1/workspaces/{workspace_id}/uploads"
+ROUTES = RouteTable(tag="uploads", prefix="/v1/workspaces/{workspace_id}/uploads")
+_SESSION_PROBLEMS = (401, 403, 404, 409, 410, 502, 503)
 OPENER = web.AppKey("session_opener", handlers.SessionOpener)
 
 
@@ -49,6 +50,16 @@ async def authorize_upload(request: web.Request) -> tuple[str, UploadSession]:
     return sub, await _session(request, workspace_id)
 
 
+@ROUTES.route(
+    "POST", "", operation_id="createUpload",
+    summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
+    body=api.CreateUpload,
+    replies=(
+        Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),
+        Reply(200, "on_duplicate=skip: an available asset has these bytes; nothing to send", api.DuplicateFound),
+    ),
+    problems=(400, 401, 403, 404, 413, 422, 429, 502, 503),
+)
 async def create(request: web.Request) -> web.Response:
     principal, workspace_id = await user(request, request.config_dict[GATEWAY].tokens, "upload")
     body = await decode_body(request, api.CreateUpload)
@@ -61,6 +72,12 @@ async def create(request: web.Request) -> web.Response:
     return json_response(created, status=201)
 
 
+@ROUTES.route(
+    "GET", "/{upload_id}", operation_id="getUpload",
+    summary="The session's state and the bytes received so far",
+    replies=(Reply(200, "The session", api.UploadStatus),),
+    problems=(401, 403, 404, 502, 503),
+)
 async def show(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     _, workspace_id = await user(request, gw.tokens, "read")
@@ -68,6 +85,12 @@ async def show(request: web.Request) -> web.Response:
     return json_response(await handlers.status(gw, session))
 
 
+@ROUTES.route(
+    "DELETE", "/{upload_id}", operation_id="abortUpload",
+    summary="Abort the upload (idempotent)",
+    replies=(Reply(204, "Aborted"),),
+    problems=(401, 403, 404, 409, 502, 503),
+)
 async def delete(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     principal, workspace_id = await user(request, gw.tokens, "delete")
@@ -76,17 +99,40 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@ROUTES.route(
+    "POST", "/{upload_id}/parts", operation_id="presignParts", auth="upload",
+    summary="Presigned PUT URLs for S3 multipart parts",
+    body=api.PartsRequest,
+    replies=(Reply(200, "One URL per part; send the headers given", api.PresignedParts),),
+    problems=(400, 422, *_SESSION_PROBLEMS),
+)
 async def presign_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
     body = await decode_body(request, api.PartsRequest)
     return json_response(await handlers.presign_parts(request.config_dict[GATEWAY], session, body))
 
 
+@ROUTES.route(
+    "GET", "/{upload_id}/parts", operation_id="listParts", auth="upload",
+    summary="The parts storage holds so far",
+    replies=(Reply(200, "The stored parts", api.PartList),),
+    problems=(422, *_SESSION_PROBLEMS),
+)
 async def list_parts(request: web.Request) -> web.Response:
     _, session = await authorize_upload(request)
     return json_response(await handlers.list_parts(request.config_dict[GATEWAY], session))
 
 
+@ROUTES.route(
+    "POST", "/{upload_id}/commit", operation_id="commitUpload",
+    summary="Everything is uploaded: verify it and make it an asset",
+    body=api.CommitRequest,
+    replies=(
+        Reply(200, "Verified: the asset is processing", api.CommitResult),
+        Reply(202, "Still verifying: ask again (commit is idempotent)", api.CommitResult),
+    ),
+    problems=(400, 413, 422, *_SESSION_PROBLEMS),
+)
 async def commit(request: web.Request) -> web.Response:
     gw = request.config_dict[GATEWAY]
     principal, workspace_id = await user(request, gw.tokens, "upload")
@@ -94,75 +140,6 @@ async def commit(request: web.Request) -> web.Response:
     body = await decode_body(request, api.CommitRequest)
     result = await handlers.commit(gw, principal.sub, session, body)
     return json_response(result, status=200 if result.status == "processing" else 202)
-
-
-_SESSION_PROBLEMS = (401, 403, 404, 409, 410, 502, 503)
-
-ROUTES: tuple[Route, ...] = (
-    Route(
-        Operation(
-            method="POST", path=PREFIX, operation_id="createUpload", tag="uploads",
-            summary="Open an upload session (tus or S3 multipart); returns where and how to send the bytes",
-            body=api.CreateUpload,
-            replies=(
-                Reply(201, "Created: send the bytes to upload_url with these headers", api.UploadCreated),
-                Reply(200, "on_duplicate=skip: an available asset has these bytes; nothing to send", api.DuplicateFound),
-            ),
-            problems=(400, 401, 403, 404, 413, 422, 429, 502, 503),
-        ),
-        create,
-    ),
-    Route(
-        Operation(
-            method="GET", path=PREFIX + "/{upload_id}", operation_id="getUpload", tag="uploads",
-            summary="The session's state and the bytes received so far",
-            replies=(Reply(200, "The session", api.UploadStatus),),
-            problems=(401, 403, 404, 502, 503),
-        ),
-        show,
-    ),
-    Route(
-        Operation(
-            method="DELETE", path=PREFIX + "/{upload_id}", operation_id="abortUpload", tag="uploads",
-            summary="Abort the upload (idempotent)",
-            replies=(Reply(204, "Aborted"),),
-            problems=(401, 403, 404, 409, 502, 503),
-        ),
-        delete,
-    ),
-    Route(
-        Operation(
-            method="POST", path=PREFIX + "/{upload_id}/parts", operation_id="presignParts", tag="uploads",
-            auth="upload", summary="Presigned PUT URLs for S3 multipart parts",
-            body=api.PartsRequest,
-            replies=(Reply(200, "One URL per part; send the headers given", api.PresignedParts),),
-            problems=(400, 422, *_SESSION_PROBLEMS),
-        ),
-        presign_parts,
-    ),
-    Route(
-        Operation(
-            method="GET", path=PREFIX + "/{upload_id}/parts", operation_id="listParts", tag="uploads",
-            auth="upload", summary="The parts storage holds so far",
-            replies=(Reply(200, "The stored parts", api.PartList),),
-            problems=(422, *_SESSION_PROBLEMS),
-        ),
-        list_parts,
-    ),
-    Route(
-        Operation(
-            method="POST", path=PREFIX + "/{upload_id}/commit", operation_id="commitUpload", tag="uploads",
-            summary="Everything is uploaded: verify it and make it an asset",
-            body=api.CommitRequest,
-            replies=(
-                Reply(200, "Verified: the asset is processing", api.CommitResult),
-                Reply(202, "Still verifying: ask again (commit is idempotent)", api.CommitResult),
-            ),
-            problems=(400, 413, 422, *_SESSION_PROBLEMS),
-        ),
-        commit,
-    ),
-)
 
 
 def mount_uploads(app: web.Application) -> None:

@@ -2,26 +2,10 @@
 // creation first) or as `uploadUrl` (what a client that stored the URL resumes from).
 // Usage: node resume.mjs endpoint|uploadUrl URL FILE HEADERS_JSON
 // Prints one JSON line per response ({"method", "status", "offset"}), then {"done": true, "url"}.
-import fs from 'node:fs';
-import * as tus from 'tus-js-client';
+import { uploadReported } from './reported.mjs';
 
 const [option, url, path, headers] = process.argv.slice(2);
-const upload = new tus.Upload(fs.readFileSync(path), {
+uploadReported(path, headers, {
   [option]: url,
-  headers: JSON.parse(headers),
-  chunkSize: 5 * 1024 * 1024,
-  retryDelays: [0, 1000, 3000, 5000],
   metadata: { filename: 'photo.jpg', filetype: 'image/jpeg' },
-  onAfterResponse: (req, res) => {
-    const offset = res.getHeader('Upload-Offset');
-    console.log(JSON.stringify({
-      method: req.getMethod(), status: res.getStatus(), offset: offset === undefined ? null : Number(offset),
-    }));
-  },
-  onError: (error) => {
-    console.error(String(error));
-    process.exit(1);
-  },
-  onSuccess: () => console.log(JSON.stringify({ done: true, url: upload.url })),
 });
-upload.start();

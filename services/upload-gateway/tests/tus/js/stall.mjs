@@ -2,9 +2,10 @@
 // (`uploadUrl`) over a link that freezes once: the first PATCH sends half its chunk, then nothing.
 // Usage: node stall.mjs URL FILE HEADERS_JSON
 // Prints one JSON line per response ({"method", "status", "offset"}), then {"done": true, "url"}.
-import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import * as tus from 'tus-js-client';
+
+import { uploadReported } from './reported.mjs';
 
 const [url, path, headers] = process.argv.slice(2);
 const stack = new tus.DefaultHttpStack({});
@@ -24,25 +25,4 @@ const freezingStack = {
     return request;
   },
 };
-const upload = new tus.Upload(fs.readFileSync(path), {
-  uploadUrl: url,
-  headers: JSON.parse(headers),
-  chunkSize: 5 * 1024 * 1024,
-  retryDelays: [0, 1000, 3000, 5000],
-  httpStack: freezingStack,
-  onAfterResponse: (req, res) => {
-    const offset = res.getHeader('Upload-Offset');
-    console.log(JSON.stringify({
-      method: req.getMethod(), status: res.getStatus(), offset: offset === undefined ? null : Number(offset),
-    }));
-  },
-  onError: (error) => {
-    console.error(String(error));
-    process.exit(1);
-  },
-  onSuccess: () => {
-    console.log(JSON.stringify({ done: true, url: upload.url }));
-    process.exit(0); // the frozen request's socket would keep Node running until the gateway closes it
-  },
-});
-upload.start();
+uploadReported(path, headers, { uploadUrl: url, httpStack: freezingStack });

@@ -75,6 +75,17 @@ class _UploadEvent(EventData, kw_only=True):
         return f"uploads/{self.upload_id}"
 
 
+class _UploadedFileEvent(_UploadEvent, kw_only=True):
+    """An upload event that describes the file: where it is filed and what the client said it is.
+    (Base-class fields encode first, so these stay where each event has always had them.)"""
+
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+
+
 class _AssetEvent(EventData, kw_only=True):
     asset_id: str
 
@@ -88,14 +99,9 @@ class _AssetEvent(EventData, kw_only=True):
 # -- uploads ---------------------------------------------------------------------------------
 
 
-class UploadSessionCreated(_UploadEvent, kw_only=True):
+class UploadSessionCreated(_UploadedFileEvent, kw_only=True):
     spec = EventSpec("upload", "session_created")
     publisher = "upload-gateway"
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
     sha256: Sha256Hex | None = None
     resumable_protocol: ResumableProtocol
     provider: Provider = "r2"
@@ -110,16 +116,11 @@ class PartRef(msgspec.Struct, kw_only=True):
     etag: str
 
 
-class CommitRequested(_UploadEvent, kw_only=True):
+class CommitRequested(_UploadedFileEvent, kw_only=True):
     """The client says it has uploaded everything; the verifier decides."""
 
     spec = EventSpec("upload", "commit_requested")
     publisher = "upload-gateway"
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
     resumable_protocol: ResumableProtocol
     provider: Provider = "r2"
     storage_profile_ref: str
@@ -143,16 +144,11 @@ class CommitRequested(_UploadEvent, kw_only=True):
         return (self.upload_id,) if self.attempt == 1 else (self.upload_id, f"attempt-{self.attempt}")
 
 
-class UploadVerified(_UploadEvent, kw_only=True):
+class UploadVerified(_UploadedFileEvent, kw_only=True):
     """The stored object is complete, the declared size and checksum hold: the asset is committed."""
 
     spec = EventSpec("upload", "verified")
     publisher = "commit-verifier"
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
     sha256: Sha256Hex
     provider: Provider = "r2"
     storage_profile_ref: str

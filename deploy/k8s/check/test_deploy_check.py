@@ -1,7 +1,8 @@
 """The deploy check must fail on what it exists to catch: patched copies of the real overlays
 (privileged, root, no limits, latest tag, buffering ingress, schema errors, replicas under an
 autoscaler, a short grace, network rules beyond the README's, custom resources against their CRD
-schemas, broken alert rules), a Dockerfile hadolint rejects, a lock that misses a dependency."""
+schemas, broken alert rules), a Dockerfile hadolint rejects or that skips the shared image steps,
+a lock that misses a dependency."""
 
 from __future__ import annotations
 
@@ -393,6 +394,56 @@ def test_hadolint_findings_fail(tmp_path):
     assert any("DL3015" in f for f in findings)  # no --no-install-recommends
 
 
+ROOT = HERE.parents[2]
+IMAGE_SCRIPT = (ROOT / "deploy/k8s/images/image.sh").read_text()
+
+
+@pytest.mark.parametrize("service", ["upload-gateway", "commit-verifier", "media-processor", "janitor"])
+def test_every_dockerfile_takes_the_shared_steps_for_its_own_service(service):
+    dockerfile = (ROOT / f"services/{service}/Dockerfile").read_text()
+    assert deploy_check.image_script_findings(dockerfile, service, IMAGE_SCRIPT) == []
+
+    # Copied from another service's Dockerfile without renaming: it would build the wrong image.
+    assert deploy_check.image_script_findings(dockerfile, "other", IMAGE_SCRIPT) == [
+        f"services/other/Dockerfile: its build stage runs ['sh image.sh dependencies', "
+        f"'sh image.sh packages {service}'], not ['sh image.sh dependencies', 'sh image.sh packages other']"
+    ]
+
+
+def test_a_dockerfile_that_skips_a_shared_step_or_runs_as_another_uid_fails():
+    dockerfile = (ROOT / "services/janitor/Dockerfile").read_text()
+
+    def findings(text: str, script: str = IMAGE_SCRIPT) -> list[str]:
+        assert text != dockerfile or script != IMAGE_SCRIPT, "the edit changed nothing"
+        return deploy_check.image_script_findings(text, "janitor", script)
+
+    assert findings(dockerfile.replace("RUN sh image.sh dependencies\n", "")) == [
+        "services/janitor/Dockerfile: its build stage runs ['sh image.sh packages janitor'], "
+        "not ['sh image.sh dependencies', 'sh image.sh packages janitor']"
+    ]
+    assert findings(dockerfile.replace("deploy/k8s/images/image.sh deploy", "deploy")) == [
+        "services/janitor/Dockerfile: no stage copies deploy/k8s/images/image.sh (the steps every image shares)"
+    ]
+    assert findings(dockerfile.replace(" sh /tmp/image.sh account", " true")) == [
+        "services/janitor/Dockerfile: its final stage does not run `sh /tmp/image.sh account` with "
+        "`--mount=type=bind,source=deploy/k8s/images/image.sh,target=/tmp/image.sh`"
+    ]
+    assert findings(dockerfile, IMAGE_SCRIPT.replace("--uid 10001 --gid 10001", "--uid 10002 --gid 10002")) == [
+        "services/janitor/Dockerfile: its final stage is not `USER 10002:10002`, the account image.sh creates"
+    ]
+    old_probe = 'CMD ["python", "-c", "import urllib.request; urllib.request.urlopen(\'http://127.0.0.1:8083/livez\')"]'
+    assert findings(dockerfile.replace('CMD ["python", "-m", "rawdrive_platform.livez"]', old_probe)) == [
+        'services/janitor/Dockerfile: its HEALTHCHECK is not `CMD ["python", "-m", "rawdrive_platform.livez"]`'
+    ]
+
+
+def test_shellcheck_passes_the_image_script_and_fails_a_broken_one(tmp_path):
+    assert deploy_check.shellcheck_findings(ROOT / "deploy/k8s/images/image.sh") == []
+    broken = tmp_path / "image.sh"
+    broken.write_text(IMAGE_SCRIPT.replace('"./services/$service"', "./services/$service"))
+    assert any("SC2086" in f for f in deploy_check.shellcheck_findings(broken))  # unquoted expansion
+
+
 def test_a_lock_missing_a_dependency_or_outside_its_range_fails(tmp_path):
     for folder, deps in (("libs/contracts", ["msgspec>=0.19"]), ("libs/platform", ["rawdrive-contracts", "nats-py>=2.9"]),
                          ("services/demo", ["rawdrive-platform", "wand>=0.6"])):
@@ -430,14 +481,13 @@ def test_a_service_connecting_as_another_identity_or_anonymously_fails(k8s, caps
 
 
 def test_the_gateway_dockerfile_builds_the_console_bundle_the_makefile_builds():
-    root = HERE.parents[2]
-    dockerfile, makefile = (root / "services/upload-gateway/Dockerfile").read_text(), (root / "Makefile").read_text()
+    dockerfile, makefile = (ROOT / "services/upload-gateway/Dockerfile").read_text(), (ROOT / "Makefile").read_text()
     assert deploy_check.console_bundle_findings(dockerfile, makefile) == []
 
     vendor = "services/upload-gateway/src/upload_gateway/console/static/vendor"
     no_copy = "\n".join(line for line in dockerfile.splitlines() if "--from=console" not in line and line.strip() != vendor)
     assert no_copy != dockerfile
-    assert any("missing before `pip wheel`" in f for f in deploy_check.console_bundle_findings(no_copy, makefile))
+    assert any("missing before `sh image.sh packages`" in f for f in deploy_check.console_bundle_findings(no_copy, makefile))
 
     no_build = dockerfile.replace("RUN npm run build", "RUN true")
     assert any("`npm run build`" in f for f in deploy_check.console_bundle_findings(no_build, makefile))

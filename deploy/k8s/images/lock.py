@@ -5,10 +5,10 @@
 For each service, services/<name>/requirements.lock pins every third-party runtime dependency of
 the service, rawdrive-platform and rawdrive-contracts (read from their pyproject.toml files),
 with the sha256 of every wheel of that version, so `pip install --require-hashes` in the
-Dockerfile installs exactly what was locked. Versions are constrained to the ones installed in
+image build (image.sh) installs exactly what was locked. Versions are constrained to the ones installed in
 .venv, i.e. the versions the test suite ran against. Wheels only (`--only-binary :all:`), so no
 unpinned build backend runs inside the image build. deploy/k8s/images/build-requirements.lock
-pins hatchling, the build backend the Dockerfiles use to turn our own packages into wheels.
+pins hatchling, the build backend image.sh uses to turn our own packages into wheels.
 `make deploy-check` verifies offline that every lock still covers its pyproject dependencies.
 """
 

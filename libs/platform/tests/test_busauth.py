@@ -20,6 +20,8 @@ from rawdrive_contracts import (
     ASSETS_STREAM,
     UPLOADS_STREAM,
     CloudEvent,
+    CommitRefused,
+    UploadRejected,
     UploadSessionCreated,
     UploadVerified,
     new_event,
@@ -83,8 +85,8 @@ def verified(workspace: str) -> CloudEvent[UploadVerified]:
 # The table itself
 
 
-def test_every_event_type_has_exactly_one_publisher_and_names_agree_with_their_owners() -> None:
-    from rawdrive_contracts.events import EventData
+def test_every_event_type_is_published_by_one_identity_and_names_agree_with_their_owners() -> None:
+    from rawdrive_contracts.events import EVENT_TYPES, EventData
 
     def all_event_types(cls: type) -> list[type]:
         found = []
@@ -97,8 +99,13 @@ def test_every_event_type_has_exactly_one_publisher_and_names_agree_with_their_o
         for spec in who.publishes:
             owners.setdefault((spec.entity, spec.action), []).append(who.user)
     catalogue = {(t.spec.entity, t.spec.action) for t in all_event_types(EventData)}
-    assert set(owners) == catalogue
+    assert set(owners) == catalogue, f"no identity publishes {catalogue - set(owners)}: a publisher that is not one"
     assert all(len(users) == 1 for users in owners.values()), owners
+    assert set(all_event_types(EventData)) == set(EVENT_TYPES)
+    assert busauth.identity("commit-verifier").publishes == tuple(
+        cls.spec for cls in (UploadVerified, UploadRejected, CommitRefused)
+    )
+    assert busauth.identity(busauth.PROVISION).publishes == ()
     assert busauth.PROFILES_BUCKET == profiles.PROFILES_BUCKET
     assert busauth.DEADLETTER_STREAM == bus.DEADLETTER_STREAM.name
 

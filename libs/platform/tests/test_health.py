@@ -1,5 +1,7 @@
 import asyncio
+import os
 import socket
+import sys
 
 import aiohttp
 import msgspec
@@ -179,3 +181,46 @@ async def test_dependencies_gate_readiness_by_default_as_workers_keep_them(clien
     response = await (await client_for(health)).get("/readyz")
     assert response.status == 503
     assert (await response.json())["failing"] == ["nats"]
+
+
+async def livez_probe(port: str | None) -> tuple[int, str]:
+    """`python -m rawdrive_platform.livez` as the images' HEALTHCHECK runs it: (exit status, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAWDRIVE_HEALTH_PORT"}
+    if port is not None:
+        env["RAWDRIVE_HEALTH_PORT"] = port
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rawdrive_platform.livez", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    return process.returncode, stderr.decode()
+
+
+async def test_the_images_liveness_probe_passes_while_the_health_server_answers_and_fails_after():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    health = Health()
+    health.add_check("nats", failing)  # readiness fails; liveness does not depend on it
+    runner = await health.serve(port, host="127.0.0.1")
+    try:
+        assert await livez_probe(str(port)) == (0, "")
+    finally:
+        await runner.cleanup()
+    status, stderr = await livez_probe(str(port))
+    assert status == 1 and f"/livez on port {port}" in stderr and "refused" in stderr.lower()
+
+
+async def test_the_liveness_probe_fails_when_the_health_port_is_unset_or_not_a_number():
+    assert await livez_probe(None) == (1, "RAWDRIVE_HEALTH_PORT is None, not a port number\n")
+    assert (await livez_probe("http"))[0] == 1
+
+
+async def test_the_liveness_probe_fails_on_an_answer_other_than_2xx():
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_get("/livez", broken)
+    async with TestServer(app, host="127.0.0.1") as server:
+        status, stderr = await livez_probe(str(server.port))
+    assert status == 1 and "HTTP Error 500" in stderr

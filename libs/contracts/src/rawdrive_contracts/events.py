@@ -50,6 +50,9 @@ class EventData(msgspec.Struct, kw_only=True):
     """Base of every event's data. Every event belongs to exactly one workspace."""
 
     spec: ClassVar[EventSpec]
+    # The one service that publishes the event (the README's catalogue; on the bus, the NATS
+    # identity rawdrive_platform.busauth lets publish it and no other).
+    publisher: ClassVar[str]
     workspace_id: str
 
     def identity(self) -> tuple[str, ...]:
@@ -72,6 +75,17 @@ class _UploadEvent(EventData, kw_only=True):
         return f"uploads/{self.upload_id}"
 
 
+class _UploadedFileEvent(_UploadEvent, kw_only=True):
+    """An upload event that describes the file: where it is filed and what the client said it is.
+    (Base-class fields encode first, so these stay where each event has always had them.)"""
+
+    library_id: str
+    folder_id: str | None = None
+    file_name: str
+    mime_type: str
+    size_bytes: int
+
+
 class _AssetEvent(EventData, kw_only=True):
     asset_id: str
 
@@ -85,13 +99,9 @@ class _AssetEvent(EventData, kw_only=True):
 # -- uploads ---------------------------------------------------------------------------------
 
 
-class UploadSessionCreated(_UploadEvent, kw_only=True):
+class UploadSessionCreated(_UploadedFileEvent, kw_only=True):
     spec = EventSpec("upload", "session_created")
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
+    publisher = "upload-gateway"
     sha256: Sha256Hex | None = None
     resumable_protocol: ResumableProtocol
     provider: Provider = "r2"
@@ -106,15 +116,11 @@ class PartRef(msgspec.Struct, kw_only=True):
     etag: str
 
 
-class CommitRequested(_UploadEvent, kw_only=True):
+class CommitRequested(_UploadedFileEvent, kw_only=True):
     """The client says it has uploaded everything; the verifier decides."""
 
     spec = EventSpec("upload", "commit_requested")
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
+    publisher = "upload-gateway"
     resumable_protocol: ResumableProtocol
     provider: Provider = "r2"
     storage_profile_ref: str
@@ -138,15 +144,11 @@ class CommitRequested(_UploadEvent, kw_only=True):
         return (self.upload_id,) if self.attempt == 1 else (self.upload_id, f"attempt-{self.attempt}")
 
 
-class UploadVerified(_UploadEvent, kw_only=True):
+class UploadVerified(_UploadedFileEvent, kw_only=True):
     """The stored object is complete, the declared size and checksum hold: the asset is committed."""
 
     spec = EventSpec("upload", "verified")
-    library_id: str
-    folder_id: str | None = None
-    file_name: str
-    mime_type: str
-    size_bytes: int
+    publisher = "commit-verifier"
     sha256: Sha256Hex
     provider: Provider = "r2"
     storage_profile_ref: str
@@ -157,6 +159,7 @@ class UploadVerified(_UploadEvent, kw_only=True):
 
 class UploadRejected(_UploadEvent, kw_only=True):
     spec = EventSpec("upload", "rejected")
+    publisher = "commit-verifier"
     reason: RejectionReason
     detail: str = ""
     storage_profile_ref: str
@@ -173,6 +176,7 @@ class CommitRefused(_UploadEvent, kw_only=True):
     again (`attempts_left` more times) or abort. Unlike `upload.rejected`, nothing is deleted."""
 
     spec = EventSpec("upload", "commit_refused")
+    publisher = "commit-verifier"
     attempt: int
     attempts_left: int
     reason: RejectionReason
@@ -190,6 +194,7 @@ class CommitRefused(_UploadEvent, kw_only=True):
 
 class UploadAborted(_UploadEvent, kw_only=True):
     spec = EventSpec("upload", "aborted")
+    publisher = "upload-gateway"
     storage_profile_ref: str
     object_key: str
     multipart_upload_id: str | None = None
@@ -198,6 +203,7 @@ class UploadAborted(_UploadEvent, kw_only=True):
 
 class UploadExpired(_UploadEvent, kw_only=True):
     spec = EventSpec("upload", "expired")
+    publisher = "janitor"
     storage_profile_ref: str
     object_key: str
     multipart_upload_id: str | None = None
@@ -295,6 +301,7 @@ class AssetCreated(_AssetEvent, kw_only=True):
     """The external contract: a verified, processed asset other systems may now use."""
 
     spec = EventSpec("asset", "created")
+    publisher = "media-processor"
     upload_id: str
     library_id: str
     folder_id: str | None = None
@@ -319,6 +326,7 @@ class AssetAnalysisRequested(_AssetEvent, kw_only=True):
     """Hands a processed asset to the AI analysis system."""
 
     spec = EventSpec("asset", "analysis_requested")
+    publisher = "media-processor"
     kind: Kind
     mime_type: str
     object_key: str
@@ -328,6 +336,7 @@ class AssetAnalysisRequested(_AssetEvent, kw_only=True):
 
 class AssetProcessingFailed(_AssetEvent, kw_only=True):
     spec = EventSpec("asset", "processing_failed")
+    publisher = "media-processor"
     upload_id: str
     reason: ProcessingFailureReason
     detail: str = ""
@@ -344,6 +353,7 @@ class AssetDeleted(_AssetEvent, kw_only=True):
     """Soft delete: the asset disappears from listings and is purged after `purge_after`."""
 
     spec = EventSpec("asset", "deleted")
+    publisher = "upload-gateway"
     deleted_by: str
     deleted_at: Timestamp
     purge_after: Timestamp
@@ -357,6 +367,7 @@ class AssetDeleted(_AssetEvent, kw_only=True):
 
 class AssetRestored(_AssetEvent, kw_only=True):
     spec = EventSpec("asset", "restored")
+    publisher = "upload-gateway"
     restored_by: str
     restored_at: Timestamp
 
@@ -366,6 +377,7 @@ class AssetRestored(_AssetEvent, kw_only=True):
 
 class AssetPurged(_AssetEvent, kw_only=True):
     spec = EventSpec("asset", "purged")
+    publisher = "janitor"
     purged_at: Timestamp
     deleted_object_count: int = 0
     deleted_bytes: int = 0

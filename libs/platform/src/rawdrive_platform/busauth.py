@@ -1,10 +1,11 @@
 """Who may do what on the bus: THE table of NATS identities and what each may publish and read.
 
 NATS refuses anonymous clients. Each service connects as its own user (RAWDRIVE_NATS_USER,
-RAWDRIVE_NATS_PASSWORD) and may publish only the events it owns, read only its own durable
-consumers, and touch the storage-profile KV bucket only as far as it needs to. The
-provisioning identity creates streams, consumers and the KV bucket (and an operator uses it for
-dead letters). `IDENTITIES` is the one place this is written down; everything else renders it:
+RAWDRIVE_NATS_PASSWORD) and may publish only the events it owns (each event type names its
+publisher in rawdrive_contracts), read only its own durable consumers, and touch the
+storage-profile KV bucket only as far as it needs to. The provisioning identity creates streams,
+consumers and the KV bucket (and an operator uses it for dead letters). `IDENTITIES` is the one
+place the rest is written down; everything else renders it:
 
 - `server_config` — the nats-server configuration the dev stack and the test fixtures run;
 - `helm_authorization` — `config.merge.authorization` of deploy/k8s/nats/values.yaml, with each
@@ -26,25 +27,7 @@ from typing import Literal
 
 import msgspec
 
-from rawdrive_contracts import (
-    ASSETS_STREAM,
-    UPLOADS_STREAM,
-    AssetAnalysisRequested,
-    AssetCreated,
-    AssetDeleted,
-    AssetProcessingFailed,
-    AssetPurged,
-    AssetRestored,
-    CommitRefused,
-    CommitRequested,
-    EventSpec,
-    UploadAborted,
-    UploadExpired,
-    UploadRejected,
-    UploadSessionCreated,
-    UploadVerified,
-    subject_filter,
-)
+from rawdrive_contracts import ASSETS_STREAM, EVENT_TYPES, UPLOADS_STREAM, EventSpec, subject_filter
 from rawdrive_contracts.subjects import SUBJECT_ROOT
 
 # Literal rather than imported: profiles.py and bus.py own these names, and test_busauth checks
@@ -69,7 +52,6 @@ class Durable(msgspec.Struct, frozen=True):
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
     user: str
-    publishes: tuple[EventSpec, ...] = ()
     consumes: tuple[Durable, ...] = ()
     profiles: ProfileAccess = "none"
     # Streams it reads through ordered (ephemeral, unacknowledged) consumers: a live view.
@@ -78,16 +60,16 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     # an operator, never a running service.
     provisions: bool = False
 
-
-def _specs(*types: type) -> tuple[EventSpec, ...]:
-    return tuple(t.spec for t in types)  # type: ignore[attr-defined]
+    @property
+    def publishes(self) -> tuple[EventSpec, ...]:
+        """The event types whose declared publisher (rawdrive_contracts) is this identity."""
+        return tuple(spec for event_type, spec in EVENT_TYPES.items() if event_type.publisher == self.user)
 
 
 PROVISION = "provision"
 IDENTITIES: tuple[Identity, ...] = (
     Identity(
         user="upload-gateway",
-        publishes=_specs(UploadSessionCreated, CommitRequested, UploadAborted, AssetDeleted, AssetRestored),
         consumes=(
             Durable(UPLOADS_STREAM.name, "upload-gateway-verdicts"),
             Durable(ASSETS_STREAM.name, "upload-gateway-catalogue"),
@@ -97,20 +79,17 @@ IDENTITIES: tuple[Identity, ...] = (
     ),
     Identity(
         user="commit-verifier",
-        publishes=_specs(UploadVerified, UploadRejected, CommitRefused),
         consumes=(Durable(UPLOADS_STREAM.name, "commit-verifier"),),
         profiles="read",
     ),
     Identity(
         user="media-processor",
-        publishes=_specs(AssetCreated, AssetAnalysisRequested, AssetProcessingFailed),
         consumes=(Durable(UPLOADS_STREAM.name, "media-processor"),),
         # Reads and writes BYOS buckets, so it opens the profile an upload names; never writes one.
         profiles="read",
     ),
     Identity(
         user="janitor",
-        publishes=_specs(UploadExpired, AssetPurged),
         consumes=(
             Durable(UPLOADS_STREAM.name, "janitor-uploads"),
             Durable(ASSETS_STREAM.name, "janitor-assets"),

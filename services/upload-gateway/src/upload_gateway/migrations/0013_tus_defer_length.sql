@@ -19,35 +19,36 @@ CREATE TABLE tus_deferred (
 );
 CREATE INDEX tus_deferred_by_workspace ON tus_deferred (workspace_id, expires_at) INCLUDE (size_bytes);
 
--- Quotas (0008, 0012): a deferred upload whose session does not exist yet counts as an open
--- upload with the most it may hold; once its session exists, the session counts instead.
+-- Quotas (0008, 0012): what counts as an open upload of a workspace, and with how many bytes, is
+-- said once, by this view; the quota lock counts it. The next kind of open upload changes only
+-- the view. An upload counts until it expires: a session while created or uploading, a partial
+-- until it is joined (its row then goes), a deferred upload whose session does not exist yet
+-- with the most it may hold (once its session exists, the session counts instead).
+CREATE VIEW open_uploads AS
+    SELECT s.workspace_id, s.size_bytes
+      FROM upload_sessions s
+     WHERE s.state IN ('created', 'uploading') AND s.expires_at > clock_timestamp()
+    UNION ALL
+    SELECT p.workspace_id, p.size_bytes
+      FROM tus_partials p
+     WHERE p.expires_at > clock_timestamp()
+    UNION ALL
+    SELECT d.workspace_id, d.size_bytes
+      FROM tus_deferred d
+     WHERE d.expires_at > clock_timestamp()
+       AND NOT EXISTS (SELECT 1 FROM upload_sessions s WHERE s.upload_id = d.upload_id);
+
+-- With the counting in the view, the lock function is two statements: the workspaces' locks,
+-- taken in the order given (0008), then the count. A VOLATILE function's every statement takes
+-- its own snapshot as it starts, so the count sees all that the locks' previous holders committed.
 CREATE OR REPLACE FUNCTION lock_open_upload_usage(workspace_ids text[])
     RETURNS TABLE (workspace_id text, open_uploads bigint, bytes_in_flight bigint)
-    LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    ws text;
-BEGIN
-    FOREACH ws IN ARRAY workspace_ids LOOP
-        PERFORM pg_advisory_xact_lock(hashtext('rawdrive.upload_quota'), hashtext(ws));
-    END LOOP;
-    RETURN QUERY
-        SELECT open.workspace_id, count(*), COALESCE(sum(open.size_bytes), 0)::bigint
-          FROM (SELECT s.workspace_id, s.size_bytes
-                  FROM upload_sessions s
-                 WHERE s.workspace_id = ANY(workspace_ids)
-                   AND s.state IN ('created', 'uploading')
-                   AND s.expires_at > clock_timestamp()
-                UNION ALL
-                SELECT p.workspace_id, p.size_bytes
-                  FROM tus_partials p
-                 WHERE p.workspace_id = ANY(workspace_ids)
-                   AND p.expires_at > clock_timestamp()
-                UNION ALL
-                SELECT d.workspace_id, d.size_bytes
-                  FROM tus_deferred d
-                 WHERE d.workspace_id = ANY(workspace_ids)
-                   AND d.expires_at > clock_timestamp()
-                   AND NOT EXISTS (SELECT 1 FROM upload_sessions s WHERE s.upload_id = d.upload_id)) AS open
-         GROUP BY open.workspace_id;
-END
+    LANGUAGE sql VOLATILE AS $$
+    SELECT pg_advisory_xact_lock(hashtext('rawdrive.upload_quota'), hashtext(given.ws))
+      FROM unnest(workspace_ids) WITH ORDINALITY AS given (ws, nth)
+     ORDER BY given.nth;
+    SELECT o.workspace_id, count(*), COALESCE(sum(o.size_bytes), 0)::bigint
+      FROM open_uploads o
+     WHERE o.workspace_id = ANY(workspace_ids)
+     GROUP BY o.workspace_id;
 $$;

@@ -216,8 +216,9 @@ class QuotaTurns:
 
 
 async def lock_usage(conn: asyncpg.Connection, workspace_ids: Sequence[str]) -> dict[str, quotas.Usage]:
-    """The workspaces' open sessions and the bytes they declared, locked until the transaction
-    `conn` is in ends (migration 0008), so two replicas cannot both admit past a quota."""
+    """The workspaces' open uploads and the bytes they hold (the view open_uploads, migration
+    0013), locked until the transaction `conn` is in ends (migration 0008), so two replicas
+    cannot both admit past a quota."""
     rows = await conn.fetch("SELECT * FROM lock_open_upload_usage($1::text[])", sorted(set(workspace_ids)))
     return {row["workspace_id"]: quotas.Usage(row["open_uploads"], row["bytes_in_flight"]) for row in rows}
 

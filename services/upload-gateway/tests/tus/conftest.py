@@ -2,6 +2,7 @@
 app instances over the same database as a test wants (to resume on "another instance")."""
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,31 @@ MiB = 1024 * 1024
 MAX_SIZE = 500 * MiB
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = TUS | {"Content-Type": "application/offset+octet-stream"}
+
+
+async def run(*command: str, kill_after_lines: int | None = None) -> list[dict]:
+    """The client's JSON lines; with `kill_after_lines`, SIGKILL it once it printed that many."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    lines: list[dict] = []
+    try:
+        async with asyncio.timeout(90):
+            while line := await process.stdout.readline():
+                lines.append(json.loads(line))
+                if kill_after_lines is not None and len(lines) >= kill_after_lines:
+                    process.kill()
+                    break
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if kill_after_lines is None:
+        assert process.returncode == 0, (await process.stderr.read()).decode()
+    else:
+        assert process.returncode == -9, "the client finished before it could be killed"
+    return lines
 
 
 @dataclass

@@ -20,7 +20,7 @@ from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.tus_session import session_request
 
 from ..conftest import LIVE_SECRET
-from .conftest import OCTETS, TUS, MiB
+from .conftest import OCTETS, TUS, MiB, run
 
 JPEG_META = {"filename": "IMG_0001.jpg", "filetype": "image/jpeg"}
 JS = Path(__file__).parent / "js"
@@ -223,13 +223,8 @@ async def test_tus_js_client_with_only_the_endpoint_and_a_user_token_uploads_and
     path = tmp_path / "photo.jpg"
     path.write_bytes(data)
     # upload.mjs: tus-js-client with `endpoint`, `headers` and metadata {filename: photo.jpg, filetype: image/jpeg}.
-    process = await asyncio.create_subprocess_exec(
-        node_for(JS), str(JS / "upload.mjs"), creation_url(live), str(path), json.dumps(live.user()),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()
-    url = json.loads(stdout)["url"]
+    [printed] = await run(node_for(JS), str(JS / "upload.mjs"), creation_url(live), str(path), json.dumps(live.user()))
+    url = printed["url"]
     status = await session_state(live, url)
     assert (status["state"], status["bytes_received"], status["file_name"]) == ("verifying", len(data), "photo.jpg")
     [request] = await commit_requests(live)

@@ -15,7 +15,7 @@ from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.limits import SIZE_LIMITS
 
 from ..conftest import LIVE_SECRET
-from .conftest import OCTETS, TUS, MiB
+from .conftest import OCTETS, TUS, MiB, run
 from .test_creation import JPEG_META, commit_requests, creation_url, metadata, session_state
 
 JS = Path(__file__).parent / "js"
@@ -254,13 +254,10 @@ async def test_tus_js_client_sends_a_stream_of_unknown_length_to_a_committed_ses
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
     # defer.mjs: tus-js-client with `uploadLengthDeferred: true` reading a stream of no known size.
-    process = await asyncio.create_subprocess_exec(
-        node_for(JS), str(JS / "defer.mjs"), creation_url(live), str(path), json.dumps(live.user()),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()
-    url = json.loads(stdout)["url"]
+    *responses, done = await run(node_for(JS), str(JS / "defer.mjs"), creation_url(live), str(path),
+                                 json.dumps(live.user()))  # fmt: skip
+    assert responses[0]["method"] == "POST" and responses[-1] == {"method": "PATCH", "status": 204, "offset": len(data)}
+    url = done["url"]
     assert url.startswith(f"{live.url}/v1/workspaces/{live.workspace}/tus/")
     [created] = await sessions_created(live)
     assert (created.upload_id, created.size_bytes, created.file_name) == (upload_id(url), len(data), "clip.mp4")

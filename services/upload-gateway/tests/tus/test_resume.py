@@ -5,7 +5,6 @@ process killed mid-upload and started again with the URL it kept. A whole gatewa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import run
 from .test_clients import JS, node  # noqa: F401  # node: the fixture installing tus-js-client
 
 MiB = 1024 * 1024
@@ -31,31 +31,6 @@ async def bytes_received(live_gateway, session: dict) -> int:
     url = live_gateway.uploads(f"/{session['upload_id']}")
     async with live_gateway.http.get(url, headers=live_gateway.user()) as response:
         return (await response.json())["bytes_received"]
-
-
-async def run(*command: str, kill_after_lines: int | None = None) -> list[dict]:
-    """The client's JSON lines; with `kill_after_lines`, SIGKILL it once it printed that many."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    lines: list[dict] = []
-    try:
-        async with asyncio.timeout(90):
-            while line := await process.stdout.readline():
-                lines.append(json.loads(line))
-                if kill_after_lines is not None and len(lines) >= kill_after_lines:
-                    process.kill()
-                    break
-            await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if kill_after_lines is None:
-        assert process.returncode == 0, (await process.stderr.read()).decode()
-    else:
-        assert process.returncode == -9, "the client finished before it could be killed"
-    return lines
 
 
 @pytest.mark.parametrize("first_option", ["endpoint", "uploadUrl"])

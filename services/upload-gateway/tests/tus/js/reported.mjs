@@ -1,12 +1,11 @@
-// The upload resume.mjs and stall.mjs run: tus-js-client with the session's headers, 5 MiB
-// chunks and its default retry delays (spelt out), reporting as the tests read it: one JSON line
-// per response ({"method", "status", "offset"}), then {"done": true, "url"}; an error on stderr,
-// exit status 1.
-import fs from 'node:fs';
+// The upload resume.mjs, stall.mjs and defer.mjs run: tus-js-client reading `file` (a Buffer, or
+// a stream) with the given headers, 5 MiB chunks and its default retry delays (spelt out),
+// reporting as the tests read it: one JSON line per response ({"method", "status", "offset"}),
+// then {"done": true, "url"}; an error on stderr, exit status 1.
 import * as tus from 'tus-js-client';
 
-export function uploadReported(path, headers, options) {
-  const upload = new tus.Upload(fs.readFileSync(path), {
+export function uploadReported(file, headers, options) {
+  const upload = new tus.Upload(file, {
     headers: JSON.parse(headers),
     chunkSize: 5 * 1024 * 1024,
     retryDelays: [0, 1000, 3000, 5000],

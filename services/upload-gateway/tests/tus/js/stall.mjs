@@ -2,6 +2,7 @@
 // (`uploadUrl`) over a link that freezes once: the first PATCH sends half its chunk, then nothing.
 // Usage: node stall.mjs URL FILE HEADERS_JSON
 // Prints one JSON line per response ({"method", "status", "offset"}), then {"done": true, "url"}.
+import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import * as tus from 'tus-js-client';
 
@@ -25,4 +26,4 @@ const freezingStack = {
     return request;
   },
 };
-uploadReported(path, headers, { uploadUrl: url, httpStack: freezingStack });
+uploadReported(fs.readFileSync(path), headers, { uploadUrl: url, httpStack: freezingStack });

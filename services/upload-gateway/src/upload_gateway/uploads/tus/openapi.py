@@ -25,6 +25,8 @@ _TUS_ERRORS = (
           headers=("Retry-After",)),
 )
 _OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")
+# What every OPTIONS request answers (tus discovery).
+_CAPABILITY_HEADERS = ("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")
 _TUS_NOTE = (
     f"tus {tus.TUS_VERSION} (https://tus.io/protocols/resumable-upload), extensions "
     f"{', '.join(tus.TUS_EXTENSIONS)}; checksums {', '.join(tus.CHECKSUM_ALGORITHMS)}. Protocol errors are "
@@ -35,8 +37,7 @@ TUS_OPERATIONS = (
     Operation(
         method="OPTIONS", path=TUS_PATH, operation_id="tusOptions", tag="tus", auth="none", description=_TUS_NOTE,
         summary="tus capabilities",
-        replies=(Reply(204, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
-                                                    "Tus-Checksum-Algorithm")),),
+        replies=(Reply(204, "Capabilities", headers=_CAPABILITY_HEADERS),),
     ),
     Operation(
         method="POST", path=TUS_PATH, operation_id="tusCreate", tag="tus", auth="upload", description=_TUS_NOTE,
@@ -91,8 +92,7 @@ CREATION_OPERATIONS = (
     Operation(
         method="OPTIONS", path=CREATION_PATH, operation_id="tusCreationOptions", tag="tus", auth="none",
         summary="tus capabilities of the creation endpoint", description=_CREATION_NOTE,
-        replies=(Reply(200, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
-                                                    "Tus-Checksum-Algorithm")),),
+        replies=(Reply(200, "Capabilities", headers=_CAPABILITY_HEADERS),),
     ),
     Operation(
         method="POST", path=CREATION_PATH, operation_id="tusCreateSession", tag="tus", description=_CREATION_NOTE,
@@ -136,8 +136,7 @@ PARTIAL_OPERATIONS = (
     Operation(
         method="OPTIONS", path=PARTIAL_PATH, operation_id="tusPartialOptions", tag="tus", auth="none",
         description=_PARTIAL_NOTE, summary="tus capabilities",
-        replies=(Reply(204, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
-                                                    "Tus-Checksum-Algorithm")),),
+        replies=(Reply(204, "Capabilities", headers=_CAPABILITY_HEADERS),),
     ),
     *(Operation(
         method=method, path=PARTIAL_PATH, operation_id=f"tusPartial{name}", tag="tus", description=_PARTIAL_NOTE,

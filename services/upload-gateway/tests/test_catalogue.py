@@ -22,17 +22,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from nats.js import JetStreamContext
 
 from rawdrive_contracts import (
-    AssetCreated,
-    AssetDeleted,
-    AssetProcessingFailed,
-    AssetPurged,
-    AssetRestored,
     CloudEvent,
     EventData,
     MediaMetadata,
-    UploadVerified,
     Variant,
     Variants,
+    events,
     new_event,
     subject_filter,
 )
@@ -90,19 +85,19 @@ class Harness(GatewayUnderTest):
             while await self.status(asset_id) != wanted:
                 await asyncio.sleep(0.05)
 
-    def verified(self, asset_id: str, **changes: Any) -> UploadVerified:
+    def verified(self, asset_id: str, **changes: Any) -> events.UploadVerified:
         fields = dict(
             workspace_id=self.workspace, upload_id=f"u-{asset_id}", asset_id=asset_id, library_id="lib1",
             file_name=NON_ASCII_NAME, mime_type="image/jpeg", size_bytes=11, sha256=hashlib.sha256(b"hello world").hexdigest(),
             storage_profile_ref="managed", object_key=keys.original_key(self.workspace, asset_id, NON_ASCII_NAME),
             verified_at=datetime.now(UTC),
         )
-        return UploadVerified(**(fields | changes))
+        return events.UploadVerified(**(fields | changes))
 
-    def created(self, asset_id: str, variants: Variants | None = None) -> AssetCreated:
+    def created(self, asset_id: str, variants: Variants | None = None) -> events.AssetCreated:
         """The processor's asset.created for the upload of `verified`: its facts carried over."""
         return carry(
-            self.verified(asset_id), AssetCreated, kind="photo", width=4000, height=3000,
+            self.verified(asset_id), events.AssetCreated, kind="photo", width=4000, height=3000,
             taken_at=datetime(2024, 7, 1, 12, 30), variants=variants or Variants(),
         )
 
@@ -154,16 +149,17 @@ async def test_an_asset_goes_processing_available_deleted_restored_and_purged_as
     assert (shown["kind"], shown["width"], shown["height"], shown["taken_at"]) == ("photo", 4000, 3000, "2024-07-01T12:30:00")
 
     t = datetime.now(UTC)
-    deletion = AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="bob", deleted_at=t,
-                            purge_after=t + timedelta(days=1))
+    deletion = events.AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="bob", deleted_at=t,
+                                   purge_after=t + timedelta(days=1))
     await harness.publish(deletion)
     await harness.until_status(asset, "deleted")
     assert (await (await harness.get(asset)).json())["purge_after"] == (t + timedelta(days=1)).isoformat().replace("+00:00", "Z")
 
-    await harness.publish(AssetRestored(workspace_id=harness.workspace, asset_id=asset, restored_by="bob",
-                                        restored_at=t + timedelta(seconds=1)))
+    await harness.publish(events.AssetRestored(workspace_id=harness.workspace, asset_id=asset, restored_by="bob",
+                                               restored_at=t + timedelta(seconds=1)))
     await harness.until_status(asset, "available")
-    await harness.publish(AssetPurged(workspace_id=harness.workspace, asset_id=asset, purged_at=t + timedelta(seconds=2)))
+    await harness.publish(events.AssetPurged(workspace_id=harness.workspace, asset_id=asset,
+                                             purged_at=t + timedelta(seconds=2)))
     await harness.until_status(asset, None)
     assert (await harness.get(asset)).status == 404
     listed = await (await harness.client.get(harness.path("?status=available"), headers=harness.user("viewer"))).json()
@@ -181,16 +177,16 @@ async def test_redelivered_and_out_of_order_events_end_in_the_state_their_times_
     # A failure from an earlier attempt arrives after the success.
     await harness.publish(harness.verified(stale_failure))
     await harness.publish(harness.created(stale_failure), time=t)
-    failure = AssetProcessingFailed(workspace_id=harness.workspace, asset_id=stale_failure, upload_id="u",
-                                    reason="timeout", object_key="k", storage_profile_ref="managed")
+    failure = events.AssetProcessingFailed(workspace_id=harness.workspace, asset_id=stale_failure, upload_id="u",
+                                           reason="timeout", object_key="k", storage_profile_ref="managed")
     await harness.publish(failure, time=t - timedelta(seconds=5))
     # The restore arrives before the deletion it undoes, then a later deletion arrives.
     await harness.publish(harness.verified(trash))
-    await harness.publish(AssetRestored(workspace_id=harness.workspace, asset_id=trash, restored_by="b",
-                                        restored_at=t + timedelta(seconds=2)))
+    await harness.publish(events.AssetRestored(workspace_id=harness.workspace, asset_id=trash, restored_by="b",
+                                               restored_at=t + timedelta(seconds=2)))
     for deleted_at in (t + timedelta(seconds=1), t + timedelta(seconds=3), t + timedelta(seconds=1)):
-        await harness.publish(AssetDeleted(workspace_id=harness.workspace, asset_id=trash, deleted_by="b",
-                                           deleted_at=deleted_at, purge_after=deleted_at + timedelta(days=1)))
+        await harness.publish(events.AssetDeleted(workspace_id=harness.workspace, asset_id=trash, deleted_by="b",
+                                                  deleted_at=deleted_at, purge_after=deleted_at + timedelta(days=1)))
     await harness.until_status(early_created, "available")
     await harness.until_status(stale_failure, "available")
     await harness.until_status(trash, "deleted")
@@ -239,8 +235,8 @@ async def test_listings_filter_by_library_folder_and_status_and_hide_deleted_by_
     await _record(harness, harness.verified(c))
     await _record(harness, harness.created(c))
     t = datetime.now(UTC)
-    await _record(harness, AssetDeleted(workspace_id=harness.workspace, asset_id=b, deleted_by="x", deleted_at=t,
-                                        purge_after=t + timedelta(days=1)))
+    await _record(harness, events.AssetDeleted(workspace_id=harness.workspace, asset_id=b, deleted_by="x",
+                                               deleted_at=t, purge_after=t + timedelta(days=1)))
 
     async def ids(query: str) -> set[str]:
         response = await harness.client.get(harness.path(query), headers=harness.user("viewer"))
@@ -315,10 +311,10 @@ async def test_delete_announces_the_deletion_and_restore_undoes_it_within_retent
     assert again.status == 200  # nothing to undo: still fine
 
     await Relay(harness.gw.pool, harness.js).publish_pending()
-    [deleted] = await harness.announced(AssetDeleted)
+    [deleted] = await harness.announced(events.AssetDeleted)
     assert (deleted.asset_id, deleted.deleted_by, deleted.storage_profile_ref) == (asset, "alice", "managed")
     assert deleted.purge_after == purge_after
-    [restore] = await harness.announced(AssetRestored)
+    [restore] = await harness.announced(events.AssetRestored)
     assert restore.asset_id == asset and restore.restored_at > deleted.deleted_at
     # The consumer sees the gateway's own events and lands where the API already is.
     await asyncio.sleep(0.5)
@@ -329,8 +325,8 @@ async def test_restoring_after_the_retention_period_is_refused_with_410(harness)
     asset = str(uuid.uuid4())
     await _record(harness, harness.verified(asset))
     t = datetime.now(UTC) - timedelta(days=31)
-    await _record(harness, AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="x",
-                                        deleted_at=t, purge_after=t + timedelta(days=30)))
+    await _record(harness, events.AssetDeleted(workspace_id=harness.workspace, asset_id=asset, deleted_by="x",
+                                               deleted_at=t, purge_after=t + timedelta(days=30)))
     response = await harness.client.post(harness.path(f"/{asset}/restore"), headers=harness.user("admin"))
     assert response.status == 410 and (await problem(response))["code"] == "retention_over"
     assert await harness.status(asset) == "deleted"
@@ -455,7 +451,7 @@ async def test_a_failed_asset_shows_a_fixed_text_not_the_workers_detail(harness)
     asset = str(uuid.uuid4())
     key = f"workspaces/{harness.workspace}/assets/{asset}/original/secret-plans.pdf"
     await harness.publish(harness.verified(asset))
-    await harness.publish(AssetProcessingFailed(
+    await harness.publish(events.AssetProcessingFailed(
         workspace_id=harness.workspace, asset_id=asset, upload_id="u", reason="decode_failed", object_key=key,
         storage_profile_ref="managed",
         detail=f"gs exited with 1: GPL Ghostscript 10.0: Unrecoverable error in /tmp/scratch/{key} %PDF-1.7 \x89PNG",
@@ -504,7 +500,7 @@ async def test_with_on_duplicate_skip_a_session_for_an_available_assets_bytes_an
     assert status == 201 and "duplicate_of" not in created
 
     await harness.publish(harness.verified(failed, sha256=sha))
-    await harness.publish(AssetProcessingFailed(
+    await harness.publish(events.AssetProcessingFailed(
         workspace_id=harness.workspace, asset_id=failed, upload_id="u", reason="decode_failed",
         object_key=keys.original_key(harness.workspace, failed, "x.jpg"), storage_profile_ref="managed",
     ))

@@ -10,19 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rawdrive_contracts import (
-    AssetCreated,
-    AssetDeleted,
-    AssetProcessingFailed,
-    AssetPurged,
-    AssetRestored,
-    CloudEvent,
-    DecodeWarning,
-    EventData,
-    MediaMetadata,
-    UploadVerified,
-    new_event,
-)
+from rawdrive_contracts import CloudEvent, DecodeWarning, EventData, MediaMetadata, events, new_event
 from upload_gateway.catalogue.core import (
     AssetFacts,
     InvalidCursor,
@@ -45,7 +33,7 @@ def at(seconds: float) -> datetime:
 
 
 def verified(t: float = 0) -> CloudEvent[Any]:
-    return _event(UploadVerified(
+    return _event(events.UploadVerified(
         workspace_id="ws", upload_id="u1", asset_id="a1", library_id="lib", file_name="ÅÄÖ.jpg",
         mime_type="image/jpeg", size_bytes=10, sha256=SHA, storage_profile_ref="managed",
         object_key="workspaces/ws/assets/a1/original/ÅÄÖ.jpg", verified_at=at(t),
@@ -53,7 +41,7 @@ def verified(t: float = 0) -> CloudEvent[Any]:
 
 
 def created(t: float = 1) -> CloudEvent[Any]:
-    return _event(AssetCreated(
+    return _event(events.AssetCreated(
         workspace_id="ws", asset_id="a1", upload_id="u1", library_id="lib", file_name="ÅÄÖ.jpg",
         mime_type="image/jpeg", size_bytes=10, sha256=SHA, kind="photo", width=4, height=3,
         object_key="workspaces/ws/assets/a1/original/ÅÄÖ.jpg", storage_profile_ref="managed",
@@ -61,35 +49,35 @@ def created(t: float = 1) -> CloudEvent[Any]:
 
 
 def failed(t: float = 1) -> CloudEvent[Any]:
-    return _event(AssetProcessingFailed(
+    return _event(events.AssetProcessingFailed(
         workspace_id="ws", asset_id="a1", upload_id="u1", reason="decode_failed", object_key="k",
         storage_profile_ref="managed",
     ), t)
 
 
 def deleted(t: float) -> CloudEvent[Any]:
-    return _event(AssetDeleted(workspace_id="ws", asset_id="a1", deleted_by="bob", deleted_at=at(t),
-                               purge_after=at(t + 100)), t)
+    return _event(events.AssetDeleted(workspace_id="ws", asset_id="a1", deleted_by="bob", deleted_at=at(t),
+                                      purge_after=at(t + 100)), t)
 
 
 def restored(t: float) -> CloudEvent[Any]:
-    return _event(AssetRestored(workspace_id="ws", asset_id="a1", restored_by="bob", restored_at=at(t)), t)
+    return _event(events.AssetRestored(workspace_id="ws", asset_id="a1", restored_by="bob", restored_at=at(t)), t)
 
 
 def purged(t: float) -> CloudEvent[Any]:
-    return _event(AssetPurged(workspace_id="ws", asset_id="a1", purged_at=at(t)), t)
+    return _event(events.AssetPurged(workspace_id="ws", asset_id="a1", purged_at=at(t)), t)
 
 
 def _event(data: EventData, t: float) -> CloudEvent[Any]:
     return new_event(data, source="/test", time=at(t))
 
 
-def fold(events: list[CloudEvent[Any]]) -> AssetFacts:
-    return reduce(merge, map(facts_of, events), AssetFacts(asset_id="a1", workspace_id="ws"))
+def fold(arrived: list[CloudEvent[Any]]) -> AssetFacts:
+    return reduce(merge, map(facts_of, arrived), AssetFacts(asset_id="a1", workspace_id="ws"))
 
 
 @pytest.mark.parametrize(
-    ("events", "status"),
+    ("arrived", "status"),
     [
         ([verified()], "processing"),
         ([verified(), created()], "available"),
@@ -109,26 +97,26 @@ def fold(events: list[CloudEvent[Any]]) -> AssetFacts:
         ([failed()], None),
     ],
 )
-def test_status_follows_the_facts_not_the_order_they_arrived_in(events, status):
-    assert status_of(fold(events)) == status
+def test_status_follows_the_facts_not_the_order_they_arrived_in(arrived, status):
+    assert status_of(fold(arrived)) == status
 
 
 HISTORY = [verified(0), created(2), failed(1), deleted(5), restored(6), deleted(7), restored(8), purged(20)]
 
 
 @given(st.lists(st.sampled_from(HISTORY), min_size=1, max_size=20), st.randoms(use_true_random=False))
-def test_any_permutation_and_duplication_of_the_same_facts_gives_the_same_record(events, rnd):
-    shuffled = list(events)
+def test_any_permutation_and_duplication_of_the_same_facts_gives_the_same_record(arrived, rnd):
+    shuffled = list(arrived)
     rnd.shuffle(shuffled)
     doubled = shuffled + rnd.sample(shuffled, k=len(shuffled) // 2)
-    assert fold(shuffled) == fold(events) == fold(doubled)
-    assert status_of(fold(doubled)) == status_of(fold(events))
+    assert fold(shuffled) == fold(arrived) == fold(doubled)
+    assert status_of(fold(doubled)) == status_of(fold(arrived))
 
 
 @given(st.permutations(HISTORY[:6]))
-def test_every_order_of_a_whole_life_lands_in_the_same_place(events):
-    assert status_of(fold(list(events))) == "deleted"
-    assert status_of(fold([*events, purged(20)])) == "purged"
+def test_every_order_of_a_whole_life_lands_in_the_same_place(arrived):
+    assert status_of(fold(list(arrived))) == "deleted"
+    assert status_of(fold([*arrived, purged(20)])) == "purged"
 
 
 def test_a_record_from_another_workspace_is_never_merged():

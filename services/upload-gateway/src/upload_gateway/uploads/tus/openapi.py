@@ -25,8 +25,18 @@ _TUS_ERRORS = (
           headers=("Retry-After",)),
 )
 _OFFSET_HEADERS = ("Tus-Resumable", "Upload-Offset", "Upload-Length", "Upload-Expires")
-# What every OPTIONS request answers (tus discovery).
-_CAPABILITY_HEADERS = ("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")
+
+
+def _capabilities(path: str, operation_id: str, status: int, note: str, summary: str = "tus capabilities") -> Operation:
+    """OPTIONS on a tus URL: its capabilities (tus discovery), without authentication."""
+    return Operation(
+        method="OPTIONS", path=path, operation_id=operation_id, tag="tus", auth="none", description=note,
+        summary=summary,
+        replies=(Reply(status, "Capabilities", headers=("Tus-Resumable", "Tus-Version", "Tus-Extension",
+                                                        "Tus-Max-Size", "Tus-Checksum-Algorithm")),),
+    )
+
+
 _TUS_NOTE = (
     f"tus {tus.TUS_VERSION} (https://tus.io/protocols/resumable-upload), extensions "
     f"{', '.join(tus.TUS_EXTENSIONS)}; checksums {', '.join(tus.CHECKSUM_ALGORITHMS)}. Protocol errors are "
@@ -34,11 +44,7 @@ _TUS_NOTE = (
     "the session's `headers` field gave (the upload token)."
 )
 TUS_OPERATIONS = (
-    Operation(
-        method="OPTIONS", path=TUS_PATH, operation_id="tusOptions", tag="tus", auth="none", description=_TUS_NOTE,
-        summary="tus capabilities",
-        replies=(Reply(204, "Capabilities", headers=_CAPABILITY_HEADERS),),
-    ),
+    _capabilities(TUS_PATH, "tusOptions", 204, _TUS_NOTE),
     Operation(
         method="POST", path=TUS_PATH, operation_id="tusCreate", tag="tus", auth="upload", description=_TUS_NOTE,
         summary="Create the tus upload of this session (creation, creation-with-upload)",
@@ -89,11 +95,8 @@ _CREATION_NOTE = (
     "The session is committed when its last byte arrives; `Upload-Asset-Id` names the asset."
 )
 CREATION_OPERATIONS = (
-    Operation(
-        method="OPTIONS", path=CREATION_PATH, operation_id="tusCreationOptions", tag="tus", auth="none",
-        summary="tus capabilities of the creation endpoint", description=_CREATION_NOTE,
-        replies=(Reply(200, "Capabilities", headers=_CAPABILITY_HEADERS),),
-    ),
+    _capabilities(CREATION_PATH, "tusCreationOptions", 200, _CREATION_NOTE,
+                  "tus capabilities of the creation endpoint"),
     Operation(
         method="POST", path=CREATION_PATH, operation_id="tusCreateSession", tag="tus", description=_CREATION_NOTE,
         summary="Open an upload session and its tus upload in one request (creation, creation-with-upload)",
@@ -133,11 +136,7 @@ _PARTIAL_NOTE = (
     "the creation endpoint refuses, the bytes kept) and is then fixed; it is committed when its last byte arrives."
 )
 PARTIAL_OPERATIONS = (
-    Operation(
-        method="OPTIONS", path=PARTIAL_PATH, operation_id="tusPartialOptions", tag="tus", auth="none",
-        description=_PARTIAL_NOTE, summary="tus capabilities",
-        replies=(Reply(204, "Capabilities", headers=_CAPABILITY_HEADERS),),
-    ),
+    _capabilities(PARTIAL_PATH, "tusPartialOptions", 204, _PARTIAL_NOTE),
     *(Operation(
         method=method, path=PARTIAL_PATH, operation_id=f"tusPartial{name}", tag="tus", description=_PARTIAL_NOTE,
         summary=summary, headers=headers, replies=(reply, *_TUS_ERRORS), problems=(400, 401, 403, 404, 413, 429),

@@ -10,18 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from upload_gateway.uploads.tus.protocol import (
-    BadRequest,
-    ChecksumMismatch,
-    Creation,
-    PastLength,
-    Patch,
-    UploadLocked,
-    UploadNotFound,
-    check_fits,
-    check_offset,
-    settle_length,
-)
+from upload_gateway.uploads.tus import protocol
 from upload_gateway.uploads.tus.store import BodyInterrupted, JoinSource, Reader, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
@@ -38,7 +27,7 @@ class MemoryLock:
     @asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[None]:
         if upload_id in self.held:
-            raise UploadLocked("another request is writing this upload")
+            raise protocol.UploadLocked("another request is writing this upload")
         self.held.add(upload_id)
         try:
             yield None
@@ -72,9 +61,9 @@ class MemoryTusStore:
     async def held(self, target: MemoryTarget) -> UploadState | None:
         return await self.state(target.upload_id)  # memory loses nothing behind our back
 
-    async def create(self, target: MemoryTarget, creation: Creation) -> UploadState:
+    async def create(self, target: MemoryTarget, creation: protocol.Creation) -> UploadState:
         if creation.length is not None and creation.length != target.size_bytes:
-            raise BadRequest(f"Upload-Length {creation.length} differs from the session's {target.size_bytes}")
+            raise protocol.BadRequest(f"Upload-Length {creation.length} differs from the session's {target.size_bytes}")
         async with self.lock.hold(target.upload_id) as held:
             if target.upload_id not in self.uploads:
                 self.uploads[target.upload_id] = _Upload(
@@ -84,23 +73,23 @@ class MemoryTusStore:
                     await self._complete(held, target, self.uploads[target.upload_id])
             return self.uploads[target.upload_id].state(target.upload_id)
 
-    async def write(self, target: MemoryTarget, patch: Patch, read: Reader) -> UploadState:
+    async def write(self, target: MemoryTarget, patch: protocol.Patch, read: Reader) -> UploadState:
         async with self.lock.hold(target.upload_id) as held:
             upload = self.uploads.get(target.upload_id)
             if upload is None:
-                raise UploadNotFound("no tus upload was created for this session")
+                raise protocol.UploadNotFound("no tus upload was created for this session")
             known = None if target.length_deferred else target.size_bytes
-            upload.length = settle_length(upload.length, patch.length, known, len(upload.data))
-            check_offset(patch.offset, len(upload.data))
+            upload.length = protocol.settle_length(upload.length, patch.length, known, len(upload.data))
+            protocol.check_offset(patch.offset, len(upload.data))
             most = target.size_bytes if upload.length is None else upload.length
-            check_fits(len(upload.data), patch.content_length, most)
+            protocol.check_fits(len(upload.data), patch.content_length, most)
             body = bytearray()
             try:
                 while chunk := await read(READ_SIZE):
                     body += chunk
                     if len(upload.data) + len(body) > most:
-                        raise PastLength(f"the body runs past {most}")
-            except (PastLength, ChecksumMismatch):
+                        raise protocol.PastLength(f"the body runs past {most}")
+            except (protocol.PastLength, protocol.ChecksumMismatch):
                 raise
             except Exception as error:
                 if patch.checksum is None:  # what arrived counts; a checksummed body cannot be verified
@@ -108,14 +97,16 @@ class MemoryTusStore:
                     await target.on_progress(held, len(upload.data))
                 raise BodyInterrupted(len(upload.data)) from error
             if patch.checksum is not None and not patch.checksum.matches(body):
-                raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
+                raise protocol.ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
             upload.data += body
             await target.on_progress(held, len(upload.data))
             if len(upload.data) == upload.length and not upload.completed:
                 await self._complete(held, target, upload)
             return upload.state(target.upload_id)
 
-    async def concatenate(self, target: MemoryTarget, creation: Creation, sources: Sequence[JoinSource]) -> UploadState:
+    async def concatenate(
+        self, target: MemoryTarget, creation: protocol.Creation, sources: Sequence[JoinSource]
+    ) -> UploadState:
         async with self.lock.hold(target.upload_id) as held:
             if target.upload_id not in self.uploads:
                 joined = bytearray(b"".join(target.storage[source.object_key] for source in sources))
@@ -131,7 +122,7 @@ class MemoryTusStore:
     async def terminate(self, target: MemoryTarget) -> None:
         async with self.lock.hold(target.upload_id):
             if self.uploads.pop(target.upload_id, None) is None:
-                raise UploadNotFound("no tus upload was created for this session")
+                raise protocol.UploadNotFound("no tus upload was created for this session")
             target.storage.pop(target.object_key, None)
 
     async def _complete(self, held: Any, target: MemoryTarget, upload: _Upload) -> None:

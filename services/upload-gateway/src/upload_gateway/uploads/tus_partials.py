@@ -4,9 +4,10 @@ A partial upload (`POST /v1/workspaces/{ws}/tus` with `Upload-Concat: partial`) 
 session: it is no file yet (tus-js-client sends partials without a name or type). Its row in
 tus_partials gives it what a session gives any other upload: an owner (the user token's
 subject: only they may write, read or join it), its workspace's storage profile, an expiry
-(the session TTL) and a place in the workspace's quotas (migration 0012 counts unexpired
-partials as open uploads with their bytes). Its bytes go to `keys.tus_piece_key(..., "partial")`
-through the tus store as any upload's do, at `/v1/workspaces/{ws}/tus/{upload_id}`.
+(the session TTL) and a place in the workspace's quotas (unexpired partials count as open
+uploads with their bytes: the view open_uploads, migration 0013). Its bytes go to
+`keys.tus_piece_key(..., "partial")` through the tus store as any upload's do, at
+`/v1/workspaces/{ws}/tus/{upload_id}`.
 
 A final upload (`Upload-Concat: final;<url> ...`) is an upload session opened as the creation
 endpoint opens any (tus_session.open_tus_upload, handed in: its metadata names the file; every rule of

@@ -216,12 +216,6 @@ class DeferredUploads:
                 await gw.pool.execute("DELETE FROM tus_deferred WHERE upload_id = $1", deferred.upload_id)
 
     def _target(self, gw: Gateway, deferred: Deferred, file: NewFile, storage: Storage) -> Target:
-        async def on_progress(conn: asyncpg.Connection, offset: int) -> None:
-            return None  # the store's row is its only progress until the session exists
-
-        async def on_complete(conn: asyncpg.Connection) -> None:
-            return None  # never: an upload of unknown length does not complete
-
         async def on_terminate() -> None:
             await gw.pool.execute("DELETE FROM tus_deferred WHERE upload_id = $1", deferred.upload_id)
 
@@ -235,8 +229,6 @@ class DeferredUploads:
             # 5 MiB parts where the most it may hold allows, as the creation endpoint's uploads.
             part_size=part_size_up_to(deferred.size_bytes, MIN_PART_SIZE),
             storage=storage,
-            on_progress=on_progress,
-            on_complete=on_complete,
             on_terminate=on_terminate,
             response_headers={self._asset_id_header: deferred.asset_id},
             length_deferred=True,

@@ -172,12 +172,6 @@ class PartialUploads:
 
 
 def _target(gw: Gateway, partial: Partial, storage: Storage) -> Target:
-    async def on_progress(conn: asyncpg.Connection, offset: int) -> None:
-        return None  # the store's row is the partial's only progress
-
-    async def on_complete(conn: asyncpg.Connection) -> None:
-        return None  # a partial is complete when its bytes are; a final upload joins it
-
     async def on_terminate() -> None:
         await gw.pool.execute("DELETE FROM tus_partials WHERE upload_id = $1", partial.upload_id)
 
@@ -191,8 +185,6 @@ def _target(gw: Gateway, partial: Partial, storage: Storage) -> Target:
         # 5 MiB parts, as the creation endpoint's uploads (tus_session.tus_part_size) have.
         part_size=plan_parts(max(partial.size_bytes, 1), preferred=MIN_PART_SIZE).part_size,
         storage=storage,
-        on_progress=on_progress,
-        on_complete=on_complete,
         on_terminate=on_terminate,
     )
 

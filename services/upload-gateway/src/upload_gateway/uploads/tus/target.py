@@ -14,6 +14,11 @@ Held = TypeVar("Held")
 Bytes = TypeVar("Bytes")
 
 
+async def _only_the_store_records(*_: object) -> None:
+    """The default `on_progress`/`on_complete`: an upload without a session (a partial, one of
+    deferred length) has nothing of its own to record; the store's row is all there is."""
+
+
 class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True):
     """One authorised upload session, as `authorize(request)` returns it.
 
@@ -37,9 +42,9 @@ class TusTarget(msgspec.Struct, Generic[Held, Bytes], frozen=True, kw_only=True)
     expires_at: datetime
     part_size: int
     storage: Bytes
-    on_progress: Callable[[Held, int], Awaitable[None]]
-    on_complete: Callable[[Held], Awaitable[None]]
     on_terminate: Callable[[], Awaitable[None]]
+    on_progress: Callable[[Held, int], Awaitable[None]] = _only_the_store_records
+    on_complete: Callable[[Held], Awaitable[None]] = _only_the_store_records
     # Added to every successful answer about the upload (e.g. the asset id the session layer chose).
     response_headers: dict[str, str] = {}
     length_deferred: bool = False

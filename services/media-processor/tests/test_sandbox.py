@@ -2,6 +2,7 @@
 in its environment starts a Sandbox, and code run in a decoding child looks at itself. Decoders
 end with the processor, and their temporary files with each call."""
 
+import asyncio
 import json
 import os
 import signal
@@ -207,3 +208,16 @@ def test_sandboxes_leave_no_folder_behind_when_the_process_ends(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"  # while it runs: the process's forkserver folder, one
     assert [p for p in tmp_path.rglob("*") if p not in (system_temp, *scratches)] == []
+
+
+async def test_a_cancelled_call_kills_its_decoder_before_it_returns(tmp_path: Path) -> None:
+    # As the processor's Runtime cancels a handling still decoding when its stop timeout passes:
+    # nothing of the decode (its process, its thread, its folder) may outlive the cancellation.
+    call = asyncio.create_task(Sandbox(Limits(timeout_s=900), temp_dir=str(tmp_path)).call(time.sleep, 600))
+    async with asyncio.timeout(30):
+        while not list(tmp_path.iterdir()):  # the decoder's folder: the call is under way
+            await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 10)
+    assert list(tmp_path.iterdir()) == []  # removed once the decoder's group was dead

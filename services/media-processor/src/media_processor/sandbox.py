@@ -33,6 +33,10 @@ dir) are the process's: made once, removed when the process exits. Each call get
 its own in its Sandbox's `temp_dir` (the scratch volume), which the child makes its HOME, TMPDIR
 and MAGICK_TEMPORARY_PATH before running anything, and which the parent removes once the child's
 group is dead: a killed ImageMagick leaves its magick-* pixel cache there, and no further.
+
+A caller that gives up on a call (its task cancelled: the service stopping past its stop timeout)
+kills the child at once and waits for its worker thread to end, so neither a decoder nor the
+thread that waits on it outlives the handling (the event loop's close waits for every thread).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import atexit
 import ctypes
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import shlex
@@ -153,6 +158,10 @@ def _decoders_context() -> ForkServerContext:
     return context
 
 
+class _Abandoned(Exception):
+    """The caller gave up on the call: its child is killed, nobody wants the result."""
+
+
 class Sandbox:
     def __init__(self, limits: Limits = Limits(), temp_dir: str | None = None) -> None:
         """`temp_dir`: where each call gets the folder its decoder keeps temporary files in,
@@ -179,31 +188,51 @@ class Sandbox:
         job = Job(
             path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9, pixels=self.limits.pixels
         )
-        return await asyncio.to_thread(self._refuse_or_decode, job)
+        outcome = await self._in_thread(functools.partial(self._refuse_or_decode, job))
+        assert isinstance(outcome, Outcome)
+        return outcome
 
-    def _refuse_or_decode(self, job: Job) -> Outcome:
+    def _refuse_or_decode(self, job: Job, abandon: int) -> Any:
         with open(job.path, "rb") as file:
             head = file.read(DECLARED_SIZE_WITHIN)
         what = "video frame" if DECODING[job.family].route == "video" else job.family
         refuse_oversized(declared_size(head, job.family), job.pixels, what)
-        outcome = self._run(_decode, (job,))
-        assert isinstance(outcome, Outcome)
-        return outcome
+        return self._run(_decode, (job,), abandon)
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in a confined child (picklable function and result); whatever it
         raises comes back as Unprocessable."""
-        return await asyncio.to_thread(self._run, function, args)
+        return await self._in_thread(functools.partial(self._run, function, args))
 
-    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    async def _in_thread(self, work: Callable[[int], Any]) -> Any:
+        """`work(abandon)` in a worker thread, `abandon` a pipe that turns readable if this
+        coroutine is cancelled: the work then kills its child. The thread's end is awaited before
+        the cancellation goes on, so no decoder still writes into the caller's work folder as the
+        caller removes it."""
+        abandon, abandoning = os.pipe()
+        thread = asyncio.ensure_future(asyncio.to_thread(work, abandon))
+        thread.add_done_callback(lambda _: os.close(abandon))
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if not thread.done():  # else its read end may be closed already
+                os.write(abandoning, b"!")
+            await asyncio.wait({thread})
+            if not thread.cancelled():
+                thread.exception()  # _Abandoned, or whatever ended the call as it was abandoned
+            raise
+        finally:
+            os.close(abandoning)
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...], abandon: int) -> Any:
         temp_dir = tempfile.mkdtemp(prefix="rawdrive-decode-", dir=self.temp_dir)
         try:
-            return self._run_in(temp_dir, function, args)
+            return self._run_in(temp_dir, function, args, abandon)
         finally:
             # After the child's group is dead: whatever it left (a killed ImageMagick's cache).
             shutil.rmtree(temp_dir, ignore_errors=True)
 
-    def _run_in(self, temp_dir: str, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def _run_in(self, temp_dir: str, function: Callable[..., Any], args: tuple[Any, ...], abandon: int) -> Any:
         receiver, sender = self._context.Pipe(duplex=False)
         child = self._context.Process(
             target=_child, args=(sender, function, args, self.limits, temp_dir), daemon=True
@@ -211,7 +240,10 @@ class Sandbox:
         child.start()
         sender.close()
         try:
-            if not receiver.poll(self.limits.timeout_s):
+            ready = multiprocessing.connection.wait([receiver, abandon], self.limits.timeout_s)
+            if abandon in ready:
+                raise _Abandoned()
+            if not ready:
                 raise Unprocessable("timeout", f"decoding took longer than {self.limits.timeout_s:.0f} s")
             result = receiver.recv()
         except EOFError:

@@ -30,7 +30,9 @@ from pathlib import Path
 from media_processor.sandbox import PR_GET_DUMPABLE, Limits, Sandbox, Unprocessable, prctl
 
 # Where a decoder's temporary files go, by each name a program may read it under.
-TEMP_DIRS = "[*map(__import__('os').getenv, ('HOME', 'TMPDIR', 'MAGICK_TEMPORARY_PATH')), __import__('tempfile').gettempdir()]"
+TEMP_DIRS = (
+    "[*map(__import__('os').getenv, ('HOME', 'TMPDIR', 'MAGICK_TEMPORARY_PATH')), __import__('tempfile').gettempdir()]"
+)
 
 async def main():
     sandbox = Sandbox(Limits(timeout_s=30), temp_dir=sys.argv[1])

@@ -70,8 +70,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processor_env(nats_url: str, s3: S3Connection, scratch: Path) -> dict[str, str]:
+def processor_env(nats_url: str, s3: S3Connection, scratch: Path, system_temp: Path) -> dict[str, str]:
     return os.environ | {
+        "TMPDIR": str(system_temp),
         "RAWDRIVE_NATS_URL": nats_url,
         "RAWDRIVE_S3_ENDPOINT": s3.endpoint,
         "RAWDRIVE_S3_REGION": s3.region,
@@ -89,17 +90,19 @@ def processor_env(nats_url: str, s3: S3Connection, scratch: Path) -> dict[str, s
 async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_replica_gets_the_asset(
     nats_url: str, s3_server: S3Connection, tmp_path: Path
 ) -> None:
-    scratch = tmp_path / "scratch"
+    scratch, system_temp = tmp_path / "scratch", tmp_path / "tmp"
     scratch.mkdir()
+    system_temp.mkdir()
     storage = await Storage.open(managed_profile(s3_server))
     try:
         async with jetstream(nats_url, "test-media-processor-stop") as js:
-            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=f"ws{uuid.uuid4().hex[:12]}")
+            workspace = f"ws{uuid.uuid4().hex[:12]}"
+            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=workspace)
             spec = consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S)
             upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
             service = subprocess.Popen(
                 [sys.executable, "-c", SLOW_PROCESSOR, msgspec.json.encode(spec).decode()],
-                env=processor_env(nats_url, s3_server, scratch), stdout=subprocess.PIPE, text=True,
+                env=processor_env(nats_url, s3_server, scratch, system_temp), stdout=subprocess.PIPE, text=True,
             )
             try:
                 await bus.publish(js, new_event(upload, source="test"))
@@ -117,6 +120,7 @@ async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_repli
             assert status == 0
             assert STOP_TIMEOUT_S <= took < STOP_TIMEOUT_S + EXIT_MARGIN_S
             assert list(scratch.iterdir()) == []  # the original, the decoder's folder: gone
+            assert list(system_temp.iterdir()) == []  # the forkserver's folder too
             assert await env.announced() == []  # no verdict about the asset from the stopped one
 
             # Another replica, on the same durable, gets the message without waiting for its ack

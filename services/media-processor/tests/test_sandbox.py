@@ -128,11 +128,22 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("stop", "whole_group"),
+    [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGKILL", "SIGTERM to its process group"],
+)
+def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(
+    stop: signal.Signals, whole_group: bool, tmp_path: Path
+) -> None:
     # As tests/e2e stops (SIGTERM) and crashes (SIGKILL) a processor, here one that dies of the
     # signal with a decode in hand: nobody wants that decode's result any more.
-    service = subprocess.Popen([sys.executable, "-c", BUSY_SERVICE], stdout=subprocess.PIPE, text=True)
+    # The whole group, as `timeout`, systemd or a shell's job control stop a program: the
+    # forkserver gets the signal too. Folders of a process killed by a signal stay in tmp_path.
+    service = subprocess.Popen(
+        [sys.executable, "-c", BUSY_SERVICE], stdout=subprocess.PIPE, text=True, start_new_session=whole_group,
+        env=os.environ | {"TMPDIR": str(tmp_path)},
+    )
     left: list[int] = []
     try:
         assert service.stdout is not None and service.stdout.readline().strip() == "started"
@@ -141,7 +152,10 @@ def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: si
         while not children(forkserver) and time.monotonic() < deadline:
             time.sleep(0.05)
         [decoder] = children(forkserver)
-        service.send_signal(stop)
+        if whole_group:
+            os.killpg(service.pid, stop)
+        else:
+            service.send_signal(stop)
         service.wait(30)
         deadline = time.monotonic() + 10
         while (left := [p for p in (forkserver, decoder) if running(p)]) and time.monotonic() < deadline:

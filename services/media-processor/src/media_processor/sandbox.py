@@ -25,7 +25,8 @@ Decoders live no longer than the service. The forkserver exits when the service'
 multiprocessing also hands that end to every child it forks, so each decoder closes its copy
 first thing: otherwise a decode still at work (up to the deadline, or its CPU limit once nobody
 enforces the deadline) kept the forkserver, and itself, running after the service was gone. As
-the forkserver exits it kills every decoder's process group (stop_decoders).
+the forkserver exits (also when a SIGTERM to the service's whole process group reaches it) it
+kills every decoder's process group (stop_decoders).
 
 Temporary files have one owner each. multiprocessing runs one forkserver a process, so its
 launcher, its environment and the folder holding both (rawdrive-decoders-*, in the system's temp
@@ -123,6 +124,13 @@ def confine_forkserver() -> None:
         if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
     atexit.register(stop_decoders)
+    # A SIGTERM to the service's whole process group (`timeout`, systemd, a shell's job control)
+    # reaches the forkserver too, whose default action would skip atexit and leave the decoders.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_decoders() -> None:
@@ -293,6 +301,7 @@ def _child(
 ) -> None:
     """Runs in the child: limit ourselves, then run; report the result or an Unprocessable."""
     _release_forkserver()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver's exit is not ours
     os.setsid()  # our own group, which the parent kills with everything we started
     use_temp_dir(temp_dir)
     cpu = int(limits.timeout_s) + 5

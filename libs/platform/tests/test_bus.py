@@ -169,6 +169,28 @@ async def test_a_consumer_killed_mid_work_leaves_the_message_to_another_replica(
     assert [e.id for e in done] == [event.id]
 
 
+async def test_a_handling_cancelled_at_the_stop_timeout_is_handed_back_at_once(js, workspace):
+    # As the Runtime cancels a consumer still working when its stop timeout has passed: another
+    # replica gets the message long before the ack wait would bring it back.
+    event = new_event(aborted(workspace), source="test")
+    await bus.publish(js, event)
+    spec = spec_for(workspace, ack_wait_s=60.0)
+    started = asyncio.Event()
+
+    async def hang(e):
+        started.set()
+        await asyncio.sleep(3600)
+
+    stopping = asyncio.create_task(bus.Consumer(js, spec, hang).run(asyncio.Event()))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    done = []
+    await run_until(bus.Consumer(js, spec, lambda e: _append(done, e)), lambda: done, timeout=10)
+    assert [e.id for e in done] == [event.id]
+
+
 async def test_stop_lets_the_message_in_hand_finish_and_be_acked(js, workspace):
     await bus.publish(js, new_event(aborted(workspace), source="test"))
     spec = spec_for(workspace)

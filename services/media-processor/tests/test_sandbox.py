@@ -1,6 +1,8 @@
 """The decoders' sandbox holds no secrets: a fresh processor-like process with RAWDRIVE_ secrets
-in its environment starts a Sandbox, and code run in a decoding child looks at itself."""
+in its environment starts a Sandbox, and code run in a decoding child looks at itself. Decoders
+end with the processor, and their temporary files with each call."""
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from media_processor.sandbox import Limits, Sandbox, Unprocessable
 
 SECRETS = {
     "RAWDRIVE_STORAGE_MASTER_KEY": "master-key-that-must-not-leak",
@@ -25,11 +29,17 @@ import asyncio, json, resource, socket, sys
 from pathlib import Path
 from media_processor.sandbox import PR_GET_DUMPABLE, Limits, Sandbox, Unprocessable, prctl
 
+# Where a decoder's temporary files go, by each name a program may read it under.
+TEMP_DIRS = (
+    "[*map(__import__('os').getenv, ('HOME', 'TMPDIR', 'MAGICK_TEMPORARY_PATH')), __import__('tempfile').gettempdir()]"
+)
+
 async def main():
     sandbox = Sandbox(Limits(timeout_s=30), temp_dir=sys.argv[1])
     sandbox.start()
     found = {
         "environ": (await sandbox.call(Path("/proc/self/environ").read_bytes)).decode(),
+        "temp_dirs": [await sandbox.call(eval, TEMP_DIRS) for _ in range(2)],
         "dumpable": await sandbox.call(prctl, PR_GET_DUMPABLE),
         "nproc": list(await sandbox.call(resource.getrlimit, resource.RLIMIT_NPROC)),
     }
@@ -38,6 +48,7 @@ async def main():
         found["network"] = "connected"
     except Unprocessable as refused:
         found["network"] = refused.detail
+    found["scratch"] = sys.argv[1]
     print(json.dumps(found))
 
 asyncio.run(main())
@@ -62,10 +73,12 @@ def test_a_decoding_child_has_no_secret_in_its_environment(probed, tmp_path):
     environ = dict(entry.split("=", 1) for entry in probed["environ"].split("\0") if entry)
     assert not [name for name in environ if name.startswith("RAWDRIVE_")]
     assert not [value for value in SECRETS.values() if value in probed["environ"]]
-    # What the decoders need is there: programs, the ImageMagick policy, temp dirs on scratch.
+    # What the decoders need is there: programs, the ImageMagick policy, temp dirs.
     assert {"PATH", "HOME", "TMPDIR", "MAGICK_CONFIGURE_PATH", "MAGICK_TEMPORARY_PATH"} <= environ.keys()
-    assert environ["TMPDIR"] == environ["MAGICK_TEMPORARY_PATH"] == environ["HOME"]
-    assert "/scratch" in environ["TMPDIR"]
+    # Each call's decoder keeps its temporary files in a folder of its own, on scratch.
+    first, second = probed["temp_dirs"]
+    assert len(set(first)) == len(set(second)) == 1 and first != second
+    assert Path(first[0]).parent == Path(second[0]).parent == Path(probed["scratch"])
 
 
 def test_a_decoding_child_is_not_dumpable_and_cannot_fork_without_bound(probed):
@@ -115,11 +128,22 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("stop", "whole_group"),
+    [(signal.SIGTERM, False), (signal.SIGKILL, False), (signal.SIGTERM, True)],
+    ids=["SIGTERM", "SIGKILL", "SIGTERM to its process group"],
+)
+def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(
+    stop: signal.Signals, whole_group: bool, tmp_path: Path
+) -> None:
     # As tests/e2e stops (SIGTERM) and crashes (SIGKILL) a processor, here one that dies of the
     # signal with a decode in hand: nobody wants that decode's result any more.
-    service = subprocess.Popen([sys.executable, "-c", BUSY_SERVICE], stdout=subprocess.PIPE, text=True)
+    # The whole group, as `timeout`, systemd or a shell's job control stop a program: the
+    # forkserver gets the signal too. Folders of a process killed by a signal stay in tmp_path.
+    service = subprocess.Popen(
+        [sys.executable, "-c", BUSY_SERVICE], stdout=subprocess.PIPE, text=True, start_new_session=whole_group,
+        env=os.environ | {"TMPDIR": str(tmp_path)},
+    )
     left: list[int] = []
     try:
         assert service.stdout is not None and service.stdout.readline().strip() == "started"
@@ -128,7 +152,10 @@ def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: si
         while not children(forkserver) and time.monotonic() < deadline:
             time.sleep(0.05)
         [decoder] = children(forkserver)
-        service.send_signal(stop)
+        if whole_group:
+            os.killpg(service.pid, stop)
+        else:
+            service.send_signal(stop)
         service.wait(30)
         deadline = time.monotonic() + 10
         while (left := [p for p in (forkserver, decoder) if running(p)]) and time.monotonic() < deadline:
@@ -139,3 +166,74 @@ def test_a_stopped_processor_leaves_no_forkserver_and_no_decoder_behind(stop: si
             os.kill(pid, signal.SIGKILL)
         if service.poll() is None:
             service.kill()
+
+
+# Run in a decoding child by eval (a test module cannot be imported there): ImageMagick keeps a
+# picture's pixels in a temporary file (magick-*) once they pass its memory and map limits; the
+# value is where the open ones are.
+SPILL = (
+    "[limits := __import__('wand.resource').resource.limits, limits.__setitem__('memory', 1),"
+    " limits.__setitem__('map', 1), picture := __import__('wand.image').image.Image(width=512, height=512),"
+    " [target for fd in __import__('os').listdir('/proc/self/fd')"
+    "  if 'magick-' in (target := __import__('os').path.realpath(f'/proc/self/fd/{fd}'))]][-1]"
+)
+SPILL_THEN_HANG = f"[{SPILL}, __import__('time').sleep(600)]"
+
+
+async def test_a_decoders_temporary_files_go_to_its_own_sandboxs_temp_dir(tmp_path: Path) -> None:
+    # Two sandboxes in one process share one forkserver: the second one's temp dir counts too.
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        [spilled] = await Sandbox(Limits(timeout_s=60), temp_dir=str(tmp_path / name)).call(eval, SPILL, {})
+        assert Path(spilled).parent.parent == tmp_path / name
+        assert list((tmp_path / name).iterdir()) == []  # gone with its call
+
+
+async def test_a_killed_decoder_leaves_no_temporary_file(tmp_path: Path) -> None:
+    with pytest.raises(Unprocessable) as failure:
+        await Sandbox(Limits(timeout_s=3), temp_dir=str(tmp_path)).call(eval, SPILL_THEN_HANG, {})
+    assert failure.value.reason == "timeout"
+    assert list(tmp_path.rglob("*")) == []
+
+
+# Sandboxes come and go in a processor's life (and by the hundred in a test run): a fresh
+# interpreter whose system temp dir is the test's makes some, decodes in each, and exits.
+MANY_SANDBOXES = """
+import asyncio, sys
+from pathlib import Path
+from media_processor.sandbox import Limits, Sandbox
+
+async def main():
+    for scratch in sys.argv[1:]:
+        await Sandbox(Limits(timeout_s=30), temp_dir=scratch).call(eval, "[]", {})
+    print(len(list(Path(sys.argv[1]).parent.glob("**/rawdrive-*"))), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_sandboxes_leave_no_folder_behind_when_the_process_ends(tmp_path: Path) -> None:
+    system_temp = tmp_path / "tmp"
+    scratches = [tmp_path / f"scratch{i}" for i in range(4)]
+    for folder in (system_temp, *scratches):
+        folder.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", MANY_SANDBOXES, *map(str, scratches)],
+        env=os.environ | {"TMPDIR": str(system_temp)}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # while it runs: the process's forkserver folder, one
+    assert [p for p in tmp_path.rglob("*") if p not in (system_temp, *scratches)] == []
+
+
+async def test_a_cancelled_call_kills_its_decoder_before_it_returns(tmp_path: Path) -> None:
+    # As the processor's Runtime cancels a handling still decoding when its stop timeout passes:
+    # nothing of the decode (its process, its thread, its folder) may outlive the cancellation.
+    call = asyncio.create_task(Sandbox(Limits(timeout_s=900), temp_dir=str(tmp_path)).call(time.sleep, 600))
+    async with asyncio.timeout(30):
+        while not list(tmp_path.iterdir()):  # the decoder's folder: the call is under way
+            await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 10)
+    assert list(tmp_path.iterdir()) == []  # removed once the decoder's group was dead

@@ -258,7 +258,8 @@ def backoff_for(spec: ConsumerSpec, num_delivered: int) -> float:
 
 
 class Consumer:
-    """Runs one durable pull consumer until `stop` is set; finishes the message in hand first."""
+    """Runs one durable pull consumer until `stop` is set; finishes the message in hand first
+    (cancelled instead, it hands the message back unacked)."""
 
     def __init__(
         self,
@@ -319,6 +320,9 @@ class Consumer:
             keepalive = asyncio.create_task(self._keep_alive(msg))
             try:
                 await self._handle(event)
+            except asyncio.CancelledError:
+                await self._hand_back(msg)
+                raise
             except Poison as exc:
                 log.error("poison message terminated", extra={"event_id": event.id, "reason": str(exc)})
                 await terminate(msg, str(exc))
@@ -350,6 +354,15 @@ class Consumer:
                 log.error("exhausted hook failed", extra={"event_id": event.id, "error": repr(hook_exc)})
                 return
         await terminate(msg, f"gave up after {attempt} deliveries: {exc!r}")
+
+    async def _hand_back(self, msg: Msg) -> None:
+        """The handling was cancelled (the service stops and its stop timeout has passed): give
+        the message back to JetStream now, unacked, for another replica, rather than when its ack
+        wait runs out. Best effort: when this fails, the ack wait still brings it back."""
+        try:
+            await msg.nak()
+        except Exception as exc:  # noqa: BLE001 - nothing more to do with it here
+            log.warning("could not hand a cancelled message back", extra={"subject": msg.subject, "error": repr(exc)})
 
     async def _ack(self, msg: Msg) -> None:
         # Wait for the server to confirm the ack: an ack lost in flight would mean a redelivery,

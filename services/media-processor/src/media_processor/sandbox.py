@@ -10,9 +10,9 @@ the whole group and reports a timeout, so a pixel flood, a decoder loop or a cra
 asset and the worker goes on serving.
 
 A decoder exploit must not hold the service's secrets: the forkserver is exec'd through a
-launcher with an empty environment plus what the decoders need (PATH, HOME and the temp dirs
-on the scratch volume, the ImageMagick policy path), so neither it nor any child it forks has
-the master key, the bucket secret or a database URL in its environ. The forkserver makes
+launcher with an empty environment plus what the decoders need (PATH, the ImageMagick policy
+path, HOME and the temp dirs), so neither it nor any child it forks has the master key, the
+bucket secret or a database URL in its environ. The forkserver makes
 itself not dumpable (no ptrace or /proc/<pid>/mem by a same-uid process) and, when it runs as
 root, moves into a network namespace of its own with no interface up, so decoders have no
 network at all. Without root (Kubernetes without CAP_SYS_ADMIN) there is no such namespace:
@@ -25,7 +25,19 @@ Decoders live no longer than the service. The forkserver exits when the service'
 multiprocessing also hands that end to every child it forks, so each decoder closes its copy
 first thing: otherwise a decode still at work (up to the deadline, or its CPU limit once nobody
 enforces the deadline) kept the forkserver, and itself, running after the service was gone. As
-the forkserver exits it kills every decoder's process group (stop_decoders).
+the forkserver exits (also when a SIGTERM to the service's whole process group reaches it) it
+kills every decoder's process group (stop_decoders).
+
+Temporary files have one owner each. multiprocessing runs one forkserver a process, so its
+launcher, its environment and the folder holding both (rawdrive-decoders-*, in the system's temp
+dir) are the process's: made once, removed when the process exits. Each call gets a folder of
+its own in its Sandbox's `temp_dir` (the scratch volume), which the child makes its HOME, TMPDIR
+and MAGICK_TEMPORARY_PATH before running anything, and which the parent removes once the child's
+group is dead: a killed ImageMagick leaves its magick-* pixel cache there, and no further.
+
+A caller that gives up on a call (its task cancelled: the service stopping past its stop timeout)
+kills the child at once and waits for its worker thread to end, so neither a decoder nor the
+thread that waits on it outlives the handling (the event loop's close waits for every thread).
 """
 
 from __future__ import annotations
@@ -33,10 +45,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
+import functools
 import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -44,6 +59,7 @@ from collections.abc import Callable
 from importlib.resources import files
 from multiprocessing import forkserver
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +76,8 @@ PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 _CLONE_NEWNET = 0x40000000
 # Inherited from the service when set: where programs and Python packages are, nothing secret.
 _PASSED_THROUGH = ("PATH", "PYTHONPATH", "LANG")
+# Where a decoder and the programs it runs keep temporary files (ImageMagick's pixel cache).
+_TEMP_DIR_VARIABLES = ("HOME", "TMPDIR", "MAGICK_TEMPORARY_PATH")
 # How much of an upload the service itself reads for a declared picture size before forking a
 # decoder: enough for a JPEG's frame header after its EXIF (at most 64 KiB) and ICC profile, for
 # PNG, WebP and HEIF, and for an MP4/MOV whose `moov` comes first. No more, so that walking a
@@ -80,12 +98,15 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
 def decoder_environment(temp_dir: str) -> dict[str, str]:
     """Everything a decoder's environment holds: no RAWDRIVE_* variable, no credentials."""
     passed = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
-    return passed | {
-        "HOME": temp_dir,
-        "TMPDIR": temp_dir,
-        "MAGICK_TEMPORARY_PATH": temp_dir,  # ImageMagick's pixel cache: the scratch volume
-        "MAGICK_CONFIGURE_PATH": str(files("media_processor") / "magick"),
-    }
+    temp = dict.fromkeys(_TEMP_DIR_VARIABLES, temp_dir)
+    return passed | temp | {"MAGICK_CONFIGURE_PATH": str(files("media_processor") / "magick")}
+
+
+def use_temp_dir(temp_dir: str) -> None:
+    """In a decoder: keep every temporary file in `temp_dir`, its own (ImageMagick reads the
+    variables at each file it makes; the programs the decoder runs inherit them)."""
+    os.environ.update(dict.fromkeys(_TEMP_DIR_VARIABLES, temp_dir))
+    tempfile.tempdir = temp_dir
 
 
 def prctl(option: int, arg: int = 0) -> int:
@@ -103,6 +124,13 @@ def confine_forkserver() -> None:
         if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
     atexit.register(stop_decoders)
+    # A SIGTERM to the service's whole process group (`timeout`, systemd, a shell's job control)
+    # reaches the forkserver too, whose default action would skip atexit and leave the decoders.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_decoders() -> None:
@@ -114,22 +142,41 @@ def stop_decoders() -> None:
             _kill_group(int(child))
 
 
+@functools.cache
+def _decoders_context() -> ForkServerContext:
+    """The process's forkserver context, made once: multiprocessing has one forkserver a process,
+    started with one executable and one environment, so they cannot be a sandbox's.
+
+    multiprocessing starts its forkserver as `<executable> -c ...` with our environment; the
+    launcher, in a folder of the process's own, replaces the environment first. The folder is
+    the forkserver's HOME and TMPDIR too (each decoder uses one of its own: use_temp_dir), and
+    goes when the process exits.
+    """
+    workspace = tempfile.mkdtemp(prefix="rawdrive-decoders-")
+    atexit.register(shutil.rmtree, workspace, ignore_errors=True)
+    launcher = Path(workspace) / "python"
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in decoder_environment(workspace).items())
+    launcher.write_text(f'#!/bin/sh\nexec /usr/bin/env -i {assignments} {shlex.quote(sys.executable)} "$@"\n')
+    launcher.chmod(0o700)
+    context = multiprocessing.get_context("forkserver")
+    assert isinstance(context, ForkServerContext)
+    context.set_forkserver_preload(_PRELOAD)
+    # Process-wide as well: the processor has no other use for multiprocessing.
+    context.set_executable(str(launcher))
+    return context
+
+
+class _Abandoned(Exception):
+    """The caller gave up on the call: its child is killed, nobody wants the result."""
+
+
 class Sandbox:
     def __init__(self, limits: Limits = Limits(), temp_dir: str | None = None) -> None:
-        """`temp_dir`: where decoders keep temporary files (the scratch volume); default the
-        system's temp dir."""
+        """`temp_dir`: where each call gets the folder its decoder keeps temporary files in,
+        removed when the call ends (the scratch volume); default the system's temp dir."""
         self.limits = limits
-        self._home = tempfile.mkdtemp(prefix="rawdrive-decoders-", dir=temp_dir)
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(_PRELOAD)
-        # multiprocessing starts its forkserver as `<executable> -c ...` with our environment;
-        # this launcher replaces the environment first. (The executable is process-wide: the
-        # processor has no other use for multiprocessing.)
-        launcher = Path(self._home) / "python"
-        assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in decoder_environment(self._home).items())
-        launcher.write_text(f'#!/bin/sh\nexec /usr/bin/env -i {assignments} {shlex.quote(sys.executable)} "$@"\n')
-        launcher.chmod(0o700)
-        self._context.set_executable(str(launcher))
+        self.temp_dir = temp_dir
+        self._context = _decoders_context()
 
     def start(self) -> None:
         """Start the forkserver now and wait until it serves (blocking; about a second).
@@ -149,29 +196,62 @@ class Sandbox:
         job = Job(
             path=path, family=family, workdir=workdir, timeout_s=self.limits.timeout_s * 0.9, pixels=self.limits.pixels
         )
-        return await asyncio.to_thread(self._refuse_or_decode, job)
+        outcome = await self._in_thread(functools.partial(self._refuse_or_decode, job))
+        assert isinstance(outcome, Outcome)
+        return outcome
 
-    def _refuse_or_decode(self, job: Job) -> Outcome:
+    def _refuse_or_decode(self, job: Job, abandon: int) -> Any:
         with open(job.path, "rb") as file:
             head = file.read(DECLARED_SIZE_WITHIN)
         what = "video frame" if DECODING[job.family].route == "video" else job.family
         refuse_oversized(declared_size(head, job.family), job.pixels, what)
-        outcome = self._run(_decode, (job,))
-        assert isinstance(outcome, Outcome)
-        return outcome
+        return self._run(_decode, (job,), abandon)
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` in a confined child (picklable function and result); whatever it
         raises comes back as Unprocessable."""
-        return await asyncio.to_thread(self._run, function, args)
+        return await self._in_thread(functools.partial(self._run, function, args))
 
-    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    async def _in_thread(self, work: Callable[[int], Any]) -> Any:
+        """`work(abandon)` in a worker thread, `abandon` a pipe that turns readable if this
+        coroutine is cancelled: the work then kills its child. The thread's end is awaited before
+        the cancellation goes on, so no decoder still writes into the caller's work folder as the
+        caller removes it."""
+        abandon, abandoning = os.pipe()
+        thread = asyncio.ensure_future(asyncio.to_thread(work, abandon))
+        thread.add_done_callback(lambda _: os.close(abandon))
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if not thread.done():  # else its read end may be closed already
+                os.write(abandoning, b"!")
+            await asyncio.wait({thread})
+            if not thread.cancelled():
+                thread.exception()  # _Abandoned, or whatever ended the call as it was abandoned
+            raise
+        finally:
+            os.close(abandoning)
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...], abandon: int) -> Any:
+        temp_dir = tempfile.mkdtemp(prefix="rawdrive-decode-", dir=self.temp_dir)
+        try:
+            return self._run_in(temp_dir, function, args, abandon)
+        finally:
+            # After the child's group is dead: whatever it left (a killed ImageMagick's cache).
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def _run_in(self, temp_dir: str, function: Callable[..., Any], args: tuple[Any, ...], abandon: int) -> Any:
         receiver, sender = self._context.Pipe(duplex=False)
-        child = self._context.Process(target=_child, args=(sender, function, args, self.limits), daemon=True)
+        child = self._context.Process(
+            target=_child, args=(sender, function, args, self.limits, temp_dir), daemon=True
+        )
         child.start()
         sender.close()
         try:
-            if not receiver.poll(self.limits.timeout_s):
+            ready = multiprocessing.connection.wait([receiver, abandon], self.limits.timeout_s)
+            if abandon in ready:
+                raise _Abandoned()
+            if not ready:
                 raise Unprocessable("timeout", f"decoding took longer than {self.limits.timeout_s:.0f} s")
             result = receiver.recv()
         except EOFError:
@@ -216,10 +296,14 @@ def _decode(job: Job) -> Outcome:
     return imaging.process(job)
 
 
-def _child(sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], limits: Limits) -> None:
+def _child(
+    sender: Connection, function: Callable[..., Any], args: tuple[Any, ...], limits: Limits, temp_dir: str
+) -> None:
     """Runs in the child: limit ourselves, then run; report the result or an Unprocessable."""
     _release_forkserver()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver's exit is not ours
     os.setsid()  # our own group, which the parent kills with everything we started
+    use_temp_dir(temp_dir)
     cpu = int(limits.timeout_s) + 5
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))

@@ -164,6 +164,9 @@ async def test_what_a_killed_processor_left_on_scratch_goes_when_the_next_one_st
             try:
                 await bus.publish(js, new_event(upload, source="test"))
                 await decoding(killed)
+                async with asyncio.timeout(30):  # "decoding" comes just before the decoder's folder
+                    while not list(scratch.rglob("rawdrive-decode-*")):
+                        await asyncio.sleep(0.05)
                 killed.kill()
                 await asyncio.to_thread(killed.wait, 30)
                 # Left behind: the original in the handler's work folder, and the decoder's folder.

@@ -23,6 +23,7 @@ from rawdrive_contracts import AssetCreated, new_event
 from rawdrive_devkit.devstack.servers import S3Connection
 from rawdrive_devkit.testkit import consumer_for_test, consuming, jetstream, managed_profile
 from rawdrive_platform import bus
+from rawdrive_platform.bus import ConsumerSpec
 from rawdrive_platform.storage import Storage
 
 from .test_handlers import DATA, Env
@@ -87,6 +88,22 @@ def processor_env(nats_url: str, s3: S3Connection, scratch: Path, system_temp: P
     }
 
 
+def start_processor(
+    spec: ConsumerSpec, nats_url: str, s3: S3Connection, scratch: Path, system_temp: Path, stderr: int | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_PROCESSOR, msgspec.json.encode(spec).decode()],
+        env=processor_env(nats_url, s3, scratch, system_temp), stdout=subprocess.PIPE, stderr=stderr, text=True,
+    )
+
+
+async def decoding(service: subprocess.Popen[str]) -> None:
+    async with asyncio.timeout(60):
+        assert service.stdout is not None
+        while (await asyncio.to_thread(service.stdout.readline)).strip() != "decoding":
+            assert service.poll() is None, "the processor ended before decoding"
+
+
 async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_replica_gets_the_asset(
     nats_url: str, s3_server: S3Connection, tmp_path: Path
 ) -> None:
@@ -100,16 +117,10 @@ async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_repli
             env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=workspace)
             spec = consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S)
             upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
-            service = subprocess.Popen(
-                [sys.executable, "-c", SLOW_PROCESSOR, msgspec.json.encode(spec).decode()],
-                env=processor_env(nats_url, s3_server, scratch, system_temp), stdout=subprocess.PIPE, text=True,
-            )
+            service = start_processor(spec, nats_url, s3_server, scratch, system_temp)
             try:
                 await bus.publish(js, new_event(upload, source="test"))
-                async with asyncio.timeout(60):
-                    assert service.stdout is not None
-                    while (await asyncio.to_thread(service.stdout.readline)).strip() != "decoding":
-                        assert service.poll() is None, "the processor ended before decoding"
+                await decoding(service)
                 stopped_at = time.monotonic()
                 service.send_signal(signal.SIGTERM)
                 status = await asyncio.to_thread(service.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
@@ -129,5 +140,54 @@ async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_repli
                 announced = await env.wait_announced(2, timeout=ACK_WAIT_S / 2)
             [created] = [event.data for event in announced if isinstance(event.data, AssetCreated)]
             assert created.asset_id == upload.asset_id and created.variants.thumb is not None
+    finally:
+        await storage.close()
+
+
+async def test_what_a_killed_processor_left_on_scratch_goes_when_the_next_one_starts(
+    nats_url: str, s3_server: S3Connection, tmp_path: Path
+) -> None:
+    # SIGKILL, as the kernel's OOM killer or the kubelet past the grace period end a processor:
+    # no code of its own runs, and scratch (an emptyDir) outlives it when its container restarts.
+    scratch, system_temp = tmp_path / "scratch", tmp_path / "tmp"
+    scratch.mkdir()
+    system_temp.mkdir()
+    storage = await Storage.open(managed_profile(s3_server))
+    try:
+        async with jetstream(nats_url, "test-media-processor-kill") as js:
+            workspace = f"ws{uuid.uuid4().hex[:12]}"
+            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=workspace)
+            spec = consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S)
+            upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
+            killed = start_processor(spec, nats_url, s3_server, scratch, system_temp)
+            following: subprocess.Popen[str] | None = None
+            try:
+                await bus.publish(js, new_event(upload, source="test"))
+                await decoding(killed)
+                async with asyncio.timeout(30):  # "decoding" comes just before the decoder's folder
+                    while not list(scratch.rglob("rawdrive-decode-*")):
+                        await asyncio.sleep(0.05)
+                killed.kill()
+                await asyncio.to_thread(killed.wait, 30)
+                # Left behind: the original in the handler's work folder, and the decoder's folder.
+                assert len(list(scratch.rglob("original"))) == 1
+                assert len(list(scratch.rglob("rawdrive-decode-*"))) == 1
+
+                following = start_processor(spec, nats_url, s3_server, scratch, system_temp, stderr=subprocess.PIPE)
+                async with asyncio.timeout(60):  # its log says so once it serves (and has cleaned up)
+                    assert following.stderr is not None
+                    while "service started" not in (line := await asyncio.to_thread(following.stderr.readline)):
+                        assert line, f"the next processor ended (status {following.wait(30)})"
+                assert list(scratch.rglob("original")) == list(scratch.rglob("rawdrive-decode-*")) == []
+                [folder] = scratch.iterdir()  # the next one's own, empty
+                assert list(folder.iterdir()) == []
+                following.send_signal(signal.SIGTERM)
+                status = await asyncio.to_thread(following.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
+            finally:
+                for service in (killed, following):
+                    if service is not None and service.poll() is None:
+                        service.kill()
+            assert status == 0
+            assert list(scratch.iterdir()) == []
     finally:
         await storage.close()

@@ -5,6 +5,7 @@ from typing import Annotated
 
 import msgspec
 
+from media_processor import scratch
 from media_processor.dimensions import DEFAULT_MAX_EDGE, DEFAULT_MAX_PIXELS, PixelLimits
 from media_processor.handlers import HANDLERS, Dependencies
 from media_processor.sandbox import Limits, Sandbox
@@ -25,6 +26,7 @@ class Settings(CommonSettings, kw_only=True, frozen=True):
     max_image_width: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_EDGE
     max_image_height: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_EDGE
     max_image_pixels: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_PIXELS
+    # Holds a folder of each processor's own (see media_processor.scratch); None: the system's temp dir.
     scratch_dir: str | None = None
 
 
@@ -40,16 +42,18 @@ async def main(runtime: Runtime) -> None:
     pixels = PixelLimits(
         max_width=settings.max_image_width, max_height=settings.max_image_height, max_pixels=settings.max_image_pixels
     )
+    # Ours alone, for originals and decoders' temp files alike; what a killed processor left goes now.
+    scratch_dir = await asyncio.to_thread(scratch.claim, settings.scratch_dir)
     sandbox = Sandbox(
         Limits(timeout_s=settings.decode_timeout_s, memory_bytes=settings.decode_memory_mib * 1024**2, pixels=pixels),
-        temp_dir=settings.scratch_dir,
+        temp_dir=scratch_dir,
     )
     await asyncio.to_thread(sandbox.start)  # before consuming: the first asset gets a warm forkserver
     deps = Dependencies(
         js=js,
         storage_for=await runtime.storage_resolver(),
         sandbox=sandbox,
-        scratch_dir=settings.scratch_dir,
+        scratch_dir=scratch_dir,
     )
     runtime.handle(js, HANDLERS, deps, max_deliver=settings.max_deliver, concurrency=settings.concurrency)
     await runtime.serve_health()

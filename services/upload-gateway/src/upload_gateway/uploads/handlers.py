@@ -91,6 +91,14 @@ class SessionOpener:
     ) -> api.UploadCreated:
         """`commit_on_complete`: the gateway commits the session itself when its last byte arrives
         (the tus creation endpoint's sessions; see tus_session)."""
+        _, created = await self.open_session(sub, workspace_id, request, commit_on_complete=commit_on_complete)
+        return created
+
+    async def open_session(
+        self, sub: str, workspace_id: str, request: api.CreateUpload, *, commit_on_complete: bool = False
+    ) -> tuple[UploadSession, api.UploadCreated]:
+        """`open`, also returning the session exactly as its row was written (every column comes
+        from it), for a caller that goes on with it: reading the row back would cost a round trip."""
         gw = self.gw
         file = check_new_file(request)  # refuse before any effect
         multipart = request.resumable_protocol == "s3_multipart"
@@ -143,7 +151,7 @@ class SessionOpener:
         token = gw.tokens.mint_upload_token(
             UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
         )
-        return api.UploadCreated(
+        return session, api.UploadCreated(
             upload_id=session.upload_id,
             asset_id=session.asset_id,
             provider=session.provider,

@@ -168,9 +168,8 @@ async def open_tus_upload(request: web.Request, creation: Creation) -> OpenedUpl
     gw = request.config_dict[GATEWAY]
     principal, workspace_id = await user(request, gw.tokens, "upload")
     wanted = session_request(creation.length, creation.metadata)
-    created = await request.config_dict[OPENER].open(principal.sub, workspace_id, wanted, commit_on_complete=True)
-    session = await repository.get(gw.pool, workspace_id, created.upload_id)
-    assert session is not None  # just committed
+    opener = request.config_dict[OPENER]
+    session, created = await opener.open_session(principal.sub, workspace_id, wanted, commit_on_complete=True)
     # A POST's body starts at offset 0: its sha256 checksum covers the whole file if it completes it.
     target = await session_target(gw, principal.sub, session, method="POST",
                                   file_sha256=whole_file_sha256(request, "POST"))  # fmt: skip

@@ -83,7 +83,8 @@ class TusStore(Protocol):
 
     async def write(self, target: TusTarget[Any, Any], patch: Patch, read: Reader) -> UploadState:
         """Append the body at `patch.offset`; completes the object when the length is reached.
-        Raises BodyInterrupted, with every byte that arrived kept, when the body broke off."""
+        Raises BodyInterrupted, with every byte that arrived kept, when the body broke off, and
+        UploadNotFound, before reading any of the body, when the upload was never created."""
         ...
 
     async def confirm_complete(self, target: TusTarget[Any, Any]) -> None:

@@ -299,11 +299,15 @@ async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequ
 
 async def request_commit(
     conn: asyncpg.Connection, sub: str, session: UploadSession, given: str | None,
-    listed: list[api.PartEtag] | None = None,
+    listed: list[api.PartEtag] | None = None, *, bytes_received: int | None = None, attempt: int | None = None,
 ) -> bool:
     """Move the session to verifying and ask the verifier, inside the caller's transaction;
-    False when it did not move (a concurrent commit won: the same verdict comes)."""
-    moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
+    False when it did not move (a concurrent commit won: the same verdict comes). With
+    `bytes_received` the same statement records them; with `attempt` it moves only while that
+    many commits were made (repository.apply)."""
+    moved = await repository.apply(
+        conn, session.upload_id, "commit", sha256=given, bytes_received=bytes_received, attempt=attempt
+    )
     if moved is None:
         return False
     await enqueue(conn, new_event(commit_requested(moved, listed, sub), source=SOURCE))

@@ -1,7 +1,9 @@
-"""The pool's acquire timeout (db.create_pool): a wait past it is PoolExhausted, counted."""
+"""The pool's acquire timeout (db.create_pool): a wait past it is PoolExhausted, counted; a
+released connection comes back without a reset query but never inside a transaction."""
 
 import asyncio
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -44,4 +46,28 @@ async def test_without_an_acquire_timeout_a_wait_lasts_until_a_connection_is_fre
         await pool.release(conn)
         assert await asyncio.wait_for(waiting, 5) == 1
     finally:
+        await pool.close()
+
+
+async def test_a_released_connection_is_not_reset_with_a_query_but_its_open_transaction_is_rolled_back(database_url):
+    pool = await create_pool(database_url, "pooltest", max_size=1)
+    watcher = await asyncpg.connect(database_url)
+    try:
+        async with pool.acquire() as conn:
+            backend = conn.get_server_pid()
+            assert await conn.fetchval("SELECT 41") == 41
+        # The backend's last statement is ours: no `SELECT pg_advisory_unlock_all(); ... RESET ALL;`.
+        last = await watcher.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", backend)
+        assert last == "SELECT 41"
+        conn = await pool.acquire()
+        try:
+            await conn.execute("BEGIN; CREATE TEMP TABLE left_open (x int)")
+        finally:
+            await pool.release(conn)  # released inside its transaction: asyncpg rolls it back
+        async with pool.acquire() as conn:
+            assert conn.get_server_pid() == backend
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await watcher.close()
         await pool.close()

@@ -8,6 +8,10 @@ apply each file exactly once. An applied file that was edited afterwards stops t
 A pool made by `create_pool` may bound how long anything waits for one of its connections
 (`acquire_timeout_s`): past it, PoolExhausted, which is in DATABASE_DOWN (retry later) and which
 the gateway answers with 503 and Retry-After, instead of requests queueing without end.
+
+Pooled connections carry no session state, so a released one is not reset with a query
+(`_release_as_is`): code that needs session state takes a connection of its own (the migration
+lock here, the janitor's advisory lock) or undoes it before releasing (the outbox relay's LISTEN).
 """
 
 from __future__ import annotations
@@ -163,6 +167,14 @@ class _Acquiring:
         return self.__aenter__().__await__()
 
 
+async def _release_as_is(conn: asyncpg.Connection) -> None:
+    """Nothing to send on release beyond asyncpg's own clean-up, which still rolls back a
+    transaction left open and drops listener callbacks. asyncpg's default reset sends
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;` on every release: a round
+    trip and four statements, to undo session state no pooled connection here takes, after every
+    `pool.fetch...` (a third of the statements of a small tus upload, bench/small_files_bench.py)."""
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float | None = None
 ) -> asyncpg.Pool:
@@ -174,6 +186,7 @@ async def create_pool(
         max_size=max_size,
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
+        reset=_release_as_is,
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from aiohttp import web
 
@@ -17,9 +16,8 @@ from upload_gateway.http.openapi import mount, mount_openapi
 from upload_gateway.http.problems import JSON_BODY_TIMEOUT, problem_middleware
 from upload_gateway.http.tracing import tracing_middleware
 from upload_gateway.settings import Settings
-from upload_gateway.uploads import repository
 from upload_gateway.uploads.limits import accepted_files
-from upload_gateway.uploads.routes import mount_uploads
+from upload_gateway.uploads.routes import mount_uploads, upload_trace
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -50,7 +48,7 @@ def create_app(
     # CORS and problem answers too.
     middlewares = [
         access_middleware,
-        tracing_middleware(partial(repository.trace_context, gateway.pool)),
+        tracing_middleware(upload_trace),
         cors_middleware(gateway.settings.cors_origins),
         problem_middleware,
     ]

@@ -574,13 +574,16 @@ async def test_creation_with_upload_of_a_whole_one_part_file_completes_it_in_one
     assert session.progress == [len(data)] and session.completions == 1
 
 
-async def test_creating_an_existing_upload_again_keeps_its_bytes(gateway, http):
-    session = gateway.session(6 * MiB)
+@pytest.mark.parametrize("size", [6 * MiB, MiB], ids=["multipart", "one part"])
+async def test_creating_an_existing_upload_again_keeps_its_bytes(gateway, http, size):
+    session = gateway.session(size)
     url = tus_url(await gateway.instance(), session)
-    await create(http, url, 6 * MiB)
+    await create(http, url, size)
     assert (await patch(http, url, 0, b"x" * 100)).status == 204
-    again = await create(http, url, 6 * MiB)
-    assert again.headers["Upload-Offset"] == "100"
+    again = await create(http, url, size)
+    assert again.status == 201 and again.headers["Upload-Offset"] == "100"
+    assert (await patch(http, url, 100, b"y" * (size - 100))).status == 204
+    assert (session.progress[0], session.progress[-1], session.completions) == (100, size, 1)
 
 
 async def test_malformed_metadata_is_400(gateway, http):

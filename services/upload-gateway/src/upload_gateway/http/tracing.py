@@ -32,8 +32,9 @@ tracer = trace.get_tracer(__name__)
 
 TRACED_PREFIX = "/v1/"
 
-# (workspace_id, upload_id) -> the trace context the upload's session stored, if any.
-StoredTrace = Callable[[str, str], Awaitable[str | None]]
+# (request, workspace_id, upload_id) -> the trace context the upload's session stored, if any;
+# it may keep what it read on the request, for the handler to go on with.
+StoredTrace = Callable[[web.Request, str, str], Awaitable[str | None]]
 
 
 async def _parent(stored_trace: StoredTrace, request: web.Request) -> Context:
@@ -41,7 +42,7 @@ async def _parent(stored_trace: StoredTrace, request: web.Request) -> Context:
     upload_id = request.match_info.get("upload_id")
     if workspace_id is not None and upload_id is not None:
         try:
-            stored = await stored_trace(workspace_id, upload_id)
+            stored = await stored_trace(request, workspace_id, upload_id)
         except DATABASE_DOWN as exc:
             # The handler meets the same outage and answers for it; the span just starts alone.
             log.warning("trace context lookup failed", extra={"upload_id": upload_id, "error": repr(exc)})

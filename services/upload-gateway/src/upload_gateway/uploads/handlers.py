@@ -91,6 +91,14 @@ class SessionOpener:
     ) -> api.UploadCreated:
         """`commit_on_complete`: the gateway commits the session itself when its last byte arrives
         (the tus creation endpoint's sessions; see tus_session)."""
+        _, created = await self.open_session(sub, workspace_id, request, commit_on_complete=commit_on_complete)
+        return created
+
+    async def open_session(
+        self, sub: str, workspace_id: str, request: api.CreateUpload, *, commit_on_complete: bool = False
+    ) -> tuple[UploadSession, api.UploadCreated]:
+        """`open`, also returning the session exactly as its row was written (every column comes
+        from it), for a caller that goes on with it: reading the row back would cost a round trip."""
         gw = self.gw
         file = check_new_file(request)  # refuse before any effect
         multipart = request.resumable_protocol == "s3_multipart"
@@ -143,7 +151,7 @@ class SessionOpener:
         token = gw.tokens.mint_upload_token(
             UploadGrant(sub=sub, workspace_id=workspace_id, upload_id=session.upload_id), session.expires_at
         )
-        return api.UploadCreated(
+        return session, api.UploadCreated(
             upload_id=session.upload_id,
             asset_id=session.asset_id,
             provider=session.provider,
@@ -291,11 +299,15 @@ async def _received(gw: Gateway, session: UploadSession, request: api.CommitRequ
 
 async def request_commit(
     conn: asyncpg.Connection, sub: str, session: UploadSession, given: str | None,
-    listed: list[api.PartEtag] | None = None,
+    listed: list[api.PartEtag] | None = None, *, bytes_received: int | None = None, attempt: int | None = None,
 ) -> bool:
     """Move the session to verifying and ask the verifier, inside the caller's transaction;
-    False when it did not move (a concurrent commit won: the same verdict comes)."""
-    moved = await repository.apply(conn, session.upload_id, "commit", sha256=given)
+    False when it did not move (a concurrent commit won: the same verdict comes). With
+    `bytes_received` the same statement records them; with `attempt` it moves only while that
+    many commits were made (repository.apply)."""
+    moved = await repository.apply(
+        conn, session.upload_id, "commit", sha256=given, bytes_received=bytes_received, attempt=attempt
+    )
     if moved is None:
         return False
     await enqueue(conn, new_event(commit_requested(moved, listed, sub), source=SOURCE))

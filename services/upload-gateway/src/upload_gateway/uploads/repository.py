@@ -240,15 +240,6 @@ async def get(
     return _session(row)
 
 
-async def trace_context(conn: asyncpg.Connection | asyncpg.Pool, workspace_id: str, upload_id: str) -> str | None:
-    """The session's stored trace context; None for an unknown upload or one stored without."""
-    return await conn.fetchval(
-        "SELECT trace_context FROM upload_sessions WHERE workspace_id = $1 AND upload_id = $2",
-        workspace_id,
-        upload_id,
-    )
-
-
 async def apply(
     conn: asyncpg.Connection | asyncpg.Pool,
     upload_id: str,

@@ -6,6 +6,8 @@ upload in the URL, or a user token with the member role in the URL's workspace.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from aiohttp import web
 
 from upload_gateway.auth import require
@@ -22,10 +24,32 @@ _SESSION_PROBLEMS = (401, 403, 404, 409, 410, 502, 503)
 OPENER = web.AppKey("session_opener", handlers.SessionOpener)
 
 
+class _SessionRead(NamedTuple):
+    workspace_id: str
+    upload_id: str
+    session: UploadSession | None
+
+
+# The session row upload_trace read for the request's span, which the handler goes on with.
+_SESSION_READ = web.RequestKey("upload_session_read", _SessionRead)
+
+
+async def upload_trace(request: web.Request, workspace_id: str, upload_id: str) -> str | None:
+    """The trace context the session stored (http.tracing's StoredTrace), read with the rest of
+    its row, which the request keeps: the handler's `_session` then reads it no second time."""
+    session = await repository.get(request.config_dict[GATEWAY].pool, workspace_id, upload_id)
+    request[_SESSION_READ] = _SessionRead(workspace_id, upload_id, session)
+    return None if session is None else session.trace_context
+
+
 async def _session(request: web.Request, workspace_id: str) -> UploadSession:
     _, upload_id = path_ids(request)
     assert upload_id is not None
-    session = await repository.get(request.config_dict[GATEWAY].pool, workspace_id, upload_id)
+    read = request.get(_SESSION_READ)
+    if read is not None and (read.workspace_id, read.upload_id) == (workspace_id, upload_id):
+        session = read.session
+    else:
+        session = await repository.get(request.config_dict[GATEWAY].pool, workspace_id, upload_id)
     if session is None:
         raise NotFound(f"no upload {upload_id!r} in this workspace")
     return session

@@ -8,6 +8,8 @@ it may touch, and `open_tus_upload(request, creation)` on a POST to the creation
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 import msgspec
 from aiohttp import web
@@ -96,10 +98,17 @@ async def session_target(
     async def on_complete(conn: asyncpg.Connection) -> None:
         # Idempotent: once the session is verifying or beyond, nothing moves; an automatic
         # commit happens once (a refused one leaves the next to the client, as with the API).
-        async with conn.transaction():
-            current = await repository.record_progress(conn, session.upload_id, session.size_bytes)
-            if current is not None and current.commit_on_complete and current.commit_attempts == 0:
-                await request_commit(conn, sub, current, None if current.sha256 else file_sha256)
+        # An open session with every byte and no commit yet moves to verifying in one statement
+        # (the bytes recorded with it); otherwise the bytes alone are recorded, if it is open.
+        # The store calls this inside its own transaction (no savepoint needed); a HEAD's
+        # confirm_complete outside of one.
+        async with contextlib.nullcontext() if conn.is_in_transaction() else conn.transaction():
+            if session.commit_on_complete and await request_commit(
+                conn, sub, session, None if session.sha256 else file_sha256,
+                bytes_received=session.size_bytes, attempt=0,
+            ):  # fmt: skip
+                return
+            await repository.record_progress(conn, session.upload_id, session.size_bytes)
 
     async def on_terminate() -> None:
         # tus termination is the client abandoning the upload: the session ends as a DELETE would.
@@ -175,9 +184,8 @@ async def open_tus_upload(request: web.Request, creation: Creation) -> OpenedUpl
     principal, workspace_id = await user(request, gw.tokens, "upload")
     assert creation.length is not None  # a deferred length opens no session (tus_deferred)
     wanted = session_request(creation.length, creation.metadata)
-    created = await request.config_dict[OPENER].open(principal.sub, workspace_id, wanted, commit_on_complete=True)
-    session = await repository.get(gw.pool, workspace_id, created.upload_id)
-    assert session is not None  # just committed
+    opener = request.config_dict[OPENER]
+    session, created = await opener.open_session(principal.sub, workspace_id, wanted, commit_on_complete=True)
     # A POST's body starts at offset 0: its sha256 checksum covers the whole file if it completes it.
     target = await session_target(gw, principal.sub, session, method="POST",
                                   file_sha256=whole_file_sha256(request, "POST"))  # fmt: skip

@@ -122,9 +122,14 @@ class PostgresS3Store:
                 f"Upload-Length {creation.length} differs from the session's {target.size_bytes}"
             )
         async with self._lock.hold(target.upload_id) as lease:
-            existing = await self.state(target.upload_id)
-            if existing is not None:
-                return existing
+            # An empty file, a multipart one and one of deferred length change storage first, so
+            # only a new upload may; one of one part (most photos) touches storage later: its
+            # INSERT says whether it is new.
+            storage_first = creation.length is None or creation.length == 0 or creation.length > target.part_size
+            if storage_first:
+                existing = await self.state(target.upload_id)
+                if existing is not None:
+                    return existing
             storage = target.storage
             multipart_id = None
             if creation.length == 0:  # S3 cannot complete a multipart upload without parts
@@ -137,11 +142,16 @@ class PostgresS3Store:
                             upload_length, part_size, metadata, expires_at, completed_at, concat)
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
                                 CASE WHEN $5::bigint = 0 THEN now() END, $9)
+                        ON CONFLICT (upload_id) DO NOTHING
                         RETURNING {_STATE_COLUMNS}""",
                     target.upload_id, target.workspace_id, target.object_key, multipart_id,
                     creation.length, target.part_size, creation.raw_metadata, target.expires_at, creation.concat,
                 )
-                if creation.length == 0:
+                if record is None:  # created before (a client's retry): changed nothing
+                    record = await conn.fetchrow(
+                        f"SELECT {_STATE_COLUMNS} FROM tus_uploads WHERE upload_id = $1", target.upload_id
+                    )
+                elif creation.length == 0:
                     await target.on_complete(conn)
         return UploadState(**record)
 
@@ -169,9 +179,10 @@ class PostgresS3Store:
                     raise ChecksumMismatch(f"{patch.checksum.algorithm} of the body does not match")
                 read, declared = _memory_reader(body), len(body)
             # A length learned at the offset already held completes the upload with what it holds.
+            state = None
             if length is None or row.offset < length or learned:
                 try:
-                    await self._stream(lease, target, row, read, declared)
+                    state = await self._stream(lease, target, row, read, declared)
                 except ObjectMissing:
                     current = await self._row(target.upload_id)
                     assert current is not None
@@ -180,7 +191,8 @@ class PostgresS3Store:
                         raise OffsetMismatch(
                             f"storage lost bytes of this upload; it holds {offset}: HEAD, then resume from there"
                         ) from None
-            state = await self.state(target.upload_id)
+            if state is None:  # not completed by this request: read what it recorded
+                state = await self.state(target.upload_id)
         assert state is not None  # only termination removes the row, under the lease
         return state
 
@@ -233,8 +245,10 @@ class PostgresS3Store:
             async with lease.record() as conn:
                 await conn.execute("DELETE FROM tus_uploads WHERE upload_id = $1", target.upload_id)
 
-    async def _stream(self, lease: Lease, target: Target, row: _Row, read: Reader, declared: int | None) -> None:
-        """Send the body on into S3 parts as it arrives.
+    async def _stream(
+        self, lease: Lease, target: Target, row: _Row, read: Reader, declared: int | None
+    ) -> UploadState | None:
+        """Send the body on into S3 parts as it arrives; the upload's state if this completed it.
 
         A part starts uploading as soon as this body (its `declared` length) is known to fill it;
         its bytes stream to S3 while the client is still sending them, and the part is recorded
@@ -291,9 +305,10 @@ class PostgresS3Store:
             await parts.begin(position - parts.handed, pending)
         await parts.settle()
         if parts.handed == length:
-            await self._finish(lease, target, row, parts.etags)
-        elif not tail_is_stored:
+            return await self._finish(lease, target, row, parts.etags)
+        if not tail_is_stored:
             await _keep_tail(lease, target, parts.stored, b"".join(pending))
+        return None
 
     async def _row(self, upload_id: str) -> _Row | None:
         record = await self._pool.fetchrow(
@@ -350,11 +365,10 @@ class PostgresS3Store:
             await target.on_progress(conn, offset)
         return offset
 
-    async def _finish(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> None:
+    async def _finish(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> UploadState:
         storage, key = target.storage, row.object_key
         if row.multipart_id is None:  # its one PutObject made the object
-            await self._record_completion(lease, target, row, etags)
-            return
+            return await self._record_completion(lease, target, row, etags)
         try:
             await storage.complete_multipart(key, row.multipart_id, _parts(etags))
         except ObjectMissing:
@@ -362,20 +376,23 @@ class PostgresS3Store:
             info = await storage.head(key)
             if info is None or info.size != row.length:
                 raise
-        await self._record_completion(lease, target, row, etags)
+        return await self._record_completion(lease, target, row, etags)
 
-    async def _record_completion(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> None:
+    async def _record_completion(self, lease: Lease, target: Target, row: _Row, etags: list[str]) -> UploadState:
         # Offset reaches the length only together with completion: HEAD never reports a full
-        # offset for an object that does not exist yet.
+        # offset for an object that does not exist yet. The state comes back with the UPDATE:
+        # no second read of the row for the answer.
         assert row.length is not None  # only an upload of known length completes
         async with lease.record() as conn:
-            await conn.execute(
-                """UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
-                          completed_at = now(), updated_at = now() WHERE upload_id = $1""",
+            record = await conn.fetchrow(
+                f"""UPDATE tus_uploads SET part_etags = $2, tail = '', upload_offset = upload_length,
+                           completed_at = now(), updated_at = now() WHERE upload_id = $1
+                    RETURNING {_STATE_COLUMNS}""",
                 target.upload_id, etags,
             )
             await target.on_progress(conn, row.length)
             await target.on_complete(conn)
+        return UploadState(**record)
 
 
 class _PartFeed:

@@ -32,7 +32,7 @@ from upload_gateway.errors import Unavailable
 from upload_gateway.http.problems import from_storage_error, problem_for, problem_response
 from upload_gateway.metrics import UPLOADS_IN_FLIGHT
 from upload_gateway.uploads.tus import protocol
-from upload_gateway.uploads.tus.protocol import TusError
+from upload_gateway.uploads.tus.protocol import TusError, UploadNotFound
 from upload_gateway.uploads.tus.store import BodyInterrupted, Reader, TusStore, UploadState
 from upload_gateway.uploads.tus.target import TusTarget
 
@@ -165,12 +165,16 @@ class _Handlers:
         target = await self._authorize(request)
         protocol.check_not_expired(target.expires_at, _now())
         store = self._store_for(request)
-        if await store.state(target.upload_id) is None:
-            # A client that took the URL as its upload URL skipped the POST (create is idempotent);
-            # the offset check then answers as for any upload at 0.
-            await store.create(target, protocol.session_creation(None if target.length_deferred else target.size_bytes))
+        read = body_reader(request, self._idle_timeout_s)
         with UPLOADS_IN_FLIGHT.track_inprogress():
-            state = await store.write(target, patch, body_reader(request, self._idle_timeout_s))
+            try:
+                state = await store.write(target, patch, read)
+            except UploadNotFound:
+                # A client that took the URL as its upload URL skipped the POST (create is
+                # idempotent); the offset check then answers as for any upload at 0. Asked only
+                # after the write found no upload (before reading the body), not before every PATCH.
+                await store.create(target, protocol.session_creation(None if target.length_deferred else target.size_bytes))
+                state = await store.write(target, patch, read)
         return web.Response(status=204, headers=_upload_headers(state) | target.response_headers)
 
     async def delete(self, request: web.Request) -> web.Response:

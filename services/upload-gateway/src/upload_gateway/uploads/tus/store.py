@@ -86,7 +86,8 @@ class TusStore(Protocol):
         An upload created with its length deferred records it first (protocol.settle_length:
         `patch.length`, or the session's `target.size_bytes` once it has one); until then its
         body may run up to `target.size_bytes`.
-        Raises BodyInterrupted, with every byte that arrived kept, when the body broke off."""
+        Raises BodyInterrupted, with every byte that arrived kept, when the body broke off, and
+        UploadNotFound, before reading any of the body, when the upload was never created."""
         ...
 
     async def confirm_complete(self, target: TusTarget[Any, Any]) -> None:

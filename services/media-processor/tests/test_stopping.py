@@ -6,6 +6,7 @@ grace period and the asset is still processed, once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -13,13 +14,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 
 from media_processor.handlers import HANDLERS
 from media_processor.sandbox import Limits, Sandbox
-from rawdrive_contracts import AssetCreated, new_event
+from rawdrive_contracts import AssetCreated, UploadVerified, new_event
 from rawdrive_devkit.devstack.servers import S3Connection
 from rawdrive_devkit.testkit import consumer_for_test, consuming, jetstream, managed_profile
 from rawdrive_platform import bus
@@ -97,6 +99,40 @@ def start_processor(
     )
 
 
+class Case(msgspec.Struct, frozen=True, kw_only=True):
+    """One processor's world: its scratch and system temp folders, the test's durable on the
+    test's workspace, and an uploaded photo for it to process."""
+
+    scratch: Path
+    system_temp: Path
+    env: Env
+    spec: ConsumerSpec
+    upload: UploadVerified
+    nats_url: str
+    s3: S3Connection
+
+    def start(self, stderr: int | None = None) -> subprocess.Popen[str]:
+        return start_processor(self.spec, self.nats_url, self.s3, self.scratch, self.system_temp, stderr)
+
+
+@contextlib.asynccontextmanager
+async def stopping_case(nats_url: str, s3: S3Connection, tmp_path: Path, name: str) -> AsyncIterator[Case]:
+    scratch, system_temp = tmp_path / "scratch", tmp_path / "tmp"
+    scratch.mkdir()
+    system_temp.mkdir()
+    storage = await Storage.open(managed_profile(s3))
+    try:
+        async with jetstream(nats_url, name) as js:
+            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=f"ws{uuid.uuid4().hex[:12]}")
+            yield Case(
+                scratch=scratch, system_temp=system_temp, env=env, nats_url=nats_url, s3=s3,
+                spec=consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S),
+                upload=await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg"),
+            )
+    finally:
+        await storage.close()
+
+
 async def decoding(service: subprocess.Popen[str]) -> None:
     async with asyncio.timeout(60):
         assert service.stdout is not None
@@ -107,41 +143,30 @@ async def decoding(service: subprocess.Popen[str]) -> None:
 async def test_a_stopped_processor_abandons_its_decode_in_time_and_another_replica_gets_the_asset(
     nats_url: str, s3_server: S3Connection, tmp_path: Path
 ) -> None:
-    scratch, system_temp = tmp_path / "scratch", tmp_path / "tmp"
-    scratch.mkdir()
-    system_temp.mkdir()
-    storage = await Storage.open(managed_profile(s3_server))
-    try:
-        async with jetstream(nats_url, "test-media-processor-stop") as js:
-            workspace = f"ws{uuid.uuid4().hex[:12]}"
-            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=workspace)
-            spec = consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S)
-            upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
-            service = start_processor(spec, nats_url, s3_server, scratch, system_temp)
-            try:
-                await bus.publish(js, new_event(upload, source="test"))
-                await decoding(service)
-                stopped_at = time.monotonic()
-                service.send_signal(signal.SIGTERM)
-                status = await asyncio.to_thread(service.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
-                took = time.monotonic() - stopped_at
-            finally:
-                if service.poll() is None:
-                    service.kill()
-            assert status == 0
-            assert STOP_TIMEOUT_S <= took < STOP_TIMEOUT_S + EXIT_MARGIN_S
-            assert list(scratch.iterdir()) == []  # the original, the decoder's folder: gone
-            assert list(system_temp.iterdir()) == []  # the forkserver's folder too
-            assert await env.announced() == []  # no verdict about the asset from the stopped one
+    async with stopping_case(nats_url, s3_server, tmp_path, "test-media-processor-stop") as case:
+        service = case.start()
+        try:
+            await bus.publish(case.env.js, new_event(case.upload, source="test"))
+            await decoding(service)
+            stopped_at = time.monotonic()
+            service.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(service.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
+            took = time.monotonic() - stopped_at
+        finally:
+            if service.poll() is None:
+                service.kill()
+        assert status == 0
+        assert STOP_TIMEOUT_S <= took < STOP_TIMEOUT_S + EXIT_MARGIN_S
+        assert list(case.scratch.iterdir()) == []  # the original, the decoder's folder: gone
+        assert list(case.system_temp.iterdir()) == []  # the forkserver's folder too
+        assert await case.env.announced() == []  # no verdict about the asset from the stopped one
 
-            # Another replica, on the same durable, gets the message without waiting for its ack
-            # wait to pass, and processes it.
-            async with consuming(js, HANDLERS, env.deps, spec):
-                announced = await env.wait_announced(2, timeout=ACK_WAIT_S / 2)
-            [created] = [event.data for event in announced if isinstance(event.data, AssetCreated)]
-            assert created.asset_id == upload.asset_id and created.variants.thumb is not None
-    finally:
-        await storage.close()
+        # Another replica, on the same durable, gets the message without waiting for its ack
+        # wait to pass, and processes it.
+        async with consuming(case.env.js, HANDLERS, case.env.deps, case.spec):
+            announced = await case.env.wait_announced(2, timeout=ACK_WAIT_S / 2)
+        [created] = [event.data for event in announced if isinstance(event.data, AssetCreated)]
+        assert created.asset_id == case.upload.asset_id and created.variants.thumb is not None
 
 
 async def test_what_a_killed_processor_left_on_scratch_goes_when_the_next_one_starts(
@@ -149,45 +174,35 @@ async def test_what_a_killed_processor_left_on_scratch_goes_when_the_next_one_st
 ) -> None:
     # SIGKILL, as the kernel's OOM killer or the kubelet past the grace period end a processor:
     # no code of its own runs, and scratch (an emptyDir) outlives it when its container restarts.
-    scratch, system_temp = tmp_path / "scratch", tmp_path / "tmp"
-    scratch.mkdir()
-    system_temp.mkdir()
-    storage = await Storage.open(managed_profile(s3_server))
-    try:
-        async with jetstream(nats_url, "test-media-processor-kill") as js:
-            workspace = f"ws{uuid.uuid4().hex[:12]}"
-            env = Env(js=js, storage=storage, sandbox=Sandbox(Limits(timeout_s=60)), workspace=workspace)
-            spec = consumer_for_test(HANDLERS, env.workspace, ack_wait_s=ACK_WAIT_S)
-            upload = await env.upload((DATA / "exiftool_GPS.jpg").read_bytes(), "beach.jpg", "image/jpeg")
-            killed = start_processor(spec, nats_url, s3_server, scratch, system_temp)
-            following: subprocess.Popen[str] | None = None
-            try:
-                await bus.publish(js, new_event(upload, source="test"))
-                await decoding(killed)
-                async with asyncio.timeout(30):  # "decoding" comes just before the decoder's folder
-                    while not list(scratch.rglob("rawdrive-decode-*")):
-                        await asyncio.sleep(0.05)
-                killed.kill()
-                await asyncio.to_thread(killed.wait, 30)
-                # Left behind: the original in the handler's work folder, and the decoder's folder.
-                assert len(list(scratch.rglob("original"))) == 1
-                assert len(list(scratch.rglob("rawdrive-decode-*"))) == 1
+    async with stopping_case(nats_url, s3_server, tmp_path, "test-media-processor-kill") as case:
+        scratch = case.scratch
+        killed = case.start()
+        following: subprocess.Popen[str] | None = None
+        try:
+            await bus.publish(case.env.js, new_event(case.upload, source="test"))
+            await decoding(killed)
+            async with asyncio.timeout(30):  # "decoding" comes just before the decoder's folder
+                while not list(scratch.rglob("rawdrive-decode-*")):
+                    await asyncio.sleep(0.05)
+            killed.kill()
+            await asyncio.to_thread(killed.wait, 30)
+            # Left behind: the original in the handler's work folder, and the decoder's folder.
+            assert len(list(scratch.rglob("original"))) == 1
+            assert len(list(scratch.rglob("rawdrive-decode-*"))) == 1
 
-                following = start_processor(spec, nats_url, s3_server, scratch, system_temp, stderr=subprocess.PIPE)
-                async with asyncio.timeout(60):  # its log says so once it serves (and has cleaned up)
-                    assert following.stderr is not None
-                    while "service started" not in (line := await asyncio.to_thread(following.stderr.readline)):
-                        assert line, f"the next processor ended (status {following.wait(30)})"
-                assert list(scratch.rglob("original")) == list(scratch.rglob("rawdrive-decode-*")) == []
-                [folder] = scratch.iterdir()  # the next one's own, empty
-                assert list(folder.iterdir()) == []
-                following.send_signal(signal.SIGTERM)
-                status = await asyncio.to_thread(following.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
-            finally:
-                for service in (killed, following):
-                    if service is not None and service.poll() is None:
-                        service.kill()
-            assert status == 0
-            assert list(scratch.iterdir()) == []
-    finally:
-        await storage.close()
+            following = case.start(stderr=subprocess.PIPE)
+            async with asyncio.timeout(60):  # its log says so once it serves (and has cleaned up)
+                assert following.stderr is not None
+                while "service started" not in (line := await asyncio.to_thread(following.stderr.readline)):
+                    assert line, f"the next processor ended (status {following.wait(30)})"
+            assert list(scratch.rglob("original")) == list(scratch.rglob("rawdrive-decode-*")) == []
+            [folder] = scratch.iterdir()  # the next one's own, empty
+            assert list(folder.iterdir()) == []
+            following.send_signal(signal.SIGTERM)
+            status = await asyncio.to_thread(following.wait, STOP_TIMEOUT_S + EXIT_MARGIN_S)
+        finally:
+            for service in (killed, following):
+                if service is not None and service.poll() is None:
+                    service.kill()
+        assert status == 0
+        assert list(scratch.iterdir()) == []

@@ -128,7 +128,10 @@ async def test_tus_js_client_streaming_a_video_of_unknown_length_becomes_one_ass
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=300)
     assert process.returncode == 0, stderr.decode()
-    url = json.loads(stdout)["url"]
+    # defer.mjs reports every request as a JSON line (reported.mjs), then its result.
+    *requests, done = [json.loads(line) for line in stdout.splitlines()]
+    assert done["done"] and requests[-1]["status"] == 204, requests
+    url = done["url"]
     assert url.startswith(f"{endpoint}/")  # the deferred upload's own URL, not a session's
     upload_id = url.rstrip("/").rsplit("/", 1)[1]
     async with client.http.get(f"/v1/workspaces/{pipeline.workspace}/uploads/{upload_id}") as response:

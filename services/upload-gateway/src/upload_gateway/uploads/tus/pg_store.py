@@ -430,6 +430,7 @@ class _PartWriter:
         self._row = row
         self.etags = list(row.part_etags)
         self.handed = self.stored  # bytes in parts recorded or wholly sent
+        self.recorded = row.offset  # the offset the row holds
         self._sent: asyncio.Task[UploadedPart] | None = None  # wholly sent, answer awaited
         self._feed: _PartFeed | None = None
         self._feeding: asyncio.Task[UploadedPart] | None = None
@@ -494,6 +495,7 @@ class _PartWriter:
                 self._target.upload_id, self.etags, self.stored,
             )
             await self._target.on_progress(conn, self.stored)
+        self.recorded = self.stored
 
     async def keep_after_break(self, pending: list[bytes], tail_is_stored: bool) -> int:
         """After a broken body: record the part sent, keep the rest as the tail; the offset."""
@@ -501,12 +503,20 @@ class _PartWriter:
         try:
             await self.settle()
         except Exception:  # noqa: BLE001 - the part did not land: the bytes after it cannot count
-            return self.stored
+            return self.recorded
+        # The offset reaches the length only with completion, which a broken body does not get
+        # to: a HEAD answering offset = length tells the client it is done, and nothing would
+        # commit the upload. So a last part that landed is not recorded (the client sends it
+        # again), and a tail never holds the last byte.
+        if self.stored == self._row.length:
+            return self.recorded
         tail = b"".join(pending)
         if len(tail) == self._row.part_size:
             # A whole last part whose body broke before its end was seen, so it was never
             # sent; a tail is shorter than a part: the client sends it again.
             tail = b""
+        elif self.stored + len(tail) == self._row.length:
+            tail = tail[:-1]
         if not tail_is_stored:
             await _keep_tail(self._lease, self._target, self.stored, tail)
         return self.stored + len(tail)

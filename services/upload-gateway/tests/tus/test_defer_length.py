@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rawdrive_contracts import UploadSessionCreated, decode
 from rawdrive_devkit.testing import node_for
+from rawdrive_platform.storage import Storage, StorageUnavailable
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.limits import SIZE_LIMITS
 
@@ -317,3 +318,22 @@ async def test_two_patches_bringing_the_length_at_once_open_one_session(live_gat
     assert created.size_bytes == 10
     status, headers = await head(live, url)
     assert (headers["Upload-Length"], headers["Upload-Offset"]) == ("10", "5" if statuses[1] != 204 else "10")
+
+
+async def test_a_creation_whose_storage_fails_leaves_nothing_holding_the_quota(start_gateway, monkeypatch):
+    """The client of a creation that failed got no Location: nothing can reach what was opened
+    for it, so it must not keep the workspace's place (a deferred upload holds its kind's limit)."""
+    live = await start_gateway(max_open_uploads_per_workspace=1)
+
+    async def unavailable(*_args, **_kwargs):
+        raise StorageUnavailable("storage is restarting")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(Storage, "create_multipart", unavailable)
+        async with live.http.post(creation_url(live), headers=TUS | live.user() | {
+            "Upload-Defer-Length": "1", "Upload-Metadata": metadata(**JPEG_META),
+        }) as response:  # fmt: skip
+            assert response.status == 503, await response.text()
+            assert "Location" not in response.headers
+    assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_deferred") == 0
+    await deferred(live)  # the place in the quota is free

@@ -337,3 +337,20 @@ async def test_a_creation_whose_storage_fails_leaves_nothing_holding_the_quota(s
             assert "Location" not in response.headers
     assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_deferred") == 0
     await deferred(live)  # the place in the quota is free
+
+
+async def test_a_deferred_upload_the_store_never_created_is_of_deferred_length_then_created_by_a_patch(live_gateway):
+    live = live_gateway
+    url = await deferred(live)
+    # As if its creation's store write had been lost: the upload exists, its bytes not yet.
+    await live.gw.pool.execute("DELETE FROM tus_uploads")
+    status, headers = await head(live, url)
+    assert (status, headers["Upload-Offset"], headers.get("Upload-Defer-Length")) == (200, "0", "1")
+    assert "Upload-Length" not in headers  # not its kind's limit: no length is known yet
+    async with await patch(live, url, 0, b"abc") as response:
+        assert response.status == 204, await response.text()
+        assert (response.headers["Upload-Offset"], response.headers["Upload-Defer-Length"]) == ("3", "1")
+    async with await patch(live, url, 3, b"de", **{"Upload-Length": "5"}) as response:
+        assert response.status == 204, await response.text()
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == b"abcde"

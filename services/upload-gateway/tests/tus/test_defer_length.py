@@ -354,3 +354,29 @@ async def test_a_deferred_upload_the_store_never_created_is_of_deferred_length_t
         assert response.status == 204, await response.text()
     [request] = await commit_requests(live)
     assert await object_at(live, request.object_key) == b"abcde"
+
+
+async def test_a_length_arriving_at_the_offset_whose_completion_failed_is_completed_by_the_next_head(
+    live_gateway, monkeypatch
+):
+    """Every byte was recorded before the length came, so the row says offset = length once it
+    has the length; if storage then fails the completion, the client's HEAD (which answers that
+    offset, and after which a tus client sends nothing more) must complete it."""
+    live = live_gateway
+    data = os.urandom(10 * MiB)
+    url = await deferred(live)
+    async with await patch(live, url, 0, data) as response:  # two whole parts, no tail
+        assert response.status == 204, await response.text()
+
+    async def unavailable(*_args, **_kwargs):
+        raise StorageUnavailable("storage is restarting")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(Storage, "complete_multipart", unavailable)
+        async with await patch(live, url, len(data), b"", **{"Upload-Length": str(len(data))}) as response:
+            assert response.status == 503, await response.text()
+    assert await commit_requests(live) == []
+    status, headers = await head(live, url)
+    assert (status, headers["Upload-Offset"], headers["Upload-Length"]) == (200, str(len(data)), str(len(data)))
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == data

@@ -111,8 +111,10 @@ class PostgresS3Store:
             async with self._lock.hold(target.upload_id) as lease:
                 row = await self._row(target.upload_id)
                 if row is not None:
-                    await self._reconcile(lease, target, row)
-                    await self._complete_if_whole(lease, target)
+                    offset = await self._reconcile(lease, target, row)
+                    known = row.length if row.length is not None or target.length_deferred else target.size_bytes
+                    if offset == known:  # (read again: the reconciling may have completed it)
+                        await self._complete_if_whole(lease, target)
                 return await self.state(target.upload_id)
         except UploadLocked:
             return state

@@ -85,6 +85,9 @@ _TEMP_DIR_VARIABLES = ("HOME", "TMPDIR", "MAGICK_TEMPORARY_PATH")
 # PNG, WebP and HEIF, and for an MP4/MOV whose `moov` comes first. No more, so that walking a
 # hostile file's markers or boxes costs the service at most ~20 ms of CPU.
 DECLARED_SIZE_WITHIN = 128 * 1024
+# A decoder's answer (metadata and the variants' paths: a few KiB) is read at most this long, so
+# a decoder an exploit took over cannot make the processor hold gigabytes.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 120.0
@@ -255,7 +258,11 @@ class Sandbox:
                 raise _Abandoned()
             if not ready:
                 raise Unprocessable("timeout", f"decoding took longer than {self.limits.timeout_s:.0f} s")
-            result = _load_result(receiver.recv_bytes())
+            try:
+                answer = receiver.recv_bytes(MAX_ANSWER_BYTES)
+            except OSError:  # longer than that: read none of it
+                raise Unprocessable("decode_failed", f"the decoder's answer passed {MAX_ANSWER_BYTES} bytes") from None
+            result = _load_result(answer)
         except EOFError:
             child.join(5)
             raise Unprocessable("decode_failed", f"the decoder died (exit status {child.exitcode})") from None

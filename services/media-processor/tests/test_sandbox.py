@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from media_processor.sandbox import Limits, Sandbox, Unprocessable
+from media_processor.sandbox import MAX_ANSWER_BYTES, Limits, Sandbox, Unprocessable
 
 SECRETS = {
     "RAWDRIVE_STORAGE_MASTER_KEY": "master-key-that-must-not-leak",
@@ -237,3 +237,27 @@ async def test_a_cancelled_call_kills_its_decoder_before_it_returns(tmp_path: Pa
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(call, 10)
     assert list(tmp_path.iterdir()) == []  # removed once the decoder's group was dead
+
+
+# What a decoder an exploit took over could send back: a pickle whose loading runs a call of its
+# choice (here, touching a file) in the processor, which holds the secrets the decoder has not.
+HOSTILE_RESULT = """type("Hostile", (), {"__reduce__": lambda self: (
+    __import__("pathlib").Path.touch, (__import__("pathlib").Path(marker),))})()"""
+
+
+async def test_a_decoders_answer_cannot_make_the_processor_run_anything(tmp_path: Path) -> None:
+    marker = tmp_path / "ran-in-the-processor"
+    sandbox = Sandbox(Limits(timeout_s=60), temp_dir=str(tmp_path))
+    with pytest.raises(Unprocessable) as refused:
+        await sandbox.call(eval, HOSTILE_RESULT, {"marker": str(marker)})
+    assert refused.value.reason == "decode_failed"
+    assert not marker.exists()
+    # What decoders really answer still comes back.
+    assert await sandbox.call(eval, "(1, 'two', b'3', [4.0], {'five': None})", {}) == (1, "two", b"3", [4.0], {"five": None})
+
+
+async def test_a_decoders_answer_longer_than_any_result_is_refused_unread(tmp_path: Path) -> None:
+    sandbox = Sandbox(Limits(timeout_s=60), temp_dir=str(tmp_path))
+    with pytest.raises(Unprocessable) as refused:
+        await sandbox.call(eval, "b'x' * (MAX_ANSWER_BYTES + 1)", {"MAX_ANSWER_BYTES": MAX_ANSWER_BYTES})
+    assert refused.value.reason == "decode_failed" and "passed" in refused.value.detail

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from media_processor import scratch
 
@@ -17,6 +20,8 @@ from media_processor import scratch
 DECODING_SERVICE = """
 import asyncio, sys, tempfile, time
 from pathlib import Path
+
+import pytest
 from media_processor import scratch
 from media_processor.sandbox import Limits, Sandbox
 
@@ -103,3 +108,22 @@ def test_a_processor_that_ends_normally_removes_its_folder(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).parent == tmp_path
     assert list(tmp_path.iterdir()) == []
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_folder_of_another_users_processor_is_left_alone_and_the_start_goes_on(tmp_path: Path) -> None:
+    # The default scratch folder is the system's temp dir, shared by every user of the machine:
+    # another user's processor folder (mkdtemp makes it 0700) cannot even be opened.
+    theirs = tmp_path / f"{scratch.PREFIX}theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    # Root without the capabilities that pass over file modes: a user like any other.
+    claimed = subprocess.run(
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
+         "import sys; from media_processor import scratch; print(scratch.claim(sys.argv[1]))", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert claimed.returncode == 0, claimed.stderr
+    assert Path(claimed.stdout.strip()).parent == tmp_path
+    assert theirs.is_dir()

@@ -46,9 +46,11 @@ import asyncio
 import atexit
 import ctypes
 import functools
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import resource
 import shlex
 import shutil
@@ -83,6 +85,9 @@ _TEMP_DIR_VARIABLES = ("HOME", "TMPDIR", "MAGICK_TEMPORARY_PATH")
 # PNG, WebP and HEIF, and for an MP4/MOV whose `moov` comes first. No more, so that walking a
 # hostile file's markers or boxes costs the service at most ~20 ms of CPU.
 DECLARED_SIZE_WITHIN = 128 * 1024
+# A decoder's answer (metadata and the variants' paths: a few KiB) is read at most this long, so
+# a decoder an exploit took over cannot make the processor hold gigabytes.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 120.0
@@ -253,7 +258,11 @@ class Sandbox:
                 raise _Abandoned()
             if not ready:
                 raise Unprocessable("timeout", f"decoding took longer than {self.limits.timeout_s:.0f} s")
-            result = receiver.recv()
+            try:
+                answer = receiver.recv_bytes(MAX_ANSWER_BYTES)
+            except OSError:  # longer than that: read none of it
+                raise Unprocessable("decode_failed", f"the decoder's answer passed {MAX_ANSWER_BYTES} bytes") from None
+            result = _load_result(answer)
         except EOFError:
             child.join(5)
             raise Unprocessable("decode_failed", f"the decoder died (exit status {child.exitcode})") from None
@@ -266,6 +275,34 @@ class Sandbox:
         if isinstance(result, Unprocessable):
             raise result
         return result
+
+
+# The globals a decoder's answer may name, beside our own Structs and Unprocessable (_Result).
+_RESULT_GLOBALS = {
+    ("msgspec._utils", "rebuild"),  # a Struct with keyword-only fields: cls(**kwargs), cls checked too
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "timezone"), ("datetime", "timedelta"),
+}  # fmt: skip
+_RESULT_MODULES = ("media_processor.", "rawdrive_contracts.")
+
+
+class _Result(pickle.Unpickler):
+    """Loads a decoder's answer. The decoder may be an exploit's: a plain pickle would let it
+    name any function for the processor to call as it loads (os.system, with the secrets the
+    decoder was kept from), so the answer may name only the types results are made of."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = getattr(sys.modules.get(module), name, None) if "." not in name else None
+        ours = module.startswith(_RESULT_MODULES) and isinstance(found, type)
+        if (module, name) in _RESULT_GLOBALS or (ours and (issubclass(found, msgspec.Struct) or found is Unprocessable)):
+            return found
+        raise pickle.UnpicklingError(f"a decoder's answer may not name {module}.{name}")
+
+
+def _load_result(data: bytes) -> Any:
+    try:
+        return _Result(io.BytesIO(data)).load()
+    except Exception as error:  # noqa: BLE001 - whatever it sent, it is no result
+        raise Unprocessable("decode_failed", f"the decoder answered something other than a result: {error}") from None
 
 
 def _kill_group(pid: int | None) -> None:

@@ -60,8 +60,10 @@ def _locked_folder(scratch: Path) -> Path:
 def _remove_if_unowned(folder: Path) -> None:
     try:
         held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # removed by another processor starting at the same time, or not a folder of ours
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        # Removed by another processor starting at the same time, not a folder, or another
+        # user's (the default scratch is the system's temp dir, shared): not ours to remove.
+        return
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

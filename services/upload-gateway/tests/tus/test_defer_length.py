@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rawdrive_contracts import UploadSessionCreated, decode
 from rawdrive_devkit.testing import node_for
+from rawdrive_platform.storage import Storage, StorageUnavailable
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.uploads.limits import SIZE_LIMITS
 
@@ -317,3 +318,65 @@ async def test_two_patches_bringing_the_length_at_once_open_one_session(live_gat
     assert created.size_bytes == 10
     status, headers = await head(live, url)
     assert (headers["Upload-Length"], headers["Upload-Offset"]) == ("10", "5" if statuses[1] != 204 else "10")
+
+
+async def test_a_creation_whose_storage_fails_leaves_nothing_holding_the_quota(start_gateway, monkeypatch):
+    """The client of a creation that failed got no Location: nothing can reach what was opened
+    for it, so it must not keep the workspace's place (a deferred upload holds its kind's limit)."""
+    live = await start_gateway(max_open_uploads_per_workspace=1)
+
+    async def unavailable(*_args, **_kwargs):
+        raise StorageUnavailable("storage is restarting")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(Storage, "create_multipart", unavailable)
+        async with live.http.post(creation_url(live), headers=TUS | live.user() | {
+            "Upload-Defer-Length": "1", "Upload-Metadata": metadata(**JPEG_META),
+        }) as response:  # fmt: skip
+            assert response.status == 503, await response.text()
+            assert "Location" not in response.headers
+    assert await live.gw.pool.fetchval("SELECT count(*) FROM tus_deferred") == 0
+    await deferred(live)  # the place in the quota is free
+
+
+async def test_a_deferred_upload_the_store_never_created_is_of_deferred_length_then_created_by_a_patch(live_gateway):
+    live = live_gateway
+    url = await deferred(live)
+    # As if its creation's store write had been lost: the upload exists, its bytes not yet.
+    await live.gw.pool.execute("DELETE FROM tus_uploads")
+    status, headers = await head(live, url)
+    assert (status, headers["Upload-Offset"], headers.get("Upload-Defer-Length")) == (200, "0", "1")
+    assert "Upload-Length" not in headers  # not its kind's limit: no length is known yet
+    async with await patch(live, url, 0, b"abc") as response:
+        assert response.status == 204, await response.text()
+        assert (response.headers["Upload-Offset"], response.headers["Upload-Defer-Length"]) == ("3", "1")
+    async with await patch(live, url, 3, b"de", **{"Upload-Length": "5"}) as response:
+        assert response.status == 204, await response.text()
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == b"abcde"
+
+
+async def test_a_length_arriving_at_the_offset_whose_completion_failed_is_completed_by_the_next_head(
+    live_gateway, monkeypatch
+):
+    """Every byte was recorded before the length came, so the row says offset = length once it
+    has the length; if storage then fails the completion, the client's HEAD (which answers that
+    offset, and after which a tus client sends nothing more) must complete it."""
+    live = live_gateway
+    data = os.urandom(10 * MiB)
+    url = await deferred(live)
+    async with await patch(live, url, 0, data) as response:  # two whole parts, no tail
+        assert response.status == 204, await response.text()
+
+    async def unavailable(*_args, **_kwargs):
+        raise StorageUnavailable("storage is restarting")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(Storage, "complete_multipart", unavailable)
+        async with await patch(live, url, len(data), b"", **{"Upload-Length": str(len(data))}) as response:
+            assert response.status == 503, await response.text()
+    assert await commit_requests(live) == []
+    status, headers = await head(live, url)
+    assert (status, headers["Upload-Offset"], headers["Upload-Length"]) == (200, str(len(data)), str(len(data)))
+    [request] = await commit_requests(live)
+    assert await object_at(live, request.object_key) == data

@@ -4,8 +4,14 @@ PostgreSQL and SeaweedFS, through HTTP."""
 
 import asyncio
 import os
+from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
+
+from upload_gateway.uploads.tus import PostgresS3Store
+from upload_gateway.uploads.tus.protocol import Patch
+from upload_gateway.uploads.tus.store import BodyInterrupted
 
 from .conftest import MiB, held_body, raw_patch, tus_url
 from .test_routes import create, created_upload, object_bytes, offset_of, patch
@@ -137,3 +143,59 @@ async def test_bodies_slower_than_the_lease_ttl_keep_their_uploads_by_renewal(ga
     assert [response.status for response in await asyncio.gather(*patches)] == [204] * len(sessions)
     for session in sessions:
         assert await object_bytes(storage, session.target.object_key) == data
+
+
+@pytest.mark.parametrize("size", [2 * MiB, PART + 2 * MiB], ids=["one-part", "multipart"])
+async def test_a_chunked_body_cut_after_its_last_byte_leaves_an_upload_that_can_still_complete(
+    gateway, http, storage, size
+):
+    """Every byte of the file arrived, chunked, then the body stalled before its end was seen:
+    the last part was never sent, so the upload is not complete, and its offset must not say it
+    is (a client whose HEAD answers offset = length stops there, and nothing commits it)."""
+    base = await gateway.instance(idle_timeout_s=1.0)
+    data = os.urandom(size)
+    session, url = await created_upload(gateway, http, len(data), base)
+    split = urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    writer.write(
+        f"PATCH {split.path} HTTP/1.1\r\nHost: {split.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n{len(data):x}\r\n".encode() + data + b"\r\n"
+    )  # and no last chunk: the body never ends
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 15)
+    assert status_line.split()[1] == b"503", status_line
+    writer.close()
+
+    offset = await offset_of(http, url)
+    assert offset < len(data) and session.completions == 0
+    response = await patch(http, url, offset, data[offset:])
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions == 1
+
+
+async def test_a_body_that_breaks_after_its_last_part_landed_leaves_an_upload_that_can_still_complete(
+    gateway, http, storage
+):
+    """The client went away after its last byte (its connection broke before the answer): the
+    last part landed in S3, but the read that would have seen the body's end fails instead. The
+    offset must not reach the length without the completion, or HEAD tells the client it is done."""
+    data = os.urandom(PART + 2 * MiB)
+    session, url = await created_upload(gateway, http, len(data))
+    chunks = [data[at : at + MiB] for at in range(0, len(data), MiB)]
+
+    async def read(size: int) -> bytes:
+        if chunks:
+            return chunks.pop(0)
+        raise ConnectionResetError("the client went away")
+
+    store = PostgresS3Store(gateway.pools[-1])
+    with pytest.raises(BodyInterrupted):
+        await store.write(session.target, Patch(offset=0, content_length=len(data), checksum=None), read)
+    offset = await offset_of(http, url)
+    assert offset < len(data) and session.completions == 0
+    response = await patch(http, url, offset, data[offset:])
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions == 1

@@ -151,7 +151,14 @@ class _Creation:
         open_upload = self._open_upload if concat is None else self._concatenation.open_partial
         opened = await open_upload(request, creation)
         target = opened.target
-        state = await self._store.create(target, creation)
+        try:
+            state = await self._store.create(target, creation)
+        except BaseException:
+            # The client gets no Location: nothing can reach what was opened for it, which would
+            # hold its place in the quotas until it expired (a deferred upload's: its kind's limit).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(target.on_terminate())
+            raise
         if patch is not None:
             with UPLOADS_IN_FLIGHT.track_inprogress():
                 state = await self._store.write(target, patch, body_reader(request, self._idle_timeout_s))

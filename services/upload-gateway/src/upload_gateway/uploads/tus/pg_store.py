@@ -76,6 +76,7 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True):
     part_etags: list[str]
     offset: int
     tail: bytes
+    completed: bool
 
 
 _STATE_COLUMNS = """upload_id, upload_offset AS offset, upload_length AS length, metadata,
@@ -110,10 +111,38 @@ class PostgresS3Store:
             async with self._lock.hold(target.upload_id) as lease:
                 row = await self._row(target.upload_id)
                 if row is not None:
-                    await self._reconcile(lease, target, row)
+                    offset = await self._reconcile(lease, target, row)
+                    known = row.length if row.length is not None or target.length_deferred else target.size_bytes
+                    if offset == known:  # (read again: the reconciling may have completed it)
+                        await self._complete_if_whole(lease, target)
                 return await self.state(target.upload_id)
         except UploadLocked:
             return state
+
+    async def _complete_if_whole(self, lease: Lease, target: Target) -> None:
+        """A deferred upload whose every byte was recorded before its length came reaches the
+        length with that length, uncompleted; when the PATCH that brought it failed to complete
+        it (storage), the client's HEAD answers offset = length and the client sends no more:
+        complete it here. Storage failing again leaves it for the next HEAD."""
+        row = await self._row(target.upload_id)
+        if row is None or row.completed:
+            return
+        with suppress(BadRequest):  # a session's length short of the bytes held: PATCH says so
+            row = await self._settled(lease, target, row, None)
+        if row.length is not None and row.offset == row.length:
+            with suppress(StorageError):
+                await self._stream(lease, target, row, _memory_reader(bytearray()), 0)
+
+    async def _settled(self, lease: Lease, target: Target, row: _Row, declared: int | None) -> _Row:
+        """The row with its length settled (protocol.settle_length), recorded if it was deferred."""
+        length = settle_length(row.length, declared, None if target.length_deferred else target.size_bytes,
+                               row.offset)  # fmt: skip
+        if length is None or row.length is not None:
+            return row
+        async with lease.record() as conn:
+            await conn.execute("UPDATE tus_uploads SET upload_length = $2, updated_at = now() WHERE upload_id = $1",
+                               target.upload_id, length)  # fmt: skip
+        return msgspec.structs.replace(row, length=length)
 
     async def create(self, target: Target, creation: Creation) -> UploadState:
         """Start the upload; creating one that exists already changes nothing (client retries)."""
@@ -161,14 +190,8 @@ class PostgresS3Store:
             row = await self._row(target.upload_id)
             if row is None:
                 raise UploadNotFound("no tus upload was created for this session")
-            length = settle_length(row.length, patch.length, None if target.length_deferred else target.size_bytes,
-                                   row.offset)  # fmt: skip
-            learned = length is not None and row.length is None
-            if learned:  # a deferred length arrives, before anything else of the PATCH
-                async with lease.record() as conn:
-                    await conn.execute("UPDATE tus_uploads SET upload_length = $2, updated_at = now() WHERE upload_id = $1",
-                                       target.upload_id, length)  # fmt: skip
-                row = msgspec.structs.replace(row, length=length)
+            row = await self._settled(lease, target, row, patch.length)  # a deferred length arrives first
+            length = row.length
             check_offset(patch.offset, row.offset)
             # Until its length arrives, a deferred upload holds at most its target's size.
             check_fits(row.offset, patch.content_length, target.size_bytes if length is None else length)
@@ -180,7 +203,7 @@ class PostgresS3Store:
                 read, declared = _memory_reader(body), len(body)
             # A length learned at the offset already held completes the upload with what it holds.
             state = None
-            if length is None or row.offset < length or learned:
+            if not row.completed:
                 try:
                     state = await self._stream(lease, target, row, read, declared)
                 except ObjectMissing:
@@ -313,7 +336,7 @@ class PostgresS3Store:
     async def _row(self, upload_id: str) -> _Row | None:
         record = await self._pool.fetchrow(
             """SELECT object_key, multipart_id, upload_length AS length, part_size,
-                      part_etags, upload_offset AS offset, tail
+                      part_etags, upload_offset AS offset, tail, completed_at IS NOT NULL AS completed
                FROM tus_uploads WHERE upload_id = $1""",
             upload_id,
         )
@@ -430,6 +453,7 @@ class _PartWriter:
         self._row = row
         self.etags = list(row.part_etags)
         self.handed = self.stored  # bytes in parts recorded or wholly sent
+        self.recorded = row.offset  # the offset the row holds
         self._sent: asyncio.Task[UploadedPart] | None = None  # wholly sent, answer awaited
         self._feed: _PartFeed | None = None
         self._feeding: asyncio.Task[UploadedPart] | None = None
@@ -494,6 +518,7 @@ class _PartWriter:
                 self._target.upload_id, self.etags, self.stored,
             )
             await self._target.on_progress(conn, self.stored)
+        self.recorded = self.stored
 
     async def keep_after_break(self, pending: list[bytes], tail_is_stored: bool) -> int:
         """After a broken body: record the part sent, keep the rest as the tail; the offset."""
@@ -501,12 +526,20 @@ class _PartWriter:
         try:
             await self.settle()
         except Exception:  # noqa: BLE001 - the part did not land: the bytes after it cannot count
-            return self.stored
+            return self.recorded
+        # The offset reaches the length only with completion, which a broken body does not get
+        # to: a HEAD answering offset = length tells the client it is done, and nothing would
+        # commit the upload. So a last part that landed is not recorded (the client sends it
+        # again), and a tail never holds the last byte.
+        if self.stored == self._row.length:
+            return self.recorded
         tail = b"".join(pending)
         if len(tail) == self._row.part_size:
             # A whole last part whose body broke before its end was seen, so it was never
             # sent; a tail is shorter than a part: the client sends it again.
             tail = b""
+        elif self.stored + len(tail) == self._row.length:
+            tail = tail[:-1]
         if not tail_is_stored:
             await _keep_tail(self._lease, self._target, self.stored, tail)
         return self.stored + len(tail)

@@ -147,7 +147,9 @@ class _Handlers:
         state = await store.held(target)
         if state is None:  # nothing sent yet: the session's upload, at 0
             protocol.check_not_expired(target.expires_at, _now())
-            headers = protocol.upload_headers(0, target.size_bytes, target.expires_at) | target.response_headers
+            # A deferred upload's size_bytes is only the most it may hold, not its length.
+            length = None if target.length_deferred else target.size_bytes
+            headers = protocol.upload_headers(0, length, target.expires_at) | target.response_headers
             return web.Response(status=200, headers=headers)
         if state.completed:
             await store.confirm_complete(target)

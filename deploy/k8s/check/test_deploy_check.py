@@ -467,6 +467,17 @@ def test_nats_values_that_drift_from_the_busauth_table_fail(k8s, capsys):
     assert "values.yaml: config.merge.authorization differs from rawdrive_platform.busauth" in capsys.readouterr().out
 
 
+def test_nats_values_without_the_busauth_deny_list_fail(k8s, capsys):
+    values = k8s / "nats/values.yaml"
+    # The gateway's deny dropped: it could delete the janitor's durable again (issue 20).
+    deny = "            - $JS.API.CONSUMER.DELETE.RAWDRIVE_ASSETS.janitor-assets\n"
+    assert deny in values.read_text()
+    values.write_text(values.read_text().replace(deny, "", 1))
+
+    assert deploy_check.main(["--k8s", str(k8s), "--skip-images"]) == 1
+    assert "values.yaml: config.merge.authorization differs from rawdrive_platform.busauth" in capsys.readouterr().out
+
+
 def test_a_service_connecting_as_another_identity_or_anonymously_fails(k8s, capsys):
     processor, janitor = k8s / "base/media-processor.yaml", k8s / "base/janitor.yaml"
     user = "            - name: RAWDRIVE_NATS_USER\n              value: {}\n"

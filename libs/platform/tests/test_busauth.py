@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from rawdrive_contracts import (
@@ -249,3 +249,60 @@ async def test_the_provisioning_identity_creates_streams_and_the_bucket_and_no_p
     passwords = server.users.passwords.values()
     assert not [r for r in caplog.records if any(p in r.getMessage() or p in str(r.__dict__) for p in passwords)]
     assert bus.redact_url(server.users.url(server.url, PROVISION)) == f"nats://***@127.0.0.1:{server.port}"
+
+
+async def test_the_gateway_follows_the_assets_stream_but_cannot_delete_or_redefine_a_durable_on_it(
+    connect_as, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rawdrive_platform.bus")
+    stream = ASSETS_STREAM.name
+    janitor_js = (await connect_as("janitor")).jetstream(timeout=1.0)
+    purges = bus.ConsumerSpec(durable="janitor-assets", stream=stream, filter_subjects=("rawdrive.asset.deleted.*",))
+    await bus.ensure_consumer(janitor_js, purges)
+    gateway_nc = await connect_as("upload-gateway")
+    gateway_js = gateway_nc.jetstream(timeout=1.0)
+    catalogue = bus.ConsumerSpec(durable="upload-gateway-catalogue", stream=stream,
+                                 filter_subjects=("rawdrive.asset.created.*",))
+    await bus.ensure_consumer(gateway_js, catalogue)  # its own, at start: allowed
+
+    # The janitor's durable: neither deleted nor redefined, by any of the API's create subjects.
+    hijack = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, filter_subject="rawdrive.asset.created.*")
+    attempts = {
+        f"CONSUMER.DELETE.{stream}.janitor-assets": lambda: gateway_js.delete_consumer(stream, "janitor-assets"),
+        # nats-py picks the subject from the config: DURABLE.CREATE, CREATE.<name>.<filter>, CREATE.<name>
+        f"CONSUMER.DURABLE.CREATE.{stream}.janitor-assets":
+            lambda: gateway_js.add_consumer(stream, hijack, durable_name="janitor-assets"),
+        f"CONSUMER.CREATE.{stream}.janitor-assets.rawdrive.asset.created.*":
+            lambda: gateway_js.add_consumer(stream, hijack, name="janitor-assets"),
+        f"CONSUMER.CREATE.{stream}.janitor-assets\"":
+            lambda: gateway_js.add_consumer(stream, hijack, name="janitor-assets", filter_subject=">"),
+        # Its own durable is the provisioning identity's to delete.
+        f"CONSUMER.DELETE.{stream}.upload-gateway-catalogue":
+            lambda: gateway_js.delete_consumer(stream, "upload-gateway-catalogue"),
+    }
+    for needle, attempt in attempts.items():
+        with pytest.raises(NatsTimeoutError):
+            await attempt()
+        assert await refused(caplog, needle)
+    info = await janitor_js.consumer_info(stream, "janitor-assets")
+    assert (info.config.durable_name, info.config.filter_subjects) == ("janitor-assets", ["rawdrive.asset.deleted.*"])
+    assert (await gateway_js.consumer_info(stream, "upload-gateway-catalogue")).name == "upload-gateway-catalogue"
+
+    # The console's live feed still works: an ordered consumer, created, fed, recreated after a
+    # gap (as nats-py does on a missed sequence or heartbeat), unsubscribed.
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def deliver(msg) -> None:
+        await received.put(msg.data)
+
+    feed = await gateway_js.subscribe("rawdrive.asset.deleted.wsfeed", stream=stream, cb=deliver,
+                                      ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+    first = await gateway_js.publish("rawdrive.asset.deleted.wsfeed", b"one")
+    assert await asyncio.wait_for(received.get(), 5) == b"one"
+    before = feed._consumer
+    await feed._sub._jsi.reset_ordered_consumer(first.seq + 1)  # private: a real gap is not provokable
+    await gateway_js.publish("rawdrive.asset.deleted.wsfeed", b"two")
+    assert await asyncio.wait_for(received.get(), 5) == b"two"
+    assert feed._consumer != before
+    await feed.unsubscribe()
+    assert not [r for r in caplog.records if "permissions violation" in r.getMessage() and "FC." in r.getMessage()]

@@ -33,6 +33,7 @@ from rawdrive_contracts.subjects import SUBJECT_ROOT
 # Literal rather than imported: profiles.py and bus.py own these names, and test_busauth checks
 # they still agree (importing them here would pull the storage stack into the deploy check).
 PROFILES_BUCKET = "rawdrive_storage_profiles"
+PROFILES_KV_STREAM = f"KV_{PROFILES_BUCKET}"
 DEADLETTER_STREAM = "RAWDRIVE_DEADLETTER"
 JS_API = "$JS.API"
 
@@ -104,6 +105,9 @@ USERS: tuple[str, ...] = tuple(identity.user for identity in IDENTITIES)
 class Permissions(msgspec.Struct, frozen=True):
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # Refused although `publish` allows it (the server's deny wins): what following a stream would
+    # otherwise let it do to the table's durables on that stream.
+    publish_deny: tuple[str, ...] = ()
 
 
 def identity(user: str) -> Identity:
@@ -132,6 +136,11 @@ def _consumer_subjects(durable: Durable) -> list[str]:
     ]
 
 
+def _followed_streams(who: Identity) -> tuple[str, ...]:
+    """The streams `who` reads through ordered consumers (a live view, or listing the bucket)."""
+    return who.follows + ((PROFILES_KV_STREAM,) if who.profiles == "prune" else ())
+
+
 def _ordered_consumer_subjects(stream: str) -> list[str]:
     # nats-py's ordered consumer: created without a name, recreated (and the old one deleted) on a
     # gap, flow control answered.
@@ -144,19 +153,39 @@ def _ordered_consumer_subjects(stream: str) -> list[str]:
     ]
 
 
+def _durable_guard_subjects(who: Identity, stream: str) -> list[str]:
+    """What an identity following `stream` may not do to the durables the table names on it.
+    Ordered consumers are named by the server, so the allow covers every consumer name of the
+    stream; without this a compromised follower could delete or redefine another service's durable
+    (the janitor's, silently stopping purges) or its own. It still creates (and updates) its own
+    at start (_consumer_subjects), never deletes one: that is the provisioning identity's."""
+    found = []
+    for owner in IDENTITIES:
+        for durable in owner.consumes:
+            if durable.stream != stream:
+                continue
+            s, d = durable.stream, durable.name
+            if durable not in who.consumes:
+                found += [
+                    f"{JS_API}.CONSUMER.CREATE.{s}.{d}",
+                    f"{JS_API}.CONSUMER.CREATE.{s}.{d}.>",
+                    f"{JS_API}.CONSUMER.DURABLE.CREATE.{s}.{d}",
+                ]
+            found.append(f"{JS_API}.CONSUMER.DELETE.{s}.{d}")
+    return found
+
+
 def _profile_subjects(access: ProfileAccess) -> list[str]:
     if access == "none":
         return []
-    kv_stream = f"KV_{PROFILES_BUCKET}"
     found = [
-        f"{JS_API}.STREAM.INFO.{kv_stream}",
-        f"{JS_API}.DIRECT.GET.{kv_stream}.$KV.{PROFILES_BUCKET}.>",
-        f"{JS_API}.STREAM.MSG.GET.{kv_stream}",
+        f"{JS_API}.STREAM.INFO.{PROFILES_KV_STREAM}",
+        f"{JS_API}.DIRECT.GET.{PROFILES_KV_STREAM}.$KV.{PROFILES_BUCKET}.>",
+        f"{JS_API}.STREAM.MSG.GET.{PROFILES_KV_STREAM}",
     ]
     if access == "prune":
-        # keys() runs an ordered, ephemeral push consumer over the bucket.
-        found += _ordered_consumer_subjects(kv_stream)
-        found.append(f"{JS_API}.STREAM.PURGE.{kv_stream}")
+        # keys() runs an ordered, ephemeral push consumer over the bucket (_followed_streams).
+        found.append(f"{JS_API}.STREAM.PURGE.{PROFILES_KV_STREAM}")
     if access == "write":
         found.append(f"$KV.{PROFILES_BUCKET}.>")
     return found
@@ -182,10 +211,14 @@ def permissions(who: Identity) -> Permissions:
     if who.consumes:
         # The dead-letter gauge of each consumer is read from the stream's per-subject counts.
         publish.append(f"{JS_API}.STREAM.INFO.{DEADLETTER_STREAM}")
-    for stream in who.follows:
+    deny = []
+    for stream in _followed_streams(who):
         publish += _ordered_consumer_subjects(stream)
+        deny += _durable_guard_subjects(who, stream)
     publish += _profile_subjects(who.profiles)
-    return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=subscribe)
+    return Permissions(
+        publish=tuple(dict.fromkeys(publish)), subscribe=subscribe, publish_deny=tuple(dict.fromkeys(deny))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,13 +234,13 @@ def authorization(passwords: Mapping[str, str], *, superuser: tuple[str, str] | 
     users: list[dict] = []
     for who in IDENTITIES:
         allowed = permissions(who)
+        publish: dict[str, list[str]] = {"allow": list(allowed.publish)}
+        if allowed.publish_deny:
+            publish["deny"] = list(allowed.publish_deny)
         users.append({
             "user": who.user,
             "password": passwords[who.user],
-            "permissions": {
-                "publish": {"allow": list(allowed.publish)},
-                "subscribe": {"allow": list(allowed.subscribe)},
-            },
+            "permissions": {"publish": publish, "subscribe": {"allow": list(allowed.subscribe)}},
         })
     if superuser is not None:
         users.append({"user": superuser[0], "password": superuser[1]})

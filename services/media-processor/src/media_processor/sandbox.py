@@ -143,7 +143,10 @@ def stop_decoders() -> None:
     the decoder runs (ffmpeg, Ghostscript), in their own process groups."""
     for task in Path("/proc/self/task").iterdir():
         for child in (task / "children").read_text().split():
-            os.kill(int(child), signal.SIGKILL)  # before its setsid() it has no group yet
+            try:
+                os.kill(int(child), signal.SIGKILL)  # before its setsid() it has no group yet
+            except ProcessLookupError:
+                pass  # reaped since the listing: its group may still hold ffmpeg or Ghostscript
             _kill_group(int(child))
 
 

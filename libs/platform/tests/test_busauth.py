@@ -292,6 +292,18 @@ async def test_the_gateway_follows_the_assets_stream_but_cannot_delete_or_redefi
         with pytest.raises(NatsTimeoutError):
             await attempt()
         assert await refused(caplog, needle)
+    # An allowed named subject with janitor-assets in the body acts on the subject's name: a body
+    # name is overridden (nats-server 2.15.1), a durable name refused.
+    answers = {}
+    for field in ("name", "durable_name"):
+        body = {"stream_name": stream, "config": {field: "janitor-assets", "ack_policy": "explicit",
+                                                  "filter_subject": "rawdrive.asset.created.*"}}  # fmt: skip
+        reply = await gateway_nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.feed-probe", json.dumps(body).encode(),
+                                         timeout=1.0)  # fmt: skip
+        answers[field] = json.loads(reply.data)
+    assert answers["name"]["name"] == "feed-probe" and "error" not in answers["name"]
+    assert answers["durable_name"]["error"]["err_code"] == 10017  # name in subject does not match durable name
+    assert await gateway_js.delete_consumer(stream, "feed-probe")
     info = await janitor_js.consumer_info(stream, "janitor-assets")
     assert (info.config.durable_name, info.config.filter_subjects) == ("janitor-assets", ["rawdrive.asset.deleted.*"])
     assert (await gateway_js.consumer_info(stream, "upload-gateway-catalogue")).name == "upload-gateway-catalogue"

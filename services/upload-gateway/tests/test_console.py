@@ -246,23 +246,27 @@ async def feed_consumers(console: Console) -> list[str]:
 async def test_a_feed_whose_consumer_vanishes_replaces_it_and_loses_or_repeats_nothing(console, monkeypatch):
     monkeypatch.setattr(feed, "HEARTBEAT_S", 0.5)  # found missing in 1.5 s rather than 15
     monkeypatch.setattr(feed, "HEARTBEAT_MISSED_S", 1.5)
+    await console.publish(console.created("g0"))  # before the feed opened: never sent
     async with console.client.get(console.events_path(), headers=console.user()) as response:
         await opened(response)
-        await console.publish(console.created("g1"))
-        first = await next_frame(response)
-        [name] = await feed_consumers(console)
-        assert name.startswith("feed-")
-        await console.js.delete_consumer(ASSETS_STREAM.name, name)  # as an operator or a server restart would
-        for asset_id in ("g2", "g3"):  # published while the feed has no consumer
-            await console.publish(console.created(asset_id))
-        frames = [await next_frame(response) for _ in range(2)]
+        frames, names = [], []
+        for published in (["g1"], ["g2", "g3"]):
+            [name] = await feed_consumers(console)
+            names.append(name)
+            # Deleted as an operator or a lost server would: first before it delivered anything
+            # (the replacement starts after what the first one started after), then after g1.
+            await console.js.delete_consumer(ASSETS_STREAM.name, name)
+            for asset_id in published:  # while the feed has no consumer
+                await console.publish(console.created(asset_id))
+            frames += [await next_frame(response) for _ in published]
         await console.publish(console.created("g4"))
         frames.append(await next_frame(response))
-        assert [f.item["asset_id"] for f in frames] == ["g2", "g3", "g4"]
-        ids = [first.id, *(f.id for f in frames)]
+        assert [f.item["asset_id"] for f in frames] == ["g1", "g2", "g3", "g4"]
+        ids = [f.id for f in frames]
         assert ids == sorted(set(ids))
         [replacement] = await feed_consumers(console)
-        assert replacement != name and replacement.startswith("feed-")
+        names.append(replacement)
+        assert len(set(names)) == 3 and all(n.startswith("feed-") for n in names)
     async with asyncio.timeout(10):  # a closed feed deletes its consumer
         await console.publish(console.created("wake"))
         while await feed_consumers(console):

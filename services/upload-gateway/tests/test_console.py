@@ -243,15 +243,24 @@ async def feed_consumers(console: Console) -> list[str]:
     return [i.name for i in infos if any(console.workspace in s for s in i.config.filter_subjects or ())]
 
 
+async def the_feed_consumer(console: Console) -> str:
+    """The one consumer of the feed, once there is exactly one: a heartbeat late on a loaded
+    machine may have the feed replace its consumer, leaving none for a moment."""
+    async with asyncio.timeout(10):
+        while len(names := await feed_consumers(console)) != 1:
+            await asyncio.sleep(0.05)
+    return names[0]
+
+
 async def test_a_feed_whose_consumer_vanishes_replaces_it_and_loses_or_repeats_nothing(console, monkeypatch):
-    monkeypatch.setattr(feed, "HEARTBEAT_S", 0.5)  # found missing in 1.5 s rather than 15
-    monkeypatch.setattr(feed, "HEARTBEAT_MISSED_S", 1.5)
+    monkeypatch.setattr(feed, "HEARTBEAT_S", 1.0)  # found missing in 4 s rather than 15
+    monkeypatch.setattr(feed, "HEARTBEAT_MISSED_S", 4.0)
     await console.publish(console.created("g0"))  # before the feed opened: never sent
     async with console.client.get(console.events_path(), headers=console.user()) as response:
         await opened(response)
         frames, names = [], []
         for published in (["g1"], ["g2", "g3"]):
-            [name] = await feed_consumers(console)
+            name = await the_feed_consumer(console)
             names.append(name)
             # Deleted as an operator or a lost server would: first before it delivered anything
             # (the replacement starts after what the first one started after), then after g1.
@@ -264,8 +273,7 @@ async def test_a_feed_whose_consumer_vanishes_replaces_it_and_loses_or_repeats_n
         assert [f.item["asset_id"] for f in frames] == ["g1", "g2", "g3", "g4"]
         ids = [f.id for f in frames]
         assert ids == sorted(set(ids))
-        [replacement] = await feed_consumers(console)
-        names.append(replacement)
+        names.append(await the_feed_consumer(console))
         assert len(set(names)) == 3 and all(n.startswith("feed-") for n in names)
     async with asyncio.timeout(10):  # a closed feed deletes its consumer
         await console.publish(console.created("wake"))

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from nats.js import JetStreamContext
 
 from rawdrive_contracts import (
+    ASSETS_STREAM,
     AssetCreated,
     AssetDeleted,
     AssetProcessingFailed,
@@ -236,6 +237,50 @@ async def test_a_reconnecting_feed_resumes_right_after_its_last_event_id(console
     assert second.id > first.id
 
 
+async def feed_consumers(console: Console) -> list[str]:
+    """The names of the consumers following this workspace's feed, as the server lists them."""
+    infos = await console.js.consumers_info(ASSETS_STREAM.name)
+    return [i.name for i in infos if any(console.workspace in s for s in i.config.filter_subjects or ())]
+
+
+async def the_feed_consumer(console: Console) -> str:
+    """The one consumer of the feed, once there is exactly one: a heartbeat late on a loaded
+    machine may have the feed replace its consumer, leaving none for a moment."""
+    async with asyncio.timeout(10):
+        while len(names := await feed_consumers(console)) != 1:
+            await asyncio.sleep(0.05)
+    return names[0]
+
+
+async def test_a_feed_whose_consumer_vanishes_replaces_it_and_loses_or_repeats_nothing(console, monkeypatch):
+    monkeypatch.setattr(feed, "HEARTBEAT_S", 1.0)  # found missing in 4 s rather than 15
+    monkeypatch.setattr(feed, "HEARTBEAT_MISSED_S", 4.0)
+    await console.publish(console.created("g0"))  # before the feed opened: never sent
+    async with console.client.get(console.events_path(), headers=console.user()) as response:
+        await opened(response)
+        frames, names = [], []
+        for published in (["g1"], ["g2", "g3"]):
+            name = await the_feed_consumer(console)
+            names.append(name)
+            # Deleted as an operator or a lost server would: first before it delivered anything
+            # (the replacement starts after what the first one started after), then after g1.
+            await console.js.delete_consumer(ASSETS_STREAM.name, name)
+            for asset_id in published:  # while the feed has no consumer
+                await console.publish(console.created(asset_id))
+            frames += [await next_frame(response) for _ in published]
+        await console.publish(console.created("g4"))
+        frames.append(await next_frame(response))
+        assert [f.item["asset_id"] for f in frames] == ["g1", "g2", "g3", "g4"]
+        ids = [f.id for f in frames]
+        assert ids == sorted(set(ids))
+        names.append(await the_feed_consumer(console))
+        assert len(set(names)) == 3 and all(n.startswith("feed-") for n in names)
+    async with asyncio.timeout(10):  # a closed feed deletes its consumer
+        await console.publish(console.created("wake"))
+        while await feed_consumers(console):
+            await asyncio.sleep(0.1)
+
+
 async def test_the_feed_needs_a_users_token_for_the_workspace_and_a_valid_last_event_id(console):
     path = console.events_path()
     response = await console.client.get(path)
@@ -291,6 +336,29 @@ async def test_shutting_down_ends_every_open_feed(console):
 
 
 # -- the pure part ----------------------------------------------------------------------------------
+
+
+def test_a_delivery_that_does_not_follow_the_last_one_is_a_gap():
+    start = feed.Position(stream=41)  # a consumer created to start after stream sequence 41
+    assert start.next_start() == 42
+    first = feed.delivered(start, stream_sequence=45, consumer_sequence=1)  # filtered: stream seqs skip
+    assert first == feed.Position(stream=45, consumer=1)
+    assert feed.delivered(first, 46, 2) == feed.Position(stream=46, consumer=2)
+    assert feed.delivered(first, 50, 3) is None  # consumer sequence 2 never arrived
+    assert feed.delivered(first, 45, 1) is None  # the same delivery twice
+    assert first.next_start() == 46  # a replacement: right after the last event sent, once
+
+
+def test_a_heartbeat_naming_a_later_delivery_than_ours_is_a_gap():
+    position = feed.Position(stream=45, consumer=3)
+    assert feed.heartbeat_in_order(position, 3)
+    assert not feed.heartbeat_in_order(position, 4)  # the server sent one we never got
+    assert feed.heartbeat_in_order(feed.Position(stream=0), 0)  # a new consumer, nothing yet
+
+
+def test_each_consumer_a_feed_creates_has_a_new_name_of_ours():
+    names = {feed.consumer_name() for _ in range(3)}
+    assert len(names) == 3 and all(re.fullmatch(r"feed-[0-9a-f]{32}", n) for n in names)
 
 
 def test_a_last_event_id_is_a_stream_sequence_or_nothing():

@@ -55,7 +55,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     consumes: tuple[Durable, ...] = ()
     profiles: ProfileAccess = "none"
-    # Streams it reads through ordered (ephemeral, unacknowledged) consumers: a live view.
+    # Streams it reads through ephemeral, unacknowledged push consumers it names: a live view.
     follows: tuple[str, ...] = ()
     # Streams, consumers, the KV bucket, dead-letter list/replay/drop: the provisioning Job and
     # an operator, never a running service.
@@ -136,14 +136,23 @@ def _consumer_subjects(durable: Durable) -> list[str]:
     ]
 
 
-def _followed_streams(who: Identity) -> tuple[str, ...]:
-    """The streams `who` reads through ordered consumers (a live view, or listing the bucket)."""
-    return who.follows + ((PROFILES_KV_STREAM,) if who.profiles == "prune" else ())
+def _named_consumer_subjects(stream: str) -> list[str]:
+    """A follower's ephemeral push consumers of `stream`, each created under a name the follower
+    chooses (`CONSUMER.CREATE.<stream>.<name>`, with a filter token or not), deleted when done, flow
+    control answered. Never the unnamed `CONSUMER.CREATE.<stream>`: its body may name any consumer,
+    and the server redefines that one, which no subject deny can see."""
+    return [
+        f"{JS_API}.CONSUMER.CREATE.{stream}.*",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.*.>",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
 
 
 def _ordered_consumer_subjects(stream: str) -> list[str]:
-    # nats-py's ordered consumer: created without a name, recreated (and the old one deleted) on a
-    # gap, flow control answered.
+    # nats-py's ordered consumer (the janitor's keys() over the bucket): created without a name
+    # (the unnamed subject, so only on a stream where no durable lives), recreated (and the old one
+    # deleted) on a gap, flow control answered.
     return [
         f"{JS_API}.CONSUMER.CREATE.{stream}",
         f"{JS_API}.CONSUMER.CREATE.{stream}.>",
@@ -155,7 +164,7 @@ def _ordered_consumer_subjects(stream: str) -> list[str]:
 
 def _durable_guard_subjects(who: Identity, stream: str) -> list[str]:
     """What an identity following `stream` may not do to the durables the table names on it.
-    Ordered consumers are named by the server, so the allow covers every consumer name of the
+    Its consumers' names are its own choice, so the allow covers every consumer name of the
     stream; without this a compromised follower could delete or redefine another service's durable
     (the janitor's, silently stopping purges) or its own. It still creates (and updates) its own
     at start (_consumer_subjects), never deletes one: that is the provisioning identity's."""
@@ -184,7 +193,8 @@ def _profile_subjects(access: ProfileAccess) -> list[str]:
         f"{JS_API}.STREAM.MSG.GET.{PROFILES_KV_STREAM}",
     ]
     if access == "prune":
-        # keys() runs an ordered, ephemeral push consumer over the bucket (_followed_streams).
+        # keys() runs nats-py's ordered consumer over the bucket's stream, where no durable lives.
+        found += _ordered_consumer_subjects(PROFILES_KV_STREAM)
         found.append(f"{JS_API}.STREAM.PURGE.{PROFILES_KV_STREAM}")
     if access == "write":
         found.append(f"$KV.{PROFILES_BUCKET}.>")
@@ -212,8 +222,8 @@ def permissions(who: Identity) -> Permissions:
         # The dead-letter gauge of each consumer is read from the stream's per-subject counts.
         publish.append(f"{JS_API}.STREAM.INFO.{DEADLETTER_STREAM}")
     deny = []
-    for stream in _followed_streams(who):
-        publish += _ordered_consumer_subjects(stream)
+    for stream in who.follows:
+        publish += _named_consumer_subjects(stream)
         deny += _durable_guard_subjects(who, stream)
     publish += _profile_subjects(who.profiles)
     return Permissions(

@@ -1,16 +1,20 @@
 """The console's live feed, pure part: which asset events a workspace's page follows, what each
 becomes on the page, and how it is framed as a server-sent event.
 
-The feed reads RAWDRIVE_ASSETS with an ordered (ephemeral, in-memory, no acks) consumer filtered to
-the workspace's subjects of the events the catalogue follows (its `ASSET_EVENTS`, so the page shows
-every change a listing will); each message becomes one SSE message whose `id` is its stream
-sequence, so a client that reconnects with `Last-Event-ID` resumes right after it. An item is built
+The feed reads RAWDRIVE_ASSETS with an ephemeral push consumer (no acks, named by us: `feed-<hex>`,
+so the gateway's NATS user needs no unnamed consumer create) filtered to the workspace's subjects
+of the events the catalogue follows (its `ASSET_EVENTS`, so the page shows every change a listing
+will); each message becomes one SSE message whose `id` is its stream sequence, so a client that
+reconnects with `Last-Event-ID` resumes right after it. The same holds inside one feed: when a
+delivery does not follow the last one (a message lost, the consumer gone) the feed replaces its
+consumer with a new one starting right after the last stream sequence it delivered (`Position`). An item is built
 from the event alone, not from the catalogue (which follows the same events through its own
 durable consumer and may not have merged this one yet).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
@@ -34,6 +38,13 @@ from upload_gateway.errors import FieldError, InvalidRequest
 KEEPALIVE_S = 15.0
 # SSE ids are stream sequences: JetStream's are unsigned 64-bit.
 MAX_SEQUENCE = 2**64 - 1
+
+# The consumer's idle heartbeat; with none (and no message) for HEARTBEAT_MISSED_S the consumer is
+# taken for lost (deleted, its server gone) and replaced.
+HEARTBEAT_S = 5.0
+HEARTBEAT_MISSED_S = 3 * HEARTBEAT_S
+# A consumer whose gateway vanished without deleting it is removed by the server after this long.
+INACTIVE_THRESHOLD_S = 60.0
 
 Change = Literal["created", "failed", "deleted", "restored", "purged"]
 
@@ -96,6 +107,38 @@ def resume_after(last_event_id: str | None) -> int | None:
         message = "Last-Event-ID must be the id of an event this feed sent (a positive integer)"
         raise InvalidRequest(message, errors=[FieldError(path="Last-Event-ID", message=message)])
     return int(value)
+
+
+def consumer_name() -> str:
+    """A fresh name for each consumer a feed creates (a replaced one may still exist)."""
+    return f"feed-{uuid.uuid4().hex}"
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where a feed's current consumer stands: the stream sequence of the last event the feed
+    delivered (or the one it started after), and the consumer sequence of the last delivery of this
+    consumer (0: none yet)."""
+
+    stream: int
+    consumer: int = 0
+
+    def next_start(self) -> int:
+        """The stream sequence a replacing consumer starts at: nothing delivered twice or skipped."""
+        return self.stream + 1
+
+
+def delivered(position: Position, stream_sequence: int, consumer_sequence: int) -> Position | None:
+    """The position after a delivery, or None when it does not follow the last one (a gap: a
+    message was lost on the way, or the consumer is not the one we think)."""
+    if consumer_sequence != position.consumer + 1:
+        return None
+    return Position(stream=stream_sequence, consumer=consumer_sequence)
+
+
+def heartbeat_in_order(position: Position, last_consumer_sequence: int) -> bool:
+    """An idle heartbeat names the consumer sequence the server last delivered: ours, or we lost
+    the tail."""
+    return last_consumer_sequence == position.consumer
 
 
 def sse_message(sequence: int, item: FeedItem) -> bytes:

@@ -3,7 +3,7 @@ events), and in the dev stack only a development token for the page.
 
 The feed authenticates like every API route, with `Authorization: Bearer`: the page reads it with
 fetch (not EventSource, which cannot send headers), so no token ever sits in a URL or a log line.
-Each open feed holds one ordered JetStream consumer; a replica holds at most `MAX_FEEDS` and ends
+Each open feed holds one JetStream consumer of its own (console/follow.py); a replica holds at most `MAX_FEEDS` and ends
 them all when it shuts down (an endless response would otherwise hold the shutdown for its whole
 grace period).
 """
@@ -21,12 +21,12 @@ import msgspec
 from aiohttp import ClientConnectionResetError, web
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from rawdrive_contracts import ASSETS_STREAM, InvalidEvent, UnknownEventType, decode
+from rawdrive_contracts import InvalidEvent, UnknownEventType, decode
 from upload_gateway.auth import mint_dev_token
 from upload_gateway.console import feed
+from upload_gateway.console.follow import Follow
 from upload_gateway.errors import Unavailable, UploadError
 from upload_gateway.gateway import GATEWAY, Gateway, storage_for
 from upload_gateway.http.openapi import Operation, Reply, Route, mount
@@ -136,22 +136,17 @@ async def _message(gw: Gateway, msg: Msg) -> bytes | None:
     return None if item is None else feed.sse_message(msg.metadata.sequence.stream, item)
 
 
-async def _subscribe(js: JetStreamContext, workspace_id: str, after: int | None,
-                     deliver: Callable[[Msg], Awaitable[None]]) -> JetStreamContext.PushSubscription:
-    filters = feed.subjects(workspace_id)
-    config = ConsumerConfig(filter_subjects=filters, opt_start_seq=after + 1 if after is not None else None)
-    policy = DeliverPolicy.NEW if after is None else DeliverPolicy.BY_START_SEQUENCE
+async def _follow(js: JetStreamContext, workspace_id: str, after: int | None) -> Follow:
+    follow = Follow(js=js, filters=feed.subjects(workspace_id), buffer=FEED_BUFFER)
     try:
-        return await js.subscribe(
-            filters[0], stream=ASSETS_STREAM.name, cb=deliver, ordered_consumer=True, deliver_policy=policy,
-            config=config,
-        )  # fmt: skip
+        await follow.start(after)
     except (NatsError, TimeoutError) as error:
         log.warning("feed: cannot subscribe", extra={"error": repr(error)})
         raise Unavailable(
             "the live feed is unavailable (event bus unreachable); retry later",
             headers={"Retry-After": str(FEED_RETRY_AFTER_S)},
         ) from None
+    return follow
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -166,8 +161,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         )
     console.open_feeds += 1
     try:
-        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=FEED_BUFFER)
-        subscription = await _subscribe(console.js, workspace_id, after, queue.put)
+        follow = await _follow(console.js, workspace_id, after)
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # nginx and its kin would hold the events back
@@ -175,34 +169,39 @@ async def events(request: web.Request) -> web.StreamResponse:
         try:
             await response.prepare(request)
             await response.write(feed.SSE_OPEN)
-            await _relay(gw, console.closing, queue, response)
+            await _relay(gw, console.closing, follow, response)
         except (ClientConnectionResetError, ConnectionResetError):
             pass  # the browser went away: found by the next write, a keep-alive at the latest
         finally:
-            await subscription.unsubscribe()  # the ordered consumer is deleted with it
+            await follow.close()
         return response
     finally:
         console.open_feeds -= 1
 
 
-async def _relay(gw: Gateway, closing: asyncio.Event, queue: asyncio.Queue[Msg], response: web.StreamResponse) -> None:
+async def _relay(gw: Gateway, closing: asyncio.Event, follow: Follow, response: web.StreamResponse) -> None:
     closed = asyncio.ensure_future(closing.wait())
+    # Not cancelled by a keep-alive: it may be replacing the consumer.
+    received: asyncio.Future[Msg] | None = None
     try:
         while True:
-            received = asyncio.ensure_future(queue.get())
+            if received is None:
+                received = asyncio.ensure_future(follow.next_event())
             done, _ = await asyncio.wait((received, closed), timeout=feed.KEEPALIVE_S,
                                          return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if closed in done:
+                return
             if received not in done:
-                received.cancel()
-                if closed in done:
-                    return
                 await response.write(feed.SSE_KEEPALIVE)
                 continue
-            message = await _message(gw, received.result())
+            msg, received = received.result(), None
+            message = await _message(gw, msg)
             if message is not None:
                 await response.write(message)
     finally:
         closed.cancel()
+        if received is not None:
+            received.cancel()
 
 
 class DevToken(msgspec.Struct, frozen=True):

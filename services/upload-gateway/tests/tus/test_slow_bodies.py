@@ -145,6 +145,17 @@ async def test_bodies_slower_than_the_lease_ttl_keep_their_uploads_by_renewal(ga
         assert await object_bytes(storage, session.target.object_key) == data
 
 
+async def resumes_to_completion(http, storage, session, url: str, data: bytes) -> None:
+    """HEAD says the upload is short of its end and it is not completed; resuming from that
+    offset completes it once, with every byte."""
+    offset = await offset_of(http, url)
+    assert offset < len(data) and session.completions == 0
+    response = await patch(http, url, offset, data[offset:])
+    assert response.status == 204, await response.text()
+    assert await object_bytes(storage, session.target.object_key) == data
+    assert session.completions == 1
+
+
 @pytest.mark.parametrize("size", [2 * MiB, PART + 2 * MiB], ids=["one-part", "multipart"])
 async def test_a_chunked_body_cut_after_its_last_byte_leaves_an_upload_that_can_still_complete(
     gateway, http, storage, size
@@ -167,12 +178,7 @@ async def test_a_chunked_body_cut_after_its_last_byte_leaves_an_upload_that_can_
     assert status_line.split()[1] == b"503", status_line
     writer.close()
 
-    offset = await offset_of(http, url)
-    assert offset < len(data) and session.completions == 0
-    response = await patch(http, url, offset, data[offset:])
-    assert response.status == 204, await response.text()
-    assert await object_bytes(storage, session.target.object_key) == data
-    assert session.completions == 1
+    await resumes_to_completion(http, storage, session, url, data)
 
 
 async def test_a_body_that_breaks_after_its_last_part_landed_leaves_an_upload_that_can_still_complete(
@@ -193,9 +199,4 @@ async def test_a_body_that_breaks_after_its_last_part_landed_leaves_an_upload_th
     store = PostgresS3Store(gateway.pools[-1])
     with pytest.raises(BodyInterrupted):
         await store.write(session.target, Patch(offset=0, content_length=len(data), checksum=None), read)
-    offset = await offset_of(http, url)
-    assert offset < len(data) and session.completions == 0
-    response = await patch(http, url, offset, data[offset:])
-    assert response.status == 204, await response.text()
-    assert await object_bytes(storage, session.target.object_key) == data
-    assert session.completions == 1
+    await resumes_to_completion(http, storage, session, url, data)

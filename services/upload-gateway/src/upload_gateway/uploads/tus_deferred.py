@@ -95,6 +95,10 @@ class DeferredUploads:
         wanted = self._session_request(length, metadata)
         return wanted, check_new_file(wanted)
 
+    def _file_of(self, deferred: Deferred, length: int) -> tuple[api.CreateUpload, NewFile]:
+        """What the metadata the deferred upload was created with describes, at `length` bytes."""
+        return self._file(parse_metadata(deferred.metadata or None), length)
+
     async def open(self, request: web.Request, creation: Creation) -> OpenedUpload:
         """A deferred upload for a member with the upload role: its type checked now (its size
         when it arrives), admitted under the workspace's quotas at its kind's limit."""
@@ -153,13 +157,13 @@ class DeferredUploads:
             session = await self._open_session(gw, deferred, length)
         if session is not None:
             return await self._session_target(request, principal.sub, session)
-        _, file = self._file(parse_metadata(deferred.metadata or None), 1)
+        _, file = self._file_of(deferred, 1)
         return self._target(gw, deferred, file, await storage_for(gw, deferred.storage_profile_ref))
 
     async def _open_session(self, gw: Gateway, deferred: Deferred, length: int) -> UploadSession:
         """The deferred upload's session, for `length` bytes, under every rule of the session API;
         published with upload.session_created in the transaction that admits it."""
-        wanted, file = self._file(parse_metadata(deferred.metadata or None), length)
+        wanted, file = self._file_of(deferred, length)
         workspace_id = deferred.workspace_id
         storage = await storage_for(gw, deferred.storage_profile_ref)
         now, trace_context = utcnow(), stored_context()
@@ -211,7 +215,7 @@ class DeferredUploads:
             with contextlib.suppress(TusError, StorageError, UploadError):
                 if not opened and await self._store.state(deferred.upload_id) is not None:
                     storage = await storage_for(gw, deferred.storage_profile_ref)
-                    _, file = self._file(parse_metadata(deferred.metadata or None), 1)
+                    _, file = self._file_of(deferred, 1)
                     await self._store.terminate(self._target(gw, deferred, file, storage))
                 await gw.pool.execute("DELETE FROM tus_deferred WHERE upload_id = $1", deferred.upload_id)
 
